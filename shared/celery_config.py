@@ -1,0 +1,150 @@
+"""Celery configuration, per-model queue names and worker heartbeats, shared by web and worker.
+
+Torch-free: the web app builds its Celery app here and enqueues ``instaboost.run_job`` by name;
+only ``worker/`` registers the task body. Redis keys of one deployment share ``redis.namespace``,
+so separate deployments or test runs can share one Redis server without seeing each other's jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Mapping
+
+from shared.errors import ValidationError
+
+TASK_NAME = "instaboost.run_job"
+HEARTBEAT_TTL = 30  # seconds a heartbeat lives without a refresh
+HEARTBEAT_INTERVAL = 10  # seconds between refreshes; a worker survives two missed beats
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _namespace(namespace: str | None) -> str:
+    if namespace is not None:
+        return namespace
+    from shared.settings import get_settings
+
+    return get_settings()["redis.namespace"]
+
+
+def model_queue(name: str) -> str:
+    """Return the queue that carries jobs for model ``name``, e.g. "models.smollm2-135m-instruct"."""
+    safe = _SAFE.sub("_", name.strip())[:100]
+    if safe != name.strip():
+        # Hub ids and paths lose characters; a digest keeps "a/b" and "a_b" on different queues.
+        safe += "-" + hashlib.sha1(name.strip().encode()).hexdigest()[:8]
+    return f"models.{safe}"
+
+
+def soft_time_limit(job_time_limit: int) -> int:
+    """Return the soft limit: a little before the hard one, so the job can be failed cleanly."""
+    margin = max(1, min(60, job_time_limit // 10))
+    return max(1, job_time_limit - margin)
+
+
+def celery_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the Celery settings for this deployment; raise ValidationError on inconsistent limits."""
+    limit = int(settings["worker.job_time_limit"])
+    visibility = int(settings["worker.visibility_timeout"])
+    if limit < 1:
+        raise ValidationError("worker.job_time_limit must be >= 1 second", field="worker.job_time_limit")
+    if visibility <= limit:
+        # Redis redelivers unacknowledged messages after the visibility timeout: a shorter one than
+        # the job limit would hand a long generation to a second worker while the first still runs.
+        raise ValidationError(
+            f"worker.visibility_timeout ({visibility} s) must exceed worker.job_time_limit ({limit} s); "
+            "raise INSTABOOST_WORKER_VISIBILITY_TIMEOUT", field="worker.visibility_timeout")
+    ns = settings["redis.namespace"]
+    return {
+        "broker_url": settings["redis.url"],
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        "broker_transport_options": {"visibility_timeout": visibility, "global_keyprefix": f"{ns}:"},
+        # The database is the source of truth for job state; no result backend.
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_time_limit": limit,
+        "task_soft_time_limit": soft_time_limit(limit),
+        # Fail fast when the broker is down so the web answers 503 instead of hanging.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                      "interval_max": 0.5},
+        "worker_send_task_events": False,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery(settings: Mapping[str, Any] | None = None, main: str = "instaboost"):
+    """Return a Celery app configured from settings (tasks are registered by worker/ only)."""
+    from celery import Celery
+
+    if settings is None:
+        from shared.settings import get_settings
+
+        settings = get_settings()
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+_app = None
+
+
+def get_celery():
+    """Return the process-wide Celery app built from get_settings() (for enqueueing by name)."""
+    global _app
+    if _app is None:
+        _app = make_celery()
+    return _app
+
+
+def reset_celery() -> None:
+    """Forget the cached app (after reset_settings())."""
+    global _app
+    _app = None
+
+
+def redis_client(url: str | None = None):
+    """Return a redis-py client with short timeouts, for heartbeats and health checks."""
+    import redis
+
+    if url is None:
+        from shared.settings import get_settings
+
+        url = get_settings()["redis.url"]
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5, decode_responses=True)
+
+
+def heartbeat_prefix(namespace: str | None = None) -> str:
+    """Return the key prefix of worker heartbeats, e.g. "instaboost:worker:"."""
+    return f"{_namespace(namespace)}:worker:"
+
+
+def live_workers(redis_client, namespace: str | None = None) -> list[dict]:
+    """Return the heartbeats of live workers (each {"hostname", "models", "pid", "started_at", "seen_at"})."""
+    keys = sorted(redis_client.scan_iter(match=heartbeat_prefix(namespace) + "*", count=500))
+    if not keys:
+        return []
+    out = []
+    for raw in redis_client.mget(keys):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            beat = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(beat, dict) and isinstance(beat.get("models"), list):
+            out.append(beat)
+    return out
+
+
+def served_models(redis_client, namespace: str | None = None) -> set[str]:
+    """Return the names of the models at least one live worker holds."""
+    return {m for beat in live_workers(redis_client, namespace) for m in beat["models"]}
