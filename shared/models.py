@@ -1,0 +1,135 @@
+"""The job store: SQLAlchemy 2.0 models for jobs and their runs.
+
+Our database is the source of truth for a job's status (Celery's result backend is not used).
+Every status change goes through ``shared.jobs.transition``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, DateTime, Enum, Float, ForeignKey, Integer, String, Text, TypeDecorator,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC timestamp on every backend (SQLite drops the offset; we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given; use shared.models.utcnow()")
+            value = value.astimezone(timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class JobStatus(str, enum.Enum):
+    """A job's lifecycle.
+
+    Allowed transitions (``ALLOWED``; enforced by ``shared.jobs.transition`` with a conditional UPDATE):
+
+    - queued     -> running (a worker picked it up) | cancelled (cancelled before it ran) | failed
+      (broker refused it, or too many deliveries)
+    - running    -> succeeded | failed | cancelling (cancel requested; the worker stops at the next
+      variant boundary) | queued (redelivery after a worker died mid-job)
+    - cancelling -> cancelled (the worker stopped) | failed | succeeded (the last variant finished first)
+    - succeeded, failed, cancelled: final.
+    """
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINAL
+
+
+ALLOWED: dict[JobStatus, set[JobStatus]] = {
+    JobStatus.queued: {JobStatus.running, JobStatus.cancelled, JobStatus.failed},
+    JobStatus.running: {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelling, JobStatus.queued},
+    JobStatus.cancelling: {JobStatus.cancelled, JobStatus.failed, JobStatus.succeeded},
+    JobStatus.succeeded: set(),
+    JobStatus.failed: set(),
+    JobStatus.cancelled: set(),
+}
+FINAL = frozenset(s for s, nxt in ALLOWED.items() if not nxt)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+STATUS_TYPE = Enum(JobStatus, name="job_status", native_enum=False, length=16,
+                   values_callable=lambda e: [m.value for m in e], validate_strings=True)
+
+
+class Job(Base):
+    """One submission: an instruction, a query, a model and the variants to generate."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[JobStatus] = mapped_column(STATUS_TYPE, default=JobStatus.queued, index=True)
+    model: Mapped[str] = mapped_column(String(255), index=True)
+    # The validated JobRequest (JobRequest.to_params()); never holds secrets.
+    params: Mapped[dict] = mapped_column(JSON)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Set once the broker accepted the message: rows left NULL are re-enqueued by the sweeper.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    runs: Mapped[list["Run"]] = relationship(back_populates="job", cascade="all, delete-orphan",
+                                             passive_deletes=True, order_by="Run.id")
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.status.value} {self.model}>"
+
+
+class Run(Base):
+    """One generated variant of a job (the original, or one boosted configuration)."""
+
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("job_id", "variant", name="uq_runs_job_variant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    variant: Mapped[str] = mapped_column(String(64))  # "original", "all_x10", "middle_x2.5"
+    multiplier: Mapped[float] = mapped_column(Float)
+    layers: Mapped[str] = mapped_column(String(255))  # "none" | "all" | "middle" | "0,3,5"
+    heads: Mapped[str | None] = mapped_column(Text, nullable=True)  # "all", "50%" or JSON {layer: [heads]}
+    output_text: Mapped[str] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    attention_mass: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="runs")
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} job={self.job_id} {self.variant}>"
