@@ -1,0 +1,79 @@
+"""A small exception hierarchy; each error carries the HTTP status the web layer answers with."""
+
+from __future__ import annotations
+
+
+class InstaBoostError(Exception):
+    """Base error: a message that says how to fix the input, plus an HTTP status."""
+
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, message: str, *, field: str | None = None, errors: list[dict] | None = None,
+                 status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        # Field-level detail: [{"field": "multipliers[0]", "message": "..."}].
+        self.errors = list(errors or ([{"field": field, "message": message}] if field else []))
+        if status is not None:
+            self.status = status
+
+    def to_problem(self) -> dict:
+        """Return an RFC 9457 problem body."""
+        body = {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.message}
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+class ValidationError(InstaBoostError):
+    """The input is well-formed but a value is not acceptable."""
+
+    status = 422
+    title = "Invalid input"
+
+
+class BadRequest(InstaBoostError):
+    """The request itself is malformed (not JSON, wrong content type)."""
+
+    status = 400
+    title = "Bad request"
+
+
+class NotFound(InstaBoostError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(InstaBoostError):
+    status = 409
+    title = "Conflict"
+
+
+class ModelError(InstaBoostError):
+    """A model name or path cannot be resolved or loaded."""
+
+    status = 422
+    title = "Model unavailable"
+
+
+class Unavailable(InstaBoostError):
+    """A backing service (broker, database) cannot be reached; retry later."""
+
+    status = 503
+    title = "Service unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class TooManyJobs(Unavailable):
+    status = 429
+    title = "Too many queued jobs"
+
+
+class Unauthorized(InstaBoostError):
+    status = 401
+    title = "Unauthorized"

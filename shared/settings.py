@@ -1,0 +1,242 @@
+"""Every setting, declared once: name, type, default, help and environment variable.
+
+The list feeds ``config.yaml`` (``instaboost settings --yaml``), environment overrides and the
+README's settings table (``instaboost settings --markdown``); tests keep all three in step.
+Precedence, lowest first: defaults, ``config.yaml``, ``.env``, the process environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from shared.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # dotted path into config.yaml, e.g. "model.name"
+    type: type
+    default: Any
+    help: str
+    env: str = ""  # environment variable; derived from the name when empty
+    aliases: tuple[str, ...] = ()  # further environment variables, read when ``env`` is unset
+    secret: bool = False  # never echoed in docs, logs or job parameters
+
+    @property
+    def env_var(self) -> str:
+        return self.env or "INSTABOOST_" + self.name.replace(".", "_").upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("random_seed", int, 42, "Seed for head selection and sampling."),
+    Setting("model.name", str, "smollm2-135m-instruct",
+            "Model alias, Hugging Face hub id, local save_pretrained folder or .gguf path."),
+    Setting("model.device", str, "auto", "Device: auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu."),
+    Setting("model.dtype", str, "auto", "Weights dtype: auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16."),
+    Setting("model.cache_dir", str, "~/.cache/instaboost",
+            "Where converted GGUF weights are cached (keyed by file hash)."),
+    Setting("instaboost.multiplier", float, 10.0, "Attention multiplier M on the instruction tokens (1 = no boost)."),
+    Setting("instaboost.boost_middle_layers_only", bool, False,
+            "Boost only the middle block (start_layer, num_middle_layers) instead of all layers."),
+    Setting("instaboost.num_middle_layers", int, 5, "How many layers the middle block spans."),
+    Setting("instaboost.start_layer", int, 8, "First layer of the middle block."),
+    Setting("instaboost.head_boost_percentage", float, 100.0,
+            "Percentage of heads boosted in each boosted layer, chosen with random_seed."),
+    Setting("instaboost.placement", str, "system",
+            "Where the instruction goes: system (chat system turn), prefix (start of the user turn) or raw (no template)."),
+    Setting("instaboost.engine", str, "fast",
+            "fast (log-M bias inside fused attention) or transformerlens (hook_pattern reference)."),
+    Setting("generation.temperature", float, 0.0, "Sampling temperature; 0 means greedy decoding."),
+    Setting("generation.max_new_tokens", int, 128, "New tokens per generation."),
+    Setting("generation.top_p", float, 1.0, "Nucleus sampling threshold (used when temperature > 0)."),
+    Setting("testing.num_runs", int, 1, "Runs per test case in run-tests."),
+    Setting("testing.results_dir", str, "results", "Where run-tests writes its CSV."),
+    Setting("limits.max_new_tokens", int, 1024, "Largest max_new_tokens a job or command may ask for."),
+    Setting("limits.max_variants", int, 12, "Most variants (multipliers x layer modes, plus the original) per job."),
+    Setting("limits.max_text_chars", int, 20000, "Longest instruction or query, in characters."),
+    Setting("limits.max_queued_jobs", int, 1000, "Submissions beyond this many queued jobs get HTTP 429."),
+    Setting("limits.max_request_bytes", int, 1_000_000, "Largest HTTP request body the web app accepts."),
+    Setting("database.url", str, "sqlite:///instaboost.db", "SQLAlchemy URL of the job store.", env="DATABASE_URL"),
+    Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis URL: Celery broker and worker heartbeats.", env="REDIS_URL"),
+    Setting("redis.namespace", str, "instaboost",
+            "Prefix of this deployment's Redis keys and queue names (separate deployments or test runs sharing one Redis)."),
+    Setting("worker.models", list, ["smollm2-135m-instruct"],
+            "Models each worker preloads and serves (comma-separated in the environment)."),
+    Setting("worker.job_time_limit", int, 1800, "Seconds a job may run before it is failed."),
+    Setting("worker.max_attempts", int, 3, "Deliveries of a job before it is failed as poison."),
+    Setting("worker.visibility_timeout", int, 7200,
+            "Seconds Redis waits before redelivering an unacknowledged job; must exceed job_time_limit."),
+    Setting("web.api_token", str, "", "When set, the JSON API requires 'Authorization: Bearer <token>'.", secret=True),
+    Setting("web.secret_key", str, "", "Flask secret key for sessions and CSRF; random per process when empty.", secret=True),
+    Setting("hf.token", str, "", "Hugging Face token for gated hub models.", env="HF_TOKEN",
+            aliases=("HUGGINGFACE_TOKEN",), secret=True),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    try:
+        if setting.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(value)
+        if setting.type is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        if setting.type is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return setting.type(value)
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"{source}: {setting.name} must be a {setting.type.__name__}, got {value!r}", field=setting.name
+        ) from None
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+class Settings(Mapping):
+    """Resolved settings, read like a dict by dotted name: ``settings["model.name"]``."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str]):
+        self._values = values
+        self.sources = sources
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def public(self) -> dict[str, Any]:
+        """Return the values with secrets masked."""
+        return {k: ("***" if BY_NAME[k].secret and v else v) for k, v in self._values.items()}
+
+
+def find_config(explicit: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """Return the config.yaml to read: explicit, $INSTABOOST_CONFIG, or ./config.yaml."""
+    env = os.environ if env is None else env
+    candidate = explicit or env.get("INSTABOOST_CONFIG")
+    if candidate:
+        path = Path(candidate).expanduser()
+        if not path.is_file():
+            raise ValidationError(f"config file {path} does not exist; fix INSTABOOST_CONFIG or --config")
+        return path
+    path = Path.cwd() / "config.yaml"
+    return path if path.is_file() else None
+
+
+def load_settings(config: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+                  dotenv: str | os.PathLike | None = ".env", overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Resolve every setting from defaults, config.yaml, .env, the environment and explicit overrides."""
+    import yaml
+
+    env = dict(os.environ if env is None else env)
+    values = {s.name: s.default for s in SETTINGS}
+    sources = {s.name: "default" for s in SETTINGS}
+
+    path = find_config(config, env)
+    if path is not None:
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValidationError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, Mapping):
+            raise ValidationError(f"{path} must hold a mapping of sections")
+        for name, value in _flatten(tree).items():
+            if name not in BY_NAME:
+                raise ValidationError(f"{path}: unknown setting {name!r}; see 'instaboost settings'", field=name)
+            values[name] = _coerce(BY_NAME[name], value, str(path))
+            sources[name] = str(path)
+
+    dot = _read_dotenv(Path(dotenv)) if dotenv else {}
+    for layer_name, layer in ((".env", dot), ("environment", env)):
+        for s in SETTINGS:
+            for var in (s.env_var, *s.aliases):
+                if layer.get(var, "") != "":
+                    values[s.name] = _coerce(s, layer[var], f"{layer_name} {var}")
+                    sources[s.name] = f"{layer_name} {var}"
+                    break
+
+    for name, value in (overrides or {}).items():
+        if name not in BY_NAME:
+            raise ValidationError(f"unknown setting {name!r}", field=name)
+        values[name] = _coerce(BY_NAME[name], value, "override")
+        sources[name] = "override"
+    return Settings(values, sources)
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """Return the process-wide settings, loaded on first use."""
+    global _cached
+    if _cached is None:
+        _cached = load_settings()
+    return _cached
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and `serve` change the environment)."""
+    global _cached
+    _cached = None
+
+
+def to_yaml() -> str:
+    """Render config.yaml with every non-secret setting at its default and its help as a comment."""
+    lines = ["# InstaBoost settings. Generated by `instaboost settings --yaml`; each key can be",
+             "# overridden by the environment variable named in its comment.", ""]
+    section = None
+    for s in SETTINGS:
+        if s.secret:
+            continue
+        head, _, key = s.name.rpartition(".")
+        if head != section:
+            if head:
+                lines.append(f"{head}:")
+            section = head
+        indent = "  " if head else ""
+        lines.append(f"{indent}# {s.help} (env {s.env_var})")
+        lines.append(f"{indent}{key or s.name}: {json.dumps(s.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown() -> str:
+    """Render the settings table for the README."""
+    rows = ["| setting | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        env = " / ".join(f"`{v}`" for v in (s.env_var, *s.aliases))
+        default = "(secret)" if s.secret and s.default else f"`{json.dumps(s.default)}`"
+        rows.append(f"| `{s.name}` | {env} | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"

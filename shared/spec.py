@@ -1,0 +1,223 @@
+"""The boost specification: one validated dataclass shared by both engines, the web app and the CLI.
+
+Pure Python (no torch) so the web layer can validate jobs without loading an ML stack.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping, Sequence
+
+from shared.errors import ValidationError
+
+PLACEMENTS = ("system", "prefix", "raw")
+LAYER_MODES = ("all", "middle")
+ENGINES = ("fast", "transformerlens")
+MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
+
+
+def check_multiplier(value, field_name: str = "multiplier") -> float:
+    """Return a valid multiplier M (0 < M <= 1e6) or raise ValidationError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(str(value).strip())
+        except ValueError:
+            raise ValidationError(f"{field_name} must be a number, got {value!r}", field=field_name) from None
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValidationError(f"{field_name} must be a finite number, got {value}", field=field_name)
+    if value <= 0:
+        raise ValidationError(
+            f"{field_name} must be > 0 (1 = no boost, below 1 de-boosts), got {value:g}", field=field_name)
+    if value > MAX_MULTIPLIER:
+        raise ValidationError(f"{field_name} must be <= {MAX_MULTIPLIER:g}, got {value:g}", field=field_name)
+    return value
+
+
+def parse_layers(value) -> str | tuple[int, ...]:
+    """Parse 'all', 'middle', '0,3,5' or a list of ints into the spec's layers field."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in LAYER_MODES:
+            return text
+        try:
+            value = [int(p) for p in text.replace(" ", "").split(",") if p != ""]
+        except ValueError:
+            raise ValidationError(
+                f"layers must be 'all', 'middle' or comma-separated layer indices like 0,3,5; got {value!r}",
+                field="layers") from None
+    if isinstance(value, Iterable):
+        items = list(value)
+        if not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise ValidationError("layers must list at least one integer layer index", field="layers")
+        if any(i < 0 for i in items):
+            raise ValidationError("layer indices must be >= 0", field="layers")
+        return tuple(sorted(set(items)))
+    raise ValidationError(f"layers must be 'all', 'middle' or a list of indices, got {value!r}", field="layers")
+
+
+@dataclass(frozen=True)
+class BoostSpec:
+    """What to boost and how much.
+
+    multiplier: M > 0; the attention weight on instruction keys is multiplied by M and each row renormalized.
+    layers: "all", "middle" (start_layer .. start_layer + num_middle_layers - 1) or explicit indices.
+    head_fraction: share of heads boosted in each boosted layer, chosen per layer with ``seed``.
+    heads: explicit heads per layer; overrides head_fraction for the layers it names.
+    placement: where the instruction sits in the prompt (system, prefix, raw).
+    """
+
+    multiplier: float = 1.0
+    layers: str | tuple[int, ...] = "all"
+    start_layer: int = 8
+    num_middle_layers: int = 5
+    head_fraction: float = 1.0
+    heads: Mapping[int, tuple[int, ...]] | None = None
+    seed: int = 42
+    placement: str = "system"
+
+    def __post_init__(self):
+        object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
+        object.__setattr__(self, "layers", parse_layers(self.layers))
+        for name in ("start_layer", "num_middle_layers", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValidationError(f"{name} must be an integer, got {v!r}", field=name)
+        if self.start_layer < 0:
+            raise ValidationError("start_layer must be >= 0", field="start_layer")
+        if self.num_middle_layers < 1:
+            raise ValidationError("num_middle_layers must be >= 1", field="num_middle_layers")
+        hf = self.head_fraction
+        if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not (0 < float(hf) <= 1):
+            raise ValidationError(
+                f"head_fraction must be in (0, 1] (head_boost_percentage in (0, 100]), got {hf!r}",
+                field="head_fraction")
+        object.__setattr__(self, "head_fraction", float(hf))
+        if self.placement not in PLACEMENTS:
+            raise ValidationError(f"placement must be one of {', '.join(PLACEMENTS)}; got {self.placement!r}",
+                                  field="placement")
+        if self.heads is not None:
+            clean = {}
+            for layer, hs in dict(self.heads).items():
+                hs = tuple(sorted(set(int(h) for h in hs)))
+                if not hs or min(hs) < 0:
+                    raise ValidationError(f"heads for layer {layer} must be non-negative indices", field="heads")
+                clean[int(layer)] = hs
+            object.__setattr__(self, "heads", clean)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.multiplier == 1.0
+
+    def with_(self, **changes) -> "BoostSpec":
+        """Return a copy with some fields changed (and validated again)."""
+        return replace(self, **changes)
+
+    def resolve_layers(self, n_layers: int) -> tuple[int, ...]:
+        """Return the boosted layer indices for a model with n_layers layers."""
+        if self.layers == "all":
+            return tuple(range(n_layers))
+        if self.layers == "middle":
+            start, count = self.start_layer, self.num_middle_layers
+            if start >= n_layers:
+                raise ValidationError(
+                    f"start_layer {start} is out of range: the model has {n_layers} layers (0..{n_layers - 1})",
+                    field="start_layer")
+            if start + count > n_layers:
+                warnings.warn(f"middle block {start}+{count} clipped to the model's {n_layers} layers",
+                              stacklevel=2)
+                count = n_layers - start
+            return tuple(range(start, start + count))
+        bad = [i for i in self.layers if i >= n_layers]
+        if bad:
+            raise ValidationError(
+                f"layers {bad} are out of range: the model has {n_layers} layers (0..{n_layers - 1})",
+                field="layers")
+        return tuple(self.layers)
+
+    def resolve_heads(self, n_layers: int, n_heads: int) -> dict[int, tuple[int, ...]]:
+        """Return {layer: boosted head indices} for every boosted layer."""
+        return select_heads(self.resolve_layers(n_layers), n_heads, self.head_fraction, self.seed, self.heads)
+
+
+def select_heads(layers: Sequence[int], n_heads: int, fraction: float, seed: int,
+                 explicit: Mapping[int, Sequence[int]] | None = None) -> dict[int, tuple[int, ...]]:
+    """Choose the boosted heads per layer: all, a seeded fraction (Random(seed + layer)), or explicit."""
+    out: dict[int, tuple[int, ...]] = {}
+    for layer in layers:
+        if explicit and layer in explicit:
+            hs = tuple(explicit[layer])
+            if max(hs) >= n_heads:
+                raise ValidationError(f"head {max(hs)} in layer {layer} is out of range: the model has "
+                                      f"{n_heads} heads (0..{n_heads - 1})", field="heads")
+        elif fraction >= 1.0:
+            hs = tuple(range(n_heads))
+        else:
+            k = max(1, round(fraction * n_heads))
+            hs = tuple(sorted(random.Random(seed + layer).sample(range(n_heads), k)))
+        out[layer] = hs
+    return out
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings shared by every variant of a job."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 42
+
+    def __post_init__(self):
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValidationError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}",
+                                  field="max_new_tokens")
+        for name, lo, hi in (("temperature", 0.0, 10.0), ("top_p", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not (lo <= v <= hi):
+                raise ValidationError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}", field=name)
+        if self.top_p == 0:
+            raise ValidationError("top_p must be > 0", field="top_p")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: an instruction, a query, a boost and decoding settings."""
+
+    instruction: str
+    query: str
+    spec: BoostSpec = field(default_factory=BoostSpec)
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+    def __post_init__(self):
+        for name in ("instruction", "query"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.strip():
+                raise ValidationError(f"{name} must be a non-empty string", field=name)
+
+
+@dataclass
+class GenerationResult:
+    """What an engine returns per request."""
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    span: tuple[int, int]  # [start, end) token positions of the instruction in the (unpadded) prompt
+    span_text: str
+    seconds: float
+    # {"unboosted": [per layer], "boosted": [per layer]}: attention mass on the instruction,
+    # mean over heads and generated positions; None unless asked for.
+    attention_mass: dict[str, list[float]] | None = None
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
+                "span": list(self.span), "span_text": self.span_text, "seconds": round(self.seconds, 4),
+                "attention_mass": self.attention_mass}

@@ -1,0 +1,137 @@
+"""The engine contract on the real default model in fp32."""
+
+import pytest
+import torch
+
+from shared.errors import ValidationError
+from shared.spec import BoostSpec, GenerationParams, GenerationRequest
+from tests.fixtures.model import INSTRUCTION, QUERY, make_request
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = [
+    dict(multiplier=3.0, layers="all"),
+    dict(multiplier=20.0, layers="middle"),
+    dict(multiplier=10.0, head_fraction=0.2, seed=42),
+    dict(multiplier=1.0),
+]
+
+
+@pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_engines_agree_on_logits(fast_engine, tl_engine, spec):
+    req = make_request(**spec)
+    diff = (fast_engine.logits(req) - tl_engine.logits(req)).abs().max().item()
+    assert diff <= 1e-4, f"fast and transformerlens logits differ by {diff:.3g}"
+
+
+def test_engines_boost_changes_logits(fast_engine):
+    base = fast_engine.logits(make_request(1.0))
+    boosted = fast_engine.logits(make_request(10.0))
+    assert (base - boosted).abs().max().item() > 0.5
+
+
+def _plain_greedy(plain_model, req, engine):
+    prompt = engine.prompt(req)
+    ids = torch.tensor([prompt.input_ids])
+    with torch.inference_mode():
+        out = plain_model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                         max_new_tokens=req.params.max_new_tokens, do_sample=False,
+                                         pad_token_id=plain_model.tokenizer.pad_token_id)
+    gen = out[0, ids.shape[1]:].tolist()
+    eos = plain_model.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    n = next((k for k, t in enumerate(gen) if t in eos), len(gen))
+    return plain_model.tokenizer.decode(gen[:n], skip_special_tokens=True).strip(), n
+
+
+@pytest.mark.parametrize("which", ["fast", "transformerlens"])
+def test_multiplier_one_equals_plain_hf_greedy(fast_engine, tl_engine, plain_model, which):
+    engine = fast_engine if which == "fast" else tl_engine
+    req = make_request(1.0, max_new_tokens=32)
+    want_text, want_n = _plain_greedy(plain_model, req, engine)
+    got = engine.generate([req])[0]
+    assert (got.text, got.output_tokens) == (want_text, want_n)
+
+
+def test_transformerlens_cached_equals_uncached(tl_engine):
+    req = make_request(6.0, layers="middle", max_new_tokens=20)
+    prompt = tl_engine.prompt(req)
+    cached = tl_engine.generate([req])[0]
+    uncached_ids = tl_engine.generate_uncached(req)
+    uncached = tl_engine.tokenizer.decode(uncached_ids, skip_special_tokens=True).strip()
+    assert cached.text == uncached
+    # Guard against the transformers 5.24 'cache' rename: cached decoding must stay coherent, not "The-----".
+    assert len(set(cached.text.split())) > 3, cached.text
+    assert prompt.span_text == INSTRUCTION
+
+
+def test_fast_batch_equals_each_alone(fast_engine):
+    reqs = [
+        make_request(8.0, instruction="Answer only in French.", query="Name a large city in Germany.",
+                     placement="system", max_new_tokens=16),
+        make_request(1.0, instruction="Reply in all capital letters.",
+                     query="What colour is the sky on a clear day? Answer in one short sentence.",
+                     placement="prefix", max_new_tokens=16),
+        make_request(25.0, instruction="You are a pirate. Always talk like a pirate, with arr and matey.",
+                     query="Describe your favourite food.", layers="middle", placement="raw", max_new_tokens=16),
+        make_request(0.5, instruction="Be terse.", query="Why do cats purr?", head_fraction=0.3,
+                     placement="system", max_new_tokens=16),
+    ]
+    batched = fast_engine.generate(reqs)
+    alone = [fast_engine.generate([r])[0] for r in reqs]
+    assert [b.text for b in batched] == [a.text for a in alone]
+    assert [b.span for b in batched] == [a.span for a in alone]
+    assert len({b.text for b in batched}) == 4
+
+
+@pytest.mark.parametrize("placement", ["system", "prefix", "raw"])
+def test_span_decodes_to_the_instruction(fast_engine, placement):
+    instruction = "  Always answer with exactly three words.  "
+    prompt = fast_engine.prompt(make_request(2.0, instruction=instruction, placement=placement))
+    decoded = fast_engine.tokenizer.decode(prompt.input_ids[prompt.span[0]:prompt.span[1]])
+    assert decoded.strip() == instruction.strip()
+    assert prompt.span[1] - prompt.span[0] >= 6
+
+
+@pytest.mark.parametrize("which", ["fast", "transformerlens"])
+def test_attention_mass_rises_in_boosted_layers_only(fast_engine, tl_engine, which):
+    engine = fast_engine if which == "fast" else tl_engine
+    res = engine.generate([make_request(10.0, layers="middle", max_new_tokens=12)], attention=True)[0]
+    before, after = res.attention_mass["unboosted"], res.attention_mass["boosted"]
+    assert len(before) == len(after) == engine.n_layers
+    for layer in range(8, 13):
+        assert after[layer] > before[layer] * 1.5, (layer, before[layer], after[layer])
+    # Layers before the boosted block see the same tokens and the same weights.
+    assert before[:8] == pytest.approx(after[:8], abs=1e-5)
+
+
+def test_engines_agree_on_attention_mass(fast_engine, tl_engine):
+    req = make_request(5.0, head_fraction=0.5, max_new_tokens=10)
+    a = fast_engine.generate([req], attention=True)[0]
+    b = tl_engine.generate([req], attention=True)[0]
+    assert a.text == b.text
+    for label in ("unboosted", "boosted"):
+        assert a.attention_mass[label] == pytest.approx(b.attention_mass[label], abs=1e-4)
+
+
+def test_prompt_longer_than_context_is_refused(fast_engine):
+    req = GenerationRequest("Be brief.", "word " * 9000, BoostSpec(multiplier=2), GenerationParams(max_new_tokens=8))
+    with pytest.raises(ValidationError, match="context") as exc:
+        fast_engine.generate([req])
+    assert exc.value.field == "query"
+
+
+def test_failed_generation_leaves_model_unboosted(fast_engine):
+    bad = make_request(5.0, layers=(3, 99))
+    with pytest.raises(ValidationError):
+        fast_engine.generate([bad])
+    from worker.engine import _ACTIVE
+
+    assert _ACTIVE.get() is None
+    assert fast_engine.logits(make_request(1.0)).shape[0] > 0
+
+
+def test_sampling_is_reproducible_with_a_seed(fast_engine):
+    params = GenerationParams(max_new_tokens=16, temperature=0.9, top_p=0.95, seed=123)
+    req = GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=4.0), params)
+    assert fast_engine.generate([req])[0].text == fast_engine.generate([req])[0].text

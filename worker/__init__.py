@@ -1,0 +1,15 @@
+"""The engine (boost math, model loading, generation), the CLI and the Celery tasks.
+
+Importing this package is cheap: torch loads only when an engine is used.
+"""
+
+__all__ = ["InstaBoostTransformerLens"]
+
+
+def __getattr__(name):
+    # Lazy so `import worker.tasks` or the CLI's `serve` don't pay for torch until needed.
+    if name == "InstaBoostTransformerLens":
+        from worker.compat import InstaBoostTransformerLens
+
+        return InstaBoostTransformerLens
+    raise AttributeError(name)
