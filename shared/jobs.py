@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 EXPORT_BATCH = 500
+MAX_ID = 2**31 - 1  # INTEGER primary keys; larger ids cannot exist (and would overflow on PostgreSQL)
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
@@ -273,7 +274,10 @@ def record_run(session: Session, job_id: int, variant: str, *, multiplier: float
 
 def get_job(session: Session, job_id: Any, with_runs: bool = True) -> Job:
     """Return a job (and its runs) or raise NotFound."""
-    jid = _parse_int("id", job_id, lo=1)
+    try:
+        jid = _parse_int("id", job_id, lo=1, hi=MAX_ID)
+    except ValidationError:
+        raise NotFound(f"job {job_id!r} does not exist: job ids are positive integers", field="id") from None
     job = session.get(Job, jid, populate_existing=True)
     if job is None:
         raise NotFound(f"job {jid} does not exist", field="id")
@@ -294,7 +298,7 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, num = raw.partition(":")
-        if prefix != kind or not num.isdigit():
+        if prefix != kind or not num.isdigit() or int(num) > MAX_ID + 1:
             raise ValueError(raw)
         return int(num)
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -345,7 +349,7 @@ def clean_filters(kind: str, filters: Mapping[str, Any] | None) -> dict[str, Any
         if key == "status":
             out[key] = _parse_status(value)
         elif key == "job_id":
-            out[key] = _parse_int("job_id", value, lo=1)
+            out[key] = _parse_int("job_id", value, lo=1, hi=MAX_ID)
         else:
             out[key] = str(value)
     return out

@@ -1,0 +1,100 @@
+"""The InstaBoost web app: a JSON API, server-rendered pages and CSV export.
+
+Never imports torch: jobs are validated with shared.schemas and enqueued to workers by task name.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+# test_config keys that stand for settings, so tests can point the app at their own services.
+CONFIG_SETTINGS = {
+    "DATABASE_URL": "database.url",
+    "REDIS_URL": "redis.url",
+    "REDIS_NAMESPACE": "redis.namespace",
+    "API_TOKEN": "web.api_token",
+}
+
+csrf = CSRFProtect()
+
+
+def _settings(test_config: Mapping[str, Any] | None):
+    from shared.settings import get_settings, load_settings
+
+    if test_config is None:
+        return get_settings()
+    overrides = dict(test_config.get("SETTINGS") or {})
+    for key, name in CONFIG_SETTINGS.items():
+        if key in test_config:
+            overrides[name] = test_config[key]
+    return load_settings(overrides=overrides)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app from shared.settings (test_config overrides settings and Flask config)."""
+    from shared.celery_config import make_celery, redis_client
+    from shared.db import get_sessionmaker
+    from web import api, context, errors, export, health, pages
+
+    settings = _settings(test_config)
+    app = Flask(__name__)
+    app.config.update(
+        # A random key per process still works for one gunicorn worker; set web.secret_key for more.
+        SECRET_KEY=settings["web.secret_key"] or secrets.token_hex(32),
+        MAX_CONTENT_LENGTH=settings["limits.max_request_bytes"],
+        JSON_SORT_KEYS=False,
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    if test_config:
+        app.config.update({k: v for k, v in test_config.items() if k != "SETTINGS"})
+
+    app.extensions["instaboost"] = context.Services(
+        settings=settings,
+        sessionmaker=get_sessionmaker(settings["database.url"]),
+        celery=make_celery(settings),
+        redis=redis_client(settings["redis.url"]),
+    )
+    csrf.init_app(app)
+    csrf.exempt(api.bp)  # the JSON API is protected by its bearer token, not by cookies
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(export.bp)
+    app.register_blueprint(health.bp)
+    errors.register(app)
+    app.teardown_appcontext(context.close_session)
+    app.jinja_env.filters["age"] = _age
+    app.jinja_env.filters["when"] = _when
+
+    @app.after_request
+    def security_headers(resp):
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                                    "form-action 'self'; base-uri 'none'")
+            resp.headers.setdefault("X-Frame-Options", "DENY")
+        return resp
+
+    return app
+
+
+def _age(value: datetime | None) -> str:
+    """Render how long ago value was, e.g. '3 min ago'."""
+    if value is None:
+        return ""
+    seconds = int((datetime.now(timezone.utc) - value).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{max(seconds, 0)} s ago"
+
+
+def _when(value: datetime | None) -> str:
+    """Render a timestamp as UTC, to the second."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"

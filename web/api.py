@@ -1,0 +1,126 @@
+"""The JSON API under /api: submit, inspect, list and cancel jobs; list runs and models."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from flask import Blueprint, jsonify, request, url_for
+
+from shared import jobs
+from shared.celery_config import live_workers
+from shared.errors import BadRequest, InstaBoostError, Unauthorized, Unavailable
+from shared.schemas import JobRequest
+from web.context import db, services, submit_kwargs
+from web.export import csv_response
+from web.openapi import openapi_document
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+class UnsupportedMediaType(InstaBoostError):
+    status = 415
+    title = "Unsupported media type"
+
+
+@bp.before_request
+def require_token():
+    """Check the bearer token when web.api_token is set (the OpenAPI document stays public)."""
+    token = services().settings["web.api_token"]
+    if not token or request.endpoint == "api.openapi":
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("send 'Authorization: Bearer <token>' with the API token (web.api_token)",
+                           field="Authorization")
+    return None
+
+
+def _json_body():
+    if not request.is_json:  # application/json or application/*+json
+        raise UnsupportedMediaType(f"send the job as JSON with 'Content-Type: application/json' "
+                                   f"(got {request.mimetype or 'no content type'!r})", field="Content-Type")
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body must be UTF-8 encoded JSON", field="body") from None
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", field="body") from None
+
+
+def _page(items, next_cursor, endpoint):
+    args = {k: v for k, v in request.args.items() if k != "cursor"}
+    nxt = url_for(endpoint, **args, cursor=next_cursor) if next_cursor else None
+    return jsonify({"items": items, "next_cursor": next_cursor, "next": nxt})
+
+
+@bp.post("/jobs")
+def submit():
+    """Validate and enqueue a job; answer 202 with its URL."""
+    req = JobRequest.from_dict(_json_body(), services().settings)
+    job = jobs.submit_job(db(), req, **submit_kwargs())
+    resp = jsonify(jobs.job_to_dict(job))
+    resp.status_code = 202
+    resp.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    return resp
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id):
+    """Return a job's status, progress, parameters and runs so far."""
+    return jsonify(jobs.job_to_dict(jobs.get_job(db(), job_id)))
+
+
+@bp.get("/jobs")
+def list_jobs():
+    """Return a page of jobs, newest first."""
+    rows, nxt = jobs.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    return _page([jobs.job_to_dict(j, runs=False) for j in rows], nxt, "api.list_jobs")
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id):
+    """Cancel a queued job, or ask a running one to stop at the next variant."""
+    job = jobs.get_job(db(), job_id, with_runs=False)
+    return jsonify(jobs.job_to_dict(jobs.cancel_job(db(), job.id)))
+
+
+@bp.get("/runs")
+def list_runs():
+    """Return a page of runs, newest first."""
+    rows, nxt = jobs.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    items = [{**jobs.run_to_dict(r), "model": j.model, "job_status": j.status.value} for r, j in rows]
+    return _page(items, nxt, "api.list_runs")
+
+
+@bp.get("/runs.csv")
+def runs_csv():
+    """Stream every run matching the filters as CSV."""
+    return csv_response(request.args)
+
+
+@bp.get("/models")
+def models():
+    """Return the models live workers hold and how many workers hold each."""
+    s = services()
+    try:
+        workers = live_workers(s.redis, s.settings["redis.namespace"])
+    except Exception as exc:  # redis-py connection errors
+        raise Unavailable(f"the broker (Redis) is unreachable: {exc}") from None
+    counts: dict[str, int] = {}
+    for w in workers:
+        for m in w.get("models", []):
+            counts[m] = counts.get(m, 0) + 1
+    return jsonify({
+        "default": s.settings["model.name"],
+        "models": [{"name": m, "workers": n} for m, n in sorted(counts.items())],
+        "workers": [{k: w.get(k) for k in ("hostname", "models", "pid", "started_at", "seen_at")} for w in workers],
+    })
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """Return the OpenAPI 3.1 description of this API."""
+    return jsonify(openapi_document())

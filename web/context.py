@@ -1,0 +1,44 @@
+"""Per-app services and the per-request database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from flask import current_app, g
+from sqlalchemy.orm import Session, sessionmaker
+
+
+@dataclass
+class Services:
+    """What views need: settings, a sessionmaker, a Celery producer and a Redis client."""
+
+    settings: Mapping[str, Any]
+    sessionmaker: sessionmaker
+    celery: Any
+    redis: Any
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions["instaboost"]
+
+
+def db() -> Session:
+    """Return this request's session (closed when the request ends)."""
+    if "db" not in g:
+        g.db = services().sessionmaker()
+    return g.db
+
+
+def close_session(_exc=None) -> None:
+    """Close the request's session, rolling back anything uncommitted."""
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def submit_kwargs() -> dict[str, Any]:
+    """Return the keyword arguments shared.jobs.submit_job needs from this app."""
+    s = services()
+    return {"settings": s.settings, "celery_app": s.celery, "redis": s.redis}

@@ -1,0 +1,227 @@
+"""The OpenAPI 3.1 description of the JSON API (hand-written; tests keep it valid and truthful)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.jobs import EXPORT_COLUMNS, MAX_ID, MAX_LIMIT
+from shared.models import JobStatus
+from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
+
+STATUSES = [s.value for s in JobStatus]
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem(description: str) -> dict:
+    return {"description": description, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+def _json(description: str, schema: dict, headers: dict | None = None) -> dict:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+PAGE_PARAMS = [
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}},
+    {"name": "cursor", "in": "query", "required": False, "description": "next_cursor of the previous page",
+     "schema": {"type": "string"}},
+]
+JOB_ID = {"name": "job_id", "in": "path", "required": True,
+          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+STATUS_FILTER = {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": STATUSES}}
+MODEL_FILTER = {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}}
+RUN_FILTERS = [
+    {"name": "job_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+    MODEL_FILTER,
+    {"name": "variant", "in": "query", "required": False, "schema": {"type": "string"}},
+    {**STATUS_FILTER, "description": "status of the run's job"},
+]
+COMMON = {"401": _problem("Missing or wrong bearer token (only when web.api_token is set)."),
+          "500": _problem("Unexpected error.")}
+LIST_ERRORS = {"400": _problem("Malformed cursor."), "422": _problem("Invalid filter or limit.")}
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object", "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "errors": {"type": "array", "items": {
+                "type": "object", "required": ["field", "message"],
+                "properties": {"field": {"type": ["string", "null"]}, "message": {"type": "string"}}}},
+        },
+    },
+    "JobRequest": {
+        "type": "object", "required": ["instruction", "query"], "additionalProperties": False,
+        "properties": {
+            "instruction": {"type": "string", "minLength": 1, "description": "Text whose tokens get boosted."},
+            "query": {"type": "string", "minLength": 1},
+            "model": {"type": "string", "description": "A model a live worker serves (see /api/models)."},
+            "multipliers": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+                            "minItems": 1},
+            "layer_modes": {"type": "array", "items": {"type": "string", "enum": list(LAYER_MODES)}, "minItems": 1},
+            "start_layer": {"type": "integer", "minimum": 0},
+            "num_middle_layers": {"type": "integer", "minimum": 1},
+            "head_boost_percentage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+            "seed": {"type": "integer", "minimum": 0},
+            "placement": {"type": "string", "enum": list(PLACEMENTS)},
+            "engine": {"type": "string", "enum": list(ENGINES)},
+            "max_new_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 10},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        },
+    },
+    "Run": {
+        "type": "object",
+        "required": ["id", "job_id", "variant", "multiplier", "layers", "output_text", "prompt_tokens",
+                     "output_tokens", "seconds", "created_at"],
+        "properties": {
+            "id": {"type": "integer"}, "job_id": {"type": "integer"}, "variant": {"type": "string"},
+            "multiplier": {"type": "number"}, "layers": {"type": "string"}, "heads": {"type": ["string", "null"]},
+            "output_text": {"type": "string"}, "prompt_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"}, "seconds": {"type": "number"},
+            "attention_mass": {"type": ["object", "null"]}, "created_at": {"type": "string", "format": "date-time"},
+            "model": {"type": "string"}, "job_status": {"type": "string", "enum": STATUSES},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "status", "finished", "model", "params", "progress", "attempts", "created_at"],
+        "properties": {
+            "id": {"type": "integer"}, "status": {"type": "string", "enum": STATUSES},
+            "finished": {"type": "boolean"}, "model": {"type": "string"},
+            "params": {"type": "object", "description": "The validated JobRequest with defaults filled in."},
+            "progress": {"type": "object", "required": ["done", "total"],
+                         "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}}},
+            "error": {"type": ["string", "null"]}, "attempts": {"type": "integer"},
+            "worker": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"}, "enqueued_at": NULLABLE_TIME,
+            "started_at": NULLABLE_TIME, "finished_at": NULLABLE_TIME,
+            "runs": {"type": "array", "items": _ref("Run")},
+        },
+    },
+    "JobPage": {
+        "type": "object", "required": ["items", "next_cursor", "next"],
+        "properties": {"items": {"type": "array", "items": _ref("Job")},
+                       "next_cursor": {"type": ["string", "null"]}, "next": {"type": ["string", "null"]}},
+    },
+    "RunPage": {
+        "type": "object", "required": ["items", "next_cursor", "next"],
+        "properties": {"items": {"type": "array", "items": _ref("Run")},
+                       "next_cursor": {"type": ["string", "null"]}, "next": {"type": ["string", "null"]}},
+    },
+    "Models": {
+        "type": "object", "required": ["default", "models", "workers"],
+        "properties": {
+            "default": {"type": "string"},
+            "models": {"type": "array", "items": {"type": "object", "required": ["name", "workers"], "properties": {
+                "name": {"type": "string"}, "workers": {"type": "integer", "minimum": 1}}}},
+            "workers": {"type": "array", "items": {"type": "object", "properties": {
+                "hostname": {"type": ["string", "null"]},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "pid": {"type": ["integer", "null"]}, "started_at": {}, "seen_at": {}}}},
+        },
+    },
+    "Health": {
+        "type": "object", "required": ["status", "database", "broker"],
+        "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]},
+                       "database": {"type": "string"}, "broker": {"type": "string"}},
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document for /api and /healthz."""
+    retry_after = {"Retry-After": {"schema": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "InstaBoost Service", "version": "0.1.0",
+                 "description": "Submit instruction attention boosting jobs and read their outputs. Errors are "
+                                "RFC 9457 problem documents naming the offending field."},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/jobs": {
+                "post": {
+                    "operationId": "submitJob", "summary": "Submit a job",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
+                    "responses": {
+                        "202": _json("Queued.", _ref("Job"), {"Location": {"schema": {"type": "string"}}}),
+                        "400": _problem("The body is not valid JSON."),
+                        "413": _problem("The body is too large."),
+                        "415": _problem("The body is not JSON."),
+                        "422": _problem("A field is invalid, or no live worker serves the model."),
+                        "429": {**_problem("Too many queued jobs."), "headers": retry_after},
+                        "503": {**_problem("The broker is unreachable."), "headers": retry_after},
+                        **COMMON,
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs", "summary": "List jobs, newest first",
+                    "parameters": [STATUS_FILTER, MODEL_FILTER, *PAGE_PARAMS],
+                    "responses": {"200": _json("A page of jobs.", _ref("JobPage")), **LIST_ERRORS, **COMMON},
+                },
+            },
+            "/api/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob", "summary": "A job with its runs so far", "parameters": [JOB_ID],
+                    "responses": {"200": _json("The job.", _ref("Job")), "404": _problem("No such job."), **COMMON},
+                },
+            },
+            "/api/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob", "summary": "Cancel a queued or running job", "parameters": [JOB_ID],
+                    "responses": {"200": _json("Cancelled (queued) or cancelling (running).", _ref("Job")),
+                                  "404": _problem("No such job."), "409": _problem("The job already finished."),
+                                  **COMMON},
+                },
+            },
+            "/api/runs": {
+                "get": {
+                    "operationId": "listRuns", "summary": "List runs, newest first",
+                    "parameters": [*RUN_FILTERS, *PAGE_PARAMS],
+                    "responses": {"200": _json("A page of runs.", _ref("RunPage")), **LIST_ERRORS, **COMMON},
+                },
+            },
+            "/api/runs.csv": {
+                "get": {
+                    "operationId": "exportRuns", "summary": "Every matching run as CSV (streamed)",
+                    "description": "Columns: " + ", ".join(EXPORT_COLUMNS) + ". Cells starting with = + - @ tab "
+                                   "or CR are prefixed with ' against spreadsheet formula injection.",
+                    "parameters": RUN_FILTERS,
+                    "responses": {"200": {"description": "CSV, one row per run.",
+                                          "content": {"text/csv": {"schema": {"type": "string"}}}},
+                                  "422": _problem("Invalid filter."), **COMMON},
+                },
+            },
+            "/api/models": {
+                "get": {
+                    "operationId": "listModels", "summary": "Models live workers hold",
+                    "responses": {"200": _json("Models and workers.", _ref("Models")),
+                                  "503": {**_problem("Redis is unreachable."), "headers": retry_after}, **COMMON},
+                },
+            },
+            "/api/openapi.json": {
+                "get": {"operationId": "openapi", "summary": "This document", "security": [],
+                        "responses": {"200": _json("OpenAPI 3.1 document.", {"type": "object"})}},
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health", "summary": "Database and broker reachability", "security": [],
+                    "responses": {"200": _json("Both reachable.", _ref("Health")),
+                                  "503": _json("One is unreachable.", _ref("Health"), retry_after)},
+                },
+            },
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "Required only when web.api_token is set."}},
+        },
+    }

@@ -1,0 +1,132 @@
+"""Server-rendered pages: submit form, job list, job detail, runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+
+from shared import jobs
+from shared.celery_config import served_models
+from shared.errors import Conflict, InstaBoostError
+from shared.models import JobStatus
+from shared.schemas import JobRequest, Variant
+from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
+from web.context import db, services, submit_kwargs
+
+bp = Blueprint("pages", __name__)
+
+FORM_FIELDS = ("instruction", "query", "model", "multipliers", "start_layer", "num_middle_layers",
+               "head_boost_percentage", "seed", "placement", "engine", "max_new_tokens", "temperature", "top_p")
+ADVANCED_FIELDS = FORM_FIELDS[4:]
+
+
+def _model_choices() -> tuple[list[str], str | None]:
+    s = services()
+    default = s.settings["model.name"]
+    try:
+        served = served_models(s.redis, s.settings["redis.namespace"])
+        warning = None if served else "No worker is running: jobs cannot be submitted until one starts."
+    except Exception:  # Redis down: still render the form
+        served, warning = set(), "The broker (Redis) is unreachable: jobs cannot be submitted right now."
+    return [default, *sorted(served - {default})], warning
+
+
+def _form_defaults() -> dict[str, Any]:
+    d = JobRequest.defaults(services().settings)
+    d["multipliers"] = ", ".join(f"{m:g}" for m in d["multipliers"])
+    d.update(instruction="", query="")
+    return d
+
+
+def _render_form(values: dict[str, Any], errors: dict[str, list[str]] | None = None, status: int = 200,
+                 message: str | None = None):
+    models, warning = _model_choices()
+    if values.get("model") and values["model"] not in models:
+        models.append(values["model"])
+    errors = errors or {}
+    return render_template("index.html", values=values, errors=errors, message=message, models=models,
+                           warning=warning, placements=PLACEMENTS, engines=ENGINES, layer_modes=LAYER_MODES,
+                           advanced_open=bool(errors.keys() & set(ADVANCED_FIELDS)),
+                           other_errors={k: v for k, v in errors.items() if k not in FORM_FIELDS
+                                         and k != "layer_modes"}), status
+
+
+@bp.get("/")
+def index():
+    """Show the submit form with the configured defaults."""
+    return _render_form(_form_defaults())
+
+
+@bp.post("/")
+def submit():
+    """Validate the form and enqueue the job; re-render with field errors (and the typed values) on failure."""
+    data: dict[str, Any] = {k: request.form.get(k, "") for k in FORM_FIELDS}
+    data["layer_modes"] = request.form.getlist("layer_modes")
+    try:
+        req = JobRequest.from_dict(data, services().settings)
+        job = jobs.submit_job(db(), req, **submit_kwargs())
+    except InstaBoostError as exc:
+        errors: dict[str, list[str]] = {}
+        for e in exc.errors:
+            errors.setdefault(e["field"].split("[")[0], []).append(e["message"])
+        return _render_form(data, errors, exc.status, exc.message)
+    return redirect(url_for("pages.job", job_id=job.id), code=303)
+
+
+@bp.get("/jobs")
+def job_list():
+    """List jobs with filters and cursor pagination."""
+    rows, nxt = jobs.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    args = {k: v for k, v in request.args.items() if k != "cursor" and v}
+    return render_template("jobs.html", jobs=rows, next_cursor=nxt, args=args, statuses=list(JobStatus))
+
+
+def _variant_rows(job) -> tuple[Any, list[tuple[Variant, Any]]]:
+    """Return the original run and [(variant, run or None)] for every boosted variant, in order."""
+    by_name = {r.variant: r for r in job.runs}
+    try:
+        variants = JobRequest.from_params(job.params).variants()
+    except (KeyError, TypeError, ValueError):
+        variants = []
+    rows = [(v, by_name.pop(v.name, None)) for v in variants if not v.is_original]
+    original = by_name.pop("original", None)
+    rows += [(Variant(r.variant, r.multiplier, r.layers), r) for r in by_name.values()]
+    return original, rows
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id):
+    """Show a job: status, progress, parameters, timings and each variant beside the original."""
+    j = jobs.get_job(db(), job_id)
+    original, rows = _variant_rows(j)
+    return render_template("job.html", job=j, original=original, rows=rows, finished=j.status.finished)
+
+
+@bp.get("/jobs/<job_id>/status.json")
+def job_status(job_id):
+    """Return the job as JSON for the page's polling (pages stay usable when the API needs a token)."""
+    return jsonify(jobs.job_to_dict(jobs.get_job(db(), job_id)))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id):
+    """Cancel from the job page, then show it again."""
+    j = jobs.get_job(db(), job_id, with_runs=False)
+    try:
+        j = jobs.cancel_job(db(), j.id)
+        flash("Cancelled." if j.status is JobStatus.cancelled else
+              "Cancel requested: the job stops after the variant it is generating.", "info")
+    except Conflict as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("pages.job", job_id=j.id), code=303)
+
+
+@bp.get("/runs")
+def runs():
+    """List stored runs with filters; the export link carries the same filters."""
+    rows, nxt = jobs.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    args = {k: v for k, v in request.args.items() if k != "cursor" and v}
+    filters = {k: v for k, v in args.items() if k in jobs.RUN_FILTERS}
+    return render_template("runs.html", runs=rows, next_cursor=nxt, args=args, filters=filters,
+                           statuses=list(JobStatus))
