@@ -28,7 +28,8 @@ class Setting:
 
     @property
     def env_var(self) -> str:
-        return self.env or "INSTABOOST_" + self.name.replace(".", "_").upper()
+        # The "instaboost." section would repeat the prefix: INSTABOOST_MULTIPLIER, not INSTABOOST_INSTABOOST_...
+        return self.env or "INSTABOOST_" + self.name.removeprefix("instaboost.").replace(".", "_").upper()
 
 
 SETTINGS: tuple[Setting, ...] = (

@@ -1,0 +1,203 @@
+"""The `instaboost` command: generate, run-tests, serve, settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+from shared.errors import InstaBoostError
+from shared.settings import get_settings, to_markdown, to_yaml
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="instaboost", description="Instruction attention boosting (InstaBoost).")
+    p.add_argument("--config", help="config.yaml to read (default: ./config.yaml or $INSTABOOST_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="run one generation, no services needed")
+    g.add_argument("--instruction", required=True, help="the instruction whose tokens get boosted")
+    g.add_argument("--query", required=True, help="the user's message")
+    _boost_args(g)
+    g.add_argument("--layers", help="all | middle | comma-separated indices like 0,3,5")
+    g.add_argument("--heads", type=float, help="fraction of heads boosted per layer, in (0, 1]")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--temperature", type=float, help="0 = greedy")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--attention", action="store_true", help="also report attention mass on the instruction per layer")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
+
+    t = sub.add_parser("run-tests", help="run test cases into the original / all / middle comparison CSV")
+    t.add_argument("--cases", help="YAML or JSON file of cases (default: the built-in cases)")
+    t.add_argument("--output", help="CSV path (default: results/instaboost_results_<time>.csv)")
+    t.add_argument("--num-runs", type=int)
+    _boost_args(t)
+    t.add_argument("--heads", type=float, help="fraction of heads boosted per layer, in (0, 1]")
+    t.add_argument("--max-new-tokens", type=int)
+    t.add_argument("--temperature", type=float)
+    t.add_argument("--top-p", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    s = sub.add_parser("serve", help="start the web app and one worker on this machine")
+    try:
+        from worker.serve import add_serve_arguments
+
+        add_serve_arguments(s)
+    except ImportError:  # pragma: no cover - serve lands separately
+        pass
+
+    st = sub.add_parser("settings", help="show settings, or print config.yaml / the README table")
+    fmt = st.add_mutually_exclusive_group()
+    fmt.add_argument("--yaml", action="store_true", help="print config.yaml with every default")
+    fmt.add_argument("--markdown", action="store_true", help="print the settings table for the README")
+    return p
+
+
+def _boost_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--multiplier", "-m", type=float, help="attention multiplier M (1 = no boost)")
+    p.add_argument("--start-layer", type=int, help="first layer of the middle block")
+    p.add_argument("--num-middle-layers", type=int, help="layers in the middle block")
+    p.add_argument("--placement", choices=["system", "prefix", "raw"])
+    p.add_argument("--engine", choices=["fast", "transformerlens"])
+    p.add_argument("--model", help="alias, hub id, local folder or .gguf path")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
+
+
+def _pick(value, default):
+    return default if value is None else value
+
+
+def _spec_and_params(args, s):
+    from shared.spec import BoostSpec, GenerationParams
+
+    heads = args.heads if args.heads is not None else s["instaboost.head_boost_percentage"] / 100.0
+    layers = getattr(args, "layers", None)
+    if layers is None:
+        layers = "middle" if s["instaboost.boost_middle_layers_only"] else "all"
+    spec = BoostSpec(multiplier=_pick(args.multiplier, s["instaboost.multiplier"]), layers=layers,
+                     start_layer=_pick(args.start_layer, s["instaboost.start_layer"]),
+                     num_middle_layers=_pick(args.num_middle_layers, s["instaboost.num_middle_layers"]),
+                     head_fraction=heads, seed=_pick(args.seed, s["random_seed"]),
+                     placement=_pick(args.placement, s["instaboost.placement"]))
+    max_new = _pick(args.max_new_tokens, s["generation.max_new_tokens"])
+    if max_new > s["limits.max_new_tokens"]:
+        from shared.errors import ValidationError
+
+        raise ValidationError(f"max_new_tokens {max_new} is over the limit of {s['limits.max_new_tokens']}",
+                              field="max_new_tokens")
+    params = GenerationParams(max_new_tokens=max_new,
+                              temperature=_pick(args.temperature, s["generation.temperature"]),
+                              top_p=_pick(args.top_p, s["generation.top_p"]), seed=_pick(args.seed, s["random_seed"]))
+    return spec, params
+
+
+def _engine(args, s):
+    from transformers.utils import logging as hf_logging
+
+    from worker.engine import get_engine
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+    return get_engine(_pick(args.model, s["model.name"]), _pick(args.engine, s["instaboost.engine"]),
+                      device=_pick(args.device, s["model.device"]), dtype=_pick(args.dtype, s["model.dtype"]))
+
+
+def cmd_generate(args) -> int:
+    """Run one generation and print the text or a JSON object."""
+    from shared.spec import GenerationRequest
+
+    s = get_settings()
+    spec, params = _spec_and_params(args, s)
+    request = GenerationRequest(args.instruction, args.query, spec, params)
+    engine = _engine(args, s)
+    result = engine.generate([request], attention=args.attention)[0]
+    if args.json:
+        out = {"model": engine.model_name, "engine": engine.kind, "multiplier": spec.multiplier,
+               "layers": list(spec.resolve_layers(engine.n_layers)), "placement": spec.placement,
+               **result.to_dict()}
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(result.text)
+    return 0
+
+
+def cmd_run_tests(args) -> int:
+    """Run the test cases and write the comparison CSV."""
+    from pathlib import Path
+
+    from worker.testcases import default_output, load_cases, run_cases
+
+    s = get_settings()
+    cases = load_cases(args.cases)
+    spec, params = _spec_and_params(args, s)
+    num_runs = _pick(args.num_runs, s["testing.num_runs"])
+    if num_runs < 1:
+        from shared.errors import ValidationError
+
+        raise ValidationError("--num-runs must be >= 1", field="num_runs")
+    output = Path(args.output) if args.output else default_output(s["testing.results_dir"])
+    engine = _engine(args, s)
+    summary = run_cases(engine, cases, spec, params, num_runs, output, progress=not args.no_progress)
+    print(f"wrote {output}")
+    for variant, c in summary.items():
+        if c["checked"]:
+            print(f"{variant:>14}: {c['passed']}/{c['checked']} checks passed")
+    return 0
+
+
+def cmd_settings(args) -> int:
+    """Print the resolved settings, config.yaml or the README table."""
+    if args.yaml:
+        print(to_yaml(), end="")
+    elif args.markdown:
+        print(to_markdown(), end="")
+    else:
+        s = get_settings()
+        for name, value in s.public().items():
+            print(f"{name} = {json.dumps(value)}    ({s.sources[name]})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; errors print a message and exit non-zero, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Library chatter (deprecations, progress bars from transformers) would bury the answer.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.config:
+            os.environ["INSTABOOST_CONFIG"] = args.config
+        from shared.settings import reset_settings
+
+        reset_settings()
+        handler = {"generate": cmd_generate, "run-tests": cmd_run_tests, "settings": cmd_settings}.get(args.command)
+        if handler is None:
+            from worker.serve import run_serve
+
+            return run_serve(args)
+        return handler(args)
+    except InstaBoostError as exc:
+        where = f" ({exc.field})" if exc.field and exc.field not in exc.message else ""
+        print(f"instaboost: error{where}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("instaboost: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `instaboost generate --json | head` closed the pipe early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
