@@ -10,6 +10,8 @@ from shared.errors import ValidationError
 from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS, BoostSpec, GenerationParams, GenerationRequest
 
 MAX_MODEL_NAME = 255
+MAX_LAYER = 10_000
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,11 @@ class JobRequest:
         out["model"] = v.model(values["model"])
         out["multipliers"] = v.multipliers(values["multipliers"])
         out["layer_modes"] = v.layer_modes(values["layer_modes"])
-        out["start_layer"] = v.integer("start_layer", values["start_layer"], lo=0, hi=10_000)
-        out["num_middle_layers"] = v.integer("num_middle_layers", values["num_middle_layers"], lo=1, hi=10_000)
+        out["start_layer"] = v.integer("start_layer", values["start_layer"], lo=0, hi=MAX_LAYER)
+        out["num_middle_layers"] = v.integer("num_middle_layers", values["num_middle_layers"], lo=1, hi=MAX_LAYER)
         out["head_boost_percentage"] = v.number("head_boost_percentage", values["head_boost_percentage"],
                                                 lo=0, hi=100, lo_open=True)
-        out["seed"] = v.integer("seed", values["seed"], lo=0, hi=2**32 - 1)
+        out["seed"] = v.integer("seed", values["seed"], lo=0, hi=MAX_SEED)
         out["placement"] = v.choice("placement", values["placement"], PLACEMENTS)
         out["engine"] = v.choice("engine", values["engine"], ENGINES)
         out["max_new_tokens"] = v.integer("max_new_tokens", values["max_new_tokens"], lo=1,
@@ -189,6 +191,10 @@ class _Validator:
             self.error(name, f"{name} is {len(value)} characters; at most {limit} are allowed")
         if "\x00" in value:
             self.error(name, f"{name} must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            self.error(name, f"{name} must be valid Unicode text (it holds a lone surrogate)")
         return value
 
     def model(self, value: Any) -> str:

@@ -95,6 +95,7 @@ def test_params_round_trip(settings):
     ({"instruction": "i", "query": "q", "model": 3}, ["model"]),
     ({"instruction": "i", "query": "q", "api_token": "x", "colour": 1}, ["api_token", "colour"]),
     ({"instruction": "i\x00", "query": "q"}, ["instruction"]),
+    ({"instruction": "i", "query": "lone \ud800 surrogate"}, ["query"]),
 ])
 def test_bad_fields_are_named(settings, body, fields):
     assert error_fields(settings, body) == fields

@@ -129,11 +129,13 @@ def test_list_filters_and_cursor_pagination(client, db_session):
 
 @pytest.mark.parametrize("query, status, field", [
     ("cursor=garbage!", 400, "cursor"),
-    ("cursor=cjoxMA", 400, "cursor"),  # a runs cursor ("r:10") used on jobs
+    ("cursor=r1a", 400, "cursor"),  # a runs cursor used on jobs
+    ("cursor=j", 400, "cursor"),
     ("status=done", 422, "status"),
     ("limit=0", 422, "limit"),
     ("limit=ten", 422, "limit"),
     ("limit=100000", 422, "limit"),
+    ("model=a%00b", 422, "model"),
 ])
 def test_bad_list_parameters(client, query, status, field):
     assert_problem(client.get(f"/api/jobs?{query}"), status, field)
@@ -265,7 +267,8 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
 
     doc = client.get("/api/openapi.json").get_json()
     validate(doc)
-    assert doc["openapi"].startswith("3.1")
+    assert doc["openapi"].startswith("3.1") and doc["security"] == [{}]  # no token configured: open
+    assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL]
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     routes = {(m, r.rule.replace("<job_id>", "{job_id}")) for r in client.application.url_map.iter_rules()
               if r.rule.startswith("/api") or r.rule == "/healthz" for m in r.methods - {"HEAD", "OPTIONS"}}

@@ -152,3 +152,14 @@ def test_pages_send_security_headers(client):
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert client.get("/static/style.css").status_code == 200 and client.get("/static/job.js").status_code == 200
+
+
+def test_web_never_imports_the_ml_stack(pg_url):
+    import subprocess
+    import sys
+
+    code = ("import sys; from web import create_app; "
+            f"app = create_app({{'DATABASE_URL': {pg_url!r}}}); app.test_client().get('/healthz'); "
+            "bad = [m for m in ('torch', 'transformers', 'transformer_lens', 'worker') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

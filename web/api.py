@@ -8,7 +8,7 @@ import json
 from flask import Blueprint, jsonify, request, url_for
 
 from shared import jobs
-from shared.celery_config import live_workers
+from shared.celery_config import live_workers, served_models
 from shared.errors import BadRequest, InstaBoostError, Unauthorized, Unavailable
 from shared.schemas import JobRequest
 from web.context import db, services, submit_kwargs
@@ -123,4 +123,9 @@ def models():
 @bp.get("/openapi.json")
 def openapi():
     """Return the OpenAPI 3.1 description of this API."""
-    return jsonify(openapi_document())
+    s = services()
+    try:
+        models = sorted(served_models(s.redis, s.settings["redis.namespace"]))
+    except Exception:  # Redis down: describe the default model; submissions answer 503 anyway
+        models = []
+    return jsonify(openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"])))

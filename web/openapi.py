@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Mapping
 
-from shared.jobs import EXPORT_COLUMNS, MAX_ID, MAX_LIMIT
+from shared.jobs import EXPORT_COLUMNS, MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.models import JobStatus
+from shared.schemas import MAX_LAYER, MAX_SEED
 from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
 
 STATUSES = [s.value for s in JobStatus]
@@ -27,12 +29,16 @@ def _json(description: str, schema: dict, headers: dict | None = None) -> dict:
 
 
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-PAGE_PARAMS = [
-    {"name": "limit", "in": "query", "required": False,
-     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}},
-    {"name": "cursor", "in": "query", "required": False, "description": "next_cursor of the previous page",
-     "schema": {"type": "string"}},
-]
+LIMIT = {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}}
+
+
+def _page_params(kind: str) -> list[dict]:
+    return [LIMIT, {"name": "cursor", "in": "query", "required": False,
+                    "description": "next_cursor of the previous page (opaque)",
+                    "schema": {"type": "string", "pattern": cursor_pattern(kind)}}]
+
+
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
 STATUS_FILTER = {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": STATUSES}}
@@ -47,6 +53,28 @@ COMMON = {"401": _problem("Missing or wrong bearer token (only when web.api_toke
           "500": _problem("Unexpected error.")}
 LIST_ERRORS = {"400": _problem("Malformed cursor."), "422": _problem("Invalid filter or limit.")}
 
+JOB_REQUEST: dict[str, Any] = {
+        "type": "object", "required": ["instruction", "query"], "additionalProperties": False,
+        "properties": {
+            "instruction": {"type": "string", "minLength": 1, "description": "Text whose tokens get boosted."},
+            "query": {"type": "string", "minLength": 1},
+            "model": {"type": "string", "description": "A model a live worker serves (see /api/models)."},
+            "multipliers": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+                            "minItems": 1},
+            "layer_modes": {"type": "array", "items": {"type": "string", "enum": list(LAYER_MODES)}, "minItems": 1},
+            "start_layer": {"type": "integer", "minimum": 0, "maximum": MAX_LAYER},
+            "num_middle_layers": {"type": "integer", "minimum": 1, "maximum": MAX_LAYER},
+            "head_boost_percentage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+            "placement": {"type": "string", "enum": list(PLACEMENTS)},
+            "engine": {"type": "string", "enum": list(ENGINES)},
+            "max_new_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 10},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        },
+    }
+
+
 SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object", "required": ["type", "title", "status", "detail"],
@@ -56,26 +84,6 @@ SCHEMAS: dict[str, Any] = {
             "errors": {"type": "array", "items": {
                 "type": "object", "required": ["field", "message"],
                 "properties": {"field": {"type": ["string", "null"]}, "message": {"type": "string"}}}},
-        },
-    },
-    "JobRequest": {
-        "type": "object", "required": ["instruction", "query"], "additionalProperties": False,
-        "properties": {
-            "instruction": {"type": "string", "minLength": 1, "description": "Text whose tokens get boosted."},
-            "query": {"type": "string", "minLength": 1},
-            "model": {"type": "string", "description": "A model a live worker serves (see /api/models)."},
-            "multipliers": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
-                            "minItems": 1},
-            "layer_modes": {"type": "array", "items": {"type": "string", "enum": list(LAYER_MODES)}, "minItems": 1},
-            "start_layer": {"type": "integer", "minimum": 0},
-            "num_middle_layers": {"type": "integer", "minimum": 1},
-            "head_boost_percentage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-            "seed": {"type": "integer", "minimum": 0},
-            "placement": {"type": "string", "enum": list(PLACEMENTS)},
-            "engine": {"type": "string", "enum": list(ENGINES)},
-            "max_new_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 10},
-            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         },
     },
     "Run": {
@@ -137,15 +145,36 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """Return the OpenAPI 3.1 document for /api and /healthz."""
+def job_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
+    """Return the JobRequest schema with this deployment's limits and the models workers serve now."""
+    schema = copy.deepcopy(JOB_REQUEST)
+    props = schema["properties"]
+    text = {"type": "string", "maxLength": settings["limits.max_text_chars"], "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}
+    props["instruction"].update(text)
+    props["query"].update(text)
+    props["model"]["enum"] = models
+    props["max_new_tokens"]["maximum"] = settings["limits.max_new_tokens"]
+    # Stricter than the server (which allows more multipliers with one layer mode): every valid body passes.
+    props["multipliers"]["maxItems"] = max(1, (settings["limits.max_variants"] - 1) // len(LAYER_MODES))
+    return schema
+
+
+def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str] | None = None,
+                     token_required: bool = False) -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document for /api and /healthz (bearer auth only when a token is set)."""
+    if settings is None:
+        from shared.settings import get_settings
+
+        settings = get_settings()
+    schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]])}
     retry_after = {"Retry-After": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "InstaBoost Service", "version": "0.1.0",
                  "description": "Submit instruction attention boosting jobs and read their outputs. Errors are "
                                 "RFC 9457 problem documents naming the offending field."},
-        "security": [{"bearer": []}],
+        # Without web.api_token the API is open: an empty requirement makes the bearer token optional.
+        "security": [{"bearer": []}] if token_required else [{}],
         "paths": {
             "/api/jobs": {
                 "post": {
@@ -164,7 +193,7 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "get": {
                     "operationId": "listJobs", "summary": "List jobs, newest first",
-                    "parameters": [STATUS_FILTER, MODEL_FILTER, *PAGE_PARAMS],
+                    "parameters": [STATUS_FILTER, MODEL_FILTER, *_page_params("j")],
                     "responses": {"200": _json("A page of jobs.", _ref("JobPage")), **LIST_ERRORS, **COMMON},
                 },
             },
@@ -185,7 +214,7 @@ def openapi_document() -> dict[str, Any]:
             "/api/runs": {
                 "get": {
                     "operationId": "listRuns", "summary": "List runs, newest first",
-                    "parameters": [*RUN_FILTERS, *PAGE_PARAMS],
+                    "parameters": [*RUN_FILTERS, *_page_params("r")],
                     "responses": {"200": _json("A page of runs.", _ref("RunPage")), **LIST_ERRORS, **COMMON},
                 },
             },
@@ -220,7 +249,7 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "Required only when web.api_token is set."}},
         },
