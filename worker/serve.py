@@ -1,0 +1,176 @@
+"""`instaboost serve`: the whole service on one machine (web app + one Celery worker).
+
+Migrates the database, then runs gunicorn and a solo-pool Celery worker as child processes
+against the local Redis, and stops both on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WSGI_APP = "web:create_app()"
+STOP_GRACE = 20  # seconds each child gets to finish (the worker's current variant) before SIGKILL
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `serve` options to an argparse (sub)parser."""
+    parser.add_argument("--host", default="127.0.0.1", help="address the web app listens on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port of the web app (default 8000)")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="run only the web app (workers run elsewhere against the same Redis)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run `serve` from parsed arguments; return the exit code."""
+    return serve(args.host, args.port, web_workers=args.web_workers, with_worker=not args.no_worker)
+
+
+def _say(msg: str) -> None:
+    print(f"instaboost serve: {msg}", file=sys.stderr, flush=True)
+
+
+def check_redis(url: str) -> str | None:
+    """Return None if Redis answers PING at url, else what is wrong and how to fix it."""
+    from shared.celery_config import redis_client
+
+    try:
+        redis_client(url).ping()
+        return None
+    except Exception as exc:  # redis-py raises ConnectionError, TimeoutError, AuthenticationError...
+        return (f"cannot reach Redis at {url} ({type(exc).__name__}: {exc}).\n"
+                "  Redis is the job queue; start one with `redis-server` (Debian: apt-get install redis-server)\n"
+                "  or `docker run -d -p 6379:6379 redis:7`, or point REDIS_URL at a running Redis.")
+
+
+def _mask(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _child_env(settings) -> dict[str, str]:
+    env = dict(os.environ)
+    # Children resolve the same settings even when they came from config.yaml or .env.
+    env["DATABASE_URL"] = settings["database.url"]
+    env["REDIS_URL"] = settings["redis.url"]
+    env["INSTABOOST_REDIS_NAMESPACE"] = settings["redis.namespace"]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection((target, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _stop(procs: dict[str, subprocess.Popen]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # celery: warm shutdown; gunicorn: graceful stop
+    deadline = time.monotonic() + STOP_GRACE
+    for name, proc in procs.items():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _say(f"{name} did not stop within {STOP_GRACE} s; killing it")
+            proc.kill()
+            proc.wait()
+
+
+class _Stop(Exception):
+    pass
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, with_worker: bool = True,
+          ready_timeout: float = 120.0) -> int:
+    """Migrate, start the web app and one worker, print the URL and run until interrupted."""
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    problem = check_redis(settings["redis.url"])
+    if problem:
+        _say(problem)
+        return 2
+    try:
+        from shared.db import upgrade
+
+        upgrade(settings["database.url"])
+    except Exception as exc:
+        _say(f"cannot migrate the database {_mask(settings['database.url'])} "
+             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
+             "  Check DATABASE_URL (the default is a SQLite file instaboost.db in the current folder).")
+        return 2
+
+    env = _child_env(settings)
+    procs: dict[str, subprocess.Popen] = {}
+
+    def on_signal(signum, _frame):
+        raise _Stop(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
+        procs["web"] = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(web_workers),
+             "--access-logfile", "-", "--graceful-timeout", "10", WSGI_APP],
+            env=env, start_new_session=True)
+        if with_worker:
+            procs["worker"] = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+                 "--loglevel", "INFO", "-n", f"serve@{socket.gethostname()}"],
+                env=env, start_new_session=True)
+        if not _wait_port(host, port, procs["web"], ready_timeout):
+            _say(f"the web app did not start on {host}:{port} (is the port in use?)")
+            return 1
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        print(f"InstaBoost is running at http://{shown}:{port}/  (Ctrl-C stops it)", flush=True)
+        while True:
+            for name, proc in procs.items():
+                code = proc.poll()
+                if code is not None:
+                    _say(f"the {name} process exited with code {code}; stopping")
+                    return code or 1
+            time.sleep(0.5)
+    except _Stop:
+        _say("stopping (waiting for the worker to finish its current variant)")
+        return 0
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        # A second Ctrl-C while stopping should not leave orphans: ignore it until the children are gone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            _stop(procs)
+        finally:
+            signal.signal(signal.SIGINT, old[signal.SIGINT])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `python -m worker.serve`."""
+    parser = argparse.ArgumentParser(prog="instaboost serve", description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
