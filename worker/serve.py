@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -66,9 +67,23 @@ def _child_env(settings) -> dict[str, str]:
     env["DATABASE_URL"] = settings["database.url"]
     env["REDIS_URL"] = settings["redis.url"]
     env["INSTABOOST_REDIS_NAMESPACE"] = settings["redis.namespace"]
+    if not settings["web.secret_key"]:
+        # gunicorn's workers must share one key, or a form served by one fails CSRF at another.
+        env["INSTABOOST_WEB_SECRET_KEY"] = secrets.token_hex(32)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _gunicorn_command(host: str, port: int, workers: int) -> list[str]:
+    import gunicorn.config
+
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
+           "--access-logfile", "-", "--graceful-timeout", "10"]
+    if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
+        # Newer gunicorns open one fixed control socket per user: two instances would collide.
+        cmd.append("--no-control-socket")
+    return cmd + [WSGI_APP]
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
@@ -130,14 +145,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-        procs["web"] = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(web_workers),
-             "--access-logfile", "-", "--graceful-timeout", "10", WSGI_APP],
-            env=env, start_new_session=True)
+        procs["web"] = subprocess.Popen(_gunicorn_command(host, port, web_workers), env=env, start_new_session=True)
         if with_worker:
             procs["worker"] = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-                 "--loglevel", "INFO", "-n", f"serve@{socket.gethostname()}"],
+                 "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+                 "-n", f"serve@{socket.gethostname()}"],
                 env=env, start_new_session=True)
         if not _wait_port(host, port, procs["web"], ready_timeout):
             _say(f"the web app did not start on {host}:{port} (is the port in use?)")
