@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Sequence
 
@@ -180,6 +180,20 @@ class _FastState:
     record: dict | None = None  # layer -> [B] mass, filled during an analysis pass
     q_sel: torch.Tensor | None = None
     keys: torch.Tensor | None = None
+    capacity: int = 0  # key positions the cached biases cover (prompt + new tokens)
+    _cache: dict = field(default_factory=dict)
+
+    def bias(self, layer: int, kv_len: int, dtype) -> torch.Tensor | None:
+        """Return the layer's bias for kv_len keys; built once per generate, then sliced per step."""
+        if self.boost is None or layer not in self.boost.heads:
+            return None
+        hit = self._cache.get(layer)
+        if hit is None or hit.shape[-1] < kv_len or hit.dtype != dtype:
+            hit = B.bias_for_layer(self.boost, layer, max(kv_len, self.capacity), dtype)
+            if bool((hit == hit[:, :1]).all()):
+                hit = hit[:, :1].contiguous()  # same for every head: a [B, 1, 1, K] mask broadcasts for free
+            self._cache[layer] = hit
+        return hit[..., :kv_len]
 
 
 _ACTIVE: contextvars.ContextVar[_FastState | None] = contextvars.ContextVar("instaboost_fast", default=None)
@@ -194,9 +208,7 @@ def _instaboost_attention(module, query, key, value, attention_mask, **kwargs):
     state = _ACTIVE.get()
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    layer = module.layer_idx
-    kv_len = key.shape[2]
-    bias = B.bias_for_layer(state.boost, layer, kv_len, query.dtype) if state.boost is not None else None
+    bias = state.bias(module.layer_idx, key.shape[2], query.dtype)
     if state.record is not None:
         return _eager_with_record(module, query, key, value, attention_mask, bias, state, **kwargs)
     if bias is None:
@@ -242,9 +254,9 @@ def _register_attention() -> None:
 
 
 @contextlib.contextmanager
-def fast_boost(boost: B.BatchBoost | None):
+def fast_boost(boost: B.BatchBoost | None, capacity: int = 0):
     """Activate a batch boost for the fast attention function; always deactivates on exit."""
-    token = _ACTIVE.set(_FastState(boost))
+    token = _ACTIVE.set(_FastState(boost, capacity=capacity))
     try:
         yield
     finally:
@@ -274,7 +286,7 @@ class FastEngine(Engine):
         boost = self._boost_for(requests, batch, batch.input_ids.shape[1])
         _seed(params)
         t0 = time.perf_counter()
-        with fast_boost(boost):
+        with fast_boost(boost, capacity=batch.input_ids.shape[1] + params.max_new_tokens):
             seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                              **self._gen_kwargs(params))
         if self.device.startswith("cuda"):

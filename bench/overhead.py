@@ -1,0 +1,98 @@
+"""Time per generated token: plain HF generate vs the fast engine vs the TransformerLens engine.
+
+One run, same prompt, greedy, a fixed number of new tokens after a warm-up; rounds are interleaved
+so drift hits every contender alike. Prints medians and the ratios to plain.
+
+    python bench/overhead.py [--tokens 64] [--rounds 5] [--batch 1] [--device auto] [--dtype auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+
+from shared.spec import BoostSpec, GenerationParams, GenerationRequest  # noqa: E402
+from worker.engine import FastEngine, TransformerLensEngine  # noqa: E402
+from worker.loading import load_model  # noqa: E402
+
+INSTRUCTION = "Answer only in French, in full sentences, and explain your reasoning step by step."
+QUERY = "Tell me about the history of Berlin, from its founding to the present day."
+
+
+def fixed_length(engine, tokens):
+    """Make the engine always decode exactly `tokens` tokens, so every contender does the same work."""
+    original = engine._gen_kwargs
+
+    def kwargs(params):
+        out = original(params)
+        out["generation_config"].min_new_tokens = tokens
+        return out
+
+    engine._gen_kwargs = kwargs
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--multiplier", type=float, default=5.0)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    args = ap.parse_args()
+
+    plain = load_model(args.model, args.device, args.dtype)
+    fast = FastEngine(load_model(args.model, args.device, args.dtype))
+    tl = TransformerLensEngine(load_model(args.model, args.device, args.dtype))
+    for e in (fast, tl):
+        fixed_length(e, args.tokens)
+    params = GenerationParams(max_new_tokens=args.tokens)
+    req = GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=args.multiplier, layers="all"), params)
+    batch = [req] * args.batch
+    ids = torch.tensor([fast.prompt(req).input_ids] * args.batch, device=plain.device)
+
+    def run_plain():
+        with torch.inference_mode():
+            plain.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.tokens,
+                                 min_new_tokens=args.tokens, do_sample=False,
+                                 pad_token_id=plain.tokenizer.pad_token_id)
+
+    contenders = {"plain": run_plain, "fast": lambda: fast.generate(batch), "transformerlens": lambda: tl.generate(batch)}
+    for fn in contenders.values():  # warm-up: kernels, caches, allocator
+        fn()
+    times = {k: [] for k in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            sync(plain.device)
+            t0 = time.perf_counter()
+            fn()
+            sync(plain.device)
+            times[name].append((time.perf_counter() - t0) / args.tokens)
+    dev = torch.cuda.get_device_name() if plain.device.startswith("cuda") else plain.device
+    print(f"model={args.model} device={dev} dtype={plain.dtype} batch={args.batch} new_tokens={args.tokens} "
+          f"rounds={args.rounds} M={args.multiplier} layers=all")
+    base = statistics.median(times["plain"])
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:>16}: {med * 1000:8.3f} ms/token   ratio to plain {med / base:6.3f}")
+
+
+if __name__ == "__main__":
+    main()

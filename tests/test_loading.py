@@ -1,0 +1,54 @@
+"""Model resolution and loading: aliases, folders, GGUF files, clear errors."""
+
+import pytest
+
+from shared.errors import ModelError, ValidationError
+from worker.loading import load_model, pick_dtype, resolve_model
+from tests.fixtures.model import make_request
+
+
+def test_alias_resolves_to_the_shipped_gguf():
+    src = resolve_model("smollm2-135m-instruct")
+    assert src.kind == "gguf" and src.gguf_file.endswith(".gguf")
+
+
+@pytest.mark.parametrize("name,message", [
+    ("no-such-model", "unknown model"),
+    ("./missing-folder", "does not exist"),
+    ("/tmp/nothing/here.gguf", "does not exist"),
+    ("", "non-empty"),
+])
+def test_unresolvable_names_are_clear_errors(name, message):
+    with pytest.raises(ModelError, match=message):
+        resolve_model(name)
+
+
+def test_hub_id_offline_says_how_to_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="unreachable offline"):
+        load_model("some-org/some-model-that-is-not-cached", "cpu", "float32")
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_unknown_dtype_and_device_are_refused():
+    with pytest.raises(ValidationError, match="dtype"):
+        pick_dtype("float8", "cpu")
+    from worker.loading import pick_device
+
+    with pytest.raises(ValidationError, match="device"):
+        pick_device("tpu")
+
+
+@pytest.mark.slow
+def test_local_folder_model_generates_like_the_alias(tmp_path, fast_engine):
+    from worker.engine import FastEngine
+
+    fast_engine.loaded.model.save_pretrained(tmp_path)
+    fast_engine.tokenizer.save_pretrained(tmp_path)
+    local = FastEngine(load_model(str(tmp_path), "cpu", "float32"))
+    req = make_request(5.0, max_new_tokens=12)
+    assert local.generate([req])[0].text == fast_engine.generate([req])[0].text
