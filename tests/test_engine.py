@@ -135,3 +135,38 @@ def test_sampling_is_reproducible_with_a_seed(fast_engine):
     params = GenerationParams(max_new_tokens=16, temperature=0.9, top_p=0.95, seed=123)
     req = GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=4.0), params)
     assert fast_engine.generate([req])[0].text == fast_engine.generate([req])[0].text
+
+
+def test_transformerlens_hook_fires_during_cached_generation(tl_engine):
+    fired = []
+    original = tl_engine.hooked
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def counting(boost, *args, **kwargs):
+        with original(boost, *args, **kwargs):
+            hook_layers = list(boost.heads) if boost is not None else []
+            with tl_engine.bridge.hooks(fwd_hooks=[(f"blocks.{hook_layers[0]}.attn.hook_pattern",
+                                                    lambda p, hook: fired.append(p.shape[-2]) or p)]):
+                yield
+
+    tl_engine.hooked = counting
+    try:
+        res = tl_engine.generate([make_request(1.0, max_new_tokens=6)])[0]
+    finally:
+        del tl_engine.hooked
+    # One prefill over the prompt, then one single-query step per further token: the KV cache is in use.
+    assert fired[0] == res.prompt_tokens and set(fired[1:]) == {1}
+    assert len(fired) >= 2
+
+
+def test_seed_library_api_still_works():
+    from worker import InstaBoostTransformerLens
+
+    model = InstaBoostTransformerLens(model_name="smollm2-135m-instruct", boost_middle_layers_only=True,
+                                      num_middle_layers=5, start_layer=8, head_boost_percentage=100, device="cpu",
+                                      dtype="float32")
+    text = model.generate(instruction=INSTRUCTION, query=QUERY, multiplier=10.0, max_new_tokens=12)
+    assert isinstance(text, str) and text
+    assert model.engine.kind == "transformerlens"

@@ -45,11 +45,11 @@ def key_mask_from_spans(spans: Sequence[tuple[int, int]], length: int, device=No
 
 
 def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence[tuple[int, int]], length: int,
-                      n_layers: int, n_heads: int, device=None) -> BatchBoost:
-    """Resolve each row's spec into per-layer head masks; rows with M = 1 boost nothing."""
+                      n_layers: int, n_heads: int, device=None, keep_identity: bool = False) -> BatchBoost:
+    """Resolve each row's spec into per-layer head masks; rows with M = 1 boost nothing unless kept."""
     heads: dict[int, torch.Tensor] = {}
     for row, spec in enumerate(specs):
-        if spec.is_identity:
+        if spec.is_identity and not keep_identity:
             continue
         for layer, hs in spec.resolve_heads(n_layers, n_heads).items():
             if layer not in heads:

@@ -345,9 +345,9 @@ class TransformerLensEngine(Engine):
             yield
 
     def _boost_for(self, request, prompt, length):
-        if request.spec.is_identity:
-            return None
-        return B.build_batch_boost([request.spec], [prompt.span], length, self.n_layers, self.n_heads, self.device)
+        # M = 1 still runs through the hook: the reference shows the hook itself is the identity.
+        return B.build_batch_boost([request.spec], [prompt.span], length, self.n_layers, self.n_heads, self.device,
+                                   keep_identity=True)
 
     @torch.inference_mode()
     def _generate_group(self, requests, prompts, attention):
