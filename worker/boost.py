@@ -62,26 +62,30 @@ def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence[tuple[int, int
     )
 
 
-def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32) -> torch.Tensor | None:
-    """Return [B, H, 1, kv_len] multiplicative factors (M on boosted cells, 1 elsewhere), or None."""
+def _cells(boost: BatchBoost, layer: int, kv_len: int) -> torch.Tensor | None:
+    """Return [B, H, 1, kv_len] bool: the (row, head, key) cells this layer boosts, or None."""
     heads = boost.heads.get(layer)
     if heads is None:
         return None
-    keys = _fit(boost.key_mask, kv_len)
-    cell = heads[:, :, None, None] & keys[:, None, None, :]
+    return heads[:, :, None, None] & _fit(boost.key_mask, kv_len)[:, None, None, :]
+
+
+def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32) -> torch.Tensor | None:
+    """Return [B, H, 1, kv_len] multiplicative factors (M on boosted cells, 1 elsewhere), or None."""
+    cells = _cells(boost, layer, kv_len)
+    if cells is None:
+        return None
     m = boost.multipliers.to(dtype)[:, None, None, None]
-    return torch.where(cell, m, torch.ones((), dtype=dtype, device=m.device))
+    return torch.where(cells, m, torch.ones((), dtype=dtype, device=m.device))
 
 
 def bias_for_layer(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32) -> torch.Tensor | None:
     """Return the [B, H, 1, kv_len] additive pre-softmax bias (log M on boosted cells), or None."""
-    heads = boost.heads.get(layer)
-    if heads is None:
+    cells = _cells(boost, layer, kv_len)
+    if cells is None:
         return None
-    keys = _fit(boost.key_mask, kv_len)
-    cell = heads[:, :, None, None] & keys[:, None, None, :]
     log_m = torch.log(boost.multipliers).to(dtype)[:, None, None, None]
-    return torch.where(cell, log_m, torch.zeros((), dtype=dtype, device=log_m.device))
+    return torch.where(cells, log_m, torch.zeros((), dtype=dtype, device=log_m.device))
 
 
 def boost_pattern(pattern: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
