@@ -8,8 +8,9 @@ mutating functions commit their own transaction so a state change is visible to 
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
+import threading
 from datetime import datetime
 from typing import Any, Iterator, Mapping
 
@@ -26,6 +27,10 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 EXPORT_BATCH = 500
 MAX_ID = 2**31 - 1  # INTEGER primary keys; larger ids cannot exist (and would overflow on PostgreSQL)
+# Serializes "count queued jobs, then insert one" so concurrent submissions cannot overshoot
+# limits.max_queued_jobs: a transaction-level advisory lock on PostgreSQL (across processes), a lock here.
+SUBMIT_LOCK_KEY = 0x1B005701
+_submit_lock = threading.Lock()
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
@@ -74,12 +79,47 @@ def queued_count(session: Session) -> int:
     return session.execute(select(func.count()).select_from(Job).where(Job.status == JobStatus.queued)).scalar_one()
 
 
+def model_facts(beats: list[dict], model: str) -> dict[str, int]:
+    """Return what live workers advertise about model: n_layers, n_heads, max_context (those known).
+
+    Heartbeats may carry {"model_info": {model: {"n_layers": .., "n_heads": .., "max_context": ..}}};
+    when workers disagree the smallest value wins, so a job accepted here fits every one of them.
+    """
+    facts: dict[str, int] = {}
+    for beat in beats:
+        info = beat.get("model_info")
+        info = info.get(model) if isinstance(info, Mapping) else None
+        if not isinstance(info, Mapping):
+            continue
+        for key in ("n_layers", "n_heads", "max_context"):
+            value = info.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                facts[key] = min(value, facts.get(key, value))
+    return facts
+
+
+def _insert_queued(session: Session, request: JobRequest, limit: int) -> Job:
+    """Insert the queued job unless limit jobs already wait (TooManyJobs); commit."""
+    with _submit_lock:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
+        if queued_count(session) >= limit:
+            session.rollback()  # releases the advisory lock
+            raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
+        job = Job(status=JobStatus.queued, model=request.model, params=request.to_params(),
+                  progress_done=0, progress_total=len(request.variants()))
+        session.add(job)
+        session.commit()
+    return job
+
+
 def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, Any] | None = None,
                celery_app=None, redis=None) -> Job:
     """Store a queued job, then enqueue ``instaboost.run_job`` on the model's queue; return the job.
 
-    Refuses (ModelError) a model no live worker serves, (TooManyJobs) a full queue and (Unavailable)
-    an unreachable broker; a job the broker refused is failed at once, so no row waits forever.
+    Refuses (ModelError) a model no live worker serves, (ValidationError) a job that cannot fit the
+    model the workers advertise (layers, context), (TooManyJobs) a full queue and (Unavailable) an
+    unreachable broker; a job the broker refused is failed at once, so no row waits forever.
     """
     from shared import celery_config as cc
 
@@ -92,27 +132,25 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
     namespace = settings["redis.namespace"]
 
     try:
-        served = cc.served_models(redis, namespace)
+        beats = cc.live_workers(redis, namespace)
     except Exception as exc:  # redis-py raises ConnectionError/TimeoutError subclasses
-        raise Unavailable(f"the broker (Redis) is unreachable: {exc}; retry shortly") from None
+        log.warning("broker unreachable on submit: %s", type(exc).__name__)
+        raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
+    served = {m for beat in beats for m in beat["models"]}
     if request.model not in served:
         hint = f"models served now: {', '.join(sorted(served))}" if served else "no worker is running"
         raise ModelError(f"no live worker serves model {request.model!r} ({hint}); choose a served model or "
                          f"start a worker with INSTABOOST_WORKER_MODELS={request.model}", field="model")
-    limit = settings["limits.max_queued_jobs"]
-    if queued_count(session) >= limit:
-        raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
-
-    job = Job(status=JobStatus.queued, model=request.model, params=request.to_params(),
-              progress_done=0, progress_total=len(request.variants()))
-    session.add(job)
-    session.commit()
+    request.check_model(model_facts(beats, request.model))
+    job = _insert_queued(session, request, settings["limits.max_queued_jobs"])
     try:
         celery_app.send_task(cc.TASK_NAME, args=[job.id], queue=cc.model_queue(job.model))
     except Exception as exc:
-        log.warning("broker refused job %s: %s", job.id, exc)
+        # The exception text may hold the broker URL (and its password): log the type only.
+        log.warning("broker refused job %s: %s", job.id, type(exc).__name__)
         session.rollback()
-        transition(session, job, JobStatus.failed, error=f"could not enqueue: the broker is unreachable ({exc})")
+        transition(session, job, JobStatus.failed,
+                   error=f"could not enqueue: the broker is unreachable ({type(exc).__name__})")
         session.commit()
         raise Unavailable(f"the broker (Redis) is unreachable, job {job.id} was not queued; retry shortly") from None
     session.execute(update(Job).where(Job.id == job.id).values(enqueued_at=utcnow())

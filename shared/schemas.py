@@ -12,6 +12,19 @@ from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS, BoostSpec, GenerationP
 MAX_MODEL_NAME = 255
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
+MAX_REPORTED_UNKNOWN = 10  # a body of thousands of stray keys gets a short answer, not thousands of errors
+# No tokenizer we know has a token longer than this (SmolLM2's longest is 81 bytes, a run of spaces), so
+# ceil(utf8_bytes / MAX_BYTES_PER_TOKEN) is a safe lower bound on a text's token count at submit time.
+MAX_BYTES_PER_TOKEN = 128
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """Return repr(value) cut to about limit characters, for error messages that echo user input."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value) if not isinstance(value, (list, dict, tuple)) or len(value) < 20 else \
+        f"a {type(value).__name__} of {len(value)} items"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True)
@@ -90,9 +103,11 @@ class JobRequest:
                                   errors=[{"field": "body", "message": "expected a JSON object"}])
         v = _Validator(settings)
         names = cls.field_names()
-        for key in data:
-            if key not in names:
-                v.error(str(key), f"unknown field {key!r}; allowed fields: {', '.join(names)}")
+        unknown = [str(k) for k in data if k not in names]
+        for key in unknown[:MAX_REPORTED_UNKNOWN]:
+            v.error(key[:64], f"unknown field {show(key)}; allowed fields: {', '.join(names)}")
+        if len(unknown) > MAX_REPORTED_UNKNOWN:
+            v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(names)}")
         given = {k: val for k, val in data.items() if k in names and val is not None and val != ""}
         values = {**cls.defaults(settings), **given}
 
@@ -133,6 +148,34 @@ class JobRequest:
         data["multipliers"] = tuple(float(m) for m in data["multipliers"])
         data["layer_modes"] = tuple(data["layer_modes"])
         return cls(**data)
+
+    def check_model(self, facts: Mapping[str, Any]) -> None:
+        """Raise ValidationError when the request cannot run on a model with these facts.
+
+        facts come from worker heartbeats ({"n_layers", "max_context"}, each optional). The prompt
+        check is a lower bound (ceil(utf8 bytes / MAX_BYTES_PER_TOKEN) tokens, template excluded): it
+        only refuses prompts that cannot fit; the worker counts tokens exactly before generating.
+        """
+        errors: list[dict] = []
+        n_layers = facts.get("n_layers")
+        if isinstance(n_layers, int) and "middle" in self.layer_modes and self.start_layer >= n_layers:
+            errors.append({"field": "start_layer", "message": f"start_layer {self.start_layer} is out of range: "
+                           f"{self.model} has {n_layers} layers (0..{n_layers - 1})"})
+        context = facts.get("max_context")
+        if isinstance(context, int):
+            if self.max_new_tokens >= context:
+                errors.append({"field": "max_new_tokens", "message": f"max_new_tokens {self.max_new_tokens} does "
+                               f"not fit {self.model}'s context of {context} tokens; ask for fewer"})
+            else:
+                nbytes = len(self.instruction.encode("utf-8")) + len(self.query.encode("utf-8"))
+                at_least = -(-nbytes // MAX_BYTES_PER_TOKEN)
+                if at_least + self.max_new_tokens > context:
+                    errors.append({"field": "query", "message": f"the prompt is at least {at_least} tokens; with "
+                                   f"max_new_tokens {self.max_new_tokens} it exceeds {self.model}'s context of "
+                                   f"{context} tokens: shorten the instruction or query"})
+        if errors:
+            fields_ = ", ".join(e["field"] for e in errors)
+            raise ValidationError(f"the job does not fit model {self.model}: fix {fields_}", errors=errors)
 
     # -- use ----------------------------------------------------------------------------------
 
@@ -216,15 +259,19 @@ class _Validator:
             try:
                 value = int(value.strip()) if integer else float(value.strip())
             except ValueError:
-                self.error(name, f"{name} must be {kind}, got {value!r}")
+                self.error(name, f"{name} must be {kind}, got {show(value)}")
                 return None
         if integer and isinstance(value, float) and value.is_integer():
             value = int(value)
         if integer and not isinstance(value, int):
-            self.error(name, f"{name} must be {kind}, got {value!r}")
+            self.error(name, f"{name} must be {kind}, got {show(value)}")
             return None
         if not isinstance(value, (int, float)):
             self.error(name, f"{name} must be {kind}, got {type(value).__name__}")
+            return None
+        if isinstance(value, int) and not integer and abs(value) > 1e300:
+            # JSON allows integers of any length; float() of one this long overflows.
+            self.error(name, f"{name} is far out of range, got {show(value)}")
             return None
         if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
             self.error(name, f"{name} must be a finite number")
@@ -236,7 +283,7 @@ class _Validator:
         if n is None:
             return 0
         if not lo <= n <= hi:
-            self.error(name, f"{name} must be between {lo} and {hi}, got {n}")
+            self.error(name, f"{name} must be between {lo} and {hi}, got {show(n)}")
         return int(n)
 
     def number(self, name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> float:
@@ -250,7 +297,7 @@ class _Validator:
 
     def choice(self, name: str, value: Any, allowed: tuple[str, ...]) -> str:
         if value not in allowed:
-            self.error(name, f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+            self.error(name, f"{name} must be one of {', '.join(allowed)}; got {show(value)}")
             return ""
         return value
 
@@ -271,12 +318,24 @@ class _Validator:
         if not items:
             self.error("multipliers", "give at least one multiplier, e.g. 10 or 2, 10")
             return ()
+        limit = self.settings["limits.max_variants"]
+        if len(items) >= limit:  # each multiplier adds at least one variant to the original
+            self.error("multipliers", f"{len(items)} multipliers given; with the original at most {limit} "
+                                      "variants are allowed: drop some multipliers")
+            return ()
         out: list[float] = []
         for i, item in enumerate(items):
+            name = f"multipliers[{i}]"
+            if isinstance(item, str) and len(item) > 40:
+                self.error(name, f"{name} must be a number, got {show(item)}")
+                continue
             try:
-                m = check_multiplier(item, f"multipliers[{i}]")
+                m = check_multiplier(item, name)
             except ValidationError as exc:
                 self.errors.extend(exc.errors)
+                continue
+            except OverflowError:  # an integer too long for a float
+                self.error(name, f"{name} must be <= 1e6, got {show(item)}")
                 continue
             if m not in out:  # a repeated multiplier would only regenerate the same variant
                 out.append(m)
@@ -286,13 +345,16 @@ class _Validator:
         items = self._as_list("layer_modes", value)
         if items is None:
             return ()
+        if len(items) > 2 * len(LAYER_MODES):
+            self.error("layer_modes", f"{len(items)} layer modes given; choose among {', '.join(LAYER_MODES)}")
+            return ()
         if not items:
             self.error("layer_modes", f"choose at least one layer mode: {', '.join(LAYER_MODES)}")
             return ()
         out: list[str] = []
         for i, item in enumerate(items):
             if item not in LAYER_MODES:
-                self.error(f"layer_modes[{i}]", f"layer mode must be one of {', '.join(LAYER_MODES)}; got {item!r}")
+                self.error(f"layer_modes[{i}]", f"layer mode must be one of {', '.join(LAYER_MODES)}; got {show(item)}")
             elif item not in out:
                 out.append(item)
         return tuple(out)

@@ -74,11 +74,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     def security_headers(resp):
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("Referrer-Policy", "same-origin")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
         if resp.mimetype == "text/html":
             resp.headers.setdefault("Content-Security-Policy",
                                     "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                                     "form-action 'self'; base-uri 'none'")
-            resp.headers.setdefault("X-Frame-Options", "DENY")
+        else:  # JSON, problem+json and CSV are data, never documents to render or run
+            resp.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
         return resp
 
     return app

@@ -48,6 +48,8 @@ def _json_body():
         raise BadRequest("the body must be UTF-8 encoded JSON", field="body") from None
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:  # e.g. [[[[...]]]] nested deeper than the parser's stack
+        raise BadRequest("the body is nested too deeply to be a job request", field="body") from None
 
 
 def _page(items, next_cursor, endpoint):
@@ -108,7 +110,7 @@ def models():
     try:
         workers = live_workers(s.redis, s.settings["redis.namespace"])
     except Exception as exc:  # redis-py connection errors
-        raise Unavailable(f"the broker (Redis) is unreachable: {exc}") from None
+        raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
     counts: dict[str, int] = {}
     for w in workers:
         for m in w.get("models", []):

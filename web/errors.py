@@ -26,20 +26,47 @@ def wants_problem() -> bool:
     return request.path.startswith("/api") or request.path == "/healthz"
 
 
+# Errors about the request as a whole still name what to fix.
+HTTP_FIELDS = {413: "body", 415: "Content-Type"}
+SECRET_SETTINGS = ("web.api_token", "web.secret_key", "hf.token")
+
+
+def scrub(text: str) -> str:
+    """Replace any configured secret (API token, secret key, HF token, database password) with ***."""
+    try:
+        from web.context import services
+
+        settings = services().settings
+    except RuntimeError:  # outside an app context
+        return text
+    secrets = [settings[name] for name in SECRET_SETTINGS]
+    try:
+        from sqlalchemy.engine import make_url
+
+        secrets.append(make_url(settings["database.url"]).password)
+    except Exception:  # an unparsable URL holds no password we could find
+        pass
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
 def problem(status: int, title: str, detail: str, errors: list[dict] | None = None,
             headers: dict | None = None) -> Response:
-    """Return an RFC 9457 problem response."""
+    """Return an RFC 9457 problem response (secrets scrubbed, should an error message ever hold one)."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
-    resp = Response(json.dumps(body), status=status, mimetype=PROBLEM)
+    resp = Response(scrub(json.dumps(body)), status=status, mimetype=PROBLEM)
     for key, value in (headers or {}).items():
         resp.headers[key] = value
     return resp
 
 
 def _html(status: int, title: str, detail: str, errors: list[dict] | None = None):
-    return render_template("error.html", status=status, title=title, detail=detail, errors=errors or []), status
+    errors = [{"field": e.get("field"), "message": scrub(str(e.get("message")))} for e in errors or []]
+    return render_template("error.html", status=status, title=title, detail=scrub(detail), errors=errors), status
 
 
 def handle_instaboost(exc: InstaBoostError):
@@ -57,9 +84,10 @@ def handle_http(exc: HTTPException):
     status = exc.code or 500
     detail = HINTS.get(status) or exc.description or exc.name
     headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
+    errors = [{"field": HTTP_FIELDS[status], "message": detail}] if status in HTTP_FIELDS else None
     if wants_problem():
-        return problem(status, exc.name, detail, headers=headers)
-    page, status = _html(status, exc.name, detail)
+        return problem(status, exc.name, detail, errors, headers=headers)
+    page, status = _html(status, exc.name, detail, errors)
     return page, status, headers
 
 

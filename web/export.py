@@ -9,20 +9,12 @@ from typing import Any, Iterable, Iterator, Mapping
 from flask import Blueprint, Response, request, stream_with_context
 
 from shared import jobs
+from shared.csvsafe import neutralize
 from web.context import services
 
 bp = Blueprint("export", __name__)
 
-# OWASP CSV injection: a spreadsheet evaluates cells starting with these as formulas.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 FLUSH_BYTES = 64 * 1024
-
-
-def neutralize(cell: Any) -> Any:
-    """Prefix a text cell that a spreadsheet would read as a formula with a single quote."""
-    if isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES):
-        return "'" + cell
-    return cell
 
 
 def csv_chunks(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> Iterator[str]:

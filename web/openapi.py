@@ -42,11 +42,12 @@ def _page_params(kind: str) -> list[dict]:
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
 STATUS_FILTER = {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": STATUSES}}
-MODEL_FILTER = {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}}
+NO_NUL = {"type": "string", "pattern": "^[^\\x00]*$"}  # PostgreSQL text cannot hold NUL: such filters get 422
+MODEL_FILTER = {"name": "model", "in": "query", "required": False, "schema": NO_NUL}
 RUN_FILTERS = [
     {"name": "job_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
     MODEL_FILTER,
-    {"name": "variant", "in": "query", "required": False, "schema": {"type": "string"}},
+    {"name": "variant", "in": "query", "required": False, "schema": NO_NUL},
     {**STATUS_FILTER, "description": "status of the run's job"},
 ]
 COMMON = {"401": _problem("Missing or wrong bearer token (only when web.api_token is set)."),
