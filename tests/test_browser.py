@@ -65,6 +65,7 @@ def browser(tmp_path):
 
 
 def test_browser_submits_watches_and_downloads(live_server, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -88,12 +89,14 @@ def test_browser_submits_watches_and_downloads(live_server, browser):
     job_id = browser.current_url.rstrip("/").rsplit("/", 1)[1]
     browser.execute_script("window.__notReloaded = true;")
     # job.js polls and updates the page in place; nobody reloads it.
-    WebDriverWait(browser, 90, poll_frequency=0.3).until(
-        lambda d: d.find_element(By.ID, "job-status").text == "succeeded")
+    # job.js swaps in fresh server-rendered parts, so elements found a moment ago may go stale.
+    wait = WebDriverWait(browser, 90, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,))
+    wait.until(lambda d: d.find_element(By.ID, "job-status").text == "succeeded")
+    # The final swap renders the finished job (data-finished="true") with every output.
+    wait.until(lambda d: d.find_element(By.ID, "job").get_attribute("data-finished") == "true")
     assert browser.execute_script("return window.__notReloaded === true;")
     outputs = "#variant-all_x10 pre.output"  # original on the left, the boosted variant on the right
-    WebDriverWait(browser, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, outputs)) == 2)
-    original, boosted = [e.text for e in browser.find_elements(By.CSS_SELECTOR, outputs)]
+    original, boosted = wait.until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, outputs)] or None)
     assert original.strip() and boosted.strip()
 
     browser.find_element(By.LINK_TEXT, "CSV").click()
