@@ -27,11 +27,11 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def live_server(celery_worker, pg_url, redis_namespace):
+def live_server(celery_worker, pg_url):
     """The web app served over HTTP on a free local port (werkzeug, threaded)."""
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, make_test_app(pg_url, redis_namespace), threaded=True)
+    server = make_server("127.0.0.1", 0, make_test_app(pg_url, celery_worker.namespace), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import time
 
@@ -52,8 +53,8 @@ def stored_runs(db_url: str, job_id: int):
 
 
 @pytest.fixture(scope="module")
-def pg_app(celery_worker, pg_url, redis_namespace):
-    return make_test_app(pg_url, redis_namespace)
+def pg_app(celery_worker, pg_url):
+    return make_test_app(pg_url, celery_worker.namespace)
 
 
 @pytest.fixture
@@ -152,14 +153,21 @@ def test_cancel_queued_and_running_jobs(web, pg_url):
     assert stored_runs(pg_url, queued) == []
 
 
-def test_job_waits_visibly_when_no_worker_holds_its_model(web, heartbeat, redis_client, redis_namespace):
+def test_job_waits_visibly_when_no_worker_holds_its_model(web, celery_worker, redis_client):
     # Another (pretend) worker advertises a model ours does not hold: the job is accepted, routed to
     # that model's queue, and our worker must not take it.
-    heartbeat("some-other-model")
-    resp = web.post("/api/jobs", json={**TINY, "model": "some-other-model"})
-    assert resp.status_code == 202
-    job_id = resp.get_json()["id"]
-    time.sleep(3)
-    body = web.get(f"/api/jobs/{job_id}").get_json()
-    assert body["status"] == "queued" and body["enqueued_at"] is not None
-    assert redis_client.llen(f"{redis_namespace}:models.some-other-model") == 1
+    ns = celery_worker.namespace
+    key = f"{ns}:worker:pretend@elsewhere"
+    redis_client.set(key, json.dumps({"hostname": "pretend@elsewhere", "models": ["some-other-model"], "pid": 1,
+                                      "started_at": "2026-01-01T00:00:00+00:00",
+                                      "seen_at": "2026-01-01T00:00:00+00:00"}), ex=60)
+    try:
+        resp = web.post("/api/jobs", json={**TINY, "model": "some-other-model"})
+        assert resp.status_code == 202
+        job_id = resp.get_json()["id"]
+        time.sleep(3)
+        body = web.get(f"/api/jobs/{job_id}").get_json()
+        assert body["status"] == "queued" and body["enqueued_at"] is not None
+        assert redis_client.llen(f"{ns}:models.some-other-model") == 1
+    finally:
+        redis_client.delete(key, f"{ns}:models.some-other-model")

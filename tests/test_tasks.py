@@ -211,3 +211,13 @@ def test_live_workers_ignores_malformed_heartbeats(redis_client, redis_namespace
 def test_worker_process_advertises_its_models(celery_worker):
     beat = celery_worker.heartbeat()
     assert beat["models"] == ["smollm2-135m-instruct"] and beat["pid"] == celery_worker.proc.pid
+
+
+def test_worker_with_an_unloadable_model_exits_with_the_reason(pg_url, redis_namespace, tmp_path):
+    from tests.fixtures.worker import WorkerProcess
+
+    worker = WorkerProcess(pg_url, f"{redis_namespace}_bad", tmp_path / "bad.log", models=("no-such-model",))
+    with pytest.raises(RuntimeError, match="worker exited with 3"):
+        worker.start(timeout=60)
+    assert "cannot load model 'no-such-model'" in worker.log_tail()
+    assert worker.heartbeat() is None
