@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import BadRequest, Conflict, ModelError, NotFound, TooManyJobs, Unavailable, ValidationError
 from shared.models import ALLOWED, FINAL, Job, JobStatus, Run, utcnow
-from shared.schemas import JobRequest
+from shared.schemas import JobRequest, show
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def get_job(session: Session, job_id: Any, with_runs: bool = True) -> Job:
     try:
         jid = _parse_int("id", job_id, lo=1, hi=MAX_ID)
     except ValidationError:
-        raise NotFound(f"job {job_id!r} does not exist: job ids are positive integers", field="id") from None
+        raise NotFound(f"job {show(job_id)} does not exist: job ids are positive integers", field="id") from None
     job = session.get(Job, jid, populate_existing=True)
     if job is None:
         raise NotFound(f"job {jid} does not exist", field="id")
@@ -343,15 +343,31 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
     return min(int(cursor[1:], 16), MAX_ID)  # ids never reach MAX_ID; a larger cursor means the first page
 
 
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            # "100.0" is an integer too (JSON Schema counts numbers by value, and clients write it so).
+            x = float(text)
+            if not x.is_integer():
+                raise
+            return int(x)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
 def _parse_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        n = int(value) if not isinstance(value, str) else int(value.strip())
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name} must be an integer, got {value!r}", field=name) from None
+        n = _as_int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError(f"{name} must be an integer, got {show(value)}", field=name) from None
     if (lo is not None and n < lo) or (hi is not None and n > hi):
-        raise ValidationError(f"{name} must be between {lo} and {hi}, got {n}" if hi is not None
+        raise ValidationError(f"{name} must be between {lo} and {hi}, got {show(n)}" if hi is not None
                               else f"{name} must be >= {lo}, got {n}", field=name)
     return n
 
@@ -367,7 +383,7 @@ def _parse_status(value: Any) -> JobStatus:
     try:
         return JobStatus(value)
     except ValueError:
-        raise ValidationError(f"status must be one of {', '.join(s.value for s in JobStatus)}; got {value!r}",
+        raise ValidationError(f"status must be one of {', '.join(s.value for s in JobStatus)}; got {show(value)}",
                               field="status") from None
 
 

@@ -16,6 +16,10 @@ MAX_REPORTED_UNKNOWN = 10  # a body of thousands of stray keys gets a short answ
 # No tokenizer we know has a token longer than this (SmolLM2's longest is 81 bytes, a run of spaces), so
 # ceil(utf8_bytes / MAX_BYTES_PER_TOKEN) is a safe lower bound on a text's token count at submit time.
 MAX_BYTES_PER_TOKEN = 128
+# What counts as blank text: ECMAScript's \s, spelled out so the OpenAPI pattern (JSON Schema regexes are
+# ECMAScript) and this validator agree character for character.
+WHITESPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+             "\u2028\u2029\u202f\u205f\u3000\ufeff"
 
 
 def show(value: Any, limit: int = 40) -> str:
@@ -92,8 +96,13 @@ class JobRequest:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, settings: Mapping[str, Any] | None = None) -> "JobRequest":
-        """Validate a JSON body, form or CLI fields; raise one ValidationError listing every bad field."""
+    def from_dict(cls, data: Any, settings: Mapping[str, Any] | None = None, strict: bool = False) -> "JobRequest":
+        """Validate a JSON body, form or CLI fields; raise one ValidationError listing every bad field.
+
+        strict (the JSON API) takes each field only in its JSON type, as the OpenAPI document says:
+        numbers as numbers, lists as arrays, and null (not "") for "use the default". Forms send
+        text, so without strict "5" is a number, "2, 10" a list and "" the default.
+        """
         if settings is None:
             from shared.settings import get_settings
 
@@ -101,14 +110,14 @@ class JobRequest:
         if not isinstance(data, Mapping):
             raise ValidationError("the request body must be a JSON object with at least instruction and query",
                                   errors=[{"field": "body", "message": "expected a JSON object"}])
-        v = _Validator(settings)
+        v = _Validator(settings, strict)
         names = cls.field_names()
         unknown = [str(k) for k in data if k not in names]
         for key in unknown[:MAX_REPORTED_UNKNOWN]:
             v.error(key[:64], f"unknown field {show(key)}; allowed fields: {', '.join(names)}")
         if len(unknown) > MAX_REPORTED_UNKNOWN:
             v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(names)}")
-        given = {k: val for k, val in data.items() if k in names and val is not None and val != ""}
+        given = {k: val for k, val in data.items() if k in names and val is not None and (strict or val != "")}
         values = {**cls.defaults(settings), **given}
 
         out: dict[str, Any] = {}
@@ -158,7 +167,8 @@ class JobRequest:
         """
         errors: list[dict] = []
         n_layers = facts.get("n_layers")
-        if isinstance(n_layers, int) and "middle" in self.layer_modes and self.start_layer >= n_layers:
+        # Refused in any layer mode: a start_layer past the model is a mistake even when unused.
+        if isinstance(n_layers, int) and self.start_layer >= n_layers:
             errors.append({"field": "start_layer", "message": f"start_layer {self.start_layer} is out of range: "
                            f"{self.model} has {n_layers} layers (0..{n_layers - 1})"})
         context = facts.get("max_context")
@@ -217,6 +227,7 @@ class _Validator:
     """Collects field errors instead of stopping at the first one."""
 
     settings: Mapping[str, Any]
+    strict: bool = False
     errors: list[dict] = field(default_factory=list)
 
     def error(self, name: str, message: str) -> None:
@@ -224,7 +235,7 @@ class _Validator:
 
     def text(self, name: str, value: Any) -> str:
         limit = self.settings["limits.max_text_chars"]
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if value is None or (isinstance(value, str) and not value.strip(WHITESPACE)):
             self.error(name, f"{name} is required and must not be blank")
             return ""
         if not isinstance(value, str):
@@ -244,7 +255,7 @@ class _Validator:
         if not isinstance(value, str) or not value.strip():
             self.error("model", "model must be a non-empty model name")
             return ""
-        value = value.strip()
+        value = value if self.strict else value.strip()
         if len(value) > MAX_MODEL_NAME or any(c.isspace() or not c.isprintable() for c in value):
             self.error("model", f"model must be a name of at most {MAX_MODEL_NAME} printable characters "
                                 "without spaces")
@@ -254,6 +265,9 @@ class _Validator:
         kind = "an integer" if integer else "a number"
         if isinstance(value, bool):
             self.error(name, f"{name} must be {kind}, got a boolean")
+            return None
+        if isinstance(value, str) and self.strict:
+            self.error(name, f"{name} must be {kind}, got a string: send it as a JSON number")
             return None
         if isinstance(value, str):
             try:
@@ -302,11 +316,12 @@ class _Validator:
         return value
 
     def _as_list(self, name: str, value: Any) -> list | None:
-        if isinstance(value, str):
+        if isinstance(value, str) and not self.strict:
             return [p.strip() for p in value.split(",") if p.strip()]
         if isinstance(value, (list, tuple)):
             return list(value)
-        self.error(name, f"{name} must be a list (or a comma-separated string)")
+        self.error(name, f"{name} must be a JSON array" if self.strict else
+                   f"{name} must be a list (or a comma-separated string)")
         return None
 
     def multipliers(self, value: Any) -> tuple[float, ...]:
@@ -326,6 +341,9 @@ class _Validator:
         out: list[float] = []
         for i, item in enumerate(items):
             name = f"multipliers[{i}]"
+            if self.strict and (isinstance(item, str) or isinstance(item, bool)):
+                self.error(name, f"{name} must be a JSON number, got {show(item)}")
+                continue
             if isinstance(item, str) and len(item) > 40:
                 self.error(name, f"{name} must be a number, got {show(item)}")
                 continue
@@ -339,6 +357,8 @@ class _Validator:
                 continue
             if m not in out:  # a repeated multiplier would only regenerate the same variant
                 out.append(m)
+            elif self.strict:  # the OpenAPI document says uniqueItems
+                self.error(name, f"multiplier {m:g} is given twice; list each once")
         return tuple(out)
 
     def layer_modes(self, value: Any) -> tuple[str, ...]:
@@ -357,4 +377,6 @@ class _Validator:
                 self.error(f"layer_modes[{i}]", f"layer mode must be one of {', '.join(LAYER_MODES)}; got {show(item)}")
             elif item not in out:
                 out.append(item)
+            elif self.strict:  # the OpenAPI document says uniqueItems
+                self.error(f"layer_modes[{i}]", f"layer mode {item!r} is given twice; list each once")
         return tuple(out)

@@ -268,7 +268,7 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
     doc = client.get("/api/openapi.json").get_json()
     validate(doc)
     assert doc["openapi"].startswith("3.1") and doc["security"] == [{}]  # no token configured: open
-    assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL]
+    assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL, None]  # null: the default
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     routes = {(m, r.rule.replace("<job_id>", "{job_id}")) for r in client.application.url_map.iter_rules()
               if r.rule.startswith("/api") or r.rule == "/healthz" for m in r.methods - {"HEAD", "OPTIONS"}}

@@ -8,7 +8,7 @@ import json
 from flask import Blueprint, jsonify, request, url_for
 
 from shared import jobs
-from shared.celery_config import live_workers, served_models
+from shared.celery_config import live_workers
 from shared.errors import BadRequest, InstaBoostError, Unauthorized, Unavailable
 from shared.schemas import JobRequest
 from web.context import db, services, submit_kwargs
@@ -61,7 +61,7 @@ def _page(items, next_cursor, endpoint):
 @bp.post("/jobs")
 def submit():
     """Validate and enqueue a job; answer 202 with its URL."""
-    req = JobRequest.from_dict(_json_body(), services().settings)
+    req = JobRequest.from_dict(_json_body(), services().settings, strict=True)
     job = jobs.submit_job(db(), req, **submit_kwargs())
     resp = jsonify(jobs.job_to_dict(job))
     resp.status_code = 202
@@ -127,7 +127,11 @@ def openapi():
     """Return the OpenAPI 3.1 description of this API."""
     s = services()
     try:
-        models = sorted(served_models(s.redis, s.settings["redis.namespace"]))
+        beats = live_workers(s.redis, s.settings["redis.namespace"])
     except Exception:  # Redis down: describe the default model; submissions answer 503 anyway
-        models = []
-    return jsonify(openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"])))
+        beats = []
+    models = sorted({m for beat in beats for m in beat["models"]})
+    # With one served model its advertised facts bound the request exactly; with several they differ.
+    facts = jobs.model_facts(beats, models[0]) if len(models) == 1 else None
+    return jsonify(openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"]),
+                                    facts=facts))

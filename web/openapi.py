@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from shared.jobs import EXPORT_COLUMNS, MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.models import JobStatus
-from shared.schemas import MAX_LAYER, MAX_SEED
+from shared.schemas import MAX_LAYER, MAX_SEED, WHITESPACE
 from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
 
 STATUSES = [s.value for s in JobStatus]
@@ -29,25 +29,33 @@ def _json(description: str, schema: dict, headers: dict | None = None) -> dict:
 
 
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-LIMIT = {"name": "limit", "in": "query", "required": False,
-         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}}
+
+
+def _query(name: str, schema: dict, description: str = "") -> dict:
+    """Return an optional query parameter; sent empty (?name=) it counts as not sent, as HTML forms do."""
+    out = {"name": name, "in": "query", "required": False, "allowEmptyValue": True, "schema": schema}
+    if description:
+        out["description"] = description
+    return out
+
+
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50})
 
 
 def _page_params(kind: str) -> list[dict]:
-    return [LIMIT, {"name": "cursor", "in": "query", "required": False,
-                    "description": "next_cursor of the previous page (opaque)",
-                    "schema": {"type": "string", "pattern": cursor_pattern(kind)}}]
+    return [LIMIT, _query("cursor", {"type": "string", "pattern": cursor_pattern(kind)},
+                          "next_cursor of the previous page (opaque)")]
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
-STATUS_FILTER = {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": STATUSES}}
+STATUS_FILTER = _query("status", {"type": "string", "enum": STATUSES})
 NO_NUL = {"type": "string", "pattern": "^[^\\x00]*$"}  # PostgreSQL text cannot hold NUL: such filters get 422
-MODEL_FILTER = {"name": "model", "in": "query", "required": False, "schema": NO_NUL}
+MODEL_FILTER = _query("model", NO_NUL)
 RUN_FILTERS = [
-    {"name": "job_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+    _query("job_id", {"type": "integer", "minimum": 1, "maximum": MAX_ID}),
     MODEL_FILTER,
-    {"name": "variant", "in": "query", "required": False, "schema": NO_NUL},
+    _query("variant", NO_NUL),
     {**STATUS_FILTER, "description": "status of the run's job"},
 ]
 COMMON = {"401": _problem("Missing or wrong bearer token (only when web.api_token is set)."),
@@ -61,8 +69,9 @@ JOB_REQUEST: dict[str, Any] = {
             "query": {"type": "string", "minLength": 1},
             "model": {"type": "string", "description": "A model a live worker serves (see /api/models)."},
             "multipliers": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
-                            "minItems": 1},
-            "layer_modes": {"type": "array", "items": {"type": "string", "enum": list(LAYER_MODES)}, "minItems": 1},
+                            "minItems": 1, "uniqueItems": True},
+            "layer_modes": {"type": "array", "items": {"type": "string", "enum": list(LAYER_MODES)}, "minItems": 1,
+                            "uniqueItems": True},
             "start_layer": {"type": "integer", "minimum": 0, "maximum": MAX_LAYER},
             "num_middle_layers": {"type": "integer", "minimum": 1, "maximum": MAX_LAYER},
             "head_boost_percentage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
@@ -146,28 +155,57 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def job_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
-    """Return the JobRequest schema with this deployment's limits and the models workers serve now."""
+def _pattern_class(chars: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in chars)
+
+
+def job_request_schema(settings: Mapping[str, Any], models: list[str],
+                       facts: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Return the JobRequest schema with this deployment's limits and the models workers serve now.
+
+    The bounds match the server's exactly (tests fuzz both sides). facts: what the workers advertise
+    about the one served model (n_layers, max_context), which bounds start_layer and max_new_tokens.
+    """
+    assert len(LAYER_MODES) == 2, "the variants rule below is written for two layer modes"
     schema = copy.deepcopy(JOB_REQUEST)
     props = schema["properties"]
-    text = {"type": "string", "maxLength": settings["limits.max_text_chars"], "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"}
+    # Not blank: at least one character that is neither NUL nor whitespace (shared.schemas.WHITESPACE).
+    ws = _pattern_class(WHITESPACE + "\x00")
+    text = {"type": "string", "maxLength": settings["limits.max_text_chars"],
+            "pattern": f"^[^\\u0000]*[^{ws}][^\\u0000]*$"}
     props["instruction"].update(text)
     props["query"].update(text)
     props["model"]["enum"] = models
-    props["max_new_tokens"]["maximum"] = settings["limits.max_new_tokens"]
-    # Stricter than the server (which allows more multipliers with one layer mode): every valid body passes.
-    props["multipliers"]["maxItems"] = max(1, (settings["limits.max_variants"] - 1) // len(LAYER_MODES))
+    facts = facts or {}
+    new_tokens = settings["limits.max_new_tokens"]
+    if facts.get("max_context"):
+        new_tokens = min(new_tokens, facts["max_context"] - 1)
+    props["max_new_tokens"]["maximum"] = new_tokens
+    if facts.get("n_layers"):
+        props["start_layer"]["maximum"] = facts["n_layers"] - 1
+    # 1 original + multipliers x layer modes <= max_variants; layer_modes defaults to both.
+    limit = settings["limits.max_variants"] - 1
+    schema["if"] = {"required": ["layer_modes"], "properties": {"layer_modes": {"type": "array", "maxItems": 1}}}
+    schema["then"] = {"properties": {"multipliers": {"maxItems": limit}}}
+    schema["else"] = {"properties": {"multipliers": {"maxItems": limit // 2}}}
+    # Every optional field may be null: "use the default".
+    for name, prop in props.items():
+        if name in schema["required"]:
+            continue
+        prop["type"] = [prop["type"], "null"]
+        if "enum" in prop:
+            prop["enum"] = [*prop["enum"], None]
     return schema
 
 
 def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str] | None = None,
-                     token_required: bool = False) -> dict[str, Any]:
+                     token_required: bool = False, facts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document for /api and /healthz (bearer auth only when a token is set)."""
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
-    schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]])}
+    schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]], facts)}
     retry_after = {"Retry-After": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
