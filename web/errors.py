@@ -91,6 +91,12 @@ def handle_http(exc: HTTPException):
     return page, status, headers
 
 
+def handle_database_down(exc: Exception):
+    """Answer 503 when the database cannot be reached (the driver's message may name the host, never more)."""
+    log.warning("database unreachable on %s %s: %s", request.method, request.path, type(exc).__name__)
+    return handle_instaboost(Unavailable("the database is unreachable; retry shortly", retry_after=5))
+
+
 def handle_unexpected(exc: Exception):
     if isinstance(exc, HTTPException):
         return handle_http(exc)
@@ -103,6 +109,9 @@ def handle_unexpected(exc: Exception):
 
 def register(app: Flask) -> None:
     """Install the error handlers on app."""
+    from sqlalchemy.exc import OperationalError
+
     app.register_error_handler(InstaBoostError, handle_instaboost)
+    app.register_error_handler(OperationalError, handle_database_down)
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(Exception, handle_unexpected)
