@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 from datetime import datetime
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -40,11 +40,13 @@ def predecessors(status: JobStatus) -> set[JobStatus]:
     return {s for s, nexts in ALLOWED.items() if status in nexts}
 
 
-def transition(session: Session, job: Job | int, new_status: JobStatus, **fields: Any) -> Job:
+def transition(session: Session, job: Job | int, new_status: JobStatus, *, expect: Mapping[str, Any] | None = None,
+               **fields: Any) -> Job:
     """Move a job to new_status (and set fields) or raise Conflict; safe against concurrent updates.
 
-    The UPDATE only matches while the row is in an allowed predecessor status, so of two processes
-    racing (a cancel and a worker's start, say) exactly one wins and the other gets Conflict.
+    The UPDATE only matches while the row is in an allowed predecessor status (and, with expect, while
+    those columns hold those values), so of two processes racing (a cancel and a worker's start, say)
+    exactly one wins and the other gets Conflict.
     started_at / finished_at are stamped here so every path records them the same way.
     """
     job_id = job.id if isinstance(job, Job) else int(job)
@@ -55,7 +57,8 @@ def transition(session: Session, job: Job | int, new_status: JobStatus, **fields
         values.setdefault("started_at", now)
     if new_status in FINAL:
         values.setdefault("finished_at", now)
-    stmt = (update(Job).where(Job.id == job_id, Job.status.in_(predecessors(new_status)))
+    conditions = [getattr(Job, name) == value for name, value in (expect or {}).items()]
+    stmt = (update(Job).where(Job.id == job_id, Job.status.in_(predecessors(new_status)), *conditions)
             .values(status=new_status, **values).execution_options(synchronize_session=False))
     if session.execute(stmt).rowcount != 1:
         current = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
@@ -181,11 +184,15 @@ def cancel_job(session: Session, job_id: int) -> Job:
 
 # -- worker side ---------------------------------------------------------------------------------
 
-def mark_running(session: Session, job_id: int, worker: str) -> Job | None:
+def mark_running(session: Session, job_id: int, worker: str,
+                 is_alive: Callable[[str], bool] | None = None) -> Job | None:
     """Claim a delivered job for worker; return None when it must be skipped (cancelled or finished).
 
     A job still marked running is a redelivery after its worker died: it goes back through queued
     (the documented transition) and is claimed again. A cancelling one is finished as cancelled.
+    With is_alive (worker id -> bool), a job that another live worker is running is left to it (a
+    duplicate delivery), and the takeover only matches while the row still names the dead worker, so
+    two claimants of one dead worker's job cannot both win.
     """
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
@@ -196,7 +203,10 @@ def mark_running(session: Session, job_id: int, worker: str) -> Job | None:
             session.commit()
             return None
         if job.status is JobStatus.running:
-            transition(session, job, JobStatus.queued)
+            if is_alive is not None and job.worker and job.worker != worker and is_alive(job.worker):
+                session.rollback()
+                return None
+            transition(session, job, JobStatus.queued, expect={"worker": job.worker})
         job = transition(session, job, JobStatus.running, worker=worker, started_at=utcnow(),
                          attempts=Job.attempts + 1, error=None)
     except Conflict:
