@@ -86,8 +86,13 @@ def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
                 time.sleep(0.3)
             assert body["status"] == "succeeded" and len(body["runs"]) == 2
 
-        proc.send_signal(signal.SIGTERM)
+        # An impatient user: Ctrl-C, then Ctrl-C again while it is stopping. Still a clean stop.
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
         assert proc.wait(40) == 0
+        log.seek(0)
+        assert "Traceback" not in log.read()
         assert live_workers(redis, namespace) == []  # the worker removed its heartbeat
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -139,7 +139,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
     env = _child_env(settings)
     procs: dict[str, subprocess.Popen] = {}
 
+    stopping = False
+
     def on_signal(signum, _frame):
+        nonlocal stopping
+        if stopping:  # a second Ctrl-C (or SIGTERM) while stopping: keep stopping in order
+            return
+        stopping = True
         raise _Stop(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -168,14 +174,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
         _say("stopping (waiting for the worker to finish its current variant)")
         return 0
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        # A second Ctrl-C while stopping should not leave orphans: ignore it until the children are gone.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopping = True  # from here on signals are swallowed by on_signal until the children are gone
         try:
             _stop(procs)
         finally:
-            signal.signal(signal.SIGINT, old[signal.SIGINT])
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
