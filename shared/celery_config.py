@@ -7,6 +7,7 @@ so separate deployments or test runs can share one Redis server without seeing e
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -15,8 +16,10 @@ from typing import Any, Mapping
 from shared.errors import ValidationError
 
 TASK_NAME = "instaboost.run_job"
-HEARTBEAT_TTL = 30  # seconds a heartbeat lives without a refresh
+HEARTBEAT_TTL = 30  # seconds a heartbeat lives without a refresh (default of worker.heartbeat_ttl)
 HEARTBEAT_INTERVAL = 10  # seconds between refreshes; a worker survives two missed beats
+# kombu's Redis transport keeps messages of priority > 0 in "<queue>\x06\x16<priority>" lists.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -56,10 +59,19 @@ def celery_config(settings: Mapping[str, Any]) -> dict[str, Any]:
         raise ValidationError(
             f"worker.visibility_timeout ({visibility} s) must exceed worker.job_time_limit ({limit} s); "
             "raise INSTABOOST_WORKER_VISIBILITY_TIMEOUT", field="worker.visibility_timeout")
+    interval = float(settings.get("worker.heartbeat_interval", HEARTBEAT_INTERVAL))
+    ttl = float(settings.get("worker.heartbeat_ttl", HEARTBEAT_TTL))
+    if not 0 < interval < ttl:
+        # A heartbeat that expires before its refresh would make the sweeper requeue live workers' jobs.
+        raise ValidationError(
+            f"worker.heartbeat_ttl ({ttl} s) must exceed worker.heartbeat_interval ({interval} s) > 0",
+            field="worker.heartbeat_ttl")
     ns = settings["redis.namespace"]
     return {
         "broker_url": settings["redis.url"],
         "broker_connection_retry_on_startup": True,
+        # An overnight worker waits out a Redis restart of any length instead of exiting after 100 tries.
+        "broker_connection_max_retries": None,
         "broker_connection_timeout": 3,
         "broker_transport_options": {"visibility_timeout": visibility, "global_keyprefix": f"{ns}:"},
         # The database is the source of truth for job state; no result backend.
@@ -125,6 +137,40 @@ def redis_client(url: str | None = None):
 def heartbeat_prefix(namespace: str | None = None) -> str:
     """Return the key prefix of worker heartbeats, e.g. "instaboost:worker:"."""
     return f"{_namespace(namespace)}:worker:"
+
+
+def heartbeat_key(worker_id: str, namespace: str | None = None) -> str:
+    """Return the heartbeat key of a worker, named by the id its jobs carry in their ``worker`` column."""
+    return heartbeat_prefix(namespace) + worker_id
+
+
+def worker_alive(redis_client, worker_id: str | None, namespace: str | None = None) -> bool:
+    """Return True while the worker with this id (a job's ``worker`` column) has a live heartbeat."""
+    return bool(worker_id) and bool(redis_client.exists(heartbeat_key(worker_id, namespace)))
+
+
+def message_job_id(raw: str | bytes) -> int | None:
+    """Return the job id an ``instaboost.run_job`` message in a kombu Redis list carries (None if another)."""
+    try:
+        message = json.loads(raw)
+        if message.get("headers", {}).get("task") != TASK_NAME:
+            return None
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        return int(args[0])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def waiting_job_ids(redis_client, queue: str, namespace: str | None = None) -> set[int]:
+    """Return the ids of the jobs whose message waits, not yet delivered, in queue."""
+    ns = _namespace(namespace)
+    ids: set[int] = set()
+    for suffix in _PRIORITY_SUFFIXES:
+        for raw in redis_client.lrange(f"{ns}:{queue}{suffix}", 0, -1):
+            job_id = message_job_id(raw)
+            if job_id is not None:
+                ids.add(job_id)
+    return ids
 
 
 def live_workers(redis_client, namespace: str | None = None) -> list[dict]:

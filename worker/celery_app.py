@@ -53,18 +53,35 @@ def preload_models(hostname: str | None = None) -> list[str]:
             # Fail fast: a worker that consumes a model's queue but cannot run it would fail every job.
             raise SystemExit(f"instaboost worker: cannot load model {name!r}: {exc}") from None
         log.info("loaded model %s", name)
-    from billiard.process import current_process
+    from worker.heartbeat import new_worker_id
 
     host = hostname or f"worker@{socket.gethostname()}"
-    if current_process().name != "MainProcess":
-        host += f":{os.getpid()}"  # prefork children of one node each advertise themselves
-    _heartbeat = Heartbeat(host, models, s["redis.url"], s["redis.namespace"]).start()
+    # One id per process (prefork children too): the heartbeat key and the jobs' worker column.
+    _heartbeat = Heartbeat(host, models, s["redis.url"], s["redis.namespace"], interval=s["worker.heartbeat_interval"],
+                           ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host)).start()
     atexit.register(_heartbeat.stop)
+    start_sweeper(_heartbeat.worker_id)
     return models
 
 
+_sweeper = None
+
+
+def start_sweeper(own_worker: str | None = None):
+    """Start this process's sweeper thread unless sweeper.enabled is off (see worker/sweeper.py)."""
+    global _sweeper
+    s = get_settings()
+    if _sweeper is None and s["sweeper.enabled"]:
+        from worker.sweeper import Sweeper
+
+        _sweeper = Sweeper(s, own_worker=own_worker).start()
+    return _sweeper
+
+
 def stop_heartbeat(**_kw) -> None:
-    """Remove this process's heartbeat (clean shutdown)."""
+    """Stop the sweeper and remove this process's heartbeat (clean shutdown)."""
+    if _sweeper is not None:
+        _sweeper.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
 

@@ -1,29 +1,51 @@
-"""Worker heartbeat: a daemon thread that tells the web app which models this process serves."""
+"""Worker heartbeat: a daemon thread that tells the web app and the sweeper this process is alive.
+
+A worker process is named by one id, ``<celery node name>:<pid>:<random>``: its heartbeat key is
+``<namespace>:worker:<id>`` and every job it claims stores the same id in its ``worker`` column, so the
+sweeper can tell from a job alone whether the process running it still lives. The random part keeps a
+restarted worker (same node name, and in a container often the same pid) from looking like the dead one.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
 import threading
 from datetime import datetime, timezone
 
-from shared.celery_config import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_prefix, redis_client
+from shared.celery_config import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_key, redis_client
 
 log = logging.getLogger(__name__)
+
+_current_id: str | None = None
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def new_worker_id(node: str) -> str:
+    """Return a fresh id for this process: node name, pid and a random part."""
+    return f"{node}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def current_worker_id() -> str | None:
+    """Return the id of this process's running heartbeat (the value its jobs' ``worker`` column gets)."""
+    return _current_id
+
+
 class Heartbeat:
-    """Refresh ``<namespace>:worker:<hostname>`` every interval with a TTL; delete it on stop."""
+    """Refresh ``<namespace>:worker:<worker_id>`` every interval with a TTL; delete it on stop."""
 
     def __init__(self, hostname: str, models: list[str], redis_url: str, namespace: str,
-                 interval: float = HEARTBEAT_INTERVAL, ttl: int = HEARTBEAT_TTL):
-        self.key = heartbeat_prefix(namespace) + hostname
-        self.payload = {"hostname": hostname, "models": list(models), "pid": os.getpid(), "started_at": _now()}
+                 interval: float = HEARTBEAT_INTERVAL, ttl: float = HEARTBEAT_TTL, worker_id: str | None = None,
+                 extra: dict | None = None):
+        self.worker_id = worker_id or hostname
+        self.key = heartbeat_key(self.worker_id, namespace)
+        self.payload = {"hostname": hostname, "worker": self.worker_id, "models": list(models), "pid": os.getpid(),
+                        "started_at": _now(), **(extra or {})}
         self.interval = interval
         self.ttl = ttl
         self._redis = redis_client(redis_url)
@@ -33,18 +55,20 @@ class Heartbeat:
     def beat(self) -> None:
         """Write the heartbeat once."""
         body = dict(self.payload, seen_at=_now())
-        self._redis.set(self.key, json.dumps(body), ex=self.ttl)
+        self._redis.set(self.key, json.dumps(body), px=max(1, int(self.ttl * 1000)))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
             except Exception as exc:  # Redis hiccup: the key expires on its own if this persists
-                log.warning("heartbeat %s failed: %s", self.key, exc)
+                log.warning("heartbeat %s failed: %s", self.key, type(exc).__name__)
 
     def start(self) -> "Heartbeat":
         """Write the first beat now (failing loudly if Redis is unreachable) and keep refreshing."""
+        global _current_id
         self.beat()
+        _current_id = self.worker_id
         self._thread = threading.Thread(target=self._loop, name="instaboost-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -57,4 +81,4 @@ class Heartbeat:
         try:
             self._redis.delete(self.key)
         except Exception as exc:
-            log.warning("could not remove heartbeat %s: %s", self.key, exc)
+            log.warning("could not remove heartbeat %s: %s", self.key, type(exc).__name__)

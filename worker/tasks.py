@@ -2,7 +2,10 @@
 
 The message carries only the job id; the job row is the source of truth. A redelivered job resumes
 where it stopped (variants already stored are skipped), a cancel is honoured at the next variant
-boundary, and a job delivered more than ``worker.max_attempts`` times is failed as poison.
+boundary, and a job delivered more than ``worker.max_attempts`` times is failed as poison. A delivery
+of a job that another live worker runs is skipped, and a worker that finds its job taken over (the
+sweeper thought it dead) stops at the next variant boundary, so one job never runs twice at once.
+Database writes are retried with backoff for ``worker.db_retry_seconds`` when the database is unreachable.
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Mapping
 
 from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from shared import jobs
-from shared.celery_config import TASK_NAME, soft_time_limit
+from shared.celery_config import TASK_NAME, redis_client, soft_time_limit, worker_alive
 from shared.db import session_scope
 from shared.errors import Conflict, InstaBoostError
 from shared.models import Job, JobStatus, Run
@@ -29,6 +34,46 @@ log = logging.getLogger("instaboost.worker")
 
 class ShutdownRequested(Exception):
     """The worker is stopping: hand the job back to the queue at a variant boundary."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed unreachable for worker.db_retry_seconds: hand the job back to the queue."""
+
+
+class TakenOver(Exception):
+    """The job is no longer this worker's (requeued by the sweeper, or claimed by another worker)."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    # OperationalError / InterfaceError: connection refused, dropped or closed; a statement error is not retried.
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError)) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def with_db_retry(session, fn: Callable, *args, budget: float = 60.0, **kw):
+    """Call fn(session, *args, **kw), retrying with backoff while the database is unreachable.
+
+    Safe because every write here is idempotent (conditional UPDATEs, runs unique per variant): a
+    commit whose answer was lost is simply done again. Gives up with DatabaseUnavailable after budget s.
+    """
+    deadline = time.monotonic() + budget
+    delay = 0.25
+    while True:
+        try:
+            return fn(session, *args, **kw)
+        except DBAPIError as exc:
+            if not _unreachable(exc):
+                raise
+            try:
+                session.rollback()  # drops the dead connection; the pool's pre-ping replaces it
+            except Exception:
+                session.close()
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(f"database unreachable for {budget:.0f} s ({type(exc).__name__})") from None
+            log.warning("database unreachable (%s); retrying in %.2f s", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 @contextmanager
@@ -50,15 +95,27 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _fail(db_url: str | None, job_id: int, message: str) -> str:
+def _fail(db_url: str | None, job_id: int, message: str, budget: float = 60.0) -> str:
     # A fresh session: the one that raised may be mid-transaction or interrupted by the alarm.
-    with session_scope(db_url) as session:
+    def fail(session) -> str:
         try:
             jobs.mark_failed(session, job_id, message)
         except Conflict:  # finished or cancelled meanwhile; nothing left to record
             session.rollback()
             return jobs.job_status(session, job_id).value
-    return JobStatus.failed.value
+        return JobStatus.failed.value
+
+    with session_scope(db_url) as session:
+        return with_db_retry(session, fail, budget=budget)
+
+
+def _ownership(session, job_id: int, worker: str) -> JobStatus:
+    """Return the job's status, raising TakenOver once the row no longer names this worker."""
+    row = session.execute(select(Job.status, Job.worker).where(Job.id == job_id)).one_or_none()
+    session.commit()  # no transaction (and pooled connection) held open during the next generation
+    if row is None or row.worker != worker or row.status not in (JobStatus.running, JobStatus.cancelling):
+        raise TakenOver(f"job {job_id} is now {row.status.value if row else 'gone'} under {row.worker if row else '-'}")
+    return row.status
 
 
 def _heads(request: JobRequest, variant: Variant, engine) -> Any:
@@ -69,84 +126,121 @@ def _heads(request: JobRequest, variant: Variant, engine) -> Any:
     return request.boost_spec(variant).resolve_heads(engine.n_layers, engine.n_heads)
 
 
-def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool]) -> str:
+def _stored_variants(session, job_id: int) -> set[str]:
+    done = set(session.scalars(select(Run.variant).where(Run.job_id == job_id)))
+    session.commit()
+    return done
+
+
+def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
+                  budget: float) -> str:
     from worker.engine import get_engine
 
     request = JobRequest.from_params(job.params)
     variants = request.variants()
-    done = set(session.scalars(select(Run.variant).where(Run.job_id == job.id)))
-    jobs.mark_progress(session, job.id, len(done & {v.name for v in variants}), len(variants))
+    done = with_db_retry(session, _stored_variants, job.id, budget=budget)
+    with_db_retry(session, jobs.mark_progress, job.id, len(done & {v.name for v in variants}), len(variants),
+                  budget=budget)
     engine = get_engine(job.model, request.engine)
     for variant in variants:
         if variant.name in done:
             continue  # stored by an earlier delivery
-        if jobs.cancel_requested(session, job.id):
-            return _finish_cancel(session, job.id)
+        if with_db_retry(session, _ownership, job.id, worker, budget=budget) is JobStatus.cancelling:
+            return _finish_cancel(session, job.id, budget)
         if should_stop():
             raise ShutdownRequested()
         [result] = engine.generate([request.generation_request(variant)], attention=True)
-        jobs.record_run(session, job.id, variant.name, multiplier=variant.multiplier,
-                        layers="none" if variant.is_original else variant.layer_mode,
-                        heads=_heads(request, variant, engine), output_text=result.text,
-                        prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
-                        seconds=result.seconds, attention_mass=result.attention_mass)
+        with_db_retry(session, jobs.record_run, job.id, variant.name, multiplier=variant.multiplier,
+                      layers="none" if variant.is_original else variant.layer_mode,
+                      heads=_heads(request, variant, engine), output_text=result.text,
+                      prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
+                      seconds=result.seconds, attention_mass=result.attention_mass, budget=budget)
+        session.commit()
         log.info("job %s: variant %s done (%d tokens)", job.id, variant.name, result.output_tokens)
     # A cancel that arrives after the last variant loses: the job is complete (cancelling -> succeeded).
-    jobs.mark_succeeded(session, job.id)
+    return with_db_retry(session, _succeed, job.id, budget=budget)
+
+
+def _succeed(session, job_id: int) -> str:
+    try:
+        jobs.mark_succeeded(session, job_id)
+    except Conflict:  # another delivery finished it first (every variant is stored either way)
+        session.rollback()
+        return jobs.job_status(session, job_id).value
     return JobStatus.succeeded.value
 
 
-def _finish_cancel(session, job_id: int) -> str:
-    try:
-        jobs.finish_cancel(session, job_id)
-    except Conflict:
-        session.rollback()
-    return jobs.job_status(session, job_id).value
+def _finish_cancel(session, job_id: int, budget: float = 60.0) -> str:
+    def finish(session) -> str:
+        try:
+            jobs.finish_cancel(session, job_id)
+        except Conflict:
+            session.rollback()
+        return jobs.job_status(session, job_id).value
+
+    return with_db_retry(session, finish, budget=budget)
+
+
+def _give_back(session, job_id: int, worker: str) -> None:
+    # Not the job's fault: give this delivery back so it does not count towards poison.
+    jobs.transition(session, job_id, JobStatus.queued, expect={"worker": worker}, attempts=Job.attempts - 1)
+    session.commit()
 
 
 def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[str, Any] | None = None,
-                db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False) -> str:
-    """Run one delivery of a job and return the status it ended in (or "skipped")."""
+                db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False,
+                is_alive: Callable[[str], bool] | None = None) -> str:
+    """Run one delivery of a job and return the status it ended in (or "skipped").
+
+    is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped.
+    """
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
     max_attempts = int(settings["worker.max_attempts"])
     limit = int(settings["worker.job_time_limit"])
+    budget = float(settings["worker.db_retry_seconds"])
     soft = soft_time_limit(limit)
     with session_scope(db_url) as session:
-        job = jobs.mark_running(session, job_id, worker_name)
+        job = with_db_retry(session, jobs.mark_running, job_id, worker_name, is_alive, budget=budget)
         if job is None:
-            log.info("job %s: skipped (missing, cancelled or finished)", job_id)
+            log.info("job %s: skipped (missing, cancelled, finished or running on another live worker)", job_id)
             return "skipped"
         if job.attempts > max_attempts:
             return _fail(db_url, job_id,
                          f"poison job: delivered {job.attempts} times but never finished (the worker died or "
                          f"was killed each time; worker.max_attempts={max_attempts}). Check the worker logs, "
-                         "e.g. for running out of memory, then resubmit with fewer variants or tokens.")
+                         "e.g. for running out of memory, then resubmit with fewer variants or tokens.", budget)
         try:
             with time_limit(soft):
-                return _run_variants(session, job, db_url, should_stop)
+                return _run_variants(session, job, db_url, should_stop, worker_name, budget)
         except ShutdownRequested:
             session.rollback()
-            # Not the job's fault: give this delivery back so it does not count towards poison.
-            jobs.requeue(session, job_id)
-            session.execute(update(Job).where(Job.id == job_id).values(attempts=Job.attempts - 1)
-                            .execution_options(synchronize_session=False))
-            session.commit()
+            try:
+                with_db_retry(session, _give_back, job_id, worker_name, budget=budget)
+            except Conflict:
+                session.rollback()
             raise
+        except TakenOver as exc:
+            session.rollback()
+            log.warning("job %s: stopping, %s", job_id, exc)
+            return "taken over"
+        except DatabaseUnavailable:
+            session.rollback()
+            raise  # the row cannot be updated; the task hands the message back to the queue
         except SoftTimeLimitExceeded:
             session.rollback()
             return _fail(db_url, job_id,
                          f"time limit: the job ran longer than {soft} s (worker.job_time_limit={limit} s); "
-                         "the variants finished before it are kept. Ask for fewer variants or max_new_tokens.")
+                         "the variants finished before it are kept. Ask for fewer variants or max_new_tokens.", budget)
         except InstaBoostError as exc:
             session.rollback()
-            return _fail(db_url, job_id, exc.message)
+            return _fail(db_url, job_id, exc.message, budget)
         except Exception as exc:
             session.rollback()
             log.exception("job %s failed", job_id)
-            return _fail(db_url, job_id, f"internal error in the worker: {type(exc).__name__}: {exc}")
+            return _fail(db_url, job_id, f"internal error in the worker: {type(exc).__name__}: {exc}", budget)
 
 
 @shared_task(name=TASK_NAME, bind=True)
@@ -158,8 +252,34 @@ def run_job(self, job_id: int) -> str:
         # EX_OK is 0, so test against the unset values rather than truthiness.
         return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
 
+    from shared.settings import get_settings
+    from worker.heartbeat import current_worker_id
+
+    settings = get_settings()
+    redis = _redis(settings["redis.url"])
+    namespace = settings["redis.namespace"]
+
+    def alive(worker: str) -> bool:
+        try:
+            return worker_alive(redis, worker, namespace)
+        except Exception:  # cannot tell: leave the job to its worker; the sweeper decides once Redis answers
+            return True
+
     try:
-        return execute_job(int(job_id), self.request.hostname or "worker", should_stop=stopping)
+        return execute_job(int(job_id), current_worker_id() or self.request.hostname or "worker",
+                           settings=settings, should_stop=stopping, is_alive=alive)
     except ShutdownRequested:
         log.info("job %s: worker stopping; job handed back to the queue", job_id)
         raise Reject("worker shutting down", requeue=True) from None
+    except DatabaseUnavailable as exc:
+        log.error("job %s: %s; message handed back to the queue", job_id, exc)
+        raise Reject(str(exc), requeue=True) from None
+
+
+_redis_clients: dict[str, Any] = {}
+
+
+def _redis(url: str):
+    if url not in _redis_clients:
+        _redis_clients[url] = redis_client(url)
+    return _redis_clients[url]

@@ -1,0 +1,215 @@
+"""The sweeper: no job waits forever because its message or its worker was lost.
+
+Each worker runs one in a background thread (``sweeper.enabled``); ``python -m worker.sweeper`` runs
+one on its own. Every ``sweeper.interval`` seconds it
+
+1. **outbox**: sends again the jobs left ``queued`` with ``enqueued_at`` NULL for ``sweeper.outbox_grace``
+   seconds (the web process died between storing the row and the broker accepting the message);
+2. **orphans**: puts back to ``queued`` the jobs ``running`` under a worker id with no live heartbeat (killed,
+   out of memory, machine lost) and sends them again; the delivery that died already counted as an attempt,
+   so a job whose worker died ``worker.max_attempts`` times is failed as poison instead. A ``cancelling``
+   job whose worker died is finished as cancelled;
+3. **lost messages**: sends again the ``queued`` jobs whose message has been missing from their model's
+   Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues).
+
+Several sweepers (one per worker) may run at once: every change is a conditional UPDATE, so exactly one
+of them acts on a job. A duplicate message is harmless: a worker skips jobs that are finished or that a
+live worker runs, and runs are unique per (job, variant). A missing heartbeat must stay missing for two
+heartbeat intervals before it counts, so a Redis restart (which drops every heartbeat until the next beat)
+does not make live workers look dead; nothing is decided while Redis is unreachable.
+
+The sweeper assumes one database belongs to one deployment (one ``redis.namespace``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any, Mapping
+
+from sqlalchemy import select, update
+
+from shared import celery_config as cc
+from shared import jobs
+from shared.db import session_scope
+from shared.errors import Conflict
+from shared.models import Job, JobStatus, utcnow
+
+log = logging.getLogger("instaboost.sweeper")
+
+
+class Sweeper:
+    """Find jobs whose message or worker was lost and send them again (see the module docstring)."""
+
+    def __init__(self, settings: Mapping[str, Any], *, db_url: str | None = None, own_worker: str | None = None,
+                 celery_app=None, redis=None):
+        self.settings = settings
+        self.db_url = db_url or settings["database.url"]
+        self.namespace = settings["redis.namespace"]
+        self.own_worker = own_worker  # a sweeper never declares its own process dead
+        self.redis = redis if redis is not None else cc.redis_client(settings["redis.url"])
+        # Its own app (and connection pool): the worker's main thread may be publishing at the same time.
+        self.celery = celery_app if celery_app is not None else cc.make_celery(settings, main="instaboost-sweeper")
+        self.interval = float(settings["sweeper.interval"])
+        self.outbox_grace = float(settings["sweeper.outbox_grace"])
+        self.lost_after = float(settings["sweeper.lost_after"])
+        self.confirm = 2 * float(settings["worker.heartbeat_interval"])
+        self.max_attempts = int(settings["worker.max_attempts"])
+        self._silent_since: dict[str, float] = {}  # worker id -> when its heartbeat was first seen missing
+        self._missing_since: dict[int, float] = {}  # job id -> when its message was first seen missing
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass --------------------------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, list[int]]:
+        """Run one pass; return the job ids acted on: {"orphaned", "poisoned", "cancelled", "outbox", "lost"}."""
+        done: dict[str, list[int]] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": []}
+        try:
+            self.redis.ping()
+        except Exception as exc:
+            # Without Redis nothing can be judged (heartbeats, queues) nor sent: start over once it is back.
+            log.warning("sweeper: Redis unreachable (%s); skipping this pass", type(exc).__name__)
+            self._silent_since.clear()
+            self._missing_since.clear()
+            return done
+        self._orphans(done)
+        self._outbox(done)
+        self._lost(done)
+        for kind, ids in done.items():
+            if ids:
+                log.warning("sweeper: %s jobs %s", kind, ids)
+        return done
+
+    def _orphans(self, done: dict[str, list[int]]) -> None:
+        with session_scope(self.db_url) as s:
+            rows = s.execute(select(Job.id, Job.status, Job.worker, Job.attempts, Job.model)
+                             .where(Job.status.in_([JobStatus.running, JobStatus.cancelling]))).all()
+        now = time.monotonic()
+        dead: set[str] = set()
+        for worker in {r.worker for r in rows if r.worker and r.worker != self.own_worker}:
+            if cc.worker_alive(self.redis, worker, self.namespace):
+                self._silent_since.pop(worker, None)
+            elif now - self._silent_since.setdefault(worker, now) >= self.confirm:
+                dead.add(worker)
+        for worker in list(self._silent_since):
+            if worker not in {r.worker for r in rows}:
+                del self._silent_since[worker]
+        for r in rows:
+            if r.worker not in dead:
+                continue
+            with session_scope(self.db_url) as s:
+                try:
+                    if r.status is JobStatus.cancelling:
+                        jobs.transition(s, r.id, JobStatus.cancelled, expect={"worker": r.worker})
+                        kind = "cancelled"
+                    elif r.attempts >= self.max_attempts:
+                        jobs.transition(
+                            s, r.id, JobStatus.failed, expect={"worker": r.worker},
+                            error=(f"poison job: its worker died in each of {r.attempts} deliveries (last "
+                                   f"{r.worker}; worker.max_attempts={self.max_attempts}). Check the worker logs, "
+                                   "e.g. for running out of memory, then resubmit with fewer variants or tokens."))
+                        kind = "poisoned"
+                    else:
+                        # enqueued_at NULL puts it in the outbox: if sending fails now, the next pass retries.
+                        jobs.transition(s, r.id, JobStatus.queued, expect={"worker": r.worker}, enqueued_at=None,
+                                        error=f"worker {r.worker} died during attempt {r.attempts}; requeued")
+                        kind = "orphaned"
+                    s.commit()
+                except Conflict:
+                    s.rollback()  # another sweeper or a redelivery got there first
+                    continue
+            done[kind].append(r.id)
+            if kind == "orphaned":
+                self._send(r.id, r.model, expected_enqueued_at=None)
+
+    def _outbox(self, done: dict[str, list[int]]) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.outbox_grace)
+        with session_scope(self.db_url) as s:
+            rows = s.execute(select(Job.id, Job.model)
+                             .where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None), Job.created_at <= cutoff)
+                             ).all()
+        for r in rows:
+            if self._send(r.id, r.model, expected_enqueued_at=None):
+                done["outbox"].append(r.id)
+
+    def _lost(self, done: dict[str, list[int]]) -> None:
+        with session_scope(self.db_url) as s:
+            rows = s.execute(select(Job.id, Job.model, Job.enqueued_at)
+                             .where(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None))).all()
+        now = time.monotonic()
+        waiting: dict[str, set[int]] = {}
+        for r in rows:
+            queue = cc.model_queue(r.model)
+            if queue not in waiting:
+                waiting[queue] = cc.waiting_job_ids(self.redis, queue, self.namespace)
+            if r.id in waiting[queue]:
+                self._missing_since.pop(r.id, None)
+            elif now - self._missing_since.setdefault(r.id, now) >= self.lost_after:
+                if self._send(r.id, r.model, expected_enqueued_at=r.enqueued_at):
+                    done["lost"].append(r.id)
+                self._missing_since.pop(r.id, None)
+        known = {r.id for r in rows}
+        for job_id in [j for j in self._missing_since if j not in known]:
+            del self._missing_since[job_id]
+
+    def _send(self, job_id: int, model: str, expected_enqueued_at) -> bool:
+        """Claim the job's (re)send with a conditional UPDATE, then publish; undo the claim if that fails."""
+        stamp = utcnow()
+        with session_scope(self.db_url) as s:
+            cond = Job.enqueued_at.is_(None) if expected_enqueued_at is None else Job.enqueued_at == expected_enqueued_at
+            claimed = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued, cond)
+                                .values(enqueued_at=stamp).execution_options(synchronize_session=False)).rowcount
+            s.commit()
+        if claimed != 1:
+            return False
+        try:
+            self.celery.send_task(cc.TASK_NAME, args=[job_id], queue=cc.model_queue(model))
+        except Exception as exc:
+            log.warning("sweeper: could not send job %s (%s); retrying next pass", job_id, type(exc).__name__)
+            with session_scope(self.db_url) as s:
+                s.execute(update(Job).where(Job.id == job_id, Job.enqueued_at == stamp).values(enqueued_at=None)
+                          .execution_options(synchronize_session=False))
+            return False
+        return True
+
+    # -- loop --------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Sweep every interval until stop() (errors are logged; the next pass tries again)."""
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception as exc:  # the database may be down for a while; keep the thread alive
+                log.warning("sweeper: pass failed (%s: %s)", type(exc).__name__, str(exc).splitlines()[0][:200]
+                            if str(exc) else "")
+            self._stop.wait(self.interval)
+
+    def start(self) -> "Sweeper":
+        """Run the loop in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="instaboost-sweeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop (after the pass in progress)."""
+        self._stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a sweeper on its own (deployments whose workers run with sweeper.enabled off)."""
+    from shared.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sweeper = Sweeper(get_settings())
+    try:
+        sweeper.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
