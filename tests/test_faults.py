@@ -140,6 +140,11 @@ class Harness:
         pattern = re.compile(rf"job {job_id}: variant (\S+) done")
         return [m.group(1) for w in self.workers for m in pattern.finditer(w.log_tail(10**7))]
 
+    def sweeps(self, kind: str, job_id: int) -> int:
+        """Return how many sweeper passes (in all workers' logs) acted on job_id as kind (orphaned, lost...)."""
+        found = re.findall(rf"sweeper: {kind} jobs \[([\d, ]+)\]", "".join(w.log_tail(10**7) for w in self.workers))
+        return sum(str(job_id) in [x.strip() for x in ids.split(",")] for ids in found)
+
     def counts(self, job_id: int, expected: list[str]) -> tuple[int, int]:
         """Return (lost, duplicated) for a job: variants never stored; rows or generations beyond one each."""
         view = self.job(job_id)
@@ -208,6 +213,7 @@ def test_kill_9_mid_variant_five_times_then_exactly_one_run_per_variant(h):
     assert final.attempts == len(plan) + 1 and final.worker == w.worker_id and final.error is None
     assert (lost, duplicated) == (0, 0)
     assert max(kills) > 0  # some kills came after stored variants, which the next delivery resumed from
+    assert h.sweeps("orphaned", job_id) == len(plan)  # each time the sweeper, not Redis' timeout, sent it again
 
 
 # -- 2. Redis stops mid-queue, and comes back empty ---------------------------------------------------
@@ -247,7 +253,7 @@ def private_redis(tmp_path):
     server.kill()
 
 
-def test_redis_outage_and_restart_without_persistence_lose_nothing(h, private_redis):
+def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis, h):
     h.redis_url = f"redis://127.0.0.1:{private_redis.port}/0"
     w = h.worker()
     web = make_test_app(h.db_url, h.namespace, REDIS_URL=h.redis_url).test_client()
@@ -295,6 +301,7 @@ def test_redis_outage_and_restart_without_persistence_lose_nothing(h, private_re
         assert view.status == "succeeded" and sorted(view.variants) == sorted(expected), view
     assert (lost, duplicated) == (0, 0)
     assert w.alive() and all(v.worker == w.worker_id for v in finals)  # the worker rode out the outage
+    assert h.sweeps("lost", before[1]) == h.sweeps("lost", before[2]) == 1 and h.sweeps("outbox", outbox) == 1
 
 
 # -- 3. the database is unreachable while a variant finishes -------------------------------------------
@@ -432,6 +439,7 @@ def test_poison_job_fails_after_max_attempts_and_does_not_block_the_queue(h):
     assert p.attempts == max_attempts == kills
     assert good.status == "succeeded" and good.attempts == 1 and late.status == "succeeded"
     assert (lost + l2, duplicated + d2 + d3) == (0, 0)
+    assert h.sweeps("orphaned", poison) == max_attempts - 1 and h.sweeps("poisoned", poison) == 1
 
 
 # -- 5. a job overruns the time limit; the same worker process goes on ---------------------------------
