@@ -243,6 +243,7 @@ def test_every_response_carries_security_headers(client, db_session):
                  client.get("/api/runs.csv"), client.get("/healthz"), client.get("/static/job.js"),
                  client.get("/jobs/0"), client.post("/api/jobs", data="x", content_type="text/plain")]
     for resp in responses:
+        resp.close()  # ends the streamed export (and its database transaction)
         assert resp.headers["X-Content-Type-Options"] == "nosniff", resp
         assert resp.headers["X-Frame-Options"] == "DENY", resp
         assert resp.headers["Referrer-Policy"] == "same-origin", resp
