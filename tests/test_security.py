@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from shared import jobs
 from shared.models import Job, JobStatus
-from tests.fixtures.store import DEFAULT_MODEL, make_test_app
+from tests.fixtures.store import make_test_app
 
 pytestmark = pytest.mark.services
 PROBLEM = "application/problem+json"
