@@ -26,7 +26,10 @@ def check_multiplier(value, field_name: str = "multiplier") -> float:
             value = float(str(value).strip())
         except ValueError:
             raise ValidationError(f"{field_name} must be a number, got {value!r}", field=field_name) from None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float, e.g. 10**400
+        raise ValidationError(f"{field_name} must be <= {MAX_MULTIPLIER:g}", field=field_name) from None
     if math.isnan(value) or math.isinf(value):
         raise ValidationError(f"{field_name} must be a finite number, got {value}", field=field_name)
     if value <= 0:
