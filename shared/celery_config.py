@@ -149,6 +149,20 @@ def worker_alive(redis_client, worker_id: str | None, namespace: str | None = No
     return bool(worker_id) and bool(redis_client.exists(heartbeat_key(worker_id, namespace)))
 
 
+def worker_runs(redis_client, worker_id: str | None, job_id: int, namespace: str | None = None) -> bool:
+    """Return True while the worker with this id is alive and its heartbeat says it runs job_id now."""
+    if not worker_id:
+        return False
+    raw = redis_client.get(heartbeat_key(worker_id, namespace))
+    if raw is None:
+        return False
+    try:
+        beat = json.loads(raw)
+    except (TypeError, ValueError):
+        return True  # alive, but says nothing we can read: leave the job to it
+    return not isinstance(beat, dict) or "job" not in beat or beat["job"] == job_id
+
+
 def message_job_id(raw: str | bytes) -> int | None:
     """Return the job id an ``instaboost.run_job`` message in a kombu Redis list carries (None if another)."""
     try:

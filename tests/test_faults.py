@@ -301,6 +301,8 @@ def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis
         assert view.status == "succeeded" and sorted(view.variants) == sorted(expected), view
     assert (lost, duplicated) == (0, 0)
     assert w.alive() and all(v.worker == w.worker_id for v in finals)  # the worker rode out the outage
+    # Heartbeats vanished with Redis, yet the job running through the outage was never taken from its worker.
+    assert [v.attempts for v in finals] == [1] * len(finals)
     assert h.sweeps("lost", before[1]) == h.sweeps("lost", before[2]) == 1 and h.sweeps("outbox", outbox) == 1
 
 

@@ -3,7 +3,8 @@
 Models named in ``worker.models`` are loaded once per worker process, in ``worker_process_init``
 (sent by the solo pool in the worker itself and by prefork in each child after the fork), so a
 CUDA context never exists in a parent that forks. The worker consumes only its models' queues, and
-advertises them with a heartbeat once they are loaded.
+advertises them with a heartbeat once they are loaded; each process also runs the sweeper thread
+(worker/sweeper.py) that re-sends jobs whose message or worker was lost.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from shared.celery_config import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_ke
 
 log = logging.getLogger(__name__)
 
-_current_id: str | None = None
+_current: "Heartbeat | None" = None
 
 
 def _now() -> str:
@@ -33,7 +33,12 @@ def new_worker_id(node: str) -> str:
 
 def current_worker_id() -> str | None:
     """Return the id of this process's running heartbeat (the value its jobs' ``worker`` column gets)."""
-    return _current_id
+    return _current.worker_id if _current is not None else None
+
+
+def current_heartbeat() -> "Heartbeat | None":
+    """Return this process's running heartbeat, if any."""
+    return _current
 
 
 class Heartbeat:
@@ -45,7 +50,7 @@ class Heartbeat:
         self.worker_id = worker_id or hostname
         self.key = heartbeat_key(self.worker_id, namespace)
         self.payload = {"hostname": hostname, "worker": self.worker_id, "models": list(models), "pid": os.getpid(),
-                        "started_at": _now(), **(extra or {})}
+                        "started_at": _now(), "job": None, **(extra or {})}
         self.interval = interval
         self.ttl = ttl
         self._redis = redis_client(redis_url)
@@ -66,12 +71,20 @@ class Heartbeat:
 
     def start(self) -> "Heartbeat":
         """Write the first beat now (failing loudly if Redis is unreachable) and keep refreshing."""
-        global _current_id
+        global _current
         self.beat()
-        _current_id = self.worker_id
+        _current = self
         self._thread = threading.Thread(target=self._loop, name="instaboost-heartbeat", daemon=True)
         self._thread.start()
         return self
+
+    def set_job(self, job_id: int | None) -> None:
+        """Advertise the job this process runs now (None when idle), at once: duplicate deliveries check it."""
+        self.payload["job"] = job_id
+        try:
+            self.beat()
+        except Exception as exc:  # the loop retries; the sweeper decides nothing while Redis is away
+            log.warning("heartbeat %s failed: %s", self.key, type(exc).__name__)
 
     def stop(self) -> None:
         """Stop refreshing and remove the key so the web app stops routing jobs here at once."""

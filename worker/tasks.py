@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from shared import jobs
-from shared.celery_config import TASK_NAME, redis_client, soft_time_limit, worker_alive
+from shared.celery_config import TASK_NAME, redis_client, soft_time_limit, worker_runs
 from shared.db import session_scope
 from shared.errors import Conflict, InstaBoostError
 from shared.models import Job, JobStatus, Run
@@ -253,27 +253,35 @@ def run_job(self, job_id: int) -> str:
         return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
 
     from shared.settings import get_settings
-    from worker.heartbeat import current_worker_id
+    from worker.heartbeat import current_heartbeat, current_worker_id
 
     settings = get_settings()
     redis = _redis(settings["redis.url"])
     namespace = settings["redis.namespace"]
+    job_id = int(job_id)
 
-    def alive(worker: str) -> bool:
+    def busy(worker: str) -> bool:
+        # Another process claimed it: leave it alone while that process lives and still runs it.
         try:
-            return worker_alive(redis, worker, namespace)
+            return worker_runs(redis, worker, job_id, namespace)
         except Exception:  # cannot tell: leave the job to its worker; the sweeper decides once Redis answers
             return True
 
+    beat = current_heartbeat()
+    if beat is not None:
+        beat.set_job(job_id)  # before claiming, so a duplicate delivery elsewhere sees it at once
     try:
-        return execute_job(int(job_id), current_worker_id() or self.request.hostname or "worker",
-                           settings=settings, should_stop=stopping, is_alive=alive)
+        return execute_job(job_id, current_worker_id() or self.request.hostname or "worker",
+                           settings=settings, should_stop=stopping, is_alive=busy)
     except ShutdownRequested:
         log.info("job %s: worker stopping; job handed back to the queue", job_id)
         raise Reject("worker shutting down", requeue=True) from None
     except DatabaseUnavailable as exc:
         log.error("job %s: %s; message handed back to the queue", job_id, exc)
         raise Reject(str(exc), requeue=True) from None
+    finally:
+        if beat is not None:
+            beat.set_job(None)  # a redelivery of this job may now be claimed by any worker, this one included
 
 
 _redis_clients: dict[str, Any] = {}
