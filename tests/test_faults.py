@@ -501,3 +501,40 @@ def test_long_job_is_delivered_once_and_a_duplicate_message_is_skipped(h):
     assert ran_for > 3
     assert skipped == 1, other.log_tail()
     assert (lost, duplicated) == (0, 0)
+
+
+# -- two claimants of one dead worker's job ------------------------------------------------------------
+
+def test_concurrent_claimants_of_a_dead_workers_job_exactly_one_wins(fault_db):
+    from shared.db import get_sessionmaker
+
+    req = JobRequest.from_dict(SMALL)
+    with session_scope(fault_db) as s:
+        job = Job(status=JobStatus.running, model=req.model, params=req.to_params(), worker="dead@host:1:aa",
+                  attempts=1, progress_total=2)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    n = 8
+    barrier = threading.Barrier(n)
+    won: list[str] = []
+
+    def claim(i: int) -> None:
+        session = get_sessionmaker(fault_db)()
+        try:
+            barrier.wait()
+            # Every claimant but the dead one counts as alive (each runs the job once it has claimed it).
+            if jobs.mark_running(session, job_id, f"w{i}", is_alive=lambda w: w != "dead@host:1:aa") is not None:
+                won.append(f"w{i}")
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with session_scope(fault_db) as s:
+        job = s.get(Job, job_id)
+        assert len(won) == 1 and job.worker == won[0] and job.status is JobStatus.running and job.attempts == 2
+        s.delete(job)
