@@ -409,6 +409,32 @@ def test_database_unreachable_while_a_variant_finishes_stores_the_run_once(h):
     assert w.alive()
 
 
+def test_database_down_past_the_retry_budget_hands_the_job_back_and_it_resumes(h):
+    proxy = PausableProxy()
+    try:
+        w = h.worker(db_url=h.db_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"), db_retry_seconds=2)
+        expected = variants_of(THREE)
+        job_id = h.submit(THREE)
+        h.wait(job_id, lambda j: (j.status == "running" and j.done >= 1) or j.finished, 60, "stored a variant")
+        proxy.pause()  # longer than the worker's 2 s budget: it gives the message back, again and again
+        deadline = time.monotonic() + 30
+        while "message handed back to the queue" not in w.log_tail(10**7):
+            assert time.monotonic() < deadline, w.log_tail()
+            time.sleep(0.2)
+        time.sleep(2)
+        proxy.resume()
+        final = h.wait_finished(job_id, 90)
+    finally:
+        proxy.close()
+    handed_back = w.log_tail(10**7).count("message handed back to the queue")
+    lost, duplicated = h.counts(job_id, expected)
+    record_fault("database down past the retry budget", injected=1, survived=final.status == "succeeded",
+                 lost=lost, duplicated=duplicated, handed_back=handed_back, attempts=final.attempts)
+    assert final.status == "succeeded" and sorted(final.variants) == sorted(expected), final
+    assert handed_back >= 1 and final.worker == w.worker_id and w.alive()
+    assert (lost, duplicated) == (0, 0)
+
+
 # -- 4. a poison job that kills its worker every time ----------------------------------------------------
 
 def test_poison_job_fails_after_max_attempts_and_does_not_block_the_queue(h):
