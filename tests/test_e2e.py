@@ -127,6 +127,16 @@ def test_unserved_model_is_refused(web, celery_worker):
     assert "smollm2-135m-instruct" in body["detail"]  # says which model is served
 
 
+def test_live_worker_advertises_model_facts_for_submit_checks(web, celery_worker):
+    served = web.get("/api/models").get_json()
+    assert any(m["name"] == "smollm2-135m-instruct" for m in served["models"])
+    # The real worker's heartbeat carries the model's shape, so a middle block past layer 29 is refused
+    # before anything is queued (the worker checks the exact token count against the context itself).
+    resp = web.post("/api/jobs", json={**TINY, "layer_modes": ["middle"], "start_layer": 30})
+    assert resp.status_code == 422 and [e["field"] for e in resp.get_json()["errors"]] == ["start_layer"]
+    assert "30 layers" in resp.get_json()["errors"][0]["message"]
+
+
 def test_cancel_queued_and_running_jobs(web, pg_url):
     # A long job occupies the (solo) worker, so the second one waits in the queue.
     long = {**TINY, "max_new_tokens": 24, "multipliers": [2, 5, 10], "layer_modes": ["all", "middle"]}

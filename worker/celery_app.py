@@ -47,19 +47,24 @@ def preload_models(hostname: str | None = None) -> list[str]:
     models = list(dict.fromkeys(s["worker.models"]))
     if not models:
         raise SystemExit("instaboost worker: worker.models is empty; set INSTABOOST_WORKER_MODELS")
+    model_info = {}
     for name in models:
         try:
-            get_engine(name, s["instaboost.engine"])
+            engine = get_engine(name, s["instaboost.engine"])
         except InstaBoostError as exc:
             # Fail fast: a worker that consumes a model's queue but cannot run it would fail every job.
             raise SystemExit(f"instaboost worker: cannot load model {name!r}: {exc}") from None
+        # Advertised so the web app can refuse out-of-range layers and oversized prompts at submit time.
+        model_info[name] = {"n_layers": engine.n_layers, "n_heads": engine.n_heads,
+                            "max_context": engine.max_context}
         log.info("loaded model %s", name)
     from worker.heartbeat import new_worker_id
 
     host = hostname or f"worker@{socket.gethostname()}"
     # One id per process (prefork children too): the heartbeat key and the jobs' worker column.
     _heartbeat = Heartbeat(host, models, s["redis.url"], s["redis.namespace"], interval=s["worker.heartbeat_interval"],
-                           ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host)).start()
+                           ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host),
+                           extra={"model_info": model_info}).start()
     atexit.register(_heartbeat.stop)
     start_sweeper(_heartbeat.worker_id)
     return models
