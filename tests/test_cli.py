@@ -41,6 +41,8 @@ def test_generate_json_and_identity(tmp_path):
     (["--layers", "0,77"], "out of range"),
     (["--layers", "top"], "layers must be"),
     (["--heads", "1.5"], "head_fraction"),
+    (["--heads", "8:x"], "write layer:head"),
+    (["--heads", "8:12", "--layers", "8"], "head 12 in layer 8 is out of range"),
     (["--model", "not-a-model"], "unknown model"),
     (["--max-new-tokens", "100000"], "over the limit"),
     (["--temperature", "-1"], "temperature"),

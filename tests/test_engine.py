@@ -14,6 +14,7 @@ CONFIGS = [
     dict(multiplier=20.0, layers="middle"),
     dict(multiplier=10.0, head_fraction=0.2, seed=42),
     dict(multiplier=1.0),
+    dict(multiplier=8.0, layers=(2, 9, 10), heads={9: (0, 3), 10: (1,)}),
 ]
 
 

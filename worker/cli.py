@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query", required=True, help="the user's message")
     _boost_args(g)
     g.add_argument("--layers", help="all | middle | comma-separated indices like 0,3,5")
-    g.add_argument("--heads", type=float, help="fraction of heads boosted per layer, in (0, 1]")
+    g.add_argument("--heads", help="fraction of heads boosted per layer, in (0, 1], or explicit heads per layer "
+                                   "like '8:0,3;9:1' (layers not named boost all their heads)")
     g.add_argument("--max-new-tokens", type=int)
     g.add_argument("--temperature", type=float, help="0 = greedy")
     g.add_argument("--top-p", type=float)
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", help="CSV path (default: results/instaboost_results_<time>.csv)")
     t.add_argument("--num-runs", type=int)
     _boost_args(t)
-    t.add_argument("--heads", type=float, help="fraction of heads boosted per layer, in (0, 1]")
+    t.add_argument("--heads", help="fraction of heads boosted per layer, in (0, 1], or '8:0,3;9:1'")
     t.add_argument("--max-new-tokens", type=int)
     t.add_argument("--temperature", type=float)
     t.add_argument("--top-p", type=float)
@@ -74,17 +75,42 @@ def _pick(value, default):
     return default if value is None else value
 
 
+def parse_heads(text) -> tuple[float | None, dict[int, tuple[int, ...]] | None]:
+    """Parse --heads: a fraction like 0.2, or explicit heads per layer like '8:0,3;9:1'."""
+    from shared.errors import ValidationError
+
+    if text is None:
+        return None, None
+    text = str(text).strip()
+    if ":" not in text:
+        try:
+            return float(text), None
+        except ValueError:
+            raise ValidationError(f"--heads must be a fraction like 0.2 or per-layer heads like '8:0,3;9:1'; "
+                                  f"got {text!r}", field="head_fraction") from None
+    heads: dict[int, tuple[int, ...]] = {}
+    try:
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            layer, _, hs = part.partition(":")
+            heads[int(layer)] = tuple(int(h) for h in hs.split(",") if h.strip())
+    except ValueError:
+        raise ValidationError(f"--heads {text!r}: write layer:head,head;layer:head, e.g. '8:0,3;9:1'",
+                              field="heads") from None
+    return None, heads
+
+
 def _spec_and_params(args, s):
     from shared.spec import BoostSpec, GenerationParams
 
-    heads = args.heads if args.heads is not None else s["instaboost.head_boost_percentage"] / 100.0
+    fraction, explicit = parse_heads(args.heads)
+    heads = fraction if fraction is not None else s["instaboost.head_boost_percentage"] / 100.0
     layers = getattr(args, "layers", None)
     if layers is None:
         layers = "middle" if s["instaboost.boost_middle_layers_only"] else "all"
     spec = BoostSpec(multiplier=_pick(args.multiplier, s["instaboost.multiplier"]), layers=layers,
                      start_layer=_pick(args.start_layer, s["instaboost.start_layer"]),
                      num_middle_layers=_pick(args.num_middle_layers, s["instaboost.num_middle_layers"]),
-                     head_fraction=heads, seed=_pick(args.seed, s["random_seed"]),
+                     head_fraction=heads, heads=explicit, seed=_pick(args.seed, s["random_seed"]),
                      placement=_pick(args.placement, s["instaboost.placement"]))
     max_new = _pick(args.max_new_tokens, s["generation.max_new_tokens"])
     if max_new > s["limits.max_new_tokens"]:
