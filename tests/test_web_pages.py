@@ -98,6 +98,24 @@ def test_job_page_escapes_and_compares_side_by_side(client, heartbeat, db_sessio
     assert status["status"] == "running" and len(status["runs"]) == 2
 
 
+def test_job_page_draws_attention_on_the_instruction(client, heartbeat, db_session):
+    heartbeat()
+    resp = form(client, instruction="Answer in French.", query="Capital of Italy?")
+    job_id = int(resp.headers["Location"].rsplit("/", 1)[1])
+    jobs.mark_running(db_session, job_id, "worker-1")
+    mass = {"unboosted": [0.1, 0.2, 0.1, 0.05], "boosted": [0.1, 0.2, 0.6, 0.05]}
+    jobs.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="x", attention_mass=mass)
+    jobs.record_run(db_session, job_id, "middle_x10", multiplier=10, layers="middle", output_text="y",
+                    attention_mass={"boosted": "garbage"})
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    figure = page.split('id="mass-all_x10"')[1].split("</figure>")[0]
+    # Four layers across the plot; the boosted line peaks at layer 2, at the top of the 90-pixel box.
+    boosted = figure.split('class="mass-boosted" points="')[1].split('"')[0].split()
+    assert len(boosted) == 4 and boosted[2].endswith(",4.0")
+    assert "mean 0.113" in figure and "mean 0.238" in figure and "layers 0–3" in figure
+    assert 'id="mass-middle_x10"' not in page  # a malformed record draws nothing rather than failing
+
+
 def test_finished_job_page_stops_refreshing(client, db_session):
     job = Job(status=JobStatus.succeeded, model="m", params={"instruction": "i", "query": "q"}, progress_total=1)
     db_session.add(job)

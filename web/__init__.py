@@ -12,6 +12,8 @@ from typing import Any, Mapping
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
+from web.charts import attention_chart
+
 # test_config keys that stand for settings, so tests can point the app at their own services.
 CONFIG_SETTINGS = {
     "DATABASE_URL": "database.url",
@@ -69,6 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.teardown_appcontext(context.close_session)
     app.jinja_env.filters["age"] = _age
     app.jinja_env.filters["when"] = _when
+    app.jinja_env.filters["attention_chart"] = attention_chart
 
     @app.after_request
     def security_headers(resp):
