@@ -23,6 +23,9 @@ needs_compose = pytest.mark.skipif(COMPOSE is None, reason="needs Debian's docke
                                                            "docker-compose")
 
 
+SECRETS = {"INSTABOOST_WEB_API_TOKEN": "token-from-env", "INSTABOOST_WEB_SECRET_KEY": "key-from-env"}
+
+
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory):
     """Run docker-compose on the repo's file, ignoring any local .env and INSTABOOST_* variables."""
@@ -30,7 +33,8 @@ def compose(tmp_path_factory):
     empty.write_text("")
 
     def run(*args: str, **env: str) -> subprocess.CompletedProcess:
-        return _compose(str(empty), *args, **env)
+        env = {**SECRETS, **env}
+        return _compose(str(empty), *args, **{k: v for k, v in env.items() if v is not None})
 
     return run
 
@@ -100,11 +104,19 @@ def test_profile_keeps_cpu_worker_out_by_default(config):
 
 @needs_compose
 def test_api_token_and_overrides_come_from_the_environment(compose, config):
-    assert config["services"]["web"]["environment"]["INSTABOOST_WEB_API_TOKEN"] == "change-me"
+    assert config["services"]["web"]["environment"]["INSTABOOST_WEB_API_TOKEN"] == "token-from-env"
     proc = compose("config", INSTABOOST_WEB_API_TOKEN="s3cret", INSTABOOST_WORKER_MODELS="a,b")
     cfg = yaml.safe_load(proc.stdout)["services"]
     assert cfg["web"]["environment"]["INSTABOOST_WEB_API_TOKEN"] == "s3cret"
     assert cfg["worker"]["environment"]["INSTABOOST_WORKER_MODELS"] == "a,b"
+
+
+@needs_compose
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_to_run_without_its_secrets(compose, missing):
+    proc = compose("config", "-q", **{missing: None})
+    assert proc.returncode != 0
+    assert f"set {missing}" in proc.stderr
 
 
 @needs_compose
