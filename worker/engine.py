@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from shared.errors import ValidationError
+from shared.errors import ModelError, ValidationError
 from shared.spec import ENGINES, GenerationParams, GenerationRequest, GenerationResult
 from worker import boost as B
 from worker.loading import LoadedModel, get_model, resolve_model
@@ -271,7 +271,16 @@ class FastEngine(Engine):
     def __init__(self, loaded: LoadedModel):
         super().__init__(loaded)
         _register_attention()
-        loaded.model.set_attn_implementation(ATTN_NAME)
+        try:
+            loaded.model.set_attn_implementation(ATTN_NAME)
+        except (ValueError, NotImplementedError) as exc:
+            raise ModelError(f"{loaded.source.name} cannot run the fast engine ({exc}); "
+                             "use engine 'transformerlens'", field="engine") from None
+        if loaded.model.config._attn_implementation != ATTN_NAME:
+            # Models that don't dispatch attention through transformers' registry would silently run unboosted.
+            raise ModelError(f"{loaded.source.name} does not route attention through transformers' attention "
+                             "registry, so the fast engine cannot boost it; use engine 'transformerlens'",
+                             field="engine")
 
     def _boost_for(self, requests, batch: _Batch, length: int) -> B.BatchBoost | None:
         if all(r.spec.is_identity for r in requests):
