@@ -215,7 +215,7 @@ class GenerationResult:
     output_tokens: int
     span: tuple[int, int]  # [start, end) token positions of the instruction in the (unpadded) prompt
     span_text: str
-    seconds: float
+    seconds: float  # wall time of the generate call that produced it (shared by the rows of one batch)
     # {"unboosted": [per layer], "boosted": [per layer]}: attention mass on the instruction,
     # mean over heads and generated positions; None unless asked for.
     attention_mass: dict[str, list[float]] | None = None

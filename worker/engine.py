@@ -130,7 +130,7 @@ class Engine:
         out = []
         for row, (req, p) in enumerate(zip(requests, prompts)):
             gen = sequences[row, width:].tolist()
-            n = next((k for k, t in enumerate(gen) if t in eos), len(gen))
+            n = _content_length(gen, eos)
             text = self.tokenizer.decode(gen[:n], skip_special_tokens=True)
             out.append(GenerationResult(text=text.strip(), prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
@@ -152,7 +152,7 @@ class Engine:
         q_sel = torch.zeros_like(sequences, dtype=torch.bool)
         for row in range(sequences.shape[0]):
             gen = sequences[row, width:].tolist()
-            n = next((k + 1 for k, t in enumerate(gen) if t in eos), len(gen))  # the EOS counts as generated
+            n = min(_content_length(gen, eos) + 1, len(gen))  # the EOS counts as generated here
             mask[row, width + n:] = 0
             # Positions width-1 .. width+n-2 are the queries whose outputs were the generated tokens.
             q_sel[row, width - 1:width + n - 1] = True
@@ -161,6 +161,11 @@ class Engine:
     def logits(self, request: GenerationRequest) -> torch.Tensor:
         """Return the boosted next-token logits for every prompt position, as float32 [L, V]."""
         raise NotImplementedError
+
+
+def _content_length(generated: list[int], eos: set[int]) -> int:
+    """Return how many generated tokens come before the first end-of-sequence token."""
+    return next((k for k, t in enumerate(generated) if t in eos), len(generated))
 
 
 def _params_key(p: GenerationParams):
