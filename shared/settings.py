@@ -68,6 +68,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker.models", list, ["smollm2-135m-instruct"],
             "Models each worker preloads and serves (comma-separated in the environment)."),
     Setting("worker.job_time_limit", int, 1800, "Seconds a job may run before it is failed."),
+    Setting("worker.variant_batch", int, 1,
+            "Variants of a job generated together in one batch (fast engine): more is faster on a GPU, but "
+            "progress and cancel then move in steps of this many."),
     Setting("worker.max_attempts", int, 3, "Deliveries of a job before it is failed as poison."),
     Setting("worker.visibility_timeout", int, 7200,
             "Seconds Redis waits before redelivering an unacknowledged job; must exceed job_time_limit."),

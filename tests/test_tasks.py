@@ -221,3 +221,16 @@ def test_worker_with_an_unloadable_model_exits_with_the_reason(pg_url, redis_nam
         worker.start(timeout=60)
     assert "cannot load model 'no-such-model'" in worker.log_tail()
     assert worker.heartbeat() is None
+
+
+@pytest.mark.slow
+def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
+    fields = {"multipliers": [5, 20], "layer_modes": ["all", "middle"], "max_new_tokens": 8}
+    one, batched = new_job(pg_url, **fields), new_job(pg_url, **fields)
+    assert run(one) == "succeeded"
+    settings = load_settings(overrides={"database.url": pg_url, "worker.variant_batch": 5})
+    assert run(batched, settings=settings) == "succeeded"
+    (_, runs_one), (job, runs_batched) = load(pg_url, one), load(pg_url, batched)
+    assert len(runs_batched) == 5 and job.progress_done == 5
+    assert {r.variant: r.output_text for r in runs_batched} == {r.variant: r.output_text for r in runs_one}
+    assert len({r.seconds for r in runs_batched}) == 1  # one generate call produced all five
