@@ -468,7 +468,19 @@ def list_runs(session: Session, filters: Mapping[str, Any] | None = None, limit:
 PARAM_COLUMNS = ("model", "engine", "placement", "instruction", "query", "max_new_tokens", "temperature",
                  "top_p", "seed", "start_layer", "num_middle_layers", "head_boost_percentage")
 EXPORT_COLUMNS = ("run_id", "job_id", "job_status", "variant", "multiplier", "layers", "heads",
-                  *PARAM_COLUMNS, "output_text", "prompt_tokens", "output_tokens", "seconds", "created_at")
+                  *PARAM_COLUMNS, "output_text", "prompt_tokens", "output_tokens", "seconds",
+                  "attention_unboosted", "attention_boosted", "created_at")
+
+
+def _mean_mass(mass: Any, key: str) -> float | None:
+    """Return the mean over layers of a run's attention on the instruction, or None when not recorded."""
+    values = mass.get(key) if isinstance(mass, Mapping) else None
+    if not isinstance(values, list) or not values:
+        return None
+    try:
+        return round(sum(float(v) for v in values) / len(values), 6)
+    except (TypeError, ValueError):
+        return None
 
 
 def export_row(run: Run, job: Job) -> list[Any]:
@@ -478,6 +490,8 @@ def export_row(run: Run, job: Job) -> list[Any]:
               "multiplier": run.multiplier, "layers": run.layers, "heads": run.heads,
               "output_text": run.output_text, "prompt_tokens": run.prompt_tokens,
               "output_tokens": run.output_tokens, "seconds": run.seconds,
+              "attention_unboosted": _mean_mass(run.attention_mass, "unboosted"),
+              "attention_boosted": _mean_mass(run.attention_mass, "boosted"),
               "created_at": run.created_at.isoformat() if isinstance(run.created_at, datetime) else run.created_at}
     for name in PARAM_COLUMNS:
         values[name] = job.model if name == "model" else params.get(name)

@@ -207,6 +207,14 @@ def test_csv_export_content_and_injection(client, db_session):
     assert_problem(client.get("/api/runs.csv?status=bogus"), 422, "status")
 
 
+def test_csv_export_summarizes_attention_on_the_instruction(client, db_session):
+    job_id = _job_with_runs(db_session, {"original": "plain"})
+    jobs.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="boosted",
+                    attention_mass={"unboosted": [0.1, 0.3], "boosted": [0.5, 0.7]})
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/api/runs.csv?job_id={job_id}").get_data(as_text=True))))
+    assert [(r["attention_unboosted"], r["attention_boosted"]) for r in rows] == [("", ""), ("0.2", "0.6")]
+
+
 def test_csv_export_streams_many_rows(client, db_session):
     job_id = _job_with_runs(db_session, {})
     from shared.models import Run, utcnow
