@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from shared.celery_config import heartbeat_prefix
-from tests.fixtures.store import DEFAULT_MODEL, make_test_app
+from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,20 +182,9 @@ CASES = [
 @pytest.fixture(scope="module")
 def bad_app(pg_url, redis_namespace):
     """The app with raised text/size limits and a live heartbeat advertising the model's real facts."""
-    from shared.celery_config import redis_client
-
-    client = redis_client()
-    key = heartbeat_prefix(redis_namespace) + "bad-input-worker"
-    client.set(key, json.dumps({"hostname": "bad-input-worker", "models": [DEFAULT_MODEL], "pid": os.getpid(),
-                                "started_at": time.time(), "seen_at": time.time(),
-                                "model_info": {DEFAULT_MODEL: MODEL_INFO}}), ex=600)
-    app = make_test_app(pg_url, redis_namespace, SETTINGS=SETTINGS)
-    yield app
-    client.delete(key)
-    queues = list(client.scan_iter(match=f"{redis_namespace}:models.*"))
-    if queues:
-        client.delete(*queues)
-    client.close()
+    with live_heartbeat(redis_namespace, "bad-input-worker", [DEFAULT_MODEL],
+                        model_info={DEFAULT_MODEL: MODEL_INFO}):
+        yield make_test_app(pg_url, redis_namespace, SETTINGS=SETTINGS)
 
 
 @pytest.fixture(scope="module")

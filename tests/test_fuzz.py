@@ -6,16 +6,13 @@ PostgreSQL and Redis with a live heartbeat for the default model (so valid submi
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from shared.celery_config import heartbeat_prefix
-from tests.fixtures.store import DEFAULT_MODEL, make_test_app
+from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
 
 pytestmark = pytest.mark.services
 MAX_EXAMPLES = int(os.environ.get("INSTABOOST_FUZZ_EXAMPLES", "25"))  # raise it for a deeper ad hoc run
@@ -24,25 +21,14 @@ MAX_EXAMPLES = int(os.environ.get("INSTABOOST_FUZZ_EXAMPLES", "25"))  # raise it
 @pytest.fixture(scope="module")
 def fuzz_schema(pg_url, redis_namespace):
     """The app's OpenAPI schema, loaded through WSGI, with a live heartbeat for the default model."""
-    from shared.celery_config import redis_client
-
-    client = redis_client()
-    key = heartbeat_prefix(redis_namespace) + "fuzz-worker"
-    client.set(key, json.dumps({"hostname": "fuzz-worker", "models": [DEFAULT_MODEL], "pid": os.getpid(),
-                                "started_at": time.time(), "seen_at": time.time(),
-                                "model_info": {DEFAULT_MODEL: {"n_layers": 30, "n_heads": 9, "max_context": 8192}}}),
-               ex=600)
-    app = make_test_app(pg_url, redis_namespace)
-    schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
-    schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE,
-                                           schemathesis.GenerationMode.NEGATIVE],
-                                    max_examples=MAX_EXAMPLES, deterministic=True)
-    yield schema
-    client.delete(key)
-    queues = list(client.scan_iter(match=f"{redis_namespace}:models.*"))
-    if queues:
-        client.delete(*queues)
-    client.close()
+    model_info = {DEFAULT_MODEL: {"n_layers": 30, "n_heads": 9, "max_context": 8192}}
+    with live_heartbeat(redis_namespace, "fuzz-worker", [DEFAULT_MODEL], model_info=model_info):
+        app = make_test_app(pg_url, redis_namespace)
+        schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
+        schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE,
+                                               schemathesis.GenerationMode.NEGATIVE],
+                                        max_examples=MAX_EXAMPLES, deterministic=True)
+        yield schema
 
 
 schema = schemathesis.pytest.from_fixture("fuzz_schema")
