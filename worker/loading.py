@@ -181,7 +181,6 @@ class LoadedModel:
 
 def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a fresh copy of the model and tokenizer onto the device."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_model(name)
