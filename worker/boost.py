@@ -9,13 +9,12 @@ fused attention.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from shared.spec import BoostSpec  # noqa: F401  (re-exported: the spec belongs with the math)
+from shared.spec import BoostSpec  # the spec lives in shared/ so the web app can validate without torch
 
 
 @dataclass
@@ -30,10 +29,6 @@ class BatchBoost:
     key_mask: torch.Tensor
     multipliers: torch.Tensor
     heads: dict[int, torch.Tensor]
-
-    @property
-    def layers(self) -> set[int]:
-        return set(self.heads)
 
 
 def key_mask_from_spans(spans: Sequence[tuple[int, int]], length: int, device=None) -> torch.Tensor:
@@ -116,11 +111,6 @@ def instruction_mass(weights: torch.Tensor, key_mask: torch.Tensor, q_positions:
     mass = (weights.float() * keys[:, None, None, :]).sum(-1).mean(1)  # [B, Q]
     sel = q_positions.to(mass.dtype)
     return (mass * sel).sum(-1) / sel.sum(-1).clamp_min(1)
-
-
-def log_multiplier(m: float) -> float:
-    """Return log M, the additive bias equivalent to multiplying attention by M."""
-    return math.log(m)
 
 
 def _fit(mask: torch.Tensor, length: int) -> torch.Tensor:
