@@ -383,13 +383,12 @@ class TransformerLensEngine(Engine):
 
     def _attention_mass(self, req, p, batch, seq):
         mask, q_sel = self._analysis_inputs(batch, seq)
-        keys = B.key_mask_from_spans(batch.spans, seq.shape[1], self.device)
         boost = B.build_batch_boost([req.spec], batch.spans, seq.shape[1], self.n_layers, self.n_heads,
                                     self.device)
         res = {}
         for label, b in (("unboosted", None), ("boosted", boost)):
             record: dict = {}
-            with self.hooked(b, record, keys, q_sel):
+            with self.hooked(b, record, boost.key_mask, q_sel):
                 self.bridge.original_model(input_ids=seq, attention_mask=mask, use_cache=False)
             res[label] = [round(float(record[layer][0]), 6) for layer in range(self.n_layers)]
         return [res]
