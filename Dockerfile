@@ -55,4 +55,4 @@ COPY migrations migrations
 RUN pip install --no-deps -e .
 USER instaboost
 # One process per GPU: the solo pool runs jobs in the process that loaded the model.
-CMD ["celery", "-A", "worker.celery_app", "worker", "--pool", "solo", "--loglevel", "INFO", "-n", "worker@%h"]
+CMD ["celery", "-A", "worker.jobs.app", "worker", "--pool", "solo", "--loglevel", "INFO", "-n", "worker@%h"]

@@ -21,8 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest  # noqa: E402
-from worker.engine import FastEngine, TransformerLensEngine  # noqa: E402
-from worker.loading import load_model  # noqa: E402
+from worker.engine.fast import FastEngine  # noqa: E402
+from worker.engine.lens import TransformerLensEngine  # noqa: E402
+from worker.engine.loading import load_model  # noqa: E402
 
 CONFIGS = [dict(multiplier=1.0), dict(multiplier=3.0), dict(multiplier=20.0, layers="middle"),
            dict(multiplier=10.0, head_fraction=0.2)]

@@ -23,8 +23,9 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest  # noqa: E402
-from worker.engine import FastEngine, TransformerLensEngine  # noqa: E402
-from worker.loading import load_model  # noqa: E402
+from worker.engine.fast import FastEngine  # noqa: E402
+from worker.engine.lens import TransformerLensEngine  # noqa: E402
+from worker.engine.loading import load_model  # noqa: E402
 
 INSTRUCTION = "Answer only in French, in full sentences, and explain your reasoning step by step."
 QUERY = "Tell me about the history of Berlin, from its founding to the present day."

@@ -19,8 +19,8 @@ warnings.filterwarnings("ignore")
 
 from bench.overhead import fixed_length  # noqa: E402
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest  # noqa: E402
-from worker.engine import FastEngine  # noqa: E402
-from worker.loading import load_model  # noqa: E402
+from worker.engine.fast import FastEngine  # noqa: E402
+from worker.engine.loading import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def make_engine(url: str | None = None, **kw) -> Engine:
     return create_engine(url, **kw)
 
 
-def get_engine(url: str | None = None) -> Engine:
+def get_db_engine(url: str | None = None) -> Engine:
     """Return the process-wide Engine for url, creating it once."""
     url = url or _default_url()
     with _lock:
@@ -60,7 +60,7 @@ def get_engine(url: str | None = None) -> Engine:
 def get_sessionmaker(url: str | None = None) -> sessionmaker:
     """Return the process-wide sessionmaker for url (objects stay usable after commit)."""
     url = url or _default_url()
-    engine = get_engine(url)
+    engine = get_db_engine(url)
     with _lock:
         if url not in _makers:
             _makers[url] = sessionmaker(bind=engine, expire_on_commit=False)

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
 from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS, BoostSpec, GenerationParams, GenerationRequest
+from shared.validation import Validator, brief
 
-MAX_MODEL_NAME = 255
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
 MAX_REPORTED_UNKNOWN = 10  # a body of thousands of stray keys gets a short answer, not thousands of errors
 # No tokenizer we know has a token longer than this (SmolLM2's longest is 81 bytes, a run of spaces), so
 # ceil(utf8_bytes / MAX_BYTES_PER_TOKEN) is a safe lower bound on a text's token count at submit time.
 MAX_BYTES_PER_TOKEN = 128
-# What counts as blank text: ECMAScript's \s, spelled out so the OpenAPI pattern (JSON Schema regexes are
-# ECMAScript) and this validator agree character for character.
-WHITESPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
-             "\u2028\u2029\u202f\u205f\u3000\ufeff"
-
-
-def show(value: Any, limit: int = 40) -> str:
-    """Return repr(value) cut to about limit characters, for error messages that echo user input."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
-        return f"an integer of {len(str(abs(value)))} digits"
-    text = repr(value) if not isinstance(value, (list, dict, tuple)) or len(value) < 20 else \
-        f"a {type(value).__name__} of {len(value)} items"
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True)
@@ -110,11 +96,11 @@ class JobRequest:
         if not isinstance(data, Mapping):
             raise ValidationError("the request body must be a JSON object with at least instruction and query",
                                   errors=[{"field": "body", "message": "expected a JSON object"}])
-        v = _Validator(settings, strict)
+        v = Validator(settings, strict)
         names = cls.field_names()
         unknown = [str(k) for k in data if k not in names]
         for key in unknown[:MAX_REPORTED_UNKNOWN]:
-            v.error(key[:64], f"unknown field {show(key)}; allowed fields: {', '.join(names)}")
+            v.error(key[:64], f"unknown field {brief(key)}; allowed fields: {', '.join(names)}")
         if len(unknown) > MAX_REPORTED_UNKNOWN:
             v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(names)}")
         given = {k: val for k, val in data.items() if k in names and val is not None and (strict or val != "")}
@@ -220,163 +206,3 @@ class JobRequest:
     def generation_request(self, variant: Variant) -> GenerationRequest:
         """Return the engine request for variant."""
         return GenerationRequest(self.instruction, self.query, self.boost_spec(variant), self.generation_params())
-
-
-@dataclass
-class _Validator:
-    """Collects field errors instead of stopping at the first one."""
-
-    settings: Mapping[str, Any]
-    strict: bool = False
-    errors: list[dict] = field(default_factory=list)
-
-    def error(self, name: str, message: str) -> None:
-        self.errors.append({"field": name, "message": message})
-
-    def text(self, name: str, value: Any) -> str:
-        limit = self.settings["limits.max_text_chars"]
-        if value is None or (isinstance(value, str) and not value.strip(WHITESPACE)):
-            self.error(name, f"{name} is required and must not be blank")
-            return ""
-        if not isinstance(value, str):
-            self.error(name, f"{name} must be a string, got {type(value).__name__}")
-            return ""
-        if len(value) > limit:
-            self.error(name, f"{name} is {len(value)} characters; at most {limit} are allowed")
-        if "\x00" in value:
-            self.error(name, f"{name} must not contain NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            self.error(name, f"{name} must be valid Unicode text (it holds a lone surrogate)")
-        return value
-
-    def model(self, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            self.error("model", "model must be a non-empty model name")
-            return ""
-        value = value if self.strict else value.strip()
-        if len(value) > MAX_MODEL_NAME or any(c.isspace() or not c.isprintable() for c in value):
-            self.error("model", f"model must be a name of at most {MAX_MODEL_NAME} printable characters "
-                                "without spaces")
-        return value
-
-    def _as_number(self, name: str, value: Any, integer: bool) -> float | int | None:
-        kind = "an integer" if integer else "a number"
-        if isinstance(value, bool):
-            self.error(name, f"{name} must be {kind}, got a boolean")
-            return None
-        if isinstance(value, str) and self.strict:
-            self.error(name, f"{name} must be {kind}, got a string: send it as a JSON number")
-            return None
-        if isinstance(value, str):
-            try:
-                value = int(value.strip()) if integer else float(value.strip())
-            except ValueError:
-                self.error(name, f"{name} must be {kind}, got {show(value)}")
-                return None
-        if integer and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if integer and not isinstance(value, int):
-            self.error(name, f"{name} must be {kind}, got {show(value)}")
-            return None
-        if not isinstance(value, (int, float)):
-            self.error(name, f"{name} must be {kind}, got {type(value).__name__}")
-            return None
-        if isinstance(value, int) and not integer and abs(value) > 1e300:
-            # JSON allows integers of any length; float() of one this long overflows.
-            self.error(name, f"{name} is far out of range, got {show(value)}")
-            return None
-        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-            self.error(name, f"{name} must be a finite number")
-            return None
-        return value
-
-    def integer(self, name: str, value: Any, lo: int, hi: int) -> int:
-        n = self._as_number(name, value, integer=True)
-        if n is None:
-            return 0
-        if not lo <= n <= hi:
-            self.error(name, f"{name} must be between {lo} and {hi}, got {show(n)}")
-        return int(n)
-
-    def number(self, name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> float:
-        x = self._as_number(name, value, integer=False)
-        if x is None:
-            return 0.0
-        if (x <= lo if lo_open else x < lo) or x > hi:
-            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-            self.error(name, f"{name} must be in {interval}, got {x:g}")
-        return float(x)
-
-    def choice(self, name: str, value: Any, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            self.error(name, f"{name} must be one of {', '.join(allowed)}; got {show(value)}")
-            return ""
-        return value
-
-    def _as_list(self, name: str, value: Any) -> list | None:
-        if isinstance(value, str) and not self.strict:
-            return [p.strip() for p in value.split(",") if p.strip()]
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        self.error(name, f"{name} must be a JSON array" if self.strict else
-                   f"{name} must be a list (or a comma-separated string)")
-        return None
-
-    def multipliers(self, value: Any) -> tuple[float, ...]:
-        from shared.spec import check_multiplier
-
-        items = self._as_list("multipliers", value)
-        if items is None:
-            return ()
-        if not items:
-            self.error("multipliers", "give at least one multiplier, e.g. 10 or 2, 10")
-            return ()
-        limit = self.settings["limits.max_variants"]
-        if len(items) >= limit:  # each multiplier adds at least one variant to the original
-            self.error("multipliers", f"{len(items)} multipliers given; with the original at most {limit} "
-                                      "variants are allowed: drop some multipliers")
-            return ()
-        out: list[float] = []
-        for i, item in enumerate(items):
-            name = f"multipliers[{i}]"
-            if self.strict and (isinstance(item, str) or isinstance(item, bool)):
-                self.error(name, f"{name} must be a JSON number, got {show(item)}")
-                continue
-            if isinstance(item, str) and len(item) > 40:
-                self.error(name, f"{name} must be a number, got {show(item)}")
-                continue
-            try:
-                m = check_multiplier(item, name)
-            except ValidationError as exc:
-                self.errors.extend(exc.errors)
-                continue
-            except OverflowError:  # an integer too long for a float
-                self.error(name, f"{name} must be <= 1e6, got {show(item)}")
-                continue
-            if m not in out:  # a repeated multiplier would only regenerate the same variant
-                out.append(m)
-            elif self.strict:  # the OpenAPI document says uniqueItems
-                self.error(name, f"multiplier {m:g} is given twice; list each once")
-        return tuple(out)
-
-    def layer_modes(self, value: Any) -> tuple[str, ...]:
-        items = self._as_list("layer_modes", value)
-        if items is None:
-            return ()
-        if len(items) > 2 * len(LAYER_MODES):
-            self.error("layer_modes", f"{len(items)} layer modes given; choose among {', '.join(LAYER_MODES)}")
-            return ()
-        if not items:
-            self.error("layer_modes", f"choose at least one layer mode: {', '.join(LAYER_MODES)}")
-            return ()
-        out: list[str] = []
-        for i, item in enumerate(items):
-            if item not in LAYER_MODES:
-                self.error(f"layer_modes[{i}]", f"layer mode must be one of {', '.join(LAYER_MODES)}; got {show(item)}")
-            elif item not in out:
-                out.append(item)
-            elif self.strict:  # the OpenAPI document says uniqueItems
-                self.error(f"layer_modes[{i}]", f"layer mode {item!r} is given twice; list each once")
-        return tuple(out)

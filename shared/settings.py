@@ -7,6 +7,7 @@ Precedence, lowest first: defaults, ``config.yaml``, ``.env``, the process envir
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -212,21 +213,10 @@ def load_settings(config: str | os.PathLike | None = None, env: Mapping[str, str
     return Settings(values, sources)
 
 
-_cached: Settings | None = None
-
-
+@functools.cache
 def get_settings() -> Settings:
-    """Return the process-wide settings, loaded on first use."""
-    global _cached
-    if _cached is None:
-        _cached = load_settings()
-    return _cached
-
-
-def reset_settings() -> None:
-    """Forget cached settings (tests and `serve` change the environment)."""
-    global _cached
-    _cached = None
+    """Return the process-wide settings, loaded on first use (get_settings.cache_clear() forgets them)."""
+    return load_settings()
 
 
 def to_yaml() -> str:

@@ -190,10 +190,10 @@ def bad_app(pg_url, redis_namespace):
 @pytest.fixture(scope="module")
 def counts(pg_url, redis_namespace):
     """Return a function giving (jobs rows, runs rows, messages in this session's queues)."""
-    from shared.celery_config import redis_client
-    from shared.db import get_engine
+    from shared.workers import redis_client
+    from shared.db import get_db_engine
 
-    engine = get_engine(pg_url)
+    engine = get_db_engine(pg_url)
     client = redis_client()
 
     def snapshot() -> tuple[int, int, int]:

@@ -7,7 +7,7 @@ import torch
 
 from shared.errors import ValidationError
 from shared.spec import BoostSpec, select_heads
-from worker import boost as B
+from worker.engine import boost as boost_math
 
 
 def _scores(b=2, h=3, q=4, k=6, seed=0):
@@ -18,10 +18,10 @@ def _scores(b=2, h=3, q=4, k=6, seed=0):
 def test_bias_equals_multiply_and_renormalize():
     scores = _scores()
     specs = [BoostSpec(multiplier=7.0), BoostSpec(multiplier=0.25, layers=(0,))]
-    boost = B.build_batch_boost(specs, [(1, 3), (2, 5)], 6, n_layers=2, n_heads=3)
-    factors = B.boost_factors(boost, 0, 6, torch.float64)
-    hooked = B.boost_pattern(torch.softmax(scores, -1), factors)
-    biased = torch.softmax(scores + B.bias_for_layer(boost, 0, 6, torch.float64), -1)
+    boost = boost_math.build_batch_boost(specs, [(1, 3), (2, 5)], 6, n_layers=2, n_heads=3)
+    factors = boost_math.boost_factors(boost, 0, 6, torch.float64)
+    hooked = boost_math.boost_pattern(torch.softmax(scores, -1), factors)
+    biased = torch.softmax(scores + boost_math.bias_for_layer(boost, 0, 6, torch.float64), -1)
     assert torch.allclose(hooked, biased, atol=1e-12)
     # Row 0 boosts keys 1..2 by 7: their share must rise, everything else falls, rows still sum to 1.
     base = torch.softmax(scores, -1)
@@ -31,18 +31,18 @@ def test_bias_equals_multiply_and_renormalize():
 
 
 def test_unboosted_layer_and_identity_have_no_bias():
-    boost = B.build_batch_boost([BoostSpec(multiplier=1.0), BoostSpec(multiplier=5.0, layers=(1,))],
+    boost = boost_math.build_batch_boost([BoostSpec(multiplier=1.0), BoostSpec(multiplier=5.0, layers=(1,))],
                                 [(0, 2), (0, 2)], 4, n_layers=3, n_heads=2)
-    assert B.bias_for_layer(boost, 0, 4) is None
-    bias = B.bias_for_layer(boost, 1, 4)
+    assert boost_math.bias_for_layer(boost, 0, 4) is None
+    bias = boost_math.bias_for_layer(boost, 1, 4)
     assert torch.all(bias[0] == 0)  # the M = 1 row gets nothing
     assert torch.allclose(bias[1, :, 0, :2], torch.full((2, 2), math.log(5.0)))
     assert torch.all(bias[1, :, 0, 2:] == 0)
 
 
 def test_bias_extends_past_prompt_for_generated_keys():
-    boost = B.build_batch_boost([BoostSpec(multiplier=2.0)], [(1, 2)], 3, n_layers=1, n_heads=1)
-    bias = B.bias_for_layer(boost, 0, 5)
+    boost = boost_math.build_batch_boost([BoostSpec(multiplier=2.0)], [(1, 2)], 3, n_layers=1, n_heads=1)
+    bias = boost_math.bias_for_layer(boost, 0, 5)
     assert bias.shape == (1, 1, 1, 5)
     assert bias[0, 0, 0].tolist() == [0, pytest.approx(math.log(2)), 0, 0, 0]
 
@@ -53,7 +53,7 @@ def test_head_fraction_is_seeded_and_reproducible():
     c = select_heads(range(30), 9, 0.2, seed=7)
     assert a == b and a != c
     assert all(len(h) == 2 for h in a.values())
-    bias = B.bias_for_layer(B.build_batch_boost([BoostSpec(multiplier=3, head_fraction=0.2)], [(0, 1)], 2, 30, 9), 4, 2)
+    bias = boost_math.bias_for_layer(boost_math.build_batch_boost([BoostSpec(multiplier=3, head_fraction=0.2)], [(0, 1)], 2, 30, 9), 4, 2)
     boosted_heads = [h for h in range(9) if bias[0, h, 0, 0] != 0]
     assert tuple(boosted_heads) == a[4]
 
@@ -79,6 +79,6 @@ def test_bad_multipliers_are_refused(bad):
 
 def test_pattern_hook_leaves_fully_masked_rows_at_zero():
     pattern = torch.zeros(1, 1, 1, 3)
-    boost = B.build_batch_boost([BoostSpec(multiplier=4)], [(0, 1)], 3, 1, 1)
-    out = B.make_pattern_hook(boost, 0)(pattern)
+    boost = boost_math.build_batch_boost([BoostSpec(multiplier=4)], [(0, 1)], 3, 1, 1)
+    out = boost_math.make_pattern_hook(boost, 0)(pattern)
     assert torch.all(out == 0) and not torch.isnan(out).any()

@@ -91,7 +91,7 @@ def test_workers_gpu_reservation_cache_and_models(config):
         assert w["environment"]["INSTABOOST_WORKER_MODELS"] == "smollm2-135m-instruct"
         assert any(v.startswith("model-cache:/cache") for v in w["volumes"])
         cmd = w["command"]
-        assert cmd[:4] == ["celery", "-A", "worker.celery_app", "worker"] and "solo" in cmd
+        assert cmd[:4] == ["celery", "-A", "worker.jobs.app", "worker"] and "solo" in cmd
 
 
 @needs_compose

@@ -45,7 +45,7 @@ def stored_runs(db_url: str, job_id: int):
     from sqlalchemy import select
 
     from shared.db import session_scope
-    from shared.models import Run
+    from shared.store.tables import Run
 
     with session_scope(db_url) as s:
         return [(r.variant, r.multiplier, r.layers, r.output_text, r.output_tokens, r.attention_mass)

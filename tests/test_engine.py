@@ -126,7 +126,7 @@ def test_failed_generation_leaves_model_unboosted(fast_engine):
     bad = make_request(5.0, layers=(3, 99))
     with pytest.raises(ValidationError):
         fast_engine.generate([bad])
-    from worker.engine import _ACTIVE
+    from worker.engine.fast import _ACTIVE
 
     assert _ACTIVE.get() is None
     assert fast_engine.logits(make_request(1.0)).shape[0] > 0

@@ -25,11 +25,12 @@ import pytest
 from sqlalchemy import select as sql_select
 from sqlalchemy import text
 
-from shared import jobs
-from shared.celery_config import TASK_NAME, celery_config, make_celery, model_queue, redis_client
+from shared.store import lifecycle, submission
+from shared.celery_config import TASK_NAME, celery_config, make_celery, model_queue
+from shared.workers import redis_client
 from shared.db import session_scope, upgrade
 from shared.errors import ValidationError
-from shared.models import FINAL, Job, JobStatus, Run
+from shared.store.tables import FINAL, Job, JobStatus, Run
 from shared.schemas import JobRequest
 from shared.settings import load_settings
 from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database, make_test_app
@@ -100,12 +101,12 @@ class Harness:
         return w.start() if wait else w.spawn()
 
     def submit(self, body: dict) -> int:
-        """Submit through shared.jobs.submit_job (the web app's path): row first, then the message."""
+        """Submit through shared.submission.submit_job (the web app's path): row first, then the message."""
         s = self.settings()
         client = redis_client(self.redis_url)
         try:
             with session_scope(self.db_url) as session:
-                return jobs.submit_job(session, JobRequest.from_dict(body), settings=s,
+                return submission.submit_job(session, JobRequest.from_dict(body), settings=s,
                                        celery_app=make_celery(s), redis=client).id
         finally:
             client.close()
@@ -162,9 +163,9 @@ class Harness:
 
 @pytest.fixture
 def h(fault_db, redis_namespace, tmp_path):
-    from shared.db import get_engine
+    from shared.db import get_db_engine
 
-    with get_engine(fault_db).begin() as conn:
+    with get_db_engine(fault_db).begin() as conn:
         conn.execute(text("TRUNCATE runs, jobs RESTART IDENTITY CASCADE"))
     harness = Harness(fault_db, f"{redis_namespace}_f{uuid.uuid4().hex[:4]}", tmp_path)
     yield harness
@@ -550,7 +551,7 @@ def test_concurrent_claimants_of_a_dead_workers_job_exactly_one_wins(fault_db):
         try:
             barrier.wait()
             # Every claimant but the dead one counts as alive (each runs the job once it has claimed it).
-            if jobs.mark_running(session, job_id, f"w{i}", is_alive=lambda w: w != "dead@host:1:aa") is not None:
+            if lifecycle.mark_running(session, job_id, f"w{i}", is_alive=lambda w: w != "dead@host:1:aa") is not None:
                 won.append(f"w{i}")
         finally:
             session.close()

@@ -55,7 +55,7 @@ def post_job(address) -> tuple[int, dict, dict]:
 
 def test_500_concurrent_submissions_are_accepted_or_refused_and_none_lost(
         live_server, heartbeat, redis_client, redis_namespace, clean_db):
-    from shared.db import get_engine
+    from shared.db import get_db_engine
 
     heartbeat(DEFAULT_MODEL)
     start = time.monotonic()
@@ -77,7 +77,7 @@ def test_500_concurrent_submissions_are_accepted_or_refused_and_none_lost(
     ids = [b["id"] for b in accepted]
     assert len(set(ids)) == len(ids)
     assert all(b["status"] == "queued" and b["enqueued_at"] for b in accepted)
-    with get_engine(clean_db).connect() as conn:
+    with get_db_engine(clean_db).connect() as conn:
         rows = dict(conn.execute(text("SELECT id, status FROM jobs")).all())
         unenqueued = conn.execute(text("SELECT count(*) FROM jobs WHERE enqueued_at IS NULL")).scalar_one()
     assert set(rows) == set(ids) and set(rows.values()) == {"queued"} and unenqueued == 0

@@ -3,7 +3,7 @@
 import pytest
 
 from shared.errors import ModelError, ValidationError
-from worker.loading import load_model, pick_dtype, resolve_model
+from worker.engine.loading import load_model, pick_dtype, resolve_model
 from tests.fixtures.model import make_request
 
 
@@ -37,7 +37,7 @@ def test_folder_without_config_is_refused(tmp_path):
 def test_unknown_dtype_and_device_are_refused():
     with pytest.raises(ValidationError, match="dtype"):
         pick_dtype("float8", "cpu")
-    from worker.loading import pick_device
+    from worker.engine.loading import pick_device
 
     with pytest.raises(ValidationError, match="device"):
         pick_device("tpu")
@@ -45,7 +45,7 @@ def test_unknown_dtype_and_device_are_refused():
 
 @pytest.mark.slow
 def test_local_folder_model_generates_like_the_alias(tmp_path, fast_engine):
-    from worker.engine import FastEngine
+    from worker.engine.fast import FastEngine
 
     fast_engine.loaded.model.save_pretrained(tmp_path)
     fast_engine.tokenizer.save_pretrained(tmp_path)

@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, inspect
 
 from shared.db import ROOT, make_engine, upgrade
-from shared.models import Base
+from shared.store.tables import Base
 
 pytestmark = pytest.mark.services
 

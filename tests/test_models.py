@@ -8,10 +8,10 @@ from datetime import timezone
 import pytest
 from sqlalchemy import func, select
 
-from shared import jobs
+from shared.store import lifecycle, queries, serialize
 from shared.db import get_sessionmaker
 from shared.errors import Conflict, NotFound
-from shared.models import ALLOWED, FINAL, Job, JobStatus, Run
+from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run
 from shared.schemas import JobRequest
 from shared.settings import load_settings
 
@@ -47,13 +47,13 @@ def test_allowed_transitions_are_documented():
 def test_transition_matrix(db_session, src, dst):
     job = new_job(db_session, src)
     if dst in ALLOWED[src]:
-        moved = jobs.transition(db_session, job, dst)
+        moved = lifecycle.transition(db_session, job, dst)
         db_session.commit()
         assert moved.status is dst
         assert (moved.finished_at is not None) == (dst in FINAL)
     else:
         with pytest.raises(Conflict) as info:
-            jobs.transition(db_session, job, dst)
+            lifecycle.transition(db_session, job, dst)
         assert info.value.status == 409 and src.value in info.value.message
         db_session.rollback()
         assert db_session.get(Job, job.id, populate_existing=True).status is src
@@ -61,11 +61,11 @@ def test_transition_matrix(db_session, src, dst):
 
 def test_transition_of_a_missing_job_is_not_found(session):
     with pytest.raises(NotFound):
-        jobs.transition(session, 424242, JobStatus.running)
+        lifecycle.transition(session, 424242, JobStatus.running)
 
 
 def test_timestamps_are_utc_aware(session):
-    job = jobs.mark_running(session, new_job(session).id, "w1")
+    job = lifecycle.mark_running(session, new_job(session).id, "w1")
     assert job.created_at.tzinfo is not None and job.started_at.utcoffset() == timezone.utc.utcoffset(None)
     assert job.attempts == 1 and job.worker == "w1"
 
@@ -81,7 +81,7 @@ def test_concurrent_start_and_cancel_exactly_one_wins(clean_db):
         with maker() as s:
             barrier.wait()
             try:
-                jobs.transition(s, job_id, JobStatus.running if i % 2 else JobStatus.cancelled)
+                lifecycle.transition(s, job_id, JobStatus.running if i % 2 else JobStatus.cancelled)
                 s.commit()
                 results.append("won")
             except Conflict:
@@ -98,50 +98,50 @@ def test_concurrent_start_and_cancel_exactly_one_wins(clean_db):
 
 def test_cancel_queued_job_never_runs(session):
     job = new_job(session)
-    assert jobs.cancel_job(session, job.id).status is JobStatus.cancelled
-    assert jobs.cancel_job(session, job.id).status is JobStatus.cancelled  # idempotent
-    assert jobs.mark_running(session, job.id, "w1") is None
-    assert jobs.job_status(session, job.id) is JobStatus.cancelled
+    assert lifecycle.cancel_job(session, job.id).status is JobStatus.cancelled
+    assert lifecycle.cancel_job(session, job.id).status is JobStatus.cancelled  # idempotent
+    assert lifecycle.mark_running(session, job.id, "w1") is None
+    assert lifecycle.job_status(session, job.id) is JobStatus.cancelled
 
 
 def test_cancel_running_job_stops_at_boundary(session):
     job = new_job(session)
-    jobs.mark_running(session, job.id, "w1")
-    assert jobs.cancel_job(session, job.id).status is JobStatus.cancelling
-    assert jobs.cancel_requested(session, job.id)
-    assert jobs.mark_progress(session, job.id, 1) is JobStatus.cancelling
-    assert jobs.finish_cancel(session, job.id).status is JobStatus.cancelled
+    lifecycle.mark_running(session, job.id, "w1")
+    assert lifecycle.cancel_job(session, job.id).status is JobStatus.cancelling
+    assert lifecycle.cancel_requested(session, job.id)
+    assert lifecycle.mark_progress(session, job.id, 1) is JobStatus.cancelling
+    assert lifecycle.finish_cancel(session, job.id).status is JobStatus.cancelled
 
 
 def test_cancel_finished_job_conflicts(session):
     job = new_job(session)
-    jobs.mark_running(session, job.id, "w1")
-    jobs.mark_succeeded(session, job.id)
+    lifecycle.mark_running(session, job.id, "w1")
+    lifecycle.mark_succeeded(session, job.id)
     with pytest.raises(Conflict):
-        jobs.cancel_job(session, job.id)
+        lifecycle.cancel_job(session, job.id)
 
 
 def test_redelivery_reclaims_a_running_job(session):
     job = new_job(session)
-    jobs.mark_running(session, job.id, "w1")
-    again = jobs.mark_running(session, job.id, "w2")
+    lifecycle.mark_running(session, job.id, "w1")
+    again = lifecycle.mark_running(session, job.id, "w2")
     assert again.status is JobStatus.running and again.worker == "w2" and again.attempts == 2
 
 
 def test_delivery_of_a_cancelling_job_finishes_the_cancel(session):
     job = new_job(session)
-    jobs.mark_running(session, job.id, "w1")
-    jobs.cancel_job(session, job.id)
-    assert jobs.mark_running(session, job.id, "w2") is None
-    assert jobs.job_status(session, job.id) is JobStatus.cancelled
+    lifecycle.mark_running(session, job.id, "w1")
+    lifecycle.cancel_job(session, job.id)
+    assert lifecycle.mark_running(session, job.id, "w2") is None
+    assert lifecycle.job_status(session, job.id) is JobStatus.cancelled
 
 
 def test_record_run_is_idempotent(session):
     job = new_job(session)
-    jobs.mark_running(session, job.id, "w1")
-    first = jobs.record_run(session, job.id, "all_x10", multiplier=10, layers="all", heads={3: [0, 1]},
+    lifecycle.mark_running(session, job.id, "w1")
+    first = lifecycle.record_run(session, job.id, "all_x10", multiplier=10, layers="all", heads={3: [0, 1]},
                             output_text="Bonjour", prompt_tokens=12, output_tokens=3, seconds=0.5)
-    second = jobs.record_run(session, job.id, "all_x10", multiplier=10, layers="all", output_text="Different")
+    second = lifecycle.record_run(session, job.id, "all_x10", multiplier=10, layers="all", output_text="Different")
     assert second.id == first.id and second.output_text == "Bonjour" and first.heads == '{"3":[0,1]}'
     assert session.execute(select(func.count()).select_from(Run)).scalar_one() == 1
     assert session.get(Job, job.id, populate_existing=True).progress_done == 1
@@ -156,7 +156,7 @@ def test_concurrent_record_run_keeps_one_row(clean_db):
     def record(i: int):
         with maker() as s:
             barrier.wait()
-            jobs.record_run(s, job_id, "original", multiplier=1, layers="none", output_text=f"out {i}")
+            lifecycle.record_run(s, job_id, "original", multiplier=1, layers="none", output_text=f"out {i}")
 
     threads = [threading.Thread(target=record, args=(i,)) for i in range(4)]
     for t in threads:
@@ -169,23 +169,23 @@ def test_concurrent_record_run_keeps_one_row(clean_db):
 
 def test_succeeded_job_shows_full_progress_and_runs(session):
     job = new_job(session)
-    jobs.mark_running(session, job.id, "w1")
-    jobs.record_run(session, job.id, "original", multiplier=1, layers="none", output_text="a")
-    done = jobs.mark_succeeded(session, job.id)
+    lifecycle.mark_running(session, job.id, "w1")
+    lifecycle.record_run(session, job.id, "original", multiplier=1, layers="none", output_text="a")
+    done = lifecycle.mark_succeeded(session, job.id)
     assert done.progress_done == done.progress_total == 3
-    data = jobs.job_to_dict(jobs.get_job(session, job.id))
+    data = serialize.job_to_dict(queries.get_job(session, job.id))
     assert data["finished"] and [r["variant"] for r in data["runs"]] == ["original"]
 
 
 def test_failed_job_keeps_its_error(session):
     job = new_job(session)
-    jobs.mark_running(session, job.id, "w1")
-    assert jobs.mark_failed(session, job.id, "out of memory").error == "out of memory"
+    lifecycle.mark_running(session, job.id, "w1")
+    assert lifecycle.mark_failed(session, job.id, "out of memory").error == "out of memory"
 
 
 def test_deleting_a_job_deletes_its_runs(session):
     job = new_job(session)
-    jobs.record_run(session, job.id, "original", multiplier=1, layers="none", output_text="a")
+    lifecycle.record_run(session, job.id, "original", multiplier=1, layers="none", output_text="a")
     session.delete(session.get(Job, job.id))
     session.commit()
     assert session.execute(select(func.count()).select_from(Run)).scalar_one() == 0
@@ -195,7 +195,7 @@ def test_keyset_pagination_visits_every_job_once(session):
     ids = [new_job(session).id for _ in range(7)]
     seen, cursor = [], None
     while True:
-        page, cursor = jobs.list_jobs(session, {}, 3, cursor)
+        page, cursor = queries.list_jobs(session, {}, 3, cursor)
         seen += [j.id for j in page]
         if cursor is None:
             break

@@ -13,8 +13,8 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import text
 
-from shared import jobs
-from shared.models import Job, JobStatus
+from shared.store import lifecycle
+from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import make_test_app
 
 pytestmark = pytest.mark.services
@@ -37,7 +37,7 @@ def add_job(session, *, instruction="Be brief.", query="Hi?", model="m", status=
     session.add(job)
     session.commit()
     for variant, output in (outputs or {}).items():
-        jobs.record_run(session, job.id, variant, multiplier=1 if variant == "original" else 10,
+        lifecycle.record_run(session, job.id, variant, multiplier=1 if variant == "original" else 10,
                         layers="none" if variant == "original" else variant.split("_")[0], output_text=output)
     return job.id
 
@@ -157,13 +157,13 @@ def test_api_token_is_required_and_only_in_the_header(clean_db, redis_namespace,
 
 def test_configured_secrets_never_leak(clean_db, redis_namespace, heartbeat, monkeypatch, caplog, db_session):
     """Distinctive secrets set everywhere; none appears in logs, the database, bodies, exports or docs."""
-    from shared.settings import reset_settings
+    from shared.settings import get_settings
 
     secrets = {"hf": "hf_" + uuid.uuid4().hex, "api": "api-" + uuid.uuid4().hex,
                "key": "key-" + uuid.uuid4().hex, "password": "pw" + uuid.uuid4().hex}
     monkeypatch.setenv("HF_TOKEN", secrets["hf"])
     monkeypatch.setenv("HUGGINGFACE_TOKEN", secrets["hf"])
-    reset_settings()
+    get_settings.cache_clear()
     caplog.set_level(logging.DEBUG)
     for name in ("sqlalchemy", "celery", "kombu", "werkzeug", "web", "shared", "redis"):
         caplog.set_level(logging.DEBUG, logger=name)  # libraries that set their own levels log too
@@ -187,9 +187,9 @@ def test_configured_secrets_never_leak(clean_db, redis_namespace, heartbeat, mon
     keep(client.post("/api/jobs", data=b"{bad", content_type="application/json", headers=auth))
     keep(client.post("/api/jobs", json=BODY, headers={"Authorization": "Bearer nope"}))
     keep(client.get("/api/jobs/99999", headers=auth))
-    jobs.mark_running(db_session, job_id, "worker-1")
-    jobs.record_run(db_session, job_id, "original", multiplier=1, layers="none", output_text="Roma")
-    jobs.mark_failed(db_session, job_id, "boom: the model ran out of memory")
+    lifecycle.mark_running(db_session, job_id, "worker-1")
+    lifecycle.record_run(db_session, job_id, "original", multiplier=1, layers="none", output_text="Roma")
+    lifecycle.mark_failed(db_session, job_id, "boom: the model ran out of memory")
     for path in (f"/api/jobs/{job_id}", "/api/jobs", "/api/runs", "/api/runs.csv", "/api/models", "/api/openapi.json"):
         assert keep(client.get(path, headers=auth)).status_code == 200, path
     for path in ("/", "/jobs", f"/jobs/{job_id}", "/runs", "/runs.csv", "/healthz", "/static/style.css"):
@@ -210,12 +210,12 @@ def test_configured_secrets_never_leak(clean_db, redis_namespace, heartbeat, mon
     assert "Roma" in dump and "out of memory" in dump  # the dump holds the data we wrote
     haystacks = {"logs": caplog.text, "database": dump, **{f"response {i}": s for i, s in enumerate(seen)}}
     loggers = {r.name for r in caplog.records}
-    assert {"shared.jobs", "web.errors"} <= loggers and any(n.startswith("sqlalchemy") for n in loggers), \
+    assert {"shared.store.submission", "web.errors"} <= loggers and any(n.startswith("sqlalchemy") for n in loggers), \
         f"the log check would prove nothing: {loggers}"
     for name, hay in haystacks.items():
         for kind, secret in secrets.items():
             assert secret not in hay, f"{kind} secret leaked into {name}"
-    reset_settings()
+    get_settings.cache_clear()
 
 
 # -- limits and headers -------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def serve_env(**extra) -> dict[str, str]:
 
 
 def test_serve_without_redis_says_what_is_missing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "worker.serve", "--port", str(free_port())], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "worker.cli.serve", "--port", str(free_port())], cwd=tmp_path,
                           env=serve_env(REDIS_URL="redis://127.0.0.1:1/0"), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2
@@ -48,12 +48,12 @@ def test_serve_without_redis_says_what_is_missing(tmp_path):
 @pytest.mark.slow
 @pytest.mark.services
 def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
-    from shared.celery_config import live_workers, redis_client
+    from shared.workers import live_workers, redis_client
 
     namespace = f"{redis_namespace}_serve"
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "worker.serve", "--port", str(port)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path,
                             env=serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace),
                             stdout=subprocess.PIPE, stderr=log, text=True)
     redis = redis_client(TEST_REDIS_URL)

@@ -11,11 +11,12 @@ import time
 import pytest
 from sqlalchemy import select, update
 
-from shared import jobs
-from shared.celery_config import celery_config, live_workers, model_queue, served_models, soft_time_limit
+from shared.store import lifecycle
+from shared.celery_config import celery_config, model_queue, soft_time_limit
+from shared.workers import live_workers, served_models
 from shared.db import session_scope
 from shared.errors import ValidationError
-from shared.models import Job, JobStatus, Run
+from shared.store.tables import Job, JobStatus, Run
 from shared.schemas import JobRequest
 from shared.settings import load_settings
 from tests.fixtures.store import TEST_REDIS_URL
@@ -44,7 +45,7 @@ def load(url: str, job_id: int) -> tuple[Job, list[Run]]:
 @pytest.fixture
 def run(pg_url):
     """Run one delivery of a job in this process, as the Celery task does."""
-    from worker.tasks import execute_job
+    from worker.jobs.tasks import execute_job
 
     def go(job_id: int, **kw):
         kw.setdefault("settings", load_settings(overrides={"database.url": pg_url}))
@@ -58,7 +59,7 @@ pytestmark = pytest.mark.services
 
 @pytest.mark.slow
 def test_shutdown_hands_job_back_and_redelivery_resumes_without_duplicates(pg_url, run):
-    from worker.tasks import ShutdownRequested
+    from worker.jobs.tasks import ShutdownRequested
 
     job_id = new_job(pg_url)
     calls = []
@@ -133,8 +134,8 @@ def test_cancel_is_honoured_at_the_next_variant_boundary(pg_url, run):
 
     def cancel_during_first_variant() -> bool:
         with session_scope(pg_url) as s:
-            if jobs.job_status(s, job_id) is JobStatus.running:
-                assert jobs.cancel_job(s, job_id).status is JobStatus.cancelling
+            if lifecycle.job_status(s, job_id) is JobStatus.running:
+                assert lifecycle.cancel_job(s, job_id).status is JobStatus.cancelling
         return False
 
     assert run(job_id, should_stop=cancel_during_first_variant) == "cancelled"
@@ -178,7 +179,7 @@ def test_celery_config_reliability_settings():
 
 
 def test_heartbeat_is_written_with_ttl_and_removed_on_stop(redis_client, redis_namespace):
-    from worker.heartbeat import Heartbeat
+    from worker.jobs.heartbeat import Heartbeat
 
     beat = Heartbeat("hb-test@host", ["m1", "m2"], TEST_REDIS_URL, redis_namespace,
                      interval=0.2, ttl=5).start()

@@ -6,7 +6,7 @@ import pytest
 
 from shared.errors import ValidationError
 from shared.spec import BoostSpec, GenerationParams
-from worker.testcases import COLUMNS, Check, load_cases, run_cases
+from worker.cli.run_tests import COLUMNS, Check, load_cases, run_cases
 
 
 def test_default_cases_load_and_cover_the_categories():

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from shared import jobs
+from shared.store import lifecycle
 from shared.celery_config import model_queue
-from shared.models import Job, JobStatus
+from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
 
 pytestmark = pytest.mark.services
@@ -101,7 +101,7 @@ def test_unreachable_broker_is_503(clean_db, redis_namespace):
 def test_get_job_and_404(client, heartbeat, db_session):
     heartbeat()
     job_id = submit(client).get_json()["id"]
-    jobs.record_run(db_session, job_id, "original", multiplier=1, layers="none", output_text="Roma",
+    lifecycle.record_run(db_session, job_id, "original", multiplier=1, layers="none", output_text="Roma",
                     output_tokens=2)
     got = client.get(f"/api/jobs/{job_id}").get_json()
     assert got["id"] == job_id and [r["output_text"] for r in got["runs"]] == ["Roma"]
@@ -154,9 +154,9 @@ def test_cancel_queued_job(client, heartbeat):
 def test_cancel_running_and_finished_jobs(client, heartbeat, db_session):
     heartbeat()
     running, done = submit(client).get_json()["id"], submit(client).get_json()["id"]
-    jobs.mark_running(db_session, running, "w")
-    jobs.mark_running(db_session, done, "w")
-    jobs.mark_succeeded(db_session, done)
+    lifecycle.mark_running(db_session, running, "w")
+    lifecycle.mark_running(db_session, done, "w")
+    lifecycle.mark_succeeded(db_session, done)
     assert client.post(f"/api/jobs/{running}/cancel").get_json()["status"] == "cancelling"
     assert_problem(client.post(f"/api/jobs/{done}/cancel"), 409, "status")
     assert_problem(client.post("/api/jobs/4242/cancel"), 404)
@@ -170,7 +170,7 @@ def _job_with_runs(db_session, outputs: dict[str, str], model="m", instruction="
     db_session.add(job)
     db_session.commit()
     for variant, text in outputs.items():
-        jobs.record_run(db_session, job.id, variant, multiplier=1 if variant == "original" else 10,
+        lifecycle.record_run(db_session, job.id, variant, multiplier=1 if variant == "original" else 10,
                         layers="none" if variant == "original" else variant.split("_")[0], output_text=text)
     return job.id
 
@@ -209,7 +209,7 @@ def test_csv_export_content_and_injection(client, db_session):
 
 def test_csv_export_summarizes_attention_on_the_instruction(client, db_session):
     job_id = _job_with_runs(db_session, {"original": "plain"})
-    jobs.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="boosted",
+    lifecycle.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="boosted",
                     attention_mass={"unboosted": [0.1, 0.3], "boosted": [0.5, 0.7]})
     rows = list(csv.DictReader(io.StringIO(client.get(f"/api/runs.csv?job_id={job_id}").get_data(as_text=True))))
     assert [(r["attention_unboosted"], r["attention_boosted"]) for r in rows] == [("", ""), ("0.2", "0.6")]
@@ -217,7 +217,7 @@ def test_csv_export_summarizes_attention_on_the_instruction(client, db_session):
 
 def test_csv_export_streams_many_rows(client, db_session):
     job_id = _job_with_runs(db_session, {})
-    from shared.models import Run, utcnow
+    from shared.store.tables import Run, utcnow
     db_session.add_all(Run(job_id=job_id, variant=f"v{i}", multiplier=2, layers="all", output_text="x" * 200,
                            created_at=utcnow()) for i in range(3000))
     db_session.commit()

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from shared import jobs
-from shared.models import Job, JobStatus
+from shared.store import lifecycle
+from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import DEFAULT_MODEL
 
 pytestmark = pytest.mark.services
@@ -82,9 +82,9 @@ def test_job_page_escapes_and_compares_side_by_side(client, heartbeat, db_sessio
     heartbeat()
     resp = form(client, instruction=XSS, query=XSS)
     job_id = int(resp.headers["Location"].rsplit("/", 1)[1])
-    jobs.mark_running(db_session, job_id, "worker-1")
-    jobs.record_run(db_session, job_id, "original", multiplier=1, layers="none", output_text=f"plain {XSS}")
-    jobs.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="boosted")
+    lifecycle.mark_running(db_session, job_id, "worker-1")
+    lifecycle.record_run(db_session, job_id, "original", multiplier=1, layers="none", output_text=f"plain {XSS}")
+    lifecycle.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="boosted")
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert XSS not in page and str(escape(XSS)) in page
     assert 'id="job-status"' in page and ">running<" in page
@@ -102,10 +102,10 @@ def test_job_page_draws_attention_on_the_instruction(client, heartbeat, db_sessi
     heartbeat()
     resp = form(client, instruction="Answer in French.", query="Capital of Italy?")
     job_id = int(resp.headers["Location"].rsplit("/", 1)[1])
-    jobs.mark_running(db_session, job_id, "worker-1")
+    lifecycle.mark_running(db_session, job_id, "worker-1")
     mass = {"unboosted": [0.1, 0.2, 0.1, 0.05], "boosted": [0.1, 0.2, 0.6, 0.05]}
-    jobs.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="x", attention_mass=mass)
-    jobs.record_run(db_session, job_id, "middle_x10", multiplier=10, layers="middle", output_text="y",
+    lifecycle.record_run(db_session, job_id, "all_x10", multiplier=10, layers="all", output_text="x", attention_mass=mass)
+    lifecycle.record_run(db_session, job_id, "middle_x10", multiplier=10, layers="middle", output_text="y",
                     attention_mass={"boosted": "garbage"})
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     figure = page.split('id="mass-all_x10"')[1].split("</figure>")[0]
@@ -154,8 +154,8 @@ def test_runs_page_export_link_carries_filters(client, db_session):
     job = Job(status=JobStatus.succeeded, model="m", params={"instruction": "i", "query": "q"}, progress_total=2)
     db_session.add(job)
     db_session.commit()
-    jobs.record_run(db_session, job.id, "original", multiplier=1, layers="none", output_text=XSS)
-    jobs.record_run(db_session, job.id, "all_x10", multiplier=10, layers="all", output_text="=HYPERLINK()")
+    lifecycle.record_run(db_session, job.id, "original", multiplier=1, layers="none", output_text=XSS)
+    lifecycle.record_run(db_session, job.id, "all_x10", multiplier=10, layers="all", output_text="=HYPERLINK()")
     page = client.get(f"/runs?job_id={job.id}&variant=all_x10").get_data(as_text=True)
     assert XSS not in page
     href = html.unescape(re.search(r'id="export-csv" href="([^"]+)"', page).group(1))

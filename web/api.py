@@ -7,8 +7,8 @@ import json
 
 from flask import Blueprint, jsonify, request, url_for
 
-from shared import jobs
-from shared.celery_config import live_workers
+from shared.store import lifecycle, queries, serialize, submission
+from shared.workers import live_workers
 from shared.errors import BadRequest, InstaBoostError, Unauthorized, Unavailable
 from shared.schemas import JobRequest
 from web.context import db, services, submit_kwargs
@@ -62,8 +62,8 @@ def _page(items, next_cursor, endpoint):
 def submit():
     """Validate and enqueue a job; answer 202 with its URL."""
     req = JobRequest.from_dict(_json_body(), services().settings, strict=True)
-    job = jobs.submit_job(db(), req, **submit_kwargs())
-    resp = jsonify(jobs.job_to_dict(job))
+    job = submission.submit_job(db(), req, **submit_kwargs())
+    resp = jsonify(serialize.job_to_dict(job))
     resp.status_code = 202
     resp.headers["Location"] = url_for("api.get_job", job_id=job.id)
     return resp
@@ -72,28 +72,28 @@ def submit():
 @bp.get("/jobs/<job_id>")
 def get_job(job_id):
     """Return a job's status, progress, parameters and runs so far."""
-    return jsonify(jobs.job_to_dict(jobs.get_job(db(), job_id)))
+    return jsonify(serialize.job_to_dict(queries.get_job(db(), job_id)))
 
 
 @bp.get("/jobs")
 def list_jobs():
     """Return a page of jobs, newest first."""
-    rows, nxt = jobs.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
-    return _page([jobs.job_to_dict(j, runs=False) for j in rows], nxt, "api.list_jobs")
+    rows, nxt = queries.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    return _page([serialize.job_to_dict(j, runs=False) for j in rows], nxt, "api.list_jobs")
 
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id):
     """Cancel a queued job, or ask a running one to stop at the next variant."""
-    job = jobs.get_job(db(), job_id, with_runs=False)
-    return jsonify(jobs.job_to_dict(jobs.cancel_job(db(), job.id)))
+    job = queries.get_job(db(), job_id, with_runs=False)
+    return jsonify(serialize.job_to_dict(lifecycle.cancel_job(db(), job.id)))
 
 
 @bp.get("/runs")
 def list_runs():
     """Return a page of runs, newest first."""
-    rows, nxt = jobs.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
-    items = [{**jobs.run_to_dict(r), "model": j.model, "job_status": j.status.value} for r, j in rows]
+    rows, nxt = queries.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    items = [{**serialize.run_to_dict(r), "model": j.model, "job_status": j.status.value} for r, j in rows]
     return _page(items, nxt, "api.list_runs")
 
 
@@ -132,6 +132,6 @@ def openapi():
         beats = []
     models = sorted({m for beat in beats for m in beat["models"]})
     # With one served model its advertised facts bound the request exactly; with several they differ.
-    facts = jobs.model_facts(beats, models[0]) if len(models) == 1 else None
+    facts = submission.model_facts(beats, models[0]) if len(models) == 1 else None
     return jsonify(openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"]),
                                     facts=facts))

@@ -39,6 +39,6 @@ def close_session(_exc=None) -> None:
 
 
 def submit_kwargs() -> dict[str, Any]:
-    """Return the keyword arguments shared.jobs.submit_job needs from this app."""
+    """Return the keyword arguments shared.store.submission.submit_job needs from this app."""
     s = services()
     return {"settings": s.settings, "celery_app": s.celery, "redis": s.redis}

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from flask import Blueprint, Response, request, stream_with_context
 
-from shared import jobs
+from shared.store import export, queries
 from shared.csvsafe import neutralize
 from web.context import services
 
@@ -33,14 +33,14 @@ def csv_chunks(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> Iterator
 
 def csv_response(filters: Mapping[str, Any]) -> Response:
     """Return a streamed CSV of the runs matching filters (validated before the first byte)."""
-    clean = jobs.clean_filters("runs", filters)
+    clean = queries.clean_filters("runs", filters)
     maker = services().sessionmaker
 
     def generate() -> Iterator[str]:
         # Its own session: it lives as long as the stream, not as long as the view.
         session = maker()
         try:
-            yield from csv_chunks(jobs.EXPORT_COLUMNS, jobs.iter_runs_for_export(session, clean))
+            yield from csv_chunks(export.EXPORT_COLUMNS, export.iter_runs_for_export(session, clean))
         finally:
             session.close()
 

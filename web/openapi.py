@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from shared.jobs import EXPORT_COLUMNS, MAX_ID, MAX_LIMIT, cursor_pattern
-from shared.models import JobStatus
-from shared.schemas import MAX_LAYER, MAX_SEED, WHITESPACE
+from shared.store.export import EXPORT_COLUMNS
+
+from shared.store.queries import MAX_ID, MAX_LIMIT, cursor_pattern
+from shared.store.tables import JobStatus
+from shared.schemas import MAX_LAYER, MAX_SEED
+from shared.validation import WHITESPACE
 from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
 
 STATUSES = [s.value for s in JobStatus]
@@ -169,7 +172,7 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
     assert len(LAYER_MODES) == 2, "the variants rule below is written for two layer modes"
     schema = copy.deepcopy(JOB_REQUEST)
     props = schema["properties"]
-    # Not blank: at least one character that is neither NUL nor whitespace (shared.schemas.WHITESPACE).
+    # Not blank: at least one character that is neither NUL nor whitespace (shared.validation.WHITESPACE).
     ws = _pattern_class(WHITESPACE + "\x00")
     text = {"type": "string", "maxLength": settings["limits.max_text_chars"],
             "pattern": f"^[^\\u0000]*[^{ws}][^\\u0000]*$"}

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
-from shared import jobs
-from shared.celery_config import served_models
+from shared.store import lifecycle, queries, serialize, submission
+from shared.workers import served_models
 from shared.errors import Conflict, InstaBoostError
-from shared.models import JobStatus
+from shared.store.tables import JobStatus
 from shared.schemas import JobRequest, Variant
 from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
 from web.context import db, services, submit_kwargs
@@ -65,7 +65,7 @@ def submit():
     data["layer_modes"] = request.form.getlist("layer_modes")
     try:
         req = JobRequest.from_dict(data, services().settings)
-        job = jobs.submit_job(db(), req, **submit_kwargs())
+        job = submission.submit_job(db(), req, **submit_kwargs())
     except InstaBoostError as exc:
         errors: dict[str, list[str]] = {}
         for e in exc.errors:
@@ -77,7 +77,7 @@ def submit():
 @bp.get("/jobs")
 def job_list():
     """List jobs with filters and cursor pagination."""
-    rows, nxt = jobs.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    rows, nxt = queries.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
     args = {k: v for k, v in request.args.items() if k != "cursor" and v}
     return render_template("jobs.html", jobs=rows, next_cursor=nxt, args=args, statuses=list(JobStatus))
 
@@ -98,7 +98,7 @@ def _variant_rows(job) -> tuple[Any, list[tuple[Variant, Any]]]:
 @bp.get("/jobs/<job_id>")
 def job(job_id):
     """Show a job: status, progress, parameters, timings and each variant beside the original."""
-    j = jobs.get_job(db(), job_id)
+    j = queries.get_job(db(), job_id)
     original, rows = _variant_rows(j)
     return render_template("job.html", job=j, original=original, rows=rows, finished=j.status.finished)
 
@@ -106,15 +106,15 @@ def job(job_id):
 @bp.get("/jobs/<job_id>/status.json")
 def job_status(job_id):
     """Return the job as JSON for the page's polling (pages stay usable when the API needs a token)."""
-    return jsonify(jobs.job_to_dict(jobs.get_job(db(), job_id)))
+    return jsonify(serialize.job_to_dict(queries.get_job(db(), job_id)))
 
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id):
     """Cancel from the job page, then show it again."""
-    j = jobs.get_job(db(), job_id, with_runs=False)
+    j = queries.get_job(db(), job_id, with_runs=False)
     try:
-        j = jobs.cancel_job(db(), j.id)
+        j = lifecycle.cancel_job(db(), j.id)
         flash("Cancelled." if j.status is JobStatus.cancelled else
               "Cancel requested: the job stops after the variant it is generating.", "info")
     except Conflict as exc:
@@ -125,8 +125,8 @@ def cancel(job_id):
 @bp.get("/runs")
 def runs():
     """List stored runs with filters; the export link carries the same filters."""
-    rows, nxt = jobs.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
+    rows, nxt = queries.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
     args = {k: v for k, v in request.args.items() if k != "cursor" and v}
-    filters = {k: v for k, v in args.items() if k in jobs.RUN_FILTERS}
+    filters = {k: v for k, v in args.items() if k in queries.RUN_FILTERS}
     return render_template("runs.html", runs=rows, next_cursor=nxt, args=args, filters=filters,
                            statuses=list(JobStatus))

@@ -7,9 +7,9 @@ __all__ = ["InstaBoostTransformerLens"]
 
 
 def __getattr__(name):
-    # Lazy so `import worker.tasks` or the CLI's `serve` don't pay for torch until needed.
+    # Lazy so `import worker.jobs.tasks` or the CLI's `serve` don't pay for torch until needed.
     if name == "InstaBoostTransformerLens":
-        from worker.compat import InstaBoostTransformerLens
+        from worker.seed_api import InstaBoostTransformerLens
 
         return InstaBoostTransformerLens
     raise AttributeError(name)

@@ -7,7 +7,7 @@ Create Date: 2026-11-26
 from alembic import op
 import sqlalchemy as sa
 
-from shared.models import UTCDateTime
+from shared.store.tables import UTCDateTime
 
 revision = "0001"
 down_revision = None

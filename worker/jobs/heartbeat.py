@@ -15,7 +15,7 @@ import secrets
 import threading
 from datetime import datetime, timezone
 
-from shared.celery_config import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_key, redis_client
+from shared.workers import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_key, redis_client
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,12 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from shared import jobs
-from shared.celery_config import TASK_NAME, redis_client, soft_time_limit, worker_runs
+from shared.store import lifecycle
+from shared.celery_config import TASK_NAME, soft_time_limit
+from shared.workers import redis_client, worker_runs
 from shared.db import session_scope
 from shared.errors import Conflict, InstaBoostError
-from shared.models import Job, JobStatus, Run
+from shared.store.tables import Job, JobStatus, Run
 from shared.schemas import JobRequest, Variant
 
 log = logging.getLogger("instaboost.worker")
@@ -99,10 +100,10 @@ def _fail(db_url: str | None, job_id: int, message: str, budget: float = 60.0) -
     # A fresh session: the one that raised may be mid-transaction or interrupted by the alarm.
     def fail(session) -> str:
         try:
-            jobs.mark_failed(session, job_id, message)
+            lifecycle.mark_failed(session, job_id, message)
         except Conflict:  # finished or cancelled meanwhile; nothing left to record
             session.rollback()
-            return jobs.job_status(session, job_id).value
+            return lifecycle.job_status(session, job_id).value
         return JobStatus.failed.value
 
     with session_scope(db_url) as session:
@@ -139,7 +140,7 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
     request = JobRequest.from_params(job.params)
     variants = request.variants()
     done = with_db_retry(session, _stored_variants, job.id, budget=budget)
-    with_db_retry(session, jobs.mark_progress, job.id, len(done & {v.name for v in variants}), len(variants),
+    with_db_retry(session, lifecycle.mark_progress, job.id, len(done & {v.name for v in variants}), len(variants),
                   budget=budget)
     engine = get_engine(job.model, request.engine)
     pending = [v for v in variants if v.name not in done]  # the rest were stored by an earlier delivery
@@ -153,7 +154,7 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
             raise ShutdownRequested()
         results = engine.generate([request.generation_request(v) for v in chunk], attention=True)
         for variant, result in zip(chunk, results):
-            with_db_retry(session, jobs.record_run, job.id, variant.name, multiplier=variant.multiplier,
+            with_db_retry(session, lifecycle.record_run, job.id, variant.name, multiplier=variant.multiplier,
                           layers="none" if variant.is_original else variant.layer_mode,
                           heads=_heads(request, variant, engine), output_text=result.text,
                           prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
@@ -166,27 +167,27 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
 
 def _succeed(session, job_id: int) -> str:
     try:
-        jobs.mark_succeeded(session, job_id)
+        lifecycle.mark_succeeded(session, job_id)
     except Conflict:  # another delivery finished it first (every variant is stored either way)
         session.rollback()
-        return jobs.job_status(session, job_id).value
+        return lifecycle.job_status(session, job_id).value
     return JobStatus.succeeded.value
 
 
 def _finish_cancel(session, job_id: int, budget: float = 60.0) -> str:
     def finish(session) -> str:
         try:
-            jobs.finish_cancel(session, job_id)
+            lifecycle.finish_cancel(session, job_id)
         except Conflict:
             session.rollback()
-        return jobs.job_status(session, job_id).value
+        return lifecycle.job_status(session, job_id).value
 
     return with_db_retry(session, finish, budget=budget)
 
 
 def _give_back(session, job_id: int, worker: str) -> None:
     # Not the job's fault: give this delivery back so it does not count towards poison.
-    jobs.transition(session, job_id, JobStatus.queued, expect={"worker": worker}, attempts=Job.attempts - 1)
+    lifecycle.transition(session, job_id, JobStatus.queued, expect={"worker": worker}, attempts=Job.attempts - 1)
     session.commit()
 
 
@@ -206,7 +207,7 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[s
     budget = float(settings["worker.db_retry_seconds"])
     soft = soft_time_limit(limit)
     with session_scope(db_url) as session:
-        job = with_db_retry(session, jobs.mark_running, job_id, worker_name, is_alive, budget=budget)
+        job = with_db_retry(session, lifecycle.mark_running, job_id, worker_name, is_alive, budget=budget)
         if job is None:
             log.info("job %s: skipped (missing, cancelled, finished or running on another live worker)", job_id)
             return "skipped"
@@ -257,7 +258,7 @@ def run_job(self, job_id: int) -> str:
         return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
 
     from shared.settings import get_settings
-    from worker.heartbeat import current_heartbeat, current_worker_id
+    from worker.jobs.heartbeat import current_heartbeat, current_worker_id
 
     settings = get_settings()
     redis = _redis(settings["redis.url"])

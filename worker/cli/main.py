@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="start the web app and one worker on this machine")
     try:
-        from worker.serve import add_serve_arguments
+        from worker.cli.serve import add_serve_arguments
 
         add_serve_arguments(s)
     except ImportError:  # pragma: no cover - serve lands separately
@@ -159,7 +159,7 @@ def cmd_run_tests(args) -> int:
     """Run the test cases and write the comparison CSV."""
     from pathlib import Path
 
-    from worker.testcases import default_output, load_cases, run_cases
+    from worker.cli.run_tests import default_output, load_cases, run_cases
 
     s = get_settings()
     cases = load_cases(args.cases)
@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.config:
             os.environ["INSTABOOST_CONFIG"] = args.config
-        from shared.settings import reset_settings
+        from shared.settings import get_settings
 
-        reset_settings()
+        get_settings.cache_clear()
         handler = {"generate": cmd_generate, "run-tests": cmd_run_tests, "settings": cmd_settings}.get(args.command)
         if handler is None:
-            from worker.serve import run_serve
+            from worker.cli.serve import run_serve
 
             return run_serve(args)
         return handler(args)

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,19 +210,3 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return LoadedModel(src, model, tok, dev, dt)
-
-
-_cache: dict[tuple, LoadedModel] = {}
-_lock = threading.Lock()
-
-
-def get_model(name: str, device: str = "auto", dtype: str = "auto", purpose: str = "fast") -> LoadedModel:
-    """Return the process-wide copy of a model for a purpose, loading it on first use.
-
-    Each engine gets its own copy: TransformerLens' bridge rewires the modules it wraps.
-    """
-    key = (resolve_model(name).name, device, dtype, purpose)
-    with _lock:
-        if key not in _cache:
-            _cache[key] = load_model(name, device, dtype)
-        return _cache[key]

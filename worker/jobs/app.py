@@ -1,10 +1,10 @@
-"""The worker's Celery app: ``celery -A worker.celery_app worker --pool solo``.
+"""The worker's Celery app: ``celery -A worker.jobs.app worker --pool solo``.
 
 Models named in ``worker.models`` are loaded once per worker process, in ``worker_process_init``
 (sent by the solo pool in the worker itself and by prefork in each child after the fork), so a
 CUDA context never exists in a parent that forks. The worker consumes only its models' queues, and
 advertises them with a heartbeat once they are loaded; each process also runs the sweeper thread
-(worker/sweeper.py) that re-sends jobs whose message or worker was lost.
+(worker/jobs/sweeper.py) that re-sends jobs whose message or worker was lost.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ log = logging.getLogger("instaboost.worker")
 
 settings = get_settings()
 app = make_celery(settings, main="instaboost-worker")
-# A bare `celery -A worker.celery_app worker` consumes exactly the queues of the models it holds.
+# A bare `celery -A worker.jobs.app worker` consumes exactly the queues of the models it holds.
 app.conf.task_queues = [Queue(model_queue(m)) for m in dict.fromkeys(settings["worker.models"])]
 app.conf.task_default_queue = model_queue(settings["worker.models"][0]) if settings["worker.models"] else "models"
 
-import worker.tasks  # noqa: E402,F401  (registers instaboost.run_job)
+import worker.jobs.tasks  # noqa: E402,F401  (registers instaboost.run_job)
 
 _heartbeat = None
 
@@ -41,7 +41,7 @@ def preload_models(hostname: str | None = None) -> list[str]:
         return _heartbeat.payload["models"]
     from shared.errors import InstaBoostError
     from worker.engine import get_engine
-    from worker.heartbeat import Heartbeat
+    from worker.jobs.heartbeat import Heartbeat
 
     s = get_settings()
     models = list(dict.fromkeys(s["worker.models"]))
@@ -58,7 +58,7 @@ def preload_models(hostname: str | None = None) -> list[str]:
         model_info[name] = {"n_layers": engine.n_layers, "n_heads": engine.n_heads,
                             "max_context": engine.max_context}
         log.info("loaded model %s", name)
-    from worker.heartbeat import new_worker_id
+    from worker.jobs.heartbeat import new_worker_id
 
     host = hostname or f"worker@{socket.gethostname()}"
     # One id per process (prefork children too): the heartbeat key and the jobs' worker column.
@@ -74,11 +74,11 @@ _sweeper = None
 
 
 def start_sweeper(own_worker: str | None = None):
-    """Start this process's sweeper thread unless sweeper.enabled is off (see worker/sweeper.py)."""
+    """Start this process's sweeper thread unless sweeper.enabled is off (see worker/jobs/sweeper.py)."""
     global _sweeper
     s = get_settings()
     if _sweeper is None and s["sweeper.enabled"]:
-        from worker.sweeper import Sweeper
+        from worker.jobs.sweeper import Sweeper
 
         _sweeper = Sweeper(s, own_worker=own_worker).start()
     return _sweeper

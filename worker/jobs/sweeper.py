@@ -1,6 +1,6 @@
 """The sweeper: no job waits forever because its message or its worker was lost.
 
-Each worker runs one in a background thread (``sweeper.enabled``); ``python -m worker.sweeper`` runs
+Each worker runs one in a background thread (``sweeper.enabled``); ``python -m worker.jobs.sweeper`` runs
 one on its own. Every ``sweeper.interval`` seconds it
 
 1. **outbox**: sends again the jobs left ``queued`` with ``enqueued_at`` NULL for ``sweeper.outbox_grace``
@@ -31,11 +31,13 @@ from typing import Any, Mapping
 
 from sqlalchemy import select, update
 
-from shared import celery_config as cc
-from shared import jobs
+from shared import celery_config
+
+from shared import workers
+from shared.store import lifecycle
 from shared.db import session_scope
 from shared.errors import Conflict
-from shared.models import Job, JobStatus, utcnow
+from shared.store.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger("instaboost.sweeper")
 
@@ -49,9 +51,9 @@ class Sweeper:
         self.db_url = db_url or settings["database.url"]
         self.namespace = settings["redis.namespace"]
         self.own_worker = own_worker  # a sweeper never declares its own process dead
-        self.redis = redis if redis is not None else cc.redis_client(settings["redis.url"])
+        self.redis = redis if redis is not None else workers.redis_client(settings["redis.url"])
         # Its own app (and connection pool): the worker's main thread may be publishing at the same time.
-        self.celery = celery_app if celery_app is not None else cc.make_celery(settings, main="instaboost-sweeper")
+        self.celery = celery_app if celery_app is not None else celery_config.make_celery(settings, main="instaboost-sweeper")
         self.interval = float(settings["sweeper.interval"])
         self.outbox_grace = float(settings["sweeper.outbox_grace"])
         self.lost_after = float(settings["sweeper.lost_after"])
@@ -90,7 +92,7 @@ class Sweeper:
         now = time.monotonic()
         dead: set[str] = set()
         for worker in {r.worker for r in rows if r.worker and r.worker != self.own_worker}:
-            if cc.worker_alive(self.redis, worker, self.namespace):
+            if workers.worker_alive(self.redis, worker, self.namespace):
                 self._silent_since.pop(worker, None)
             elif now - self._silent_since.setdefault(worker, now) >= self.confirm:
                 dead.add(worker)
@@ -103,10 +105,10 @@ class Sweeper:
             with session_scope(self.db_url) as s:
                 try:
                     if r.status is JobStatus.cancelling:
-                        jobs.transition(s, r.id, JobStatus.cancelled, expect={"worker": r.worker})
+                        lifecycle.transition(s, r.id, JobStatus.cancelled, expect={"worker": r.worker})
                         kind = "cancelled"
                     elif r.attempts >= self.max_attempts:
-                        jobs.transition(
+                        lifecycle.transition(
                             s, r.id, JobStatus.failed, expect={"worker": r.worker},
                             error=(f"poison job: its worker died in each of {r.attempts} deliveries (last "
                                    f"{r.worker}; worker.max_attempts={self.max_attempts}). Check the worker logs, "
@@ -114,7 +116,7 @@ class Sweeper:
                         kind = "poisoned"
                     else:
                         # enqueued_at NULL puts it in the outbox: if sending fails now, the next pass retries.
-                        jobs.transition(s, r.id, JobStatus.queued, expect={"worker": r.worker}, enqueued_at=None,
+                        lifecycle.transition(s, r.id, JobStatus.queued, expect={"worker": r.worker}, enqueued_at=None,
                                         error=f"worker {r.worker} died during attempt {r.attempts}; requeued")
                         kind = "orphaned"
                     s.commit()
@@ -142,9 +144,9 @@ class Sweeper:
         now = time.monotonic()
         waiting: dict[str, set[int]] = {}
         for r in rows:
-            queue = cc.model_queue(r.model)
+            queue = celery_config.model_queue(r.model)
             if queue not in waiting:
-                waiting[queue] = cc.waiting_job_ids(self.redis, queue, self.namespace)
+                waiting[queue] = workers.waiting_job_ids(self.redis, queue, self.namespace)
             if r.id in waiting[queue]:
                 self._missing_since.pop(r.id, None)
             elif now - self._missing_since.setdefault(r.id, now) >= self.lost_after:
@@ -166,7 +168,7 @@ class Sweeper:
         if claimed != 1:
             return False
         try:
-            self.celery.send_task(cc.TASK_NAME, args=[job_id], queue=cc.model_queue(model))
+            self.celery.send_task(celery_config.TASK_NAME, args=[job_id], queue=celery_config.model_queue(model))
         except Exception as exc:
             log.warning("sweeper: could not send job %s (%s); retrying next pass", job_id, type(exc).__name__)
             with session_scope(self.db_url) as s:

@@ -1,7 +1,7 @@
 """The job store: SQLAlchemy 2.0 models for jobs and their runs.
 
 Our database is the source of truth for a job's status (Celery's result backend is not used).
-Every status change goes through ``shared.jobs.transition``.
+Every status change goes through ``shared.store.lifecycle.transition``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class UTCDateTime(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is not None:
             if value.tzinfo is None:
-                raise ValueError("naive datetime given; use shared.models.utcnow()")
+                raise ValueError("naive datetime given; use shared.store.tables.utcnow()")
             value = value.astimezone(timezone.utc)
         return value
 
@@ -41,7 +41,7 @@ class UTCDateTime(TypeDecorator):
 class JobStatus(str, enum.Enum):
     """A job's lifecycle.
 
-    Allowed transitions (``ALLOWED``; enforced by ``shared.jobs.transition`` with a conditional UPDATE):
+    Allowed transitions (``ALLOWED``; enforced by ``shared.store.lifecycle.transition`` with a conditional UPDATE):
 
     - queued     -> running (a worker picked it up) | cancelled (cancelled before it ran) | failed
       (broker refused it, or too many deliveries)

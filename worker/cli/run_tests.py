@@ -14,7 +14,7 @@ from shared.csvsafe import neutralize
 from shared.errors import ValidationError
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 
-DEFAULT_CASES = Path(__file__).parent / "cases" / "default.yaml"
+DEFAULT_CASES = Path(__file__).resolve().parents[1] / "cases" / "default.yaml"
 VARIANTS = ("original", "all_layers", "middle_layers")
 CHECK_TYPES = ("regex", "contains", "not_contains", "not_contains_regex", "json", "lowercase", "uppercase",
                "max_words")

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WSGI_APP = "web:create_app()"
 STOP_GRACE = 20  # seconds each child gets to finish (the worker's current variant) before SIGKILL
 
@@ -41,7 +41,7 @@ def _say(msg: str) -> None:
 
 def check_redis(url: str) -> str | None:
     """Return None if Redis answers PING at url, else what is wrong and how to fix it."""
-    from shared.celery_config import redis_client
+    from shared.workers import redis_client
 
     try:
         redis_client(url).ping()
@@ -154,7 +154,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
         procs["web"] = subprocess.Popen(_gunicorn_command(host, port, web_workers), env=env, start_new_session=True)
         if with_worker:
             procs["worker"] = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+                [sys.executable, "-m", "celery", "-A", "worker.jobs.app", "worker", "--pool", "solo",
                  "--loglevel", "INFO", "--without-mingle", "--without-gossip",
                  "-n", f"serve@{socket.gethostname()}"],
                 env=env, start_new_session=True)
@@ -183,7 +183,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for `python -m worker.serve`."""
+    """Entry point for `python -m worker.cli.serve`."""
     parser = argparse.ArgumentParser(prog="instaboost serve", description=__doc__.splitlines()[0])
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))

@@ -1,0 +1,210 @@
+"""A job's lifecycle: every status change, the worker's claims and progress, and storing runs.
+
+Every status change goes through ``transition``, a conditional UPDATE (the allowed moves are in
+``JobStatus``'s docstring); mutating functions commit, so a change is visible to other processes (and
+never half-written) as soon as they return.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.errors import Conflict, NotFound
+from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run, utcnow
+
+
+def predecessors(status: JobStatus) -> set[JobStatus]:
+    """Return the statuses a job may move to ``status`` from."""
+    return {s for s, nexts in ALLOWED.items() if status in nexts}
+
+
+def transition(session: Session, job: Job | int, new_status: JobStatus, *, expect: Mapping[str, Any] | None = None,
+               **fields: Any) -> Job:
+    """Move a job to new_status (and set fields) or raise Conflict; safe against concurrent updates.
+
+    The UPDATE only matches while the row is in an allowed predecessor status (and, with expect, while
+    those columns hold those values), so of two processes racing (a cancel and a worker's start, say)
+    exactly one wins and the other gets Conflict.
+    started_at / finished_at are stamped here so every path records them the same way.
+    """
+    job_id = job.id if isinstance(job, Job) else int(job)
+    new_status = JobStatus(new_status)
+    values = dict(fields)
+    now = utcnow()
+    if new_status is JobStatus.running:
+        values.setdefault("started_at", now)
+    if new_status in FINAL:
+        values.setdefault("finished_at", now)
+    conditions = [getattr(Job, name) == value for name, value in (expect or {}).items()]
+    stmt = (update(Job).where(Job.id == job_id, Job.status.in_(predecessors(new_status)), *conditions)
+            .values(status=new_status, **values).execution_options(synchronize_session=False))
+    if session.execute(stmt).rowcount != 1:
+        current = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+        if current is None:
+            raise NotFound(f"job {job_id} does not exist", field="id")
+        raise Conflict(f"job {job_id} is {current.value}; it cannot become {new_status.value}", field="status")
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def _get_for_update(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist", field="id")
+    return job
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """Cancel a job: queued -> cancelled (never runs), running -> cancelling; repeat calls are no-ops."""
+    job = _get_for_update(session, job_id)
+    for _ in range(3):  # the job may change state under us; re-read and decide again
+        if job.status in (JobStatus.cancelled, JobStatus.cancelling):
+            return job
+        if job.status in FINAL:
+            raise Conflict(f"job {job_id} already {job.status.value}; only queued or running jobs can be cancelled",
+                           field="status")
+        target = JobStatus.cancelled if job.status is JobStatus.queued else JobStatus.cancelling
+        try:
+            job = transition(session, job, target)
+            session.commit()
+            return job
+        except Conflict:
+            session.rollback()
+            job = _get_for_update(session, job_id)
+    raise Conflict(f"job {job_id} changed state while being cancelled; retry", field="status")
+
+
+def mark_running(session: Session, job_id: int, worker: str,
+                 is_alive: Callable[[str], bool] | None = None) -> Job | None:
+    """Claim a delivered job for worker; return None when it must be skipped (cancelled or finished).
+
+    A job still marked running is a redelivery after its worker died: it goes back through queued
+    (the documented transition) and is claimed again. A cancelling one is finished as cancelled.
+    With is_alive (worker id -> bool), a job that another live worker is running is left to it (a
+    duplicate delivery), and the takeover only matches while the row still names the dead worker, so
+    two claimants of one dead worker's job cannot both win.
+    """
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return None
+    try:
+        if job.status is JobStatus.cancelling:
+            transition(session, job, JobStatus.cancelled)
+            session.commit()
+            return None
+        if job.status is JobStatus.running:
+            if is_alive is not None and job.worker and job.worker != worker and is_alive(job.worker):
+                session.rollback()
+                return None
+            transition(session, job, JobStatus.queued, expect={"worker": job.worker})
+        job = transition(session, job, JobStatus.running, worker=worker, started_at=utcnow(),
+                         attempts=Job.attempts + 1, error=None)
+    except Conflict:
+        session.rollback()  # cancelled or finished by someone else meanwhile
+        return None
+    session.commit()
+    return job
+
+
+def mark_progress(session: Session, job_id: int, done: int, total: int | None = None) -> JobStatus:
+    """Record progress and return the job's status (``cancelling`` tells the worker to stop)."""
+    values: dict[str, Any] = {"progress_done": done}
+    if total is not None:
+        values["progress_total"] = total
+    session.execute(update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.running, JobStatus.cancelling]))
+                    .values(**values).execution_options(synchronize_session=False))
+    session.commit()
+    return job_status(session, job_id)
+
+
+def job_status(session: Session, job_id: int) -> JobStatus:
+    """Return a job's current status from the database."""
+    status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+    if status is None:
+        raise NotFound(f"job {job_id} does not exist", field="id")
+    return status
+
+
+def cancel_requested(session: Session, job_id: int) -> bool:
+    """Return True once a cancel was requested for a job (checked at variant boundaries)."""
+    return job_status(session, job_id) in (JobStatus.cancelling, JobStatus.cancelled)
+
+
+def mark_succeeded(session: Session, job_id: int) -> Job:
+    """Finish a job as succeeded."""
+    job = transition(session, job_id, JobStatus.succeeded, progress_done=Job.progress_total, error=None)
+    session.commit()
+    return job
+
+
+def mark_failed(session: Session, job_id: int, error: str) -> Job:
+    """Finish a job as failed with a message saying what went wrong."""
+    job = transition(session, job_id, JobStatus.failed, error=str(error)[:10_000])
+    session.commit()
+    return job
+
+
+def finish_cancel(session: Session, job_id: int) -> Job:
+    """Finish a cancelling (or still queued) job as cancelled."""
+    job = transition(session, job_id, JobStatus.cancelled)
+    session.commit()
+    return job
+
+
+def requeue(session: Session, job_id: int, error: str | None = None) -> Job:
+    """Put a running job back to queued (its worker died; the message will be delivered again)."""
+    job = transition(session, job_id, JobStatus.queued, error=error)
+    session.commit()
+    return job
+
+
+def _heads_text(heads: Any) -> str | None:
+    if heads is None or isinstance(heads, str):
+        return heads
+    if isinstance(heads, Mapping):
+        heads = {str(k): list(v) for k, v in heads.items()}
+    return json.dumps(heads, separators=(",", ":"), sort_keys=True)
+
+
+def _layers_text(layers: Any) -> str:
+    if isinstance(layers, str):
+        return layers
+    return ",".join(str(int(i)) for i in layers)
+
+
+def record_run(session: Session, job_id: int, variant: str, *, multiplier: float, layers: Any,
+               output_text: str, heads: Any = None, prompt_tokens: int = 0, output_tokens: int = 0,
+               seconds: float = 0.0, attention_mass: dict | None = None) -> Run:
+    """Store one variant's output once (a redelivered job recording it again keeps the first row).
+
+    Also sets the job's progress_done to the number of stored runs, so progress survives redelivery.
+    """
+    existing = session.execute(select(Run).where(Run.job_id == job_id, Run.variant == variant)).scalar_one_or_none()
+    if existing is None:
+        values = dict(job_id=job_id, variant=variant, multiplier=float(multiplier), layers=_layers_text(layers),
+                      heads=_heads_text(heads), output_text=output_text, prompt_tokens=int(prompt_tokens),
+                      output_tokens=int(output_tokens), seconds=float(seconds), attention_mass=attention_mass,
+                      created_at=utcnow())
+        dialect = session.get_bind().dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            # INSERT .. ON CONFLICT DO NOTHING: two concurrent deliveries cannot both insert.
+            mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+            stmt = mod.insert(Run).values(**values).on_conflict_do_nothing(index_elements=["job_id", "variant"])
+            session.execute(stmt)
+        else:  # pragma: no cover - other backends: check-then-insert in a savepoint
+            from sqlalchemy.exc import IntegrityError
+
+            try:
+                with session.begin_nested():
+                    session.add(Run(**values))
+            except IntegrityError:
+                pass
+    count = select(func.count()).select_from(Run).where(Run.job_id == job_id).scalar_subquery()
+    session.execute(update(Job).where(Job.id == job_id).values(progress_done=count)
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == variant)
+                           .execution_options(populate_existing=True)).scalar_one()

@@ -1,0 +1,33 @@
+"""Jobs and runs as JSON-able data, for the API and the pages' polling."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.store.tables import FINAL, Job, Run
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    """Return a run as JSON-able data."""
+    return {"id": run.id, "job_id": run.job_id, "variant": run.variant, "multiplier": run.multiplier,
+            "layers": run.layers, "heads": run.heads, "output_text": run.output_text,
+            "prompt_tokens": run.prompt_tokens, "output_tokens": run.output_tokens, "seconds": run.seconds,
+            "attention_mass": run.attention_mass, "created_at": _iso(run.created_at)}
+
+
+def job_to_dict(job: Job, runs: bool = True) -> dict[str, Any]:
+    """Return a job (and its runs so far) as JSON-able data."""
+    d = {"id": job.id, "status": job.status.value, "finished": job.status in FINAL, "model": job.model,
+         "params": job.params,
+         "progress": {"done": job.progress_done, "total": job.progress_total},
+         "error": job.error, "attempts": job.attempts, "worker": job.worker,
+         "created_at": _iso(job.created_at), "enqueued_at": _iso(job.enqueued_at),
+         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at)}
+    if runs:
+        d["runs"] = [run_to_dict(r) for r in job.runs]
+    return d

@@ -1,0 +1,113 @@
+"""Who serves what: worker heartbeats and the jobs waiting in each model's queue, read from Redis.
+
+A worker process refreshes ``<namespace>:worker:<worker id>`` with a TTL (``worker.jobs.heartbeat``); the
+web app reads them to list served models and refuse jobs nobody can run, and the sweeper reads them, and
+the queues, to find jobs whose worker or message was lost. Torch-free.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from shared.celery_config import TASK_NAME
+
+HEARTBEAT_TTL = 30  # seconds a heartbeat lives without a refresh (default of worker.heartbeat_ttl)
+HEARTBEAT_INTERVAL = 10  # seconds between refreshes; a worker survives two missed beats
+# kombu's Redis transport keeps messages of priority > 0 in "<queue>\x06\x16<priority>" lists.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def _namespace(namespace: str | None) -> str:
+    if namespace is not None:
+        return namespace
+    from shared.settings import get_settings
+
+    return get_settings()["redis.namespace"]
+
+
+def redis_client(url: str | None = None):
+    """Return a redis-py client with short timeouts, for heartbeats and health checks."""
+    import redis
+
+    if url is None:
+        from shared.settings import get_settings
+
+        url = get_settings()["redis.url"]
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5, decode_responses=True)
+
+
+def heartbeat_prefix(namespace: str | None = None) -> str:
+    """Return the key prefix of worker heartbeats, e.g. "instaboost:worker:"."""
+    return f"{_namespace(namespace)}:worker:"
+
+
+def heartbeat_key(worker_id: str, namespace: str | None = None) -> str:
+    """Return the heartbeat key of a worker, named by the id its jobs carry in their ``worker`` column."""
+    return heartbeat_prefix(namespace) + worker_id
+
+
+def worker_alive(client, worker_id: str | None, namespace: str | None = None) -> bool:
+    """Return True while the worker with this id (a job's ``worker`` column) has a live heartbeat."""
+    return bool(worker_id) and bool(client.exists(heartbeat_key(worker_id, namespace)))
+
+
+def worker_runs(client, worker_id: str | None, job_id: int, namespace: str | None = None) -> bool:
+    """Return True while the worker with this id is alive and its heartbeat says it runs job_id now."""
+    if not worker_id:
+        return False
+    raw = client.get(heartbeat_key(worker_id, namespace))
+    if raw is None:
+        return False
+    try:
+        beat = json.loads(raw)
+    except (TypeError, ValueError):
+        return True  # alive, but says nothing we can read: leave the job to it
+    return not isinstance(beat, dict) or "job" not in beat or beat["job"] == job_id
+
+
+def message_job_id(raw: str | bytes) -> int | None:
+    """Return the job id an ``instaboost.run_job`` message in a kombu Redis list carries (None if another)."""
+    try:
+        message = json.loads(raw)
+        if message.get("headers", {}).get("task") != TASK_NAME:
+            return None
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        return int(args[0])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def waiting_job_ids(client, queue: str, namespace: str | None = None) -> set[int]:
+    """Return the ids of the jobs whose message waits, not yet delivered, in queue."""
+    ns = _namespace(namespace)
+    ids: set[int] = set()
+    for suffix in _PRIORITY_SUFFIXES:
+        for raw in client.lrange(f"{ns}:{queue}{suffix}", 0, -1):
+            job_id = message_job_id(raw)
+            if job_id is not None:
+                ids.add(job_id)
+    return ids
+
+
+def live_workers(client, namespace: str | None = None) -> list[dict]:
+    """Return the heartbeats of live workers (each {"hostname", "models", "pid", "started_at", "seen_at"})."""
+    keys = sorted(client.scan_iter(match=heartbeat_prefix(namespace) + "*", count=500))
+    if not keys:
+        return []
+    out = []
+    for raw in client.mget(keys):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            beat = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(beat, dict) and isinstance(beat.get("models"), list):
+            out.append(beat)
+    return out
+
+
+def served_models(client, namespace: str | None = None) -> set[str]:
+    """Return the names of the models at least one live worker holds."""
+    return {m for beat in live_workers(client, namespace) for m in beat["models"]}

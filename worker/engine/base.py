@@ -1,0 +1,170 @@
+"""The engines' common interface: prompt building, left padding, decoding settings and result assembly.
+
+An engine takes a batch of GenerationRequests and returns GenerationResults; ``fast`` and ``lens``
+differ only in how they apply the boost inside attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Sequence
+
+import torch
+
+from shared.errors import ValidationError
+from shared.spec import GenerationParams, GenerationRequest, GenerationResult
+from worker.engine.loading import LoadedModel
+from worker.engine.prompt import Prompt, build_prompt
+
+
+@dataclass
+class Batch:
+    """Left-padded token ids for a group of prompts, with spans in padded coordinates."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    spans: list[tuple[int, int]]
+    pads: list[int]
+
+
+class Engine:
+    """Shared plumbing: prompt building, batching, decoding, result assembly."""
+
+    kind = "base"
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.model_name = loaded.source.name
+
+    @property
+    def n_layers(self) -> int:
+        return self.loaded.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.loaded.n_heads
+
+    @property
+    def max_context(self) -> int:
+        return self.loaded.max_context
+
+    @property
+    def device(self) -> str:
+        return self.loaded.device
+
+    def prompt(self, request: GenerationRequest) -> Prompt:
+        """Build the prompt and check it fits the context with its new tokens."""
+        p = build_prompt(self.tokenizer, request.instruction, request.query, request.spec.placement)
+        need = len(p.input_ids) + request.params.max_new_tokens
+        if need > self.max_context:
+            raise ValidationError(
+                f"the prompt is {len(p.input_ids)} tokens; with max_new_tokens {request.params.max_new_tokens} it "
+                f"exceeds the model's context of {self.max_context} tokens: shorten the instruction or query",
+                field="query")
+        # Resolve early so a bad layer or head index fails before any compute.
+        request.spec.resolve_heads(self.n_layers, self.n_heads)
+        return p
+
+    def count_prompt_tokens(self, instruction: str, query: str, placement: str = "system") -> int:
+        """Return the prompt's length in tokens for this model."""
+        return len(build_prompt(self.tokenizer, instruction, query, placement).input_ids)
+
+    def _pad(self, prompts: Sequence[Prompt]) -> Batch:
+        width = max(len(p.input_ids) for p in prompts)
+        pad_id = self.tokenizer.pad_token_id
+        ids, mask, spans, pads = [], [], [], []
+        for p in prompts:
+            n = width - len(p.input_ids)
+            ids.append([pad_id] * n + p.input_ids)
+            mask.append([0] * n + [1] * len(p.input_ids))
+            spans.append((p.span[0] + n, p.span[1] + n))
+            pads.append(n)
+        dev = self.device
+        return Batch(torch.tensor(ids, device=dev), torch.tensor(mask, device=dev), spans, pads)
+
+    def _gen_kwargs(self, params: GenerationParams) -> dict:
+        from transformers import GenerationConfig
+
+        base = self.loaded.model.generation_config
+        cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not params.greedy,
+            temperature=params.temperature if not params.greedy else None,
+            top_p=params.top_p if not params.greedy else None,
+            top_k=None,
+            eos_token_id=base.eos_token_id if base.eos_token_id is not None else self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=base.bos_token_id,
+        )
+        return {"generation_config": cfg}
+
+    def generate(self, requests: Sequence[GenerationRequest], attention: bool = False) -> list[GenerationResult]:
+        """Generate for every request; requests sharing decoding settings run as one batch."""
+        requests = list(requests)
+        prompts = [self.prompt(r) for r in requests]
+        results: list[GenerationResult | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: params_key(requests[i].params))
+        for _, group in groupby(order, key=lambda i: params_key(requests[i].params)):
+            idx = list(group)
+            for i, res in zip(idx, self._generate_group([requests[i] for i in idx], [prompts[i] for i in idx],
+                                                        attention)):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _generate_group(self, requests, prompts, attention) -> list[GenerationResult]:
+        raise NotImplementedError
+
+    def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
+                masses) -> list[GenerationResult]:
+        width = batch.input_ids.shape[1]
+        eos = self._eos_ids()
+        out = []
+        for row, (req, p) in enumerate(zip(requests, prompts)):
+            gen = sequences[row, width:].tolist()
+            n = content_length(gen, eos)
+            text = self.tokenizer.decode(gen[:n], skip_special_tokens=True)
+            out.append(GenerationResult(text=text.strip(), prompt_tokens=len(p.input_ids), output_tokens=n,
+                                        span=p.span, span_text=p.span_text, seconds=seconds,
+                                        attention_mass=masses[row] if masses else None))
+        return out
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.loaded.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    def _analysis_inputs(self, batch: Batch, sequences: torch.Tensor):
+        """Return (attention mask, query selector) for re-reading a finished generation."""
+        width = batch.input_ids.shape[1]
+        eos = self._eos_ids()
+        mask = torch.ones_like(sequences)
+        mask[:, :width] = batch.attention_mask
+        q_sel = torch.zeros_like(sequences, dtype=torch.bool)
+        for row in range(sequences.shape[0]):
+            gen = sequences[row, width:].tolist()
+            n = min(content_length(gen, eos) + 1, len(gen))  # the EOS counts as generated here
+            mask[row, width + n:] = 0
+            # Positions width-1 .. width+n-2 are the queries whose outputs were the generated tokens.
+            q_sel[row, width - 1:width + n - 1] = True
+        return mask, q_sel
+
+    def logits(self, request: GenerationRequest) -> torch.Tensor:
+        """Return the boosted next-token logits for every prompt position, as float32 [L, V]."""
+        raise NotImplementedError
+
+
+def content_length(generated: list[int], eos: set[int]) -> int:
+    """Return how many generated tokens come before the first end-of-sequence token."""
+    return next((k for k, t in enumerate(generated) if t in eos), len(generated))
+
+
+def params_key(p: GenerationParams):
+    return (p.max_new_tokens, p.temperature, p.top_p, p.seed)
+
+
+def seed_sampling(params: GenerationParams) -> None:
+    if not params.greedy:
+        torch.manual_seed(params.seed)

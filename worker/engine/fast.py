@@ -1,0 +1,173 @@
+"""The fast engine: InstaBoost as an additive log-M bias on the instruction keys inside fused attention.
+
+``softmax(s + log f)`` equals the hook's multiply-and-renormalize, so the same boost runs inside
+transformers' SDPA path (registered as ``instaboost_sdpa``) with the KV cache on and a different
+span and M per batch row. The bias is active only inside ``fast_boost``, a context variable that is
+always reset, so a failed generation never leaves the model boosted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from shared.errors import ModelError
+from shared.spec import GenerationRequest
+from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass
+from worker.engine.base import Batch, Engine, seed_sampling
+from worker.engine.loading import LoadedModel
+
+ATTN_NAME = "instaboost_sdpa"
+
+
+@dataclass
+class _FastState:
+    boost: BatchBoost | None
+    record: dict | None = None  # layer -> [B] mass, filled during an analysis pass
+    q_sel: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    capacity: int = 0  # key positions the cached biases cover (prompt + new tokens)
+    _cache: dict = field(default_factory=dict)
+
+    def bias(self, layer: int, kv_len: int, dtype) -> torch.Tensor | None:
+        """Return the layer's bias for kv_len keys; built once per generate, then sliced per step."""
+        if self.boost is None or layer not in self.boost.heads:
+            return None
+        cached = self._cache.get(layer)
+        if cached is None or cached.shape[-1] < kv_len or cached.dtype != dtype:
+            cached = bias_for_layer(self.boost, layer, max(kv_len, self.capacity), dtype)
+            if bool((cached == cached[:, :1]).all()):
+                cached = cached[:, :1].contiguous()  # same for every head: a [B, 1, 1, K] mask broadcasts for free
+            self._cache[layer] = cached
+        return cached[..., :kv_len]
+
+
+_ACTIVE: contextvars.ContextVar[_FastState | None] = contextvars.ContextVar("instaboost_fast", default=None)
+
+
+def _instaboost_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA with the active row-wise log-M bias added to the instruction keys' scores."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    state = _ACTIVE.get()
+    if state is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    bias = state.bias(module.layer_idx, key.shape[2], query.dtype)
+    if state.record is not None:
+        return _eager_with_record(module, query, key, value, attention_mask, bias, state, **kwargs)
+    if bias is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=bias, **kwargs)
+
+
+def _eager_with_record(module, query, key, value, attention_mask, bias, state, scaling=None, **kwargs):
+    """Compute attention explicitly so the instruction mass can be read; used only for analysis passes."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    k, v = repeat_kv(key, groups), repeat_kv(value, groups)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query.float(), k.float().transpose(2, 3)) * scaling
+    q_len, kv_len = query.shape[2], k.shape[2]
+    if attention_mask is None:
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        attention_mask = allowed[None, None]
+    if attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    else:
+        scores = scores + attention_mask.float()
+    if bias is not None:
+        scores = scores + bias.float()
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    state.record[module.layer_idx] = instruction_mass(weights, state.keys, state.q_sel)
+    out = torch.matmul(weights.to(v.dtype), v).transpose(1, 2).contiguous()
+    return out, None
+
+
+@functools.cache
+def register_attention() -> None:
+    """Register instaboost_sdpa with transformers' attention and mask registries (once per process)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTN_NAME, _instaboost_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, sdpa_mask)
+
+
+@contextlib.contextmanager
+def fast_boost(boost: BatchBoost | None, capacity: int = 0):
+    """Activate a batch boost for the fast attention function; always deactivates on exit."""
+    token = _ACTIVE.set(_FastState(boost, capacity=capacity))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+class FastEngine(Engine):
+    """Additive log-M bias on the instruction keys inside SDPA, KV cache on, per-row spans and M."""
+
+    kind = "fast"
+
+    def __init__(self, loaded: LoadedModel):
+        super().__init__(loaded)
+        register_attention()
+        try:
+            loaded.model.set_attn_implementation(ATTN_NAME)
+        except (ValueError, NotImplementedError) as exc:
+            raise ModelError(f"{loaded.source.name} cannot run the fast engine ({exc}); "
+                             "use engine 'transformerlens'", field="engine") from None
+        if loaded.model.config._attn_implementation != ATTN_NAME:
+            # Models that don't dispatch attention through transformers' registry would silently run unboosted.
+            raise ModelError(f"{loaded.source.name} does not route attention through transformers' attention "
+                             "registry, so the fast engine cannot boost it; use engine 'transformerlens'",
+                             field="engine")
+
+    def _boost_for(self, requests, batch: Batch, length: int) -> BatchBoost | None:
+        if all(r.spec.is_identity for r in requests):
+            return None  # M = 1 everywhere: run SDPA exactly as plain generation does
+        return build_batch_boost([r.spec for r in requests], batch.spans, length, self.n_layers,
+                                 self.n_heads, self.device)
+
+    @torch.inference_mode()
+    def _generate_group(self, requests, prompts, attention):
+        batch = self._pad(prompts)
+        params = requests[0].params
+        boost = self._boost_for(requests, batch, batch.input_ids.shape[1])
+        seed_sampling(params)
+        t0 = time.perf_counter()
+        with fast_boost(boost, capacity=batch.input_ids.shape[1] + params.max_new_tokens):
+            seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                             **self._gen_kwargs(params))
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        masses = self._attention_mass(requests, batch, seq) if attention else None
+        return self._finish(requests, prompts, batch, seq, seconds, masses)
+
+    def _attention_mass(self, requests, batch, seq):
+        mask, q_sel = self._analysis_inputs(batch, seq)
+        boost = build_batch_boost([r.spec for r in requests], batch.spans, seq.shape[1], self.n_layers,
+                                  self.n_heads, self.device)
+        out = {}
+        for label, b in (("unboosted", None), ("boosted", boost)):
+            state = _FastState(b, record={}, q_sel=q_sel, keys=boost.key_mask)
+            token = _ACTIVE.set(state)
+            try:
+                self.loaded.model(input_ids=seq, attention_mask=mask, use_cache=False)
+            finally:
+                _ACTIVE.reset(token)
+            out[label] = torch.stack([state.record[layer] for layer in range(self.n_layers)], dim=1)  # [B, L]
+        return [{k: [round(float(x), 6) for x in v[row]] for k, v in out.items()} for row in range(seq.shape[0])]
+
+    @torch.inference_mode()
+    def logits(self, request: GenerationRequest) -> torch.Tensor:
+        p = self.prompt(request)
+        batch = self._pad([p])
+        with fast_boost(self._boost_for([request], batch, batch.input_ids.shape[1])):
+            return self.loaded.model(input_ids=batch.input_ids).logits[0].float()

@@ -1,0 +1,108 @@
+"""The reference engine: a TransformerLens hook on ``blocks.{i}.attn.hook_pattern`` that multiplies by M and renormalizes.
+
+It runs a ``TransformerBridge`` around its own copy of the model (the bridge rewires the modules it
+wraps), one request at a time, and doubles as the analysis tool. Hooks attach only inside
+``bridge.hooks(...)``, which always removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from shared.spec import GenerationRequest
+from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
+from worker.engine.base import Engine, seed_sampling
+from worker.engine.loading import LoadedModel
+
+
+class TransformerLensEngine(Engine):
+    """TransformerBridge with a hook on blocks.{i}.attn.hook_pattern: multiply by M, renormalize."""
+
+    kind = "transformerlens"
+
+    def __init__(self, loaded: LoadedModel):
+        super().__init__(loaded)
+        from transformer_lens.model_bridge import TransformerBridge
+
+        hub = loaded.source.hub_name or getattr(loaded.model.config, "_name_or_path", "") or loaded.source.name
+        self.bridge = TransformerBridge.boot_transformers(hub, hf_model=loaded.model, tokenizer=loaded.tokenizer)
+
+    @contextlib.contextmanager
+    def hooked(self, boost: BatchBoost | None, record: dict | None = None, keys=None, q_sel=None):
+        """Attach the pattern hooks (boost, optionally record) for a block; always removes them."""
+        hooks = []
+        for layer in range(self.n_layers):
+            boost_hook = make_pattern_hook(boost, layer) if boost is not None and layer in boost.heads else None
+            if boost_hook is None and record is None:
+                continue
+            hooks.append((f"blocks.{layer}.attn.hook_pattern", _chain(boost_hook, record, layer, keys, q_sel)))
+        with self.bridge.hooks(fwd_hooks=hooks):
+            yield
+
+    def _boost_for(self, request, prompt, length):
+        # M = 1 still runs through the hook: the reference shows the hook itself is the identity.
+        return build_batch_boost([request.spec], [prompt.span], length, self.n_layers, self.n_heads, self.device,
+                                 keep_identity=True)
+
+    @torch.inference_mode()
+    def _generate_group(self, requests, prompts, attention):
+        # The reference runs one request at a time: no padding, nothing to get wrong.
+        out = []
+        for req, p in zip(requests, prompts):
+            batch = self._pad([p])
+            boost = self._boost_for(req, p, batch.input_ids.shape[1])
+            seed_sampling(req.params)
+            t0 = time.perf_counter()
+            with self.hooked(boost):
+                seq = self.bridge.original_model.generate(input_ids=batch.input_ids,
+                                                          attention_mask=batch.attention_mask,
+                                                          **self._gen_kwargs(req.params))
+            seconds = time.perf_counter() - t0
+            masses = self._attention_mass(req, p, batch, seq) if attention else None
+            out.extend(self._finish([req], [p], batch, seq, seconds, masses))
+        return out
+
+    def _attention_mass(self, req, p, batch, seq):
+        mask, q_sel = self._analysis_inputs(batch, seq)
+        boost = build_batch_boost([req.spec], batch.spans, seq.shape[1], self.n_layers, self.n_heads,
+                                  self.device)
+        res = {}
+        for label, b in (("unboosted", None), ("boosted", boost)):
+            record: dict = {}
+            with self.hooked(b, record, boost.key_mask, q_sel):
+                self.bridge.original_model(input_ids=seq, attention_mask=mask, use_cache=False)
+            res[label] = [round(float(record[layer][0]), 6) for layer in range(self.n_layers)]
+        return [res]
+
+    @torch.inference_mode()
+    def logits(self, request: GenerationRequest) -> torch.Tensor:
+        p = self.prompt(request)
+        batch = self._pad([p])
+        with self.hooked(self._boost_for(request, p, batch.input_ids.shape[1])):
+            return self.bridge.original_model(input_ids=batch.input_ids).logits[0].float()
+
+    @torch.inference_mode()
+    def generate_uncached(self, request: GenerationRequest) -> list[int]:
+        """Greedy-decode without the KV cache (a check on cached decoding); return the new token ids."""
+        p = self.prompt(request)
+        batch = self._pad([p])
+        kwargs = self._gen_kwargs(request.params)
+        kwargs["generation_config"].use_cache = False
+        with self.hooked(self._boost_for(request, p, batch.input_ids.shape[1])):
+            seq = self.bridge.original_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                                      **kwargs)
+        return seq[0, batch.input_ids.shape[1]:].tolist()
+
+
+def _chain(boost_hook, record, layer, keys, q_sel):
+    def hook(pattern, hook=None):
+        if boost_hook is not None:
+            pattern = boost_hook(pattern, hook)
+        if record is not None:
+            record[layer] = instruction_mass(pattern, keys, q_sel)
+        return pattern
+
+    return hook
