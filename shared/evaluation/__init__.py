@@ -1,0 +1,11 @@
+"""Evaluation library for calibrating InstaBoost: torch-free, shared by the worker and the web app.
+
+- ``checks``: the check registry (simple rules and Google's IFEval verifiers), validation and evaluation.
+- ``scorers``: the scorer registry and ``score_output``: checks, repetition, instruction copying,
+  empty/truncated output, canned replies, perplexity (given by the worker) and the 0-2 fluency score.
+- ``judge``: an optional LLM judge through an OpenAI-compatible endpoint.
+- ``cases``: the Case record, case files (YAML, JSON, JSONL), the built-in packs and the fixed split.
+- ``protocol``: the paper's protocol: grids, stop rule and choice of M, bootstrap CIs, summary table.
+
+Importing any of these is cheap: the IFEval verifiers (and NLTK, langdetect) load on first evaluation.
+"""
