@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
-from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS, BoostSpec, GenerationParams, GenerationRequest
+from shared.fields import FIELD_NAMES, JOB_FIELDS
+from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 from shared.validation import Validator, brief
 
-MAX_LAYER = 10_000
-MAX_SEED = 2**32 - 1
 MAX_REPORTED_UNKNOWN = 10  # a body of thousands of stray keys gets a short answer, not thousands of errors
 # No tokenizer we know has a token longer than this (SmolLM2's longest is 81 bytes, a run of spaces), so
 # ceil(utf8_bytes / MAX_BYTES_PER_TOKEN) is a safe lower bound on a text's token count at submit time.
@@ -60,26 +59,9 @@ class JobRequest:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    @classmethod
     def defaults(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Return the value each optional field takes when omitted."""
-        return {
-            "model": settings["model.name"],
-            "multipliers": [settings["instaboost.multiplier"]],
-            "layer_modes": list(LAYER_MODES),
-            "start_layer": settings["instaboost.start_layer"],
-            "num_middle_layers": settings["instaboost.num_middle_layers"],
-            "head_boost_percentage": settings["instaboost.head_boost_percentage"],
-            "seed": settings["random_seed"],
-            "placement": settings["instaboost.placement"],
-            "engine": settings["instaboost.engine"],
-            "max_new_tokens": settings["generation.max_new_tokens"],
-            "temperature": settings["generation.temperature"],
-            "top_p": settings["generation.top_p"],
-        }
+        return {f.name: f.default_value(settings) for f in JOB_FIELDS if not f.required}
 
     @classmethod
     def from_dict(cls, data: Any, settings: Mapping[str, Any] | None = None, strict: bool = False) -> "JobRequest":
@@ -97,32 +79,14 @@ class JobRequest:
             raise ValidationError("the request body must be a JSON object with at least instruction and query",
                                   errors=[{"field": "body", "message": "expected a JSON object"}])
         v = Validator(settings, strict)
-        names = cls.field_names()
-        unknown = [str(k) for k in data if k not in names]
+        unknown = [str(k) for k in data if k not in FIELD_NAMES]
         for key in unknown[:MAX_REPORTED_UNKNOWN]:
-            v.error(key[:64], f"unknown field {brief(key)}; allowed fields: {', '.join(names)}")
+            v.error(key[:64], f"unknown field {brief(key)}; allowed fields: {', '.join(FIELD_NAMES)}")
         if len(unknown) > MAX_REPORTED_UNKNOWN:
-            v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(names)}")
-        given = {k: val for k, val in data.items() if k in names and val is not None and (strict or val != "")}
+            v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(FIELD_NAMES)}")
+        given = {k: val for k, val in data.items() if k in FIELD_NAMES and val is not None and (strict or val != "")}
         values = {**cls.defaults(settings), **given}
-
-        out: dict[str, Any] = {}
-        out["instruction"] = v.text("instruction", data.get("instruction"))
-        out["query"] = v.text("query", data.get("query"))
-        out["model"] = v.model(values["model"])
-        out["multipliers"] = v.multipliers(values["multipliers"])
-        out["layer_modes"] = v.layer_modes(values["layer_modes"])
-        out["start_layer"] = v.integer("start_layer", values["start_layer"], lo=0, hi=MAX_LAYER)
-        out["num_middle_layers"] = v.integer("num_middle_layers", values["num_middle_layers"], lo=1, hi=MAX_LAYER)
-        out["head_boost_percentage"] = v.number("head_boost_percentage", values["head_boost_percentage"],
-                                                lo=0, hi=100, lo_open=True)
-        out["seed"] = v.integer("seed", values["seed"], lo=0, hi=MAX_SEED)
-        out["placement"] = v.choice("placement", values["placement"], PLACEMENTS)
-        out["engine"] = v.choice("engine", values["engine"], ENGINES)
-        out["max_new_tokens"] = v.integer("max_new_tokens", values["max_new_tokens"], lo=1,
-                                          hi=settings["limits.max_new_tokens"])
-        out["temperature"] = v.number("temperature", values["temperature"], lo=0, hi=10)
-        out["top_p"] = v.number("top_p", values["top_p"], lo=0, hi=1, lo_open=True)
+        out = {f.name: v.check(f, values.get(f.name) if f.required else values[f.name]) for f in JOB_FIELDS}
 
         if out["multipliers"] and out["layer_modes"]:
             count = 1 + len(out["multipliers"]) * len(out["layer_modes"])
@@ -139,7 +103,7 @@ class JobRequest:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "JobRequest":
         """Rebuild a request from stored Job.params (already validated when submitted)."""
-        data = {k: params[k] for k in cls.field_names()}
+        data = {k: params[k] for k in FIELD_NAMES}
         data["multipliers"] = tuple(float(m) for m in data["multipliers"])
         data["layer_modes"] = tuple(data["layer_modes"])
         return cls(**data)

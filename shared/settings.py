@@ -55,8 +55,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("generation.temperature", float, 0.0, "Sampling temperature; 0 means greedy decoding."),
     Setting("generation.max_new_tokens", int, 128, "New tokens per generation."),
     Setting("generation.top_p", float, 1.0, "Nucleus sampling threshold (used when temperature > 0)."),
-    Setting("testing.num_runs", int, 1, "Runs per test case in run-tests."),
-    Setting("testing.results_dir", str, "results", "Where run-tests writes its CSV."),
+    Setting("evaluation.num_runs", int, 1, "Runs per evaluation case in run-tests.",
+            aliases=("INSTABOOST_TESTING_NUM_RUNS",)),
+    Setting("evaluation.results_dir", str, "results", "Where run-tests writes its CSV.",
+            aliases=("INSTABOOST_TESTING_RESULTS_DIR",)),
     Setting("limits.max_new_tokens", int, 1024, "Largest max_new_tokens a job or command may ask for."),
     Setting("limits.max_variants", int, 12, "Most variants (multipliers x layer modes, plus the original) per job."),
     Setting("limits.max_text_chars", int, 20000, "Longest instruction or query, in characters."),
@@ -94,6 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# Old names still read from config.yaml (their environment variables are the settings' aliases).
+RENAMED = {"testing.num_runs": "evaluation.num_runs", "testing.results_dir": "evaluation.results_dir"}
 
 
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
@@ -191,6 +195,7 @@ def load_settings(config: str | os.PathLike | None = None, env: Mapping[str, str
         if not isinstance(tree, Mapping):
             raise ValidationError(f"{path} must hold a mapping of sections")
         for name, value in _flatten(tree).items():
+            name = RENAMED.get(name, name)
             if name not in BY_NAME:
                 raise ValidationError(f"{path}: unknown setting {name!r}; see 'instaboost settings'", field=name)
             values[name] = _coerce(BY_NAME[name], value, str(path))

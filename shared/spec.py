@@ -85,14 +85,12 @@ class BoostSpec:
     def __post_init__(self):
         object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
         object.__setattr__(self, "layers", parse_layers(self.layers))
+        from shared.validation import check_values  # the job fields' bounds (shared.fields), declared once
+
+        check_values({"start_layer": self.start_layer, "num_middle_layers": self.num_middle_layers,
+                      "seed": self.seed})
         for name in ("start_layer", "num_middle_layers", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValidationError(f"{name} must be an integer, got {v!r}", field=name)
-        if self.start_layer < 0:
-            raise ValidationError("start_layer must be >= 0", field="start_layer")
-        if self.num_middle_layers < 1:
-            raise ValidationError("num_middle_layers must be >= 1", field="num_middle_layers")
+            object.__setattr__(self, name, int(getattr(self, name)))
         hf = self.head_fraction
         if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not (0 < float(hf) <= 1):
             raise ValidationError(
@@ -175,15 +173,12 @@ class GenerationParams:
     seed: int = 42
 
     def __post_init__(self):
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValidationError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}",
-                                  field="max_new_tokens")
-        for name, lo, hi in (("temperature", 0.0, 10.0), ("top_p", 0.0, 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not (lo <= v <= hi):
-                raise ValidationError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}", field=name)
-        if self.top_p == 0:
-            raise ValidationError("top_p must be > 0", field="top_p")
+        from shared.validation import check_values  # the job fields' bounds (shared.fields), declared once
+
+        check_values({"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                      "seed": self.seed})
+        object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
+        object.__setattr__(self, "seed", int(self.seed))
 
     @property
     def greedy(self) -> bool:

@@ -8,11 +8,13 @@ query strings) text is parsed: "5" is a number, "2, 10" a list, "" the default.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Mapping
 
 from shared.errors import ValidationError
-from shared.spec import LAYER_MODES
+
+if TYPE_CHECKING:
+    from shared.fields import JobField
 
 MAX_MODEL_NAME = 255
 
@@ -64,7 +66,7 @@ def parse_int(name: str, value: Any, lo: int | None = None, hi: int | None = Non
 
 @dataclass
 class Validator:
-    """Collects field errors instead of stopping at the first one."""
+    """Collects field errors instead of stopping at the first one; validates a JobField's value by its kind."""
 
     settings: Mapping[str, Any]
     strict: bool = False
@@ -73,8 +75,12 @@ class Validator:
     def error(self, name: str, message: str) -> None:
         self.errors.append({"field": name, "message": message})
 
-    def text(self, name: str, value: Any) -> str:
-        limit = self.settings["limits.max_text_chars"]
+    def check(self, spec: "JobField", value: Any) -> Any:
+        """Return the field's value parsed and checked (errors are collected, a placeholder returned)."""
+        return getattr(self, spec.kind)(spec, value)
+
+    def text(self, spec: "JobField", value: Any) -> str:
+        name, limit = spec.name, self.settings["limits.max_text_chars"]
         if value is None or (isinstance(value, str) and not value.strip(WHITESPACE)):
             self.error(name, f"{name} is required and must not be blank")
             return ""
@@ -91,14 +97,15 @@ class Validator:
             self.error(name, f"{name} must be valid Unicode text (it holds a lone surrogate)")
         return value
 
-    def model(self, value: Any) -> str:
+    def model(self, spec: "JobField", value: Any) -> str:
+        name = spec.name
         if not isinstance(value, str) or not value.strip():
-            self.error("model", "model must be a non-empty model name")
+            self.error(name, f"{name} must be a non-empty model name")
             return ""
         value = value if self.strict else value.strip()
         if len(value) > MAX_MODEL_NAME or any(c.isspace() or not c.isprintable() for c in value):
-            self.error("model", f"model must be a name of at most {MAX_MODEL_NAME} printable characters "
-                                "without spaces")
+            self.error(name, f"{name} must be a name of at most {MAX_MODEL_NAME} printable characters "
+                             "without spaces")
         return value
 
     def _as_number(self, name: str, value: Any, integer: bool) -> float | int | None:
@@ -110,6 +117,9 @@ class Validator:
             self.error(name, f"{name} must be {kind}, got a string: send it as a JSON number")
             return None
         if isinstance(value, str):
+            if len(value) > 40:
+                self.error(name, f"{name} must be {kind}, got {brief(value)}")
+                return None
             try:
                 value = int(value.strip()) if integer else float(value.strip())
             except ValueError:
@@ -128,30 +138,37 @@ class Validator:
             self.error(name, f"{name} is far out of range, got {brief(value)}")
             return None
         if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-            self.error(name, f"{name} must be a finite number")
+            self.error(name, f"{name} must be a finite number, got {value}")
             return None
         return value
 
-    def integer(self, name: str, value: Any, lo: int, hi: int) -> int:
-        n = self._as_number(name, value, integer=True)
+    def _in_range(self, spec: "JobField", name: str, x: float) -> bool:
+        hi = spec.upper(self.settings)
+        below = x <= spec.lo if spec.lo_open else x < spec.lo
+        if below or (hi is not None and x > hi):
+            hint = f" ({spec.hint})" if spec.hint else ""
+            got = brief(x) if isinstance(x, int) else format(x, "g")
+            self.error(name, f"{name} must be {spec.interval(self.settings)}{hint}, got {got}")
+            return False
+        return True
+
+    def integer(self, spec: "JobField", value: Any) -> int:
+        n = self._as_number(spec.name, value, integer=True)
         if n is None:
             return 0
-        if not lo <= n <= hi:
-            self.error(name, f"{name} must be between {lo} and {hi}, got {brief(n)}")
+        self._in_range(spec, spec.name, n)
         return int(n)
 
-    def number(self, name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> float:
+    def number(self, spec: "JobField", value: Any, name: str | None = None) -> float | None:
+        name = name or spec.name
         x = self._as_number(name, value, integer=False)
-        if x is None:
-            return 0.0
-        if (x <= lo if lo_open else x < lo) or x > hi:
-            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-            self.error(name, f"{name} must be in {interval}, got {x:g}")
+        if x is None or not self._in_range(spec, name, x):
+            return None if name != spec.name else 0.0
         return float(x)
 
-    def choice(self, name: str, value: Any, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            self.error(name, f"{name} must be one of {', '.join(allowed)}; got {brief(value)}")
+    def choice(self, spec: "JobField", value: Any) -> str:
+        if value not in spec.choices:
+            self.error(spec.name, f"{spec.name} must be one of {', '.join(spec.choices)}; got {brief(value)}")
             return ""
         return value
 
@@ -164,59 +181,78 @@ class Validator:
                    f"{name} must be a list (or a comma-separated string)")
         return None
 
-    def multipliers(self, value: Any) -> tuple[float, ...]:
-        from shared.spec import check_multiplier
-
-        items = self._as_list("multipliers", value)
+    def numbers(self, spec: "JobField", value: Any) -> tuple[float, ...]:
+        name = spec.name
+        items = self._as_list(name, value)
         if items is None:
             return ()
         if not items:
-            self.error("multipliers", "give at least one multiplier, e.g. 10 or 2, 10")
+            self.error(name, f"give at least one value in {name}, e.g. 10 or 2, 10")
             return ()
         limit = self.settings["limits.max_variants"]
-        if len(items) >= limit:  # each multiplier adds at least one variant to the original
-            self.error("multipliers", f"{len(items)} multipliers given; with the original at most {limit} "
-                                      "variants are allowed: drop some multipliers")
+        if len(items) >= limit:  # each value adds at least one variant to the original
+            self.error(name, f"{len(items)} values in {name}; with the original at most {limit} variants are "
+                             "allowed: drop some")
             return ()
         out: list[float] = []
         for i, item in enumerate(items):
-            name = f"multipliers[{i}]"
-            if self.strict and (isinstance(item, str) or isinstance(item, bool)):
-                self.error(name, f"{name} must be a JSON number, got {brief(item)}")
+            item_name = f"{name}[{i}]"
+            if self.strict and isinstance(item, str):
+                self.error(item_name, f"{item_name} must be a JSON number, got {brief(item)}")
                 continue
-            if isinstance(item, str) and len(item) > 40:
-                self.error(name, f"{name} must be a number, got {brief(item)}")
+            x = self.number(spec, item, item_name)
+            if x is None:
                 continue
-            try:
-                m = check_multiplier(item, name)
-            except ValidationError as exc:
-                self.errors.extend(exc.errors)
-                continue
-            except OverflowError:  # an integer too long for a float
-                self.error(name, f"{name} must be <= 1e6, got {brief(item)}")
-                continue
-            if m not in out:  # a repeated multiplier would only regenerate the same variant
-                out.append(m)
+            if x not in out:  # a repeated value would only regenerate the same variant
+                out.append(x)
             elif self.strict:  # the OpenAPI document says uniqueItems
-                self.error(name, f"multiplier {m:g} is given twice; list each once")
+                self.error(item_name, f"{x:g} is given twice in {name}; list each once")
         return tuple(out)
 
-    def layer_modes(self, value: Any) -> tuple[str, ...]:
-        items = self._as_list("layer_modes", value)
+    def choices(self, spec: "JobField", value: Any) -> tuple[str, ...]:
+        name, allowed = spec.name, spec.choices
+        items = self._as_list(name, value)
         if items is None:
             return ()
-        if len(items) > 2 * len(LAYER_MODES):
-            self.error("layer_modes", f"{len(items)} layer modes given; choose among {', '.join(LAYER_MODES)}")
+        if len(items) > 2 * len(allowed):
+            self.error(name, f"{len(items)} values given in {name}; choose among {', '.join(allowed)}")
             return ()
         if not items:
-            self.error("layer_modes", f"choose at least one layer mode: {', '.join(LAYER_MODES)}")
+            self.error(name, f"choose at least one of {', '.join(allowed)} in {name}")
             return ()
         out: list[str] = []
         for i, item in enumerate(items):
-            if item not in LAYER_MODES:
-                self.error(f"layer_modes[{i}]", f"layer mode must be one of {', '.join(LAYER_MODES)}; got {brief(item)}")
+            if item not in allowed:
+                self.error(f"{name}[{i}]", f"{name}[{i}] must be one of {', '.join(allowed)}; got {brief(item)}")
             elif item not in out:
                 out.append(item)
             elif self.strict:  # the OpenAPI document says uniqueItems
-                self.error(f"layer_modes[{i}]", f"layer mode {item!r} is given twice; list each once")
+                self.error(f"{name}[{i}]", f"{item!r} is given twice in {name}; list each once")
         return tuple(out)
+
+
+def check_values(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> None:
+    """Raise one ValidationError listing every bad value among these job fields (typed values, no defaults).
+
+    For code that builds requests directly (the engine's dataclasses, the CLI): the same bounds and
+    messages as the API. Without settings, bounds that a setting sets (limits.max_new_tokens) are skipped.
+    """
+    from shared.fields import BY_NAME
+
+    v = Validator(settings if settings is not None else _NoLimits(), strict=True)
+    for name, value in values.items():
+        spec = BY_NAME[name]
+        if settings is None and spec.hi_setting:
+            spec = replace(spec, hi_setting=None)
+        v.check(spec, value)
+    if v.errors:
+        raise ValidationError(v.errors[0]["message"] if len(v.errors) == 1 else
+                              "invalid values: " + "; ".join(e["message"] for e in v.errors),
+                              field=v.errors[0]["field"], errors=v.errors)
+
+
+class _NoLimits(dict):
+    """Settings stand-in for check_values without settings: every limit is unbounded."""
+
+    def __missing__(self, key: str) -> Any:
+        return 2**63

@@ -36,7 +36,7 @@ def test_generate_json_and_identity(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--multiplier", "0"], "multiplier must be > 0"),
+    (["--multiplier", "0"], "--multiplier must be in (0, 1e+06]"),
     (["--multiplier", "nan"], "finite"),
     (["--layers", "0,77"], "out of range"),
     (["--layers", "top"], "layers must be"),
@@ -44,7 +44,7 @@ def test_generate_json_and_identity(tmp_path):
     (["--heads", "8:x"], "write layer:head"),
     (["--heads", "8:12", "--layers", "8"], "head 12 in layer 8 is out of range"),
     (["--model", "not-a-model"], "unknown model"),
-    (["--max-new-tokens", "100000"], "over the limit"),
+    (["--max-new-tokens", "100000"], "--max-new-tokens must be between 1 and 1024"),
     (["--temperature", "-1"], "temperature"),
 ])
 def test_generate_bad_input_exits_nonzero_with_a_message(args, message):
@@ -57,7 +57,7 @@ def test_missing_arguments_and_empty_text():
     res = run("generate", "--instruction", "x")
     assert res.returncode == 2 and "--query" in res.stderr
     res = run("generate", "--instruction", "  ", "--query", "y")
-    assert res.returncode == 2 and "instruction must be a non-empty string" in res.stderr
+    assert res.returncode == 2 and "--instruction is required and must not be blank" in res.stderr
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ def test_seed_keys_are_present():
     for key in ["random_seed", "model.name", "model.device", "instaboost.multiplier",
                 "instaboost.boost_middle_layers_only", "instaboost.num_middle_layers", "instaboost.start_layer",
                 "instaboost.head_boost_percentage", "generation.temperature", "generation.max_new_tokens",
-                "generation.top_p", "testing.num_runs"]:
+                "generation.top_p", "evaluation.num_runs"]:
         assert key in names
 
 
@@ -58,3 +58,11 @@ def test_list_and_bool_settings_parse_from_environment():
                       dotenv=None)
     assert s["worker.models"] == ["a", "b"]
     assert s["instaboost.boost_middle_layers_only"] is True
+
+
+def test_renamed_testing_settings_are_still_read(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("testing:\n  num_runs: 3\n")
+    assert load_settings(cfg, env={}, dotenv=None)["evaluation.num_runs"] == 3
+    s = load_settings(cfg, env={"INSTABOOST_TESTING_RESULTS_DIR": "old-dir"}, dotenv=None)
+    assert s["evaluation.results_dir"] == "old-dir"

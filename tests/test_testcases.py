@@ -6,11 +6,13 @@ import pytest
 
 from shared.errors import ValidationError
 from shared.spec import BoostSpec, GenerationParams
-from worker.cli.run_tests import COLUMNS, Check, load_cases, run_cases
+from shared.evaluation.cases import load_cases, load_pack
+from shared.evaluation.checks import Check
+from worker.cli.run_tests import COLUMNS, run_cases
 
 
 def test_default_cases_load_and_cover_the_categories():
-    cases = load_cases()
+    cases = load_pack("default")
     assert len(cases) >= 10
     text = " ".join(c.description.lower() for c in cases)
     for word in ("persona", "format", "refusal", "language"):

@@ -1,17 +1,16 @@
-"""The OpenAPI 3.1 description of the JSON API (hand-written; tests keep it valid and truthful)."""
+"""The OpenAPI 3.1 description of the JSON API; the job request schema is generated from shared.fields (tests keep it
+valid and truthful)."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Mapping
 
+from shared.fields import JOB_FIELDS, JobField
+from shared.spec import LAYER_MODES
 from shared.store.export import EXPORT_COLUMNS
-
 from shared.store.queries import MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.store.tables import JobStatus
-from shared.schemas import MAX_LAYER, MAX_SEED
 from shared.validation import WHITESPACE
-from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
 
 STATUSES = [s.value for s in JobStatus]
 
@@ -64,29 +63,6 @@ RUN_FILTERS = [
 COMMON = {"401": _problem("Missing or wrong bearer token (only when web.api_token is set)."),
           "500": _problem("Unexpected error.")}
 LIST_ERRORS = {"400": _problem("Malformed cursor."), "422": _problem("Invalid filter or limit.")}
-
-JOB_REQUEST: dict[str, Any] = {
-        "type": "object", "required": ["instruction", "query"], "additionalProperties": False,
-        "properties": {
-            "instruction": {"type": "string", "minLength": 1, "description": "Text whose tokens get boosted."},
-            "query": {"type": "string", "minLength": 1},
-            "model": {"type": "string", "description": "A model a live worker serves (see /api/models)."},
-            "multipliers": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
-                            "minItems": 1, "uniqueItems": True},
-            "layer_modes": {"type": "array", "items": {"type": "string", "enum": list(LAYER_MODES)}, "minItems": 1,
-                            "uniqueItems": True},
-            "start_layer": {"type": "integer", "minimum": 0, "maximum": MAX_LAYER},
-            "num_middle_layers": {"type": "integer", "minimum": 1, "maximum": MAX_LAYER},
-            "head_boost_percentage": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
-            "placement": {"type": "string", "enum": list(PLACEMENTS)},
-            "engine": {"type": "string", "enum": list(ENGINES)},
-            "max_new_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number", "minimum": 0, "maximum": 10},
-            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        },
-    }
-
 
 SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -162,28 +138,51 @@ def _pattern_class(chars: str) -> str:
     return "".join(f"\\u{ord(c):04x}" for c in chars)
 
 
+def _number_bounds(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"exclusiveMinimum" if f.lo_open else "minimum": f.lo}
+    hi = f.upper(settings)
+    if hi is not None:
+        out["maximum"] = hi
+    return out
+
+
+def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the JSON Schema of one job field, with the same bounds the validator applies."""
+    if f.kind == "text":
+        # Not blank: at least one character that is neither NUL nor whitespace (shared.validation.WHITESPACE).
+        ws = _pattern_class(WHITESPACE + "\x00")
+        schema = {"type": "string", "minLength": 1, "maxLength": settings["limits.max_text_chars"],
+                  "pattern": f"^[^\\u0000]*[^{ws}][^\\u0000]*$"}
+    elif f.kind == "model":
+        schema = {"type": "string"}
+    elif f.kind in ("integer", "number"):
+        schema = {"type": f.kind, **_number_bounds(f, settings)}
+    elif f.kind == "choice":
+        schema = {"type": "string", "enum": list(f.choices)}
+    elif f.kind == "numbers":
+        schema = {"type": "array", "items": {"type": "number", **_number_bounds(f, settings)}, "minItems": 1,
+                  "uniqueItems": True}
+    else:  # choices
+        schema = {"type": "array", "items": {"type": "string", "enum": list(f.choices)}, "minItems": 1,
+                  "uniqueItems": True}
+    return {**schema, "description": f.help}
+
+
 def job_request_schema(settings: Mapping[str, Any], models: list[str],
                        facts: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """Return the JobRequest schema with this deployment's limits and the models workers serve now.
+    """Return the JobRequest schema (generated from shared.fields) with this deployment's limits and models.
 
     The bounds match the server's exactly (tests fuzz both sides). facts: what the workers advertise
     about the one served model (n_layers, max_context), which bounds start_layer and max_new_tokens.
     """
     assert len(LAYER_MODES) == 2, "the variants rule below is written for two layer modes"
-    schema = copy.deepcopy(JOB_REQUEST)
-    props = schema["properties"]
-    # Not blank: at least one character that is neither NUL nor whitespace (shared.validation.WHITESPACE).
-    ws = _pattern_class(WHITESPACE + "\x00")
-    text = {"type": "string", "maxLength": settings["limits.max_text_chars"],
-            "pattern": f"^[^\\u0000]*[^{ws}][^\\u0000]*$"}
-    props["instruction"].update(text)
-    props["query"].update(text)
+    props = {f.name: field_schema(f, settings) for f in JOB_FIELDS}
+    schema: dict[str, Any] = {"type": "object", "required": [f.name for f in JOB_FIELDS if f.required],
+                              "additionalProperties": False, "properties": props}
     props["model"]["enum"] = models
     facts = facts or {}
-    new_tokens = settings["limits.max_new_tokens"]
     if facts.get("max_context"):
-        new_tokens = min(new_tokens, facts["max_context"] - 1)
-    props["max_new_tokens"]["maximum"] = new_tokens
+        props["max_new_tokens"]["maximum"] = min(props["max_new_tokens"]["maximum"], facts["max_context"] - 1)
     if facts.get("n_layers"):
         props["start_layer"]["maximum"] = facts["n_layers"] - 1
     # 1 original + multipliers x layer modes <= max_variants; layer_modes defaults to both.

@@ -10,15 +10,15 @@ from shared.store import lifecycle, queries, serialize, submission
 from shared.workers import served_models
 from shared.errors import Conflict, InstaBoostError
 from shared.store.tables import JobStatus
+from shared.fields import FIELD_NAMES, JOB_FIELDS
 from shared.schemas import JobRequest, Variant
-from shared.spec import ENGINES, LAYER_MODES, PLACEMENTS
 from web.context import db, services, submit_kwargs
 
 bp = Blueprint("pages", __name__)
 
-FORM_FIELDS = ("instruction", "query", "model", "multipliers", "start_layer", "num_middle_layers",
-               "head_boost_percentage", "seed", "placement", "engine", "max_new_tokens", "temperature", "top_p")
-ADVANCED_FIELDS = FORM_FIELDS[4:]
+FORM_FIELDS = FIELD_NAMES  # every job field has an input, drawn from its declaration
+ADVANCED_FIELDS = tuple(f.name for f in JOB_FIELDS if f.advanced)
+PLACEHOLDERS = {"instruction": "Answer only in French.", "query": "What is the capital of Australia?"}
 
 
 def _model_choices() -> tuple[list[str], str | None]:
@@ -34,8 +34,11 @@ def _model_choices() -> tuple[list[str], str | None]:
 
 def _form_defaults() -> dict[str, Any]:
     d = JobRequest.defaults(services().settings)
-    d["multipliers"] = ", ".join(f"{m:g}" for m in d["multipliers"])
-    d.update(instruction="", query="")
+    for f in JOB_FIELDS:
+        if f.required:
+            d[f.name] = ""
+        elif f.kind == "numbers":  # one text input, comma-separated
+            d[f.name] = ", ".join(f"{m:g}" for m in d[f.name])
     return d
 
 
@@ -46,10 +49,9 @@ def _render_form(values: dict[str, Any], errors: dict[str, list[str]] | None = N
         models.append(values["model"])
     errors = errors or {}
     return render_template("index.html", values=values, errors=errors, message=message, models=models,
-                           warning=warning, placements=PLACEMENTS, engines=ENGINES, layer_modes=LAYER_MODES,
+                           warning=warning, fields=JOB_FIELDS, placeholders=PLACEHOLDERS,
                            advanced_open=bool(errors.keys() & set(ADVANCED_FIELDS)),
-                           other_errors={k: v for k, v in errors.items() if k not in FORM_FIELDS
-                                         and k != "layer_modes"}), status
+                           other_errors={k: v for k, v in errors.items() if k not in FORM_FIELDS}), status
 
 
 @bp.get("/")
@@ -61,8 +63,8 @@ def index():
 @bp.post("/")
 def submit():
     """Validate the form and enqueue the job; re-render with field errors (and the typed values) on failure."""
-    data: dict[str, Any] = {k: request.form.get(k, "") for k in FORM_FIELDS}
-    data["layer_modes"] = request.form.getlist("layer_modes")
+    data: dict[str, Any] = {f.name: request.form.getlist(f.name) if f.kind == "choices" else
+                            request.form.get(f.name, "") for f in JOB_FIELDS}
     try:
         req = JobRequest.from_dict(data, services().settings)
         job = submission.submit_job(db(), req, **submit_kwargs())

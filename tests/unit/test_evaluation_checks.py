@@ -6,7 +6,7 @@ import pytest
 
 from shared.errors import ValidationError
 from shared.evaluation import checks as ch
-from shared.evaluation.checks import (CHECK_TYPES, IFEVAL, LANGUAGES, Check, IfevalCheck, parse_check, parse_checks,
+from shared.evaluation.checks import (IFEVAL, LANGUAGES, Check, IfevalCheck, parse_check, parse_checks,
                                       parse_ifeval, run_checks)
 
 SIMPLE = [
@@ -33,13 +33,6 @@ SIMPLE = [
 @pytest.mark.parametrize("check,text,ok", SIMPLE)
 def test_simple_checks(check, text, ok):
     assert check(text) is ok
-
-
-def test_simple_checks_match_the_worker_module():
-    old = pytest.importorskip("worker.testcases")
-    assert set(old.CHECK_TYPES) == {c.name for c in CHECK_TYPES}
-    for check, text, _ in SIMPLE:
-        assert old.Check(check.type, check.value)(text) is check(text)
 
 
 @pytest.mark.parametrize("raw,message", [

@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from shared.errors import InstaBoostError
+from shared.fields import JOB_FIELDS
 from shared.settings import get_settings, to_markdown, to_yaml
 
 
@@ -20,16 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="run one generation, no services needed")
-    g.add_argument("--instruction", required=True, help="the instruction whose tokens get boosted")
-    g.add_argument("--query", required=True, help="the user's message")
-    _boost_args(g)
+    add_field_options(g, required=("instruction", "query"))
+    _runtime_args(g)
     g.add_argument("--layers", help="all | middle | comma-separated indices like 0,3,5")
-    g.add_argument("--heads", help="fraction of heads boosted per layer, in (0, 1], or explicit heads per layer "
-                                   "like '8:0,3;9:1' (layers not named boost all their heads)")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--temperature", type=float, help="0 = greedy")
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--heads", help=HEADS_HELP)
     g.add_argument("--attention", action="store_true", help="also report attention mass on the instruction per layer")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
 
@@ -37,12 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cases", help="YAML or JSON file of cases (default: the built-in cases)")
     t.add_argument("--output", help="CSV path (default: results/instaboost_results_<time>.csv)")
     t.add_argument("--num-runs", type=int)
-    _boost_args(t)
-    t.add_argument("--heads", help="fraction of heads boosted per layer, in (0, 1], or '8:0,3;9:1'")
-    t.add_argument("--max-new-tokens", type=int)
-    t.add_argument("--temperature", type=float)
-    t.add_argument("--top-p", type=float)
-    t.add_argument("--seed", type=int)
+    add_field_options(t, skip=("instruction", "query"))
+    _runtime_args(t)
+    t.add_argument("--heads", help=HEADS_HELP)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     s = sub.add_parser("serve", help="start the web app and one worker on this machine")
@@ -60,15 +52,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _boost_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--multiplier", "-m", type=float, help="attention multiplier M (1 = no boost)")
-    p.add_argument("--start-layer", type=int, help="first layer of the middle block")
-    p.add_argument("--num-middle-layers", type=int, help="layers in the middle block")
-    p.add_argument("--placement", choices=["system", "prefix", "raw"])
-    p.add_argument("--engine", choices=["fast", "transformerlens"])
-    p.add_argument("--model", help="alias, hub id, local folder or .gguf path")
+HEADS_HELP = ("fraction of heads boosted per layer, in (0, 1], or explicit heads per layer like '8:0,3;9:1' "
+              "(layers not named boost all their heads)")
+
+
+def add_field_options(p: argparse.ArgumentParser, required: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """Add an option for every job field with a command-line flag (shared.fields), help and choices included.
+
+    Values stay text: the same validator as the API and the form parses them, so bounds and messages agree.
+    """
+    for f in JOB_FIELDS:
+        if f.cli is None or f.name in skip:
+            continue
+        flags = [f.cli, *([f.cli_short] if f.cli_short else [])]
+        kwargs = {"dest": f.name, "help": f.help + (" One value here." if f.is_list else ""),
+                  "required": f.name in required, "metavar": f.name.upper().rstrip("S") if f.is_list else None}
+        if f.kind == "choice":
+            kwargs.update(choices=f.choices, metavar=None)
+        p.add_argument(*flags, **kwargs)
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
+
+
+def field_values(args: argparse.Namespace, settings) -> dict:
+    """Return every command-line job field, validated as the API validates it (defaults from settings).
+
+    Errors name the flag (--max-new-tokens), not the field, since that is what the user typed.
+    """
+    from shared.errors import ValidationError
+    from shared.validation import Validator
+
+    v = Validator(settings)
+    out = {}
+    for f in JOB_FIELDS:
+        if f.cli is None or not hasattr(args, f.name):
+            continue
+        given = getattr(args, f.name)
+        value = f.default_value(settings) if given is None else given
+        out[f.name] = v.check(f, value)
+        if f.is_list and isinstance(out[f.name], tuple) and len(out[f.name]) > 1:
+            v.error(f.name, f"{f.name} takes one value here, got {given!r}")
+    if v.errors:
+        flags = {f.name: f.cli for f in JOB_FIELDS if f.cli}
+        errors = []
+        for e in v.errors:
+            name = e["field"].split("[")[0]
+            flag = flags.get(name, e["field"])
+            errors.append({"field": flag, "message": e["message"].replace(e["field"], flag, 1)})
+        raise ValidationError("; ".join(e["message"] for e in errors), field=errors[0]["field"], errors=errors)
+    return out
 
 
 def _pick(value, default):
@@ -102,29 +137,21 @@ def parse_heads(text) -> tuple[float | None, dict[int, tuple[int, ...]] | None]:
 def _spec_and_params(args, s):
     from shared.spec import BoostSpec, GenerationParams
 
+    values = field_values(args, s)
     fraction, explicit = parse_heads(args.heads)
     heads = fraction if fraction is not None else s["instaboost.head_boost_percentage"] / 100.0
     layers = getattr(args, "layers", None)
     if layers is None:
         layers = "middle" if s["instaboost.boost_middle_layers_only"] else "all"
-    spec = BoostSpec(multiplier=_pick(args.multiplier, s["instaboost.multiplier"]), layers=layers,
-                     start_layer=_pick(args.start_layer, s["instaboost.start_layer"]),
-                     num_middle_layers=_pick(args.num_middle_layers, s["instaboost.num_middle_layers"]),
-                     head_fraction=heads, heads=explicit, seed=_pick(args.seed, s["random_seed"]),
-                     placement=_pick(args.placement, s["instaboost.placement"]))
-    max_new = _pick(args.max_new_tokens, s["generation.max_new_tokens"])
-    if max_new > s["limits.max_new_tokens"]:
-        from shared.errors import ValidationError
-
-        raise ValidationError(f"max_new_tokens {max_new} is over the limit of {s['limits.max_new_tokens']}",
-                              field="max_new_tokens")
-    params = GenerationParams(max_new_tokens=max_new,
-                              temperature=_pick(args.temperature, s["generation.temperature"]),
-                              top_p=_pick(args.top_p, s["generation.top_p"]), seed=_pick(args.seed, s["random_seed"]))
-    return spec, params
+    spec = BoostSpec(multiplier=values["multipliers"][0], layers=layers, start_layer=values["start_layer"],
+                     num_middle_layers=values["num_middle_layers"], head_fraction=heads, heads=explicit,
+                     seed=values["seed"], placement=values["placement"])
+    params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
+                              top_p=values["top_p"], seed=values["seed"])
+    return spec, params, values
 
 
-def _engine(args, s):
+def _engine(args, s, values):
     from transformers.utils import logging as hf_logging
 
     from worker.engine import get_engine
@@ -132,8 +159,8 @@ def _engine(args, s):
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
-    return get_engine(_pick(args.model, s["model.name"]), _pick(args.engine, s["instaboost.engine"]),
-                      device=_pick(args.device, s["model.device"]), dtype=_pick(args.dtype, s["model.dtype"]))
+    return get_engine(values["model"], values["engine"], device=_pick(args.device, s["model.device"]),
+                      dtype=_pick(args.dtype, s["model.dtype"]))
 
 
 def cmd_generate(args) -> int:
@@ -141,9 +168,9 @@ def cmd_generate(args) -> int:
     from shared.spec import GenerationRequest
 
     s = get_settings()
-    spec, params = _spec_and_params(args, s)
-    request = GenerationRequest(args.instruction, args.query, spec, params)
-    engine = _engine(args, s)
+    spec, params, values = _spec_and_params(args, s)
+    request = GenerationRequest(values["instruction"], values["query"], spec, params)
+    engine = _engine(args, s, values)
     result = engine.generate([request], attention=args.attention)[0]
     if args.json:
         out = {"model": engine.model_name, "engine": engine.kind, "multiplier": spec.multiplier,
@@ -159,18 +186,18 @@ def cmd_run_tests(args) -> int:
     """Run the test cases and write the comparison CSV."""
     from pathlib import Path
 
-    from worker.cli.run_tests import default_output, load_cases, run_cases
+    from worker.cli.run_tests import default_output, read_cases, run_cases
 
     s = get_settings()
-    cases = load_cases(args.cases)
-    spec, params = _spec_and_params(args, s)
-    num_runs = _pick(args.num_runs, s["testing.num_runs"])
+    cases = read_cases(args.cases, s["limits.max_text_chars"])
+    spec, params, values = _spec_and_params(args, s)
+    num_runs = _pick(args.num_runs, s["evaluation.num_runs"])
     if num_runs < 1:
         from shared.errors import ValidationError
 
         raise ValidationError("--num-runs must be >= 1", field="num_runs")
-    output = Path(args.output) if args.output else default_output(s["testing.results_dir"])
-    engine = _engine(args, s)
+    output = Path(args.output) if args.output else default_output(s["evaluation.results_dir"])
+    engine = _engine(args, s, values)
     summary = run_cases(engine, cases, spec, params, num_runs, output, progress=not args.no_progress)
     print(f"wrote {output}")
     for variant, c in summary.items():

@@ -1,0 +1,113 @@
+"""Every job-request field, declared once: name, kind, bounds, default, help and where it appears.
+
+``JOB_FIELDS`` generates the validator (``shared.schemas.JobRequest.from_dict``), the OpenAPI schema
+(``web.openapi``), the submit form (``web.pages`` and ``index.html``) and the command-line options
+(``worker.cli.main``); ``tests/unit/test_fields.py`` fails if any of them drifts from it. Adding a field
+takes one row here plus its use.
+
+Kinds: ``text`` (required, not blank), ``model`` (a model name), ``integer``, ``number``, ``choice``
+(one of ``choices``), ``numbers`` (a non-empty list of distinct numbers) and ``choices`` (a non-empty
+list of distinct choices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from shared.spec import ENGINES, LAYER_MODES, MAX_MULTIPLIER, PLACEMENTS
+
+MAX_LAYER = 10_000
+MAX_SEED = 2**32 - 1
+KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices")
+
+
+@dataclass(frozen=True)
+class JobField:
+    """One field of a job request."""
+
+    name: str
+    kind: str
+    help: str
+    label: str
+    setting: str | None = None  # the setting whose value is the default (a list field wraps it in a list)
+    default: Any = None  # the default when no setting gives it; None with no setting: required
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is excluded: (lo, hi]
+    hi_setting: str | None = None  # an upper bound this deployment sets, e.g. limits.max_new_tokens
+    choices: tuple[str, ...] = ()
+    hint: str = ""  # appended to out-of-range messages, e.g. what a value means
+    advanced: bool = False  # the form shows it under "Advanced settings"
+    cli: str | None = None  # command-line flag; a list field takes one value there
+    cli_short: str | None = None
+
+    def __post_init__(self):
+        assert self.kind in KINDS, self.kind
+
+    @property
+    def required(self) -> bool:
+        return self.setting is None and self.default is None
+
+    @property
+    def is_list(self) -> bool:
+        return self.kind in ("numbers", "choices")
+
+    def upper(self, settings: Mapping[str, Any] | None) -> float | None:
+        """Return the upper bound in force: the declared one, or the setting's when it has one."""
+        if self.hi_setting and settings is not None:
+            return settings[self.hi_setting]
+        return self.hi
+
+    def default_value(self, settings: Mapping[str, Any]) -> Any:
+        """Return the value an omitted field takes under these settings."""
+        if self.setting is None:
+            return list(self.default) if isinstance(self.default, tuple) else self.default
+        value = settings[self.setting]
+        return [value] if self.is_list else value
+
+    def interval(self, settings: Mapping[str, Any] | None = None) -> str:
+        """Return the allowed range as text, e.g. "in (0, 100]" or "between 1 and 1024"."""
+        hi = self.upper(settings)
+        if self.kind == "integer":
+            return f"between {int(self.lo)} and {int(hi)}" if hi is not None else f">= {int(self.lo)}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}]"
+
+
+JOB_FIELDS: tuple[JobField, ...] = (
+    JobField("instruction", "text", "Text whose tokens get boosted (a system prompt, a guideline, a format rule).",
+             "Instruction", cli="--instruction"),
+    JobField("query", "text", "The user's message the model answers.", "Query", cli="--query"),
+    JobField("model", "model", "A model a live worker serves (see /api/models): an alias, hub id, folder or "
+             ".gguf path.", "Model", setting="model.name", cli="--model"),
+    JobField("multipliers", "numbers", "Attention multipliers M on the instruction tokens; one boosted variant "
+             "per multiplier and layer mode (1 = no boost, below 1 de-boosts).", "Multipliers M",
+             setting="instaboost.multiplier", lo=0, lo_open=True, hi=MAX_MULTIPLIER,
+             hint="1 = no boost, below 1 de-boosts", cli="--multiplier", cli_short="-m"),
+    JobField("layer_modes", "choices", "Which layers each multiplier boosts: all layers, the middle block, or both "
+             "(one variant each).", "Boost layers", default=LAYER_MODES, choices=LAYER_MODES),
+    JobField("start_layer", "integer", "First layer of the middle block.", "Start layer (middle block)",
+             setting="instaboost.start_layer", lo=0, hi=MAX_LAYER, advanced=True, cli="--start-layer"),
+    JobField("num_middle_layers", "integer", "How many layers the middle block spans.", "Middle layers",
+             setting="instaboost.num_middle_layers", lo=1, hi=MAX_LAYER, advanced=True, cli="--num-middle-layers"),
+    JobField("head_boost_percentage", "number", "Percentage of heads boosted in each boosted layer, chosen with "
+             "the seed.", "Heads boosted (%)", setting="instaboost.head_boost_percentage", lo=0, lo_open=True,
+             hi=100, advanced=True),
+    JobField("seed", "integer", "Seed for head selection and sampling.", "Seed", setting="random_seed", lo=0,
+             hi=MAX_SEED, advanced=True, cli="--seed"),
+    JobField("placement", "choice", "Where the instruction goes: the chat system turn, the start of the user "
+             "turn, or no template.", "Instruction placement", setting="instaboost.placement", choices=PLACEMENTS,
+             advanced=True, cli="--placement"),
+    JobField("engine", "choice", "fast (log-M bias inside fused attention) or transformerlens (the hook_pattern "
+             "reference).", "Engine", setting="instaboost.engine", choices=ENGINES, advanced=True, cli="--engine"),
+    JobField("max_new_tokens", "integer", "New tokens per generation.", "Max new tokens",
+             setting="generation.max_new_tokens", lo=1, hi_setting="limits.max_new_tokens", advanced=True,
+             cli="--max-new-tokens"),
+    JobField("temperature", "number", "Sampling temperature; 0 means greedy decoding.", "Temperature (0 = greedy)",
+             setting="generation.temperature", lo=0, hi=10, advanced=True, cli="--temperature"),
+    JobField("top_p", "number", "Nucleus sampling threshold (used when temperature > 0).", "Top p",
+             setting="generation.top_p", lo=0, lo_open=True, hi=1, advanced=True, cli="--top-p"),
+)
+
+BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}
+FIELD_NAMES: tuple[str, ...] = tuple(BY_NAME)
