@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from shared.spec import ENGINES, LAYER_MODES, MAX_MULTIPLIER, PLACEMENTS
-
+PLACEMENTS = ("system", "prefix", "raw")
+LAYER_MODES = ("all", "middle")
+ENGINES = ("fast", "transformerlens")
+MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
 KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices")

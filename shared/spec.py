@@ -12,11 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 from shared.errors import ValidationError
-
-PLACEMENTS = ("system", "prefix", "raw")
-LAYER_MODES = ("all", "middle")
-ENGINES = ("fast", "transformerlens")
-MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
+from shared.fields import LAYER_MODES, MAX_MULTIPLIER, PLACEMENTS
+from shared.validation import check_values
 
 
 def check_multiplier(value, field_name: str = "multiplier") -> float:
@@ -85,8 +82,6 @@ class BoostSpec:
     def __post_init__(self):
         object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
         object.__setattr__(self, "layers", parse_layers(self.layers))
-        from shared.validation import check_values  # the job fields' bounds (shared.fields), declared once
-
         check_values({"start_layer": self.start_layer, "num_middle_layers": self.num_middle_layers,
                       "seed": self.seed})
         for name in ("start_layer", "num_middle_layers", "seed"):
@@ -173,8 +168,6 @@ class GenerationParams:
     seed: int = 42
 
     def __post_init__(self):
-        from shared.validation import check_values  # the job fields' bounds (shared.fields), declared once
-
         check_values({"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
                       "seed": self.seed})
         object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))

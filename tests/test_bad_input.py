@@ -190,8 +190,8 @@ def bad_app(pg_url, redis_namespace):
 @pytest.fixture(scope="module")
 def counts(pg_url, redis_namespace):
     """Return a function giving (jobs rows, runs rows, messages in this session's queues)."""
-    from shared.workers import redis_client
     from shared.db import get_db_engine
+    from shared.workers import redis_client
 
     engine = get_db_engine(pg_url)
     client = redis_client()

@@ -25,14 +25,14 @@ import pytest
 from sqlalchemy import select as sql_select
 from sqlalchemy import text
 
-from shared.store import lifecycle, submission
 from shared.celery_config import TASK_NAME, celery_config, make_celery, model_queue
-from shared.workers import redis_client
 from shared.db import session_scope, upgrade
 from shared.errors import ValidationError
-from shared.store.tables import FINAL, Job, JobStatus, Run
 from shared.schemas import JobRequest
 from shared.settings import load_settings
+from shared.store import lifecycle, submission
+from shared.store.tables import FINAL, Job, JobStatus, Run
+from shared.workers import redis_client
 from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database, make_test_app
 from tests.fixtures.worker import WorkerProcess, purge_namespace, record_fault
 

@@ -3,8 +3,8 @@
 import pytest
 
 from shared.errors import ModelError, ValidationError
-from worker.engine.loading import load_model, pick_dtype, resolve_model
 from tests.fixtures.model import make_request
+from worker.engine.loading import load_model, pick_dtype, resolve_model
 
 
 def test_alias_resolves_to_the_shipped_gguf():

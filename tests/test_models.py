@@ -8,12 +8,12 @@ from datetime import timezone
 import pytest
 from sqlalchemy import func, select
 
-from shared.store import lifecycle, queries, serialize
 from shared.db import get_sessionmaker
 from shared.errors import Conflict, NotFound
-from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run
 from shared.schemas import JobRequest
 from shared.settings import load_settings
+from shared.store import lifecycle, queries, serialize
+from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run
 
 pytestmark = pytest.mark.services
 

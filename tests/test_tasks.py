@@ -11,14 +11,14 @@ import time
 import pytest
 from sqlalchemy import select, update
 
-from shared.store import lifecycle
 from shared.celery_config import celery_config, model_queue, soft_time_limit
-from shared.workers import live_workers, served_models
 from shared.db import session_scope
 from shared.errors import ValidationError
-from shared.store.tables import Job, JobStatus, Run
 from shared.schemas import JobRequest
 from shared.settings import load_settings
+from shared.store import lifecycle
+from shared.store.tables import Job, JobStatus, Run
+from shared.workers import live_workers, served_models
 from tests.fixtures.store import TEST_REDIS_URL
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",

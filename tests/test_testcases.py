@@ -5,9 +5,9 @@ import csv
 import pytest
 
 from shared.errors import ValidationError
-from shared.spec import BoostSpec, GenerationParams
 from shared.evaluation.cases import load_cases, load_pack
 from shared.evaluation.checks import Check
+from shared.spec import BoostSpec, GenerationParams
 from worker.cli.run_tests import COLUMNS, run_cases
 
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from shared.store import lifecycle
 from shared.celery_config import model_queue
+from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import html
-
-from markupsafe import escape
 import re
 
 import pytest
+from markupsafe import escape
 
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus

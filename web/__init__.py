@@ -40,8 +40,8 @@ def _settings(test_config: Mapping[str, Any] | None):
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask app from shared.settings (test_config overrides settings and Flask config)."""
     from shared.celery_config import make_celery
-    from shared.workers import redis_client
     from shared.db import get_sessionmaker
+    from shared.workers import redis_client
     from web import api, context, errors, export, health, pages
 
     settings = _settings(test_config)

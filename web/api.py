@@ -7,10 +7,10 @@ import json
 
 from flask import Blueprint, jsonify, request, url_for
 
-from shared.store import lifecycle, queries, serialize, submission
-from shared.workers import live_workers
 from shared.errors import BadRequest, InstaBoostError, Unauthorized, Unavailable
 from shared.schemas import JobRequest
+from shared.store import lifecycle, queries, serialize, submission
+from shared.workers import live_workers
 from web.context import db, services, submit_kwargs
 from web.export import csv_response
 from web.openapi import openapi_document

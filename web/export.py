@@ -8,8 +8,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from flask import Blueprint, Response, request, stream_with_context
 
-from shared.store import export, queries
 from shared.csvsafe import neutralize
+from shared.store import export, queries
 from web.context import services
 
 bp = Blueprint("export", __name__)

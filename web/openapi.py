@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from shared.fields import JOB_FIELDS, JobField
-from shared.spec import LAYER_MODES
+from shared.fields import JOB_FIELDS, LAYER_MODES, JobField
 from shared.store.export import EXPORT_COLUMNS
 from shared.store.queries import MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.store.tables import JobStatus

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
-from shared.store import lifecycle, queries, serialize, submission
-from shared.workers import served_models
 from shared.errors import Conflict, InstaBoostError
-from shared.store.tables import JobStatus
 from shared.fields import FIELD_NAMES, JOB_FIELDS
 from shared.schemas import JobRequest, Variant
+from shared.store import lifecycle, queries, serialize, submission
+from shared.store.tables import JobStatus
+from shared.workers import served_models
 from web.context import db, services, submit_kwargs
 
 bp = Blueprint("pages", __name__)

@@ -1,5 +1,10 @@
-"""The engine (boost math, model loading, generation), the CLI and the Celery tasks.
+"""Everything that runs a model, in three parts:
 
+- ``worker.engine``: the InstaBoost method (boost math, prompt span, model loading, the two engines);
+- ``worker.jobs``: the Celery side (the app, the ``instaboost.run_job`` task, heartbeat, sweeper);
+- ``worker.cli``: the ``instaboost`` command (generate, run-tests, serve, settings).
+
+``from worker import InstaBoostTransformerLens`` is the seed's library API (``worker.seed_api``).
 Importing this package is cheap: torch loads only when an engine is used.
 """
 

@@ -69,8 +69,7 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
     model the workers advertise (layers, context), (TooManyJobs) a full queue and (Unavailable) an
     unreachable broker; a job the broker refused is failed at once, so no row waits forever.
     """
-    from shared import celery_config
-    from shared import workers
+    from shared import celery_config, workers
 
     if settings is None:
         from shared.settings import get_settings

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 
 from shared.errors import ValidationError
-from shared.spec import ENGINES
+from shared.fields import ENGINES
 from worker.engine.base import Engine
 
 __all__ = ["Engine", "get_engine", "clear_engines"]

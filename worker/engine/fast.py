@@ -18,8 +18,8 @@ import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
-from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass
 from worker.engine.base import Batch, Engine, seed_sampling
+from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass
 from worker.engine.loading import LoadedModel
 
 ATTN_NAME = "instaboost_sdpa"

@@ -13,8 +13,8 @@ import time
 import torch
 
 from shared.spec import GenerationRequest
-from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
 from worker.engine.base import Engine, seed_sampling
+from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
 from worker.engine.loading import LoadedModel
 
 

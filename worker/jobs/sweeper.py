@@ -31,12 +31,10 @@ from typing import Any, Mapping
 
 from sqlalchemy import select, update
 
-from shared import celery_config
-
-from shared import workers
-from shared.store import lifecycle
+from shared import celery_config, workers
 from shared.db import session_scope
 from shared.errors import Conflict
+from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger("instaboost.sweeper")

@@ -10,6 +10,7 @@ Database writes are retried with backoff for ``worker.db_retry_seconds`` when th
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -22,13 +23,13 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from shared.store import lifecycle
 from shared.celery_config import TASK_NAME, soft_time_limit
-from shared.workers import redis_client, worker_runs
 from shared.db import session_scope
 from shared.errors import Conflict, InstaBoostError
-from shared.store.tables import Job, JobStatus, Run
 from shared.schemas import JobRequest, Variant
+from shared.store import lifecycle
+from shared.store.tables import Job, JobStatus, Run
+from shared.workers import redis_client, worker_runs
 
 log = logging.getLogger("instaboost.worker")
 
@@ -289,10 +290,6 @@ def run_job(self, job_id: int) -> str:
             beat.set_job(None)  # a redelivery of this job may now be claimed by any worker, this one included
 
 
-_redis_clients: dict[str, Any] = {}
-
-
+@functools.cache
 def _redis(url: str):
-    if url not in _redis_clients:
-        _redis_clients[url] = redis_client(url)
-    return _redis_clients[url]
+    return redis_client(url)
