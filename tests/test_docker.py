@@ -43,7 +43,7 @@ USED: dict[str, str] = {}
 
 
 def _run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
 def _compose_command() -> tuple[list[str] | None, str]:
@@ -135,7 +135,8 @@ class _Summary:
     def pytest_terminal_summary(self, terminalreporter):
         if TIMINGS:
             terminalreporter.section("docker stack")
-            terminalreporter.write_line(f"{USED.get('compose')}: " + ", ".join(f"{k} {v} s" for k, v in TIMINGS.items()))
+            times = ", ".join(f"{k} {v} s" for k, v in TIMINGS.items())
+            terminalreporter.write_line(f"{USED.get('compose')}: {times}")
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +174,7 @@ def stack(request, tmp_path_factory):
         _timed("up", lambda: s.compose("up", "-d", "--no-build", timeout=600))
 
         def ready():
-            status, raw, _ = s.http("GET", "/healthz")
-            if status != 200:
+            if s.http("GET", "/healthz")[0] != 200:
                 return None
             models = json.loads(s.http("GET", "/api/models")[1])
             return [m for m in models["models"] if m["name"] == "smollm2-135m-instruct" and m["workers"] >= 1]
@@ -197,9 +197,11 @@ def _job(s: Stack, job_id: int) -> dict:
 
 
 def _wait_finished(s: Stack, job_id: int) -> dict:
-    return s.wait(f"job {job_id} finished",
-                  lambda: (lambda b: b if b["status"] in ("succeeded", "failed", "cancelled") else None)(
-                      _job(s, job_id)), JOB_TIMEOUT)
+    def finished():
+        body = _job(s, job_id)
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return s.wait(f"job {job_id} finished", finished, JOB_TIMEOUT)
 
 
 def _check_runs(s: Stack, body: dict) -> list[str]:
@@ -232,10 +234,11 @@ def test_worker_restart_mid_job_keeps_one_run_per_variant(stack):
     created = stack.json("POST", "/api/jobs", JOB, expect=202)
     job_id = created["id"]
     t0 = time.monotonic()
-    # Mid-job: running, with some but not all of its variants stored.
-    body = stack.wait(f"job {job_id} running with a first run stored",
-                      lambda: (lambda b: b if b["status"] == "running" and b["progress"]["done"] >= 1 else None)(
-                          _job(stack, job_id)), JOB_TIMEOUT, interval=0.2)
+    def mid_job():  # running, with a first run stored
+        body = _job(stack, job_id)
+        return body if body["status"] == "running" and body["progress"]["done"] >= 1 else None
+
+    body = stack.wait(f"job {job_id} running with a first run stored", mid_job, JOB_TIMEOUT, interval=0.2)
     assert body["progress"]["done"] < body["progress"]["total"], "the job finished before the restart"
     # --timeout 0: SIGKILL right after SIGTERM, so the job in hand dies with its worker (a crash).
     stack.compose("restart", "--timeout", "0", "worker-cpu", timeout=120)
