@@ -178,20 +178,89 @@ class GenerationParams:
         return self.temperature == 0.0
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One generation: an instruction, a query, a boost and decoding settings."""
+CHAT_ROLES = ("system", "user", "assistant")
 
-    instruction: str
-    query: str
-    spec: BoostSpec = field(default_factory=BoostSpec)
-    params: GenerationParams = field(default_factory=GenerationParams)
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a chat message's text; boosted by ``multiplier`` unless it is None."""
+
+    text: str
+    multiplier: float | None = None
 
     def __post_init__(self):
+        if not isinstance(self.text, str) or not self.text:
+            raise ValidationError("a message segment must be non-empty text", field="messages")
+        if self.multiplier is not None:
+            object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat turn: a role and its text as segments, some of them boosted."""
+
+    role: str
+    segments: tuple[Segment, ...]
+
+    def __post_init__(self):
+        if self.role not in CHAT_ROLES:
+            raise ValidationError(f"role must be one of {', '.join(CHAT_ROLES)}; got {self.role!r}", field="role")
+        object.__setattr__(self, "segments", tuple(self.segments))
+
+    @property
+    def content(self) -> str:
+        return "".join(s.text for s in self.segments)
+
+    @classmethod
+    def plain(cls, role: str, text: str, multiplier: float | None = None) -> "ChatMessage":
+        """Return a message of one segment (boosted as a whole when multiplier is given)."""
+        return cls(role, (Segment(text, multiplier),) if text else ())
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: an instruction and a query (or chat messages), a boost and decoding settings.
+
+    With ``messages`` the prompt is the chat itself and the boosted tokens are its boosted segments,
+    each with its own M (``spec`` then gives the layers, heads and placement; its multiplier is unused).
+    """
+
+    instruction: str = ""
+    query: str = ""
+    spec: BoostSpec = field(default_factory=BoostSpec)
+    params: GenerationParams = field(default_factory=GenerationParams)
+    messages: tuple[ChatMessage, ...] | None = None
+
+    def __post_init__(self):
+        if self.messages is not None:
+            object.__setattr__(self, "messages", tuple(self.messages))
+            if not self.messages:
+                raise ValidationError("messages must hold at least one message", field="messages")
+            if self.instruction or self.query:
+                raise ValidationError("give either messages or instruction and query, not both", field="messages")
+            return
         for name in ("instruction", "query"):
             v = getattr(self, name)
             if not isinstance(v, str) or not v.strip():
                 raise ValidationError(f"{name} must be a non-empty string", field=name)
+
+    @classmethod
+    def chat(cls, messages, spec: BoostSpec | None = None, params: GenerationParams | None = None
+             ) -> "GenerationRequest":
+        """Return a request whose prompt is these chat messages."""
+        return cls("", "", spec or BoostSpec(), params or GenerationParams(), messages=tuple(messages))
+
+    @property
+    def multipliers(self) -> tuple[float, ...]:
+        """Return the M of every boosted span (one for an instruction request)."""
+        if self.messages is None:
+            return (self.spec.multiplier,)
+        return tuple(s.multiplier for m in self.messages for s in m.segments if s.multiplier is not None)
+
+    @property
+    def is_identity(self) -> bool:
+        """Return True when nothing is boosted (every M is 1, or no span at all)."""
+        return all(m == 1.0 for m in self.multipliers)
 
 
 @dataclass
@@ -201,14 +270,16 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     output_tokens: int
-    span: tuple[int, int]  # [start, end) token positions of the instruction in the (unpadded) prompt
+    span: tuple[int, int]  # [start, end) token positions of the instruction (chat: all boosted spans' hull)
     span_text: str
     seconds: float  # wall time of the generate call that produced it (shared by the rows of one batch)
     # {"unboosted": [per layer], "boosted": [per layer]}: attention mass on the instruction,
     # mean over heads and generated positions; None unless asked for.
     attention_mass: dict[str, list[float]] | None = None
+    # Every boosted span as (start, end, M) in the unpadded prompt; one for an instruction request.
+    spans: tuple[tuple[int, int, float], ...] = ()
 
     def to_dict(self) -> dict:
         return {"text": self.text, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
                 "span": list(self.span), "span_text": self.span_text, "seconds": round(self.seconds, 4),
-                "attention_mass": self.attention_mass}
+                "attention_mass": self.attention_mass, "spans": [list(s) for s in self.spans]}

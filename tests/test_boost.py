@@ -82,3 +82,38 @@ def test_pattern_hook_leaves_fully_masked_rows_at_zero():
     boost = boost_math.build_batch_boost([BoostSpec(multiplier=4)], [(0, 1)], 3, 1, 1)
     out = boost_math.make_pattern_hook(boost, 0)(pattern)
     assert torch.all(out == 0) and not torch.isnan(out).any()
+
+
+def test_several_spans_each_with_its_own_multiplier():
+    scores = _scores(b=2, k=8)
+    specs = [BoostSpec(layers=(0,)), BoostSpec(multiplier=3.0)]
+    # Row 0: keys 1..2 by 4, keys 5..6 by 0.5; row 1: one span in the old (start, end) form, M from its spec.
+    boost = boost_math.build_batch_boost(specs, [[(1, 3, 4.0), (5, 7, 0.5)], (2, 4)], 8, n_layers=1, n_heads=3)
+    assert boost.key_factors[0].tolist() == [1, 4, 4, 1, 1, 0.5, 0.5, 1]
+    assert boost.key_factors[1].tolist() == [1, 1, 3, 3, 1, 1, 1, 1]
+    assert boost.key_mask[0].tolist() == [False, True, True, False, False, True, True, False]
+    bias = boost_math.bias_for_layer(boost, 0, 8, torch.float64)
+    assert torch.allclose(bias[0, 0, 0], torch.tensor([0, math.log(4), math.log(4), 0, 0, math.log(0.5),
+                                                       math.log(0.5), 0], dtype=torch.float64))
+    hooked = boost_math.boost_pattern(torch.softmax(scores, -1), boost_math.boost_factors(boost, 0, 8, torch.float64))
+    biased = torch.softmax(scores + bias, -1)
+    assert torch.allclose(hooked, biased, atol=1e-12)
+
+
+def test_one_span_list_equals_the_single_span_form():
+    spec = [BoostSpec(multiplier=6.0, head_fraction=0.5)]
+    a = boost_math.build_batch_boost(spec, [(2, 5)], 7, n_layers=3, n_heads=4)
+    b = boost_math.build_batch_boost(spec, [[(2, 5, 6.0)]], 7, n_layers=3, n_heads=4)
+    c = boost_math.build_batch_boost(spec, [[(2, 5, None)]], 7, n_layers=3, n_heads=4)
+    for layer in range(3):
+        assert torch.equal(boost_math.bias_for_layer(a, layer, 9), boost_math.bias_for_layer(b, layer, 9))
+        assert torch.equal(boost_math.bias_for_layer(a, layer, 9), boost_math.bias_for_layer(c, layer, 9))
+
+
+def test_overlapping_spans_multiply_and_all_ones_boost_nothing():
+    boost = boost_math.build_batch_boost([BoostSpec()], [[(0, 3, 2.0), (2, 4, 5.0)]], 5, n_layers=1, n_heads=1)
+    assert boost.key_factors[0].tolist() == [2, 2, 10, 5, 1]
+    ones = boost_math.build_batch_boost([BoostSpec(multiplier=7.0)], [[(0, 2, 1.0), (3, 4, 1.0)]], 5, 1, 1)
+    assert ones.heads == {} and boost_math.bias_for_layer(ones, 0, 5) is None
+    none = boost_math.build_batch_boost([BoostSpec(multiplier=7.0)], [[]], 5, 1, 1)
+    assert none.heads == {} and not none.key_mask.any()

@@ -171,3 +171,107 @@ def test_seed_library_api_still_works():
     text = model.generate(instruction=INSTRUCTION, query=QUERY, multiplier=10.0, max_new_tokens=12)
     assert isinstance(text, str) and text
     assert model.engine.kind == "transformerlens"
+
+
+# -- several boosted spans per row, each with its own M (chat requests) ------------------------------------
+
+def _chat(*messages, max_new_tokens=24, **spec):
+    from shared.spec import ChatMessage, Segment
+
+    turns = []
+    for role, parts in messages:
+        parts = [parts] if isinstance(parts, (str, tuple)) else parts
+        turns.append(ChatMessage(role, tuple(Segment(p) if isinstance(p, str) else Segment(*p) for p in parts)))
+    return GenerationRequest.chat(turns, BoostSpec(**spec), GenerationParams(max_new_tokens=max_new_tokens))
+
+
+MULTI = [
+    # A boosted system turn (M=6) and a span inside the user turn (M=3).
+    (("system", ("Answer only in French.", 6.0)),
+     ("user", ["What is the capital of Germany? ", ("Explain briefly.", 3.0)])),
+    # Three spans, one of them de-boosted, across a user / assistant / user conversation.
+    (("system", "You are a helpful assistant."),
+     ("user", [("Reply in capital letters.", 12.0), " Name a fruit."]),
+     ("assistant", "BANANA."),
+     ("user", ["Now name a ", ("vegetable", 0.5), ", ", ("in one word", 4.0), "."])),
+]
+MULTI_SPECS = [dict(layers="all"), dict(layers="middle", placement="prefix"), dict(head_fraction=0.3, placement="raw"),
+               dict(layers=(2, 9, 10), heads={9: (0, 3), 10: (1,)})]
+
+
+@pytest.mark.parametrize("spec", MULTI_SPECS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("chat", range(len(MULTI)), ids=["two-spans", "three-spans"])
+def test_engines_agree_on_multi_span_logits(fast_engine, tl_engine, chat, spec):
+    req = _chat(*MULTI[chat], **spec)
+    assert len(fast_engine.prompt(req).spans) == len(req.multipliers) >= 2
+    diff = (fast_engine.logits(req) - tl_engine.logits(req)).abs().max().item()
+    assert diff <= 1e-4, f"fast and transformerlens logits differ by {diff:.3g}"
+    plain = _chat(*[(role, [p if isinstance(p, str) else p[0] for p in ([parts] if isinstance(parts, (str, tuple))
+                                                                        else parts)]) for role, parts in MULTI[chat]],
+                  **spec)
+    assert (fast_engine.logits(req) - fast_engine.logits(plain)).abs().max().item() > 0.1  # the spans do boost
+
+
+def test_multi_span_offsets_are_exact(fast_engine):
+    req = _chat(*MULTI[1])
+    prompt = fast_engine.prompt(req)
+    texts = [fast_engine.tokenizer.decode(prompt.input_ids[a:b]).strip() for a, b, _ in prompt.spans]
+    assert texts == ["Reply in capital letters.", "vegetable", "in one word"]
+    assert [m for _, _, m in prompt.spans] == [12.0, 0.5, 4.0]
+
+
+def test_each_span_gets_its_own_multiplier(fast_engine):
+    # The same spans with the Ms swapped must give different logits than the original order.
+    a = _chat(("system", ("Answer only in French.", 8.0)), ("user", ["Name a city. ", ("Be brief.", 1.5)]))
+    b = _chat(("system", ("Answer only in French.", 1.5)), ("user", ["Name a city. ", ("Be brief.", 8.0)]))
+    assert (fast_engine.logits(a) - fast_engine.logits(b)).abs().max().item() > 0.1
+
+
+def test_one_span_chat_equals_the_instruction_request(fast_engine, tl_engine):
+    # A chat whose system turn is boosted is the instruction request with placement "system".
+    chat = _chat(("system", (INSTRUCTION, 5.0)), ("user", QUERY), layers="middle")
+    inst = make_request(5.0, layers="middle")
+    assert fast_engine.prompt(chat).input_ids == fast_engine.prompt(inst).input_ids
+    assert fast_engine.prompt(chat).span == fast_engine.prompt(inst).span
+    for engine in (fast_engine, tl_engine):
+        assert torch.equal(engine.logits(chat), engine.logits(inst))
+
+
+def _plain_chat_greedy(plain_model, messages, max_new_tokens):
+    text = plain_model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([plain_model.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        out = plain_model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                         max_new_tokens=max_new_tokens, do_sample=False,
+                                         pad_token_id=plain_model.tokenizer.pad_token_id)
+    gen = out[0, ids.shape[1]:].tolist()
+    eos = plain_model.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    n = next((k for k, t in enumerate(gen) if t in eos), len(gen))
+    return plain_model.tokenizer.decode(gen[:n], skip_special_tokens=True).strip(), n
+
+
+@pytest.mark.parametrize("which", ["fast", "transformerlens"])
+def test_multi_span_multiplier_one_equals_plain_hf_greedy(fast_engine, tl_engine, plain_model, which):
+    engine = fast_engine if which == "fast" else tl_engine
+    spans_at_one = _chat(("system", ("Answer only in French.", 1.0)),
+                         ("user", ["What is the capital of Germany? ", ("Explain briefly.", 1.0)]), max_new_tokens=32)
+    no_spans = _chat(("system", "Answer only in French."), ("user", "What is the capital of Germany? Explain briefly."),
+                     max_new_tokens=32)
+    messages = [{"role": "system", "content": "Answer only in French."},
+                {"role": "user", "content": "What is the capital of Germany? Explain briefly."}]
+    want = _plain_chat_greedy(plain_model, messages, 32)
+    for req in (spans_at_one, no_spans):
+        got = engine.generate([req])[0]
+        assert (got.text, got.output_tokens) == want
+
+
+def test_fast_batch_mixes_single_and_multi_span_rows(fast_engine):
+    reqs = [_chat(*MULTI[0], max_new_tokens=12), make_request(8.0, max_new_tokens=12),
+            _chat(*MULTI[1], max_new_tokens=12, layers="middle"),
+            _chat(("user", "Say hello."), max_new_tokens=12)]
+    batched = fast_engine.generate(reqs)
+    alone = [fast_engine.generate([r])[0] for r in reqs]
+    assert [b.text for b in batched] == [a.text for a in alone]
+    assert [b.spans for b in batched] == [a.spans for a in alone]
+    assert [len(b.spans) for b in batched] == [2, 1, 3, 0]

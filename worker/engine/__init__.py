@@ -1,10 +1,10 @@
 """The InstaBoost method: boost math, the prompt and its instruction span, model loading, and two engines.
 
 - ``boost``: the pure math (key masks, log-M biases, the pattern hook); no I/O, no model state.
-- ``prompt``: renders a placement and finds the instruction's exact token span.
+- ``prompt``: renders a placement (or a chat) and finds the boosted text's exact token spans.
 - ``loading``: resolves a model name (alias, hub id, folder, .gguf) and loads it.
 - ``base``: the interface both engines share (batching, decoding, results).
-- ``fast``: the log-M bias inside fused attention (SDPA), KV cache, per-row spans and M.
+- ``fast``: the log-M bias inside fused attention (SDPA), KV cache, per-row spans, each with its own M.
 - ``lens``: the TransformerLens ``hook_pattern`` reference, also the analysis tool.
 
 ``get_engine`` keeps one engine per (model, engine kind, device, dtype) per process: the only model cache.

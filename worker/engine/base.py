@@ -15,16 +15,16 @@ import torch
 from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from worker.engine.loading import LoadedModel
-from worker.engine.prompt import Prompt, build_prompt
+from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
 
 @dataclass
 class Batch:
-    """Left-padded token ids for a group of prompts, with spans in padded coordinates."""
+    """Left-padded token ids for a group of prompts, with each row's (start, end, M) spans in padded coordinates."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    spans: list[tuple[int, int]]
+    spans: list[list[tuple[int, int, float | None]]]
     pads: list[int]
 
 
@@ -56,13 +56,17 @@ class Engine:
 
     def prompt(self, request: GenerationRequest) -> Prompt:
         """Build the prompt and check it fits the context with its new tokens."""
-        p = build_prompt(self.tokenizer, request.instruction, request.query, request.spec.placement)
+        if request.messages is not None:
+            p = build_chat_prompt(self.tokenizer, request.messages, request.spec.placement)
+        else:
+            p = build_prompt(self.tokenizer, request.instruction, request.query, request.spec.placement)
         need = len(p.input_ids) + request.params.max_new_tokens
         if need > self.max_context:
+            what = "the messages" if request.messages is not None else "the instruction or query"
             raise ValidationError(
                 f"the prompt is {len(p.input_ids)} tokens; with max_new_tokens {request.params.max_new_tokens} it "
-                f"exceeds the model's context of {self.max_context} tokens: shorten the instruction or query",
-                field="query")
+                f"exceeds the model's context of {self.max_context} tokens: shorten {what}",
+                field="messages" if request.messages is not None else "query")
         # Resolve early so a bad layer or head index fails before any compute.
         request.spec.resolve_heads(self.n_layers, self.n_heads)
         return p
@@ -79,7 +83,7 @@ class Engine:
             n = width - len(p.input_ids)
             ids.append([pad_id] * n + p.input_ids)
             mask.append([0] * n + [1] * len(p.input_ids))
-            spans.append((p.span[0] + n, p.span[1] + n))
+            spans.append([(a + n, b + n, m) for a, b, m in p.spans])
             pads.append(n)
         dev = self.device
         return Batch(torch.tensor(ids, device=dev), torch.tensor(mask, device=dev), spans, pads)
@@ -125,9 +129,10 @@ class Engine:
             gen = sequences[row, width:].tolist()
             n = content_length(gen, eos)
             text = self.tokenizer.decode(gen[:n], skip_special_tokens=True)
+            spans = tuple((a, b, req.spec.multiplier if m is None else m) for a, b, m in p.spans)
             out.append(GenerationResult(text=text.strip(), prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
-                                        attention_mass=masses[row] if masses else None))
+                                        attention_mass=masses[row] if masses else None, spans=spans))
         return out
 
     def _eos_ids(self) -> set[int]:

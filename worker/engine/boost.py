@@ -3,6 +3,7 @@
 InstaBoost multiplies the attention weight a query gives to instruction keys by M and renormalizes
 the row. With pre-softmax scores s, softmax(s)_k * f_k / sum_j softmax(s)_j * f_j equals
 softmax(s + log f)_k, so the same operation is an additive bias of log M on the instruction keys.
+A row may boost several spans, each with its own M: f is M_i on span i's keys and 1 elsewhere.
 The hook form (``boost_pattern``) is the reference; the bias form (``bias_for_layer``) runs inside
 fused attention.
 """
@@ -17,17 +18,22 @@ import torch
 from shared.spec import BoostSpec  # the spec lives in shared/ so the web app can validate without torch
 
 
+# One row's boosted spans: [start, end) key positions and M (None: the row's spec.multiplier).
+Span = tuple[int, int, "float | None"]
+
+
 @dataclass
 class BatchBoost:
-    """Per-batch boost state: which keys, heads and multiplier apply to each row in each layer.
+    """Per-batch boost state: which keys, heads and factors apply to each row in each layer.
 
-    key_mask: [B, K] bool, True on instruction keys (K covers prompt + generated positions).
-    multipliers: [B] float, M per row.
+    key_mask: [B, K] bool, True on boosted keys (the union of the row's spans; K covers prompt + generated).
+    key_factors: [B, K] float64, the factor f per key: M_i on span i's keys, 1 elsewhere (a key inside
+        two spans gets the product).
     heads: {layer: [B, H] bool}, True where the row boosts that head in that layer.
     """
 
     key_mask: torch.Tensor
-    multipliers: torch.Tensor
+    key_factors: torch.Tensor
     heads: dict[int, torch.Tensor]
 
 
@@ -39,22 +45,36 @@ def key_mask_from_spans(spans: Sequence[tuple[int, int]], length: int, device=No
     return (pos[None, :] >= starts) & (pos[None, :] < ends)
 
 
-def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence[tuple[int, int]], length: int,
+def row_spans(spec: BoostSpec, entry) -> list[tuple[int, int, float]]:
+    """Return one row's spans as (start, end, M): a (start, end) pair means one span boosted by spec.multiplier."""
+    if len(entry) == 2 and all(isinstance(x, int) for x in entry):
+        entry = [(entry[0], entry[1], None)]
+    return [(int(s), int(e), spec.multiplier if m is None else float(m)) for s, e, m in entry]
+
+
+def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
                       n_layers: int, n_heads: int, device=None, keep_identity: bool = False) -> BatchBoost:
-    """Resolve each row's spec into per-layer head masks; rows with M = 1 boost nothing unless kept."""
+    """Resolve each row's spec and spans into key factors and per-layer head masks.
+
+    spans[row] is either one (start, end) pair, boosted by the spec's multiplier, or a list of
+    (start, end, M) spans, each with its own M (None: the spec's). Rows whose every M is 1 boost
+    nothing unless kept.
+    """
     heads: dict[int, torch.Tensor] = {}
-    for row, spec in enumerate(specs):
-        if spec.is_identity and not keep_identity:
+    mask = torch.zeros(len(specs), length, dtype=torch.bool, device=device)
+    factors = torch.ones(len(specs), length, dtype=torch.float64, device=device)
+    for row, (spec, entry) in enumerate(zip(specs, spans, strict=True)):
+        resolved = row_spans(spec, entry)
+        for start, end, m in resolved:
+            mask[row, start:end] = True
+            factors[row, start:end] *= m
+        if all(m == 1.0 for _, _, m in resolved) and not keep_identity:
             continue
         for layer, hs in spec.resolve_heads(n_layers, n_heads).items():
             if layer not in heads:
                 heads[layer] = torch.zeros(len(specs), n_heads, dtype=torch.bool, device=device)
             heads[layer][row, list(hs)] = True
-    return BatchBoost(
-        key_mask=key_mask_from_spans(spans, length, device),
-        multipliers=torch.tensor([s.multiplier for s in specs], dtype=torch.float64, device=device),
-        heads=heads,
-    )
+    return BatchBoost(key_mask=mask, key_factors=factors, heads=heads)
 
 
 def _cells(boost: BatchBoost, layer: int, kv_len: int) -> torch.Tensor | None:
@@ -66,21 +86,22 @@ def _cells(boost: BatchBoost, layer: int, kv_len: int) -> torch.Tensor | None:
 
 
 def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32) -> torch.Tensor | None:
-    """Return [B, H, 1, kv_len] multiplicative factors (M on boosted cells, 1 elsewhere), or None."""
+    """Return [B, H, 1, kv_len] multiplicative factors (each span's M on boosted cells, 1 elsewhere), or None."""
     cells = _cells(boost, layer, kv_len)
     if cells is None:
         return None
-    m = boost.multipliers.to(dtype)[:, None, None, None]
-    return torch.where(cells, m, torch.ones((), dtype=dtype, device=m.device))
+    f = _fit(boost.key_factors, kv_len, fill=1.0).to(dtype)[:, None, None, :]
+    return torch.where(cells, f, torch.ones((), dtype=dtype, device=f.device))
 
 
 def bias_for_layer(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32) -> torch.Tensor | None:
-    """Return the [B, H, 1, kv_len] additive pre-softmax bias (log M on boosted cells), or None."""
+    """Return the [B, H, 1, kv_len] additive pre-softmax bias (log M_i on span i's cells), or None."""
     cells = _cells(boost, layer, kv_len)
     if cells is None:
         return None
-    log_m = torch.log(boost.multipliers).to(dtype)[:, None, None, None]
-    return torch.where(cells, log_m, torch.zeros((), dtype=dtype, device=log_m.device))
+    # log in float64, then cast: one span's bias is exactly what a single M gave before.
+    log_f = torch.log(_fit(boost.key_factors, kv_len, fill=1.0)).to(dtype)[:, None, None, :]
+    return torch.where(cells, log_f, torch.zeros((), dtype=dtype, device=log_f.device))
 
 
 def boost_pattern(pattern: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -113,9 +134,9 @@ def instruction_mass(weights: torch.Tensor, key_mask: torch.Tensor, q_positions:
     return (mass * sel).sum(-1) / sel.sum(-1).clamp_min(1)
 
 
-def _fit(mask: torch.Tensor, length: int) -> torch.Tensor:
-    # The span always lies in the prompt, so keys past the stored width are never boosted.
+def _fit(mask: torch.Tensor, length: int, fill=0) -> torch.Tensor:
+    # Spans always lie in the prompt, so keys past the stored width are never boosted (mask 0, factor 1).
     if mask.shape[-1] >= length:
         return mask[..., :length]
-    pad = torch.zeros(*mask.shape[:-1], length - mask.shape[-1], dtype=mask.dtype, device=mask.device)
+    pad = torch.full((*mask.shape[:-1], length - mask.shape[-1]), fill, dtype=mask.dtype, device=mask.device)
     return torch.cat([mask, pad], dim=-1)

@@ -1,9 +1,9 @@
-"""The fast engine: InstaBoost as an additive log-M bias on the instruction keys inside fused attention.
+"""The fast engine: InstaBoost as an additive log-M bias on the boosted keys inside fused attention.
 
 ``softmax(s + log f)`` equals the hook's multiply-and-renormalize, so the same boost runs inside
-transformers' SDPA path (registered as ``instaboost_sdpa``) with the KV cache on and a different
-span and M per batch row. The bias is active only inside ``fast_boost``, a context variable that is
-always reset, so a failed generation never leaves the model boosted.
+transformers' SDPA path (registered as ``instaboost_sdpa``) with the KV cache on and, per batch row,
+its own spans, each with its own M. The bias is active only inside ``fast_boost``, a context variable
+that is always reset, so a failed generation never leaves the model boosted.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def fast_boost(boost: BatchBoost | None, capacity: int = 0):
 
 
 class FastEngine(Engine):
-    """Additive log-M bias on the instruction keys inside SDPA, KV cache on, per-row spans and M."""
+    """Additive log-M bias on the boosted keys inside SDPA, KV cache on, per-row spans each with its own M."""
 
     kind = "fast"
 
@@ -129,7 +129,7 @@ class FastEngine(Engine):
                              field="engine")
 
     def _boost_for(self, requests, batch: Batch, length: int) -> BatchBoost | None:
-        if all(r.spec.is_identity for r in requests):
+        if all(r.is_identity for r in requests):
             return None  # M = 1 everywhere: run SDPA exactly as plain generation does
         return build_batch_boost([r.spec for r in requests], batch.spans, length, self.n_layers,
                                  self.n_heads, self.device)

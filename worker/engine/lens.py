@@ -44,8 +44,8 @@ class TransformerLensEngine(Engine):
 
     def _boost_for(self, request, prompt, length):
         # M = 1 still runs through the hook: the reference shows the hook itself is the identity.
-        return build_batch_boost([request.spec], [prompt.span], length, self.n_layers, self.n_heads, self.device,
-                                 keep_identity=True)
+        return build_batch_boost([request.spec], [list(prompt.spans)], length, self.n_layers, self.n_heads,
+                                 self.device, keep_identity=True)
 
     @torch.inference_mode()
     def _generate_group(self, requests, prompts, attention):

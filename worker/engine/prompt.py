@@ -1,4 +1,8 @@
-"""Build the prompt for a placement and find the instruction's exact token span from tokenizer offsets."""
+"""Build the prompt for a placement and find the boosted text's exact token spans from tokenizer offsets.
+
+An instruction request boosts one span (the instruction); a chat request boosts each of its boosted
+segments, found the same way: sentinels stand in for them while the chat template renders.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,24 @@ _S_INSTR = "\u2063INSTR\u2063"
 _S_QUERY = "\u2063QUERY\u2063"
 
 
+def _s_span(k: int) -> str:
+    return f"\u2063SPAN{k}\u2063"
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """A rendered prompt, its token ids and the instruction's [start, end) token span."""
+    """A rendered prompt, its token ids and its boosted [start, end) token spans.
+
+    span / char_span: the instruction's (chat: the hull of every boosted span; (0, 0) when none).
+    spans: every boosted span as (start, end, M); M is None for the instruction (the spec's multiplier).
+    """
 
     text: str
     input_ids: list[int]
     span: tuple[int, int]
     char_span: tuple[int, int]
     placement: str
+    spans: tuple[tuple[int, int, float | None], ...] = ()
 
     @property
     def span_text(self) -> str:
@@ -84,5 +97,94 @@ def build_prompt(tokenizer, instruction: str, query: str, placement: str) -> Pro
     inside = [k for k, (a, b) in enumerate(offsets) if b > a and a < ce and b > cs]
     if not inside:
         raise ValidationError("the instruction produced no tokens", field="instruction")
-    return Prompt(text=text, input_ids=list(ids), span=(inside[0], inside[-1] + 1), char_span=(cs, ce),
-                  placement=effective_placement(tokenizer, placement))
+    span = (inside[0], inside[-1] + 1)
+    return Prompt(text=text, input_ids=list(ids), span=span, char_span=(cs, ce),
+                  placement=effective_placement(tokenizer, placement), spans=((*span, None),))
+
+
+def _fold_system(messages: list[dict]) -> list[dict]:
+    """Move the system turns' text to the start of the first user turn (placement 'prefix')."""
+    system = [m for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    head = "\n\n".join(m["content"] for m in system)
+    for m in rest:
+        if m["role"] == "user":
+            m["content"] = f"{head}\n\n{m['content']}" if m["content"] else head
+            return rest
+    return [{"role": "user", "content": head}, *rest]
+
+
+def render_chat(tokenizer, messages, placement: str) -> tuple[str, list[tuple[int, int]], bool]:
+    """Return (prompt text, each boosted segment's char span in order, whether special tokens are in the text).
+
+    Boosted segments go through the template as sentinels and are put back afterwards, so their
+    offsets are exact; unboosted text goes through the template as it is, so a chat without boosted
+    segments renders exactly as ``apply_chat_template`` renders it.
+    """
+    placement = effective_placement(tokenizer, placement)
+    boosted: list[str] = []
+    turns = []
+    for m in messages:
+        parts = []
+        for seg in m.segments:
+            if seg.multiplier is None:
+                parts.append(seg.text)
+            else:
+                parts.append(_s_span(len(boosted)))
+                boosted.append(seg.text)
+        turns.append({"role": m.role, "content": "".join(parts)})
+    if placement == "raw":
+        template, templated = "\n\n".join(t["content"] for t in turns), False
+    else:
+        if placement == "prefix":
+            turns = _fold_system(turns)
+        elif placement != "system":
+            raise ValidationError(f"unknown placement {placement!r}; use system, prefix or raw", field="placement")
+        try:
+            template = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # templates raise arbitrary errors, e.g. "System role not supported"
+            if placement == "system" and any(t["role"] == "system" for t in turns):
+                warnings.warn(f"chat template rejects a system turn ({exc}); using placement 'prefix'", stacklevel=2)
+                return render_chat(tokenizer, messages, "prefix")
+            raise ValidationError(f"the model's chat template failed: {exc}", field="messages") from None
+        templated = True
+    marks = [_s_span(k) for k in range(len(boosted))]
+    if any(template.count(mark) != 1 for mark in marks):
+        raise ValidationError("the chat template alters message text, so the boosted spans cannot be located; "
+                              "use placement 'raw'", field="placement")
+    # Put the texts back in order of position; each later offset shifts by what came before it.
+    order = sorted(range(len(marks)), key=lambda k: template.index(marks[k]))
+    shift, cursor, pieces, char_spans = 0, 0, [], [(0, 0)] * len(marks)
+    for k in order:
+        at = template.index(marks[k])
+        pieces.append(template[cursor:at])
+        start = at + shift
+        pieces.append(boosted[k])
+        char_spans[k] = (start, start + len(boosted[k]))
+        shift += len(boosted[k]) - len(marks[k])
+        cursor = at + len(marks[k])
+    pieces.append(template[cursor:])
+    return "".join(pieces), char_spans, templated
+
+
+def build_chat_prompt(tokenizer, messages, placement: str) -> Prompt:
+    """Render and tokenize a chat; each boosted segment's span covers every token overlapping its text."""
+    text, char_spans, templated = render_chat(tokenizer, messages, placement)
+    enc = tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    multipliers = [s.multiplier for m in messages for s in m.segments if s.multiplier is not None]
+    spans = []
+    for k, ((cs, ce), m) in enumerate(zip(char_spans, multipliers, strict=True)):
+        inside = [i for i, (a, b) in enumerate(offsets) if b > a and a < ce and b > cs]
+        if not inside:
+            raise ValidationError(f"boosted span {k + 1} produced no tokens", field="messages")
+        spans.append((inside[0], inside[-1] + 1, m))
+    if spans:
+        hull = (min(s for s, _, _ in spans), max(e for _, e, _ in spans))
+        char_hull = (min(s for s, _ in char_spans), max(e for _, e in char_spans))
+    else:
+        hull, char_hull = (0, 0), (0, 0)
+    return Prompt(text=text, input_ids=list(ids), span=hull, char_span=char_hull,
+                  placement=effective_placement(tokenizer, placement), spans=tuple(spans))
