@@ -158,6 +158,9 @@ def select_heads(layers: Sequence[int], n_heads: int, fraction: float, seed: int
     return out
 
 
+MAX_STOP = 4  # stop strings per request, as OpenAI's API allows
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Decoding settings shared by every variant of a job."""
@@ -166,12 +169,17 @@ class GenerationParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 42
+    stop: tuple[str, ...] = ()  # generation ends at the first of these strings, which the text then omits
 
     def __post_init__(self):
         check_values({"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
                       "seed": self.seed})
         object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
         object.__setattr__(self, "seed", int(self.seed))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if len(stop) > MAX_STOP or not all(isinstance(x, str) and x for x in stop):
+            raise ValidationError(f"stop must be up to {MAX_STOP} non-empty strings", field="stop")
+        object.__setattr__(self, "stop", stop)
 
     @property
     def greedy(self) -> bool:
@@ -278,8 +286,10 @@ class GenerationResult:
     attention_mass: dict[str, list[float]] | None = None
     # Every boosted span as (start, end, M) in the unpadded prompt; one for an instruction request.
     spans: tuple[tuple[int, int, float], ...] = ()
+    finish_reason: str = "stop"  # "stop" (end of sequence or a stop string) or "length" (max_new_tokens reached)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
                 "span": list(self.span), "span_text": self.span_text, "seconds": round(self.seconds, 4),
-                "attention_mass": self.attention_mass, "spans": [list(s) for s in self.spans]}
+                "attention_mass": self.attention_mass, "spans": [list(s) for s in self.spans],
+                "finish_reason": self.finish_reason}

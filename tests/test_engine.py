@@ -275,3 +275,30 @@ def test_fast_batch_mixes_single_and_multi_span_rows(fast_engine):
     assert [b.text for b in batched] == [a.text for a in alone]
     assert [b.spans for b in batched] == [a.spans for a in alone]
     assert [len(b.spans) for b in batched] == [2, 1, 3, 0]
+
+
+# -- stop strings and streaming ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["fast", "transformerlens"])
+def test_streamed_deltas_join_up_to_the_result(fast_engine, tl_engine, which):
+    engine = fast_engine if which == "fast" else tl_engine
+    reqs = [_chat(*MULTI[0], max_new_tokens=20), make_request(4.0, max_new_tokens=14)]
+    deltas: dict[int, list[str]] = {0: [], 1: []}
+    results = engine.generate(reqs, on_text=lambda i, d: deltas[i].append(d))
+    for i, res in enumerate(results):
+        assert len(deltas[i]) > 3  # token by token, not all at the end
+        assert "".join(deltas[i]) == res.text
+    assert [r.text for r in results] == [r.text for r in engine.generate(reqs)]  # streaming changes nothing
+
+
+def test_stop_strings_end_the_text_and_report_why(fast_engine):
+    free = fast_engine.generate([_chat(("user", "Count from 1 to 20, separated by commas."), max_new_tokens=40)])[0]
+    assert free.finish_reason == "length" and "5" in free.text, free.text
+    stop = free.text[free.text.index("5"):free.text.index("5") + 1]
+    params = GenerationParams(max_new_tokens=40, stop=(stop, "zzz"))
+    req = GenerationRequest.chat(_chat(("user", "Count from 1 to 20, separated by commas.")).messages,
+                                 params=params)
+    deltas: list[str] = []
+    res = fast_engine.generate([req], on_text=lambda i, d: deltas.append(d))[0]
+    assert res.text == free.text[:free.text.index(stop)].strip() and res.finish_reason == "stop"
+    assert res.output_tokens < 40 and "".join(deltas) == res.text

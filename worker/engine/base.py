@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
+from shared.streaming import final_text
 from worker.engine.loading import LoadedModel
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
@@ -102,23 +103,41 @@ class Engine:
             pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=base.bos_token_id,
         )
-        return {"generation_config": cfg}
+        kwargs = {"generation_config": cfg}
+        if params.stop:
+            cfg.stop_strings = list(params.stop)
+            kwargs["tokenizer"] = self.tokenizer  # generate() needs it to match stop strings
+        return kwargs
 
-    def generate(self, requests: Sequence[GenerationRequest], attention: bool = False) -> list[GenerationResult]:
-        """Generate for every request; requests sharing decoding settings run as one batch."""
+    def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
+                 on_text: Callable[[int, str], None] | None = None) -> list[GenerationResult]:
+        """Generate for every request; requests sharing decoding settings run as one batch.
+
+        on_text(i, delta), when given, receives request i's text as it is produced; the deltas of a
+        request join up to its result's text.
+        """
         requests = list(requests)
         prompts = [self.prompt(r) for r in requests]
         results: list[GenerationResult | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: params_key(requests[i].params))
         for _, group in groupby(order, key=lambda i: params_key(requests[i].params)):
             idx = list(group)
+            relay = None if on_text is None else (lambda row, delta, idx=idx: on_text(idx[row], delta))
             for i, res in zip(idx, self._generate_group([requests[i] for i in idx], [prompts[i] for i in idx],
-                                                        attention)):
+                                                        attention, relay)):
                 results[i] = res
         return results  # type: ignore[return-value]
 
-    def _generate_group(self, requests, prompts, attention) -> list[GenerationResult]:
+    def _generate_group(self, requests, prompts, attention, on_text=None) -> list[GenerationResult]:
         raise NotImplementedError
+
+    def _streamer(self, rows: int, params: GenerationParams, on_text):
+        """Return a streamer for generate() that relays each row's text deltas, or None."""
+        if on_text is None:
+            return None
+        from worker.engine.streaming import RowStreamer
+
+        return RowStreamer(self.tokenizer, rows, self._eos_ids(), on_text, params.stop)
 
     def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
                 masses) -> list[GenerationResult]:
@@ -127,12 +146,14 @@ class Engine:
         out = []
         for row, (req, p) in enumerate(zip(requests, prompts)):
             gen = sequences[row, width:].tolist()
-            n = content_length(gen, eos)
-            text = self.tokenizer.decode(gen[:n], skip_special_tokens=True)
+            # A row a stop string ended is padded afterwards; the pad token does not count as generated.
+            n = content_length(gen, eos | ({self.tokenizer.pad_token_id} if req.params.stop else set()))
+            text, stopped = final_text(self.tokenizer.decode(gen[:n], skip_special_tokens=True), req.params.stop)
             spans = tuple((a, b, req.spec.multiplier if m is None else m) for a, b, m in p.spans)
-            out.append(GenerationResult(text=text.strip(), prompt_tokens=len(p.input_ids), output_tokens=n,
+            out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
-                                        attention_mass=masses[row] if masses else None, spans=spans))
+                                        attention_mass=masses[row] if masses else None, spans=spans,
+                                        finish_reason="stop" if stopped or n < len(gen) else "length"))
         return out
 
     def _eos_ids(self) -> set[int]:
@@ -167,7 +188,7 @@ def content_length(generated: list[int], eos: set[int]) -> int:
 
 
 def params_key(p: GenerationParams):
-    return (p.max_new_tokens, p.temperature, p.top_p, p.seed)
+    return (p.max_new_tokens, p.temperature, p.top_p, p.seed, p.stop)
 
 
 def seed_sampling(params: GenerationParams) -> None:

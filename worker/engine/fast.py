@@ -135,7 +135,7 @@ class FastEngine(Engine):
                                  self.n_heads, self.device)
 
     @torch.inference_mode()
-    def _generate_group(self, requests, prompts, attention):
+    def _generate_group(self, requests, prompts, attention, on_text=None):
         batch = self._pad(prompts)
         params = requests[0].params
         boost = self._boost_for(requests, batch, batch.input_ids.shape[1])
@@ -143,6 +143,7 @@ class FastEngine(Engine):
         t0 = time.perf_counter()
         with fast_boost(boost, capacity=batch.input_ids.shape[1] + params.max_new_tokens):
             seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                             streamer=self._streamer(len(requests), params, on_text),
                                              **self._gen_kwargs(params))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -48,17 +48,19 @@ class TransformerLensEngine(Engine):
                                  self.device, keep_identity=True)
 
     @torch.inference_mode()
-    def _generate_group(self, requests, prompts, attention):
+    def _generate_group(self, requests, prompts, attention, on_text=None):
         # The reference runs one request at a time: no padding, nothing to get wrong.
         out = []
-        for req, p in zip(requests, prompts):
+        for row, (req, p) in enumerate(zip(requests, prompts)):
             batch = self._pad([p])
             boost = self._boost_for(req, p, batch.input_ids.shape[1])
             seed_sampling(req.params)
+            relay = None if on_text is None else (lambda _r, delta, row=row: on_text(row, delta))
             t0 = time.perf_counter()
             with self.hooked(boost):
                 seq = self.bridge.original_model.generate(input_ids=batch.input_ids,
                                                           attention_mask=batch.attention_mask,
+                                                          streamer=self._streamer(1, req.params, relay),
                                                           **self._gen_kwargs(req.params))
             seconds = time.perf_counter() - t0
             masses = self._attention_mass(req, p, batch, seq) if attention else None
