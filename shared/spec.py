@@ -287,9 +287,12 @@ class GenerationResult:
     # Every boosted span as (start, end, M) in the unpadded prompt; one for an instruction request.
     spans: tuple[tuple[int, int, float], ...] = ()
     finish_reason: str = "stop"  # "stop" (end of sequence or a stop string) or "length" (max_new_tokens reached)
+    # The placement the prompt actually used: system and prefix fall back to raw without a chat template,
+    # system to prefix when the template rejects a system turn. Empty when unknown.
+    placement: str = ""
 
     def to_dict(self) -> dict:
         return {"text": self.text, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
                 "span": list(self.span), "span_text": self.span_text, "seconds": round(self.seconds, 4),
                 "attention_mass": self.attention_mass, "spans": [list(s) for s in self.spans],
-                "finish_reason": self.finish_reason}
+                "finish_reason": self.finish_reason, "placement": self.placement}

@@ -117,3 +117,28 @@ def test_overlapping_spans_multiply_and_all_ones_boost_nothing():
     assert ones.heads == {} and boost_math.bias_for_layer(ones, 0, 5) is None
     none = boost_math.build_batch_boost([BoostSpec(multiplier=7.0)], [[]], 5, 1, 1)
     assert none.heads == {} and not none.key_mask.any()
+
+
+def test_keys_of_a_sliding_window_cache_are_the_last_positions():
+    # 10 positions processed; a sliding-window cache hands attention the last 4 keys: positions 6..9.
+    boost = boost_math.build_batch_boost([BoostSpec(multiplier=3.0)], [(1, 3)], 8, n_layers=1, n_heads=1)
+    assert boost_math.key_offset(4, 10) == 6 and boost_math.key_offset(10, 10) == 0
+    assert boost_math.key_offset(16, 10) == 0
+    assert boost_math.bias_for_layer(boost, 0, 4, total=10)[0, 0, 0].tolist() == [0, 0, 0, 0]  # span left the window
+    bias = boost_math.bias_for_layer(boost, 0, 4, total=5)[0, 0, 0]  # positions 1..4: the span is keys 0 and 1
+    assert bias.tolist() == [pytest.approx(math.log(3)), pytest.approx(math.log(3)), 0, 0]
+    # A full layer (kv_len == total) and a static cache (kv_len > total) keep key index == position.
+    assert boost_math.bias_for_layer(boost, 0, 10, total=10).equal(boost_math.bias_for_layer(boost, 0, 10))
+    assert boost_math.bias_for_layer(boost, 0, 16, total=10).equal(boost_math.bias_for_layer(boost, 0, 16))
+
+
+def test_pattern_hook_reads_the_window_offset_at_each_call():
+    boost = boost_math.build_batch_boost([BoostSpec(multiplier=4.0)], [(0, 2)], 6, 1, 1)
+    seen = {"total": 6}
+    hook = boost_math.make_pattern_hook(boost, 0, total=lambda: seen["total"])
+    pattern = torch.full((1, 1, 1, 3), 1 / 3)
+    assert torch.allclose(hook(pattern), pattern)  # keys 3..5: nothing of the span
+    seen["total"] = 4  # keys 1..3: position 1 is in the span
+    out = hook(pattern)[0, 0, 0]
+    assert out.tolist() == pytest.approx([4 / 6, 1 / 6, 1 / 6])
+    assert boost_math.make_pattern_hook(boost, 0)(pattern)[0, 0, 0].tolist() == pytest.approx([4 / 9, 4 / 9, 1 / 9])

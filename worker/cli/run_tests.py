@@ -131,6 +131,7 @@ def _case_row(engine, case: Case, base: BoostSpec, variants: dict[str, BoostSpec
             row.update({f"{v}_output": "", f"{v}_length": "", f"{v}_tokens": "", f"{v}_seconds": "", f"{v}_pass": ""})
             continue
         ok = case.passes(res.text)
+        row["placement"] = res.placement or base.placement  # the placement used, after fallbacks
         row.update({f"{v}_output": res.text, f"{v}_length": len(res.text), f"{v}_tokens": res.output_tokens,
                     f"{v}_seconds": round(res.seconds, 4), f"{v}_pass": "" if ok is None else ("pass" if ok else "fail")})
         if ok is not None:

@@ -153,7 +153,8 @@ class Engine:
             out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
                                         attention_mass=masses[row] if masses else None, spans=spans,
-                                        finish_reason="stop" if stopped or n < len(gen) else "length"))
+                                        finish_reason="stop" if stopped or n < len(gen) else "length",
+                                        placement=p.placement))
         return out
 
     def _eos_ids(self) -> set[int]:
@@ -189,6 +190,22 @@ def content_length(generated: list[int], eos: set[int]) -> int:
 
 def params_key(p: GenerationParams):
     return (p.max_new_tokens, p.temperature, p.top_p, p.seed, p.stop)
+
+
+def processed_length(args, kwargs) -> int | None:
+    """Return how many positions a causal LM forward has seen once it ends: cached ones plus its inputs.
+
+    Read by a forward pre-hook (with_kwargs) on the model, before the cache is updated. Sliding-window caches
+    hand attention only the last keys, so both engines need this to map key index to absolute position.
+    """
+    x = kwargs.get("input_ids", args[0] if args else None)
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    if x is None:
+        return None
+    past = kwargs.get("past_key_values")
+    seen = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+    return int(seen) + int(x.shape[1])
 
 
 def seed_sampling(params: GenerationParams) -> None:

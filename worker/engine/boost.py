@@ -77,30 +77,56 @@ def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
     return BatchBoost(key_mask=mask, key_factors=factors, heads=heads)
 
 
-def _cells(boost: BatchBoost, layer: int, kv_len: int) -> torch.Tensor | None:
+def key_offset(kv_len: int, total: int | None) -> int:
+    """Return the absolute position of the first of the kv_len keys an attention layer sees.
+
+    total is how many positions the model has processed, the current forward's included. KV caches either
+    keep every position at its own index (full-attention layers, and static caches, whose key length may
+    exceed total), or only the most recent kv_len positions (sliding-window layers once the window is
+    full: transformers' DynamicSlidingWindowLayer keeps the last window - 1 and appends the new ones).
+    So the keys start at total - kv_len when that is positive, and at 0 otherwise.
+    """
+    return 0 if total is None else max(int(total) - kv_len, 0)
+
+
+def key_window(mask: torch.Tensor, kv_len: int, total: int | None = None, fill=False) -> torch.Tensor:
+    """Return the columns of a [..., K] absolute-position key tensor for the kv_len keys an attention sees."""
+    start = key_offset(kv_len, total)
+    return _fit(mask, start + kv_len, fill=fill)[..., start:]
+
+
+def _cells(boost: BatchBoost, layer: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
     """Return [B, H, 1, kv_len] bool: the (row, head, key) cells this layer boosts, or None."""
     heads = boost.heads.get(layer)
     if heads is None:
         return None
-    return heads[:, :, None, None] & _fit(boost.key_mask, kv_len)[:, None, None, :]
+    return heads[:, :, None, None] & key_window(boost.key_mask, kv_len, total)[:, None, None, :]
 
 
-def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32) -> torch.Tensor | None:
-    """Return [B, H, 1, kv_len] multiplicative factors (each span's M on boosted cells, 1 elsewhere), or None."""
-    cells = _cells(boost, layer, kv_len)
+def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32,
+                  total: int | None = None) -> torch.Tensor | None:
+    """Return [B, H, 1, kv_len] multiplicative factors (each span's M on boosted cells, 1 elsewhere), or None.
+
+    total: positions processed so far (see key_offset); None when the keys are positions 0 .. kv_len - 1.
+    """
+    cells = _cells(boost, layer, kv_len, total)
     if cells is None:
         return None
-    f = _fit(boost.key_factors, kv_len, fill=1.0).to(dtype)[:, None, None, :]
+    f = key_window(boost.key_factors, kv_len, total, fill=1.0).to(dtype)[:, None, None, :]
     return torch.where(cells, f, torch.ones((), dtype=dtype, device=f.device))
 
 
-def bias_for_layer(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32) -> torch.Tensor | None:
-    """Return the [B, H, 1, kv_len] additive pre-softmax bias (log M_i on span i's cells), or None."""
-    cells = _cells(boost, layer, kv_len)
+def bias_for_layer(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32,
+                   total: int | None = None) -> torch.Tensor | None:
+    """Return the [B, H, 1, kv_len] additive pre-softmax bias (log M_i on span i's cells), or None.
+
+    total: positions processed so far (see key_offset); None when the keys are positions 0 .. kv_len - 1.
+    """
+    cells = _cells(boost, layer, kv_len, total)
     if cells is None:
         return None
     # log in float64, then cast: one span's bias is exactly what a single M gave before.
-    log_f = torch.log(_fit(boost.key_factors, kv_len, fill=1.0)).to(dtype)[:, None, None, :]
+    log_f = torch.log(key_window(boost.key_factors, kv_len, total, fill=1.0)).to(dtype)[:, None, None, :]
     return torch.where(cells, log_f, torch.zeros((), dtype=dtype, device=log_f.device))
 
 
@@ -111,11 +137,16 @@ def boost_pattern(pattern: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return scaled / scaled.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(pattern.dtype).tiny)
 
 
-def make_pattern_hook(boost: BatchBoost, layer: int):
-    """Return a TransformerLens hook for blocks.{layer}.attn.hook_pattern that applies the boost."""
+def make_pattern_hook(boost: BatchBoost, layer: int, total=None):
+    """Return a TransformerLens hook for blocks.{layer}.attn.hook_pattern that applies the boost.
+
+    total: a callable returning the positions the model has processed so far (see key_offset), read at each
+    call; without it the pattern's keys are taken to be positions 0 .. K - 1, which sliding-window caches break.
+    """
 
     def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
-        factors = boost_factors(boost, layer, pattern.shape[-1], dtype=torch.float32)
+        factors = boost_factors(boost, layer, pattern.shape[-1], dtype=torch.float32,
+                                total=total() if total is not None else None)
         if factors is None:
             return pattern
         return boost_pattern(pattern.float(), factors.to(pattern.device)).to(pattern.dtype)

