@@ -297,6 +297,11 @@ def test_session_cookie_is_secure_over_https_and_dies_with_the_token(clean_db, r
     other = rotated.test_client()
     other.set_cookie("session", jar.value)
     assert other.get("/jobs").status_code == 401
+    # A login lasts web.session_hours (12 by default) from the moment it happened, however busy the session since.
+    assert client.get("/jobs").status_code == 200
+    with client.session_transaction() as sess:
+        sess["auth_at"] -= 12 * 3600 + 1
+    assert client.get("/jobs").status_code == 401
     with pytest.raises(Exception, match="web.session_cookie_secure"):
         make_test_app(clean_db, redis_namespace, SETTINGS={"web.session_cookie_secure": "sometimes"})
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
@@ -34,6 +35,7 @@ OPEN_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "auth.login", "au
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_PREFIXES = ("/api/", "/v1/")  # JSON APIs: the content-type rule applies
 SESSION_KEY = "auth"
+SINCE_KEY = "auth_at"
 COOKIE_SECURE_MODES = ("auto", "true", "false")
 
 
@@ -62,8 +64,12 @@ def _bearer(token: str) -> bool | None:
 
 
 def _logged_in(token: str) -> bool:
-    value = session.get(SESSION_KEY)
-    return isinstance(value, str) and hmac.compare_digest(value, _fingerprint(token))
+    value, since = session.get(SESSION_KEY), session.get(SINCE_KEY)
+    if not isinstance(value, str) or not isinstance(since, (int, float)):
+        return False
+    # Absolute lifetime from the login (the cookie's own expiry slides with each response that re-signs it).
+    fresh = 0 <= time.time() - since < current_app.permanent_session_lifetime.total_seconds()
+    return fresh and hmac.compare_digest(value, _fingerprint(token))
 
 
 def _settings():
@@ -177,8 +183,9 @@ def login():
         return render_template("login.html", next=target,
                                error="That is not the API token (web.api_token). Try again."), 401
     session.clear()  # a fresh session (and CSRF token) at each login
-    session.permanent = True  # expires after web.session_hours, checked server-side from the signed timestamp
+    session.permanent = True  # the cookie outlives the browser, for web.session_hours from this login
     session[SESSION_KEY] = _fingerprint(token)
+    session[SINCE_KEY] = int(time.time())
     log.info("login from %s", request.remote_addr)
     return redirect(target, code=303)
 
@@ -232,3 +239,6 @@ def configure(app, settings) -> None:
     app.register_blueprint(bp)
     if not settings["web.api_token"]:
         log.warning("%s (set it to require a login or 'Authorization: Bearer')", OPEN_MODE_MESSAGE)
+    elif not settings["web.secret_key"]:
+        log.warning("web.api_token is set but web.secret_key is empty: logins hold only in this process and only "
+                    "until it restarts; set web.secret_key when running several web processes")
