@@ -198,11 +198,14 @@ def cmd_run_tests(args) -> int:
         raise ValidationError("--num-runs must be >= 1", field="num_runs")
     output = Path(args.output) if args.output else default_output(s["evaluation.results_dir"])
     engine = _engine(args, s, values)
-    summary = run_cases(engine, cases, spec, params, num_runs, output, progress=not args.no_progress)
-    print(f"wrote {output}")
-    for variant, c in summary.items():
+    report = run_cases(engine, cases, spec, params, num_runs, output, progress=not args.no_progress)
+    print(f"wrote {output} ({report.rows} rows)")
+    for variant, c in report.summary.items():
         if c["checked"]:
             print(f"{variant:>14}: {c['passed']}/{c['checked']} checks passed")
+    if report.failed:
+        print(f"instaboost: {report.failed} rows hold an error (see the error column)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except InstaBoostError as exc:
         where = f" ({exc.field})" if exc.field and exc.field not in exc.message else ""
         print(f"instaboost: error{where}: {exc.message}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("instaboost: interrupted", file=sys.stderr)
         return 130
