@@ -77,3 +77,15 @@ class TooManyJobs(Unavailable):
 class Unauthorized(InstaBoostError):
     status = 401
     title = "Unauthorized"
+
+
+class Forbidden(InstaBoostError):
+    """A request this service refuses whoever sends it (e.g. one sent by another site's page)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class UnsupportedMediaType(InstaBoostError):
+    status = 415
+    title = "Unsupported media type"

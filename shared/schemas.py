@@ -29,9 +29,19 @@ class Variant:
         return self.layer_mode == "none"
 
 
+def multiplier_text(multiplier: float) -> str:
+    """Return the shortest text that reads back as exactly this multiplier: 10, 2.5, 1e+06, 2.0000001."""
+    short = format(multiplier, "g")  # the familiar form, when it loses nothing
+    return short if float(short) == multiplier else repr(float(multiplier))
+
+
 def variant_name(multiplier: float, layer_mode: str) -> str:
-    """Return the stable variant name, e.g. all_x10 or middle_x2.5."""
-    return f"{layer_mode}_x{multiplier:g}"
+    """Return the stable variant name, e.g. all_x10 or middle_x2.5.
+
+    Exact (multiplier_text reads back as the multiplier), so distinct multipliers never share a name: with
+    "%g", 2.0000001 and 2.0000002 both were all_x2 and one run was lost.
+    """
+    return f"{layer_mode}_x{multiplier_text(multiplier)}"
 
 
 ORIGINAL = Variant("original", 1.0, "none")

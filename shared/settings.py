@@ -89,13 +89,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a queued job may wait for the broker to accept its message before the sweeper sends it again."),
     Setting("sweeper.lost_after", float, 60.0,
             "Seconds a queued job's message must be missing from Redis (e.g. a restart without persistence) before it is sent again."),
-    Setting("web.api_token", str, "", "When set, the JSON API requires 'Authorization: Bearer <token>'.", secret=True),
+    Setting("web.api_token", str, "",
+            "When set, every page and API route that reads or changes jobs requires it: scripts send "
+            "'Authorization: Bearer <token>', browsers log in at /login. Empty: open to anyone who can reach it.",
+            secret=True),
     Setting("web.secret_key", str, "", "Flask secret key for sessions and CSRF; random per process when empty.", secret=True),
+    Setting("web.session_cookie_secure", str, "auto",
+            "Mark the login session cookie Secure: auto (when the request came over https), true (always; e.g. "
+            "behind a TLS proxy that does not forward the scheme) or false."),
+    Setting("web.session_hours", float, 12.0, "Hours a browser login lasts before the token is asked again."),
+    Setting("web.trusted_origins", list, [],
+            "Other origins (scheme://host[:port], comma-separated) whose pages may send state-changing requests; "
+            "such requests from any other site are refused."),
     Setting("hf.token", str, "", "Hugging Face token for gated hub models.", env="HF_TOKEN",
             aliases=("HUGGINGFACE_TOKEN",), secret=True),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# Said at startup (web app and `instaboost serve`) when web.api_token is empty.
+OPEN_MODE_MESSAGE = "no web.api_token set: the service is open to anyone who can reach it"
 # Old names still read from config.yaml (their environment variables are the settings' aliases).
 RENAMED = {"testing.num_runs": "evaluation.num_runs", "testing.results_dir": "evaluation.results_dir"}
 

@@ -2,7 +2,8 @@
 
 A worker process refreshes ``<namespace>:worker:<worker id>`` with a TTL (``worker.jobs.heartbeat``); the
 web app reads them to list served models and refuse jobs nobody can run, and the sweeper reads them, and
-the queues, to find jobs whose worker or message was lost. Torch-free.
+the queues, to find jobs whose worker or message was lost. A worker beats before it loads its models, with
+``"models": []`` and ``"starting": [the models it is loading]``, so jobs for those queue meanwhile. Torch-free.
 """
 
 from __future__ import annotations
@@ -111,3 +112,9 @@ def live_workers(client, namespace: str | None = None) -> list[dict]:
 def served_models(client, namespace: str | None = None) -> set[str]:
     """Return the names of the models at least one live worker holds."""
     return {m for beat in live_workers(client, namespace) for m in beat["models"]}
+
+
+def starting_in(beat: dict) -> list[str]:
+    """Return the models a heartbeat says its worker is still loading (its "starting" list)."""
+    starting = beat.get("starting")
+    return [m for m in starting if isinstance(m, str)] if isinstance(starting, list) else []

@@ -26,15 +26,20 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def live_server(celery_worker, pg_url):
-    """The web app served over HTTP on a free local port (werkzeug, threaded)."""
+TOKEN = "browser-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module", params=["open", "token"])
+def live_server(request, celery_worker, pg_url):
+    """The web app served over HTTP on a free local port (werkzeug, threaded): open, or with web.api_token set."""
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, make_test_app(pg_url, celery_worker.namespace), threaded=True)
+    config = {"API_TOKEN": TOKEN} if request.param == "token" else {}
+    server = make_server("127.0.0.1", 0, make_test_app(pg_url, celery_worker.namespace, **config), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
+    server.token = config.get("API_TOKEN")
+    yield f"http://127.0.0.1:{server.server_port}", server.token
     server.shutdown()
     thread.join(10)
 
@@ -69,7 +74,17 @@ def test_browser_submits_watches_and_downloads(live_server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(live_server + "/")
+    base, token = live_server
+    browser.get(base + "/")
+    if token:  # a private deployment: the page sends the browser to the login form, and back after it
+        assert "/login" in browser.current_url
+        browser.find_element(By.ID, "token").send_keys("wrong")
+        browser.find_element(By.ID, "login").click()
+        assert "not the API token" in browser.find_element(By.ID, "login-error").text
+        browser.find_element(By.ID, "token").send_keys(token)
+        browser.find_element(By.ID, "login").click()
+        WebDriverWait(browser, 20).until(lambda d: d.current_url.rstrip("/") == base)
+        assert browser.find_element(By.ID, "logout").is_displayed()
     browser.find_element(By.ID, "instruction").send_keys("Answer only in French.")
     browser.find_element(By.ID, "query").send_keys("What is the capital of Italy?")
     multipliers = browser.find_element(By.ID, "multipliers")
@@ -114,3 +129,9 @@ def test_browser_submits_watches_and_downloads(live_server, browser):
         return " ".join(text.split())
 
     assert [squash(r["output_text"]) for r in rows] == [squash(original), squash(boosted)]
+
+    if token:  # logging out closes the pages again
+        browser.find_element(By.ID, "logout").click()
+        WebDriverWait(browser, 20).until(lambda d: "/login" in d.current_url)
+        browser.get(f"{base}/jobs/{job_id}")
+        assert "/login" in browser.current_url

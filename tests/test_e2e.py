@@ -111,6 +111,18 @@ def test_api_submission_runs_to_success(web, pg_url):
     check_finished_job(web, pg_url, job_id, ["original", "all_x10"])
 
 
+def test_near_equal_multipliers_each_get_their_own_run(web, pg_url):
+    """Issue 9: 2.0000001 and 2.0000002 both formatted as all_x2, and one run was silently dropped."""
+    resp = web.post("/api/jobs", json={**TINY, "multipliers": [2.0000001, 2.0000002], "max_new_tokens": 2})
+    assert resp.status_code == 202, resp.get_json()
+    job_id = resp.get_json()["id"]
+    body = wait_for(web, job_id, {"succeeded", "failed", "cancelled"})
+    assert body["status"] == "succeeded" and body["progress"] == {"done": 3, "total": 3}, body
+    runs = stored_runs(pg_url, job_id)
+    assert [(r[0], r[1]) for r in runs] == [("original", 1.0), ("all_x2.0000001", 2.0000001),
+                                            ("all_x2.0000002", 2.0000002)]
+
+
 def test_sqlite_store_end_to_end(sqlite_worker, sqlite_url):
     client = make_test_app(sqlite_url, sqlite_worker.namespace).test_client()
     resp = client.post("/api/jobs", json=TINY)
@@ -143,14 +155,14 @@ def test_cancel_queued_and_running_jobs(web, pg_url):
     running = web.post("/api/jobs", json=long).get_json()["id"]
     queued = web.post("/api/jobs", json=TINY).get_json()["id"]
 
-    resp = web.post(f"/api/jobs/{queued}/cancel")
+    resp = web.post(f"/api/jobs/{queued}/cancel", json={})
     assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
 
     deadline = time.monotonic() + 60
     while web.get(f"/api/jobs/{running}").get_json()["progress"]["done"] < 1:
         assert time.monotonic() < deadline, "the long job never made progress"
         time.sleep(0.1)
-    assert web.post(f"/api/jobs/{running}/cancel").get_json()["status"] == "cancelling"
+    assert web.post(f"/api/jobs/{running}/cancel", json={}).get_json()["status"] == "cancelling"
     body = wait_for(web, running, {"cancelled", "succeeded", "failed"})
     assert body["status"] == "cancelled"
     assert 1 <= len(stored_runs(pg_url, running)) < 7 == body["progress"]["total"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from shared.errors import ValidationError
-from shared.schemas import JobRequest
+from shared.schemas import JobRequest, variant_name
 from shared.settings import load_settings
 from shared.spec import BoostSpec, GenerationParams
 
@@ -112,3 +115,29 @@ def test_body_must_be_an_object(settings):
 
 def test_duplicate_multipliers_collapse(settings):
     assert make(settings, multipliers=[10, 10.0, "10"]).multipliers == (10.0,)
+
+
+# -- variant names are unique for every accepted list (issue 9) ---------------------------------------------
+
+def test_near_equal_multipliers_get_distinct_exact_names(settings):
+    req = make(settings, multipliers=[2.0000001, 2.0000002], layer_modes=["all"])
+    assert [v.name for v in req.variants()] == ["original", "all_x2.0000001", "all_x2.0000002"]
+    # The names people know stay as they were.
+    assert [variant_name(m, "all") for m in (10, 2.5, 0.5, 1e6, 100, 1e-3)] == \
+        ["all_x10", "all_x2.5", "all_x0.5", "all_x1e+06", "all_x100", "all_x0.001"]
+
+
+@given(st.lists(st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False), min_size=1,
+                max_size=4, unique=True))
+@hyp_settings(max_examples=300, derandomize=True, deadline=None, database=None)
+def test_every_accepted_list_has_unique_variant_names(multipliers):
+    s = load_settings(env={}, dotenv=None, overrides={"limits.max_variants": 12})
+    try:
+        req = JobRequest.from_dict({"instruction": "i", "query": "q", "multipliers": multipliers}, s, strict=True)
+    except ValidationError:
+        return  # refused as a whole: nothing is generated
+    names = [v.name for v in req.variants()]
+    assert len(set(names)) == len(names) == 1 + 2 * len(req.multipliers), names
+    # And the name gives back its multiplier exactly.
+    for v in req.variants()[1:]:
+        assert float(v.name.split("_x", 1)[1]) == v.multiplier

@@ -98,6 +98,17 @@ def test_unreachable_broker_is_503(clean_db, redis_namespace):
     assert client.get("/api/jobs").get_json()["items"] == []
 
 
+def test_near_equal_multipliers_are_accepted_as_distinct_variants(client, heartbeat, db_session):
+    from shared.schemas import JobRequest
+
+    heartbeat()
+    resp = submit(client, multipliers=[2.0000001, 2.0000002], layer_modes=["all"])
+    assert resp.status_code == 202 and resp.get_json()["progress"]["total"] == 3
+    job = db_session.get(Job, resp.get_json()["id"])
+    names = [v.name for v in JobRequest.from_params(job.params).variants()]
+    assert names == ["original", "all_x2.0000001", "all_x2.0000002"]
+
+
 def test_get_job_and_404(client, heartbeat, db_session):
     heartbeat()
     job_id = submit(client).get_json()["id"]
@@ -144,10 +155,10 @@ def test_bad_list_parameters(client, query, status, field):
 def test_cancel_queued_job(client, heartbeat):
     heartbeat()
     job_id = submit(client).get_json()["id"]
-    resp = client.post(f"/api/jobs/{job_id}/cancel")
+    resp = client.post(f"/api/jobs/{job_id}/cancel", json={})
     assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
     assert resp.get_json()["finished_at"]
-    assert client.post(f"/api/jobs/{job_id}/cancel").get_json()["status"] == "cancelled"
+    assert client.post(f"/api/jobs/{job_id}/cancel", json={}).get_json()["status"] == "cancelled"
     assert client.get(f"/api/jobs/{job_id}").get_json()["status"] == "cancelled"
 
 
@@ -157,9 +168,9 @@ def test_cancel_running_and_finished_jobs(client, heartbeat, db_session):
     lifecycle.mark_running(db_session, running, "w")
     lifecycle.mark_running(db_session, done, "w")
     lifecycle.mark_succeeded(db_session, done)
-    assert client.post(f"/api/jobs/{running}/cancel").get_json()["status"] == "cancelling"
-    assert_problem(client.post(f"/api/jobs/{done}/cancel"), 409, "status")
-    assert_problem(client.post("/api/jobs/4242/cancel"), 404)
+    assert client.post(f"/api/jobs/{running}/cancel", json={}).get_json()["status"] == "cancelling"
+    assert_problem(client.post(f"/api/jobs/{done}/cancel", json={}), 409, "status")
+    assert_problem(client.post("/api/jobs/4242/cancel", json={}), 404)
 
 
 def _job_with_runs(db_session, outputs: dict[str, str], model="m", instruction="Be brief.") -> int:
@@ -233,7 +244,8 @@ def test_models_lists_heartbeats(client, heartbeat):
     heartbeat(DEFAULT_MODEL, hostname="w2")
     body = client.get("/api/models").get_json()
     assert body["default"] == DEFAULT_MODEL
-    assert body["models"] == [{"name": "a-model", "workers": 1}, {"name": DEFAULT_MODEL, "workers": 2}]
+    assert body["models"] == [{"name": "a-model", "workers": 1, "starting": 0, "status": "ready"},
+                              {"name": DEFAULT_MODEL, "workers": 2, "starting": 0, "status": "ready"}]
     assert sorted(w["hostname"] for w in body["workers"]) == ["w1", "w2"]
 
 
@@ -265,7 +277,8 @@ def test_api_token(clean_db, redis_namespace, heartbeat):
     assert client.get("/api/jobs", headers=ok).status_code == 200
     assert client.post("/api/jobs", json=BODY, headers=ok).status_code == 202
     assert client.get("/healthz").status_code == 200  # stays open
-    assert client.get("/jobs").status_code == 200
+    assert client.get("/jobs").status_code == 401  # pages too (issue 9)
+    assert client.get("/jobs", headers=ok).status_code == 200
     assert client.get("/api/openapi.json").status_code == 200
 
 
@@ -279,7 +292,7 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
     assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL, None]  # null: the default
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     routes = {(m, r.rule.replace("<job_id>", "{job_id}")) for r in client.application.url_map.iter_rules()
-              if r.rule.startswith("/api") or r.rule == "/healthz" for m in r.methods - {"HEAD", "OPTIONS"}}
+              if r.rule.startswith("/api") or r.rule in ("/healthz", "/readyz") for m in r.methods - {"HEAD", "OPTIONS"}}
     assert routes == documented
 
     def check(resp, path, method):
@@ -300,8 +313,11 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
     check(client.get("/api/runs"), "/api/runs", "get")
     check(client.get("/api/models"), "/api/models", "get")
     check(client.get("/healthz"), "/healthz", "get")
-    check(client.post(f"/api/jobs/{job_id}/cancel"), "/api/jobs/{job_id}/cancel", "post")
-    check(client.post(f"/api/jobs/{job_id}/cancel"), "/api/jobs/{job_id}/cancel", "post")
+    check(client.get("/readyz"), "/readyz", "get")
+    check(client.post(f"/api/jobs/{job_id}/cancel", data={"x": "1"}), "/api/jobs/{job_id}/cancel", "post")
+    check(client.post("/api/jobs", json={}, headers={"Sec-Fetch-Site": "cross-site"}), "/api/jobs", "post")
+    check(client.post(f"/api/jobs/{job_id}/cancel", json={}), "/api/jobs/{job_id}/cancel", "post")
+    check(client.post(f"/api/jobs/{job_id}/cancel", json={}), "/api/jobs/{job_id}/cancel", "post")
     check(submit(client, query=""), "/api/jobs", "post")
     check(client.get("/api/jobs/999"), "/api/jobs/{job_id}", "get")
     check(client.get("/api/jobs?cursor=zz"), "/api/jobs", "get")

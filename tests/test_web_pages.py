@@ -97,6 +97,20 @@ def test_job_page_escapes_and_compares_side_by_side(client, heartbeat, db_sessio
     assert status["status"] == "running" and len(status["runs"]) == 2
 
 
+def test_form_accepts_near_equal_multipliers_as_distinct_variants(client, heartbeat, db_session):
+    heartbeat()
+    resp = form(client, multipliers="2.0000001, 2.0000002", layer_modes=["all"])
+    assert resp.status_code == 303
+    job_id = int(resp.headers["Location"].rsplit("/", 1)[1])
+    assert db_session.get(Job, job_id).progress_total == 3
+    lifecycle.record_run(db_session, job_id, "all_x2.0000002", multiplier=2.0000002, layers="all", output_text="b")
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    first = page.split('id="variant-all_x2.0000001"')[1].split('id="variant-all_x2.0000002"')[0]
+    second = page.split('id="variant-all_x2.0000002"')[1]
+    assert "M = 2.0000001" in first and "pending" in first
+    assert "M = 2.0000002" in second and ">b</pre>" in second
+
+
 def test_job_page_draws_attention_on_the_instruction(client, heartbeat, db_session):
     heartbeat()
     resp = form(client, instruction="Answer in French.", query="Capital of Italy?")

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
+from shared.schemas import multiplier_text
 from web.charts import attention_chart
 
 # test_config keys that stand for settings, so tests can point the app at their own services.
@@ -42,7 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from shared.celery_config import make_celery
     from shared.db import get_sessionmaker
     from shared.workers import redis_client
-    from web import api, context, errors, export, health, pages
+    from web import api, auth, context, errors, export, health, pages
 
     settings = _settings(test_config)
     app = Flask(__name__)
@@ -62,8 +63,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         celery=make_celery(settings),
         redis=redis_client(settings["redis.url"]),
     )
+    # Before anything else sees a request: the token on every route, the cross-site rules, CSRF for forms.
+    auth.configure(app, settings)
     csrf.init_app(app)
-    csrf.exempt(api.bp)  # the JSON API is protected by its bearer token, not by cookies
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(export.bp)
@@ -73,6 +75,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.filters["age"] = _age
     app.jinja_env.filters["when"] = _when
     app.jinja_env.filters["attention_chart"] = attention_chart
+    app.jinja_env.filters["multiplier"] = multiplier_text
 
     @app.after_request
     def security_headers(resp):

@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 
 from flask import Blueprint, jsonify, request, url_for
 
-from shared.errors import BadRequest, InstaBoostError, Unauthorized, Unavailable
+from shared.errors import BadRequest, Unavailable, UnsupportedMediaType
 from shared.schemas import JobRequest
 from shared.store import lifecycle, queries, serialize, submission
-from shared.workers import live_workers
-from web.context import db, services, submit_kwargs
+from shared.workers import live_workers, starting_in
+from web.context import db, paging_args, services, submit_kwargs
 from web.export import csv_response
 from web.openapi import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-
-
-class UnsupportedMediaType(InstaBoostError):
-    status = 415
-    title = "Unsupported media type"
-
-
-@bp.before_request
-def require_token():
-    """Check the bearer token when web.api_token is set (the OpenAPI document stays public)."""
-    token = services().settings["web.api_token"]
-    if not token or request.endpoint == "api.openapi":
-        return None
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Unauthorized("send 'Authorization: Bearer <token>' with the API token (web.api_token)",
-                           field="Authorization")
-    return None
 
 
 def _json_body():
@@ -52,8 +32,10 @@ def _json_body():
         raise BadRequest("the body is nested too deeply to be a job request", field="body") from None
 
 
-def _page(items, next_cursor, endpoint):
-    args = {k: v for k, v in request.args.items() if k != "cursor"}
+def _page(items, next_cursor, endpoint, filters):
+    # Only the declared parameters travel to the next page: any other name (endpoint, _external, _anchor...)
+    # would be taken by url_for itself.
+    args = paging_args(filters)
     nxt = url_for(endpoint, **args, cursor=next_cursor) if next_cursor else None
     return jsonify({"items": items, "next_cursor": next_cursor, "next": nxt})
 
@@ -79,7 +61,7 @@ def get_job(job_id):
 def list_jobs():
     """Return a page of jobs, newest first."""
     rows, nxt = queries.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
-    return _page([serialize.job_to_dict(j, runs=False) for j in rows], nxt, "api.list_jobs")
+    return _page([serialize.job_to_dict(j, runs=False) for j in rows], nxt, "api.list_jobs", queries.JOB_FILTERS)
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -94,7 +76,7 @@ def list_runs():
     """Return a page of runs, newest first."""
     rows, nxt = queries.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
     items = [{**serialize.run_to_dict(r), "model": j.model, "job_status": j.status.value} for r, j in rows]
-    return _page(items, nxt, "api.list_runs")
+    return _page(items, nxt, "api.list_runs", queries.RUN_FILTERS)
 
 
 @bp.get("/runs.csv")
@@ -105,20 +87,26 @@ def runs_csv():
 
 @bp.get("/models")
 def models():
-    """Return the models live workers hold and how many workers hold each."""
+    """Return the models live workers hold or are loading, and how many workers do each."""
     s = services()
     try:
         workers = live_workers(s.redis, s.settings["redis.namespace"])
     except Exception as exc:  # redis-py connection errors
         raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
-    counts: dict[str, int] = {}
+    ready: dict[str, int] = {}
+    loading: dict[str, int] = {}
     for w in workers:
         for m in w.get("models", []):
-            counts[m] = counts.get(m, 0) + 1
+            ready[m] = ready.get(m, 0) + 1
+        for m in starting_in(w):
+            loading[m] = loading.get(m, 0) + 1
+    names = sorted(ready.keys() | loading.keys())
     return jsonify({
         "default": s.settings["model.name"],
-        "models": [{"name": m, "workers": n} for m, n in sorted(counts.items())],
-        "workers": [{k: w.get(k) for k in ("hostname", "models", "pid", "started_at", "seen_at")} for w in workers],
+        "models": [{"name": m, "workers": ready.get(m, 0), "starting": loading.get(m, 0),
+                    "status": "ready" if ready.get(m) else "starting"} for m in names],
+        "workers": [{"hostname": w.get("hostname"), "models": w.get("models"), "starting": starting_in(w),
+                     **{k: w.get(k) for k in ("pid", "started_at", "seen_at")}} for w in workers],
     })
 
 

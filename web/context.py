@@ -42,3 +42,13 @@ def submit_kwargs() -> dict[str, Any]:
     """Return the keyword arguments shared.store.submission.submit_job needs from this app."""
     s = services()
     return {"settings": s.settings, "celery_app": s.celery, "redis": s.redis}
+
+
+def paging_args(filters) -> dict[str, str]:
+    """Return the request's non-empty declared list parameters (filters and limit) for paging links.
+
+    Never every argument: url_for takes some names itself (endpoint, _external, _anchor, _method, _scheme).
+    """
+    from flask import request
+
+    return {k: v for k in (*filters, "limit") if (v := request.args.get(k))}

@@ -22,8 +22,8 @@ HINTS = {
 
 
 def wants_problem() -> bool:
-    """Return True when the request should get problem+json rather than HTML."""
-    return request.path.startswith("/api") or request.path == "/healthz"
+    """Return True when the request should get problem+json rather than HTML (the API, probes, .json routes)."""
+    return request.path.startswith("/api") or request.path in ("/healthz", "/readyz") or request.path.endswith(".json")
 
 
 # Errors about the request as a whole still name what to fix.

@@ -61,6 +61,12 @@ RUN_FILTERS = [
 ]
 COMMON = {"401": _problem("Missing or wrong bearer token (only when web.api_token is set)."),
           "500": _problem("Unexpected error.")}
+# State-changing operations refuse what another site's page could make a browser send (web/auth.py).
+CROSS_SITE = {
+    "403": _problem("Sent by another site's page (Sec-Fetch-Site or Origin names another site); send it from "
+                    "this service's pages or a non-browser client, or list the origin in web.trusted_origins."),
+    "415": _problem("Neither 'Content-Type: application/json' nor an 'Authorization' header was sent."),
+}
 LIST_ERRORS = {"400": _problem("Malformed cursor."), "422": _problem("Invalid filter or limit.")}
 
 SCHEMAS: dict[str, Any] = {
@@ -117,11 +123,17 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["default", "models", "workers"],
         "properties": {
             "default": {"type": "string"},
-            "models": {"type": "array", "items": {"type": "object", "required": ["name", "workers"], "properties": {
-                "name": {"type": "string"}, "workers": {"type": "integer", "minimum": 1}}}},
+            "models": {"type": "array", "items": {
+                "type": "object", "required": ["name", "workers", "starting", "status"], "properties": {
+                    "name": {"type": "string"},
+                    "workers": {"type": "integer", "minimum": 0, "description": "Workers that hold it loaded."},
+                    "starting": {"type": "integer", "minimum": 0,
+                                 "description": "Workers loading it; jobs for it are accepted and wait."},
+                    "status": {"type": "string", "enum": ["ready", "starting"]}}}},
             "workers": {"type": "array", "items": {"type": "object", "properties": {
                 "hostname": {"type": ["string", "null"]},
                 "models": {"type": "array", "items": {"type": "string"}},
+                "starting": {"type": "array", "items": {"type": "string"}},
                 "pid": {"type": ["integer", "null"]}, "started_at": {}, "seen_at": {}}}},
         },
     },
@@ -129,6 +141,12 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["status", "database", "broker"],
         "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]},
                        "database": {"type": "string"}, "broker": {"type": "string"}},
+    },
+    "Ready": {
+        "type": "object", "required": ["status", "database", "broker", "model"],
+        "properties": {"status": {"type": "string", "enum": ["ok", "starting", "unavailable"]},
+                       "database": {"type": "string"}, "broker": {"type": "string"},
+                       "model": {"type": "string", "description": "The default model: served, starting or missing."}},
     },
 }
 
@@ -201,7 +219,7 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
 
 def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str] | None = None,
                      token_required: bool = False, facts: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """Return the OpenAPI 3.1 document for /api and /healthz (bearer auth only when a token is set)."""
+    """Return the OpenAPI 3.1 document for /api, /healthz and /readyz (bearer auth only when a token is set)."""
     if settings is None:
         from shared.settings import get_settings
 
@@ -228,7 +246,7 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                         "422": _problem("A field is invalid, or no live worker serves the model."),
                         "429": {**_problem("Too many queued jobs."), "headers": retry_after},
                         "503": {**_problem("The broker is unreachable."), "headers": retry_after},
-                        **COMMON,
+                        **COMMON, "403": CROSS_SITE["403"],
                     },
                 },
                 "get": {
@@ -246,9 +264,14 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
             "/api/jobs/{job_id}/cancel": {
                 "post": {
                     "operationId": "cancelJob", "summary": "Cancel a queued or running job", "parameters": [JOB_ID],
+                    "description": "Send 'Content-Type: application/json' (the body is ignored and may be empty) "
+                                   "or an 'Authorization' header: a request with neither could come from another "
+                                   "site's page, and is refused (415).",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"description": "Ignored: send {} or nothing."}}}},
                     "responses": {"200": _json("Cancelled (queued) or cancelling (running).", _ref("Job")),
                                   "404": _problem("No such job."), "409": _problem("The job already finished."),
-                                  **COMMON},
+                                  **COMMON, **CROSS_SITE},
                 },
             },
             "/api/runs": {
@@ -287,10 +310,21 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                                   "503": _json("One is unreachable.", _ref("Health"), retry_after)},
                 },
             },
+            "/readyz": {
+                "get": {
+                    "operationId": "ready", "summary": "Can a job on the default model run now?", "security": [],
+                    "description": "200 when the database and broker answer and a live worker serves the default "
+                                   "model; otherwise 503 with status 'starting' (a worker is loading it: jobs are "
+                                   "accepted and wait) or 'unavailable', and what is missing.",
+                    "responses": {"200": _json("Ready.", _ref("Ready")),
+                                  "503": _json("Not ready; says what is missing.", _ref("Ready"), retry_after)},
+                },
+            },
         },
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "Required only when web.api_token is set."}},
+                                           "description": "Required only when web.api_token is set (a browser "
+                                                          "logged in at /login may use its session instead)."}},
         },
     }

@@ -8,11 +8,11 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 
 from shared.errors import Conflict, InstaBoostError
 from shared.fields import FIELD_NAMES, JOB_FIELDS
-from shared.schemas import JobRequest, Variant
+from shared.schemas import JobRequest, Variant, multiplier_text
 from shared.store import lifecycle, queries, serialize, submission
 from shared.store.tables import JobStatus
-from shared.workers import served_models
-from web.context import db, services, submit_kwargs
+from shared.workers import live_workers, starting_in
+from web.context import db, paging_args, services, submit_kwargs
 
 bp = Blueprint("pages", __name__)
 
@@ -25,11 +25,18 @@ def _model_choices() -> tuple[list[str], str | None]:
     s = services()
     default = s.settings["model.name"]
     try:
-        served = served_models(s.redis, s.settings["redis.namespace"])
-        warning = None if served else "No worker is running: jobs cannot be submitted until one starts."
+        beats = live_workers(s.redis, s.settings["redis.namespace"])
     except Exception:  # Redis down: still render the form
-        served, warning = set(), "The broker (Redis) is unreachable: jobs cannot be submitted right now."
-    return [default, *sorted(served - {default})], warning
+        return [default], "The broker (Redis) is unreachable: jobs cannot be submitted right now."
+    served = {m for b in beats for m in b["models"]}
+    starting = {m for b in beats for m in starting_in(b)} - served
+    warning = None
+    if not served and starting:
+        warning = (f"A worker is starting (loading {', '.join(sorted(starting))}): jobs submitted now wait in the "
+                   "queue and run once it is ready.")
+    elif not served:
+        warning = "No worker is running: jobs cannot be submitted until one starts."
+    return [default, *sorted((served | starting) - {default})], warning
 
 
 def _form_defaults() -> dict[str, Any]:
@@ -38,7 +45,7 @@ def _form_defaults() -> dict[str, Any]:
         if f.required:
             d[f.name] = ""
         elif f.kind == "numbers":  # one text input, comma-separated
-            d[f.name] = ", ".join(f"{m:g}" for m in d[f.name])
+            d[f.name] = ", ".join(multiplier_text(m) for m in d[f.name])
     return d
 
 
@@ -80,7 +87,7 @@ def submit():
 def job_list():
     """List jobs with filters and cursor pagination."""
     rows, nxt = queries.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
-    args = {k: v for k, v in request.args.items() if k != "cursor" and v}
+    args = paging_args(queries.JOB_FILTERS)
     return render_template("jobs.html", jobs=rows, next_cursor=nxt, args=args, statuses=list(JobStatus))
 
 
@@ -128,7 +135,7 @@ def cancel(job_id):
 def runs():
     """List stored runs with filters; the export link carries the same filters."""
     rows, nxt = queries.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
-    args = {k: v for k, v in request.args.items() if k != "cursor" and v}
+    args = paging_args(queries.RUN_FILTERS)
     filters = {k: v for k, v in args.items() if k in queries.RUN_FILTERS}
     return render_template("runs.html", runs=rows, next_cursor=nxt, args=args, filters=filters,
                            statuses=list(JobStatus))

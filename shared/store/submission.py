@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any, Mapping
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.errors import ModelError, TooManyJobs, Unavailable
@@ -17,7 +17,9 @@ from shared.store.tables import Job, JobStatus, utcnow
 log = logging.getLogger(__name__)
 
 # Serializes "count queued jobs, then insert one" so concurrent submissions cannot overshoot
-# limits.max_queued_jobs: a transaction-level advisory lock on PostgreSQL (across processes), a lock here.
+# limits.max_queued_jobs, across processes (gunicorn runs several): a transaction-level advisory lock on
+# PostgreSQL, the database's write lock taken first (BEGIN IMMEDIATE) on SQLite. The thread lock only spares
+# this process's threads from polling SQLite's busy handler against each other.
 SUBMIT_LOCK_KEY = 0x1B005701
 _submit_lock = threading.Lock()
 
@@ -46,11 +48,25 @@ def model_facts(beats: list[dict], model: str) -> dict[str, int]:
     return facts
 
 
+def _begin_immediate(session: Session) -> None:
+    """Start the session's SQLite transaction with the write lock held, so the count below is still true at insert.
+
+    pysqlite opens a transaction only before a write, so a plain count reads outside any transaction and another
+    process can insert between the count and our insert. BEGIN IMMEDIATE waits (busy_timeout) for the lock.
+    """
+    if session.connection().connection.dbapi_connection.in_transaction:
+        session.commit()  # finish what this session wrote before: the lock must open the transaction
+    session.execute(text("BEGIN IMMEDIATE"))
+
+
 def _insert_queued(session: Session, request: JobRequest, limit: int) -> Job:
     """Insert the queued job unless limit jobs already wait (TooManyJobs); commit."""
     with _submit_lock:
-        if session.get_bind().dialect.name == "postgresql":
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
             session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
+        elif dialect == "sqlite":
+            _begin_immediate(session)
         if queued_count(session) >= limit:
             session.rollback()  # releases the advisory lock
             raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
@@ -65,7 +81,7 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
                celery_app=None, redis=None) -> Job:
     """Store a queued job, then enqueue ``instaboost.run_job`` on the model's queue; return the job.
 
-    Refuses (ModelError) a model no live worker serves, (ValidationError) a job that cannot fit the
+    Refuses (ModelError) a model no live worker serves or is loading, (ValidationError) a job that cannot fit the
     model the workers advertise (layers, context), (TooManyJobs) a full queue and (Unavailable) an
     unreachable broker; a job the broker refused is failed at once, so no row waits forever.
     """
@@ -85,8 +101,12 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
         log.warning("broker unreachable on submit: %s", type(exc).__name__)
         raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
     served = {m for beat in beats for m in beat["models"]}
-    if request.model not in served:
-        hint = f"models served now: {', '.join(sorted(served))}" if served else "no worker is running"
+    # A worker that is loading the model will run the job once loaded: it waits in the queue meanwhile.
+    starting = {m for beat in beats for m in workers.starting_in(beat)} - served
+    if request.model not in served | starting:
+        hints = [f"models served now: {', '.join(sorted(served))}"] if served else []
+        hints += [f"models starting: {', '.join(sorted(starting))}"] if starting else []
+        hint = "; ".join(hints) or "no worker is running"
         raise ModelError(f"no live worker serves model {request.model!r} ({hint}); choose a served model or "
                          f"start a worker with INSTABOOST_WORKER_MODELS={request.model}", field="model")
     request.check_model(model_facts(beats, request.model))

@@ -122,6 +122,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
     from shared.settings import get_settings
 
     settings = get_settings()
+    if not settings["web.api_token"]:
+        from shared.settings import OPEN_MODE_MESSAGE
+
+        _say(f"{OPEN_MODE_MESSAGE} (fine on 127.0.0.1; set INSTABOOST_WEB_API_TOKEN before exposing it)")
     problem = check_redis(settings["redis.url"])
     if problem:
         _say(problem)

@@ -2,9 +2,9 @@
 
 Models named in ``worker.models`` are loaded once per worker process, in ``worker_process_init``
 (sent by the solo pool in the worker itself and by prefork in each child after the fork), so a
-CUDA context never exists in a parent that forks. The worker consumes only its models' queues, and
-advertises them with a heartbeat once they are loaded; each process also runs the sweeper thread
-(worker/jobs/sweeper.py) that re-sends jobs whose message or worker was lost.
+CUDA context never exists in a parent that forks. The worker consumes only its models' queues; its
+heartbeat lists them as "starting" while they load and as served once loaded. Each process also runs
+the sweeper thread (worker/jobs/sweeper.py) that re-sends jobs whose message or worker was lost.
 """
 
 from __future__ import annotations
@@ -35,37 +35,39 @@ _heartbeat = None
 
 
 def preload_models(hostname: str | None = None) -> list[str]:
-    """Load every model in worker.models into this process, then start its heartbeat."""
+    """Announce worker.models as starting, load each into this process, then advertise them as served."""
     global _heartbeat
     if _heartbeat is not None:
         return _heartbeat.payload["models"]
     from shared.errors import InstaBoostError
-    from worker.engine import get_engine
-    from worker.jobs.heartbeat import Heartbeat
+    from worker.jobs.heartbeat import Heartbeat, new_worker_id
 
     s = get_settings()
     models = list(dict.fromkeys(s["worker.models"]))
     if not models:
         raise SystemExit("instaboost worker: worker.models is empty; set INSTABOOST_WORKER_MODELS")
+    host = hostname or f"worker@{socket.gethostname()}"
+    # One id per process (prefork children too): the heartbeat key and the jobs' worker column. The first
+    # beat comes before loading (seconds to minutes), so the web app queues jobs for these models meanwhile.
+    _heartbeat = Heartbeat(host, [], s["redis.url"], s["redis.namespace"], interval=s["worker.heartbeat_interval"],
+                           ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host),
+                           extra={"starting": models}).start()
+    atexit.register(_heartbeat.stop)
+    from worker.engine import get_engine
+
     model_info = {}
     for name in models:
         try:
             engine = get_engine(name, s["instaboost.engine"])
         except InstaBoostError as exc:
             # Fail fast: a worker that consumes a model's queue but cannot run it would fail every job.
+            _heartbeat.stop()  # no longer "starting": the web app refuses these models again
             raise SystemExit(f"instaboost worker: cannot load model {name!r}: {exc}") from None
         # Advertised so the web app can refuse out-of-range layers and oversized prompts at submit time.
         model_info[name] = {"n_layers": engine.n_layers, "n_heads": engine.n_heads,
                             "max_context": engine.max_context}
         log.info("loaded model %s", name)
-    from worker.jobs.heartbeat import new_worker_id
-
-    host = hostname or f"worker@{socket.gethostname()}"
-    # One id per process (prefork children too): the heartbeat key and the jobs' worker column.
-    _heartbeat = Heartbeat(host, models, s["redis.url"], s["redis.namespace"], interval=s["worker.heartbeat_interval"],
-                           ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host),
-                           extra={"model_info": model_info}).start()
-    atexit.register(_heartbeat.stop)
+    _heartbeat.ready(models, model_info=model_info)
     start_sweeper(_heartbeat.worker_id)
     return models
 

@@ -78,6 +78,13 @@ class Heartbeat:
         self._thread.start()
         return self
 
+    def ready(self, models: list[str], **extra) -> None:
+        """Advertise models as loaded (no longer "starting"), with extra facts, and beat at once."""
+        payload = {k: v for k, v in self.payload.items() if k != "starting"}
+        # One assignment: the beating thread copies self.payload and must never see it half-changed.
+        self.payload = {**payload, "models": list(models), **extra}
+        self.beat()
+
     def set_job(self, job_id: int | None) -> None:
         """Advertise the job this process runs now (None when idle), at once: duplicate deliveries check it."""
         self.payload["job"] = job_id
