@@ -6,8 +6,9 @@
 takes one row here plus its use.
 
 Kinds: ``text`` (required, not blank), ``model`` (a model name), ``integer``, ``number``, ``choice``
-(one of ``choices``), ``numbers`` (a non-empty list of distinct numbers) and ``choices`` (a non-empty
-list of distinct choices).
+(one of ``choices``), ``numbers`` (a non-empty list of distinct numbers), ``choices`` (a non-empty
+list of distinct choices), ``flag`` (a boolean), ``checks`` (a list of simple checks ``{type, value}``,
+shared.evaluation.checks) and ``ifeval`` (a list of IFEval instruction ids or ``{id, kwargs}``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ ENGINES = ("fast", "transformerlens")
 MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
-KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices")
+MAX_CHECKS = 20  # simple checks or IFEval instructions per job
+KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "flag", "checks", "ifeval")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class JobField:
     @property
     def is_list(self) -> bool:
         return self.kind in ("numbers", "choices")
+
+    @property
+    def is_rules(self) -> bool:
+        """A list of checks (simple or IFEval), given as JSON."""
+        return self.kind in ("checks", "ifeval")
 
     def upper(self, settings: Mapping[str, Any] | None) -> float | None:
         """Return the upper bound in force: the declared one, or the setting's when it has one."""
@@ -109,6 +116,19 @@ JOB_FIELDS: tuple[JobField, ...] = (
              setting="generation.temperature", lo=0, hi=10, advanced=True, cli="--temperature"),
     JobField("top_p", "number", "Nucleus sampling threshold (used when temperature > 0).", "Top p",
              setting="generation.top_p", lo=0, lo_open=True, hi=1, advanced=True, cli="--top-p"),
+    JobField("checks", "checks", "Pass/fail checks scored on every output: a JSON list of {type, value}, e.g. "
+             '[{"type": "lowercase"}, {"type": "max_words", "value": 50}] (types: regex, not_contains_regex, '
+             "contains, not_contains, json, lowercase, uppercase, max_words).", "Checks", default=(),
+             advanced=True),
+    JobField("ifeval", "ifeval", "IFEval instructions verified on every output (Google's checkers): a JSON list of "
+             'ids or {id, kwargs}, e.g. ["change_case:english_lowercase", {"id": "length_constraints:number_words", '
+             '"kwargs": {"num_words": 50, "relation": "less than"}}].', "IFEval checks", default=(),
+             advanced=True),
+    JobField("score_perplexity", "flag", "Score each output's perplexity under the same model without the boost "
+             "(one extra batched forward pass); it feeds the 0-2 fluency score.", "Score perplexity",
+             default=True, advanced=True),
+    JobField("judge", "flag", "Ask the LLM judge (settings judge.url, judge.model) whether each output follows the "
+             "instruction and how fluent it is; off by default.", "LLM judge", default=False, advanced=True),
 )
 
 BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}

@@ -65,6 +65,10 @@ class JobRequest:
     max_new_tokens: int
     temperature: float
     top_p: float
+    checks: tuple[dict, ...] = ()
+    ifeval: tuple[dict, ...] = ()
+    score_perplexity: bool = True
+    judge: bool = False
 
     # -- construction -------------------------------------------------------------------------
 
@@ -105,6 +109,8 @@ class JobRequest:
                 v.error("multipliers", f"{count} variants requested (1 original + {len(out['multipliers'])} "
                                        f"multipliers x {len(out['layer_modes'])} layer modes); at most {limit} "
                                        "are allowed: drop some multipliers or layer modes")
+        if out.get("judge") and not str(settings.get("judge.url", "") or "").strip():
+            v.error("judge", "judge: no LLM judge is configured on this service (setting judge.url); leave judge off")
         if v.errors:
             fields_ = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
             raise ValidationError(f"invalid job request: fix {fields_}", errors=v.errors)
@@ -113,9 +119,14 @@ class JobRequest:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "JobRequest":
         """Rebuild a request from stored Job.params (already validated when submitted)."""
-        data = {k: params[k] for k in FIELD_NAMES}
+        from shared.fields import BY_NAME
+
+        # Jobs stored before a field existed take its declared default (settings-backed fields always existed).
+        data = {k: params[k] if k in params else BY_NAME[k].default for k in FIELD_NAMES}
         data["multipliers"] = tuple(float(m) for m in data["multipliers"])
         data["layer_modes"] = tuple(data["layer_modes"])
+        data["checks"] = tuple(dict(c) for c in data["checks"] or ())
+        data["ifeval"] = tuple(dict(c) for c in data["ifeval"] or ())
         return cls(**data)
 
     def check_model(self, facts: Mapping[str, Any]) -> None:
@@ -154,7 +165,17 @@ class JobRequest:
         d = asdict(self)
         d["multipliers"] = list(self.multipliers)
         d["layer_modes"] = list(self.layer_modes)
+        d["checks"] = [dict(c) for c in self.checks]
+        d["ifeval"] = [{"id": c["id"], "kwargs": dict(c.get("kwargs") or {})} for c in self.ifeval]
         return d
+
+    def case(self, name: str = "job"):
+        """Return the evaluation Case the job's outputs are checked against (checks and IFEval instructions)."""
+        from shared.evaluation.cases import Case
+        from shared.evaluation.checks import parse_checks
+
+        checks, ifevals = parse_checks(list(self.checks) or None, list(self.ifeval) or None)
+        return Case(name, self.instruction, self.query, checks=checks, ifeval=ifevals)
 
     def variants(self) -> list[Variant]:
         """Return the original first, then every multiplier x layer mode."""

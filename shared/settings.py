@@ -101,6 +101,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.trusted_origins", list, [],
             "Other origins (scheme://host[:port], comma-separated) whose pages may send state-changing requests; "
             "such requests from any other site are refused."),
+    Setting("scoring.copy_words", int, 6,
+            "Words in a row an output must reproduce from the instruction to count as copying it (scores)."),
+    Setting("judge.url", str, "",
+            "OpenAI-compatible endpoint of the optional LLM judge, e.g. http://127.0.0.1:8000/v1; empty: no judge."),
+    Setting("judge.model", str, "", "Model name the judge endpoint serves."),
+    Setting("judge.api_key", str, "", "API key sent to the judge endpoint (Bearer).", secret=True),
+    Setting("judge.timeout", float, 60.0, "Seconds to wait for one judge answer."),
     Setting("hf.token", str, "", "Hugging Face token for gated hub models.", env="HF_TOKEN",
             aliases=("HUGGINGFACE_TOKEN",), secret=True),
 )

@@ -7,6 +7,7 @@ query strings) text is parsed: "5" is a number, "2, 10" a list, "" the default.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
@@ -229,6 +230,72 @@ class Validator:
             elif self.strict:  # the OpenAPI document says uniqueItems
                 self.error(f"{name}[{i}]", f"{item!r} is given twice in {name}; list each once")
         return tuple(out)
+
+
+    def flag(self, spec: "JobField", value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if not self.strict and isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+        self.error(spec.name, f"{spec.name} must be true or false, got {brief(value)}"
+                   + ("" if not isinstance(value, str) or not self.strict else ": send a JSON boolean"))
+        return False
+
+    def _rules(self, spec: "JobField", value: Any) -> list | None:
+        """Return a list of raw rules: a JSON array, or (forms) JSON text or comma-separated names."""
+        name = spec.name
+        if isinstance(value, str) and not self.strict:
+            text = value.strip()
+            if not text:
+                return []
+            if text[0] in "[{":
+                try:
+                    value = json.loads(text)
+                except ValueError as exc:
+                    self.error(name, f"{name} is not valid JSON: {exc}")
+                    return None
+                value = value if isinstance(value, list) else [value]
+            else:
+                value = [p.strip() for p in text.split(",") if p.strip()]
+                if spec.kind == "checks":
+                    value = [dict(zip(("type", "value"), p.split(":", 1))) for p in value]
+        if not isinstance(value, (list, tuple)):
+            self.error(name, f"{name} must be a JSON array, got {brief(value)}")
+            return None
+        from shared.fields import MAX_CHECKS
+
+        if len(value) > MAX_CHECKS:
+            self.error(name, f"{len(value)} entries in {name}; at most {MAX_CHECKS} are allowed")
+            return None
+        return list(value)
+
+    def checks(self, spec: "JobField", value: Any) -> tuple[dict, ...]:
+        from shared.evaluation.checks import parse_check
+
+        out = []
+        for i, raw in enumerate(self._rules(spec, value) or []):
+            check, problems = parse_check(raw, schema_only=True)
+            for p in problems:
+                self.error(f"{spec.name}[{i}]", f"{spec.name}[{i}]: {p}")
+            if check is not None:
+                out.append({"type": check.type} if check.value is None else {"type": check.type, "value": check.value})
+        return tuple(out)
+
+    def ifeval(self, spec: "JobField", value: Any) -> tuple[dict, ...]:
+        from shared.evaluation.checks import parse_ifeval
+
+        out = []
+        for i, raw in enumerate(self._rules(spec, value) or []):
+            check, problems = parse_ifeval(raw, schema_only=True)
+            for p in problems:
+                self.error(f"{spec.name}[{i}]", f"{spec.name}[{i}]: {p}")
+            if check is not None:
+                out.append({"id": check.id, "kwargs": dict(check.kwargs)})
+        return tuple(out)
+
+
+TRUE = ("true", "yes", "on", "1")
+FALSE = ("false", "no", "off", "0")
 
 
 def check_values(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> None:

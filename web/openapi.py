@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from shared.fields import JOB_FIELDS, LAYER_MODES, JobField
+from shared.fields import JOB_FIELDS, LAYER_MODES, MAX_CHECKS, JobField
 from shared.store.export import EXPORT_COLUMNS
 from shared.store.queries import MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.store.tables import JobStatus
@@ -163,6 +163,60 @@ def _number_bounds(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Python's str.strip() whitespace (a superset of ECMAScript's \s): a kwarg of only these is blank.
+_PY_SPACE = "".join(sorted(set(WHITESPACE) | {chr(c) for c in range(0x110000) if chr(c).isspace()}))
+NOT_BLANK = f"[^{_pattern_class(_PY_SPACE)}]"
+
+
+def _kwarg_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of an IFEval kwarg of this kind (shared.evaluation.checks.IFEVAL_KWARGS)."""
+    from shared.evaluation.checks import LANGUAGES, RELATIONS
+
+    regex = {"type": "string", "pattern": NOT_BLANK, "description": "used as a Python regular expression"}
+    return {"count": {"type": "integer", "minimum": 1},
+            "relation": {"type": "string", "enum": list(RELATIONS)},
+            "letter": {"type": "string", "pattern": "^[A-Za-z]$"},
+            "language": {"type": "string", "enum": list(LANGUAGES)},
+            "text": {"type": "string", "pattern": NOT_BLANK},
+            "regex": regex,
+            "regex_list": {"type": "array", "minItems": 1, "items": regex}}[kind]
+
+
+def check_item_schema() -> dict[str, Any]:
+    """One simple check {type, value}, exactly as shared.evaluation.checks.parse_check accepts it."""
+    from shared.evaluation.checks import CHECK_TYPES
+
+    values = {"count": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^[0-9]+$"}]},
+              "text": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "number"}]},
+              "regex": {"oneOf": [{"type": "string", "minLength": 1, "description": "a Python regular expression"},
+                                  {"type": "number"}]}}
+    options = []
+    for c in CHECK_TYPES:
+        props: dict[str, Any] = {"type": {"const": c.name}}
+        props["value"] = {"type": "null"} if c.value is None else values[c.value]
+        options.append({"type": "object", "additionalProperties": False, "properties": props,
+                        "required": ["type"] if c.value is None else ["type", "value"],
+                        "description": c.description})
+    return {"oneOf": options}
+
+
+def ifeval_item_schema() -> dict[str, Any]:
+    """One IFEval instruction: an id (when it takes no kwargs) or {id, kwargs} with every kwarg it takes."""
+    from shared.evaluation.checks import IFEVAL, IFEVAL_KWARGS
+
+    options: list[dict[str, Any]] = [{"type": "string", "enum": [s.id for s in IFEVAL if not s.kwargs]}]
+    for spec in IFEVAL:
+        kwargs = {"type": "object", "additionalProperties": False, "required": list(spec.kwargs),
+                  "properties": {k: _kwarg_schema(IFEVAL_KWARGS[k]) for k in spec.kwargs}}
+        if not spec.kwargs:
+            kwargs = {"oneOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]}
+        options.append({"type": "object", "additionalProperties": False,
+                        "required": ["id", "kwargs"] if spec.kwargs else ["id"],
+                        "properties": {"id": {"const": spec.id}, "kwargs": kwargs},
+                        "description": spec.description})
+    return {"oneOf": options}
+
+
 def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Return the JSON Schema of one job field, with the same bounds the validator applies."""
     if f.kind == "text":
@@ -179,6 +233,14 @@ def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
     elif f.kind == "numbers":
         schema = {"type": "array", "items": {"type": "number", **_number_bounds(f, settings)}, "minItems": 1,
                   "uniqueItems": True}
+    elif f.kind == "flag":
+        schema = {"type": "boolean"}
+        if f.name == "judge" and not str(settings.get("judge.url", "") or "").strip():
+            schema["enum"] = [False]  # this deployment has no judge (setting judge.url): true is refused
+    elif f.kind == "checks":
+        schema = {"type": "array", "maxItems": MAX_CHECKS, "items": check_item_schema()}
+    elif f.kind == "ifeval":
+        schema = {"type": "array", "maxItems": MAX_CHECKS, "items": ifeval_item_schema()}
     else:  # choices
         schema = {"type": "array", "items": {"type": "string", "enum": list(f.choices)}, "minItems": 1,
                   "uniqueItems": True}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
@@ -46,6 +48,10 @@ def _form_defaults() -> dict[str, Any]:
             d[f.name] = ""
         elif f.kind == "numbers":  # one text input, comma-separated
             d[f.name] = ", ".join(multiplier_text(m) for m in d[f.name])
+        elif f.kind == "flag":
+            d[f.name] = "yes" if d[f.name] else "no"
+        elif f.is_rules:  # JSON text
+            d[f.name] = json.dumps(list(d[f.name])) if d[f.name] else ""
     return d
 
 

@@ -87,14 +87,16 @@ class Check:
         return f"{self.type}:{self.value}" if self.value is not None else self.type
 
 
-def _value_problem(kind: str, value: Any) -> str | None:
+def _value_problem(kind: str, value: Any, compile_regex: bool = True) -> str | None:
     """Return what is wrong with a simple check's value, or None."""
     if kind == "count":
+        if isinstance(value, float) and value.is_integer() and value >= 0:
+            return None  # JSON's 50.0 is the integer 50
         if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", str(value)):
             return f"needs a whole number, got {value!r}"
     elif not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
         return f"needs a non-empty text value, got {value!r}"
-    elif kind == "regex":
+    elif kind == "regex" and compile_regex:
         try:
             re.compile(str(value))
         except re.error as exc:
@@ -102,9 +104,13 @@ def _value_problem(kind: str, value: Any) -> str | None:
     return None
 
 
-def parse_check(raw: Any) -> tuple[Check | None, list[str]]:
-    """Return (the check, []) for a raw ``{type, value}`` mapping, or (None, problems)."""
-    if not isinstance(raw, Mapping) or raw.get("type") not in BY_TYPE:
+def parse_check(raw: Any, *, schema_only: bool = False) -> tuple[Check | None, list[str]]:
+    """Return (the check, []) for a raw ``{type, value}`` mapping, or (None, problems).
+
+    schema_only applies only the rules JSON Schema can state (the job API follows its OpenAPI document
+    exactly): a regex is not compiled here, and one that does not compile fails its check when scored.
+    """
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("type"), str) or raw["type"] not in BY_TYPE:
         return None, [f"check needs a type, one of {', '.join(BY_TYPE)}; got {raw!r}"]
     spec = BY_TYPE[raw["type"]]
     extra = set(raw) - {"type", "value"}
@@ -116,7 +122,7 @@ def parse_check(raw: Any) -> tuple[Check | None, list[str]]:
         return Check(spec.name), []
     if "value" not in raw:
         return None, [f"check type {spec.name} needs a value"]
-    problem = _value_problem(spec.value, raw["value"])
+    problem = _value_problem(spec.value, raw["value"], not schema_only)
     if problem:
         return None, [f"check type {spec.name}: {problem}"]
     # Values are stored as their kind says (text as str, count as int), so YAML's `value: 42` is "42".
@@ -213,8 +219,10 @@ class IfevalCheck:
         return f"ifeval:{self.id}{args}"
 
 
-def _kwarg_problem(kind: str, value: Any) -> str | None:
+def _kwarg_problem(kind: str, value: Any, compile_regex: bool = True) -> str | None:
     if kind == "count":
+        if isinstance(value, float) and value.is_integer() and value >= 1:
+            return None  # JSON's 50.0 is the integer 50
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             return f"must be a whole number >= 1, got {value!r}"
     elif kind == "relation":
@@ -234,7 +242,7 @@ def _kwarg_problem(kind: str, value: Any) -> str | None:
         for item in value if kind == "regex_list" else [value]:
             if not isinstance(item, str) or not item.strip():
                 return f"must be non-empty text, got {item!r}"
-            if kind != "text":
+            if kind != "text" and compile_regex:
                 try:
                     re.compile(item)
                 except re.error as exc:
@@ -251,8 +259,13 @@ def _close_ids(wanted: str) -> list[str]:
     return list(dict.fromkeys(close))[:3]
 
 
-def parse_ifeval(raw: Any) -> tuple[IfevalCheck | None, list[str]]:
-    """Return (the check, []) for an id or an ``{id, kwargs}`` mapping, or (None, problems)."""
+def parse_ifeval(raw: Any, *, schema_only: bool = False) -> tuple[IfevalCheck | None, list[str]]:
+    """Return (the check, []) for an id or an ``{id, kwargs}`` mapping, or (None, problems).
+
+    schema_only applies only the rules JSON Schema can state (the job API follows its OpenAPI document
+    exactly): kwargs used as regexes are not compiled and nth_paragraph is not compared with
+    num_paragraphs; such a check then fails when scored, with its error kept.
+    """
     if isinstance(raw, str):
         raw = {"id": raw}
     if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
@@ -265,7 +278,7 @@ def parse_ifeval(raw: Any) -> tuple[IfevalCheck | None, list[str]]:
         close = _close_ids(raw["id"])
         hint = f"did you mean {' or '.join(close)}?" if close else "see shared.evaluation.checks.IFEVAL for the list"
         return None, [f"unknown IFEval id {raw['id']!r}; {hint}"]
-    kwargs = raw.get("kwargs") or {}
+    kwargs = {} if raw.get("kwargs") is None else raw["kwargs"]
     if not isinstance(kwargs, Mapping):
         return None, [f"ifeval {spec.id}: kwargs must be a mapping, got {kwargs!r}"]
     problems = []
@@ -279,15 +292,16 @@ def parse_ifeval(raw: Any) -> tuple[IfevalCheck | None, list[str]]:
                         f"({', '.join(spec.kwargs)}), since the verifier picks random values for missing ones")
     for name in spec.kwargs:
         if kwargs.get(name) is not None:
-            problem = _kwarg_problem(IFEVAL_KWARGS[name], kwargs[name])
+            problem = _kwarg_problem(IFEVAL_KWARGS[name], kwargs[name], not schema_only)
             if problem:
                 problems.append(f"ifeval {spec.id}: {name} {problem}")
-    if not problems and spec.id == "length_constraints:nth_paragraph_first_word" \
+    if not problems and not schema_only and spec.id == "length_constraints:nth_paragraph_first_word" \
             and kwargs["nth_paragraph"] > kwargs["num_paragraphs"]:
         problems.append(f"ifeval {spec.id}: nth_paragraph must be <= num_paragraphs")
     if problems:
         return None, problems
-    return IfevalCheck(spec.id, {k: kwargs[k] for k in spec.kwargs}), []
+    return IfevalCheck(spec.id, {k: int(kwargs[k]) if IFEVAL_KWARGS[k] == "count" else kwargs[k]
+                                 for k in spec.kwargs}), []
 
 
 def parse_checks(check: Any = None, ifeval: Any = None) -> tuple[tuple[Check, ...], tuple[IfevalCheck, ...]]:

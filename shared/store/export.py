@@ -7,6 +7,7 @@ from typing import Any, Iterator, Mapping
 
 from sqlalchemy.orm import Session
 
+from shared.evaluation.scorers import COLUMNS as SCORE_COLUMNS
 from shared.store.queries import clean_filters, runs_query
 from shared.store.tables import Job, Run
 
@@ -17,7 +18,8 @@ PARAM_COLUMNS = ("model", "engine", "placement", "instruction", "query", "max_ne
                  "top_p", "seed", "start_layer", "num_middle_layers", "head_boost_percentage")
 EXPORT_COLUMNS = ("run_id", "job_id", "job_status", "variant", "multiplier", "layers", "heads",
                   *PARAM_COLUMNS, "output_text", "prompt_tokens", "output_tokens", "seconds",
-                  "attention_unboosted", "attention_boosted", "created_at")
+                  "attention_unboosted", "attention_boosted", "created_at", "finish_reason", *SCORE_COLUMNS,
+                  "score_error")
 
 
 def _mean_mass(mass: Any, key: str) -> float | None:
@@ -43,6 +45,10 @@ def export_row(run: Run, job: Job) -> list[Any]:
               "created_at": run.created_at.isoformat() if isinstance(run.created_at, datetime) else run.created_at}
     for name in PARAM_COLUMNS:
         values[name] = job.model if name == "model" else params.get(name)
+    scores = run.scores if isinstance(run.scores, Mapping) else {}
+    values["finish_reason"] = run.finish_reason
+    for name in (*SCORE_COLUMNS, "score_error"):
+        values[name] = scores.get(name)
     return [values[c] for c in EXPORT_COLUMNS]
 
 

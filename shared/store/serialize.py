@@ -17,7 +17,8 @@ def run_to_dict(run: Run) -> dict[str, Any]:
     return {"id": run.id, "job_id": run.job_id, "variant": run.variant, "multiplier": run.multiplier,
             "layers": run.layers, "heads": run.heads, "output_text": run.output_text,
             "prompt_tokens": run.prompt_tokens, "output_tokens": run.output_tokens, "seconds": run.seconds,
-            "attention_mass": run.attention_mass, "created_at": _iso(run.created_at)}
+            "attention_mass": run.attention_mass, "finish_reason": run.finish_reason, "scores": run.scores,
+            "created_at": _iso(run.created_at)}
 
 
 def job_to_dict(job: Job, runs: bool = True) -> dict[str, Any]:
@@ -27,7 +28,8 @@ def job_to_dict(job: Job, runs: bool = True) -> dict[str, Any]:
          "progress": {"done": job.progress_done, "total": job.progress_total},
          "error": job.error, "attempts": job.attempts, "worker": job.worker,
          "created_at": _iso(job.created_at), "enqueued_at": _iso(job.enqueued_at),
-         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at)}
+         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
+         "sweep_id": job.sweep_id, "case_name": job.case_name}
     if runs:
         d["runs"] = [run_to_dict(r) for r in job.runs]
     return d

@@ -85,6 +85,9 @@ class Job(Base):
     """One submission: an instruction, a query, a model and the variants to generate."""
 
     __tablename__ = "jobs"
+    # A sweep creates each (case, M, head fraction) job once, however often its advance runs.
+    __table_args__ = (UniqueConstraint("sweep_id", "case_name", "sweep_step", "sweep_head_fraction",
+                                       name="uq_jobs_sweep_cell"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     status: Mapped[JobStatus] = mapped_column(STATUS_TYPE, default=JobStatus.queued, index=True)
@@ -101,6 +104,12 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Set once the broker accepted the message: rows left NULL are re-enqueued by the sweeper.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A job a sweep created: the sweep, the case it runs and the sweep step (grid M) it belongs to.
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), nullable=True,
+                                                 index=True)
+    case_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    sweep_step: Mapped[float | None] = mapped_column(Float, nullable=True)  # the grid M of this job
+    sweep_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     runs: Mapped[list["Run"]] = relationship(back_populates="job", cascade="all, delete-orphan",
                                              passive_deletes=True, order_by="Run.id")
@@ -127,8 +136,45 @@ class Run(Base):
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     attention_mass: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # "stop" (end of sequence or a stop string) or "length" (cut at max_new_tokens); None for older runs.
+    finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # shared.evaluation.scorers.score_output's dict (every column of scorers.COLUMNS), None for older runs.
+    scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="runs")
 
     def __repr__(self) -> str:
         return f"<Run {self.id} job={self.job_id} {self.variant}>"
+
+
+SWEEP_STATUSES = ("running", "succeeded", "failed", "cancelled")
+
+
+class Sweep(Base):
+    """A calibration sweep: a case set x a grid of M x layer modes (x head fractions), run as ordinary jobs.
+
+    The sweep advances one grid step (one M) at a time: when every job of the current step is finished,
+    the paper's stop rule on the validation half decides the next M or the end (shared.store.sweeps).
+    """
+
+    __tablename__ = "sweeps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    model: Mapped[str] = mapped_column(String(255), index=True)
+    pack: Mapped[str | None] = mapped_column(String(255), nullable=True)  # built-in pack name, None if uploaded
+    # The sweep's request: cases (with their split), grid, layer modes, head fractions, floor, job params.
+    config: Mapped[dict] = mapped_column(JSON)
+    step_index: Mapped[int] = mapped_column(Integer, default=0)  # grid steps enqueued so far
+    current_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The last computed summary (protocol.calibrate's dict without the raw records) and recommendation.
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    recommended_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    recommended_layers: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    recommended_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def __repr__(self) -> str:
+        return f"<Sweep {self.id} {self.status} {self.model}>"

@@ -157,6 +157,59 @@ class Engine:
                                         placement=p.placement))
         return out
 
+    @property
+    def plain_model(self):
+        """The Hugging Face model as it runs without any boost (outside the engines' boost contexts)."""
+        return self.loaded.model
+
+    @torch.inference_mode()
+    def perplexity(self, requests: Sequence[GenerationRequest], outputs: Sequence[str],
+                   batch_size: int = 16) -> list[float | None]:
+        """Return each output's perplexity after its request's prompt under the model WITHOUT the boost.
+
+        exp of the mean negative log-likelihood of the output's tokens (re-encoded from the text), given
+        the same prompt (chat template, placement, instruction and query). The requests' boosts are
+        ignored: this scores how natural the text is to the plain model. One forward pass per batch of
+        rows (right-padded, no cache); None for an output without tokens.
+        """
+        if len(requests) != len(outputs):
+            raise ValueError("perplexity needs one output per request")
+        rows: list[tuple[int, list[int], list[int]]] = []
+        result: list[float | None] = [None] * len(requests)
+        for i, (req, text) in enumerate(zip(requests, outputs)):
+            out_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            if not out_ids:
+                continue
+            if req.messages is not None:
+                p = build_chat_prompt(self.tokenizer, req.messages, req.spec.placement)
+            else:
+                p = build_prompt(self.tokenizer, req.instruction, req.query, req.spec.placement)
+            prompt_ids = list(p.input_ids)
+            room = self.max_context - len(prompt_ids)
+            if room < 1:
+                continue
+            rows.append((i, prompt_ids, list(out_ids)[:room]))
+        model = self.plain_model
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(rows), max(1, batch_size)):
+            chunk = rows[start:start + batch_size]
+            width = max(len(a) + len(b) for _, a, b in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (_, a, b) in enumerate(chunk):
+                seq = a + b
+                ids[r, :len(seq)] = torch.tensor(seq)
+                mask[r, :len(seq)] = 1
+            logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                           use_cache=False).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            for r, (i, a, b) in enumerate(chunk):
+                pos = torch.arange(len(a) - 1, len(a) + len(b) - 1, device=logp.device)
+                target = torch.tensor(b, device=logp.device)
+                nll = -logp[r, pos, target].mean().item()
+                result[i] = float(max(1.0, min(float("1e30"), torch.tensor(nll).exp().item())))
+        return result
+
     def _eos_ids(self) -> set[int]:
         eos = self.loaded.model.generation_config.eos_token_id
         if eos is None:

@@ -30,6 +30,10 @@ class TransformerLensEngine(Engine):
         hub = loaded.source.hub_name or getattr(loaded.model.config, "_name_or_path", "") or loaded.source.name
         self.bridge = TransformerBridge.boot_transformers(hub, hf_model=loaded.model, tokenizer=loaded.tokenizer)
 
+    @property
+    def plain_model(self):
+        return self.bridge.original_model  # the hooks run only inside hooked()
+
     @contextlib.contextmanager
     def hooked(self, boost: BatchBoost | None, record: dict | None = None, keys=None, q_sel=None):
         """Attach the pattern hooks (boost, optionally record) for a block; always removes them."""

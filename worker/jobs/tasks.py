@@ -134,8 +134,28 @@ def _stored_variants(session, job_id: int) -> set[str]:
     return done
 
 
+def _score(engine, request: JobRequest, gen_requests, results, settings: Mapping[str, Any]) -> list[dict | None]:
+    """Score a chunk's outputs (worker.scoring); a scorer's failure is logged and stored, never fails the job."""
+    from worker.scoring import judge_config, score_results
+
+    try:
+        judge = judge_config(settings) if request.judge else None
+        scores = score_results(engine, gen_requests, results, cases=request.case(),
+                               perplexity=request.score_perplexity, judge=judge,
+                               copy_words=int(settings.get("scoring.copy_words", 6)))
+        if request.judge and judge is None:
+            for s in scores:
+                s["judge_reason"] = "no judge configured on this worker (judge.url is empty)"
+        return scores
+    except (SoftTimeLimitExceeded, ShutdownRequested):
+        raise
+    except Exception as exc:
+        log.exception("job: scoring failed")
+        return [{"score_error": f"{type(exc).__name__}: {exc}"[:500]} for _ in results]
+
+
 def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
-                  budget: float, batch_size: int = 1) -> str:
+                  budget: float, batch_size: int = 1, settings: Mapping[str, Any] | None = None) -> str:
     from worker.engine import get_engine
 
     request = JobRequest.from_params(job.params)
@@ -153,13 +173,16 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
             return _finish_cancel(session, job.id, budget)
         if should_stop():
             raise ShutdownRequested()
-        results = engine.generate([request.generation_request(v) for v in chunk], attention=True)
-        for variant, result in zip(chunk, results):
+        gen_requests = [request.generation_request(v) for v in chunk]
+        results = engine.generate(gen_requests, attention=True)
+        scores = _score(engine, request, gen_requests, results, settings or {})
+        for variant, result, score in zip(chunk, results, scores):
             with_db_retry(session, lifecycle.record_run, job.id, variant.name, multiplier=variant.multiplier,
                           layers="none" if variant.is_original else variant.layer_mode,
                           heads=_heads(request, variant, engine), output_text=result.text,
                           prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
-                          seconds=result.seconds, attention_mass=result.attention_mass, budget=budget)
+                          seconds=result.seconds, attention_mass=result.attention_mass,
+                          finish_reason=result.finish_reason, scores=score, budget=budget)
             session.commit()
             log.info("job %s: variant %s done (%d tokens)", job.id, variant.name, result.output_tokens)
     # A cancel that arrives after the last variant loses: the job is complete (cancelling -> succeeded).
@@ -220,7 +243,7 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[s
         try:
             with time_limit(soft):
                 return _run_variants(session, job, db_url, should_stop, worker_name, budget,
-                                     int(settings["worker.variant_batch"]))
+                                     int(settings["worker.variant_batch"]), settings)
         except ShutdownRequested:
             session.rollback()
             try:
