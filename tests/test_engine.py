@@ -134,6 +134,16 @@ def test_attention_analysis_is_measured_in_blocks_and_per_row(fast_engine, monke
     assert fast_engine.generate([short_one])[0].attention_mass is None  # off unless asked
 
 
+def test_each_row_of_a_batch_reports_the_time_to_its_own_last_token(fast_engine):
+    """Issue 10: a row that stops early no longer shows the whole batch's wall time."""
+    params = GenerationParams(max_new_tokens=20, stop=("sky",))
+    early = GenerationRequest("Answer with one word.", "What color is the sky?", BoostSpec(multiplier=1.0), params)
+    late = GenerationRequest("Be detailed.", "Tell me a long story about a dragon.", BoostSpec(multiplier=3.0), params)
+    a, b = fast_engine.generate([early, late])
+    assert a.finish_reason == "stop" and b.finish_reason == "length" and a.output_tokens < b.output_tokens
+    assert 0 < a.seconds < b.seconds
+
+
 def test_prompt_longer_than_context_is_refused(fast_engine):
     req = GenerationRequest("Be brief.", "word " * 9000, BoostSpec(multiplier=2), GenerationParams(max_new_tokens=8))
     with pytest.raises(ValidationError, match="context") as exc:

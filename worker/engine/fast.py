@@ -18,7 +18,7 @@ import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
-from worker.engine.base import Batch, Engine, processed_length, seed_sampling
+from worker.engine.base import Batch, Engine, StepClock, processed_length, seed_sampling
 from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass_sum, key_offset
 from worker.engine.loading import LoadedModel
 
@@ -165,16 +165,16 @@ class FastEngine(Engine):
         params = requests[0].params
         boost = self._boost_for(requests, batch, batch.input_ids.shape[1])
         seed_sampling(params)
-        t0 = time.perf_counter()
+        clock = StepClock()
         with fast_boost(boost, capacity=batch.input_ids.shape[1] + params.max_new_tokens):
             seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                              streamer=self._streamer(len(requests), params, on_text),
-                                             **self._gen_kwargs(params))
+                                             stopping_criteria=clock.as_criteria(), **self._gen_kwargs(params))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - clock.start
         masses = self._attention_mass(requests, batch, seq) if attention else None
-        return self._finish(requests, prompts, batch, seq, seconds, masses)
+        return self._finish(requests, prompts, batch, seq, seconds, masses, clock if len(requests) > 1 else None)
 
     def _attention_mass(self, requests, batch, seq):
         mask, q_sel = self._analysis_inputs(batch, seq)
