@@ -7,8 +7,9 @@ takes one row here plus its use.
 
 Kinds: ``text`` (required, not blank), ``model`` (a model name), ``integer``, ``number``, ``choice``
 (one of ``choices``), ``numbers`` (a non-empty list of distinct numbers), ``choices`` (a non-empty
-list of distinct choices), ``flag`` (a boolean), ``checks`` (a list of simple checks ``{type, value}``,
-shared.evaluation.checks) and ``ifeval`` (a list of IFEval instruction ids or ``{id, kwargs}``).
+list of distinct choices), ``boolean`` (a switch: a form checkbox, a command-line flag), ``checks``
+(a list of simple checks ``{type, value}``, shared.evaluation.checks) and ``ifeval`` (a list of IFEval
+instruction ids or ``{id, kwargs}``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass a
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
 MAX_CHECKS = 20  # simple checks or IFEval instructions per job
-KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "flag", "checks", "ifeval")
+KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,9 @@ JOB_FIELDS: tuple[JobField, ...] = (
              setting="generation.temperature", lo=0, hi=10, advanced=True, cli="--temperature"),
     JobField("top_p", "number", "Nucleus sampling threshold (used when temperature > 0).", "Top p",
              setting="generation.top_p", lo=0, lo_open=True, hi=1, advanced=True, cli="--top-p"),
+    JobField("attention", "boolean", "Also measure the attention mass on the instruction per layer, unboosted "
+             "and boosted (two extra forward passes over each output).", "Attention analysis", default=False,
+             advanced=True, cli="--attention"),
     JobField("checks", "checks", "Pass/fail checks scored on every output: a JSON list of {type, value}, e.g. "
              '[{"type": "lowercase"}, {"type": "max_words", "value": 50}] (types: regex, not_contains_regex, '
              "contains, not_contains, json, lowercase, uppercase, max_words).", "Checks", default=(),
@@ -124,10 +128,10 @@ JOB_FIELDS: tuple[JobField, ...] = (
              'ids or {id, kwargs}, e.g. ["change_case:english_lowercase", {"id": "length_constraints:number_words", '
              '"kwargs": {"num_words": 50, "relation": "less than"}}].', "IFEval checks", default=(),
              advanced=True),
-    JobField("score_perplexity", "flag", "Score each output's perplexity under the same model without the boost "
+    JobField("score_perplexity", "boolean", "Score each output's perplexity under the same model without the boost "
              "(one extra batched forward pass); it feeds the 0-2 fluency score.", "Score perplexity",
              default=True, advanced=True),
-    JobField("judge", "flag", "Ask the LLM judge (settings judge.url, judge.model) whether each output follows the "
+    JobField("judge", "boolean", "Ask the LLM judge (settings judge.url, judge.model) whether each output follows the "
              "instruction and how fluent it is; off by default.", "LLM judge", default=False, advanced=True),
 )
 

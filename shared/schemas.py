@@ -65,6 +65,7 @@ class JobRequest:
     max_new_tokens: int
     temperature: float
     top_p: float
+    attention: bool
     checks: tuple[dict, ...] = ()
     ifeval: tuple[dict, ...] = ()
     score_perplexity: bool = True
@@ -119,10 +120,8 @@ class JobRequest:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "JobRequest":
         """Rebuild a request from stored Job.params (already validated when submitted)."""
-        from shared.fields import BY_NAME
-
-        # Jobs stored before a field existed take its declared default (settings-backed fields always existed).
-        data = {k: params[k] if k in params else BY_NAME[k].default for k in FIELD_NAMES}
+        # Jobs stored before a field was added lack it: they take its declared default.
+        data = {f.name: params.get(f.name, f.default) for f in JOB_FIELDS}
         data["multipliers"] = tuple(float(m) for m in data["multipliers"])
         data["layer_modes"] = tuple(data["layer_modes"])
         data["checks"] = tuple(dict(c) for c in data["checks"] or ())

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from shared.fields import JobField
 
 MAX_MODEL_NAME = 255
+TRUE = ("true", "on", "yes", "1")
+FALSE = ("false", "off", "no", "0")
 
 # What counts as blank text: ECMAScript's \s, spelled out so the OpenAPI pattern (JSON Schema regexes are
 # ECMAScript) and this validator agree character for character.
@@ -79,6 +81,15 @@ class Validator:
     def check(self, spec: "JobField", value: Any) -> Any:
         """Return the field's value parsed and checked (errors are collected, a placeholder returned)."""
         return getattr(self, spec.kind)(spec, value)
+
+    def boolean(self, spec: "JobField", value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        # Forms and query strings send text: a checked checkbox sends "on".
+        if not self.strict and isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+        self.error(spec.name, f"{spec.name} must be true or false, got {brief(value)}")
+        return False
 
     def text(self, spec: "JobField", value: Any) -> str:
         name, limit = spec.name, self.settings["limits.max_text_chars"]
@@ -232,15 +243,6 @@ class Validator:
         return tuple(out)
 
 
-    def flag(self, spec: "JobField", value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
-        if not self.strict and isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
-            return value.strip().lower() in TRUE
-        self.error(spec.name, f"{spec.name} must be true or false, got {brief(value)}"
-                   + ("" if not isinstance(value, str) or not self.strict else ": send a JSON boolean"))
-        return False
-
     def _rules(self, spec: "JobField", value: Any) -> list | None:
         """Return a list of raw rules: a JSON array, or (forms) JSON text or comma-separated names."""
         name = spec.name
@@ -293,9 +295,6 @@ class Validator:
                 out.append({"id": check.id, "kwargs": dict(check.kwargs)})
         return tuple(out)
 
-
-TRUE = ("true", "yes", "on", "1")
-FALSE = ("false", "no", "off", "0")
 
 
 def check_values(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> None:

@@ -230,13 +230,13 @@ def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
         schema = {"type": f.kind, **_number_bounds(f, settings)}
     elif f.kind == "choice":
         schema = {"type": "string", "enum": list(f.choices)}
-    elif f.kind == "numbers":
-        schema = {"type": "array", "items": {"type": "number", **_number_bounds(f, settings)}, "minItems": 1,
-                  "uniqueItems": True}
-    elif f.kind == "flag":
+    elif f.kind == "boolean":
         schema = {"type": "boolean"}
         if f.name == "judge" and not str(settings.get("judge.url", "") or "").strip():
             schema["enum"] = [False]  # this deployment has no judge (setting judge.url): true is refused
+    elif f.kind == "numbers":
+        schema = {"type": "array", "items": {"type": "number", **_number_bounds(f, settings)}, "minItems": 1,
+                  "uniqueItems": True}
     elif f.kind == "checks":
         schema = {"type": "array", "maxItems": MAX_CHECKS, "items": check_item_schema()}
     elif f.kind == "ifeval":

@@ -48,10 +48,11 @@ def _form_defaults() -> dict[str, Any]:
             d[f.name] = ""
         elif f.kind == "numbers":  # one text input, comma-separated
             d[f.name] = ", ".join(multiplier_text(m) for m in d[f.name])
-        elif f.kind == "flag":
-            d[f.name] = "yes" if d[f.name] else "no"
         elif f.is_rules:  # JSON text
             d[f.name] = json.dumps(list(d[f.name])) if d[f.name] else ""
+    # The API leaves the attention analysis off (it costs two extra passes); a person at the form usually
+    # wants the chart, so the box starts ticked.
+    d["attention"] = True
     return d
 
 
@@ -76,8 +77,9 @@ def index():
 @bp.post("/")
 def submit():
     """Validate the form and enqueue the job; re-render with field errors (and the typed values) on failure."""
+    # An unticked checkbox sends nothing: that is "off", not "the default" (score_perplexity defaults on).
     data: dict[str, Any] = {f.name: request.form.getlist(f.name) if f.kind == "choices" else
-                            request.form.get(f.name, "") for f in JOB_FIELDS}
+                            request.form.get(f.name, "off" if f.kind == "boolean" else "") for f in JOB_FIELDS}
     try:
         req = JobRequest.from_dict(data, services().settings)
         job = submission.submit_job(db(), req, **submit_kwargs())

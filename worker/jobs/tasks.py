@@ -174,7 +174,7 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
         if should_stop():
             raise ShutdownRequested()
         gen_requests = [request.generation_request(v) for v in chunk]
-        results = engine.generate(gen_requests, attention=True)
+        results = engine.generate(gen_requests, attention=request.attention)
         scores = _score(engine, request, gen_requests, results, settings or {})
         for variant, result, score in zip(chunk, results, scores):
             with_db_retry(session, lifecycle.record_run, job.id, variant.name, multiplier=variant.multiplier,
