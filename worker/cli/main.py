@@ -40,6 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--heads", help=HEADS_HELP)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    c = sub.add_parser("calibrate", help="sweep M over a case set with the paper's protocol and recommend one; "
+                                         "no services needed")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cases", help="YAML, JSON or JSONL case file (instruction, query, checks or ifeval)")
+    src.add_argument("--pack", help="a built-in case pack: default (12 cases) or ifeval (120 cases)")
+    grid = c.add_mutually_exclusive_group()
+    grid.add_argument("--multipliers", dest="grid_multipliers", help="comma-separated grid of M, e.g. 1,3,5,9 (1 is always run)")
+    grid.add_argument("--grid", choices=("paper", "log"), default=None,
+                      help="paper: 1, 3, 5, ..., 19 (default); log: 10 log-spaced values from 1 to 20")
+    c.add_argument("--layer-modes", dest="sweep_layer_modes", default="all", help="comma-separated layer modes to calibrate: all, middle")
+    c.add_argument("--head-fractions", default="1",
+                   help="comma-separated shares of heads boosted per layer, each in (0, 1] (default 1)")
+    c.add_argument("--fluency-floor", type=float, default=None, help="stop going up once mean validation "
+                   "fluency (0-2) falls below this (default 1.0)")
+    c.add_argument("--limit", type=int, help="use only the first N cases of the set")
+    c.add_argument("--batch-size", type=int, default=16, help="rows generated together (default 16)")
+    c.add_argument("--no-perplexity", action="store_true",
+                   help="skip the perplexity pass (fluency then rests on the text signals alone)")
+    c.add_argument("--test-at", choices=("all", "recommended"), default="all",
+                   help="run the test half at every M (all, the full table) or only unboosted and at each "
+                        "setting's recommended M (recommended: the paper's protocol, half the cost)")
+    c.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    c.add_argument("--csv", help="also write the per-M table here as CSV")
+    c.add_argument("--records", help="also write every scored run here as JSON lines")
+    add_field_options(c, skip=CALIBRATE_SKIP)
+    _runtime_args(c)
+
     s = sub.add_parser("serve", help="start the web app and one worker on this machine")
     try:
         from worker.cli.serve import add_serve_arguments
@@ -55,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+CALIBRATE_SKIP = ("instruction", "query", "multipliers", "layer_modes", "head_boost_percentage", "engine",
+                  "attention")
 HEADS_HELP = ("fraction of heads boosted per layer, in (0, 1], or explicit heads per layer like '8:0,3;9:1' "
               "(layers not named boost all their heads)")
 
@@ -214,6 +243,72 @@ def cmd_run_tests(args) -> int:
     return 0
 
 
+def _csv_numbers(text: str, flag: str) -> list[float]:
+    from shared.errors import ValidationError
+
+    try:
+        values = [float(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        raise ValidationError(f"{flag} takes comma-separated numbers, got {text!r}", field=flag) from None
+    if not values:
+        raise ValidationError(f"{flag} needs at least one number", field=flag)
+    return values
+
+
+def cmd_calibrate(args) -> int:
+    """Sweep M over a case set locally (fast engine, batched rows); print the table and the recommendation."""
+    from pathlib import Path
+
+    from shared.calibration import format_table, load_case_set, sweep_settings, table_csv
+    from shared.errors import ValidationError
+    from shared.evaluation import protocol
+    from shared.spec import BoostSpec, GenerationParams
+    from worker.calibrate import calibrate_local
+
+    s = get_settings()
+    cases = load_case_set(args.pack, args.cases, max_text_chars=s["limits.max_text_chars"])
+    if args.limit is not None:
+        if args.limit < 2:
+            raise ValidationError("--limit must be >= 2 (a validation and a test case)", field="--limit")
+        cases = cases[:args.limit]
+    grid = protocol.get_grid(_csv_numbers(args.grid_multipliers, "--multipliers") if args.grid_multipliers else
+                             (args.grid or "paper"))
+    settings = sweep_settings([m.strip() for m in args.sweep_layer_modes.split(",") if m.strip()],
+                              _csv_numbers(args.head_fractions, "--head-fractions"))
+    floor = protocol.FLOOR if args.fluency_floor is None else args.fluency_floor
+    if not 0 <= floor <= 2:
+        raise ValidationError("--fluency-floor is on the 0-2 scale", field="--fluency-floor")
+    if args.batch_size < 1:
+        raise ValidationError("--batch-size must be >= 1", field="--batch-size")
+    values = field_values(args, s)
+    values["engine"] = "fast"  # rows of different M, layers and heads batch together only on the fast engine
+    base = BoostSpec(start_layer=values["start_layer"], num_middle_layers=values["num_middle_layers"],
+                     seed=values["seed"], placement=values["placement"])
+    params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
+                              top_p=values["top_p"], seed=values["seed"])
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    engine = _engine(args, s, values)
+    print(f"calibrating {engine.model_name}: {len(cases)} cases, grid {', '.join(f'{m:g}' for m in grid)}, "
+          f"settings {', '.join(x.label for x in settings)}, floor {floor:g}, max_new_tokens {params.max_new_tokens}",
+          file=sys.stderr)
+    out = calibrate_local(engine, cases, grid=grid, settings=settings, floor=floor, base=base, params=params,
+                          batch_size=args.batch_size, perplexity=not args.no_perplexity,
+                          copy_words=int(s["scoring.copy_words"]), test_at=args.test_at)
+    print(format_table(out["summary"]))
+    if args.csv:
+        Path(args.csv).write_text(table_csv(out["summary"]), encoding="utf-8")
+        print(f"wrote {args.csv}", file=sys.stderr)
+    if args.records:
+        with open(args.records, "w", encoding="utf-8") as fh:
+            for r in out["records"]:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        print(f"wrote {args.records}", file=sys.stderr)
+    return 0
+
+
 def cmd_settings(args) -> int:
     """Print the resolved settings, config.yaml or the README table."""
     if args.yaml:
@@ -242,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         from shared.settings import get_settings
 
         get_settings.cache_clear()
-        handler = {"generate": cmd_generate, "run-tests": cmd_run_tests, "settings": cmd_settings}.get(args.command)
+        handler = {"generate": cmd_generate, "run-tests": cmd_run_tests, "settings": cmd_settings,
+                   "calibrate": cmd_calibrate}.get(args.command)
         if handler is None:
             from worker.cli.serve import run_serve
 

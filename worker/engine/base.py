@@ -7,6 +7,7 @@ differ only in how they apply the boost inside attention.
 from __future__ import annotations
 
 import time
+import math
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Callable, Sequence
@@ -195,23 +196,28 @@ class Engine:
             rows.append((i, prompt_ids, list(out_ids)[:room]))
         model = self.plain_model
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # Longest rows together, so a batch pads little; rows left-padded so every output ends at the last
+        # position and only the last `keep` positions need logits (the vocabulary projection dominates).
+        rows.sort(key=lambda r: len(r[1]) + len(r[2]), reverse=True)
         for start in range(0, len(rows), max(1, batch_size)):
             chunk = rows[start:start + batch_size]
             width = max(len(a) + len(b) for _, a, b in chunk)
+            keep = max(len(b) for _, _, b in chunk) + 1
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for r, (_, a, b) in enumerate(chunk):
                 seq = a + b
-                ids[r, :len(seq)] = torch.tensor(seq)
-                mask[r, :len(seq)] = 1
+                ids[r, width - len(seq):] = torch.tensor(seq)
+                mask[r, width - len(seq):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                           use_cache=False).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+                           position_ids=positions.to(self.device), use_cache=False, logits_to_keep=keep).logits
             for r, (i, a, b) in enumerate(chunk):
-                pos = torch.arange(len(a) - 1, len(a) + len(b) - 1, device=logp.device)
-                target = torch.tensor(b, device=logp.device)
-                nll = -logp[r, pos, target].mean().item()
-                result[i] = float(max(1.0, min(float("1e30"), torch.tensor(nll).exp().item())))
+                # logits[:, j] predicts the token at position width - keep + j + 1.
+                row = logits[r, keep - 1 - len(b):keep - 1].float()
+                target = torch.tensor(b, device=row.device)
+                nll = (torch.logsumexp(row, dim=-1) - row.gather(-1, target[:, None])[:, 0]).mean().item()
+                result[i] = float(max(1.0, math.exp(min(nll, 690.0))))
         return result
 
     def _eos_ids(self) -> set[int]:

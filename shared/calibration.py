@@ -1,0 +1,189 @@
+"""Calibration sweeps, the parts shared by ``instaboost calibrate`` (local) and the service's sweeps.
+
+A sweep runs a case set at each M of a grid, per *setting* (a layer mode x a head fraction), and walks
+the grid upward with the paper's stop rule (``shared.evaluation.protocol``): after each M, a setting
+whose mean validation fluency fell below the floor stops; the sweep ends when every setting stopped or
+the grid is done. M = 1 is the unboosted baseline, run once per case and shared by every setting.
+This module is torch-free: the records, the stop decision and the text and CSV tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from shared.errors import ValidationError
+from shared.evaluation import protocol
+from shared.evaluation.cases import Case, load_cases, load_pack, parse_cases, split
+from shared.fields import LAYER_MODES
+
+TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi", "fluency",
+                 "fluency_lo", "fluency_hi", "copy_rate", "repetition", "repetitive_rate", "canned_rate",
+                 "empty_rate", "truncated_rate")
+
+
+@dataclass(frozen=True)
+class SweepSetting:
+    """One boost setting a sweep calibrates: a layer mode and the share of heads boosted per layer."""
+
+    layers: str
+    head_fraction: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return protocol.setting_label(self.layers, self.head_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "head_fraction": self.head_fraction}
+
+
+def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,)
+                   ) -> list[SweepSetting]:
+    """Return every layer mode x head fraction, validated (modes in LAYER_MODES, fractions in (0, 1])."""
+    modes, fractions = list(dict.fromkeys(layer_modes)), list(dict.fromkeys(float(f) for f in head_fractions))
+    errors = []
+    for i, m in enumerate(modes):
+        if m not in LAYER_MODES:
+            errors.append({"field": f"layer_modes[{i}]", "message": f"layer mode must be one of "
+                           f"{', '.join(LAYER_MODES)}; got {m!r}"})
+    for i, f in enumerate(fractions):
+        if not 0 < f <= 1:
+            errors.append({"field": f"head_fractions[{i}]", "message": f"a head fraction is in (0, 1]; got {f:g}"})
+    if not modes:
+        errors.append({"field": "layer_modes", "message": "give at least one layer mode"})
+    if not fractions:
+        errors.append({"field": "head_fractions", "message": "give at least one head fraction"})
+    if errors:
+        raise ValidationError("; ".join(e["message"] for e in errors), errors=errors)
+    return [SweepSetting(m, f) for f in fractions for m in modes]
+
+
+def boosted_grid(grid: Sequence[float]) -> list[float]:
+    """Return the grid's multipliers above the baseline, ascending (M = 1 is the shared unboosted run)."""
+    return [float(m) for m in sorted(set(grid)) if float(m) != 1.0]
+
+
+def load_case_set(pack: str | None = None, cases_file: str | None = None, *, data: str | bytes | None = None,
+                  fmt: str | None = None, source: str = "upload", max_text_chars: int = 20000) -> list[Case]:
+    """Return the cases of a built-in pack, a case file, or uploaded text (exactly one of them)."""
+    given = [x is not None for x in (pack, cases_file, data)]
+    if sum(given) != 1:
+        raise ValidationError("give exactly one case set: a built-in pack, a case file or uploaded cases",
+                              field="cases")
+    if pack is not None:
+        return load_pack(pack)
+    if cases_file is not None:
+        return load_cases(cases_file, max_text_chars=max_text_chars)
+    return parse_cases(data, fmt or "yaml", source=source, max_text_chars=max_text_chars)
+
+
+def assign_splits(cases: Sequence[Case]) -> dict[str, str]:
+    """Return {case name: "validation" | "test"} by the fixed split (pinned cases where they say)."""
+    validation, test = split(list(cases))
+    return {**{c.name: "validation" for c in validation}, **{c.name: "test" for c in test}}
+
+
+def record(scores: Mapping[str, Any], *, case: str, split_: str, multiplier: float, setting: SweepSetting,
+           job_id: int | None = None) -> dict[str, Any]:
+    """Return one protocol record: a run's scores plus where it sits in the sweep."""
+    return {**scores, "case": case, "split": split_, "multiplier": float(multiplier), "layers": setting.layers,
+            "head_fraction": setting.head_fraction, "job_id": job_id}
+
+
+def validation_stats(records: Sequence[Mapping], setting: SweepSetting) -> list[dict[str, Any]]:
+    """Return one setting's per-M validation rows (success, fluency), the baseline (M = 1) included."""
+    rows = protocol.summarize(records, n_boot=1)
+    return [r for r in rows if r["split"] == "validation" and r["setting"] == setting.label]
+
+
+def stopped(records: Sequence[Mapping], setting: SweepSetting, floor: float) -> bool:
+    """Tell whether the stop rule ended this setting's walk up the grid (a fluency below the floor)."""
+    stats = validation_stats(records, setting)
+    return protocol.recommend(stats, floor)["stopped_at"] is not None
+
+
+def still_going(records: Sequence[Mapping], settings: Sequence[SweepSetting], floor: float) -> list[SweepSetting]:
+    """Return the settings whose walk continues after the Ms run so far."""
+    return [s for s in settings if not stopped(records, s, floor)]
+
+
+def result_summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Return protocol.calibrate's result with the recommendation flattened: best setting, M, test success."""
+    best = result.get("best")
+    out = {"floor": result["floor"], "table": result["table"], "settings": result["settings"], "best": best,
+           "recommended": None}
+    if best:
+        test, base = best.get("test") or {}, best.get("baseline_test") or {}
+        out["recommended"] = {
+            "multiplier": best["multiplier"], "layers": best["layers"], "head_fraction": best["head_fraction"],
+            "setting": best["setting"], "validation_success": best["success"], "validation_fluency": best["fluency"],
+            "test_success": test.get("success"), "test_success_ci": [test.get("success_lo"), test.get("success_hi")],
+            "test_fluency": test.get("fluency"), "test_copy_rate": test.get("copy_rate"),
+            "test_n": test.get("n"), "baseline_test_success": base.get("success"),
+            "reason": best["reason"]}
+    return out
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x * 100:.0f}%" if pct else f"{x:.2f}"
+    return str(x)
+
+
+def _ci(lo: Any, hi: Any, pct: bool = False) -> str:
+    if lo is None or hi is None:
+        return ""
+    return f" [{_fmt(lo, pct)}, {_fmt(hi, pct)}]"
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """Return the per-M table (validation and test side by side) and the recommendation as text."""
+    lines = []
+    best = summary.get("best") or {}
+    by_key: dict[tuple[str, float], dict[str, dict]] = {}
+    for row in summary["table"]:
+        by_key.setdefault((row["setting"], row["multiplier"]), {})[row["split"]] = row
+    header = (f"{'setting':<22} {'M':>5} | {'val success':>22} {'val flu':>6} {'copy':>5} {'rep':>5} | "
+              f"{'test success':>22} {'test flu':>8} {'copy':>5} {'rep':>5}")
+    lines += [header, "-" * len(header)]
+    for (setting, m), parts in by_key.items():
+        v, t = parts.get("validation", {}), parts.get("test", {})
+        mark = " *" if best and setting == best.get("setting") and m == best.get("multiplier") else ""
+        lines.append(
+            f"{setting:<22} {m:>5g} | "
+            f"{_fmt(v.get('success'), True) + _ci(v.get('success_lo'), v.get('success_hi'), True):>22} "
+            f"{_fmt(v.get('fluency')):>6} {_fmt(v.get('copy_rate'), True):>5} {_fmt(v.get('repetition')):>5} | "
+            f"{_fmt(t.get('success'), True) + _ci(t.get('success_lo'), t.get('success_hi'), True):>22} "
+            f"{_fmt(t.get('fluency')):>8} {_fmt(t.get('copy_rate'), True):>5} {_fmt(t.get('repetition')):>5}{mark}")
+    lines.append("")
+    for s in summary["settings"]:
+        lines.append(f"{s['setting']}: {s['reason']}")
+    rec = summary.get("recommended")
+    if rec:
+        base = rec["baseline_test_success"]
+        gain = (f", {rec['test_success'] / base:.1f}x the unboosted {_fmt(base, True)}"
+                if base and rec["test_success"] is not None else
+                f" (unboosted: {_fmt(base, True)})")
+        lines.append(f"recommended: M={rec['multiplier']:g} on {rec['setting']} layers; test success "
+                     f"{_fmt(rec['test_success'], True)}{_ci(*rec['test_success_ci'], pct=True)}{gain}, test fluency "
+                     f"{_fmt(rec['test_fluency'])}, copy rate {_fmt(rec['test_copy_rate'], True)} "
+                     f"(n={rec['test_n']}, * in the table)")
+    else:
+        lines.append("recommended: none (no setting has an M at or above the fluency floor with a success rate)")
+    return "\n".join(lines)
+
+
+def table_csv(summary: Mapping[str, Any]) -> str:
+    """Return the per-(setting, M, split) table as CSV text, with a recommended column."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*TABLE_COLUMNS, "recommended"])
+    best = summary.get("best") or {}
+    for row in summary["table"]:
+        rec = bool(best) and row["setting"] == best.get("setting") and row["multiplier"] == best.get("multiplier")
+        w.writerow([*(row.get(c) for c in TABLE_COLUMNS), rec])
+    return buf.getvalue()
