@@ -13,7 +13,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from shared.schemas import multiplier_text
-from web.charts import attention_chart
+from web.charts import attention_chart, sweep_chart
 
 # test_config keys that stand for settings, so tests can point the app at their own services.
 CONFIG_SETTINGS = {
@@ -75,6 +75,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.filters["age"] = _age
     app.jinja_env.filters["when"] = _when
     app.jinja_env.filters["attention_chart"] = attention_chart
+    app.jinja_env.filters["sweep_chart"] = sweep_chart
     app.jinja_env.filters["multiplier"] = multiplier_text
 
     @app.after_request

@@ -85,6 +85,97 @@ def runs_csv():
     return csv_response(request.args)
 
 
+@bp.post("/sweeps")
+def create_sweep():
+    """Validate a calibration sweep (a built-in pack or uploaded cases), store it and queue its first step."""
+    from shared.calibration import parse_sweep_request
+    from shared.store import sweeps
+
+    s = services()
+    req = parse_sweep_request(_json_body(), s.settings, strict=True)
+    submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
+    sweep = sweeps.create_sweep(db(), cases=req.cases, pack=req.pack, grid=req.grid, settings_=req.settings,
+                                floor=req.floor, params=req.params, settings=s.settings,
+                                sender=sweeps.celery_sender(s.celery))
+    resp = jsonify(_sweep_json(sweep))
+    resp.status_code = 202
+    resp.headers["Location"] = url_for("api.get_sweep", sweep_id=sweep.id)
+    return resp
+
+
+def _sweep_json(sweep) -> dict:
+    from shared.store import sweeps
+
+    return {**sweeps.sweep_to_dict(db(), sweep), "links": {
+        "self": url_for("api.get_sweep", sweep_id=sweep.id), "csv": url_for("api.sweep_csv", sweep_id=sweep.id),
+        "page": url_for("pages.sweep", sweep_id=sweep.id), "jobs_csv": url_for("api.jobs_csv", sweep_id=sweep.id)}}
+
+
+@bp.get("/sweeps")
+def list_sweeps():
+    """Return the latest sweeps, newest first (at most 100)."""
+    from sqlalchemy import select
+
+    from shared.store.tables import Sweep
+
+    rows = db().scalars(select(Sweep).order_by(Sweep.id.desc()).limit(100)).all()
+    return jsonify({"items": [_sweep_json(x) for x in rows]})
+
+
+@bp.get("/sweeps/<sweep_id>.csv")
+def sweep_csv(sweep_id):
+    """Return a sweep's per-(setting, M, split) table as CSV (success, fluency, CIs, copy and repetition rates)."""
+    return sweep_csv_response(sweep_id)
+
+
+def sweep_csv_response(sweep_id):
+    from flask import Response
+
+    from shared.calibration import table_csv
+    from shared.csvsafe import neutralize
+    from shared.store import sweeps
+
+    sweep = sweeps.get_sweep(db(), sweep_id)
+    summary = sweep.result or {"table": [], "best": None}
+    text = table_csv(summary)
+    import csv as _csv
+    import io
+
+    rows = list(_csv.reader(io.StringIO(text)))
+    buf = io.StringIO()
+    w = _csv.writer(buf)
+    for i, row in enumerate(rows):
+        w.writerow(row if i == 0 else [neutralize(c) for c in row])
+    resp = Response(buf.getvalue(), mimetype="text/csv")
+    resp.headers["Content-Disposition"] = f'attachment; filename="instaboost-sweep-{sweep.id}.csv"'
+    return resp
+
+
+@bp.get("/sweeps/<sweep_id>")
+def get_sweep(sweep_id):
+    """Return a sweep: status, step, per-M table (validation and test) and the recommendation."""
+    from shared.store import sweeps
+
+    return jsonify(_sweep_json(sweeps.get_sweep(db(), sweep_id)))
+
+
+@bp.post("/sweeps/<sweep_id>/cancel")
+def cancel_sweep(sweep_id):
+    """Cancel a running sweep and its unfinished jobs."""
+    from shared.store import sweeps
+
+    sweep = sweeps.get_sweep(db(), sweep_id)
+    return jsonify(_sweep_json(sweeps.cancel_sweep(db(), sweep.id)))
+
+
+@bp.get("/jobs.csv")
+def jobs_csv():
+    """Stream one row per job (filters: status, model, sweep_id) with the seed's comparison columns."""
+    from web.export import jobs_csv_response
+
+    return jobs_csv_response(request.args)
+
+
 @bp.get("/models")
 def models():
     """Return the models live workers hold or are loading, and how many workers do each."""

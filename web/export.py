@@ -49,6 +49,34 @@ def csv_response(filters: Mapping[str, Any]) -> Response:
     return resp
 
 
+def jobs_csv_response(filters: Mapping[str, Any]) -> Response:
+    """Return the wide CSV: one row per job with the seed's comparison columns (validated before the first byte)."""
+    clean = export.clean_wide_filters(filters)
+    maker = services().sessionmaker
+    session = maker()
+    try:
+        columns = export.wide_columns(session, clean)
+    finally:
+        session.close()
+
+    def generate() -> Iterator[str]:
+        session = maker()
+        try:
+            yield from csv_chunks(columns, export.iter_jobs_wide(session, clean, columns))
+        finally:
+            session.close()
+
+    resp = Response(stream_with_context(generate()), mimetype="text/csv")
+    resp.headers["Content-Disposition"] = 'attachment; filename="instaboost-jobs.csv"'
+    return resp
+
+
+@bp.get("/jobs.csv")
+def jobs_csv():
+    """The wide export (one row per job, as `instaboost run-tests` writes), for browsers without the API token."""
+    return jobs_csv_response(request.args)
+
+
 @bp.get("/runs.csv")
 def runs_csv():
     """Export the runs the /runs page shows (same filters), for browsers without the API token."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from shared.fields import JOB_FIELDS, LAYER_MODES, MAX_CHECKS, JobField
-from shared.store.export import EXPORT_COLUMNS
+from shared.store.export import EXPORT_COLUMNS, WIDE_COLUMNS
 from shared.store.queries import MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.store.tables import JobStatus
 from shared.validation import WHITESPACE
@@ -50,6 +50,8 @@ def _page_params(kind: str) -> list[dict]:
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+SWEEP_ID = {"name": "sweep_id", "in": "path", "required": True,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
 STATUS_FILTER = _query("status", {"type": "string", "enum": STATUSES})
 NO_NUL = {"type": "string", "pattern": "^[^\\x00]*$"}  # PostgreSQL text cannot hold NUL: such filters get 422
 MODEL_FILTER = _query("model", NO_NUL)
@@ -279,6 +281,71 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
     return schema
 
 
+def sweep_request_schema(settings: Mapping[str, Any], models: list[str],
+                         facts: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Return the SweepRequest schema: exactly what shared.calibration.parse_sweep_request accepts (JSON API)."""
+    from shared.calibration import (API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES,
+                                    SWEEP_JOB_FIELDS)
+    from shared.evaluation.cases import PACKS
+    from shared.fields import BY_NAME
+
+    job = job_request_schema(settings, models, facts)["properties"]
+    text = {k: v for k, v in job["instruction"].items() if k != "description"}
+    case = {"type": "object", "additionalProperties": False, "required": ["instruction", "query"], "properties": {
+        "instruction": {**text, "description": "The instruction boosted (the system turn for packs)."},
+        "query": {**text, "description": "The user's message."},
+        "description": {"type": ["string", "null"], "maxLength": MAX_DESCRIPTION, "pattern": "^[^\\u0000]*$"},
+        "checks": {"type": ["array", "null"], "maxItems": MAX_CHECKS, "items": check_item_schema(),
+                   "description": BY_NAME["checks"].help},
+        "ifeval": {"type": ["array", "null"], "maxItems": MAX_CHECKS, "items": ifeval_item_schema(),
+                   "description": BY_NAME["ifeval"].help},
+        "split": {"enum": ["validation", "test", None],
+                  "description": "Pin the case to a half; otherwise the fixed seeded split decides."}}}
+    props: dict[str, Any] = {
+        "pack": {"type": "string", "enum": [p.name for p in PACKS], "description": "A built-in case pack."},
+        "cases": {"type": "object", "minProperties": 2, "maxProperties": MAX_API_CASES,
+                  "propertyNames": {"pattern": f"^{API_CASE_NAME}$"}, "additionalProperties": case,
+                  "description": "Your own cases, keyed by name."},
+        "grid": {"oneOf": [{"type": "string", "enum": ["paper", "log"]},
+                           {"type": "array", "minItems": 1, "maxItems": 40, "contains": {"not": {"const": 1}},
+                            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}}],
+                 "description": "paper: 1, 3, ..., 19 (default); log: 10 log-spaced values 1-20; or your Ms "
+                                "(M = 1, the unboosted baseline, always runs)."},
+        "layer_modes": {"type": "array", "minItems": 1, "maxItems": MAX_SETTINGS_VALUES,
+                        "items": {"type": "string", "enum": list(LAYER_MODES)}, "description": "Default [all]."},
+        "head_fractions": {"type": "array", "minItems": 1, "maxItems": MAX_SETTINGS_VALUES,
+                           "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                           "description": "Shares of heads boosted per layer; default [1]."},
+        "fluency_floor": {"type": "number", "minimum": 0, "maximum": 2,
+                          "description": "Stop going up once mean validation fluency (0-2) is below; default 1."},
+        "limit": {"type": "integer", "minimum": 2, "description": "Use only the first N cases."},
+    }
+    for name in SWEEP_JOB_FIELDS:
+        props[name] = dict(job[name])
+    for name, prop in props.items():
+        if name in ("grid",):
+            prop["oneOf"] = [*prop["oneOf"], {"type": "null"}]
+            continue
+        if "type" in prop and not isinstance(prop["type"], list):
+            prop["type"] = [prop["type"], "null"]
+        if "enum" in prop and None not in prop["enum"]:
+            prop["enum"] = [*prop["enum"], None]
+    sources = ("pack", "cases")
+    return {"type": "object", "additionalProperties": False, "properties": props,
+            "description": "Give exactly one of pack and cases.",
+            "oneOf": [{"required": [src], "properties": {src: {"not": {"type": "null"}},
+                                                         **{o: {"type": "null"} for o in sources if o != src}}}
+                      for src in sources]}
+
+
+SWEEP_SCHEMA = {"type": "object", "required": ["id", "status", "model", "grid", "table", "recommendation"],
+                "properties": {"id": {"type": "integer"}, "status": {"type": "string",
+                                                                      "enum": ["running", "succeeded", "failed",
+                                                                               "cancelled"]},
+                               "model": {"type": "string"}, "table": {"type": "array"},
+                               "recommendation": {"type": ["object", "null"]}}}
+
+
 def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str] | None = None,
                      token_required: bool = False, facts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document for /api, /healthz and /readyz (bearer auth only when a token is set)."""
@@ -286,7 +353,9 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
         from shared.settings import get_settings
 
         settings = get_settings()
-    schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]], facts)}
+    schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]], facts),
+               "SweepRequest": sweep_request_schema(settings, models or [settings["model.name"]], facts),
+               "Sweep": SWEEP_SCHEMA}
     retry_after = {"Retry-After": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
@@ -352,6 +421,71 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                     "responses": {"200": {"description": "CSV, one row per run.",
                                           "content": {"text/csv": {"schema": {"type": "string"}}}},
                                   "422": _problem("Invalid filter."), **COMMON},
+                },
+            },
+            "/api/jobs.csv": {
+                "get": {
+                    "operationId": "exportJobs", "summary": "One row per job, the run-tests comparison sheet (CSV)",
+                    "description": "Columns: " + ", ".join(WIDE_COLUMNS) + ", then <variant>_output, "
+                                   "<variant>_fluency and <variant>_follows for every further variant. Cells "
+                                   "starting with = + - @ tab or CR are prefixed with '.",
+                    "parameters": [STATUS_FILTER, MODEL_FILTER, _query("sweep_id", {"type": "integer", "minimum": 1,
+                                                                                   "maximum": MAX_ID})],
+                    "responses": {"200": {"description": "CSV, one row per job.",
+                                          "content": {"text/csv": {"schema": {"type": "string"}}}},
+                                  "422": _problem("Invalid filter."), **COMMON},
+                },
+            },
+            "/api/sweeps": {
+                "post": {
+                    "operationId": "createSweep", "summary": "Start a calibration sweep",
+                    "description": "A case set x a grid of M x layer modes (x head fractions), run as ordinary jobs "
+                                   "one M at a time with the paper's stop rule; the recommendation is the M with "
+                                   "the best validation success among fluent settings.",
+                    "requestBody": {"required": True,
+                                    "content": {"application/json": {"schema": _ref("SweepRequest")}}},
+                    "responses": {
+                        "202": _json("Started.", _ref("Sweep"), {"Location": {"schema": {"type": "string"}}}),
+                        "400": _problem("The body is not valid JSON."),
+                        "413": _problem("The body is too large."),
+                        "415": _problem("The body is not JSON."),
+                        "422": _problem("A field is invalid, or no live worker serves the model."),
+                        "503": {**_problem("The broker is unreachable."), "headers": retry_after},
+                        **COMMON, "403": CROSS_SITE["403"],
+                    },
+                },
+                "get": {"operationId": "listSweeps", "summary": "The latest sweeps, newest first",
+                        "responses": {"200": _json("Sweeps.", {"type": "object", "required": ["items"],
+                                                               "properties": {"items": {"type": "array",
+                                                                                        "items": _ref("Sweep")}}}),
+                                      **COMMON}},
+            },
+            "/api/sweeps/{sweep_id}": {
+                "get": {
+                    "operationId": "getSweep", "summary": "A sweep: status, per-M table, recommendation",
+                    "parameters": [SWEEP_ID],
+                    "responses": {"200": _json("The sweep.", _ref("Sweep")), "404": _problem("No such sweep."),
+                                  **COMMON},
+                },
+            },
+            "/api/sweeps/{sweep_id}.csv": {
+                "get": {
+                    "operationId": "exportSweep", "summary": "A sweep's per-(setting, M, split) table as CSV",
+                    "parameters": [SWEEP_ID],
+                    "responses": {"200": {"description": "CSV.", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                                  "404": _problem("No such sweep."), **COMMON},
+                },
+            },
+            "/api/sweeps/{sweep_id}/cancel": {
+                "post": {
+                    "operationId": "cancelSweep", "summary": "Cancel a running sweep and its unfinished jobs",
+                    "parameters": [SWEEP_ID],
+                    "description": "Send 'Content-Type: application/json' (the body is ignored) or an "
+                                   "'Authorization' header, as for cancelling a job.",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"description": "Ignored: send {} or nothing."}}}},
+                    "responses": {"200": _json("Cancelled.", _ref("Sweep")), "404": _problem("No such sweep."),
+                                  "409": _problem("The sweep already finished."), **COMMON, **CROSS_SITE},
                 },
             },
             "/api/models": {

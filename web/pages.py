@@ -147,3 +147,99 @@ def runs():
     filters = {k: v for k, v in args.items() if k in queries.RUN_FILTERS}
     return render_template("runs.html", runs=rows, next_cursor=nxt, args=args, filters=filters,
                            statuses=list(JobStatus))
+
+
+# -- calibration sweeps ---------------------------------------------------------------------------------
+
+SWEEP_FORM_DEFAULTS = {"pack": "default", "grid": "paper", "layer_modes": ["all"], "head_fractions": "1",
+                       "fluency_floor": "1", "limit": "", "max_new_tokens": "64", "cases_text": "",
+                       "cases_format": "yaml"}
+
+
+def _render_sweeps(values: dict[str, Any], errors: dict[str, list[str]] | None = None, status: int = 200,
+                   message: str | None = None):
+    from sqlalchemy import select
+
+    from shared.evaluation.cases import PACKS
+    from shared.fields import LAYER_MODES
+    from shared.store import sweeps as store
+    from shared.store.tables import Sweep
+
+    rows = db().scalars(select(Sweep).order_by(Sweep.id.desc()).limit(50)).all()
+    return render_template("sweeps.html", sweeps=[store.sweep_to_dict(db(), s) for s in rows], values=values,
+                           errors=errors or {}, message=message, packs=PACKS, layer_modes=LAYER_MODES), status
+
+
+@bp.get("/sweeps")
+def sweeps():
+    """List calibration sweeps and show the form that starts one."""
+    return _render_sweeps(dict(SWEEP_FORM_DEFAULTS))
+
+
+@bp.post("/sweeps")
+def start_sweep():
+    """Start a sweep from the form (a built-in pack or an uploaded case file); re-render with errors."""
+    from shared.calibration import parse_sweep_request
+    from shared.store import sweeps as store
+
+    form = request.form
+    values = {k: form.get(k, "") for k in SWEEP_FORM_DEFAULTS if k != "layer_modes"}
+    values["layer_modes"] = form.getlist("layer_modes")
+    data: dict[str, Any] = {k: values[k] for k in ("grid", "head_fractions", "fluency_floor", "limit",
+                                                   "max_new_tokens") if values[k] != ""}
+    data["layer_modes"] = values["layer_modes"] or ""
+    upload = request.files.get("cases_file")
+    source = form.get("source", "pack")
+    if source == "upload" and upload is not None and upload.filename:
+        suffix = upload.filename.rsplit(".", 1)[-1].lower()
+        data["cases_text"] = upload.read().decode("utf-8", "replace")
+        data["cases_format"] = {"yml": "yaml", "yaml": "yaml", "json": "json", "jsonl": "jsonl"}.get(suffix, "yaml")
+    elif source == "upload" and values["cases_text"].strip():
+        data["cases_text"], data["cases_format"] = values["cases_text"], values["cases_format"] or "yaml"
+    else:
+        data["pack"] = values["pack"]
+    s = services()
+    try:
+        req = parse_sweep_request(data, s.settings, strict=False)
+        submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
+        sweep = store.create_sweep(db(), cases=req.cases, pack=req.pack, grid=req.grid, settings_=req.settings,
+                                   floor=req.floor, params=req.params, settings=s.settings,
+                                   sender=store.celery_sender(s.celery))
+    except InstaBoostError as exc:
+        errors: dict[str, list[str]] = {}
+        for e in exc.errors or [{"field": exc.field or "form", "message": exc.message}]:
+            errors.setdefault(str(e["field"]).split("[")[0].split(".")[0], []).append(e["message"])
+        return _render_sweeps(values, errors, exc.status, exc.message)
+    return redirect(url_for("pages.sweep", sweep_id=sweep.id), code=303)
+
+
+@bp.get("/sweeps/<sweep_id>")
+def sweep(sweep_id):
+    """Show a sweep: status, success and fluency against M, the table, the recommendation, per-case drill-down."""
+    from shared.store import sweeps as store
+
+    sw = store.get_sweep(db(), sweep_id)
+    data = store.sweep_to_dict(db(), sw)
+    return render_template("sweep.html", sweep=data, drill=store.drilldown(db(), sw))
+
+
+@bp.get("/sweeps/<sweep_id>.csv")
+def sweep_csv(sweep_id):
+    """The sweep's table as CSV, for browsers without the API token."""
+    from web.api import sweep_csv_response
+
+    return sweep_csv_response(sweep_id)
+
+
+@bp.post("/sweeps/<sweep_id>/cancel")
+def cancel_sweep(sweep_id):
+    """Cancel a sweep from its page."""
+    from shared.store import sweeps as store
+
+    sw = store.get_sweep(db(), sweep_id)
+    try:
+        store.cancel_sweep(db(), sw.id)
+        flash("Sweep cancelled.", "info")
+    except Conflict as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("pages.sweep", sweep_id=sw.id), code=303)

@@ -58,3 +58,108 @@ def iter_runs_for_export(session: Session, filters: Mapping[str, Any] | None = N
     stmt = runs_query(f).order_by(Run.id.asc()).execution_options(yield_per=EXPORT_BATCH)
     for run, job in session.execute(stmt):
         yield export_row(run, job)
+
+
+# -- the wide export: one row per job, the seed's run-tests comparison columns ------------------------------
+
+SEED_COLUMNS = ("test_case", "run_index", "original_length", "all_layers_length", "middle_layers_length",
+                "original_output", "all_layers_output", "middle_layers_output")
+WIDE_VARIANTS = ("original", "all_layers", "middle_layers")
+WIDE_SCORES = ("fluency", "follows", "perplexity", "repetitive", "copied")
+WIDE_COLUMNS = (*SEED_COLUMNS, "job_id", "job_status", "sweep_id", "model", "engine", "multiplier", "start_layer",
+                "num_middle_layers", "head_boost_percentage", "placement", "seed", "max_new_tokens",
+                "instruction", "query",
+                *(f"{v}_{c}" for v in WIDE_VARIANTS for c in ("tokens", "pass", *WIDE_SCORES)))
+EXTRA_SCORES = ("fluency", "follows")
+WIDE_FILTERS = ("status", "model", "sweep_id")
+
+
+def clean_wide_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate the wide export's filters: the job filters plus sweep_id."""
+    from shared.store.queries import MAX_ID
+    from shared.validation import parse_int
+
+    filters = dict(filters or {})
+    sweep = filters.pop("sweep_id", None)
+    clean = clean_filters("jobs", {k: v for k, v in filters.items() if k in ("status", "model")})
+    if sweep not in (None, ""):
+        clean["sweep_id"] = parse_int("sweep_id", sweep, lo=1, hi=MAX_ID)
+    return clean
+
+
+def _wide_jobs(filters: Mapping[str, Any]):
+    from sqlalchemy import select
+
+    from shared.store.queries import jobs_query
+
+    stmt = jobs_query({k: v for k, v in filters.items() if k != "sweep_id"})
+    if "sweep_id" in filters:
+        stmt = stmt.where(Job.sweep_id == filters["sweep_id"])
+    return stmt
+
+
+def _main_variants(runs: list[Run]) -> dict[str, Run]:
+    """Map the seed's three columns to a job's runs: the original, its first all-layers and middle-layers variant."""
+    out: dict[str, Run] = {}
+    for r in runs:
+        key = "original" if r.variant == "original" else f"{r.layers}_layers" if r.layers in ("all", "middle") else None
+        if key and key not in out:
+            out[key] = r
+    return out
+
+
+def wide_columns(session: Session, filters: Mapping[str, Any]) -> list[str]:
+    """Return the wide export's header: the seed's columns, then an output and score columns per extra variant."""
+    from sqlalchemy import select
+
+    jobs = _wide_jobs(filters).subquery()
+    extra = []
+    rows = session.execute(select(Run).join(jobs, Run.job_id == jobs.c.id).order_by(Run.id)).scalars()
+    seen_main: dict[int, dict[str, Run]] = {}
+    by_job: dict[int, list[Run]] = {}
+    for run in rows:
+        by_job.setdefault(run.job_id, []).append(run)
+    for job_id, runs in by_job.items():
+        main = {r.id for r in _main_variants(runs).values()}
+        for r in runs:
+            if r.id not in main and r.variant not in extra:
+                extra.append(r.variant)
+    return [*WIDE_COLUMNS, *(f"{v}_{c}" for v in extra for c in ("output", *EXTRA_SCORES))]
+
+
+def iter_jobs_wide(session: Session, filters: Mapping[str, Any], columns: list[str]) -> Iterator[list[Any]]:
+    """Yield one row per job (oldest first) in columns' order."""
+    from sqlalchemy import select
+
+    counts: dict[str, int] = {}
+    for job in session.scalars(_wide_jobs(filters).order_by(Job.id.asc()).execution_options(yield_per=EXPORT_BATCH)):
+        runs = list(session.scalars(select(Run).where(Run.job_id == job.id).order_by(Run.id)))
+        params = job.params or {}
+        case = job.case_name or f"job-{job.id}"
+        values: dict[str, Any] = {"test_case": case, "run_index": counts.get(case, 0), "job_id": job.id,
+                                  "job_status": job.status.value, "sweep_id": job.sweep_id, "model": job.model,
+                                  "multiplier": (params.get("multipliers") or [None])[0]}
+        counts[case] = counts.get(case, 0) + 1
+        for name in ("engine", "start_layer", "num_middle_layers", "head_boost_percentage", "placement", "seed",
+                     "max_new_tokens", "instruction", "query"):
+            values[name] = params.get(name)
+        main = _main_variants(runs)
+        for v in WIDE_VARIANTS:
+            r = main.get(v)
+            scores = r.scores if r is not None and isinstance(r.scores, Mapping) else {}
+            values[f"{v}_output"] = r.output_text if r else None
+            values[f"{v}_length"] = len(r.output_text) if r else None
+            values[f"{v}_tokens"] = r.output_tokens if r else None
+            follows = scores.get("follows")
+            values[f"{v}_pass"] = None if follows is None else ("pass" if follows else "fail")
+            for c in WIDE_SCORES:
+                values[f"{v}_{c}"] = scores.get(c)
+        main_ids = {r.id for r in main.values()}
+        for r in runs:
+            if r.id in main_ids:
+                continue
+            scores = r.scores if isinstance(r.scores, Mapping) else {}
+            values[f"{r.variant}_output"] = r.output_text
+            for c in EXTRA_SCORES:
+                values[f"{r.variant}_{c}"] = scores.get(c)
+        yield [values.get(c) for c in columns]

@@ -48,6 +48,27 @@ def model_facts(beats: list[dict], model: str) -> dict[str, int]:
     return facts
 
 
+def served_model_facts(model: str, redis, namespace: str) -> dict[str, int]:
+    """Return what live workers advertise about model, or raise: Unavailable (Redis down), ModelError (not served)."""
+    from shared import workers
+
+    try:
+        beats = workers.live_workers(redis, namespace)
+    except Exception as exc:  # redis-py raises ConnectionError/TimeoutError subclasses
+        log.warning("broker unreachable on submit: %s", type(exc).__name__)
+        raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
+    served = {m for beat in beats for m in beat["models"]}
+    # A worker that is loading the model will run the job once loaded: it waits in the queue meanwhile.
+    starting = {m for beat in beats for m in workers.starting_in(beat)} - served
+    if model not in served | starting:
+        hints = [f"models served now: {', '.join(sorted(served))}"] if served else []
+        hints += [f"models starting: {', '.join(sorted(starting))}"] if starting else []
+        hint = "; ".join(hints) or "no worker is running"
+        raise ModelError(f"no live worker serves model {model!r} ({hint}); choose a served model or "
+                         f"start a worker with INSTABOOST_WORKER_MODELS={model}", field="model")
+    return model_facts(beats, model)
+
+
 def _begin_immediate(session: Session) -> None:
     """Start the session's SQLite transaction with the write lock held, so the count below is still true at insert.
 
@@ -95,21 +116,7 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
     celery_app = celery_app if celery_app is not None else celery_config.get_celery()
     namespace = settings["redis.namespace"]
 
-    try:
-        beats = workers.live_workers(redis, namespace)
-    except Exception as exc:  # redis-py raises ConnectionError/TimeoutError subclasses
-        log.warning("broker unreachable on submit: %s", type(exc).__name__)
-        raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
-    served = {m for beat in beats for m in beat["models"]}
-    # A worker that is loading the model will run the job once loaded: it waits in the queue meanwhile.
-    starting = {m for beat in beats for m in workers.starting_in(beat)} - served
-    if request.model not in served | starting:
-        hints = [f"models served now: {', '.join(sorted(served))}"] if served else []
-        hints += [f"models starting: {', '.join(sorted(starting))}"] if starting else []
-        hint = "; ".join(hints) or "no worker is running"
-        raise ModelError(f"no live worker serves model {request.model!r} ({hint}); choose a served model or "
-                         f"start a worker with INSTABOOST_WORKER_MODELS={request.model}", field="model")
-    request.check_model(model_facts(beats, request.model))
+    request.check_model(served_model_facts(request.model, redis, namespace))
     job = _insert_queued(session, request, settings["limits.max_queued_jobs"])
     try:
         celery_app.send_task(celery_config.TASK_NAME, args=[job.id], queue=celery_config.model_queue(job.model))

@@ -10,7 +10,9 @@ one on its own. Every ``sweeper.interval`` seconds it
    so a job whose worker died ``worker.max_attempts`` times is failed as poison instead. A ``cancelling``
    job whose worker died is finished as cancelled;
 3. **lost messages**: sends again the ``queued`` jobs whose message has been missing from their model's
-   Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues).
+   Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues);
+4. **sweeps**: advances the running calibration sweeps whose current step is done
+   (``shared.store.sweeps.advance``; the worker that finished the step's last job may have died first).
 
 Several sweepers (one per worker) may run at once: every change is a conditional UPDATE, so exactly one
 of them acts on a job. A duplicate message is harmless: a worker skips jobs that are finished or that a
@@ -65,8 +67,10 @@ class Sweeper:
     # -- one pass --------------------------------------------------------------------------------------
 
     def sweep(self) -> dict[str, list[int]]:
-        """Run one pass; return the job ids acted on: {"orphaned", "poisoned", "cancelled", "outbox", "lost"}."""
-        done: dict[str, list[int]] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": []}
+        """Run one pass; return the ids acted on: jobs {"orphaned", "poisoned", "cancelled", "outbox", "lost"},
+        and the calibration sweeps that moved on ("sweeps")."""
+        done: dict[str, list[int]] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": [],
+                                      "sweeps": []}
         try:
             self.redis.ping()
         except Exception as exc:
@@ -78,6 +82,7 @@ class Sweeper:
         self._orphans(done)
         self._outbox(done)
         self._lost(done)
+        self._sweeps(done)
         for kind, ids in done.items():
             if ids:
                 log.warning("sweeper: %s jobs %s", kind, ids)
@@ -154,6 +159,25 @@ class Sweeper:
         known = {r.id for r in rows}
         for job_id in [j for j in self._missing_since if j not in known]:
             del self._missing_since[job_id]
+
+    def _sweeps(self, done: dict[str, list[int]]) -> None:
+        """Advance running calibration sweeps whose step is done (the worker that ended it may have died first)."""
+        from shared.store import sweeps
+        from shared.store.tables import Sweep
+
+        with session_scope(self.db_url) as s:
+            rows = s.execute(select(Sweep.id, Sweep.step_index).where(Sweep.status == sweeps.RUNNING)).all()
+        for r in rows:
+            with session_scope(self.db_url) as s:
+                try:
+                    status = sweeps.advance(s, r.id, self.settings, sweeps.celery_sender(self.celery))
+                    moved = s.execute(select(Sweep.step_index).where(Sweep.id == r.id)).scalar_one()
+                except Exception as exc:
+                    s.rollback()
+                    log.warning("sweeper: sweep %s not advanced (%s: %s)", r.id, type(exc).__name__, exc)
+                    continue
+            if status != sweeps.RUNNING or moved != r.step_index:
+                done["sweeps"].append(r.id)
 
     def _send(self, job_id: int, model: str, expected_enqueued_at) -> bool:
         """Claim the job's (re)send with a conditional UPDATE, then publish; undo the claim if that fails."""

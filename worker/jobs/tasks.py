@@ -217,11 +217,40 @@ def _give_back(session, job_id: int, worker: str) -> None:
 
 def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[str, Any] | None = None,
                 db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False,
-                is_alive: Callable[[str], bool] | None = None) -> str:
+                is_alive: Callable[[str], bool] | None = None,
+                sender: Callable[[int, str], None] | None = None) -> str:
     """Run one delivery of a job and return the status it ended in (or "skipped").
 
-    is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped.
+    is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped. A job of a
+    sweep that ended moves its sweep on (shared.store.sweeps.advance), sending new jobs through sender.
     """
+    if settings is None:
+        from shared.settings import get_settings
+
+        settings = get_settings()
+    outcome = _execute_job(job_id, worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
+                           is_alive=is_alive)
+    if outcome in ("succeeded", "failed", "cancelled", "skipped"):
+        _advance_sweep(job_id, settings, db_url, sender)
+    return outcome
+
+
+def _advance_sweep(job_id: int, settings: Mapping[str, Any], db_url: str | None, sender) -> None:
+    """Advance the job's sweep, if it has one; a failure is logged (the sweeper advances it on its next pass)."""
+    from shared.store import sweeps
+
+    try:
+        with session_scope(db_url) as session:
+            sweep_id = session.execute(select(Job.sweep_id).where(Job.id == job_id)).scalar_one_or_none()
+            session.commit()
+            if sweep_id is not None:
+                sweeps.advance(session, sweep_id, settings, sender)
+    except Exception as exc:
+        log.warning("job %s: could not advance its sweep (%s: %s); the sweeper will", job_id, type(exc).__name__, exc)
+
+
+def _execute_job(job_id: int, worker_name: str, *, settings: Mapping[str, Any], db_url: str | None,
+                 should_stop: Callable[[], bool], is_alive: Callable[[str], bool] | None) -> str:
     if settings is None:
         from shared.settings import get_settings
 
@@ -300,8 +329,10 @@ def run_job(self, job_id: int) -> str:
     if beat is not None:
         beat.set_job(job_id)  # before claiming, so a duplicate delivery elsewhere sees it at once
     try:
+        from shared.store.sweeps import celery_sender
+
         return execute_job(job_id, current_worker_id() or self.request.hostname or "worker",
-                           settings=settings, should_stop=stopping, is_alive=busy)
+                           settings=settings, should_stop=stopping, is_alive=busy, sender=celery_sender(self.app))
     except ShutdownRequested:
         log.info("job %s: worker stopping; job handed back to the queue", job_id)
         raise Reject("worker shutting down", requeue=True) from None
