@@ -42,15 +42,18 @@ class SweepSetting:
 def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,)
                    ) -> list[SweepSetting]:
     """Return every layer mode x head fraction, validated (modes in LAYER_MODES, fractions in (0, 1])."""
-    modes, fractions = list(dict.fromkeys(layer_modes)), list(dict.fromkeys(float(f) for f in head_fractions))
+    layer_modes, head_fractions = list(layer_modes), list(head_fractions)
     errors = []
-    for i, m in enumerate(modes):
-        if m not in LAYER_MODES:
+    for i, m in enumerate(layer_modes):
+        if not isinstance(m, str) or m not in LAYER_MODES:
             errors.append({"field": f"layer_modes[{i}]", "message": f"layer mode must be one of "
-                           f"{', '.join(LAYER_MODES)}; got {m!r}"})
-    for i, f in enumerate(fractions):
-        if not 0 < f <= 1:
-            errors.append({"field": f"head_fractions[{i}]", "message": f"a head fraction is in (0, 1]; got {f:g}"})
+                           f"{', '.join(LAYER_MODES)}; got {str(m)[:40]!r}"})
+    for i, f in enumerate(head_fractions):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            errors.append({"field": f"head_fractions[{i}]", "message": f"a head fraction is a number in (0, 1]; "
+                           f"got {str(f)[:40]!r}"})
+    modes = list(dict.fromkeys(m for m in layer_modes if isinstance(m, str)))
+    fractions = list(dict.fromkeys(float(f) for f in head_fractions if isinstance(f, (int, float))))
     if not modes:
         errors.append({"field": "layer_modes", "message": "give at least one layer mode"})
     if not fractions:
@@ -328,6 +331,9 @@ def parse_sweep_request(data: Any, settings: Mapping[str, Any], strict: bool = T
         except ValueError:
             pass
     try:
+        if not isinstance(raw_grid, (str, list)):
+            raise ValidationError(f"grid must be paper, log or a list of multipliers, got {brief(raw_grid)}",
+                                  field="grid")
         grid = protocol.get_grid(raw_grid)
         if any(m > 1e6 for m in grid):
             raise ValidationError("grid multipliers must be <= 1e6", field="grid")

@@ -151,3 +151,38 @@ def test_the_sweep_form_starts_a_sweep_and_shows_errors(client, heartbeat):
                                                      "cases.yaml")},
                      content_type="multipart/form-data")
     assert ok.status_code == 303 and "/sweeps/" in ok.headers["Location"]
+
+
+def test_the_sweeper_advances_a_sweep_whose_worker_died_before_advancing_it(client, heartbeat, clean_db,
+                                                                             redis_namespace):
+    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.tasks import _execute_job
+
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json=SMALL).get_json()
+    settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace})
+    from shared.db import session_scope
+
+    with session_scope(clean_db) as s:
+        step1 = list(s.scalars(select(Job.id).where(Job.sweep_id == sweep["id"])))
+    for job_id in step1:  # the jobs finish, but their worker "dies" before advancing the sweep
+        assert _execute_job(job_id, "gone@host", settings=settings, db_url=clean_db, should_stop=lambda: False,
+                            is_alive=None) == "succeeded"
+    assert client.get(f"/api/sweeps/{sweep['id']}").get_json()["current_multiplier"] == 3.0
+    done = Sweeper(settings, db_url=clean_db).sweep()
+    assert done["sweeps"] == [sweep["id"]]
+    after = client.get(f"/api/sweeps/{sweep['id']}").get_json()
+    assert after["current_multiplier"] == 5.0 and after["jobs"]["total"] == 4
+    assert Sweeper(settings, db_url=clean_db).sweep()["sweeps"] == []  # nothing to do until step 2 ends
+    with session_scope(clean_db) as s:
+        assert s.scalar(select(Job.enqueued_at).where(Job.sweep_id == sweep["id"], Job.sweep_step == 5.0)
+                        .limit(1)) is not None  # the new step's messages were sent
+
+
+def test_cancelling_a_sweep_cancels_its_queued_jobs(client, heartbeat):
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json=SMALL).get_json()
+    resp = client.post(f"/api/sweeps/{sweep['id']}/cancel", json={})
+    assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
+    assert resp.get_json()["jobs"] == {"total": 2, "cancelled": 2}
+    assert client.post(f"/api/sweeps/{sweep['id']}/cancel", json={}).status_code == 200  # repeat: a no-op

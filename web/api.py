@@ -93,10 +93,10 @@ def create_sweep():
 
     s = services()
     req = parse_sweep_request(_json_body(), s.settings, strict=True)
-    submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
+    facts = submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
     sweep = sweeps.create_sweep(db(), cases=req.cases, pack=req.pack, grid=req.grid, settings_=req.settings,
                                 floor=req.floor, params=req.params, settings=s.settings,
-                                sender=sweeps.celery_sender(s.celery))
+                                sender=sweeps.celery_sender(s.celery), facts=facts)
     resp = jsonify(_sweep_json(sweep))
     resp.status_code = 202
     resp.headers["Location"] = url_for("api.get_sweep", sweep_id=sweep.id)

@@ -201,10 +201,10 @@ def start_sweep():
     s = services()
     try:
         req = parse_sweep_request(data, s.settings, strict=False)
-        submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
+        facts = submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
         sweep = store.create_sweep(db(), cases=req.cases, pack=req.pack, grid=req.grid, settings_=req.settings,
                                    floor=req.floor, params=req.params, settings=s.settings,
-                                   sender=store.celery_sender(s.celery))
+                                   sender=store.celery_sender(s.celery), facts=facts)
     except InstaBoostError as exc:
         errors: dict[str, list[str]] = {}
         for e in exc.errors or [{"field": exc.field or "form", "message": exc.message}]:

@@ -82,7 +82,9 @@ def calibrate_local(engine, cases: Sequence[Case], *, grid: Sequence[float], set
         subset = cases if test_at == "all" else validation
         run(m, going, subset)
         done.append(m)
-        log(f"M={m:g}: {len(going)} setting(s) x {len(subset)} cases in {time.perf_counter() - t:.0f} s")
+        stats = ", ".join(f"{x['setting']}: success {x['success']}, fluency {x['fluency']}"
+                          for s_ in going for x in validation_stats(records, s_) if x["multiplier"] == m)
+        log(f"M={m:g}: {len(going)} setting(s) x {len(subset)} cases in {time.perf_counter() - t:.0f} s ({stats})")
         going = still_going(records, going, floor)
     if test_at == "recommended":
         for setting in settings:

@@ -17,6 +17,7 @@ before their messages are sent (unsent ones stay in the sweeper's outbox, ``enqu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
@@ -64,8 +65,12 @@ def cell_request(sweep_config: Mapping[str, Any], case: Mapping[str, Any], m: fl
 
 def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, grid: Sequence[float],
                  settings_: Sequence[SweepSetting], floor: float, params: Mapping[str, Any],
-                 settings: Mapping[str, Any], sender: Sender | None = None) -> Sweep:
-    """Store a running sweep (validating every cell's job request first) and start its first step."""
+                 settings: Mapping[str, Any], sender: Sender | None = None,
+                 facts: Mapping[str, Any] | None = None) -> Sweep:
+    """Store a running sweep (validating every cell's job request first) and start its first step.
+
+    facts: what the live workers advertise about the model (layers, context), checked for every case.
+    """
     if not boosted_grid(grid):
         raise ValidationError("the grid needs at least one M other than 1 (M = 1 is the unboosted baseline, "
                               "run with every step)", field="grid")
@@ -74,13 +79,14 @@ def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, g
               "settings": [s.to_dict() for s in settings_], "floor": float(floor), "params": dict(params)}
     errors = []
     modes = list(dict.fromkeys(s.layers for s in settings_))
-    for i, case in enumerate(config["cases"]):
-        for hf in dict.fromkeys(s.head_fraction for s in settings_):
-            try:
-                cell_request(config, case, boosted_grid(grid)[0], hf, modes, settings)
-            except ValidationError as exc:
-                errors += [{"field": f"cases[{i}].{e['field']}", "message": f"case {case['name']!r}: {e['message']}"}
-                           for e in exc.errors]
+    for i, case in enumerate(config["cases"]):  # head fractions and modes are valid already (sweep_settings)
+        try:
+            req = cell_request(config, case, boosted_grid(grid)[0], settings_[0].head_fraction, modes, settings)
+            if facts:
+                req.check_model(facts)
+        except ValidationError as exc:
+            errors += [{"field": f"cases[{i}].{e['field']}", "message": f"case {case['name']!r}: {e['message']}"}
+                       for e in exc.errors]
     if errors:
         raise ValidationError(f"{len(errors)} problems in the sweep's cases: " +
                               "; ".join(e["message"] for e in errors[:5]), errors=errors)
@@ -146,8 +152,11 @@ def _create_step(session: Session, sweep: Sweep, m: float, going: Sequence[Sweep
     for s in going:
         by_fraction.setdefault(s.head_fraction, []).append(s.layers)
     for case in sweep.config["cases"]:
+        first = None
         for hf, modes in by_fraction.items():
-            req = cell_request(sweep.config, case, m, hf, modes, settings)
+            # Validated once per case; the other cells differ only in head fraction and layer modes.
+            first = first or cell_request(sweep.config, case, m, hf, modes, settings)
+            req = dataclasses.replace(first, head_boost_percentage=hf * 100.0, layer_modes=tuple(modes))
             job = Job(status=JobStatus.queued, model=req.model, params=req.to_params(), progress_done=0,
                       progress_total=len(req.variants()), sweep_id=sweep.id, case_name=case["name"],
                       sweep_step=m, sweep_head_fraction=hf, created_at=utcnow())
