@@ -91,7 +91,8 @@ JOB_FIELDS: tuple[JobField, ...] = (
     JobField("model", "model", "A model a live worker serves (see /api/models): an alias, hub id, folder or "
              ".gguf path.", "Model", setting="model.name", cli="--model"),
     JobField("multipliers", "numbers", "Attention multipliers M on the instruction tokens; one boosted variant "
-             "per multiplier and layer mode (1 = no boost, below 1 de-boosts).", "Multipliers M",
+             "per multiplier and layer mode (1 = no boost, below 1 de-boosts). The API and form also take 'recommended': "
+             "the M the latest finished calibration sweep of the model recommends.", "Multipliers M",
              setting="instaboost.multiplier", lo=0, lo_open=True, hi=MAX_MULTIPLIER,
              hint="1 = no boost, below 1 de-boosts", cli="--multiplier", cli_short="-m"),
     JobField("layer_modes", "choices", "Which layers each multiplier boosts: all layers, the middle block, or both "

@@ -186,3 +186,36 @@ def test_cancelling_a_sweep_cancels_its_queued_jobs(client, heartbeat):
     assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
     assert resp.get_json()["jobs"] == {"total": 2, "cancelled": 2}
     assert client.post(f"/api/sweeps/{sweep['id']}/cancel", json={}).status_code == 200  # repeat: a no-op
+
+
+def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_is_none(client, heartbeat, clean_db):
+    heartbeat("smollm2-135m-instruct")
+    base = {"instruction": "Answer only in French.", "query": "Hi?", "max_new_tokens": 4}
+    resp = client.post("/api/jobs", json={**base, "multipliers": "recommended"})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["field"] == "multipliers"
+    assert "no" in resp.get_json()["detail"] or "none" in resp.get_json()["detail"]
+    schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
+    assert "anyOf" not in schema["properties"]["multipliers"]  # not offered before a sweep finished
+
+    from shared.db import session_scope
+    from shared.store.tables import utcnow
+
+    with session_scope(clean_db) as s:
+        for m, layers, hf in ((3.0, "all", 1.0), (7.0, "middle", 0.5)):  # the later one wins
+            s.add(Sweep(status="succeeded", model="smollm2-135m-instruct", pack="ifeval", config={}, step_index=3,
+                        recommended_multiplier=m, recommended_layers=layers, recommended_head_fraction=hf,
+                        finished_at=utcnow()))
+            s.commit()
+    job = client.post("/api/jobs", json={**base, "multipliers": "recommended"}).get_json()
+    assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["middle"]
+    assert job["params"]["head_boost_percentage"] == 50.0
+    job = client.post("/api/jobs", json={**base, "multipliers": ["recommended"], "layer_modes": ["all"]}).get_json()
+    assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["all"]
+    schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
+    assert {"const": "recommended"} in schema["properties"]["multipliers"]["anyOf"]
+    # The form takes it too.
+    page = client.get("/").get_data(as_text=True)
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    resp = client.post("/", data={"csrf_token": token, **base, "max_new_tokens": "4", "multipliers": "recommended",
+                                  "layer_modes": ["all"]})
+    assert resp.status_code == 303

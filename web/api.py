@@ -43,7 +43,10 @@ def _page(items, next_cursor, endpoint, filters):
 @bp.post("/jobs")
 def submit():
     """Validate and enqueue a job; answer 202 with its URL."""
-    req = JobRequest.from_dict(_json_body(), services().settings, strict=True)
+    from shared.store.sweeps import resolve_recommended
+
+    body = resolve_recommended(db(), _json_body(), services().settings)
+    req = JobRequest.from_dict(body, services().settings, strict=True)
     job = submission.submit_job(db(), req, **submit_kwargs())
     resp = jsonify(serialize.job_to_dict(job))
     resp.status_code = 202
@@ -212,5 +215,12 @@ def openapi():
     models = sorted({m for beat in beats for m in beat["models"]})
     # With one served model its advertised facts bound the request exactly; with several they differ.
     facts = submission.model_facts(beats, models[0]) if len(models) == 1 else None
+    try:  # "recommended" is a valid multipliers value once every served model has a finished sweep
+        from shared.store.sweeps import models_with_recommendation
+
+        recommended = bool(models) and models_with_recommendation(db(), models) == set(models)
+    except Exception:  # the database is down: describe numbers only
+        db().rollback()
+        recommended = False
     return jsonify(openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"]),
-                                    facts=facts))
+                                    facts=facts, recommended=recommended))

@@ -250,7 +250,7 @@ def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_request_schema(settings: Mapping[str, Any], models: list[str],
-                       facts: Mapping[str, int] | None = None) -> dict[str, Any]:
+                       facts: Mapping[str, int] | None = None, recommended: bool = False) -> dict[str, Any]:
     """Return the JobRequest schema (generated from shared.fields) with this deployment's limits and models.
 
     The bounds match the server's exactly (tests fuzz both sides). facts: what the workers advertise
@@ -278,6 +278,13 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
         prop["type"] = [prop["type"], "null"]
         if "enum" in prop:
             prop["enum"] = [*prop["enum"], None]
+    if recommended:  # every served model has a finished calibration sweep (shared.store.sweeps.resolve_recommended)
+        numbers = props["multipliers"]
+        props["multipliers"] = {"description": numbers["description"] + " Or 'recommended': the M (and, when "
+                                "layer_modes and head_boost_percentage are left out, the layers and heads) the "
+                                "latest finished calibration sweep of the model recommends.",
+                                "anyOf": [{k: v for k, v in numbers.items() if k != "description"},
+                                          {"const": "recommended"}]}
     return schema
 
 
@@ -347,13 +354,15 @@ SWEEP_SCHEMA = {"type": "object", "required": ["id", "status", "model", "grid", 
 
 
 def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str] | None = None,
-                     token_required: bool = False, facts: Mapping[str, int] | None = None) -> dict[str, Any]:
+                     token_required: bool = False, facts: Mapping[str, int] | None = None,
+                     recommended: bool = False) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document for /api, /healthz and /readyz (bearer auth only when a token is set)."""
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
-    schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]], facts),
+    schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]], facts,
+                                                           recommended),
                "SweepRequest": sweep_request_schema(settings, models or [settings["model.name"]], facts),
                "Sweep": SWEEP_SCHEMA}
     retry_after = {"Retry-After": {"schema": {"type": "string"}}}

@@ -349,3 +349,47 @@ def drilldown(session: Session, sweep: Sweep) -> dict[str, Any]:
         by_case[r["case"]]["cells"][(label, r["multiplier"])] = r
     columns = sorted({key for row in by_case.values() for key in row["cells"]}, key=lambda k: (k[1], k[0]))
     return {"rows": list(by_case.values()), "columns": columns}
+
+
+RECOMMENDED = "recommended"
+
+
+def wants_recommended(value: Any) -> bool:
+    """Tell whether a job's multipliers ask for the recommended M ("recommended", or a list holding only it)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return isinstance(value, str) and value.strip().lower() == RECOMMENDED
+
+
+def resolve_recommended(session: Session, data: Any, settings: Mapping[str, Any]) -> Any:
+    """Replace ``multipliers: "recommended"`` by the latest finished sweep's recommended M for the job's model.
+
+    Its layer mode and head fraction fill layer_modes and head_boost_percentage when the job leaves them out.
+    A ValidationError (422) says so when no finished sweep for that model has a recommendation.
+    """
+    if not isinstance(data, Mapping) or not wants_recommended(data.get("multipliers")):
+        return data
+    model = data.get("model") or settings["model.name"]
+    if not isinstance(model, str):
+        return data  # the validator reports the model
+    sweep = latest_recommendation(session, model.strip())
+    if sweep is None:
+        raise ValidationError(f'multipliers "recommended" needs a finished calibration sweep of model {model!r} '
+                              "with a recommendation, and there is none: start one (POST /api/sweeps or the "
+                              "Sweeps page) or give multipliers as numbers", field="multipliers")
+    out = dict(data)
+    out["multipliers"] = [sweep.recommended_multiplier]
+    if out.get("layer_modes") in (None, "", []):
+        out["layer_modes"] = [sweep.recommended_layers]
+    if out.get("head_boost_percentage") in (None, ""):
+        out["head_boost_percentage"] = (sweep.recommended_head_fraction or 1.0) * 100.0
+    return out
+
+
+def models_with_recommendation(session: Session, models: Sequence[str]) -> set[str]:
+    """Return the models among these that have a finished sweep with a recommendation."""
+    if not models:
+        return set()
+    rows = session.scalars(select(Sweep.model).where(Sweep.model.in_(list(models)), Sweep.status == SUCCEEDED,
+                                                     Sweep.recommended_multiplier.is_not(None)).distinct())
+    return set(rows)
