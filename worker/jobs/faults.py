@@ -15,6 +15,7 @@ Actions:
 - ``hang_c``: block inside one C call (a read on a pipe nobody writes, with SIGALRM set to restart
   system calls) for up to 10 minutes: the time-limit alarm is never seen, as with native code that is stuck;
 - ``hang_py``: spin in Python for up to 60 s, swallowing every ``Exception`` (as careless code would);
+- ``sleep=<seconds>``: sleep that long in Python (a slow variant, whatever the machine's speed);
 - ``error``: raise ``RuntimeError``;
 - ``db_error``: run an invalid statement on the job's session (a real database error that is not
   "unreachable": ``ProgrammingError``).
@@ -78,6 +79,8 @@ def _act(action: str, point: str, session: Any) -> None:
                 time.sleep(0.05)
             except Exception:  # noqa: BLE001 - the careless code this fault stands for
                 pass
+    elif action.startswith("sleep="):
+        time.sleep(float(action.split("=", 1)[1]))
     elif action == "error":
         raise RuntimeError(f"injected error at {point}")
     elif action == "db_error":
