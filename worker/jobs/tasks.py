@@ -272,6 +272,8 @@ def _settle(db_url: str | None, job_id: int, worker: str, exc: BaseException, bu
     (a cold shutdown, Ctrl-C) hands it back. If neither can be recorded while the database answers, the
     worker process ends (hard_exit) so the sweeper recovers the job; without hard_exit the error propagates.
     """
+    if isinstance(exc, JobTimeLimit):  # went off outside the usual handler: still the job's time limit
+        exc = RuntimeError(f"time limit: {exc}")
     if isinstance(exc, Exception):
         log.error("job %s: %s escaped after the claim; failing the job", job_id, type(exc).__name__, exc_info=exc)
         first = f"internal error in the worker: {type(exc).__name__}: {_line(exc)}"
@@ -335,7 +337,7 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[s
         raise  # handed back already, or the message goes back to the queue
     except BaseException as exc:
         status = _settle(db_url, job_id, worker_name, exc, budget, hard_exit)
-        if not isinstance(exc, Exception):
+        if not isinstance(exc, (Exception, JobTimeLimit)):
             raise  # a shutdown: the job is handed back; let the worker stop
         return status
 
