@@ -45,7 +45,7 @@ FAST = {"INSTABOOST_WORKER_HEARTBEAT_INTERVAL": "0.5", "INSTABOOST_WORKER_HEARTB
         "INSTABOOST_WORKER_JOB_TIME_LIMIT": "120", "INSTABOOST_WORKER_VISIBILITY_TIMEOUT": "600",
         "INSTABOOST_WORKER_MAX_ATTEMPTS": "10", "INSTABOOST_WORKER_DB_RETRY_SECONDS": "40"}
 BASE = {"instruction": "Answer only in French.", "query": "Tell me a short story about a dragon."}
-# ~1.5-2 s per variant on a busy 2-core machine: long enough to kill a worker mid-variant.
+# Three variants of 24 tokens; the kill tests also slow each variant by 1 s (SLOW_VARIANTS).
 THREE = {**BASE, "max_new_tokens": 24, "multipliers": [10], "layer_modes": ["all", "middle"]}
 SMALL = {**BASE, "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"]}
 
@@ -191,9 +191,12 @@ def free_port() -> int:
 
 # -- 1. kill -9 mid-variant, five times on one job ---------------------------------------------------
 
+SLOW_VARIANTS = "variant:sleep=1"  # each variant takes >= 1 s however fast the machine: kills land mid-variant
+
+
 def test_kill_9_mid_variant_five_times_then_exactly_one_run_per_variant(h):
     expected = variants_of(THREE)
-    w = h.worker()
+    w = h.worker(fault=SLOW_VARIANTS)
     job_id = h.submit(THREE)
     # Kill right after a delivery starts, or right after it stored a variant: each time mid-generation.
     plan = ["after claim", "after a variant", "after claim", "after a variant", "after claim"]
@@ -204,12 +207,12 @@ def test_kill_9_mid_variant_five_times_then_exactly_one_run_per_variant(h):
         if point == "after a variant":
             base = view.done
             h.wait(job_id, lambda j: j.done > base or j.finished, 30, "stored a variant")
-        time.sleep(0.4)  # inside the next variant's generation (one takes ~1.5 s or more)
+        time.sleep(0.4)  # inside the next variant (each takes over 1 s: SLOW_VARIANTS)
         view = h.job(job_id)
         assert view.status == "running" and view.worker == w.worker_id and view.done < view.total, view
         w.kill()
         kills.append(view.done)
-        w = h.worker()  # its sweeper finds the dead worker's job and sends it again
+        w = h.worker(fault=SLOW_VARIANTS)  # its sweeper finds the dead worker's job and sends it again
     final = h.wait_finished(job_id)
     lost, duplicated = h.counts(job_id, expected)
     record_fault("kill -9 worker mid-variant", injected=len(kills), survived=final.status == "succeeded",
@@ -445,7 +448,7 @@ def test_database_down_past_the_retry_budget_hands_the_job_back_and_it_resumes(h
 
 def test_poison_job_fails_after_max_attempts_and_does_not_block_the_queue(h):
     max_attempts = 2
-    w = h.worker(max_attempts=max_attempts)
+    w = h.worker(max_attempts=max_attempts, fault=SLOW_VARIANTS)
     poison = h.submit(THREE)
     h.wait_running_on(poison, w)
     healthy = h.submit(SMALL)  # queued behind the poison job
@@ -454,11 +457,11 @@ def test_poison_job_fails_after_max_attempts_and_does_not_block_the_queue(h):
         view = h.wait_running_on(poison, w, 90)
         if view.finished:
             break
-        time.sleep(0.3)
+        time.sleep(0.3)  # inside its first variant (over 1 s: SLOW_VARIANTS)
         w.kill()  # "the job kills its worker": every time a worker starts it
         kills += 1
         assert kills <= max_attempts, f"poison job delivered {kills + 1} times"
-        w = h.worker(max_attempts=max_attempts)
+        w = h.worker(max_attempts=max_attempts, fault=SLOW_VARIANTS)
     p = h.wait_finished(poison)
     good = h.wait_finished(healthy, 60)
     after = h.submit(SMALL)  # the surviving worker still takes work
