@@ -134,7 +134,8 @@ def _exit_reason(code: int) -> str:
     from worker.jobs.watchdog import WATCHDOG_EXIT
 
     if code == WATCHDOG_EXIT:
-        return "ended by its watchdog: a job was stuck past its time limit"
+        return (f"exit code {code}: it ended itself because a job was stuck past its time limit or the job's "
+                "end could not be recorded; see its log")
     return f"exit code {code}"
 
 
