@@ -167,6 +167,38 @@ def test_sampling_is_reproducible_with_a_seed(fast_engine):
     assert fast_engine.generate([req])[0].text == fast_engine.generate([req])[0].text
 
 
+def test_a_seeded_sampled_row_gives_the_same_tokens_alone_and_inside_a_busy_batch(fast_engine, tl_engine):
+    """Issue 10: each sampled row draws from a generator of its own, so its output does not depend on which
+    rows (other seeds, greedy rows, other lengths and temperatures) share its batch; nor on the engine."""
+    sampled = GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=4.0),
+                                GenerationParams(max_new_tokens=12, temperature=0.9, top_p=0.95, seed=123))
+    others = [GenerationRequest("Be brief.", "Name a fruit.", BoostSpec(multiplier=2.0),
+                                GenerationParams(max_new_tokens=5, temperature=1.3, seed=7)),
+              GenerationRequest("Answer in German.", "What is rain?", BoostSpec(multiplier=8.0, layers="middle"),
+                                GenerationParams(max_new_tokens=20)),
+              GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=4.0),
+                                GenerationParams(max_new_tokens=12, temperature=0.9, top_p=0.95, seed=124))]
+    alone = fast_engine.generate([sampled])[0]
+    busy = fast_engine.generate([others[0], sampled, *others[1:]])
+    assert busy[1].text == alone.text and busy[1].output_tokens == alone.output_tokens
+    assert busy[3].text != alone.text  # another seed draws other tokens
+    assert tl_engine.generate([sampled])[0].text == alone.text
+
+
+def test_rows_with_their_own_lengths_share_a_batch_and_stop_at_their_budget(fast_engine):
+    reqs = [GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=m), GenerationParams(max_new_tokens=n))
+            for m, n in ((1.0, 3), (5.0, 14), (10.0, 7))]
+    together = fast_engine.generate(reqs)
+    for req, got in zip(reqs, together):
+        alone = fast_engine.generate([req])[0]
+        assert got.output_tokens <= req.params.max_new_tokens
+        assert (got.text, got.output_tokens, got.finish_reason) == (alone.text, alone.output_tokens,
+                                                                     alone.finish_reason)
+    streamed: dict[int, str] = {}
+    fast_engine.generate(reqs, on_text=lambda i, d: streamed.__setitem__(i, streamed.get(i, "") + d))
+    assert [streamed.get(i, "") for i in range(3)] == [r.text for r in together]
+
+
 def test_transformerlens_hook_fires_during_cached_generation(tl_engine):
     fired = []
     original = tl_engine.hooked
