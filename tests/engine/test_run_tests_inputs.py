@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 LONG_INSTRUCTION = ("Follow these house rules in every answer.\r\n\r\n"
                     + " ".join(f"Rule {i}: keep the tone friendly, cite the policy section, and never promise a "

@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures.store import TEST_REDIS_URL
 from tests.fixtures.worker import purge_namespace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -21,8 +21,7 @@ from sqlalchemy import text
 
 from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
 
-pytestmark = pytest.mark.services
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
 BODY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
 # Limits raised so the model's own context (8192 tokens) is what refuses long prompts and big max_new_tokens.

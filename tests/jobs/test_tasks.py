@@ -54,7 +54,6 @@ def run(pg_url):
     return go
 
 
-pytestmark = pytest.mark.services
 
 
 @pytest.mark.slow

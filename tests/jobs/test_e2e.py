@@ -15,7 +15,6 @@ import pytest
 
 from tests.fixtures.store import make_test_app
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 INSTRUCTION = "Answer only in French."
 QUERY = "What is the capital of Italy?"

@@ -18,12 +18,9 @@ from tests.fixtures.store import make_test_app
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
-pytestmark = [
-    pytest.mark.browser, pytest.mark.services, pytest.mark.slow,
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                       reason="needs Debian's chromium and chromium-driver: apt-get install -y chromium "
-                              "chromium-driver"),
-]
+needs_chromium = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                                    reason="needs Debian's chromium and chromium-driver: apt-get install -y chromium "
+                                           "chromium-driver")
 
 
 TOKEN = "browser-token-0123456789abcdef"
@@ -69,6 +66,7 @@ def browser(tmp_path):
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
+@needs_chromium
 def test_browser_submits_watches_and_downloads(live_server, browser):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By

@@ -16,7 +16,7 @@ import yaml
 
 from shared.settings import SETTINGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
 
 needs_compose = pytest.mark.skipif(COMPOSE is None, reason="needs Debian's docker-compose: apt-get install -y "

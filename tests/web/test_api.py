@@ -13,7 +13,6 @@ from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
 
-pytestmark = pytest.mark.services
 PROBLEM = "application/problem+json"
 BODY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
 

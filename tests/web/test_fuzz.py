@@ -19,7 +19,6 @@ from sqlalchemy import text
 
 from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
 
-pytestmark = pytest.mark.services
 MAX_EXAMPLES = int(os.environ.get("INSTABOOST_FUZZ_EXAMPLES", "25"))  # raise it for a deeper ad hoc run
 
 

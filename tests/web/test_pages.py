@@ -5,14 +5,12 @@ from __future__ import annotations
 import html
 import re
 
-import pytest
 from markupsafe import escape
 
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import DEFAULT_MODEL
 
-pytestmark = pytest.mark.services
 XSS = "<script>alert('x')</script>"
 
 

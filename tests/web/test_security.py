@@ -18,7 +18,6 @@ from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import make_test_app
 
-pytestmark = pytest.mark.services
 PROBLEM = "application/problem+json"
 PAYLOADS = ["<script>alert('x')</script>", '"><img src=x onerror=alert(1)>']
 OPEN_MESSAGE = "no web.api_token set: the service is open to anyone who can reach it"
@@ -490,7 +489,7 @@ def test_serve_says_when_the_service_is_open(tmp_path):
     import subprocess
     import sys
 
-    from tests.test_serve import free_port, serve_env
+    from tests.system.test_serve import free_port, serve_env
 
     def stderr(**env) -> str:
         return subprocess.run([sys.executable, "-m", "worker.cli.serve", "--port", str(free_port())], cwd=tmp_path,

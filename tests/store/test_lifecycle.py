@@ -15,7 +15,6 @@ from shared.settings import load_settings
 from shared.store import lifecycle, queries, serialize
 from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run
 
-pytestmark = pytest.mark.services
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

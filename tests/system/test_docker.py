@@ -30,9 +30,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOB = {"instruction": "Answer only in French.", "query": "What is the capital of Germany?", "multipliers": [5],
        "max_new_tokens": 16}
 # Safety nets only: every wait below polls for an event and fails (with the logs) only if it never comes.

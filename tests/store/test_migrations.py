@@ -14,7 +14,6 @@ from sqlalchemy import Column, Integer, MetaData, inspect
 from shared.db import ROOT, make_engine, upgrade
 from shared.store.tables import Base
 
-pytestmark = pytest.mark.services
 
 
 def _diff(url: str, metadata: MetaData) -> list:

@@ -9,12 +9,9 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
-
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
 from tests.fixtures.worker import WorkerProcess, purge_namespace
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 2,
         "multipliers": [10], "layer_modes": ["all"]}
 

@@ -36,7 +36,6 @@ from shared.workers import redis_client
 from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database, make_test_app
 from tests.fixtures.worker import WorkerProcess, purge_namespace, record_fault
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 # Short heartbeats and sweeps so a dead worker is noticed in ~4 s instead of ~50 s.
 FAST = {"INSTABOOST_WORKER_HEARTBEAT_INTERVAL": "0.5", "INSTABOOST_WORKER_HEARTBEAT_TTL": "3",

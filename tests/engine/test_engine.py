@@ -7,7 +7,6 @@ from shared.errors import ValidationError
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 from tests.fixtures.model import INSTRUCTION, QUERY, make_request
 
-pytestmark = pytest.mark.slow
 
 CONFIGS = [
     dict(multiplier=3.0, layers="all"),

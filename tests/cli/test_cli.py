@@ -1,0 +1,48 @@
+"""The `instaboost` command as a user runs it: a real subprocess, no model loaded, no services.
+
+What generates on the real model is in tests/engine/test_cli_generate.py.
+"""
+
+import pytest
+
+from tests.helpers import run_cli
+
+
+def run(*args, cwd=None):
+    return run_cli(*args, cwd=cwd, env={"INSTABOOST_GENERATION_MAX_NEW_TOKENS": "12"})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--multiplier", "0"], "--multiplier must be in (0, 1e+06]"),
+    (["--multiplier", "nan"], "finite"),
+    (["--layers", "0,77"], "out of range"),
+    (["--layers", "top"], "layers must be"),
+    (["--heads", "1.5"], "head_fraction"),
+    (["--heads", "8:x"], "write layer:head"),
+    (["--heads", "8:12", "--layers", "8"], "head 12 in layer 8 is out of range"),
+    (["--model", "not-a-model"], "unknown model"),
+    (["--max-new-tokens", "100000"], "--max-new-tokens must be between 1 and 1024"),
+    (["--temperature", "-1"], "temperature"),
+])
+def test_generate_bad_input_exits_nonzero_with_a_message(args, message):
+    res = run("generate", "--instruction", "x", "--query", "y", *args)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_arguments_and_empty_text():
+    res = run("generate", "--instruction", "x")
+    assert res.returncode == 2 and "--query" in res.stderr
+    res = run("generate", "--instruction", "  ", "--query", "y")
+    assert res.returncode == 2 and "--instruction is required and must not be blank" in res.stderr
+
+
+def test_run_tests_bad_cases_file(tmp_path):
+    res = run("run-tests", "--cases", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_settings_command_masks_secrets():
+    res = run_cli("settings", env={"HF_TOKEN": "hf_topsecret"}, timeout=60)
+    assert res.returncode == 0
+    assert "hf_topsecret" not in res.stdout and 'hf.token = "***"' in res.stdout
