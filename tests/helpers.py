@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PROBLEM = "application/problem+json"
 # The command as a user runs it, offline, with this checkout first on the path (also for its subprocesses).
 CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
@@ -18,6 +19,21 @@ def run_cli(*args: str, cwd=None, env: dict | None = None, timeout: float = 300)
     """Run `instaboost ARGS` (as `python -m worker.cli`) and return the finished process, output as text."""
     return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
                           env={**CLI_ENV, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def assert_problem(resp, status: int, field: str | None = None) -> dict:
+    """Check a Flask test response is a problem body (web/errors.py) and return it: the status, the problem
+    media type, a title and a detail, the field among its errors when one is named, no traceback, and the
+    bad input never echoed back wholesale."""
+    assert resp.status_code == status, resp.get_data(as_text=True)[:500]
+    assert resp.mimetype == PROBLEM
+    body = resp.get_json(force=True)
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+    if field is not None:
+        assert field in [e["field"] for e in body.get("errors", [])], body
+    assert len(resp.get_data()) < 20_000
+    return body
 
 
 def mark_folder(conftest_file: str, *markers, modules: dict[str, list] | None = None):

@@ -12,22 +12,41 @@ def run(*args, cwd=None):
     return run_cli(*args, cwd=cwd, env={"INSTABOOST_GENERATION_MAX_NEW_TOKENS": "12"})
 
 
-@pytest.mark.parametrize("args,message", [
+# Every bad `generate` argument: exit status 2 before the model loads, the message names what to fix, no
+# traceback, nothing on stdout. The one table of bad command-line input (the API's and the form's are in
+# tests/web/test_bad_input.py).
+BAD_GENERATE_ARGS = [
     (["--multiplier", "0"], "--multiplier must be in (0, 1e+06]"),
     (["--multiplier", "nan"], "finite"),
+    (["--multiplier", "inf"], "--multiplier must be a finite number"),
+    (["--multiplier", "ten"], "--multiplier"),
     (["--layers", "0,77"], "out of range"),
     (["--layers", "top"], "layers must be"),
+    (["--start-layer", "-1"], "--start-layer must be between 0 and"),
+    (["--num-middle-layers", "0"], "--num-middle-layers must be between 1 and"),
+    (["--heads", "0"], "head_fraction"),
     (["--heads", "1.5"], "head_fraction"),
     (["--heads", "8:x"], "write layer:head"),
     (["--heads", "8:12", "--layers", "8"], "head 12 in layer 8 is out of range"),
     (["--model", "not-a-model"], "unknown model"),
     (["--max-new-tokens", "100000"], "--max-new-tokens must be between 1 and 1024"),
+    (["--placement", "footer"], "--placement"),
+    (["--engine", "turbo"], "--engine"),
     (["--temperature", "-1"], "temperature"),
-])
+    (["--top-p", "2"], "--top-p must be in (0, 1]"),
+    (["--seed", "-1"], "--seed must be between 0 and"),
+    (["--dtype", "float8"], "unknown dtype 'float8'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--query", "   "], "query"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_GENERATE_ARGS, ids=[" ".join(a) for a, _ in BAD_GENERATE_ARGS])
 def test_generate_bad_input_exits_nonzero_with_a_message(args, message):
-    res = run("generate", "--instruction", "x", "--query", "y", *args)
-    assert res.returncode == 2
-    assert message in res.stderr and "Traceback" not in res.stderr
+    # No --model unless the case names one: the default; each case fails before it loads.
+    res = run("generate", "--instruction", "Answer in French.", "--query", "Hello?", *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr and res.stdout == ""
 
 
 def test_missing_arguments_and_empty_text():

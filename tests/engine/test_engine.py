@@ -5,7 +5,7 @@ import torch
 
 from shared.errors import ValidationError
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
-from tests.fixtures.model import INSTRUCTION, QUERY, make_request
+from tests.fixtures.model import INSTRUCTION, QUERY, make_request, plain_greedy
 
 
 CONFIGS = [
@@ -31,17 +31,8 @@ def test_engines_boost_changes_logits(fast_engine):
 
 
 def _plain_greedy(plain_model, req, engine):
-    prompt = engine.prompt(req)
-    ids = torch.tensor([prompt.input_ids])
-    with torch.inference_mode():
-        out = plain_model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                         max_new_tokens=req.params.max_new_tokens, do_sample=False,
-                                         pad_token_id=plain_model.tokenizer.pad_token_id)
-    gen = out[0, ids.shape[1]:].tolist()
-    eos = plain_model.model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
-    n = next((k for k, t in enumerate(gen) if t in eos), len(gen))
-    return plain_model.tokenizer.decode(gen[:n], skip_special_tokens=True).strip(), n
+    ids = torch.tensor([engine.prompt(req).input_ids])
+    return plain_greedy(plain_model.model, plain_model.tokenizer, ids, req.params.max_new_tokens)
 
 
 @pytest.mark.parametrize("which", ["fast", "transformerlens"])
@@ -239,15 +230,7 @@ def test_one_span_chat_equals_the_instruction_request(fast_engine, tl_engine):
 def _plain_chat_greedy(plain_model, messages, max_new_tokens):
     text = plain_model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([plain_model.tokenizer(text, add_special_tokens=False)["input_ids"]])
-    with torch.inference_mode():
-        out = plain_model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                         max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=plain_model.tokenizer.pad_token_id)
-    gen = out[0, ids.shape[1]:].tolist()
-    eos = plain_model.model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
-    n = next((k for k, t in enumerate(gen) if t in eos), len(gen))
-    return plain_model.tokenizer.decode(gen[:n], skip_special_tokens=True).strip(), n
+    return plain_greedy(plain_model.model, plain_model.tokenizer, ids, max_new_tokens)
 
 
 @pytest.mark.parametrize("which", ["fast", "transformerlens"])

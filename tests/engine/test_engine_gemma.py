@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
+from tests.fixtures.model import plain_greedy
 
 
 MODEL = "gemma3-270m"
@@ -59,12 +60,7 @@ def test_multiplier_one_equals_plain_hf_greedy(gemma):
     req = _request(1.0, max_new_tokens=8)
     ids = torch.tensor([fast.prompt(req).input_ids])
     # Outside a boost the fast engine's model is plain HF SDPA (the registered function just calls it).
-    with torch.inference_mode():
-        out = fast.loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
-                                         do_sample=False, pad_token_id=fast.tokenizer.pad_token_id)
-    gen = out[0, ids.shape[1]:].tolist()
-    n = next((k for k, t in enumerate(gen) if t in fast._eos_ids()), len(gen))
-    want = fast.tokenizer.decode(gen[:n], skip_special_tokens=True).strip()
+    want, _ = plain_greedy(fast.loaded.model, fast.tokenizer, ids, 8, eos=fast._eos_ids())
     assert [e.generate([req])[0].text for e in (fast, tl)] == [want, want]
 
 

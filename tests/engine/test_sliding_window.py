@@ -11,11 +11,12 @@ import copy
 import pytest
 import torch
 
+from bench.equivalence import cached_and_full
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
-from worker.engine import boost as boost_math
 
 WINDOW = 8
 INSTRUCTION = "Answer only in French."
+STEPS = 4  # prompt positions decoded one at a time with the cache (bench/equivalence.py cached_and_full)
 QUERY = "Tell me about the rivers, bridges, markets and old churches of the city of Berlin, please."
 
 
@@ -54,32 +55,6 @@ def _request(multiplier, **spec):
                              GenerationParams(max_new_tokens=6))
 
 
-@torch.inference_mode()
-def _cached_and_full(engine, req, steps=4):
-    """Return (logits of the last `steps` positions decoded one at a time with the cache, same from one
-    uncached forward over the whole sequence), under the engine's boost."""
-    p = engine.prompt(req)
-    ids = torch.tensor([p.input_ids])
-    n = ids.shape[1]
-    boost = boost_math.build_batch_boost([req.spec], [p.span], n, engine.n_layers, engine.n_heads, "cpu",
-                                         keep_identity=True)
-    if engine.kind == "fast":
-        from worker.engine.fast import fast_boost
-
-        model, ctx = engine.loaded.model, fast_boost(boost, capacity=n)
-    else:
-        model, ctx = engine.bridge.original_model, engine.hooked(boost)
-    with ctx:
-        full = model(input_ids=ids, use_cache=False).logits[0, -steps:].float()
-        past = model(input_ids=ids[:, :-steps], use_cache=True).past_key_values
-        cached = []
-        for k in range(n - steps, n):
-            out = model(input_ids=ids[:, k:k + 1], past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            cached.append(out.logits[0, -1].float())
-    return torch.stack(cached), full
-
-
 def test_the_prompt_outgrows_the_window(tiny):
     fast, _ = tiny
     p = fast.prompt(_request(1.0))
@@ -90,7 +65,7 @@ def test_the_prompt_outgrows_the_window(tiny):
 @pytest.mark.parametrize("multiplier", [1.0, 50.0])
 def test_cached_decoding_equals_a_full_forward(tiny, which, multiplier):
     engine = tiny[0] if which == "fast" else tiny[1]
-    cached, full = _cached_and_full(engine, _request(multiplier))
+    cached, full = cached_and_full(engine, _request(multiplier), STEPS)
     diff = (cached - full).abs().max().item()
     assert diff <= 1e-4, f"{which}: cached decoding differs from the uncached forward by {diff:.3g}"
 
@@ -98,8 +73,8 @@ def test_cached_decoding_equals_a_full_forward(tiny, which, multiplier):
 def test_boost_matters_while_decoding(tiny):
     # Guard against a vacuous pass: the boost must move the decoded logits (on the full layer at least).
     fast, _ = tiny
-    base, _ = _cached_and_full(fast, _request(1.0))
-    boosted, _ = _cached_and_full(fast, _request(50.0))
+    base, _ = cached_and_full(fast, _request(1.0), STEPS)
+    boosted, _ = cached_and_full(fast, _request(50.0), STEPS)
     assert (base - boosted).abs().max().item() > 1e-2
 
 
@@ -109,7 +84,7 @@ def test_engines_agree_past_the_window(tiny):
         req = _request(**spec)
         diff = (fast.logits(req) - tl.logits(req)).abs().max().item()
         assert diff <= 1e-4, (spec, diff)
-        a, b = _cached_and_full(fast, req)[0], _cached_and_full(tl, req)[0]
+        a, b = cached_and_full(fast, req, STEPS)[0], cached_and_full(tl, req, STEPS)[0]
         assert (a - b).abs().max().item() <= 1e-4, spec
 
 

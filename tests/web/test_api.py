@@ -12,23 +12,13 @@ from shared.celery_config import model_queue
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
+from tests.helpers import assert_problem
 
-PROBLEM = "application/problem+json"
 BODY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
 
 
 def submit(client, **fields):
     return client.post("/api/jobs", json={**BODY, **fields})
-
-
-def assert_problem(resp, status, field=None):
-    assert resp.status_code == status, resp.data
-    assert resp.mimetype == PROBLEM
-    body = resp.get_json(force=True)
-    assert body["status"] == status and body["title"] and body["detail"]
-    if field is not None:
-        assert field in [e["field"] for e in body.get("errors", [])], body
-    return body
 
 
 def test_submit_enqueues_and_answers_202(client, heartbeat, redis_client, redis_namespace):

@@ -3,26 +3,21 @@
 Each API case runs against the real app on PostgreSQL and Redis with a live heartbeat for the default
 model (carrying its real facts: 30 layers, an 8192-token context), so the same body with the bad field
 fixed would be accepted. Row counts and queue lengths are compared before and after each case. A few
-cases go through the HTML form, and a few through the CLI (those that fail before the model loads).
+cases go through the HTML form. Bad command-line input: tests/cli/test_cli.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
+from tests.helpers import assert_problem
 
-ROOT = Path(__file__).resolve().parents[2]
-PROBLEM = "application/problem+json"
 BODY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
 # Limits raised so the model's own context (8192 tokens) is what refuses long prompts and big max_new_tokens.
 MAX_TEXT = 1_200_000
@@ -210,18 +205,6 @@ def counts(pg_url, redis_namespace):
     client.close()
 
 
-def assert_problem(resp, status: int, field_: str | None):
-    assert resp.status_code == status, resp.get_data(as_text=True)[:500]
-    assert resp.mimetype == PROBLEM
-    got = resp.get_json(force=True)
-    assert got["status"] == status and got["title"] and got["detail"]
-    assert "Traceback" not in resp.get_data(as_text=True)
-    if field_ is not None:
-        assert field_ in [e["field"] for e in got.get("errors", [])], got
-    assert len(resp.get_data()) < 20_000  # bad input is never echoed back wholesale
-    return got
-
-
 # -- tests -----------------------------------------------------------------------------------------
 
 def test_table_is_big_enough():
@@ -268,30 +251,4 @@ def test_bad_form_input_is_shown_next_to_the_field_and_writes_nothing(bad_app, c
     assert resp.status_code == 422
     page = resp.get_data(as_text=True)
     assert f'id="{name}-error"' in page and "Traceback" not in page
-    assert counts() == before
-
-
-CLI_CASES = [
-    (["--multiplier", "0"], "multiplier"),
-    (["--multiplier", "nan"], "multiplier"),
-    (["--multiplier", "inf"], "multiplier"),
-    (["--multiplier", "ten"], "--multiplier"),
-    (["--start-layer", "-1"], "--start-layer"),
-    (["--heads", "0"], "head_fraction"),
-    (["--max-new-tokens", "99999"], "--max-new-tokens"),
-    (["--placement", "footer"], "--placement"),
-    (["--engine", "turbo"], "--engine"),
-    (["--query", "   "], "query"),
-]
-
-
-@pytest.mark.parametrize("extra, named", CLI_CASES, ids=[" ".join(e) for e, _ in CLI_CASES])
-def test_bad_cli_input_exits_non_zero_with_a_message(counts, extra, named):
-    before = counts()
-    args = ["--instruction", "Answer in French.", "--query", "Hello?", *extra]
-    # No --model given: the default one; these fail before it loads, so each run is a fraction of a second.
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "generate", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2, proc.stderr
-    assert named in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == ""
     assert counts() == before

@@ -17,8 +17,8 @@ from sqlalchemy import text
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from tests.fixtures.store import make_test_app
+from tests.helpers import PROBLEM
 
-PROBLEM = "application/problem+json"
 PAYLOADS = ["<script>alert('x')</script>", '"><img src=x onerror=alert(1)>']
 OPEN_MESSAGE = "no web.api_token set: the service is open to anyone who can reach it"
 BODY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
