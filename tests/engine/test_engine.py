@@ -105,6 +105,35 @@ def test_engines_agree_on_attention_mass(fast_engine, tl_engine):
         assert a.attention_mass[label] == pytest.approx(b.attention_mass[label], abs=1e-4)
 
 
+def test_attention_analysis_is_measured_in_blocks_and_per_row(fast_engine, monkeypatch):
+    """Issue 10: the analysis reads the generated queries a block at a time; neither the block size nor the
+    other rows of a padded batch change a row's numbers."""
+    import worker.engine.fast as fast
+
+    long_one = make_request(6.0, max_new_tokens=9)
+    short_one = GenerationRequest("Be brief.", "Hi?", BoostSpec(multiplier=3.0, layers="middle"),
+                                  GenerationParams(max_new_tokens=9))
+    whole = fast_engine.generate([long_one, short_one], attention=True)
+    monkeypatch.setattr(fast, "ANALYSIS_BLOCK", 2)
+    blocks = fast_engine.generate([long_one, short_one], attention=True)
+    alone = fast_engine.generate([short_one], attention=True)[0]
+    for label in ("unboosted", "boosted"):
+        for a, b in zip(whole, blocks):
+            assert a.attention_mass[label] == pytest.approx(b.attention_mass[label], abs=1e-5)
+        assert blocks[1].attention_mass[label] == pytest.approx(alone.attention_mass[label], abs=1e-4)
+    assert fast_engine.generate([short_one])[0].attention_mass is None  # off unless asked
+
+
+def test_each_row_of_a_batch_reports_the_time_to_its_own_last_token(fast_engine):
+    """Issue 10: a row that stops early no longer shows the whole batch's wall time."""
+    params = GenerationParams(max_new_tokens=20, stop=("sky",))
+    early = GenerationRequest("Answer with one word.", "What color is the sky?", BoostSpec(multiplier=1.0), params)
+    late = GenerationRequest("Be detailed.", "Tell me a long story about a dragon.", BoostSpec(multiplier=3.0), params)
+    a, b = fast_engine.generate([early, late])
+    assert a.finish_reason == "stop" and b.finish_reason == "length" and a.output_tokens < b.output_tokens
+    assert 0 < a.seconds < b.seconds
+
+
 def test_prompt_longer_than_context_is_refused(fast_engine):
     req = GenerationRequest("Be brief.", "word " * 9000, BoostSpec(multiplier=2), GenerationParams(max_new_tokens=8))
     with pytest.raises(ValidationError, match="context") as exc:

@@ -78,7 +78,9 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_how_many_are_missing(tmp_path):
                                                  for i in range(40)])
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "run-tests", "--no-progress", "--cases", str(cases),
                              "--max-new-tokens", "4", "--output", "out.csv"], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A suite started in the background (no job control) inherits SIGINT ignored.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     part = tmp_path / "out.csv.part"
     deadline = time.monotonic() + 600
     while not (part.exists() and len(part.read_text(encoding="utf-8").splitlines()) >= 3):  # header + 2 rows

@@ -233,4 +233,5 @@ def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
     (_, runs_one), (job, runs_batched) = load(pg_url, one), load(pg_url, batched)
     assert len(runs_batched) == 5 and job.progress_done == 5
     assert {r.variant: r.output_text for r in runs_batched} == {r.variant: r.output_text for r in runs_one}
-    assert len({r.seconds for r in runs_batched}) == 1  # one generate call produced all five
+    # Each row reports the time to its own last token (issue 10), not the batch's wall time.
+    assert all(r.seconds > 0 for r in runs_batched)

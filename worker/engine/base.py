@@ -6,6 +6,7 @@ differ only in how they apply the boost inside attention.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Callable, Sequence
@@ -140,7 +141,7 @@ class Engine:
         return RowStreamer(self.tokenizer, rows, self._eos_ids(), on_text, params.stop)
 
     def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
-                masses) -> list[GenerationResult]:
+                masses, clock: "StepClock | None" = None) -> list[GenerationResult]:
         width = batch.input_ids.shape[1]
         eos = self._eos_ids()
         out = []
@@ -148,6 +149,9 @@ class Engine:
             gen = sequences[row, width:].tolist()
             # A row a stop string ended is padded afterwards; the pad token does not count as generated.
             n = content_length(gen, eos | ({self.tokenizer.pad_token_id} if req.params.stop else set()))
+            if clock is not None:
+                # In a batch a row costs until its own last token (its EOS counts), not the batch's whole time.
+                seconds = clock.until_step(min(n + 1, len(gen)))
             text, stopped = final_text(self.tokenizer.decode(gen[:n], skip_special_tokens=True), req.params.stop)
             spans = tuple((a, b, req.spec.multiplier if m is None else m) for a, b, m in p.spans)
             out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
@@ -181,6 +185,38 @@ class Engine:
     def logits(self, request: GenerationRequest) -> torch.Tensor:
         """Return the boosted next-token logits for every prompt position, as float32 [L, V]."""
         raise NotImplementedError
+
+
+class StepClock:
+    """A stopping criterion that stops nothing: it records when each decoding step ends.
+
+    Passed to generate() so every row of a batch can report the time to its own last token.
+    """
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.steps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        self.steps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def until_step(self, n: int) -> float:
+        """Return the seconds from the start to the end of decoding step n (1-based; clamped to those seen)."""
+        if not self.steps:
+            return time.perf_counter() - self.start
+        return self.steps[max(1, min(n, len(self.steps))) - 1] - self.start
+
+    def as_criteria(self):
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        clock = self
+
+        class _Criterion(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return clock(input_ids, scores, **kwargs)
+
+        return StoppingCriteriaList([_Criterion()])
 
 
 def content_length(generated: list[int], eos: set[int]) -> int:
