@@ -1,4 +1,6 @@
-"""The `instaboost` command in a subprocess, failing before any model loads. No model, no services: no markers."""
+"""The `instaboost` command in a subprocess, refusing bad input. No services; no model, but for the two cases
+marked slow that need its shape. No folder markers.
+"""
 
 from tests.helpers import mark_folder
 

@@ -1,4 +1,4 @@
-"""The `instaboost` command as a user runs it: a real subprocess, no model loaded, no services.
+"""The `instaboost` command as a user runs it: a real subprocess, no services, refusing bad input.
 
 What generates on the real model is in tests/engine/test_cli_generate.py.
 """
@@ -12,22 +12,22 @@ def run(*args, cwd=None):
     return run_cli(*args, cwd=cwd, env={"INSTABOOST_GENERATION_MAX_NEW_TOKENS": "12"})
 
 
-# Every bad `generate` argument: exit status 2 before the model loads, the message names what to fix, no
-# traceback, nothing on stdout. The one table of bad command-line input (the API's and the form's are in
-# tests/web/test_bad_input.py).
+# The one table of bad command-line input (the API's and the form's are in tests/web/test_bad_input.py): each
+# exits 2, the message names what to fix, no traceback, nothing on stdout. All but two fail before the model
+# loads; those two need its shape, so they load it and are marked slow.
 BAD_GENERATE_ARGS = [
     (["--multiplier", "0"], "--multiplier must be in (0, 1e+06]"),
     (["--multiplier", "nan"], "finite"),
     (["--multiplier", "inf"], "--multiplier must be a finite number"),
     (["--multiplier", "ten"], "--multiplier"),
-    (["--layers", "0,77"], "out of range"),
+    pytest.param(["--layers", "0,77"], "out of range", marks=pytest.mark.slow),
     (["--layers", "top"], "layers must be"),
     (["--start-layer", "-1"], "--start-layer must be between 0 and"),
     (["--num-middle-layers", "0"], "--num-middle-layers must be between 1 and"),
     (["--heads", "0"], "head_fraction"),
     (["--heads", "1.5"], "head_fraction"),
     (["--heads", "8:x"], "write layer:head"),
-    (["--heads", "8:12", "--layers", "8"], "head 12 in layer 8 is out of range"),
+    pytest.param(["--heads", "8:12", "--layers", "8"], "head 12 in layer 8 is out of range", marks=pytest.mark.slow),
     (["--model", "not-a-model"], "unknown model"),
     (["--max-new-tokens", "100000"], "--max-new-tokens must be between 1 and 1024"),
     (["--placement", "footer"], "--placement"),
@@ -41,7 +41,8 @@ BAD_GENERATE_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD_GENERATE_ARGS, ids=[" ".join(a) for a, _ in BAD_GENERATE_ARGS])
+@pytest.mark.parametrize("args,message", BAD_GENERATE_ARGS,
+                         ids=[" ".join(getattr(case, "values", case)[0]) for case in BAD_GENERATE_ARGS])
 def test_generate_bad_input_exits_nonzero_with_a_message(args, message):
     # No --model unless the case names one: the default; each case fails before it loads.
     res = run("generate", "--instruction", "Answer in French.", "--query", "Hello?", *args)

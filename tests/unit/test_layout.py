@@ -7,7 +7,7 @@ SHARED = {"__init__.py", "conftest.py", "helpers.py"}
 # Where a new test goes (the README's Tests section says the same):
 LAYERS = {
     "unit": "pure functions and small tensors: no model, no services",
-    "cli": "the instaboost command in a subprocess, failing before any model loads",
+    "cli": "the instaboost command in a subprocess refusing bad input (no services)",
     "engine": "the method on real or tiny models (worker/engine), the command when it generates",
     "store": "the job store on PostgreSQL/SQLite: lifecycle, paging, migrations",
     "web": "the Flask app through its test client: API, pages, security, bad input, fuzz",
