@@ -1,28 +1,20 @@
-"""Issue 9, reliability: owner-checked finalizing, NUL in outputs, every claimed job ends or is handed back,
-and a time limit no `except Exception` can swallow.
+"""Issue 9, reliability of the task body: only the owner finishes a job, every claimed job ends or is handed
+back, and a time limit no `except Exception` can swallow.
 
-In-process on the real model, PostgreSQL and SQLite; faults are injected at fixed points of a job with
-the test-only ``INSTABOOST_TEST_FAULT`` hook (worker/jobs/faults.py), so nothing depends on machine speed.
+In-process on the real model and PostgreSQL; faults are injected at fixed points of a job with the test-only
+``INSTABOOST_TEST_FAULT`` hook (worker/jobs/faults.py), so nothing depends on machine speed.
 """
 
 from __future__ import annotations
-
-import csv
-import io
 
 import pytest
 from sqlalchemy import select, update
 
 from shared.db import session_scope
-from shared.errors import Conflict
 from shared.schemas import JobRequest
 from shared.settings import load_settings
-from shared.store import export, lifecycle
-from shared.store.serialize import job_to_dict, run_to_dict
-from shared.store.tables import NUL_MARK, Job, JobStatus, Run, utcnow
+from shared.store.tables import Job, JobStatus, Run, utcnow
 from worker.jobs import faults
-
-pytestmark = pytest.mark.services
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
         "max_new_tokens": 4, "multipliers": [10], "layer_modes": ["all"]}
@@ -76,30 +68,6 @@ def take_over(url: str, job_id: int) -> None:
         s.execute(update(Job).where(Job.id == job_id).values(worker=OTHER, attempts=Job.attempts + 1))
 
 
-# -- owner-checked finalizing --------------------------------------------------------------------------
-
-def test_a_worker_whose_job_was_taken_over_cannot_finish_it(db_session, pg_url):
-    job_id = new_job(pg_url, JobStatus.running, worker=OTHER, attempts=2)
-    for finish in (lambda: lifecycle.mark_failed(db_session, job_id, "boom", worker=ME),
-                   lambda: lifecycle.mark_succeeded(db_session, job_id, worker=ME)):
-        with pytest.raises(Conflict, match=f"no longer {ME}'s"):
-            finish()
-        db_session.rollback()
-    lifecycle.mark_progress(db_session, job_id, 1, worker=ME)
-    job, _ = load(pg_url, job_id)
-    assert (job.status, job.worker, job.error, job.progress_done) == (JobStatus.running, OTHER, None, 0)
-
-    lifecycle.cancel_job(db_session, job_id)  # running -> cancelling; only its owner finishes the cancel
-    with pytest.raises(Conflict):
-        lifecycle.finish_cancel(db_session, job_id, worker=ME)
-    db_session.rollback()
-    assert load(pg_url, job_id)[0].status is JobStatus.cancelling
-    assert lifecycle.finish_cancel(db_session, job_id, worker=OTHER).status is JobStatus.cancelled
-
-    mine = new_job(pg_url, JobStatus.running, worker=ME)
-    assert lifecycle.mark_succeeded(db_session, mine, worker=ME).status is JobStatus.succeeded
-
-
 @pytest.mark.slow
 def test_taken_over_during_its_last_variant_the_old_worker_does_not_succeed_the_job(pg_url, run):
     job_id = new_job(pg_url)
@@ -131,48 +99,6 @@ def test_taken_over_worker_whose_variant_fails_does_not_fail_the_job(pg_url, run
     assert run(job_id, should_stop=taken_over_during_last_variant) == "taken over"
     job, _ = load(pg_url, job_id)
     assert (job.status, job.worker, job.error) == (JobStatus.running, OTHER, None)
-
-
-# -- NUL in model output -----------------------------------------------------------------------------
-
-PRODUCED = "a\x00b " + NUL_MARK + " c\x00\x00"
-
-
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_output_with_nul_is_stored_and_given_back_as_produced(backend, request):
-    url = request.getfixturevalue("clean_db" if backend == "postgresql" else "clean_sqlite")
-    job_id = new_job(url, JobStatus.running, worker=ME)
-    with session_scope(url) as s:
-        run = lifecycle.record_run(s, job_id, "original", multiplier=1.0, layers="none", output_text=PRODUCED,
-                                   output_tokens=5)
-        assert run.output_text == "a␀b ␀ c␀␀" and run.output_nul_offsets == [1, 7, 8]
-        lifecycle.record_run(s, job_id, "all_x10", multiplier=10.0, layers="all", output_text="plain")
-        lifecycle.mark_failed(s, job_id, "the engine said: \x00 oops", worker=ME)  # messages too
-    with session_scope(url) as s:
-        job = s.get(Job, job_id)
-        runs = list(s.scalars(select(Run).where(Run.job_id == job_id).order_by(Run.id)))
-        assert [r.produced_text for r in runs] == [PRODUCED, "plain"]
-        assert runs[1].output_nul_offsets is None
-        assert run_to_dict(runs[0])["output_text"] == PRODUCED  # the API: as produced
-        assert job_to_dict(job)["runs"][0]["output_text"] == PRODUCED
-        assert job.status is JobStatus.failed and job.error == "the engine said: ␀ oops"
-        row = export.export_row(runs[0], job)
-        assert row[export.EXPORT_COLUMNS.index("output_text")] == PRODUCED  # the CSV: as produced
-        buf = io.StringIO()
-        csv.writer(buf).writerow(row)
-        assert next(csv.reader(io.StringIO(buf.getvalue())))[export.EXPORT_COLUMNS.index("output_text")] == PRODUCED
-
-
-def test_output_with_nul_shows_marked_on_the_job_page(client, clean_db):
-    job_id = new_job(clean_db, JobStatus.running, worker=ME)
-    with session_scope(clean_db) as s:
-        lifecycle.record_run(s, job_id, "original", multiplier=1.0, layers="none", output_text=PRODUCED)
-    page = client.get(f"/jobs/{job_id}")
-    assert page.status_code == 200
-    html = page.get_data(as_text=True)
-    assert "a␀b ␀ c␀␀" in html and "\x00" not in html and "NUL character" in html
-    api = client.get(f"/api/jobs/{job_id}")
-    assert api.status_code == 200 and api.get_json()["runs"][0]["output_text"] == PRODUCED
 
 
 # -- every claimed job ends or is handed back -------------------------------------------------------------
