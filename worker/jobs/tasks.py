@@ -351,6 +351,11 @@ def _deliver(job: Job, worker_name: str, settings: Mapping[str, Any], db_url: st
 
     def stuck() -> None:  # the watchdog thread: the main thread never saw the alarm
         past = limit + grace_seconds(limit)
+        reason = f"job {job_id}: still running {past:.0f} s after it started (worker.job_time_limit={limit} s)"
+        # Recording the failure may itself block (a lock the stuck thread holds): exit within 30 s regardless.
+        backstop = threading.Timer(30, hard_exit, args=(reason + "; recording its failure hung",))
+        backstop.daemon = True
+        backstop.start()
         try:
             _fail(db_url, job_id, f"time limit: the job was still running {past:.0f} s after it started and did "
                   f"not stop at its limit (worker.job_time_limit={limit} s; stuck in native code?), so its worker "
@@ -358,7 +363,7 @@ def _deliver(job: Job, worker_name: str, settings: Mapping[str, Any], db_url: st
                   "max_new_tokens.", min(budget, 10.0), worker=worker_name)
         except BaseException as exc:  # the sweeper recovers the job once this process is gone
             log.error("job %s: watchdog could not record the failure (%s)", job_id, type(exc).__name__)
-        hard_exit(f"job {job_id}: still running {past:.0f} s after it started (worker.job_time_limit={limit} s)")
+        hard_exit(reason)
 
     session = get_sessionmaker(db_url)()
     try:
