@@ -38,7 +38,7 @@ def export_row(run: Run, job: Job) -> list[Any]:
     params = job.params or {}
     values = {"run_id": run.id, "job_id": job.id, "job_status": job.status.value, "variant": run.variant,
               "multiplier": run.multiplier, "layers": run.layers, "heads": run.heads,
-              "output_text": run.output_text, "prompt_tokens": run.prompt_tokens,
+              "output_text": run.produced_text, "prompt_tokens": run.prompt_tokens,
               "output_tokens": run.output_tokens, "seconds": run.seconds,
               "attention_unboosted": _mean_mass(run.attention_mass, "unboosted"),
               "attention_boosted": _mean_mass(run.attention_mass, "boosted"),
@@ -147,8 +147,8 @@ def iter_jobs_wide(session: Session, filters: Mapping[str, Any], columns: list[s
         for v in WIDE_VARIANTS:
             r = main.get(v)
             scores = r.scores if r is not None and isinstance(r.scores, Mapping) else {}
-            values[f"{v}_output"] = r.output_text if r else None
-            values[f"{v}_length"] = len(r.output_text) if r else None
+            values[f"{v}_output"] = r.produced_text if r else None
+            values[f"{v}_length"] = len(r.produced_text) if r else None
             values[f"{v}_tokens"] = r.output_tokens if r else None
             follows = scores.get("follows")
             values[f"{v}_pass"] = None if follows is None else ("pass" if follows else "fail")
@@ -159,7 +159,7 @@ def iter_jobs_wide(session: Session, filters: Mapping[str, Any], columns: list[s
             if r.id in main_ids:
                 continue
             scores = r.scores if isinstance(r.scores, Mapping) else {}
-            values[f"{r.variant}_output"] = r.output_text
+            values[f"{r.variant}_output"] = r.produced_text
             for c in EXTRA_SCORES:
                 values[f"{r.variant}_{c}"] = scores.get(c)
         yield [values.get(c) for c in columns]

@@ -18,7 +18,7 @@ import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
-from worker.engine.base import Batch, Engine, StepClock, processed_length, seed_sampling
+from worker.engine.base import Batch, Engine, StepClock, processed_length
 from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass_sum, key_offset
 from worker.engine.loading import LoadedModel
 
@@ -162,14 +162,13 @@ class FastEngine(Engine):
     @torch.inference_mode()
     def _generate_group(self, requests, prompts, attention, on_text=None):
         batch = self._pad(prompts)
-        params = requests[0].params
-        boost = self._boost_for(requests, batch, batch.input_ids.shape[1])
-        seed_sampling(params)
+        width = batch.input_ids.shape[1]
+        boost = self._boost_for(requests, batch, width)
         clock = StepClock()
-        with fast_boost(boost, capacity=batch.input_ids.shape[1] + params.max_new_tokens):
+        with fast_boost(boost, capacity=width + max(r.params.max_new_tokens for r in requests)):
             seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                             streamer=self._streamer(len(requests), params, on_text),
-                                             stopping_criteria=clock.as_criteria(), **self._gen_kwargs(params))
+                                             streamer=self._streamer(requests, on_text),
+                                             **self._decode_kwargs(requests, width, clock))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - clock.start
@@ -177,7 +176,7 @@ class FastEngine(Engine):
         return self._finish(requests, prompts, batch, seq, seconds, masses, clock if len(requests) > 1 else None)
 
     def _attention_mass(self, requests, batch, seq):
-        mask, q_sel = self._analysis_inputs(batch, seq)
+        mask, q_sel = self._analysis_inputs(batch, seq, [r.params.max_new_tokens for r in requests])
         boost = build_batch_boost([r.spec for r in requests], batch.spans, seq.shape[1], self.n_layers,
                                   self.n_heads, self.device)
         out = {}

@@ -1,0 +1,220 @@
+"""Calibration sweeps in the service: the API and its problem bodies, the stop rule driving jobs step by step
+(in-process on the real model), the page with its chart, the CSVs, and `multipliers: "recommended"`."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from sqlalchemy import select
+
+from shared.settings import load_settings
+from shared.store.tables import Job, JobStatus, Run, Sweep
+
+
+CASES = {
+    "lower": {"instruction": "Write everything in lowercase letters only.", "query": "Name two colours.",
+              "checks": [{"type": "lowercase"}]},
+    "short": {"instruction": "Answer in at most five words.", "query": "What is the sun?",
+              "ifeval": [{"id": "length_constraints:number_words", "kwargs": {"num_words": 6,
+                                                                               "relation": "less than"}}]},
+}
+SMALL = {"cases": CASES, "grid": [1, 3, 5], "layer_modes": ["all"], "max_new_tokens": 4, "fluency_floor": 0}
+
+
+def drive(db_url: str, sweep_id: int, limit: int = 20) -> list[int]:
+    """Run the sweep's queued jobs in this process (as a worker would) until none is left; return their ids."""
+    from worker.jobs.tasks import execute_job
+
+    settings = load_settings(overrides={"database.url": db_url})
+    ran = []
+    from shared.db import session_scope
+
+    for _ in range(limit):
+        with session_scope(db_url) as s:
+            queued = list(s.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status == JobStatus.queued)
+                                    .order_by(Job.id)))
+        if not queued:
+            return ran
+        for job_id in queued:
+            assert execute_job(job_id, "pytest@host", db_url=db_url, settings=settings) == "succeeded"
+            ran.append(job_id)
+    raise AssertionError("the sweep kept creating jobs")
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "pack"),
+    ({"pack": "nope"}, "pack"),
+    ({"pack": "default", "cases": CASES}, "pack"),
+    ({"pack": "default", "grid": [1]}, "grid"),
+    ({"pack": "default", "grid": "fibonacci"}, "grid"),
+    ({"pack": "default", "layer_modes": ["sideways"]}, "layer_modes[0]"),
+    ({"pack": "default", "head_fractions": [0]}, "head_fractions[0]"),
+    ({"pack": "default", "fluency_floor": 3}, "fluency_floor"),
+    ({"pack": "default", "limit": 1}, "limit"),
+    ({"pack": "default", "colour": "blue"}, "colour"),
+    ({"cases": {"only": CASES["lower"]}}, "cases"),
+    ({"cases": {"bad name!": CASES["lower"], "b": CASES["short"]}}, "cases.bad name!"),
+    ({"cases": {"a": {"instruction": " ", "query": "q"}, "b": CASES["short"]}}, "cases.a.instruction"),
+    ({"cases": {"a": {**CASES["lower"], "checks": [{"type": "lowercas"}]}, "b": CASES["short"]}}, "cases.a.checks[0]"),
+])
+def test_bad_sweep_requests_get_a_problem_body_naming_the_field(client, heartbeat, body, field):
+    heartbeat("smollm2-135m-instruct")
+    resp = client.post("/api/sweeps", json=body)
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    problem = resp.get_json()
+    assert resp.mimetype == "application/problem+json" and problem["status"] == 422
+    assert field in [e["field"] for e in problem["errors"]], problem
+
+
+def test_unknown_sweeps_are_404_and_the_api_document_describes_sweeps(client):
+    for path in ("/api/sweeps/999", "/api/sweeps/999.csv", "/api/sweeps/abc"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and resp.mimetype == "application/problem+json", path
+    doc = client.get("/api/openapi.json").get_json()
+    for path in ("/api/sweeps", "/api/sweeps/{sweep_id}", "/api/sweeps/{sweep_id}.csv", "/api/jobs.csv"):
+        assert path in doc["paths"], path
+    assert "SweepRequest" in doc["components"]["schemas"]
+
+
+def test_a_sweep_without_a_served_model_is_refused(client):
+    resp = client.post("/api/sweeps", json={"pack": "default"})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["field"] == "model"
+
+
+def test_a_small_sweep_walks_the_grid_step_by_step_and_recommends(client, heartbeat, clean_db):
+    heartbeat("smollm2-135m-instruct")
+    resp = client.post("/api/sweeps", json=SMALL)
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    sweep = resp.get_json()
+    assert resp.headers["Location"].endswith(f"/api/sweeps/{sweep['id']}")
+    assert sweep["status"] == "running" and sweep["current_multiplier"] == 3.0 and sweep["jobs"]["total"] == 2
+    ran = drive(clean_db, sweep["id"])
+    assert len(ran) == 4  # 2 cases x M = 3, 5 (each job's original is the shared M = 1 baseline)
+
+    done = client.get(f"/api/sweeps/{sweep['id']}").get_json()
+    assert done["status"] == "succeeded" and done["jobs"] == {"total": 4, "succeeded": 4}
+    assert {(r["multiplier"], r["split"]) for r in done["table"]} == {(m, s) for m in (1.0, 3.0, 5.0)
+                                                                      for s in ("validation", "test")}
+    rec = done["recommendation"]
+    assert rec["multiplier"] in (1.0, 3.0, 5.0) and rec["layers"] == "all" and rec["reason"]
+    with __import__("shared.db", fromlist=["session_scope"]).session_scope(clean_db) as s:
+        cells = s.execute(select(Job.case_name, Job.sweep_step)).all()
+        assert sorted(cells) == sorted((c, m) for c in CASES for m in (3.0, 5.0))  # each cell once
+        assert all(r.scores and r.scores.get("fluency") is not None for r in s.scalars(select(Run)))
+        row = s.get(Sweep, sweep["id"])
+        assert row.recommended_multiplier == rec["multiplier"]
+
+    table = list(csv.DictReader(io.StringIO(client.get(f"/api/sweeps/{sweep['id']}.csv").get_data(as_text=True))))
+    assert len(table) == 6 and sum(r["recommended"] == "True" for r in table) == 2
+
+    page = client.get(f"/sweeps/{sweep['id']}").get_data(as_text=True)
+    assert 'id="sweep-chart"' in page and "<svg" in page and 'id="recommended-band"' in page
+    assert f'href="/jobs/{ran[0]}"' in page  # per-case drill-down to the jobs
+    assert f"/jobs.csv?sweep_id={sweep['id']}" in page
+
+    wide = list(csv.DictReader(io.StringIO(client.get(f"/api/jobs.csv?sweep_id={sweep['id']}")
+                                           .get_data(as_text=True))))
+    assert len(wide) == 4 and {r["test_case"] for r in wide} == set(CASES)
+    assert list(wide[0])[:8] == ["test_case", "run_index", "original_length", "all_layers_length",
+                                 "middle_layers_length", "original_output", "all_layers_output",
+                                 "middle_layers_output"]
+    assert sorted(r["run_index"] for r in wide) == ["0", "0", "1", "1"]
+    assert all(r["original_fluency"] and r["all_layers_fluency"] for r in wide)
+
+
+def test_the_stop_rule_ends_a_sweep_at_the_baseline_when_no_output_is_fluent_enough(client, heartbeat, clean_db):
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json={**SMALL, "fluency_floor": 2}).get_json()
+    drive(clean_db, sweep["id"])
+    done = client.get(f"/api/sweeps/{sweep['id']}").get_json()
+    # 4-token answers are truncated (fluency <= 1.5 < 2): the walk stops at M = 1 after the first step.
+    assert done["status"] == "succeeded" and done["jobs"]["total"] == 2 and done["recommendation"] is None
+    assert "no recommendation" in done["choices"][0]["reason"]
+
+
+def test_the_sweep_form_starts_a_sweep_and_shows_errors(client, heartbeat):
+    heartbeat("smollm2-135m-instruct")
+    page = client.get("/sweeps").get_data(as_text=True)
+    assert 'id="sweep-form"' in page and 'name="pack"' in page
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    bad = client.post("/sweeps", data={"csrf_token": token, "source": "pack", "pack": "default", "grid": "1",
+                                       "layer_modes": "all", "head_fractions": "1", "fluency_floor": "1"})
+    assert bad.status_code == 422 and "at least one M other than 1" in bad.get_data(as_text=True)
+    ok = client.post("/sweeps", data={"csrf_token": token, "source": "upload", "pack": "default", "grid": "1, 3",
+                                      "layer_modes": "all", "head_fractions": "1", "fluency_floor": "1",
+                                      "max_new_tokens": "4",
+                                      "cases_file": (io.BytesIO(b"- {name: a, instruction: Be brief., query: Hi}\n"
+                                                                b"- {name: b, instruction: Be brief., query: Yo}\n"),
+                                                     "cases.yaml")},
+                     content_type="multipart/form-data")
+    assert ok.status_code == 303 and "/sweeps/" in ok.headers["Location"]
+
+
+def test_the_sweeper_advances_a_sweep_whose_worker_died_before_advancing_it(client, heartbeat, clean_db,
+                                                                             redis_namespace):
+    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.tasks import _execute_job
+
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json=SMALL).get_json()
+    settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace})
+    from shared.db import session_scope
+
+    with session_scope(clean_db) as s:
+        step1 = list(s.scalars(select(Job.id).where(Job.sweep_id == sweep["id"])))
+    for job_id in step1:  # the jobs finish, but their worker "dies" before advancing the sweep
+        assert _execute_job(job_id, "gone@host", settings=settings, db_url=clean_db, should_stop=lambda: False,
+                            is_alive=None) == "succeeded"
+    assert client.get(f"/api/sweeps/{sweep['id']}").get_json()["current_multiplier"] == 3.0
+    done = Sweeper(settings, db_url=clean_db).sweep()
+    assert done["sweeps"] == [sweep["id"]]
+    after = client.get(f"/api/sweeps/{sweep['id']}").get_json()
+    assert after["current_multiplier"] == 5.0 and after["jobs"]["total"] == 4
+    assert Sweeper(settings, db_url=clean_db).sweep()["sweeps"] == []  # nothing to do until step 2 ends
+    with session_scope(clean_db) as s:
+        assert s.scalar(select(Job.enqueued_at).where(Job.sweep_id == sweep["id"], Job.sweep_step == 5.0)
+                        .limit(1)) is not None  # the new step's messages were sent
+
+
+def test_cancelling_a_sweep_cancels_its_queued_jobs(client, heartbeat):
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json=SMALL).get_json()
+    resp = client.post(f"/api/sweeps/{sweep['id']}/cancel", json={})
+    assert resp.status_code == 200 and resp.get_json()["status"] == "cancelled"
+    assert resp.get_json()["jobs"] == {"total": 2, "cancelled": 2}
+    assert client.post(f"/api/sweeps/{sweep['id']}/cancel", json={}).status_code == 200  # repeat: a no-op
+
+
+def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_is_none(client, heartbeat, clean_db):
+    heartbeat("smollm2-135m-instruct")
+    base = {"instruction": "Answer only in French.", "query": "Hi?", "max_new_tokens": 4}
+    resp = client.post("/api/jobs", json={**base, "multipliers": "recommended"})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["field"] == "multipliers"
+    assert "no" in resp.get_json()["detail"] or "none" in resp.get_json()["detail"]
+    schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
+    assert "anyOf" not in schema["properties"]["multipliers"]  # not offered before a sweep finished
+
+    from shared.db import session_scope
+    from shared.store.tables import utcnow
+
+    with session_scope(clean_db) as s:
+        for m, layers, hf in ((3.0, "all", 1.0), (7.0, "middle", 0.5)):  # the later one wins
+            s.add(Sweep(status="succeeded", model="smollm2-135m-instruct", pack="ifeval", config={}, step_index=3,
+                        recommended_multiplier=m, recommended_layers=layers, recommended_head_fraction=hf,
+                        finished_at=utcnow()))
+            s.commit()
+    job = client.post("/api/jobs", json={**base, "multipliers": "recommended"}).get_json()
+    assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["middle"]
+    assert job["params"]["head_boost_percentage"] == 50.0
+    job = client.post("/api/jobs", json={**base, "multipliers": ["recommended"], "layer_modes": ["all"]}).get_json()
+    assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["all"]
+    schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
+    assert {"const": "recommended"} in schema["properties"]["multipliers"]["anyOf"]
+    # The form takes it too.
+    page = client.get("/").get_data(as_text=True)
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    resp = client.post("/", data={"csrf_token": token, **base, "max_new_tokens": "4", "multipliers": "recommended",
+                                  "layer_modes": ["all"]})
+    assert resp.status_code == 303
