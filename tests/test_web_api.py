@@ -41,7 +41,10 @@ def test_submit_enqueues_and_answers_202(client, heartbeat, redis_client, redis_
     assert job["status"] == "queued" and job["enqueued_at"] and job["progress"] == {"done": 0, "total": 3}
     assert job["params"]["multipliers"] == [2.0, 10.0] and job["params"]["instruction"] == BODY["instruction"]
     # The real Celery producer put exactly one message for this job on the model's queue.
-    raw = redis_client.lrange(f"{redis_namespace}:{model_queue(DEFAULT_MODEL)}", 0, -1)
+    from shared.celery_config import PRIORITY
+    from shared.workers import queue_key
+
+    raw = redis_client.lrange(queue_key(model_queue(DEFAULT_MODEL), PRIORITY["default"], redis_namespace), 0, -1)
     assert len(raw) == 1
     message = json.loads(raw[0])
     assert message["headers"]["task"] == "instaboost.run_job"

@@ -11,6 +11,7 @@ Database writes are retried with backoff for ``worker.db_retry_seconds`` when th
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import signal
 import threading
@@ -29,7 +30,7 @@ from shared.errors import Conflict, InstaBoostError
 from shared.schemas import JobRequest, Variant
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
-from shared.workers import redis_client, worker_runs
+from shared.workers import redis_client, stream_key, worker_runs
 
 log = logging.getLogger("instaboost.worker")
 
@@ -134,10 +135,67 @@ def _stored_variants(session, job_id: int) -> set[str]:
     return done
 
 
-def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
-                  budget: float, batch_size: int = 1) -> str:
+STREAM_TTL = 3600  # seconds a job's stream events are kept after the last one
+
+
+def _publisher(job: Job, attempt: int) -> Callable[[dict], None] | None:
+    """Return a function that appends an event to the job's stream list, or None when the job does not stream."""
+    if not job.params.get("stream"):
+        return None
+    from shared.settings import get_settings
+
+    s = get_settings()
+    redis, key = _redis(s["redis.url"]), stream_key(s["redis.namespace"], job.id)
+
+    def publish(event: dict) -> None:
+        try:
+            pipe = redis.pipeline()
+            pipe.rpush(key, json.dumps({**event, "attempt": attempt}))
+            pipe.expire(key, STREAM_TTL)
+            pipe.execute()
+        except Exception as exc:  # streaming is best effort: the stored result is the answer
+            log.warning("job %s: could not publish a stream event (%s)", job.id, type(exc).__name__)
+
+    return publish
+
+
+def _run_chat(session, job: Job, worker: str, budget: float) -> str:
+    """Run a chat job (one generation, OpenAI chat messages with boosted spans) and store its one run."""
+    from shared.chat import CHAT_VARIANT, generation_request
     from worker.engine import get_engine
 
+    done = with_db_retry(session, _stored_variants, job.id, budget=budget)
+    if CHAT_VARIANT not in done:
+        if with_db_retry(session, _ownership, job.id, worker, budget=budget) is JobStatus.cancelling:
+            return _finish_cancel(session, job.id, budget)
+        request = generation_request(job.params)
+        engine = get_engine(job.model, job.params.get("engine") or "fast")
+        publish = _publisher(job, job.attempts)
+        if publish is not None:
+            publish({"type": "start"})
+        result, = engine.generate([request], on_text=None if publish is None else
+                                  (lambda _row, delta: publish({"type": "delta", "text": delta})))
+        mults = [m for _, _, m in result.spans]
+        with_db_retry(session, lifecycle.record_run, job.id, CHAT_VARIANT,
+                      multiplier=max(mults, key=lambda x: abs(x - 1)) if mults else 1.0,
+                      layers=job.params["layers"] if mults else "none", heads=None, output_text=result.text,
+                      prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens, seconds=result.seconds,
+                      attention_mass=None, finish_reason=result.finish_reason, budget=budget)
+        session.commit()
+        if publish is not None:
+            publish({"type": "end", "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
+                     "completion_tokens": result.output_tokens})
+        log.info("job %s: chat done (%d tokens, %s)", job.id, result.output_tokens, result.finish_reason)
+    return with_db_retry(session, _succeed, job.id, budget=budget)
+
+
+def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
+                  budget: float, batch_size: int = 1) -> str:
+    from shared.chat import is_chat
+    from worker.engine import get_engine
+
+    if is_chat(job.params):
+        return _run_chat(session, job, worker, budget)
     request = JobRequest.from_params(job.params)
     variants = request.variants()
     done = with_db_retry(session, _stored_variants, job.id, budget=budget)
