@@ -302,7 +302,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         "start_layer": boost["start_layer"], "num_middle_layers": boost["num_middle_layers"],
         "head_boost_percentage": boost["head_boost_percentage"], "seed": decoding["seed"],
         "placement": boost["placement"], "engine": settings["instaboost.engine"], "max_new_tokens": max_new,
-        "temperature": decoding["temperature"], "top_p": decoding["top_p"],
+        "temperature": decoding["temperature"], "top_p": decoding["top_p"], "attention": False,
         # Chat only.
         "messages": messages, "layers": boost["layers"], "heads": boost["heads"], "stop": stop,
         "stream": bool(stream), "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),

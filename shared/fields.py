@@ -6,8 +6,8 @@
 takes one row here plus its use.
 
 Kinds: ``text`` (required, not blank), ``model`` (a model name), ``integer``, ``number``, ``choice``
-(one of ``choices``), ``numbers`` (a non-empty list of distinct numbers) and ``choices`` (a non-empty
-list of distinct choices).
+(one of ``choices``), ``numbers`` (a non-empty list of distinct numbers), ``choices`` (a non-empty
+list of distinct choices) and ``boolean`` (a switch: a form checkbox, a command-line flag).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ ENGINES = ("fast", "transformerlens")
 MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
-KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices",
+KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean",
          # Chat jobs only (CHAT_FIELDS; validated by shared.chat): OpenAI-shaped values.
-         "messages", "strings", "boolean", "object")
+         "messages", "strings", "object")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,9 @@ JOB_FIELDS: tuple[JobField, ...] = (
              setting="generation.temperature", lo=0, hi=10, advanced=True, cli="--temperature"),
     JobField("top_p", "number", "Nucleus sampling threshold (used when temperature > 0).", "Top p",
              setting="generation.top_p", lo=0, lo_open=True, hi=1, advanced=True, cli="--top-p"),
+    JobField("attention", "boolean", "Also measure the attention mass on the instruction per layer, unboosted "
+             "and boosted (two extra forward passes over each output).", "Attention analysis", default=False,
+             advanced=True, cli="--attention"),
 )
 
 BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}

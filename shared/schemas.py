@@ -65,6 +65,7 @@ class JobRequest:
     max_new_tokens: int
     temperature: float
     top_p: float
+    attention: bool
 
     # -- construction -------------------------------------------------------------------------
 
@@ -113,7 +114,8 @@ class JobRequest:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "JobRequest":
         """Rebuild a request from stored Job.params (already validated when submitted)."""
-        data = {k: params[k] for k in FIELD_NAMES}
+        # Jobs stored before a field was added lack it: they take its declared default.
+        data = {f.name: params.get(f.name, f.default) for f in JOB_FIELDS}
         data["multipliers"] = tuple(float(m) for m in data["multipliers"])
         data["layer_modes"] = tuple(data["layer_modes"])
         return cls(**data)

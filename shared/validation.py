@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from shared.fields import JobField
 
 MAX_MODEL_NAME = 255
+TRUE = ("true", "on", "yes", "1")
+FALSE = ("false", "off", "no", "0")
 
 # What counts as blank text: ECMAScript's \s, spelled out so the OpenAPI pattern (JSON Schema regexes are
 # ECMAScript) and this validator agree character for character.
@@ -78,6 +80,15 @@ class Validator:
     def check(self, spec: "JobField", value: Any) -> Any:
         """Return the field's value parsed and checked (errors are collected, a placeholder returned)."""
         return getattr(self, spec.kind)(spec, value)
+
+    def boolean(self, spec: "JobField", value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        # Forms and query strings send text: a checked checkbox sends "on".
+        if not self.strict and isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+        self.error(spec.name, f"{spec.name} must be true or false, got {brief(value)}")
+        return False
 
     def text(self, spec: "JobField", value: Any) -> str:
         name, limit = spec.name, self.settings["limits.max_text_chars"]

@@ -62,7 +62,7 @@ def web(pg_app):
     return pg_app.test_client()
 
 
-def check_finished_job(client, db_url: str, job_id: int, variants: list[str]) -> None:
+def check_finished_job(client, db_url: str, job_id: int, variants: list[str], attention: bool = True) -> None:
     body = wait_for(client, job_id, {"succeeded", "failed", "cancelled"})
     assert body["status"] == "succeeded", body["error"]
     assert body["progress"] == {"done": len(variants), "total": len(variants)}
@@ -73,8 +73,11 @@ def check_finished_job(client, db_url: str, job_id: int, variants: list[str]) ->
     assert by_name["original"][1] == 1.0 and by_name["original"][2] == "none"
     for variant, multiplier, layers, text, tokens, mass in runs:
         assert text.strip() and 1 <= tokens <= 8
+        if not attention:
+            assert mass is None  # the analysis costs two extra passes: only when asked
+            continue
         assert set(mass) == {"unboosted", "boosted"} and len(mass["boosted"]) == 30  # SmolLM2: 30 layers
-    if "all_x10" in by_name:
+    if "all_x10" in by_name and attention:
         assert by_name["all_x10"][1:3] == (10.0, "all")
         # The boost moves attention onto the instruction: the measured mass must rise.
         mass = by_name["all_x10"][5]
@@ -93,10 +96,12 @@ def check_finished_job(client, db_url: str, job_id: int, variants: list[str]) ->
 def test_form_submission_runs_to_success_and_exports(web, pg_url):
     page = web.get("/")
     assert page.status_code == 200
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    html = page.get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    assert re.search(r'name="attention" value="on"\s+checked', html)  # the form asks for the analysis
     resp = web.post("/", data={"csrf_token": token, "instruction": INSTRUCTION, "query": QUERY,
                                "model": "smollm2-135m-instruct", "multipliers": "10",
-                               "layer_modes": ["all", "middle"], "max_new_tokens": "8"})
+                               "layer_modes": ["all", "middle"], "max_new_tokens": "8", "attention": "on"})
     assert resp.status_code == 303, resp.get_data(as_text=True)[:2000]
     job_id = int(re.search(r"/jobs/(\d+)$", resp.headers["Location"]).group(1))
     check_finished_job(web, pg_url, job_id, ["original", "all_x10", "middle_x10"])
@@ -105,10 +110,11 @@ def test_form_submission_runs_to_success_and_exports(web, pg_url):
 
 
 def test_api_submission_runs_to_success(web, pg_url):
+    """The API leaves the attention analysis off unless asked (the form ticks it)."""
     resp = web.post("/api/jobs", json=TINY)
     assert resp.status_code == 202, resp.get_json()
     job_id = resp.get_json()["id"]
-    check_finished_job(web, pg_url, job_id, ["original", "all_x10"])
+    check_finished_job(web, pg_url, job_id, ["original", "all_x10"], attention=False)
 
 
 def test_near_equal_multipliers_each_get_their_own_run(web, pg_url):
@@ -125,7 +131,7 @@ def test_near_equal_multipliers_each_get_their_own_run(web, pg_url):
 
 def test_sqlite_store_end_to_end(sqlite_worker, sqlite_url):
     client = make_test_app(sqlite_url, sqlite_worker.namespace).test_client()
-    resp = client.post("/api/jobs", json=TINY)
+    resp = client.post("/api/jobs", json={**TINY, "attention": True})
     assert resp.status_code == 202, resp.get_json()
     check_finished_job(client, sqlite_url, resp.get_json()["id"], ["original", "all_x10"])
 

@@ -176,6 +176,8 @@ def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
         schema = {"type": f.kind, **_number_bounds(f, settings)}
     elif f.kind == "choice":
         schema = {"type": "string", "enum": list(f.choices)}
+    elif f.kind == "boolean":
+        schema = {"type": "boolean"}
     elif f.kind == "numbers":
         schema = {"type": "array", "items": {"type": "number", **_number_bounds(f, settings)}, "minItems": 1,
                   "uniqueItems": True}

@@ -46,6 +46,9 @@ def _form_defaults() -> dict[str, Any]:
             d[f.name] = ""
         elif f.kind == "numbers":  # one text input, comma-separated
             d[f.name] = ", ".join(multiplier_text(m) for m in d[f.name])
+    # The API leaves the attention analysis off (it costs two extra passes); a person at the form usually
+    # wants the chart, so the box starts ticked.
+    d["attention"] = True
     return d
 
 

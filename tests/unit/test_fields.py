@@ -110,15 +110,18 @@ def _cli_options(command: str) -> dict[str, argparse.Action]:
 
 @pytest.mark.parametrize("command", ["generate", "run-tests"])
 def test_the_command_line_options_are_the_declaration(command):
+    from worker.cli.main import RUN_TESTS_SKIP
+
     options = _cli_options(command)
     for f in JOB_FIELDS:
-        if f.cli is None or (command == "run-tests" and f.kind == "text"):
+        if f.cli is None or (command == "run-tests" and f.name in RUN_TESTS_SKIP):
             assert f.name not in options or f.cli is None
             continue
         action = options[f.name]
         assert f.cli in action.option_strings
         assert action.help.startswith(f.help)
         assert tuple(action.choices or ()) == (f.choices if f.kind == "choice" else ())
+        assert isinstance(action, argparse._StoreTrueAction) == (f.kind == "boolean")
 
 
 @pytest.mark.parametrize("f", [f for f in NUMERIC if f.cli], ids=lambda f: f.name)
@@ -147,3 +150,19 @@ def test_the_engine_parameters_apply_the_declared_bounds(name):
     for value in rejected if not f.hi_setting else rejected[:1]:
         with pytest.raises(ValidationError):
             GenerationParams(**{name: value})
+
+
+def test_a_boolean_field_takes_json_booleans_and_form_text():
+    assert JobRequest.from_dict(BASE, SETTINGS, strict=True).attention is False  # off unless asked
+    assert JobRequest.from_dict({**BASE, "attention": True}, SETTINGS, strict=True).attention is True
+    assert JobRequest.from_dict({**BASE, "attention": "on"}, SETTINGS).attention is True  # a ticked checkbox
+    for bad, strict in (("on", True), (1, True), ("maybe", False)):
+        with pytest.raises(ValidationError) as exc:
+            JobRequest.from_dict({**BASE, "attention": bad}, SETTINGS, strict=strict)
+        assert [e["field"] for e in exc.value.errors] == ["attention"]
+
+
+def test_a_job_stored_before_a_field_existed_takes_its_default():
+    params = JobRequest.from_dict(BASE, SETTINGS).to_params()
+    del params["attention"]
+    assert JobRequest.from_params(params).attention is False

@@ -14,6 +14,10 @@ from shared.fields import JOB_FIELDS
 from shared.settings import get_settings, to_markdown, to_yaml
 
 
+# run-tests takes instruction and query from its cases, and its CSV has no attention columns.
+RUN_TESTS_SKIP = ("instruction", "query", "attention")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every subcommand."""
     p = argparse.ArgumentParser(prog="instaboost", description="Instruction attention boosting (InstaBoost).")
@@ -25,14 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_args(g)
     g.add_argument("--layers", help="all | middle | comma-separated indices like 0,3,5")
     g.add_argument("--heads", help=HEADS_HELP)
-    g.add_argument("--attention", action="store_true", help="also report attention mass on the instruction per layer")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
 
     t = sub.add_parser("run-tests", help="run test cases into the original / all / middle comparison CSV")
     t.add_argument("--cases", help="YAML or JSON file of cases (default: the built-in cases)")
     t.add_argument("--output", help="CSV path (default: results/instaboost_results_<time>.csv)")
     t.add_argument("--num-runs", type=int)
-    add_field_options(t, skip=("instruction", "query"))
+    add_field_options(t, skip=RUN_TESTS_SKIP)
     _runtime_args(t)
     t.add_argument("--heads", help=HEADS_HELP)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -69,6 +72,8 @@ def add_field_options(p: argparse.ArgumentParser, required: tuple[str, ...] = ()
                   "required": f.name in required, "metavar": f.name.upper().rstrip("S") if f.is_list else None}
         if f.kind == "choice":
             kwargs.update(choices=f.choices, metavar=None)
+        elif f.kind == "boolean":
+            kwargs = {"dest": f.name, "help": f.help, "action": "store_true", "default": None}
         p.add_argument(*flags, **kwargs)
 
 
@@ -171,7 +176,7 @@ def cmd_generate(args) -> int:
     spec, params, values = _spec_and_params(args, s)
     request = GenerationRequest(values["instruction"], values["query"], spec, params)
     engine = _engine(args, s, values)
-    result = engine.generate([request], attention=args.attention)[0]
+    result = engine.generate([request], attention=values["attention"])[0]
     if args.json:
         out = {"model": engine.model_name, "engine": engine.kind, "multiplier": spec.multiplier,
                "layers": list(spec.resolve_layers(engine.n_layers)),

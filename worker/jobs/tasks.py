@@ -211,7 +211,7 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
             return _finish_cancel(session, job.id, budget)
         if should_stop():
             raise ShutdownRequested()
-        results = engine.generate([request.generation_request(v) for v in chunk], attention=True)
+        results = engine.generate([request.generation_request(v) for v in chunk], attention=request.attention)
         for variant, result in zip(chunk, results):
             with_db_retry(session, lifecycle.record_run, job.id, variant.name, multiplier=variant.multiplier,
                           layers="none" if variant.is_original else variant.layer_mode,
