@@ -15,6 +15,7 @@ Numbers are checked with the job API's own field rows (shared.fields), so the bo
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
@@ -333,5 +334,41 @@ def generation_request(params: Mapping[str, Any]):
 
 
 CHAT_VARIANT = "chat"  # the one run a chat job stores
+
+
+def fingerprint(params: dict) -> str:
+    """Return the system_fingerprint: what, besides the request, decides the output (model, engine, version)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("instaboost")
+    except PackageNotFoundError:
+        v = "dev"
+    return "fp_" + hashlib.sha256(f"{params.get('model')}|{params.get('engine')}|{v}".encode()).hexdigest()[:12]
+
+
+def completion_id(job_id: int) -> str:
+    """Return a chat completion's id: its job's id."""
+    return str(job_id)
+
+
+def _usage(run) -> dict:
+    p, c = (run.prompt_tokens, run.output_tokens) if run is not None else (0, 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def completion_body(job, run) -> dict:
+    """Return the OpenAI chat.completion object of a finished chat job."""
+    return {
+        "id": completion_id(job.id), "object": "chat.completion", "created": int(job.created_at.timestamp()),
+        "model": job.model, "system_fingerprint": fingerprint(job.params),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.output_text, "refusal": None},
+                     "logprobs": None, "finish_reason": run.finish_reason or "stop"}],
+        "usage": _usage(run),
+        "instaboost": {"job_id": job.id, "multiplier": run.multiplier, "layers": run.layers,
+                       "placement": job.params.get("placement")},
+    }
+
+
 __all__ = ["chat_params", "is_chat", "generation_request", "split_boost_tags", "CHAT_VARIANT", "CHAT_ENDPOINT",
-           "CHAT_BY_NAME"]
+           "CHAT_BY_NAME", "completion_body", "fingerprint"]

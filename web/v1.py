@@ -10,15 +10,14 @@ Errors take OpenAI's shape: {"error": {"message", "type", "param", "code"}}; inv
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from shared.chat import CHAT_VARIANT, chat_params, is_chat
-from shared.errors import InstaBoostError, ModelError, NotFound, ValidationError
+from shared.chat import CHAT_VARIANT, chat_params, completion_body, completion_id, fingerprint, is_chat
+from shared.errors import InstaBoostError, ModelError, NotFound, UnsupportedMediaType, ValidationError
 from shared.store import queries, submission
 from shared.store.tables import Job, JobStatus, Run
 from shared.workers import live_workers, stream_key
@@ -125,40 +124,6 @@ def model(model):
 
 
 # -- chat completions -------------------------------------------------------------------------------------------
-
-
-def fingerprint(params: dict) -> str:
-    """Return the system_fingerprint: what, besides the request, decides the output (model, engine, version)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("instaboost")
-    except PackageNotFoundError:
-        v = "dev"
-    return "fp_" + hashlib.sha256(f"{params.get('model')}|{params.get('engine')}|{v}".encode()).hexdigest()[:12]
-
-
-def completion_id(job_id: int) -> str:
-    """Return a chat completion's id: its job's id."""
-    return str(job_id)
-
-
-def _usage(run: Run | None) -> dict:
-    p, c = (run.prompt_tokens, run.output_tokens) if run is not None else (0, 0)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def completion_body(job: Job, run: Run) -> dict:
-    """Return the OpenAI chat.completion object of a finished chat job."""
-    return {
-        "id": completion_id(job.id), "object": "chat.completion", "created": int(job.created_at.timestamp()),
-        "model": job.model, "system_fingerprint": fingerprint(job.params),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.output_text, "refusal": None},
-                     "logprobs": None, "finish_reason": run.finish_reason or "stop"}],
-        "usage": _usage(run),
-        "instaboost": {"job_id": job.id, "multiplier": run.multiplier, "layers": run.layers,
-                       "placement": job.params.get("placement")},
-    }
 
 
 def _chat_run(session, job_id: int) -> Run | None:
@@ -305,3 +270,110 @@ def _stream(job_id: int, params: dict, wait: float):
     p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
     yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
     yield "data: [DONE]\n\n"
+
+
+# -- files -----------------------------------------------------------------------------------------------------
+
+
+def _limit(default: int = 20, hi: int = 100) -> int:
+    from shared.validation import parse_int
+
+    value = request.args.get("limit")
+    return default if value in (None, "") else parse_int("limit", value, lo=1, hi=hi)
+
+
+@bp.post("/files")
+def upload_file():
+    """Upload a JSONL file (multipart: file, purpose=batch), up to limits.max_file_bytes."""
+    from shared.errors import BadRequest
+    from shared.store import batches
+
+    s = services()
+    request.max_content_length = int(s.settings["limits.max_file_bytes"]) + 64 * 1024  # the form's other parts
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType(f"send the file as multipart/form-data with fields file and purpose (got "
+                                   f"{request.mimetype or 'no content type'!r})", field="Content-Type")
+    upload = request.files.get("file")
+    purpose = request.form.get("purpose")
+    if purpose is None:
+        raise BadRequest("purpose is required: batch", field="purpose")
+    if upload is None:
+        raise BadRequest("file is required: the JSONL file as a multipart part named file", field="file")
+    limit = int(s.settings["limits.max_file_bytes"])
+    content = upload.read(limit + 1)
+    if len(content) > limit:
+        return openai_error(413, f"the file is larger than {limit} bytes (limits.max_file_bytes); split it",
+                            param="file", code="file_too_large")
+    f = batches.create_file(db(), purpose, upload.filename or "upload.jsonl", content,
+                            int(s.settings["limits.max_queued_jobs"]))
+    return jsonify(batches.file_to_dict(f))
+
+
+@bp.get("/files")
+def list_files():
+    """List files, newest first (purpose, limit, after)."""
+    from shared.store import batches
+
+    return jsonify(batches.list_files(db(), request.args.get("purpose") or None, _limit(10_000, 10_000),
+                                      request.args.get("after") or None))
+
+
+@bp.get("/files/<file_id>")
+def get_file(file_id):
+    from shared.store import batches
+
+    return jsonify(batches.file_to_dict(batches.get_file(db(), file_id)))
+
+
+@bp.get("/files/<file_id>/content")
+def file_content(file_id):
+    from shared.store import batches
+
+    f = batches.get_file(db(), file_id)
+    return Response(f.content, mimetype="application/jsonl",
+                    headers={"Content-Disposition": f'attachment; filename="{f.id}.jsonl"'})
+
+
+@bp.delete("/files/<file_id>")
+def delete_file(file_id):
+    from shared.store import batches
+
+    return jsonify(batches.delete_file(db(), file_id))
+
+
+# -- batches ---------------------------------------------------------------------------------------------------
+
+
+@bp.post("/batches")
+def create_batch():
+    """Create a batch: each line of the input file becomes one stored chat job, queued behind interactive work."""
+    from shared.store import batches
+
+    b = batches.create_batch(db(), _json_body(), **submit_kwargs())
+    return jsonify(batches.batch_to_dict(db(), b))
+
+
+@bp.get("/batches/<batch_id>")
+def get_batch(batch_id):
+    from shared.store import batches
+
+    session = db()
+    b = batches.get_batch(session, batch_id)
+    b = batches.refresh_batch(session, b.id)
+    return jsonify(batches.batch_to_dict(session, b))
+
+
+@bp.get("/batches")
+def list_batches():
+    """List batches, newest first (after: the last id of the previous page; limit 1..100, default 20)."""
+    from shared.store import batches
+
+    return jsonify(batches.list_batches(db(), _limit(), request.args.get("after") or None))
+
+
+@bp.post("/batches/<batch_id>/cancel")
+def cancel_batch(batch_id):
+    from shared.store import batches
+
+    session = db()
+    return jsonify(batches.batch_to_dict(session, batches.cancel_batch(session, batch_id)))

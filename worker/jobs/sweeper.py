@@ -66,7 +66,8 @@ class Sweeper:
 
     def sweep(self) -> dict[str, list[int]]:
         """Run one pass; return the job ids acted on: {"orphaned", "poisoned", "cancelled", "outbox", "lost"}."""
-        done: dict[str, list[int]] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": []}
+        done: dict[str, list] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": [],
+                                 "batches": []}
         try:
             self.redis.ping()
         except Exception as exc:
@@ -78,6 +79,7 @@ class Sweeper:
         self._orphans(done)
         self._outbox(done)
         self._lost(done)
+        self._batches(done)
         for kind, ids in done.items():
             if ids:
                 log.warning("sweeper: %s jobs %s", kind, ids)
@@ -157,6 +159,17 @@ class Sweeper:
         known = {r.id for r in rows}
         for job_id in [j for j in self._missing_since if j not in known]:
             del self._missing_since[job_id]
+
+    def _batches(self, done: dict[str, list]) -> None:
+        """Move OpenAI batches on whose last job ended without its worker doing it (e.g. failed by this sweeper)."""
+        from shared.store import batches
+
+        with session_scope(self.db_url) as s:
+            for batch_id in batches.open_batch_ids(s):
+                before = s.get(batches.Batch, batch_id).status
+                after = batches.refresh_batch(s, batch_id).status
+                if after != before:
+                    done["batches"].append(batch_id)
 
     def _send(self, job_id: int, model: str, expected_enqueued_at, priority: int | None = None) -> bool:
         """Claim the job's (re)send with a conditional UPDATE, then publish; undo the claim if that fails."""

@@ -255,8 +255,32 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[s
                 is_alive: Callable[[str], bool] | None = None) -> str:
     """Run one delivery of a job and return the status it ended in (or "skipped").
 
-    is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped.
+    is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped. When the job is a
+    line of an OpenAI batch and it ended, the batch is moved on (finalized once its last job ends).
     """
+    status = _execute_job(job_id, worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
+                          is_alive=is_alive)
+    if status in (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value):
+        _batch_hook(db_url, job_id)
+    return status
+
+
+def _batch_hook(db_url: str | None, job_id: int) -> None:
+    from shared.store import batches
+
+    try:
+        with session_scope(db_url) as session:
+            batch_id = session.scalar(select(Job.batch_id).where(Job.id == job_id))
+            session.commit()
+            if batch_id:
+                batches.refresh_batch(session, batch_id)
+    except Exception as exc:  # the sweeper and the web's reads finalize it later
+        log.warning("job %s: could not move its batch on (%s: %s)", job_id, type(exc).__name__, exc)
+
+
+def _execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[str, Any] | None = None,
+                 db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False,
+                 is_alive: Callable[[str], bool] | None = None) -> str:
     if settings is None:
         from shared.settings import get_settings
 
