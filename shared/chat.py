@@ -108,7 +108,8 @@ def _messages(v: Validator, value: Any, tag_m: float, default_m: float | None) -
             _error(v, f, f"{f} has unknown keys {', '.join(map(brief, unknown[:5]))}; allowed: role, content, "
                          "name, boost")
             continue
-        role = ROLE_ALIASES.get(m.get("role"), m.get("role"))
+        role = m.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in CHAT_ROLES:
             _error(v, f"{f}.role", f"{f}.role must be one of system, developer, user, assistant; got "
                                    f"{brief(m.get('role'))}")

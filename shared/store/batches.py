@@ -40,6 +40,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
+def _key(value: Any) -> str | None:
+    """Return value when it can be a stored id (a string of at most 64 printable characters), else None."""
+    if isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable():
+        return value
+    return None
+
+
 # -- files ---------------------------------------------------------------------------------------------------
 
 
@@ -90,7 +97,7 @@ def _store_file(session: Session, purpose: str, filename: str, content: bytes) -
 
 
 def get_file(session: Session, file_id: str) -> File:
-    f = session.get(File, str(file_id)[:64]) if isinstance(file_id, str) else None
+    f = session.get(File, _key(file_id)) if _key(file_id) else None
     if f is None:
         raise NotFound(f"no file with id {brief(file_id)}", field="file_id")
     return f
@@ -114,7 +121,7 @@ def list_files(session: Session, purpose: str | None, limit: int, after: str | N
     if purpose:
         stmt = stmt.where(File.purpose == purpose)
     if after:
-        anchor = session.get(File, after[:64])
+        anchor = session.get(File, _key(after)) if _key(after) else None
         if anchor is not None:
             stmt = stmt.where((File.created_at < anchor.created_at) |
                               ((File.created_at == anchor.created_at) & (File.id < anchor.id)))
@@ -212,7 +219,7 @@ def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], ce
         raise ValidationError(f"endpoint must be {CHAT_ENDPOINT} (the one this server batches); got "
                               f"{brief(body.get('endpoint'))}", field="endpoint")
     window = body.get("completion_window")
-    if window not in COMPLETION_WINDOWS:
+    if not isinstance(window, str) or window not in COMPLETION_WINDOWS:
         raise ValidationError(f"completion_window must be one of {', '.join(COMPLETION_WINDOWS)}; got "
                               f"{brief(window)}", field="completion_window")
     meta = _metadata(body.get("metadata"))
@@ -220,7 +227,7 @@ def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], ce
     if not isinstance(file_id, str) or not file_id:
         raise ValidationError("input_file_id must be the id of a file uploaded with purpose batch",
                               field="input_file_id")
-    f = session.get(File, file_id[:64])
+    f = session.get(File, _key(file_id)) if _key(file_id) else None
     if f is None:
         raise NotFound(f"no file with id {brief(file_id)}; upload it with POST /v1/files (purpose batch)",
                        field="input_file_id")
@@ -263,7 +270,7 @@ def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], ce
 
 
 def get_batch(session: Session, batch_id: Any) -> Batch:
-    b = session.get(Batch, batch_id[:64], populate_existing=True) if isinstance(batch_id, str) else None
+    b = session.get(Batch, _key(batch_id), populate_existing=True) if _key(batch_id) else None
     if b is None:
         raise NotFound(f"no batch with id {brief(batch_id)}", field="batch_id")
     return b
@@ -412,7 +419,7 @@ def batch_to_dict(session: Session, batch: Batch) -> dict[str, Any]:
 def list_batches(session: Session, limit: int, after: str | None) -> dict[str, Any]:
     stmt = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc())
     if after:
-        anchor = session.get(Batch, after[:64])
+        anchor = session.get(Batch, _key(after)) if _key(after) else None
         if anchor is None:
             raise NotFound(f"no batch with id {brief(after)} to list after", field="after")
         stmt = stmt.where((Batch.created_at < anchor.created_at) |
