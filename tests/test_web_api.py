@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -294,8 +295,9 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
     assert doc["openapi"].startswith("3.1") and doc["security"] == [{}]  # no token configured: open
     assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL, None]  # null: the default
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-    routes = {(m, r.rule.replace("<job_id>", "{job_id}")) for r in client.application.url_map.iter_rules()
-              if r.rule.startswith("/api") or r.rule in ("/healthz", "/readyz") for m in r.methods - {"HEAD", "OPTIONS"}}
+    routes = {(m, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule)) for r in client.application.url_map.iter_rules()
+              if r.rule.startswith(("/api", "/v1/")) or r.rule in ("/healthz", "/readyz")
+              for m in r.methods - {"HEAD", "OPTIONS"}}
     assert routes == documented
 
     def check(resp, path, method):

@@ -187,11 +187,11 @@ def _finished(session, job: Job) -> Response:
     return resp
 
 
-@bp.get("/chat/completions/<job_id>")
-def get_completion(job_id):
+@bp.get("/chat/completions/<completion_id>")
+def get_completion(completion_id):
     """Return a stored chat completion by id (its job's id); 409 while it is still queued or running."""
     session = db()
-    job = queries.get_job(session, job_id, with_runs=False)
+    job = queries.get_job(session, completion_id, with_runs=False)
     if not is_chat(job.params):
         raise NotFound(f"job {job.id} is not a chat completion (see GET /api/jobs/{job.id})", field="completion_id")
     if not job.status.finished:
