@@ -127,3 +127,24 @@ def test_files_delete(client):  # noqa: F811
         client.files.retrieve(f.id)
     with pytest.raises(openai.NotFoundError):
         client.files.content(f.id)
+
+
+def test_a_chat_completion_overtakes_queued_batch_lines(client, pg_url):  # noqa: F811
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.store.tables import Job
+
+    lines = [line(f"slow-{k}", QUESTIONS[k % len(QUESTIONS)], max_tokens=32) for k in range(6)]
+    f = client.files.create(file=("slow.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    resp = client.chat.completions.create(model=MODEL, max_tokens=4, temperature=0,
+                                          messages=[{"role": "user", "content": "Hi!"}])
+    with session_scope(pg_url) as s:
+        chat_started = s.get(Job, int(resp.id)).started_at
+        later = list(s.scalars(select(Job.id).where(Job.batch_id == batch.id, (Job.started_at.is_(None)) |
+                                                    (Job.started_at > chat_started))))
+    # Sent after all six lines, it ran before most of them: at most the line running when it arrived went first.
+    assert len(later) >= 4, later
+    client.batches.cancel(batch.id)
+    assert wait_batch(client, batch.id, {"cancelled", "completed"}).status in ("cancelled", "completed")
