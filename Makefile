@@ -3,7 +3,7 @@ PYTHON ?= python3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install services run test demo bench settings-docs docker-base docker-test
+.PHONY: install services run test test-fast demo bench settings-docs docker-base docker-test
 
 install:
 	bash scripts/install.sh
@@ -21,9 +21,16 @@ demo: install
 	HF_HUB_OFFLINE=1 instaboost generate --instruction "Answer only in French." \
 	  --query "What is the capital of Germany?" --multiplier 10
 
+# Everything: tests/<layer>/ for unit, cli, engine, store, web, jobs, system (see README, Tests).
 test: install
 	bash scripts/services.sh
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+
+# What needs no model, no services and no browser or Docker: the tests no marker excludes (tests/unit,
+# tests/cli and the unmarked tests of the other folders). No install step, no services started.
+FAST = not slow and not services and not browser and not docker
+test-fast:
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "$(FAST)"
 
 # Docker without a registry: start an engine (and Compose v2) if none answers, build the local base images
 # (instaboost-base, -redis, -postgres) and print the .env lines that select them.
@@ -31,10 +38,10 @@ docker-base:
 	bash scripts/docker-engine.sh
 	bash scripts/docker-base.sh
 
-# The compose stack end to end: images, `--profile cpu up`, a job over HTTP, a worker restart (tests/test_docker.py).
+# The compose stack end to end: images, `--profile cpu up`, a job over HTTP, a worker restart (tests/system/test_docker.py).
 docker-test: install
 	bash scripts/docker-engine.sh
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m docker tests/test_docker.py
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m docker tests/system/test_docker.py
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PYTHON) bench/overhead.py

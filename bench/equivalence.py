@@ -53,8 +53,9 @@ def long_query(engine, min_tokens: int) -> str:
 
 
 @torch.inference_mode()
-def decode_vs_full(engine, req: GenerationRequest, steps: int = 3) -> float:
-    """Max |Δ logit| between decoding the prompt's last `steps` tokens with the KV cache and one uncached forward."""
+def cached_and_full(engine, req: GenerationRequest, steps: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under the engine's boost: (the logits of the prompt's last `steps` positions decoded one at a time with
+    the KV cache, the same positions from one uncached forward). tests/engine/test_sliding_window.py uses it too."""
     p = engine.prompt(req)
     ids = torch.tensor([p.input_ids], device=engine.device)
     n = ids.shape[1]
@@ -72,7 +73,13 @@ def decode_vs_full(engine, req: GenerationRequest, steps: int = 3) -> float:
             out = model(input_ids=ids[:, k:k + 1], past_key_values=past, use_cache=True)
             past = out.past_key_values
             cached.append(out.logits[0, -1].float())
-    return (torch.stack(cached) - full).abs().max().item()
+    return torch.stack(cached), full
+
+
+def decode_vs_full(engine, req: GenerationRequest, steps: int = 3) -> float:
+    """Max |Δ logit| between decoding the prompt's last `steps` tokens with the KV cache and one uncached forward."""
+    cached, full = cached_and_full(engine, req, steps)
+    return (cached - full).abs().max().item()
 
 
 def compare(fast, tl, query: str, fp32: bool, long: bool, label: str) -> list[str]:

@@ -1,9 +1,12 @@
 """Time per generated token: plain HF generate vs the fast engine vs the TransformerLens engine.
 
 One run, same prompt, greedy, a fixed number of new tokens after a warm-up; rounds are interleaved
-so drift hits every contender alike. Prints medians and the ratios to plain.
+so drift hits every contender alike. Prints medians and the ratios to plain. Then the cost of the
+per-layer attention analysis (a job's ``attention`` option): the fast engine with it off and on, at the
+short prompt and at a prompt of about --long-prompt tokens, as ratios to "off" at the same length.
 
     python bench/overhead.py [--tokens 64] [--rounds 5] [--batch 1] [--device auto] [--dtype auto]
+                             [--long-prompt 1000] [--no-analysis]
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--multiplier", type=float, default=5.0)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--long-prompt", type=int, default=1000, help="tokens of the long prompt in the analysis part")
+    ap.add_argument("--no-analysis", action="store_true", help="skip the attention-analysis part")
     args = ap.parse_args()
 
     plain = load_model(args.model, args.device, args.dtype)
@@ -93,6 +98,31 @@ def main() -> None:
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:>16}: {med * 1000:8.3f} ms/token   ratio to plain {med / base:6.3f}")
+    if not args.no_analysis:
+        analysis_cost(fast, args, params)
+
+
+def analysis_cost(fast, args, params) -> None:
+    """Time a generation with the attention analysis off and on, at the short and the long prompt."""
+    filler = " ".join(f"Guideline {i}: keep answers polite, precise and short." for i in range(400))
+    long_instruction = fast.tokenizer.decode(fast.tokenizer(filler)["input_ids"][:args.long_prompt])
+    prompts = {"short": GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=args.multiplier), params),
+               "long": GenerationRequest(long_instruction, QUERY, BoostSpec(multiplier=args.multiplier), params)}
+    times = {(k, on): [] for k in prompts for on in (False, True)}
+    for (k, on) in times:  # warm-up
+        fast.generate([prompts[k]], attention=on)
+    for _ in range(args.rounds):
+        for (k, on) in times:
+            sync(fast.device)
+            t0 = time.perf_counter()
+            fast.generate([prompts[k]], attention=on)
+            sync(fast.device)
+            times[(k, on)].append(time.perf_counter() - t0)
+    print(f"attention analysis (fast engine, {args.tokens} new tokens, median of {args.rounds}):")
+    for k, req in prompts.items():
+        n = len(fast.prompt(req).input_ids)
+        off, on = statistics.median(times[(k, False)]), statistics.median(times[(k, True)])
+        print(f"{k:>6} prompt ({n:5d} tokens): off {off:7.3f} s   on {on:7.3f} s   ratio on/off {on / off:6.3f}")
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ class GenerationResult:
     output_tokens: int
     span: tuple[int, int]  # [start, end) token positions of the instruction (chat: all boosted spans' hull)
     span_text: str
-    seconds: float  # wall time of the generate call that produced it (shared by the rows of one batch)
+    seconds: float  # generation wall time; in a batch, from the batch's start to this row's last token
     # {"unboosted": [per layer], "boosted": [per layer]}: attention mass on the instruction,
     # mean over heads and generated positions; None unless asked for.
     attention_mass: dict[str, list[float]] | None = None

@@ -1,4 +1,8 @@
-"""Test configuration: real model, real Redis, real PostgreSQL; fixtures live in tests/fixtures/."""
+"""Test configuration: real model, real Redis, real PostgreSQL; fixtures live in tests/fixtures/.
+
+Tests sit in one folder per layer (unit, cli, engine, store, web, jobs, system; tests/unit/test_layout.py lists
+what each holds); each folder's conftest.py applies its markers, shared helpers are in tests/helpers.py.
+"""
 
 import os
 

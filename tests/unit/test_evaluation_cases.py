@@ -155,6 +155,8 @@ def test_file_level_problems(tmp_path):
 def test_the_default_pack_is_the_twelve_cases():
     cases = load_pack("default")
     assert len(cases) == 12 and all(c.checks for c in cases)
+    text = " ".join(c.description.lower() for c in cases)
+    assert all(word in text for word in ("persona", "format", "refusal", "language"))
     worker_file = Path(__file__).parents[2] / "worker" / "cases" / "default.yaml"
     if worker_file.is_file():
         assert cases == load_cases(worker_file)

@@ -6,7 +6,8 @@ differ only in how they apply the boost inside attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Callable, Sequence
 
@@ -109,6 +110,23 @@ class Engine:
             kwargs["tokenizer"] = self.tokenizer  # generate() needs it to match stop strings
         return kwargs
 
+    def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: "StepClock") -> dict:
+        """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
+
+        generate() decodes greedily up to the longest row's budget; RowSampler draws the sampling rows'
+        tokens with their own seeded generators and RowBudget ends each row at its own length.
+        """
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        params = [r.params for r in requests]
+        budgets = [p.max_new_tokens for p in params]
+        kwargs = self._gen_kwargs(replace(params[0], max_new_tokens=max(budgets), temperature=0.0))
+        criteria = [clock] + ([RowBudget(width, budgets)] if len(set(budgets)) > 1 else [])
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_wrap(StoppingCriteria, c) for c in criteria])
+        if any(not p.greedy for p in params):
+            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, RowSampler(params, self.device))])
+        return kwargs
+
     def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
                  on_text: Callable[[int, str], None] | None = None) -> list[GenerationResult]:
         """Generate for every request; requests sharing decoding settings run as one batch.
@@ -131,23 +149,27 @@ class Engine:
     def _generate_group(self, requests, prompts, attention, on_text=None) -> list[GenerationResult]:
         raise NotImplementedError
 
-    def _streamer(self, rows: int, params: GenerationParams, on_text):
+    def _streamer(self, requests: Sequence[GenerationRequest], on_text):
         """Return a streamer for generate() that relays each row's text deltas, or None."""
         if on_text is None:
             return None
         from worker.engine.streaming import RowStreamer
 
-        return RowStreamer(self.tokenizer, rows, self._eos_ids(), on_text, params.stop)
+        return RowStreamer(self.tokenizer, len(requests), self._eos_ids(), on_text, requests[0].params.stop,
+                           budgets=[r.params.max_new_tokens for r in requests])
 
     def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
-                masses) -> list[GenerationResult]:
+                masses, clock: "StepClock | None" = None) -> list[GenerationResult]:
         width = batch.input_ids.shape[1]
         eos = self._eos_ids()
         out = []
         for row, (req, p) in enumerate(zip(requests, prompts)):
-            gen = sequences[row, width:].tolist()
+            gen = sequences[row, width:width + req.params.max_new_tokens].tolist()  # after its budget: padding
             # A row a stop string ended is padded afterwards; the pad token does not count as generated.
             n = content_length(gen, eos | ({self.tokenizer.pad_token_id} if req.params.stop else set()))
+            if clock is not None:
+                # In a batch a row costs until its own last token (its EOS counts), not the batch's whole time.
+                seconds = clock.until_step(min(n + 1, len(gen)))
             text, stopped = final_text(self.tokenizer.decode(gen[:n], skip_special_tokens=True), req.params.stop)
             spans = tuple((a, b, req.spec.multiplier if m is None else m) for a, b, m in p.spans)
             out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
@@ -163,7 +185,7 @@ class Engine:
             eos = self.tokenizer.eos_token_id
         return set(eos if isinstance(eos, (list, tuple)) else [eos])
 
-    def _analysis_inputs(self, batch: Batch, sequences: torch.Tensor):
+    def _analysis_inputs(self, batch: Batch, sequences: torch.Tensor, budgets: Sequence[int]):
         """Return (attention mask, query selector) for re-reading a finished generation."""
         width = batch.input_ids.shape[1]
         eos = self._eos_ids()
@@ -171,7 +193,7 @@ class Engine:
         mask[:, :width] = batch.attention_mask
         q_sel = torch.zeros_like(sequences, dtype=torch.bool)
         for row in range(sequences.shape[0]):
-            gen = sequences[row, width:].tolist()
+            gen = sequences[row, width:width + budgets[row]].tolist()
             n = min(content_length(gen, eos) + 1, len(gen))  # the EOS counts as generated here
             mask[row, width + n:] = 0
             # Positions width-1 .. width+n-2 are the queries whose outputs were the generated tokens.
@@ -183,13 +205,42 @@ class Engine:
         raise NotImplementedError
 
 
+class StepClock:
+    """A stopping criterion that stops nothing: it records when each decoding step ends.
+
+    Passed to generate() so every row of a batch can report the time to its own last token.
+    """
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.steps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        self.steps.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def until_step(self, n: int) -> float:
+        """Return the seconds from the start to the end of decoding step n (1-based; clamped to those seen)."""
+        if not self.steps:
+            return time.perf_counter() - self.start
+        return self.steps[max(1, min(n, len(self.steps))) - 1] - self.start
+
+
+
+def _wrap(base: type, fn):
+    """Return fn as an instance of transformers' base class (generate() checks the type)."""
+    return type(type(fn).__name__, (base,), {"__call__": lambda self, *a, **kw: fn(*a, **kw)})()
+
+
 def content_length(generated: list[int], eos: set[int]) -> int:
     """Return how many generated tokens come before the first end-of-sequence token."""
     return next((k for k, t in enumerate(generated) if t in eos), len(generated))
 
 
 def params_key(p: GenerationParams):
-    return (p.max_new_tokens, p.temperature, p.top_p, p.seed, p.stop)
+    # Rows with different lengths, temperatures, top-p and seeds share a batch (RowSampler, RowBudget);
+    # generate() matches stop strings for the whole batch, so those still split it.
+    return (p.stop,)
 
 
 def processed_length(args, kwargs) -> int | None:
@@ -208,6 +259,38 @@ def processed_length(args, kwargs) -> int | None:
     return int(seen) + int(x.shape[1])
 
 
-def seed_sampling(params: GenerationParams) -> None:
-    if not params.greedy:
-        torch.manual_seed(params.seed)
+class RowSampler:
+    """A logits processor that samples each sampling row with a generator of its own, seeded by the row's seed.
+
+    The drawn token is left as the row's only finite logit, so generate()'s greedy step picks it; greedy
+    rows are untouched. A row's draws therefore depend on its own seed and logits alone, not on which
+    rows share its batch (global-RNG sampling repeated only for the same batch).
+    """
+
+    def __init__(self, params: Sequence[GenerationParams], device: str):
+        self.rows = [(i, p, torch.Generator(device=device).manual_seed(p.seed))
+                     for i, p in enumerate(params) if not p.greedy]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for i, p, gen in self.rows:
+            probs = torch.softmax(scores[i].float() / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                # Nucleus: keep the most likely tokens until their mass reaches top_p (at least one).
+                sorted_probs, order = probs.sort(descending=True)
+                drop = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p
+                probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+            token = torch.multinomial(probs, 1, generator=gen)
+            scores[i] = float("-inf")
+            scores[i, token] = 0.0
+        return scores
+
+
+class RowBudget:
+    """A stopping criterion that ends each row at its own max_new_tokens (generate() pads it afterwards)."""
+
+    def __init__(self, width: int, budgets: Sequence[int]):
+        self.width = width
+        self.budgets = torch.tensor(list(budgets))
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return (input_ids.shape[1] - self.width >= self.budgets).to(input_ids.device)

@@ -159,10 +159,17 @@ def instruction_mass(weights: torch.Tensor, key_mask: torch.Tensor, q_positions:
 
     weights: [B, H, Q, K] post-softmax; key_mask: [B, K]; q_positions: [B, Q] bool selecting queries.
     """
+    return instruction_mass_sum(weights, key_mask, q_positions) / q_positions.sum(-1).clamp_min(1)
+
+
+def instruction_mass_sum(weights: torch.Tensor, key_mask: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
+    """Return [B] the head-mean attention mass on the instruction summed over the selected queries.
+
+    Sums add up over blocks of queries, so a long sequence can be measured a block at a time.
+    """
     keys = _fit(key_mask, weights.shape[-1])
     mass = (weights.float() * keys[:, None, None, :]).sum(-1).mean(1)  # [B, Q]
-    sel = q_positions.to(mass.dtype)
-    return (mass * sel).sum(-1) / sel.sum(-1).clamp_min(1)
+    return (mass * q_positions.to(mass.dtype)).sum(-1)
 
 
 def _fit(mask: torch.Tensor, length: int, fill=0) -> torch.Tensor:

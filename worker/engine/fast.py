@@ -18,11 +18,12 @@ import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
-from worker.engine.base import Batch, Engine, processed_length, seed_sampling
-from worker.engine.boost import BatchBoost, bias_for_layer, key_offset, build_batch_boost, instruction_mass
+from worker.engine.base import Batch, Engine, StepClock, processed_length
+from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass_sum, key_offset
 from worker.engine.loading import LoadedModel
 
 ATTN_NAME = "instaboost_sdpa"
+ANALYSIS_BLOCK = 128  # queries measured at once by the attention analysis: B x H x 128 x K floats
 
 
 @dataclass
@@ -62,34 +63,45 @@ def _instaboost_attention(module, query, key, value, attention_mask, **kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     bias = state.bias(module.layer_idx, key.shape[2], query.dtype)
     if state.record is not None:
-        return _eager_with_record(module, query, key, value, attention_mask, bias, state, **kwargs)
+        return _sdpa_with_record(module, query, key, value, attention_mask, bias, state, **kwargs)
     if bias is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=bias, **kwargs)
 
 
-def _eager_with_record(module, query, key, value, attention_mask, bias, state, scaling=None, **kwargs):
-    """Compute attention explicitly so the instruction mass can be read; used only for analysis passes."""
-    from transformers.integrations.sdpa_attention import repeat_kv
+def _sdpa_with_record(module, query, key, value, attention_mask, bias, state, scaling=None, **kwargs):
+    """Run the layer's attention as usual and record its instruction mass, in bounded memory (analysis passes).
 
-    groups = getattr(module, "num_key_value_groups", 1)
-    k, v = repeat_kv(key, groups), repeat_kv(value, groups)
+    Only the queries whose outputs were generated tokens are measured, ANALYSIS_BLOCK of them at a time,
+    so the explicit [B, H, Q, K] weights of a long prompt are never held at once: memory grows with K,
+    not with Q x K.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, position_bias=bias,
+                                 **kwargs)
+    k = repeat_kv(key, getattr(module, "num_key_value_groups", 1)).float()
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query.float(), k.float().transpose(2, 3)) * scaling
     q_len, kv_len = query.shape[2], k.shape[2]
-    if attention_mask is None:
-        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
-        attention_mask = allowed[None, None]
-    if attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask, float("-inf"))
-    else:
-        scores = scores + attention_mask.float()
-    if bias is not None:
-        scores = scores + bias.float()
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    state.record[module.layer_idx] = instruction_mass(weights, state.keys, state.q_sel)
-    out = torch.matmul(weights.to(v.dtype), v).transpose(1, 2).contiguous()
-    return out, None
+    sel = state.q_sel[:, -q_len:]
+    rows = sel.any(0).nonzero().flatten()
+    total = torch.zeros(query.shape[0], dtype=torch.float32, device=query.device)
+    first, last = (int(rows.min()), int(rows.max()) + 1) if rows.numel() else (0, 0)
+    for a in range(first, last, ANALYSIS_BLOCK):
+        b = min(a + ANALYSIS_BLOCK, last)
+        scores = torch.matmul(query[:, :, a:b].float(), k.transpose(2, 3)) * scaling  # [B, H, b-a, K]
+        if attention_mask is None:  # causal: query i sees keys up to i + (K - Q)
+            allowed = torch.ones(b - a, kv_len, dtype=torch.bool, device=query.device).tril(a + kv_len - q_len)
+            scores = scores.masked_fill(~allowed[None, None], float("-inf"))
+        else:
+            mask = attention_mask if attention_mask.shape[2] == 1 else attention_mask[:, :, a:b]
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        if bias is not None:
+            scores = scores + bias.float()
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        total += instruction_mass_sum(weights, state.keys, sel[:, a:b])
+    state.record[module.layer_idx] = total / sel.sum(-1).clamp_min(1)
+    return out
 
 
 def _track_total(module, args, kwargs) -> None:
@@ -150,22 +162,21 @@ class FastEngine(Engine):
     @torch.inference_mode()
     def _generate_group(self, requests, prompts, attention, on_text=None):
         batch = self._pad(prompts)
-        params = requests[0].params
-        boost = self._boost_for(requests, batch, batch.input_ids.shape[1])
-        seed_sampling(params)
-        t0 = time.perf_counter()
-        with fast_boost(boost, capacity=batch.input_ids.shape[1] + params.max_new_tokens):
+        width = batch.input_ids.shape[1]
+        boost = self._boost_for(requests, batch, width)
+        clock = StepClock()
+        with fast_boost(boost, capacity=width + max(r.params.max_new_tokens for r in requests)):
             seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                             streamer=self._streamer(len(requests), params, on_text),
-                                             **self._gen_kwargs(params))
+                                             streamer=self._streamer(requests, on_text),
+                                             **self._decode_kwargs(requests, width, clock))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - clock.start
         masses = self._attention_mass(requests, batch, seq) if attention else None
-        return self._finish(requests, prompts, batch, seq, seconds, masses)
+        return self._finish(requests, prompts, batch, seq, seconds, masses, clock if len(requests) > 1 else None)
 
     def _attention_mass(self, requests, batch, seq):
-        mask, q_sel = self._analysis_inputs(batch, seq)
+        mask, q_sel = self._analysis_inputs(batch, seq, [r.params.max_new_tokens for r in requests])
         boost = build_batch_boost([r.spec for r in requests], batch.spans, seq.shape[1], self.n_layers,
                                   self.n_heads, self.device)
         out = {}

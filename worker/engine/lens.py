@@ -13,7 +13,7 @@ import time
 import torch
 
 from shared.spec import GenerationRequest
-from worker.engine.base import Engine, processed_length, seed_sampling
+from worker.engine.base import Engine, StepClock, processed_length
 from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
 from worker.engine.loading import LoadedModel
 
@@ -64,21 +64,20 @@ class TransformerLensEngine(Engine):
         for row, (req, p) in enumerate(zip(requests, prompts)):
             batch = self._pad([p])
             boost = self._boost_for(req, p, batch.input_ids.shape[1])
-            seed_sampling(req.params)
             relay = None if on_text is None else (lambda _r, delta, row=row: on_text(row, delta))
-            t0 = time.perf_counter()
+            clock = StepClock()
             with self.hooked(boost):
                 seq = self.bridge.original_model.generate(input_ids=batch.input_ids,
                                                           attention_mask=batch.attention_mask,
-                                                          streamer=self._streamer(1, req.params, relay),
-                                                          **self._gen_kwargs(req.params))
-            seconds = time.perf_counter() - t0
+                                                          streamer=self._streamer([req], relay),
+                                                          **self._decode_kwargs([req], batch.input_ids.shape[1], clock))
+            seconds = time.perf_counter() - clock.start
             masses = self._attention_mass(req, p, batch, seq) if attention else None
             out.extend(self._finish([req], [p], batch, seq, seconds, masses))
         return out
 
     def _attention_mass(self, req, p, batch, seq):
-        mask, q_sel = self._analysis_inputs(batch, seq)
+        mask, q_sel = self._analysis_inputs(batch, seq, [req.params.max_new_tokens])
         boost = build_batch_boost([req.spec], batch.spans, seq.shape[1], self.n_layers, self.n_heads,
                                   self.device)
         res = {}

@@ -15,7 +15,7 @@ class RowStreamer:
     """
 
     def __init__(self, tokenizer, rows: int, eos: set[int], on_text: Callable[[int, str], None],
-                 stop: Sequence[str] = ()):
+                 stop: Sequence[str] = (), budgets: Sequence[int] | None = None):
         self.tokenizer = tokenizer
         self.eos = eos
         self.on_text = on_text
@@ -23,6 +23,7 @@ class RowStreamer:
         self.done = [False] * rows
         self.buffers = [DeltaBuffer(stop) for _ in range(rows)]
         self._prompt_seen = False
+        self.budgets = list(budgets) if budgets is not None else None  # each row's max_new_tokens
 
     def put(self, value) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt ids
@@ -39,6 +40,8 @@ class RowStreamer:
             self._emit(row, self.buffers[row].update(self._decode(row)))
             if self.buffers[row].stopped:
                 self.done[row] = True
+            elif self.budgets is not None and len(self.ids[row]) >= self.budgets[row]:
+                self._flush(row)  # the row's own max_new_tokens: what follows is padding
 
     def end(self) -> None:
         for row in range(len(self.ids)):

@@ -1,0 +1,569 @@
+"""Fault injection: real worker subprocesses, the real model, real Redis and PostgreSQL, real faults.
+
+Every test counts, per job, the variants lost (expected but never stored) and duplicated (stored twice,
+or generated and recorded twice according to the workers' logs); both must be 0. The counts are printed
+(``-s``) and summarised at the end of the run ("fault injection" section; also in .pytest_cache).
+
+The workers here run the sweeper with short intervals (``FAST``) on a database and Redis namespace of
+their own: the sweeper acts on every row of its database.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select as sql_select
+from sqlalchemy import text
+
+from shared.celery_config import TASK_NAME, celery_config, make_celery, model_queue
+from shared.db import session_scope, upgrade
+from shared.errors import ValidationError
+from shared.schemas import JobRequest
+from shared.settings import load_settings
+from shared.store import lifecycle, submission
+from shared.store.tables import FINAL, Job, JobStatus, Run
+from shared.workers import redis_client
+from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database, make_test_app
+from tests.fixtures.worker import WorkerProcess, purge_namespace, record_fault
+
+
+# Short heartbeats and sweeps so a dead worker is noticed in ~4 s instead of ~50 s.
+FAST = {"INSTABOOST_WORKER_HEARTBEAT_INTERVAL": "0.5", "INSTABOOST_WORKER_HEARTBEAT_TTL": "3",
+        "INSTABOOST_SWEEPER_ENABLED": "1", "INSTABOOST_SWEEPER_INTERVAL": "0.5",
+        "INSTABOOST_SWEEPER_OUTBOX_GRACE": "2", "INSTABOOST_SWEEPER_LOST_AFTER": "2",
+        "INSTABOOST_WORKER_JOB_TIME_LIMIT": "120", "INSTABOOST_WORKER_VISIBILITY_TIMEOUT": "600",
+        "INSTABOOST_WORKER_MAX_ATTEMPTS": "10", "INSTABOOST_WORKER_DB_RETRY_SECONDS": "40"}
+BASE = {"instruction": "Answer only in French.", "query": "Tell me a short story about a dragon."}
+# ~1.5-2 s per variant on a busy 2-core machine: long enough to kill a worker mid-variant.
+THREE = {**BASE, "max_new_tokens": 24, "multipliers": [10], "layer_modes": ["all", "middle"]}
+SMALL = {**BASE, "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"]}
+
+
+@pytest.fixture(scope="module")
+def fault_db():
+    """A migrated database of its own: the sweepers of these tests act on every row they see."""
+    url = create_pg_database("instaboost_test_faults")
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@dataclass
+class JobView:
+    id: int
+    status: str
+    attempts: int
+    worker: str | None
+    error: str | None
+    done: int
+    total: int
+    variants: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return JobStatus(self.status) in FINAL
+
+
+class Harness:
+    """One test's database, Redis namespace, workers and submissions."""
+
+    def __init__(self, db_url: str, namespace: str, tmp: Path):
+        self.db_url = db_url
+        self.namespace = namespace
+        self.tmp = tmp
+        self.redis_url = TEST_REDIS_URL
+        self.workers: list[WorkerProcess] = []
+
+    def settings(self, **overrides):
+        return load_settings(overrides={"database.url": self.db_url, "redis.url": self.redis_url,
+                                        "redis.namespace": self.namespace, "worker.job_time_limit": 120,
+                                        "worker.visibility_timeout": 600, **overrides})
+
+    def worker(self, db_url: str | None = None, wait: bool = True, **env) -> WorkerProcess:
+        """Start a worker (FAST sweeper settings, overridden by env) and wait for its heartbeat."""
+        env = {**FAST, **{f"INSTABOOST_WORKER_{k.upper()}": str(v) for k, v in env.items()}}
+        w = WorkerProcess(db_url or self.db_url, self.namespace, self.tmp / f"worker{len(self.workers)}.log",
+                          env=env, redis_url=self.redis_url)
+        self.workers.append(w)
+        return w.start() if wait else w.spawn()
+
+    def submit(self, body: dict) -> int:
+        """Submit through shared.submission.submit_job (the web app's path): row first, then the message."""
+        s = self.settings()
+        client = redis_client(self.redis_url)
+        try:
+            with session_scope(self.db_url) as session:
+                return submission.submit_job(session, JobRequest.from_dict(body), settings=s,
+                                       celery_app=make_celery(s), redis=client).id
+        finally:
+            client.close()
+
+    def job(self, job_id: int) -> JobView:
+        with session_scope(self.db_url) as s:
+            j = s.get(Job, job_id)
+            runs = list(s.scalars(sql_select(Run.variant).where(Run.job_id == job_id).order_by(Run.id)))
+            return JobView(j.id, j.status.value, j.attempts, j.worker, j.error, j.progress_done, j.progress_total,
+                           runs)
+
+    def wait(self, job_id: int, predicate, timeout: float = 90, what: str = "") -> JobView:
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.job(job_id)
+            if predicate(view):
+                return view
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {w.hostname}\n{w.log_tail(2500)}" for w in self.workers[-2:])
+                raise AssertionError(f"job {job_id} never {what or 'got there'}: {view}\n{logs}")
+            time.sleep(0.05)
+
+    def wait_running_on(self, job_id: int, w: WorkerProcess, timeout: float = 60) -> JobView:
+        return self.wait(job_id, lambda j: (j.status == "running" and j.worker == w.worker_id) or j.finished,
+                         timeout, f"ran on {w.worker_id}")
+
+    def wait_finished(self, job_id: int, timeout: float = 120) -> JobView:
+        return self.wait(job_id, lambda j: j.finished, timeout, "finished")
+
+    def recorded(self, job_id: int) -> list[str]:
+        """Return the variants the workers' logs say were generated and stored for a job (one per time)."""
+        pattern = re.compile(rf"job {job_id}: variant (\S+) done")
+        return [m.group(1) for w in self.workers for m in pattern.finditer(w.log_tail(10**7))]
+
+    def sweeps(self, kind: str, job_id: int) -> int:
+        """Return how many sweeper passes (in all workers' logs) acted on job_id as kind (orphaned, lost...)."""
+        found = re.findall(rf"sweeper: {kind} jobs \[([\d, ]+)\]", "".join(w.log_tail(10**7) for w in self.workers))
+        return sum(str(job_id) in [x.strip() for x in ids.split(",")] for ids in found)
+
+    def counts(self, job_id: int, expected: list[str]) -> tuple[int, int]:
+        """Return (lost, duplicated) for a job: variants never stored; rows or generations beyond one each."""
+        view = self.job(job_id)
+        lost = len(set(expected) - set(view.variants))
+        stored_twice = len(view.variants) - len(set(view.variants)) + len(set(view.variants) - set(expected))
+        logged = self.recorded(job_id)
+        generated_twice = len(logged) - len(set(logged))
+        return lost, stored_twice + generated_twice
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w.alive():
+                w.stop(timeout=15)
+
+
+@pytest.fixture
+def h(fault_db, redis_namespace, tmp_path):
+    from shared.db import get_db_engine
+
+    with get_db_engine(fault_db).begin() as conn:
+        conn.execute(text("TRUNCATE runs, jobs RESTART IDENTITY CASCADE"))
+    harness = Harness(fault_db, f"{redis_namespace}_f{uuid.uuid4().hex[:4]}", tmp_path)
+    yield harness
+    harness.close()
+    if harness.redis_url == TEST_REDIS_URL:
+        purge_namespace(harness.namespace)
+
+
+def variants_of(body: dict) -> list[str]:
+    return [v.name for v in JobRequest.from_dict(body).variants()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- 1. kill -9 mid-variant, five times on one job ---------------------------------------------------
+
+def test_kill_9_mid_variant_five_times_then_exactly_one_run_per_variant(h):
+    expected = variants_of(THREE)
+    w = h.worker()
+    job_id = h.submit(THREE)
+    # Kill right after a delivery starts, or right after it stored a variant: each time mid-generation.
+    plan = ["after claim", "after a variant", "after claim", "after a variant", "after claim"]
+    kills = []
+    for point in plan:
+        view = h.wait_running_on(job_id, w)
+        assert not view.finished, f"job finished after {len(kills)} kills; make it longer"
+        if point == "after a variant":
+            base = view.done
+            h.wait(job_id, lambda j: j.done > base or j.finished, 30, "stored a variant")
+        time.sleep(0.4)  # inside the next variant's generation (one takes ~1.5 s or more)
+        view = h.job(job_id)
+        assert view.status == "running" and view.worker == w.worker_id and view.done < view.total, view
+        w.kill()
+        kills.append(view.done)
+        w = h.worker()  # its sweeper finds the dead worker's job and sends it again
+    final = h.wait_finished(job_id)
+    lost, duplicated = h.counts(job_id, expected)
+    record_fault("kill -9 worker mid-variant", injected=len(kills), survived=final.status == "succeeded",
+                 lost=lost, duplicated=duplicated, progress_at_kills=kills, attempts=final.attempts)
+    assert final.status == "succeeded", final
+    assert sorted(final.variants) == sorted(expected) and final.done == final.total == len(expected)
+    assert final.attempts == len(plan) + 1 and final.worker == w.worker_id and final.error is None
+    assert (lost, duplicated) == (0, 0)
+    assert max(kills) > 0  # some kills came after stored variants, which the next delivery resumed from
+    assert h.sweeps("orphaned", job_id) == len(plan)  # each time the sweeper, not Redis' timeout, sent it again
+
+
+# -- 2. Redis stops mid-queue, and comes back empty ---------------------------------------------------
+
+class RedisServer:
+    """A private redis-server without persistence (the shared one on 6379 is never touched)."""
+
+    def __init__(self, port: int, log: Path):
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"],
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        client = redis_client(f"redis://127.0.0.1:{self.port}/0")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except Exception:
+                assert time.monotonic() < deadline and self.proc.poll() is None, "redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = RedisServer(free_port(), tmp_path / "redis.log").start()
+    yield server
+    server.kill()
+
+
+def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis, h):
+    h.redis_url = f"redis://127.0.0.1:{private_redis.port}/0"
+    w = h.worker()
+    web = make_test_app(h.db_url, h.namespace, REDIS_URL=h.redis_url).test_client()
+    body = {**SMALL, "max_new_tokens": 16}
+    expected = variants_of(body)
+    before = []
+    for _ in range(3):
+        resp = web.post("/api/jobs", json=body)
+        assert resp.status_code == 202, resp.get_json()
+        before.append(resp.get_json()["id"])
+    h.wait_running_on(before[0], w)
+    from shared.celery_config import PRIORITY
+    from shared.workers import queue_key
+
+    queue = queue_key(model_queue('smollm2-135m-instruct'), PRIORITY["default"], h.namespace)
+    assert redis_client(h.redis_url).llen(queue) == 2  # two jobs wait in Redis behind the running one
+
+    private_redis.kill()  # mid-queue: one job running, two waiting, all in memory only
+    rows = h.job(before[-1]).id
+    resp = web.post("/api/jobs", json=body)
+    assert resp.status_code == 503 and resp.mimetype == "application/problem+json", resp.get_data(as_text=True)
+    assert int(resp.headers["Retry-After"]) > 0 and "retry" in resp.get_json()["detail"]
+    with session_scope(h.db_url) as s:
+        assert max(s.scalars(sql_select(Job.id))) == rows  # the refused submission left no row behind
+        # A web process that died between storing a job and handing it to the broker (the outbox).
+        req = JobRequest.from_dict(body)
+        orphan = Job(status=JobStatus.queued, model=req.model, params=req.to_params(), progress_total=len(expected))
+        s.add(orphan)
+        s.flush()
+        outbox = orphan.id
+    time.sleep(3)
+    private_redis.start()  # same port, empty: the two waiting messages are gone
+    ids = before + [outbox]
+    finals = [h.wait_finished(job_id, 120) for job_id in ids]
+    resp = web.post("/api/jobs", json=body)
+    assert resp.status_code == 202, resp.get_json()
+    after = resp.get_json()["id"]
+    finals.append(h.wait_finished(after, 60))
+
+    lost = duplicated = 0
+    for view in finals:
+        l, d = h.counts(view.id, expected)
+        lost, duplicated = lost + l, duplicated + d
+    record_fault("Redis killed mid-queue, restarted empty", injected=1,
+                 survived=all(v.status == "succeeded" for v in finals), lost=lost, duplicated=duplicated,
+                 jobs=len(finals), refused_503=1)
+    for view in finals:
+        assert view.status == "succeeded" and sorted(view.variants) == sorted(expected), view
+    assert (lost, duplicated) == (0, 0)
+    assert w.alive() and all(v.worker == w.worker_id for v in finals)  # the worker rode out the outage
+    # Heartbeats vanished with Redis, yet the job running through the outage was never taken from its worker.
+    assert [v.attempts for v in finals] == [1] * len(finals)
+    assert h.sweeps("lost", before[1]) == h.sweeps("lost", before[2]) == 1 and h.sweeps("outbox", outbox) == 1
+
+
+# -- 3. the database is unreachable while a variant finishes -------------------------------------------
+
+class PausableProxy:
+    """A TCP proxy to PostgreSQL that can drop every connection and refuse new ones for a while."""
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.paused = threading.Event()
+        self.pairs: set[tuple[socket.socket, socket.socket]] = set()
+        self.lock = threading.Lock()
+        self.dropped = self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.paused.is_set():
+                self.refused += 1
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                conn.close()
+                continue
+            pair = (conn, upstream)
+            with self.lock:
+                self.pairs.add(pair)
+            threading.Thread(target=self._pump, args=(pair,), daemon=True).start()
+
+    def _pump(self, pair) -> None:
+        a, b = pair
+        try:
+            while True:
+                readable, _, _ = select.select([a, b], [], [], 0.5)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (b if sock is a else a).sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            self._close(pair)
+
+    def _close(self, pair) -> None:
+        with self.lock:
+            self.pairs.discard(pair)
+        for sock in pair:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def pause(self) -> None:
+        """Drop every open connection and refuse new ones."""
+        self.paused.set()
+        with self.lock:
+            pairs = list(self.pairs)
+        self.dropped += len(pairs)
+        for pair in pairs:
+            self._close(pair)
+
+    def resume(self) -> None:
+        self.paused.clear()
+
+    def close(self) -> None:
+        self.pause()
+        self.listener.close()
+
+
+def test_database_unreachable_while_a_variant_finishes_stores_the_run_once(h):
+    proxy = PausableProxy()
+    try:
+        w = h.worker(db_url=h.db_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"))
+        expected = variants_of(THREE)
+        job_id = h.submit(THREE)
+        h.wait(job_id, lambda j: (j.status == "running" and j.done >= 1) or j.finished, 60, "stored a variant")
+        proxy.pause()  # the next variant is generating; it finishes while the database is gone
+        time.sleep(5)
+        assert h.job(job_id).done == 1  # nothing could be written meanwhile
+        proxy.resume()
+        final = h.wait_finished(job_id, 90)
+    finally:
+        proxy.close()
+    retries = w.log_tail(10**7).count("database unreachable")
+    lost, duplicated = h.counts(job_id, expected)
+    record_fault("database unreachable 5 s mid-job", injected=1, survived=final.status == "succeeded",
+                 lost=lost, duplicated=duplicated, dropped_connections=proxy.dropped,
+                 refused_connections=proxy.refused, worker_retries=retries, attempts=final.attempts)
+    assert final.status == "succeeded", final
+    assert sorted(final.variants) == sorted(expected) and final.attempts == 1  # retried in place, no redelivery
+    assert (lost, duplicated) == (0, 0)
+    assert proxy.dropped >= 1 and retries >= 1, w.log_tail()  # the outage really hit the worker's writes
+    assert w.alive()
+
+
+def test_database_down_past_the_retry_budget_hands_the_job_back_and_it_resumes(h):
+    proxy = PausableProxy()
+    try:
+        w = h.worker(db_url=h.db_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"), db_retry_seconds=2)
+        expected = variants_of(THREE)
+        job_id = h.submit(THREE)
+        h.wait(job_id, lambda j: (j.status == "running" and j.done >= 1) or j.finished, 60, "stored a variant")
+        proxy.pause()  # longer than the worker's 2 s budget: it gives the message back, again and again
+        deadline = time.monotonic() + 30
+        while "message handed back to the queue" not in w.log_tail(10**7):
+            assert time.monotonic() < deadline, w.log_tail()
+            time.sleep(0.2)
+        time.sleep(2)
+        proxy.resume()
+        final = h.wait_finished(job_id, 90)
+    finally:
+        proxy.close()
+    handed_back = w.log_tail(10**7).count("message handed back to the queue")
+    lost, duplicated = h.counts(job_id, expected)
+    record_fault("database down past the retry budget", injected=1, survived=final.status == "succeeded",
+                 lost=lost, duplicated=duplicated, handed_back=handed_back, attempts=final.attempts)
+    assert final.status == "succeeded" and sorted(final.variants) == sorted(expected), final
+    assert handed_back >= 1 and final.worker == w.worker_id and w.alive()
+    assert (lost, duplicated) == (0, 0)
+
+
+# -- 4. a poison job that kills its worker every time ----------------------------------------------------
+
+def test_poison_job_fails_after_max_attempts_and_does_not_block_the_queue(h):
+    max_attempts = 2
+    w = h.worker(max_attempts=max_attempts)
+    poison = h.submit(THREE)
+    h.wait_running_on(poison, w)
+    healthy = h.submit(SMALL)  # queued behind the poison job
+    kills = 0
+    while True:
+        view = h.wait_running_on(poison, w, 90)
+        if view.finished:
+            break
+        time.sleep(0.3)
+        w.kill()  # "the job kills its worker": every time a worker starts it
+        kills += 1
+        assert kills <= max_attempts, f"poison job delivered {kills + 1} times"
+        w = h.worker(max_attempts=max_attempts)
+    p = h.wait_finished(poison)
+    good = h.wait_finished(healthy, 60)
+    after = h.submit(SMALL)  # the surviving worker still takes work
+    late = h.wait_finished(after, 60)
+    lost, duplicated = h.counts(healthy, variants_of(SMALL))
+    l2, d2 = h.counts(after, variants_of(SMALL))
+    _, d3 = h.counts(poison, variants_of(THREE))
+    record_fault("poison job killing its worker", injected=kills,
+                 survived=p.status == "failed" and good.status == late.status == "succeeded",
+                 lost=lost + l2, duplicated=duplicated + d2 + d3, poison_attempts=p.attempts)
+    assert p.status == "failed" and "poison" in p.error and f"max_attempts={max_attempts}" in p.error, p
+    assert p.attempts == max_attempts == kills
+    assert good.status == "succeeded" and good.attempts == 1 and late.status == "succeeded"
+    assert (lost + l2, duplicated + d2 + d3) == (0, 0)
+    assert h.sweeps("orphaned", poison) == max_attempts - 1 and h.sweeps("poisoned", poison) == 1
+
+
+# -- 5. a job overruns the time limit; the same worker process goes on ---------------------------------
+
+def test_time_limit_fails_the_job_and_the_same_worker_process_runs_the_next(h):
+    w = h.worker(job_time_limit=4)  # soft limit 3 s
+    long = h.submit({**BASE, "query": "Write a long story about a dragon who learns to cook.",
+                     "max_new_tokens": 400, "multipliers": [10], "layer_modes": ["all"]})
+    failed = h.wait_finished(long, 60)
+    small = h.submit(SMALL)
+    ok = h.wait_finished(small, 60)
+    lost, duplicated = h.counts(small, variants_of(SMALL))
+    record_fault("job over the time limit", injected=1,
+                 survived=failed.status == "failed" and ok.status == "succeeded", lost=lost, duplicated=duplicated)
+    assert failed.status == "failed" and "time limit" in failed.error and "worker.job_time_limit=4" in failed.error
+    assert failed.attempts == 1 and len(failed.variants) < 2
+    assert ok.status == "succeeded" and (lost, duplicated) == (0, 0)
+    assert w.alive() and ok.worker == failed.worker == w.worker_id and w.heartbeat()["pid"] == w.pid
+
+
+# -- 6. long jobs are delivered once while their worker lives ------------------------------------------
+
+def test_visibility_timeout_must_exceed_the_time_limit_and_a_worker_refuses_otherwise(h):
+    with pytest.raises(ValidationError, match="must exceed worker.job_time_limit"):
+        celery_config(h.settings(**{"worker.job_time_limit": 600, "worker.visibility_timeout": 300}))
+    with pytest.raises(ValidationError, match="heartbeat_ttl"):
+        celery_config(h.settings(**{"worker.heartbeat_interval": 5, "worker.heartbeat_ttl": 5}))
+    bad = WorkerProcess(h.db_url, h.namespace, h.tmp / "bad.log",
+                        env={**FAST, "INSTABOOST_WORKER_VISIBILITY_TIMEOUT": "60"})
+    with pytest.raises(RuntimeError, match="worker exited"):
+        bad.start(timeout=60)
+    assert "must exceed worker.job_time_limit" in bad.log_tail()
+
+
+def test_long_job_is_delivered_once_and_a_duplicate_message_is_skipped(h):
+    a, b = h.worker(wait=False), h.worker(wait=False)
+    a.wait_ready(), b.wait_ready()
+    body = {**THREE, "max_new_tokens": 40}
+    expected = variants_of(body)
+    job_id = h.submit(body)
+    view = h.wait(job_id, lambda j: j.status == "running" or j.finished, 60, "started")
+    runner = a if view.worker == a.worker_id else b
+    other = b if runner is a else a
+    # A second message for the running job (as a lost-message resend or a Redis redelivery would make):
+    # the idle worker receives it and must leave the job to its live worker.
+    make_celery(h.settings()).send_task(TASK_NAME, args=[job_id], queue=model_queue("smollm2-135m-instruct"))
+    started = time.monotonic()
+    final = h.wait_finished(job_id, 120)
+    ran_for = time.monotonic() - started
+    lost, duplicated = h.counts(job_id, expected)
+    skipped = other.log_tail(10**7).count(f"job {job_id}: skipped")
+    record_fault("long job + duplicate delivery while its worker lives", injected=1,
+                 survived=final.status == "succeeded" and final.attempts == 1, lost=lost, duplicated=duplicated,
+                 attempts=final.attempts, seconds_after_duplicate=round(ran_for, 1))
+    assert final.status == "succeeded" and final.attempts == 1 and final.worker == runner.worker_id, final
+    # It outlived the heartbeat TTL, the lost-message delay and many sweeps, and was still delivered once.
+    assert ran_for > 3
+    assert skipped == 1, other.log_tail()
+    assert (lost, duplicated) == (0, 0)
+
+
+# -- two claimants of one dead worker's job ------------------------------------------------------------
+
+def test_concurrent_claimants_of_a_dead_workers_job_exactly_one_wins(fault_db):
+    from shared.db import get_sessionmaker
+
+    req = JobRequest.from_dict(SMALL)
+    with session_scope(fault_db) as s:
+        job = Job(status=JobStatus.running, model=req.model, params=req.to_params(), worker="dead@host:1:aa",
+                  attempts=1, progress_total=2)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    n = 8
+    barrier = threading.Barrier(n)
+    won: list[str] = []
+
+    def claim(i: int) -> None:
+        session = get_sessionmaker(fault_db)()
+        try:
+            barrier.wait()
+            # Every claimant but the dead one counts as alive (each runs the job once it has claimed it).
+            if lifecycle.mark_running(session, job_id, f"w{i}", is_alive=lambda w: w != "dead@host:1:aa") is not None:
+                won.append(f"w{i}")
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with session_scope(fault_db) as s:
+        job = s.get(Job, job_id)
+        assert len(won) == 1 and job.worker == won[0] and job.status is JobStatus.running and job.attempts == 2
+        s.delete(job)

@@ -1,0 +1,238 @@
+"""The job task body, in-process on the real model and PostgreSQL: resume, poison, time limit, cancel.
+
+Plus the Celery configuration and heartbeats against the real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from shared.celery_config import celery_config, model_queue, soft_time_limit
+from shared.db import session_scope
+from shared.errors import ValidationError
+from shared.schemas import JobRequest
+from shared.settings import load_settings
+from shared.store import lifecycle
+from shared.store.tables import Job, JobStatus, Run
+from shared.workers import live_workers, served_models
+from tests.fixtures.store import TEST_REDIS_URL
+
+TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
+        "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"]}
+
+
+def new_job(url: str, status: JobStatus = JobStatus.queued, attempts: int = 0, **fields) -> int:
+    req = JobRequest.from_dict({**TINY, **fields})
+    with session_scope(url) as s:
+        job = Job(status=status, model=req.model, params=req.to_params(), attempts=attempts,
+                  progress_total=len(req.variants()))
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def load(url: str, job_id: int) -> tuple[Job, list[Run]]:
+    with session_scope(url) as s:
+        job = s.get(Job, job_id)
+        runs = list(s.scalars(select(Run).where(Run.job_id == job_id).order_by(Run.id)))
+        return job, runs
+
+
+@pytest.fixture
+def run(pg_url):
+    """Run one delivery of a job in this process, as the Celery task does."""
+    from worker.jobs.tasks import execute_job
+
+    def go(job_id: int, **kw):
+        kw.setdefault("settings", load_settings(overrides={"database.url": pg_url}))
+        return execute_job(job_id, "pytest@host", db_url=pg_url, **kw)
+
+    return go
+
+
+
+
+@pytest.mark.slow
+def test_shutdown_hands_job_back_and_redelivery_resumes_without_duplicates(pg_url, run):
+    from worker.jobs.tasks import ShutdownRequested
+
+    job_id = new_job(pg_url)
+    calls = []
+
+    def stop_after_first_variant() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(ShutdownRequested):
+        run(job_id, should_stop=stop_after_first_variant)
+    job, runs = load(pg_url, job_id)
+    assert job.status is JobStatus.queued and job.attempts == 0  # a clean stop is not a failed attempt
+    assert [r.variant for r in runs] == ["original"] and job.progress_done == 1
+    first = (runs[0].id, runs[0].output_text)
+
+    assert run(job_id) == "succeeded"
+    job, runs = load(pg_url, job_id)
+    assert [r.variant for r in runs] == ["original", "all_x10"]
+    assert (runs[0].id, runs[0].output_text) == first  # resumed, not regenerated
+    assert job.attempts == 1 and job.progress_done == job.progress_total == 2 and job.error is None
+
+    # A duplicate delivery of a finished job changes nothing.
+    assert run(job_id) == "skipped"
+    assert [r.id for r in load(pg_url, job_id)[1]] == [r.id for r in runs]
+
+
+@pytest.mark.slow
+def test_job_left_running_by_a_dead_worker_resumes(pg_url, run):
+    job_id = new_job(pg_url)
+    assert run(job_id) == "succeeded"
+    job, runs = load(pg_url, job_id)
+    # Pretend the worker died after the first variant: its second run is lost, the row says running.
+    with session_scope(pg_url) as s:
+        s.execute(Run.__table__.delete().where(Run.id == runs[1].id))
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.running, progress_done=1))
+    assert run(job_id) == "succeeded"
+    job, again = load(pg_url, job_id)
+    assert [r.variant for r in again] == ["original", "all_x10"] and again[0].id == runs[0].id
+    assert job.attempts == 2
+    assert again[1].output_text == runs[1].output_text  # greedy: the regenerated variant is the same
+
+
+def test_poison_job_is_failed_without_running(pg_url, run):
+    job_id = new_job(pg_url, status=JobStatus.running, attempts=3)  # max_attempts defaults to 3
+    assert run(job_id) == "failed"
+    job, runs = load(pg_url, job_id)
+    assert job.status is JobStatus.failed and job.attempts == 4 and runs == []
+    assert "poison" in job.error and "max_attempts=3" in job.error
+
+
+@pytest.mark.slow
+def test_time_limit_fails_the_job_and_the_worker_stays_usable(pg_url, run):
+    settings = load_settings(overrides={"database.url": pg_url, "worker.job_time_limit": 2,
+                                        "worker.visibility_timeout": 10})
+    assert soft_time_limit(2) == 1
+    job_id = new_job(pg_url, query="Write a long story about a dragon who learns to cook.",
+                     max_new_tokens=600, multipliers=[2, 10], layer_modes=["all", "middle"])
+    started = time.monotonic()
+    assert run(job_id, settings=settings) == "failed"
+    assert time.monotonic() - started < 10
+    job, runs = load(pg_url, job_id)
+    assert "time limit" in job.error and "worker.job_time_limit=2" in job.error
+    assert len(runs) < 5
+
+    small = new_job(pg_url)
+    assert run(small) == "succeeded"
+
+
+@pytest.mark.slow
+def test_cancel_is_honoured_at_the_next_variant_boundary(pg_url, run):
+    job_id = new_job(pg_url, multipliers=[2, 10])
+
+    def cancel_during_first_variant() -> bool:
+        with session_scope(pg_url) as s:
+            if lifecycle.job_status(s, job_id) is JobStatus.running:
+                assert lifecycle.cancel_job(s, job_id).status is JobStatus.cancelling
+        return False
+
+    assert run(job_id, should_stop=cancel_during_first_variant) == "cancelled"
+    job, runs = load(pg_url, job_id)
+    assert job.status is JobStatus.cancelled and job.finished_at is not None
+    assert [r.variant for r in runs] == ["original"]
+
+
+@pytest.mark.slow
+def test_engine_error_fails_the_job_with_the_engines_message(pg_url, run):
+    job_id = new_job(pg_url, start_layer=40, layer_modes=["middle"])  # SmolLM2 has 30 layers
+    assert run(job_id) == "failed"
+    job, runs = load(pg_url, job_id)
+    assert "start_layer 40 is out of range" in job.error and "30 layers" in job.error
+    assert [r.variant for r in runs] == ["original"]  # the run before the error is kept
+
+
+def test_missing_job_is_skipped(pg_url, run):
+    assert run(987654321) == "skipped"
+
+
+# -- configuration and heartbeats --------------------------------------------------------------------
+
+def test_model_queues_are_distinct_and_broker_safe():
+    assert model_queue("smollm2-135m-instruct") == "models.smollm2-135m-instruct"
+    a, b = model_queue("org/model"), model_queue("org_model")
+    assert a != b and a.startswith("models.org_model-")
+    assert all(c.isalnum() or c in "._-" for c in model_queue("/models/my model.gguf"))
+
+
+def test_celery_config_reliability_settings():
+    conf = celery_config(load_settings(overrides={"worker.job_time_limit": 600, "worker.visibility_timeout": 900,
+                                                  "redis.namespace": "ns1"}))
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["task_ignore_result"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_time_limit"] == 600 and conf["task_soft_time_limit"] == 540
+    assert conf["broker_transport_options"] == {"visibility_timeout": 900, "global_keyprefix": "ns1:",
+                                                "priority_steps": [0, 3, 6, 9]}
+    with pytest.raises(ValidationError) as err:
+        celery_config(load_settings(overrides={"worker.job_time_limit": 600, "worker.visibility_timeout": 600}))
+    assert err.value.field == "worker.visibility_timeout"
+
+
+def test_heartbeat_is_written_with_ttl_and_removed_on_stop(redis_client, redis_namespace):
+    from worker.jobs.heartbeat import Heartbeat
+
+    beat = Heartbeat("hb-test@host", ["m1", "m2"], TEST_REDIS_URL, redis_namespace,
+                     interval=0.2, ttl=5).start()
+    try:
+        key = f"{redis_namespace}:worker:hb-test@host"
+        body = json.loads(redis_client.get(key))
+        assert body["models"] == ["m1", "m2"] and body["hostname"] == "hb-test@host"
+        assert {"pid", "started_at", "seen_at"} <= body.keys()
+        assert 0 < redis_client.ttl(key) <= 5
+        redis_client.expire(key, 1)
+        time.sleep(0.6)  # the thread refreshes it
+        assert redis_client.ttl(key) > 1
+        assert {"m1", "m2"} <= served_models(redis_client, redis_namespace)
+    finally:
+        beat.stop()
+    assert redis_client.get(key) is None
+    assert all(w["hostname"] != "hb-test@host" for w in live_workers(redis_client, redis_namespace))
+
+
+def test_live_workers_ignores_malformed_heartbeats(redis_client, redis_namespace):
+    key = f"{redis_namespace}:worker:garbage"
+    redis_client.set(key, "not json", ex=5)
+    try:
+        assert all(w.get("hostname") != "garbage" for w in live_workers(redis_client, redis_namespace))
+    finally:
+        redis_client.delete(key)
+
+
+@pytest.mark.slow
+def test_worker_process_advertises_its_models(celery_worker):
+    beat = celery_worker.heartbeat()
+    assert beat["models"] == ["smollm2-135m-instruct"] and beat["pid"] == celery_worker.proc.pid
+
+
+def test_worker_with_an_unloadable_model_exits_with_the_reason(pg_url, redis_namespace, tmp_path):
+    from tests.fixtures.worker import WorkerProcess
+
+    worker = WorkerProcess(pg_url, f"{redis_namespace}_bad", tmp_path / "bad.log", models=("no-such-model",))
+    with pytest.raises(RuntimeError, match="worker exited with 3"):
+        worker.start(timeout=60)
+    assert "cannot load model 'no-such-model'" in worker.log_tail()
+    assert worker.heartbeat() is None
+
+
+@pytest.mark.slow
+def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
+    fields = {"multipliers": [5, 20], "layer_modes": ["all", "middle"], "max_new_tokens": 8}
+    one, batched = new_job(pg_url, **fields), new_job(pg_url, **fields)
+    assert run(one) == "succeeded"
+    settings = load_settings(overrides={"database.url": pg_url, "worker.variant_batch": 5})
+    assert run(batched, settings=settings) == "succeeded"
+    (_, runs_one), (job, runs_batched) = load(pg_url, one), load(pg_url, batched)
+    assert len(runs_batched) == 5 and job.progress_done == 5
+    assert {r.variant: r.output_text for r in runs_batched} == {r.variant: r.output_text for r in runs_one}
+    # Each row reports the time to its own last token (issue 10), not the batch's wall time.
+    assert all(r.seconds > 0 for r in runs_batched)

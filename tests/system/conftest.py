@@ -1,0 +1,15 @@
+"""The whole system from outside: `instaboost serve`, the startup race, a real browser, compose, Docker.
+
+Each module needs something different (test_serve.py and test_compose.py mark per test).
+"""
+
+import pytest
+
+from tests.helpers import mark_folder
+
+pytest_collection_modifyitems = mark_folder(__file__, modules={
+    "test_startup.py": ["services", "slow"],
+    "test_browser.py": ["browser", "services", "slow"],
+    # Skipped, saying why, without a Docker engine; `make docker-test` selects it with -m docker.
+    "test_docker.py": ["docker", pytest.mark.timeout(3600)],
+})

@@ -1,0 +1,105 @@
+"""`instaboost serve`: one command runs migrations, the web app and a worker, and stops them cleanly."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.store import TEST_REDIS_URL
+from tests.fixtures.worker import purge_namespace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTABOOST_") and k != "DATABASE_URL"}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def test_serve_without_redis_says_what_is_missing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "worker.cli.serve", "--port", str(free_port())], cwd=tmp_path,
+                          env=serve_env(REDIS_URL="redis://127.0.0.1:1/0"), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in proc.stderr and "REDIS_URL" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "instaboost.db").exists()  # nothing half-done
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
+    from shared.workers import live_workers, redis_client
+
+    namespace = f"{redis_namespace}_serve"
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path,
+                            env=serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace),
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    redis = redis_client(TEST_REDIS_URL)
+    try:
+        line = proc.stdout.readline()
+        assert f"running at http://127.0.0.1:{port}/" in line, open(tmp_path / "serve.log").read()
+        deadline = time.monotonic() + 120
+        while not live_workers(redis, namespace):
+            assert time.monotonic() < deadline and proc.poll() is None, open(tmp_path / "serve.log").read()
+            time.sleep(0.3)
+        assert (tmp_path / "instaboost.db").is_file()  # the default store, migrated
+
+        base = f"http://127.0.0.1:{port}"
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        job_ids = []
+        for _ in range(2):  # two gunicorn workers: the form's CSRF token must be valid at either
+            page = browser.open(base + "/").read().decode()
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+            form = urllib.parse.urlencode({"csrf_token": token, "instruction": "Answer only in French.",
+                                           "query": "What is the capital of Italy?", "multipliers": "10",
+                                           "layer_modes": "all", "max_new_tokens": "8"}).encode()
+            resp = browser.open(base + "/", data=form)
+            job_ids.append(int(re.search(r"/jobs/(\d+)$", resp.geturl()).group(1)))
+        for job_id in job_ids:
+            while True:
+                body = json.loads(urllib.request.urlopen(f"{base}/api/jobs/{job_id}").read())
+                if body["finished"]:
+                    break
+                assert time.monotonic() < deadline, body
+                time.sleep(0.3)
+            assert body["status"] == "succeeded" and len(body["runs"]) == 2
+
+        # An impatient user: Ctrl-C, then Ctrl-C again while it is stopping. Still a clean stop.
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(40) == 0
+        log.seek(0)
+        assert "Traceback" not in log.read()
+        assert live_workers(redis, namespace) == []  # the worker removed its heartbeat
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        redis.close()
+        purge_namespace(namespace)
