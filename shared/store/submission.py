@@ -174,6 +174,15 @@ def check_chat_fits(params: Mapping[str, Any], facts: Mapping[str, int]) -> None
         if isinstance(params["layers"], list) and max(params["layers"]) >= n_layers:
             errors.append({"field": "instaboost.layers", "message": f"instaboost.layers {max(params['layers'])} is "
                            f"out of range: {params['model']} has {n_layers} layers (0..{n_layers - 1})"})
+    n_heads = facts.get("n_heads")
+    if isinstance(n_heads, int) and params.get("heads"):
+        top = max(h for hs in params["heads"].values() for h in hs)
+        if top >= n_heads:
+            errors.append({"field": "instaboost.heads", "message": f"instaboost.heads names head {top}: "
+                           f"{params['model']} has {n_heads} heads per layer (0..{n_heads - 1})"})
+        if isinstance(n_layers, int) and max(int(k) for k in params["heads"]) >= n_layers:
+            errors.append({"field": "instaboost.heads", "message": f"instaboost.heads names layer "
+                           f"{max(int(k) for k in params['heads'])}: {params['model']} has {n_layers} layers"})
     if isinstance(context, int) and params["max_new_tokens"] >= context:
         errors.append({"field": "max_tokens", "message": f"max_tokens {params['max_new_tokens']} does not fit "
                        f"{params['model']}'s context of {context} tokens; ask for fewer"})

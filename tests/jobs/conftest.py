@@ -9,4 +9,5 @@ from tests.helpers import mark_folder
 pytest_collection_modifyitems = mark_folder(__file__, "services", modules={
     "test_faults.py": ["slow"],
     "test_e2e.py": ["slow"],
+    "test_openai_faults.py": ["slow"],
 })

@@ -14,8 +14,6 @@ from tests.fixtures.store import make_test_app
 
 openai = pytest.importorskip("openai")
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
-
 TOKEN = "v1-test-token"
 MODEL = "smollm2-135m-instruct"
 MESSAGES = [{"role": "system", "content": "Answer only in French."},
@@ -58,10 +56,15 @@ def test_models_lists_what_live_workers_serve(client):
 
 
 def test_chat_without_boost_is_plain_hf_greedy_and_a_stored_job(client, plain_model, pg_url):
-    from tests.test_engine import _plain_chat_greedy
+    import torch
+
+    from tests.fixtures.model import plain_greedy
 
     resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
-    want_text, want_n = _plain_chat_greedy(plain_model, MESSAGES, 16)
+    tok = plain_model.tokenizer
+    ids = torch.tensor([tok(tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True),
+                            add_special_tokens=False)["input_ids"]])
+    want_text, want_n = plain_greedy(plain_model.model, tok, ids, 16)
     choice = resp.choices[0]
     assert choice.message.content == want_text and choice.message.role == "assistant"
     assert resp.usage.completion_tokens == want_n and resp.usage.prompt_tokens > 10

@@ -11,8 +11,6 @@ import pytest
 
 from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
 
-pytestmark = pytest.mark.services
-
 MAX_FILE = 2000
 SYSTEM = {"role": "system", "content": "Answer in French."}
 USER = {"role": "user", "content": "What is the capital of Italy?"}
@@ -65,6 +63,7 @@ CASES = [
     ("heads-zero", "POST", "/v1/chat/completions", "json", boost(heads=0), 400),
     ("heads-over-100", "POST", "/v1/chat/completions", "json", boost(heads=150), 400),
     ("heads-bad-map", "POST", "/v1/chat/completions", "json", boost(heads={"x": [1]}), 400),
+    ("heads-past-model", "POST", "/v1/chat/completions", "json", boost(heads={"3": [9]}), 400),
     ("placement", "POST", "/v1/chat/completions", "json", boost(placement="nowhere"), 400),
     ("boost-unknown-key", "POST", "/v1/chat/completions", "json", boost(colour="red"), 400),
     ("boost-not-object", "POST", "/v1/chat/completions", "json", chat(instaboost=5), 400),

@@ -12,11 +12,9 @@ import time
 
 import pytest
 
-from tests.test_openai_api import MODEL, TOKEN, client, live_server  # noqa: F401  (fixtures)
+from tests.system.test_openai_api import MODEL, TOKEN, client, live_server  # noqa: F401  (fixtures)
 
 openai = pytest.importorskip("openai")
-
-pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 QUESTIONS = ["What is the capital of France?", "Name a colour.", "What is 2 + 2?", "Say hello."]
 

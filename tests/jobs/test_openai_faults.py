@@ -9,16 +9,13 @@ import json
 import re
 import time
 
-import pytest
 from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.store.tables import Job, JobStatus, Run
 from tests.fixtures.store import make_test_app
 from tests.fixtures.worker import record_fault
-from tests.test_faults import fault_db, h  # noqa: F401  (fixtures)
-
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+from tests.jobs.test_faults import fault_db, h  # noqa: F401  (fixtures)
 
 LINES = 6
 AUTH = {"Authorization": "Bearer any"}  # no token is set: any bearer passes, and it marks a non-browser client

@@ -14,8 +14,6 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
-
-pytestmark = pytest.mark.services
 MAX_EXAMPLES = int(os.environ.get("INSTABOOST_FUZZ_EXAMPLES", "25"))
 # Fuzzed with negative examples only: a valid chat is queued and waits; a schema-valid upload is random bytes,
 # not JSONL, which no schema can say.

@@ -14,11 +14,9 @@ import textwrap
 
 import pytest
 
-from tests.test_openai_api import MODEL, TOKEN, live_server  # noqa: F401  (fixture)
+from tests.system.test_openai_api import MODEL, TOKEN, live_server  # noqa: F401  (fixture)
 
 lm_eval = pytest.importorskip("lm_eval")
-
-pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 IDS = ("change_case:english_lowercase", "change_case:english_capital", "punctuation:no_comma")
 
