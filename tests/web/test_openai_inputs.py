@@ -119,6 +119,7 @@ CASES = [
     ("batch-list-after-unknown", "GET", "/v1/batches?after=batch_nope", "none", None, 404),
     ("batch-list-limit", "GET", "/v1/batches?limit=0", "none", None, 400),
     ("unknown-route", "GET", "/v1/embeddings", "none", None, 404),
+    ("method-not-allowed", "PUT", "/v1/batches", "json", {}, 405),
 ]
 
 
@@ -215,3 +216,11 @@ def test_a_wait_past_the_limit_names_the_job_to_poll(v1_app, pg_url):
     job = web.get(f"/api/jobs/{job_id}").get_json()
     assert job["status"] == "queued" and job["params"]["kind"] == "chat"
     web.post(f"/api/jobs/{job_id}/cancel", json={})
+
+
+def test_a_database_outage_is_a_503_in_openai_shape(redis_namespace):
+    app = make_test_app("postgresql+psycopg://postgres@127.0.0.1:1/none", redis_namespace)
+    resp = app.test_client().get("/v1/batches")
+    assert resp.status_code == 503 and resp.headers["Retry-After"]
+    error = resp.get_json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "service_unavailable" and "database" in error["message"]
