@@ -87,7 +87,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "integer"}, "job_id": {"type": "integer"}, "variant": {"type": "string"},
             "multiplier": {"type": "number"}, "layers": {"type": "string"}, "heads": {"type": ["string", "null"]},
-            "output_text": {"type": "string"}, "prompt_tokens": {"type": "integer"},
+            "output_text": {"type": "string", "description": "The output exactly as generated (NUL characters "
+                            "included, as \\u0000)"}, "prompt_tokens": {"type": "integer"},
             "output_tokens": {"type": "integer"}, "seconds": {"type": "number"},
             "attention_mass": {"type": ["object", "null"]}, "created_at": {"type": "string", "format": "date-time"},
             "model": {"type": "string"}, "job_status": {"type": "string", "enum": STATUSES},

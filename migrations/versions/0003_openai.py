@@ -1,7 +1,7 @@
 """OpenAI-compatible API: chat jobs (kind, batch line), run finish reasons, files and batches.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-27
 """
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from shared.store.tables import UTCDateTime
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -36,7 +36,7 @@ def export_row(run: Run, job: Job) -> list[Any]:
     params = job.params or {}
     values = {"run_id": run.id, "job_id": job.id, "job_status": job.status.value, "variant": run.variant,
               "multiplier": run.multiplier, "layers": run.layers, "heads": run.heads,
-              "output_text": run.output_text, "prompt_tokens": run.prompt_tokens,
+              "output_text": run.produced_text, "prompt_tokens": run.prompt_tokens,
               "output_tokens": run.output_tokens, "seconds": run.seconds,
               "attention_unboosted": _mean_mass(run.attention_mass, "unboosted"),
               "attention_boosted": _mean_mass(run.attention_mass, "boosted"),

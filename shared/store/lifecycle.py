@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, NotFound
-from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run, utcnow
+from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run, store_text, utcnow
 
 
 def predecessors(status: JobStatus) -> set[JobStatus]:
@@ -43,10 +43,13 @@ def transition(session: Session, job: Job | int, new_status: JobStatus, *, expec
     stmt = (update(Job).where(Job.id == job_id, Job.status.in_(predecessors(new_status)), *conditions)
             .values(status=new_status, **values).execution_options(synchronize_session=False))
     if session.execute(stmt).rowcount != 1:
-        current = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
-        if current is None:
+        row = session.execute(select(Job.status, Job.worker).where(Job.id == job_id)).one_or_none()
+        if row is None:
             raise NotFound(f"job {job_id} does not exist", field="id")
-        raise Conflict(f"job {job_id} is {current.value}; it cannot become {new_status.value}", field="status")
+        if expect and "worker" in expect and row.worker != expect["worker"] and row.status in predecessors(new_status):
+            raise Conflict(f"job {job_id} is no longer {expect['worker']}'s (it is {row.status.value} under "
+                           f"{row.worker or 'no worker'}); it cannot become {new_status.value}", field="worker")
+        raise Conflict(f"job {job_id} is {row.status.value}; it cannot become {new_status.value}", field="status")
     return session.get(Job, job_id, populate_existing=True)
 
 
@@ -109,12 +112,24 @@ def mark_running(session: Session, job_id: int, worker: str,
     return job
 
 
-def mark_progress(session: Session, job_id: int, done: int, total: int | None = None) -> JobStatus:
-    """Record progress and return the job's status (``cancelling`` tells the worker to stop)."""
+def _owner(worker: str | None) -> dict[str, str] | None:
+    # A worker finalizing its job names itself: the UPDATE then only matches while the row still names it,
+    # so a worker whose job was taken over (requeued by the sweeper, claimed by another) changes nothing.
+    return {"worker": worker} if worker is not None else None
+
+
+def mark_progress(session: Session, job_id: int, done: int, total: int | None = None,
+                  worker: str | None = None) -> JobStatus:
+    """Record progress and return the job's status (``cancelling`` tells the worker to stop).
+
+    With worker, only while the row still names that worker.
+    """
     values: dict[str, Any] = {"progress_done": done}
     if total is not None:
         values["progress_total"] = total
-    session.execute(update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.running, JobStatus.cancelling]))
+    owner = [Job.worker == worker] if worker is not None else []
+    session.execute(update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.running, JobStatus.cancelling]),
+                                      *owner)
                     .values(**values).execution_options(synchronize_session=False))
     session.commit()
     return job_status(session, job_id)
@@ -133,23 +148,29 @@ def cancel_requested(session: Session, job_id: int) -> bool:
     return job_status(session, job_id) in (JobStatus.cancelling, JobStatus.cancelled)
 
 
-def mark_succeeded(session: Session, job_id: int) -> Job:
-    """Finish a job as succeeded."""
-    job = transition(session, job_id, JobStatus.succeeded, progress_done=Job.progress_total, error=None)
+def mark_succeeded(session: Session, job_id: int, worker: str | None = None) -> Job:
+    """Finish a job as succeeded; with worker, only while the row still names it (else Conflict)."""
+    job = transition(session, job_id, JobStatus.succeeded, expect=_owner(worker), progress_done=Job.progress_total,
+                     error=None)
     session.commit()
     return job
 
 
-def mark_failed(session: Session, job_id: int, error: str) -> Job:
-    """Finish a job as failed with a message saying what went wrong."""
-    job = transition(session, job_id, JobStatus.failed, error=str(error)[:10_000])
+def mark_failed(session: Session, job_id: int, error: str, worker: str | None = None) -> Job:
+    """Finish a job as failed with a message saying what went wrong.
+
+    With worker, only while the row still names it (else Conflict). The message is stored as text on
+    every database: NUL characters (which PostgreSQL refuses) become U+2400 (see ``store_text``).
+    """
+    job = transition(session, job_id, JobStatus.failed, expect=_owner(worker),
+                     error=store_text(str(error))[0][:10_000])
     session.commit()
     return job
 
 
-def finish_cancel(session: Session, job_id: int) -> Job:
-    """Finish a cancelling (or still queued) job as cancelled."""
-    job = transition(session, job_id, JobStatus.cancelled)
+def finish_cancel(session: Session, job_id: int, worker: str | None = None) -> Job:
+    """Finish a cancelling (or still queued) job as cancelled; with worker, only while the row names it."""
+    job = transition(session, job_id, JobStatus.cancelled, expect=_owner(worker))
     session.commit()
     return job
 
@@ -181,11 +202,14 @@ def record_run(session: Session, job_id: int, variant: str, *, multiplier: float
     """Store one variant's output once (a redelivered job recording it again keeps the first row).
 
     Also sets the job's progress_done to the number of stored runs, so progress survives redelivery.
+    Any output is stored, NUL characters included (see ``store_text``; ``Run.produced_text`` gives it back).
     """
     existing = session.execute(select(Run).where(Run.job_id == job_id, Run.variant == variant)).scalar_one_or_none()
     if existing is None:
+        stored, nuls = store_text(output_text)
         values = dict(job_id=job_id, variant=variant, multiplier=float(multiplier), layers=_layers_text(layers),
-                      heads=_heads_text(heads), output_text=output_text, prompt_tokens=int(prompt_tokens),
+                      heads=_heads_text(heads), output_text=stored, output_nul_offsets=nuls,
+                      prompt_tokens=int(prompt_tokens),
                       output_tokens=int(output_tokens), seconds=float(seconds), attention_mass=attention_mass,
                       created_at=utcnow(), finish_reason=finish_reason)
         dialect = session.get_bind().dialect.name

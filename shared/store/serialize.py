@@ -15,7 +15,9 @@ def _iso(value: datetime | None) -> str | None:
 def run_to_dict(run: Run) -> dict[str, Any]:
     """Return a run as JSON-able data."""
     return {"id": run.id, "job_id": run.job_id, "variant": run.variant, "multiplier": run.multiplier,
-            "layers": run.layers, "heads": run.heads, "output_text": run.output_text,
+            "layers": run.layers, "heads": run.heads,
+            # As produced, NUL characters included (JSON writes them as \u0000); see Run.output_nul_offsets.
+            "output_text": run.produced_text,
             "prompt_tokens": run.prompt_tokens, "output_tokens": run.output_tokens, "seconds": run.seconds,
             "attention_mass": run.attention_mass, "created_at": _iso(run.created_at)}
 

@@ -19,6 +19,32 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+NUL_MARK = "\u2400"  # ␀ SYMBOL FOR NULL: stands for a NUL character in stored text
+
+
+def store_text(text: str) -> tuple[str, list[int] | None]:
+    """Return (text storable on every database, offsets of the NUL characters it had, or None).
+
+    PostgreSQL refuses NUL (U+0000) in text; SQLite keeps it. So that both store the same thing, each NUL
+    becomes U+2400 (␀) and its offset is kept (``Run.output_nul_offsets``); ``produced_text`` undoes it.
+    """
+    if "\x00" not in text:
+        return text, None
+    offsets = [i for i, ch in enumerate(text) if ch == "\x00"]
+    return text.replace("\x00", NUL_MARK), offsets
+
+
+def produced_text(stored: str, offsets: list[int] | None) -> str:
+    """Return the text as produced, from store_text's result (NUL characters put back)."""
+    if not offsets:
+        return stored
+    chars = list(stored)
+    for i in offsets:
+        if 0 <= i < len(chars) and chars[i] == NUL_MARK:
+            chars[i] = "\x00"
+    return "".join(chars)
+
+
 class UTCDateTime(TypeDecorator):
     """A timezone-aware UTC timestamp on every backend (SQLite drops the offset; we put it back)."""
 
@@ -127,7 +153,10 @@ class Run(Base):
     multiplier: Mapped[float] = mapped_column(Float)
     layers: Mapped[str] = mapped_column(String(255))  # "none" | "all" | "middle" | "0,3,5"
     heads: Mapped[str | None] = mapped_column(Text, nullable=True)  # "all", "50%" or JSON {layer: [heads]}
+    # The output as stored: each NUL the model produced shows as U+2400 (␀), at the offsets listed in
+    # output_nul_offsets (NULL when there was none); produced_text is the output exactly as generated.
     output_text: Mapped[str] = mapped_column(Text)
+    output_nul_offsets: Mapped[list | None] = mapped_column(JSON, nullable=True)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
@@ -136,6 +165,11 @@ class Run(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)  # chat runs: "stop" | "length"
 
     job: Mapped[Job] = relationship(back_populates="runs")
+
+    @property
+    def produced_text(self) -> str:
+        """The output exactly as the model produced it (NUL characters included)."""
+        return produced_text(self.output_text, self.output_nul_offsets)
 
     def __repr__(self) -> str:
         return f"<Run {self.id} job={self.job_id} {self.variant}>"

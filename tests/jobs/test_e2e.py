@@ -195,7 +195,10 @@ def test_job_waits_visibly_when_no_worker_holds_its_model(web, celery_worker, re
         resp = web.post("/api/jobs", json={**TINY, "model": "some-other-model"})
         assert resp.status_code == 202
         job_id = resp.get_json()["id"]
-        time.sleep(3)
+        # An event, not a pause: once a job for our model, sent after it, has finished, our worker has
+        # consumed everything it would ever take, and the other model's job must still wait.
+        marker = web.post("/api/jobs", json={**TINY, "max_new_tokens": 1}).get_json()["id"]
+        assert wait_for(web, marker, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
         body = web.get(f"/api/jobs/{job_id}").get_json()
         assert body["status"] == "queued" and body["enqueued_at"] is not None
         assert redis_client.llen(queue_key("models.some-other-model", PRIORITY["default"], ns)) == 1

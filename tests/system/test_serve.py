@@ -113,3 +113,100 @@ def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
         log.close()
         redis.close()
         purge_namespace(namespace)
+
+
+# -- a worker that dies is restarted, like compose's restart: unless-stopped ---------------------------
+
+FAST_WORKER = {"INSTABOOST_WORKER_HEARTBEAT_INTERVAL": "0.5", "INSTABOOST_WORKER_HEARTBEAT_TTL": "3",
+               "INSTABOOST_SWEEPER_INTERVAL": "0.5", "INSTABOOST_SWEEPER_OUTBOX_GRACE": "2",
+               "INSTABOOST_SWEEPER_LOST_AFTER": "2"}
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+
+def _wait(what: str, predicate, log_path: Path, proc: subprocess.Popen, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert proc.poll() is None, f"serve exited while waiting for {what}:\n{log_path.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"never saw {what}:\n{log_path.read_text()[-4000:]}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_serve_restarts_a_killed_worker_and_the_job_resumes(tmp_path, redis_namespace):
+    """Issue 9: kill -9 of the worker under `instaboost serve` took the web app down and the job never resumed."""
+    from shared.workers import live_workers, redis_client
+
+    namespace = f"{redis_namespace}_serve_restart"
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "w")
+    # Each variant sleeps 1 s first (the test-only fault hook): the job is surely mid-way when killed.
+    env = serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace,
+                    INSTABOOST_TEST_FAULT="variant:sleep=1", **FAST_WORKER)
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    redis = redis_client(TEST_REDIS_URL)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready_worker():
+        return next((b for b in live_workers(redis, namespace) if b["models"] and not b.get("starting")), None)
+
+    try:
+        assert f"running at {base}/" in proc.stdout.readline(), log_path.read_text()
+        first = _wait("a ready worker", ready_worker, log_path, proc)
+        body = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
+                "multipliers": [2, 10], "layer_modes": ["all"], "max_new_tokens": 4}
+        job_id = _api(base, "/api/jobs", body)["id"]
+        _wait("the job running", lambda: _api(base, f"/api/jobs/{job_id}")["status"] == "running", log_path, proc)
+        os.kill(first["pid"], signal.SIGKILL)
+
+        _wait("the restart", lambda: "restarted the worker process" in log_path.read_text(), log_path, proc)
+        text = log_path.read_text()
+        assert f"the worker process (pid {first['pid']}) died (killed by SIGKILL); restarting it in 1 s" in text
+        assert _api(base, f"/api/jobs/{job_id}")["id"] == job_id  # the web app stayed up throughout
+        done = _wait("the job finished", lambda: (lambda j: j if j["finished"] else None)(
+            _api(base, f"/api/jobs/{job_id}")), log_path, proc)
+        assert done["status"] == "succeeded", done
+        assert [r["variant"] for r in done["runs"]] == ["original", "all_x2", "all_x10"]
+        assert done["attempts"] == 2 and done["worker"] != first["worker"]  # resumed by the new worker
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        assert live_workers(redis, namespace) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        redis.close()
+        purge_namespace(namespace)
+
+
+def test_a_child_that_keeps_dying_is_restarted_with_backoff_and_a_clear_message(monkeypatch, capsys):
+    from worker.cli import serve
+
+    monkeypatch.setattr(serve, "RESTART_DELAYS", (0, 0, 0, 0, 0.2))
+    child = serve._Child("worker", [sys.executable, "-c", "import sys; sys.exit(3)"], dict(os.environ))
+    child.start()
+    starts = {child.proc.pid}
+    deadline = time.monotonic() + 120
+    while child.crashes < serve.CRASH_WARN_AFTER + 1:
+        assert time.monotonic() < deadline, capsys.readouterr().err
+        child.check()
+        starts.add(child.proc.pid)
+        time.sleep(0.02)
+    child.proc.wait()
+    err = capsys.readouterr().err
+    assert len(starts) == serve.CRASH_WARN_AFTER + 1  # started again after every death
+    assert err.count("died (exit code 3); restarting it in 0 s") == 4
+    assert "died (exit code 3); restarting it in 0.2 s" in err
+    assert "the worker process keeps dying: 5 times in a row" in err and "Still restarting it" in err

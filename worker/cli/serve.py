@@ -2,6 +2,12 @@
 
 Migrates the database, then runs gunicorn and a solo-pool Celery worker as child processes
 against the local Redis, and stops both on Ctrl-C or SIGTERM.
+
+Like compose's ``restart: unless-stopped``, a child that dies (a worker killed, out of memory, or ended
+by its time-limit watchdog) is started again, with a growing delay (``RESTART_DELAYS``) while it keeps
+dying quickly and a clear message once it has crashed ``CRASH_WARN_AFTER`` times in a row; the other child
+keeps running meanwhile (the web app stays up, jobs wait in the queue), and the job the dead worker was
+running is sent again by the new worker's sweeper.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WSGI_APP = "web:create_app()"
 STOP_GRACE = 20  # seconds each child gets to finish (the worker's current variant) before SIGKILL
+RESTART_DELAYS = (1, 2, 4, 8, 16, 30)  # seconds before restarting a child after its 1st, 2nd, ... quick crash
+STABLE_AFTER = 60  # a child that ran this long counts as healthy: its next crash starts the delays over
+CRASH_WARN_AFTER = 5  # crashes in a row before saying that something is wrong for good
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +128,61 @@ class _Stop(Exception):
     pass
 
 
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    from worker.jobs.watchdog import WATCHDOG_EXIT
+
+    if code == WATCHDOG_EXIT:
+        return (f"exit code {code}: it ended itself because a job was stuck past its time limit or the job's "
+                "end could not be recorded; see its log")
+    return f"exit code {code}"
+
+
+class _Child:
+    """One supervised child process: how to start it, and its crash history."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]):
+        self.name = name
+        self.command = command
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.crashes = 0  # quick crashes in a row
+        self.restart_at: float | None = None
+
+    def start(self) -> subprocess.Popen:
+        # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
+        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.started = time.monotonic()
+        self.restart_at = None
+        return self.proc
+
+    def check(self) -> None:
+        """Notice a death (schedule the restart, say why) or start the child again once its delay is over."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+                _say(f"restarted the {self.name} process (pid {self.proc.pid})")
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        self.crashes = 1 if now - self.started >= STABLE_AFTER else self.crashes + 1
+        delay = RESTART_DELAYS[min(self.crashes, len(RESTART_DELAYS)) - 1]
+        self.restart_at = now + delay
+        _say(f"the {self.name} process (pid {self.proc.pid}) died ({_exit_reason(code)}); restarting it in {delay} s")
+        if self.crashes >= CRASH_WARN_AFTER:
+            _say(f"the {self.name} process keeps dying: {self.crashes} times in a row, each within {STABLE_AFTER} s "
+                 f"of its start (last: {_exit_reason(code)}). Its log above says why (a model that cannot load, "
+                 "running out of memory, the database or Redis unreachable). Still restarting it every "
+                 f"{RESTART_DELAYS[-1]} s; the web app stays up and jobs wait in the queue. Ctrl-C stops everything.")
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, with_worker: bool = True,
           ready_timeout: float = 120.0) -> int:
     """Migrate, start the web app and one worker, print the URL and run until interrupted."""
@@ -144,7 +208,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
         return 2
 
     env = _child_env(settings)
-    procs: dict[str, subprocess.Popen] = {}
 
     stopping = False
 
@@ -156,26 +219,24 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
         raise _Stop(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children: dict[str, _Child] = {}
     try:
-        # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-        procs["web"] = subprocess.Popen(_gunicorn_command(host, port, web_workers), env=env, start_new_session=True)
+        children["web"] = _Child("web", _gunicorn_command(host, port, web_workers), env)
+        web = children["web"].start()
         if with_worker:
-            procs["worker"] = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.jobs.app", "worker", "--pool", "solo",
-                 "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                 "-n", f"serve@{socket.gethostname()}"],
-                env=env, start_new_session=True)
-        if not _wait_port(host, port, procs["web"], ready_timeout):
+            children["worker"] = _Child("worker", [
+                sys.executable, "-m", "celery", "-A", "worker.jobs.app", "worker", "--pool", "solo",
+                "--loglevel", "INFO", "--without-mingle", "--without-gossip", "-n", f"serve@{socket.gethostname()}"],
+                env)
+            children["worker"].start()
+        if not _wait_port(host, port, web, ready_timeout):
             _say(f"the web app did not start on {host}:{port} (is the port in use?)")
             return 1
         shown = "localhost" if host in ("0.0.0.0", "::") else host
         print(f"InstaBoost is running at http://{shown}:{port}/  (Ctrl-C stops it)", flush=True)
         while True:
-            for name, proc in procs.items():
-                code = proc.poll()
-                if code is not None:
-                    _say(f"the {name} process exited with code {code}; stopping")
-                    return code or 1
+            for child in children.values():
+                child.check()
             time.sleep(0.5)
     except _Stop:
         _say("stopping (waiting for the worker to finish its current variant)")
@@ -183,7 +244,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, wi
     finally:
         stopping = True  # from here on signals are swallowed by on_signal until the children are gone
         try:
-            _stop(procs)
+            _stop({n: c.proc for n, c in children.items() if c.proc is not None})
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from shared.errors import ValidationError
+
+# What a chat template may raise when it rejects messages (transformers raises ValueError when there is
+# none). Named, not `Exception`: a broad except here once swallowed other errors and fell back silently.
+TEMPLATE_ERRORS = (TemplateError, ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 # Sentinels let us render the chat template once and know exactly where the instruction lands.
 _S_INSTR = "\u2063INSTR\u2063"
@@ -72,7 +78,7 @@ def _render(tokenizer, instruction: str, query: str, placement: str) -> tuple[st
         raise ValidationError(f"unknown placement {placement!r}; use system, prefix or raw", field="placement")
     try:
         template = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # templates raise arbitrary errors, e.g. "System role not supported"
+    except TEMPLATE_ERRORS as exc:  # e.g. a template's raise_exception("System role not supported")
         if placement == "system":
             warnings.warn(f"chat template rejects a system turn ({exc}); using placement 'prefix'", stacklevel=2)
             return _render(tokenizer, instruction, query, "prefix")
@@ -149,7 +155,7 @@ def render_chat(tokenizer, messages, placement: str) -> tuple[str, list[tuple[in
             raise ValidationError(f"unknown placement {placement!r}; use system, prefix or raw", field="placement")
         try:
             template = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # templates raise arbitrary errors, e.g. "System role not supported"
+        except TEMPLATE_ERRORS as exc:  # e.g. a template's raise_exception("System role not supported")
             if placement == "system" and any(t["role"] == "system" for t in turns):
                 warnings.warn(f"chat template rejects a system turn ({exc}); using placement 'prefix'", stacklevel=2)
                 return render_chat(tokenizer, messages, "prefix")

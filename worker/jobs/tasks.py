@@ -6,10 +6,16 @@ boundary, and a job delivered more than ``worker.max_attempts`` times is failed 
 of a job that another live worker runs is skipped, and a worker that finds its job taken over (the
 sweeper thought it dead) stops at the next variant boundary, so one job never runs twice at once.
 Database writes are retried with backoff for ``worker.db_retry_seconds`` when the database is unreachable.
+
+Every claimed job ends (succeeded, failed, cancelled) or is handed back (queued again), whatever escapes
+after the claim; every final write names this worker, so a worker whose job was taken over changes nothing.
+The time limit is a soft one (``JobTimeLimit``, which ``except Exception`` cannot swallow) backed by a hard
+one (``worker.jobs.watchdog``) that ends a worker process stuck in native code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -25,14 +31,24 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from shared.celery_config import TASK_NAME, soft_time_limit
-from shared.db import session_scope
+from shared.db import get_sessionmaker, session_scope
 from shared.errors import Conflict, InstaBoostError
 from shared.schemas import JobRequest, Variant
 from shared.store import lifecycle
-from shared.store.tables import Job, JobStatus, Run
+from shared.store.tables import FINAL, Job, JobStatus, Run
 from shared.workers import redis_client, stream_key, worker_runs
+from worker.jobs import faults
+from worker.jobs.watchdog import Watchdog, end_process, grace_seconds
 
 log = logging.getLogger("instaboost.worker")
+
+
+class JobTimeLimit(BaseException):
+    """The job ran past its soft time limit.
+
+    A BaseException, like KeyboardInterrupt: the alarm may go off anywhere in the job, and an
+    ``except Exception`` on the way (a chat-template fallback, a library's retry) must not swallow it.
+    """
 
 
 class ShutdownRequested(Exception):
@@ -81,13 +97,13 @@ def with_db_retry(session, fn: Callable, *args, budget: float = 60.0, **kw):
 
 @contextmanager
 def time_limit(seconds: int):
-    """Raise SoftTimeLimitExceeded in this thread after seconds (main thread only; else Celery's limits apply)."""
+    """Raise JobTimeLimit in this thread after seconds (main thread only; else Celery's limits apply)."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def expire(_signum, _frame):
-        raise SoftTimeLimitExceeded(f"job ran past {seconds} s")
+        raise JobTimeLimit(f"job ran past {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -98,18 +114,33 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _fail(db_url: str | None, job_id: int, message: str, budget: float = 60.0) -> str:
+def _fail(db_url: str | None, job_id: int, message: str, budget: float = 60.0, worker: str | None = None) -> str:
+    """Fail the job (only while the row names worker, when given); return the status it ended in.
+
+    Returns "taken over" when the job is another worker's now: its new owner decides how it ends.
+    """
     # A fresh session: the one that raised may be mid-transaction or interrupted by the alarm.
     def fail(session) -> str:
         try:
-            lifecycle.mark_failed(session, job_id, message)
-        except Conflict:  # finished or cancelled meanwhile; nothing left to record
+            faults.inject("fail", session)
+            lifecycle.mark_failed(session, job_id, message, worker=worker)
+        except Conflict:  # finished, cancelled or taken over meanwhile; nothing left to record
             session.rollback()
-            return lifecycle.job_status(session, job_id).value
+            return _status_for(session, job_id, worker)
         return JobStatus.failed.value
 
     with session_scope(db_url) as session:
         return with_db_retry(session, fail, budget=budget)
+
+
+def _status_for(session, job_id: int, worker: str | None) -> str:
+    row = session.execute(select(Job.status, Job.worker).where(Job.id == job_id)).one_or_none()
+    session.commit()
+    if row is None:
+        return "skipped"
+    if worker is not None and row.status not in FINAL and row.worker != worker:
+        return "taken over"
+    return row.status.value
 
 
 def _ownership(session, job_id: int, worker: str) -> JobStatus:
@@ -167,7 +198,8 @@ def _run_chat(session, job: Job, worker: str, budget: float) -> str:
     done = with_db_retry(session, _stored_variants, job.id, budget=budget)
     if CHAT_VARIANT not in done:
         if with_db_retry(session, _ownership, job.id, worker, budget=budget) is JobStatus.cancelling:
-            return _finish_cancel(session, job.id, budget)
+            return _finish_cancel(session, job.id, worker, budget)
+        faults.inject("variant", session)
         request = generation_request(job.params)
         engine = get_engine(job.model, job.params.get("engine") or "fast")
         publish = _publisher(job, job.attempts)
@@ -186,7 +218,7 @@ def _run_chat(session, job: Job, worker: str, budget: float) -> str:
             publish({"type": "end", "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
                      "completion_tokens": result.output_tokens})
         log.info("job %s: chat done (%d tokens, %s)", job.id, result.output_tokens, result.finish_reason)
-    return with_db_retry(session, _succeed, job.id, budget=budget)
+    return with_db_retry(session, _succeed, job.id, worker, budget=budget)
 
 
 def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
@@ -200,7 +232,7 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
     variants = request.variants()
     done = with_db_retry(session, _stored_variants, job.id, budget=budget)
     with_db_retry(session, lifecycle.mark_progress, job.id, len(done & {v.name for v in variants}), len(variants),
-                  budget=budget)
+                  worker=worker, budget=budget)
     engine = get_engine(job.model, request.engine)
     pending = [v for v in variants if v.name not in done]  # the rest were stored by an earlier delivery
     # The reference engine runs requests one by one anyway; batching only pays on the fast path.
@@ -208,9 +240,10 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
     for start in range(0, len(pending), step):
         chunk = pending[start:start + step]
         if with_db_retry(session, _ownership, job.id, worker, budget=budget) is JobStatus.cancelling:
-            return _finish_cancel(session, job.id, budget)
+            return _finish_cancel(session, job.id, worker, budget)
         if should_stop():
             raise ShutdownRequested()
+        faults.inject("variant", session)
         results = engine.generate([request.generation_request(v) for v in chunk], attention=request.attention)
         for variant, result in zip(chunk, results):
             with_db_retry(session, lifecycle.record_run, job.id, variant.name, multiplier=variant.multiplier,
@@ -221,25 +254,26 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
             session.commit()
             log.info("job %s: variant %s done (%d tokens)", job.id, variant.name, result.output_tokens)
     # A cancel that arrives after the last variant loses: the job is complete (cancelling -> succeeded).
-    return with_db_retry(session, _succeed, job.id, budget=budget)
+    return with_db_retry(session, _succeed, job.id, worker, budget=budget)
 
 
-def _succeed(session, job_id: int) -> str:
+def _succeed(session, job_id: int, worker: str | None = None) -> str:
     try:
-        lifecycle.mark_succeeded(session, job_id)
-    except Conflict:  # another delivery finished it first (every variant is stored either way)
+        lifecycle.mark_succeeded(session, job_id, worker=worker)
+    except Conflict:  # another delivery finished it first, or it was taken over: its new owner ends it
         session.rollback()
-        return lifecycle.job_status(session, job_id).value
+        return _status_for(session, job_id, worker)
     return JobStatus.succeeded.value
 
 
-def _finish_cancel(session, job_id: int, budget: float = 60.0) -> str:
+def _finish_cancel(session, job_id: int, worker: str | None = None, budget: float = 60.0) -> str:
     def finish(session) -> str:
         try:
-            lifecycle.finish_cancel(session, job_id)
+            faults.inject("cancel", session)
+            lifecycle.finish_cancel(session, job_id, worker=worker)
         except Conflict:
             session.rollback()
-        return lifecycle.job_status(session, job_id).value
+        return _status_for(session, job_id, worker)
 
     return with_db_retry(session, finish, budget=budget)
 
@@ -250,16 +284,96 @@ def _give_back(session, job_id: int, worker: str) -> None:
     session.commit()
 
 
+def _hand_back(db_url: str | None, job_id: int, worker: str, budget: float, fault: bool) -> str:
+    """Put a job this worker cannot finish back to queued for the sweeper to send again (its outbox).
+
+    fault: the delivery counts as an attempt (poison handling applies); else it is given back.
+    A cancelling job is finished as cancelled instead. Returns the status the job is in.
+    """
+    def back(session) -> str:
+        status = lifecycle.job_status(session, job_id)
+        try:
+            if status is JobStatus.cancelling:
+                lifecycle.finish_cancel(session, job_id, worker=worker)
+            else:
+                extra = {} if fault else {"attempts": Job.attempts - 1}
+                # enqueued_at NULL: the sweeper's outbox sends it again (this delivery's message is done).
+                lifecycle.transition(session, job_id, JobStatus.queued, expect={"worker": worker}, enqueued_at=None,
+                                     **extra)
+                session.commit()
+        except Conflict:
+            session.rollback()
+        return _status_for(session, job_id, worker)
+
+    with session_scope(db_url) as session:
+        return with_db_retry(session, back, budget=budget)
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+def _root(exc: BaseException) -> BaseException:
+    """Return the first error of exc's chain (the one being handled when the rest were raised)."""
+    seen = {id(exc)}
+    while exc.__context__ is not None and id(exc.__context__) not in seen:
+        exc = exc.__context__
+        seen.add(id(exc))
+    return exc
+
+
+def _settle(db_url: str | None, job_id: int, worker: str, exc: BaseException, budget: float,
+            hard_exit: Callable[[str], None] | None) -> str:
+    """End or hand back a claimed job after exc escaped its delivery (even from an error handler).
+
+    An Exception fails the job (with a shorter message if the first cannot be stored); a BaseException
+    (a cold shutdown, Ctrl-C) hands it back. If neither can be recorded while the database answers, the
+    worker process ends (hard_exit) so the sweeper recovers the job; without hard_exit the error propagates.
+    """
+    if isinstance(exc, JobTimeLimit):  # went off outside the usual handler: still the job's time limit
+        exc = RuntimeError(f"time limit: {exc}")
+    if isinstance(exc, Exception):
+        log.error("job %s: %s escaped after the claim; failing the job", job_id, type(exc).__name__, exc_info=exc)
+        first = f"internal error in the worker: {type(exc).__name__}: {_line(exc)}"
+        cause = _root(exc)
+        if cause is not exc and isinstance(cause, Exception) and not isinstance(cause, (TakenOver, ShutdownRequested)):
+            # Raised while handling another error (recording a failure, say): name that one first.
+            first = (f"internal error in the worker: {type(cause).__name__}: {_line(cause)} (then, while "
+                     f"handling it: {type(exc).__name__}: {_line(exc)})")
+        for message in (first, f"internal error in the worker ({type(exc).__name__}); see the worker log"):
+            try:
+                return _fail(db_url, job_id, message, budget, worker=worker)
+            except DatabaseUnavailable:
+                raise
+            except Exception as again:
+                log.error("job %s: could not record the failure (%s: %s)", job_id, type(again).__name__, again)
+    try:
+        return _hand_back(db_url, job_id, worker, budget, fault=isinstance(exc, Exception))
+    except DatabaseUnavailable:
+        raise
+    except Exception as again:
+        reason = f"job {job_id}: cannot record its end nor hand it back ({type(again).__name__}: {again})"
+        if hard_exit is None:
+            raise
+        hard_exit(reason)  # the sweeper sees this worker gone and sends the job again
+        raise
+
+
 def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[str, Any] | None = None,
                 db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False,
-                is_alive: Callable[[str], bool] | None = None) -> str:
-    """Run one delivery of a job and return the status it ended in (or "skipped").
+                is_alive: Callable[[str], bool] | None = None,
+                hard_exit: Callable[[str], None] | None = None) -> str:
+    """Run one delivery of a job and return the status it ended in (or "skipped", "taken over", "queued").
 
-    is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped. When the job is a
-    line of an OpenAI batch and it ended, the batch is moved on (finalized once its last job ends).
+    is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped.
+    hard_exit(reason) ends this process: given (by the Celery task), a watchdog calls it when the job is
+    still running past its hard limit plus a grace (native code that never sees the soft limit's alarm).
+    When the job is a line of an OpenAI batch and it ended, the batch is moved on (finalized once its last
+    job ends).
     """
     status = _execute_job(job_id, worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
-                          is_alive=is_alive)
+                          is_alive=is_alive, hard_exit=hard_exit)
     if status in (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value):
         _batch_hook(db_url, job_id)
     return status
@@ -280,7 +394,8 @@ def _batch_hook(db_url: str | None, job_id: int) -> None:
 
 def _execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[str, Any] | None = None,
                  db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 is_alive: Callable[[str], bool] | None = None) -> str:
+                 is_alive: Callable[[str], bool] | None = None,
+                 hard_exit: Callable[[str], None] | None = None) -> str:
     if settings is None:
         from shared.settings import get_settings
 
@@ -291,44 +406,88 @@ def _execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[
     soft = soft_time_limit(limit)
     with session_scope(db_url) as session:
         job = with_db_retry(session, lifecycle.mark_running, job_id, worker_name, is_alive, budget=budget)
-        if job is None:
-            log.info("job %s: skipped (missing, cancelled, finished or running on another live worker)", job_id)
-            return "skipped"
+    if job is None:
+        log.info("job %s: skipped (missing, cancelled, finished or running on another live worker)", job_id)
+        return "skipped"
+    # Claimed: from here on, every way out ends the job or hands it back (see _settle).
+    try:
         if job.attempts > max_attempts:
             return _fail(db_url, job_id,
                          f"poison job: delivered {job.attempts} times but never finished (the worker died or "
                          f"was killed each time; worker.max_attempts={max_attempts}). Check the worker logs, "
-                         "e.g. for running out of memory, then resubmit with fewer variants or tokens.", budget)
+                         "e.g. for running out of memory, then resubmit with fewer variants or tokens.", budget,
+                         worker=worker_name)
+        return _deliver(job, worker_name, settings, db_url, should_stop, soft, limit, budget, hard_exit)
+    except (ShutdownRequested, DatabaseUnavailable):
+        raise  # handed back already, or the message goes back to the queue
+    except BaseException as exc:
+        status = _settle(db_url, job_id, worker_name, exc, budget, hard_exit)
+        if not isinstance(exc, (Exception, JobTimeLimit)):
+            raise  # a shutdown: the job is handed back; let the worker stop
+        return status
+
+
+def _deliver(job: Job, worker_name: str, settings: Mapping[str, Any], db_url: str | None,
+             should_stop: Callable[[], bool], soft: int, limit: int, budget: float,
+             hard_exit: Callable[[str], None] | None) -> str:
+    job_id = job.id
+    timeout_message = (f"time limit: the job ran longer than {soft} s (worker.job_time_limit={limit} s); "
+                       "the variants finished before it are kept. Ask for fewer variants or max_new_tokens.")
+
+    def stuck() -> None:  # the watchdog thread: the main thread never saw the alarm
+        past = limit + grace_seconds(limit)
+        reason = f"job {job_id}: still running {past:.0f} s after it started (worker.job_time_limit={limit} s)"
+        # Recording the failure may itself block (a lock the stuck thread holds): exit within 30 s regardless.
+        backstop = threading.Timer(30, hard_exit, args=(reason + "; recording its failure hung",))
+        backstop.daemon = True
+        backstop.start()
         try:
+            _fail(db_url, job_id, f"time limit: the job was still running {past:.0f} s after it started and did "
+                  f"not stop at its limit (worker.job_time_limit={limit} s; stuck in native code?), so its worker "
+                  "process was ended; the variants finished before it are kept. Ask for fewer variants or "
+                  "max_new_tokens.", min(budget, 10.0), worker=worker_name)
+        except BaseException as exc:  # the sweeper recovers the job once this process is gone
+            log.error("job %s: watchdog could not record the failure (%s)", job_id, type(exc).__name__)
+        hard_exit(reason)
+
+    session = get_sessionmaker(db_url)()
+    try:
+        with contextlib.ExitStack() as stack:
+            if hard_exit is not None:
+                stack.enter_context(Watchdog(limit + grace_seconds(limit), stuck))
             with time_limit(soft):
                 return _run_variants(session, job, db_url, should_stop, worker_name, budget,
                                      int(settings["worker.variant_batch"]))
-        except ShutdownRequested:
+    except ShutdownRequested:
+        session.rollback()
+        try:
+            with_db_retry(session, _give_back, job_id, worker_name, budget=budget)
+        except Conflict:
             session.rollback()
-            try:
-                with_db_retry(session, _give_back, job_id, worker_name, budget=budget)
-            except Conflict:
-                session.rollback()
-            raise
-        except TakenOver as exc:
-            session.rollback()
-            log.warning("job %s: stopping, %s", job_id, exc)
-            return "taken over"
-        except DatabaseUnavailable:
-            session.rollback()
-            raise  # the row cannot be updated; the task hands the message back to the queue
-        except SoftTimeLimitExceeded:
-            session.rollback()
-            return _fail(db_url, job_id,
-                         f"time limit: the job ran longer than {soft} s (worker.job_time_limit={limit} s); "
-                         "the variants finished before it are kept. Ask for fewer variants or max_new_tokens.", budget)
-        except InstaBoostError as exc:
-            session.rollback()
-            return _fail(db_url, job_id, exc.message, budget)
-        except Exception as exc:
-            session.rollback()
-            log.exception("job %s failed", job_id)
-            return _fail(db_url, job_id, f"internal error in the worker: {type(exc).__name__}: {exc}", budget)
+        raise
+    except TakenOver as exc:
+        session.rollback()
+        log.warning("job %s: stopping, %s", job_id, exc)
+        return "taken over"
+    except DatabaseUnavailable:
+        session.rollback()
+        raise  # the row cannot be updated; the task hands the message back to the queue
+    except (JobTimeLimit, SoftTimeLimitExceeded):
+        session.rollback()
+        return _fail(db_url, job_id, timeout_message, budget, worker=worker_name)
+    except InstaBoostError as exc:
+        session.rollback()
+        return _fail(db_url, job_id, exc.message, budget, worker=worker_name)
+    except Exception as exc:
+        session.rollback()
+        log.exception("job %s failed", job_id)
+        return _fail(db_url, job_id, f"internal error in the worker: {type(exc).__name__}: {exc}", budget,
+                     worker=worker_name)
+    finally:
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - a dead connection; the pool replaces it
+            pass
 
 
 @shared_task(name=TASK_NAME, bind=True)
@@ -337,8 +496,9 @@ def run_job(self, job_id: int) -> str:
     from celery.worker import state
 
     def stopping() -> bool:
-        # EX_OK is 0, so test against the unset values rather than truthiness.
-        return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
+        # A warm shutdown sets should_stop to its exit code, EX_OK == 0: only None / False mean "not asked".
+        # (`0 not in (None, False)` is False, since 0 == False: a SIGTERM went unnoticed until the job ended.)
+        return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
     from shared.settings import get_settings
     from worker.jobs.heartbeat import current_heartbeat, current_worker_id
@@ -360,7 +520,7 @@ def run_job(self, job_id: int) -> str:
         beat.set_job(job_id)  # before claiming, so a duplicate delivery elsewhere sees it at once
     try:
         return execute_job(job_id, current_worker_id() or self.request.hostname or "worker",
-                           settings=settings, should_stop=stopping, is_alive=busy)
+                           settings=settings, should_stop=stopping, is_alive=busy, hard_exit=end_process)
     except ShutdownRequested:
         log.info("job %s: worker stopping; job handed back to the queue", job_id)
         raise Reject("worker shutting down", requeue=True) from None

@@ -1,0 +1,151 @@
+"""Issue 9, reliability of the task body: only the owner finishes a job, every claimed job ends or is handed
+back, and a time limit no `except Exception` can swallow.
+
+In-process on the real model and PostgreSQL; faults are injected at fixed points of a job with the test-only
+``INSTABOOST_TEST_FAULT`` hook (worker/jobs/faults.py), so nothing depends on machine speed.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select, update
+
+from shared.db import session_scope
+from shared.schemas import JobRequest
+from shared.settings import load_settings
+from shared.store.tables import Job, JobStatus, Run, utcnow
+from worker.jobs import faults
+
+TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
+        "max_new_tokens": 4, "multipliers": [10], "layer_modes": ["all"]}
+ME, OTHER = "old@host:1:aa", "new@host:2:bb"
+
+
+def new_job(url: str, status: JobStatus = JobStatus.queued, worker: str | None = None, attempts: int = 0,
+            **fields) -> int:
+    req = JobRequest.from_dict({**TINY, **fields})
+    with session_scope(url) as s:
+        job = Job(status=status, model=req.model, params=req.to_params(), attempts=attempts, worker=worker,
+                  progress_total=len(req.variants()), enqueued_at=utcnow())
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def load(url: str, job_id: int) -> tuple[Job, list[Run]]:
+    with session_scope(url) as s:
+        job = s.get(Job, job_id)
+        runs = list(s.scalars(select(Run).where(Run.job_id == job_id).order_by(Run.id)))
+        return job, runs
+
+
+@pytest.fixture
+def run(pg_url):
+    """Run one delivery of a job in this process as worker ME, as the Celery task does."""
+    from worker.jobs.tasks import execute_job
+
+    def go(job_id: int, **kw):
+        kw.setdefault("settings", load_settings(overrides={"database.url": pg_url}))
+        return execute_job(job_id, ME, db_url=pg_url, **kw)
+
+    return go
+
+
+@pytest.fixture
+def fault(monkeypatch):
+    """Set INSTABOOST_TEST_FAULT for this process (see worker/jobs/faults.py)."""
+    def set_fault(spec: str) -> None:
+        faults.reset()
+        monkeypatch.setenv(faults.ENV, spec)
+
+    yield set_fault
+    faults.reset()
+
+
+def take_over(url: str, job_id: int) -> None:
+    """What the sweeper and another worker do to a job whose worker looked dead: it runs under OTHER now."""
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(worker=OTHER, attempts=Job.attempts + 1))
+
+
+@pytest.mark.slow
+def test_taken_over_during_its_last_variant_the_old_worker_does_not_succeed_the_job(pg_url, run):
+    job_id = new_job(pg_url)
+    calls = []
+
+    def taken_over_during_last_variant() -> bool:  # called once per variant, before generating it
+        calls.append(1)
+        if len(calls) == 2:
+            take_over(pg_url, job_id)
+        return False
+
+    assert run(job_id, should_stop=taken_over_during_last_variant) == "taken over"
+    job, runs = load(pg_url, job_id)
+    assert (job.status, job.worker) == (JobStatus.running, OTHER)  # its new owner finishes it
+    assert [r.variant for r in runs] == ["original", "all_x10"]
+
+
+@pytest.mark.slow
+def test_taken_over_worker_whose_variant_fails_does_not_fail_the_job(pg_url, run):
+    job_id = new_job(pg_url, start_layer=40, layer_modes=["middle"])  # the middle variant fails: 30 layers
+    calls = []
+
+    def taken_over_during_last_variant() -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            take_over(pg_url, job_id)
+        return False
+
+    assert run(job_id, should_stop=taken_over_during_last_variant) == "taken over"
+    job, _ = load(pg_url, job_id)
+    assert (job.status, job.worker, job.error) == (JobStatus.running, OTHER, None)
+
+
+# -- every claimed job ends or is handed back -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_database_error_while_recording_a_failure_still_ends_the_job(pg_url, run, fault):
+    # The variant raises; recording that failure then hits a database error that is not "unreachable"
+    # (it escaped from the except clause and left the job running under a live worker).
+    fault("variant:error:1,fail:db_error:1")
+    job_id = new_job(pg_url)
+    assert run(job_id) == "failed"
+    job, _ = load(pg_url, job_id)
+    assert job.status is JobStatus.failed and "RuntimeError: injected error at variant" in job.error
+    assert job.worker == ME and job.finished_at is not None
+
+
+@pytest.mark.slow
+def test_a_failure_that_cannot_be_recorded_hands_the_job_back(pg_url, run, fault):
+    fault("variant:error:1,fail:db_error")  # every attempt to record the failure fails
+    job_id = new_job(pg_url)
+    assert run(job_id) == "queued"
+    job, _ = load(pg_url, job_id)
+    # Back in the queue for the sweeper's outbox (enqueued_at NULL), the delivery counted towards poison.
+    assert job.status is JobStatus.queued and job.enqueued_at is None and job.attempts == 1
+    fault("")
+    assert run(job_id) == "succeeded"
+
+
+@pytest.mark.slow
+def test_an_error_raised_inside_the_poison_handler_still_ends_the_job(pg_url, run, fault):
+    fault("fail:db_error:1")
+    job_id = new_job(pg_url, status=JobStatus.running, worker="dead@host:0:00", attempts=3)
+    assert run(job_id) == "failed"
+    job, _ = load(pg_url, job_id)
+    assert job.status is JobStatus.failed and "ProgrammingError" in job.error
+
+
+# -- a time limit no `except Exception` can swallow -------------------------------------------------------
+
+@pytest.mark.slow
+def test_time_limit_is_not_swallowed_by_except_exception(pg_url, run, fault):
+    # The job spins in Python code that catches every Exception (as a broad `except` in a template
+    # fallback or a library would): the soft limit must still end it, in this process.
+    fault("variant:hang_py:1")
+    settings = load_settings(overrides={"database.url": pg_url, "worker.job_time_limit": 3,
+                                        "worker.visibility_timeout": 10})
+    job_id = new_job(pg_url)
+    assert run(job_id, settings=settings) == "failed"
+    job, runs = load(pg_url, job_id)
+    assert "time limit" in job.error and "worker.job_time_limit=3" in job.error and runs == []
