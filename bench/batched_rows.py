@@ -13,7 +13,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from bench.overhead import fixed_length, sync  # noqa: E402
+from bench.timing import interleaved  # noqa: E402
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest  # noqa: E402
 from worker.engine.fast import FastEngine  # noqa: E402
 from worker.engine.loading import load_model  # noqa: E402
@@ -60,16 +60,7 @@ def main() -> None:
     for n in (int(x) for x in args.rows.split(",")):
         reqs = rows(n, params)
         runs = {"one by one": lambda: [engine.generate([r]) for r in reqs], "batched": lambda: engine.generate(reqs)}
-        for fn in runs.values():
-            fn()
-        times = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                sync(dev)
-                t0 = time.perf_counter()
-                fn()
-                sync(dev)
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved(runs, args.rounds, lambda: sync(dev))
         alone, batched = statistics.median(times["one by one"]), statistics.median(times["batched"])
         print(f"{n:3d} rows: one by one {n / alone:8.2f} rows/s   batched {n / batched:8.2f} rows/s   "
               f"speed-up {alone / batched:6.2f}x")

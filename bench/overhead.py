@@ -15,7 +15,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
+
+from bench.timing import interleaved  # noqa: E402
 
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest  # noqa: E402
 from worker.engine.fast import FastEngine  # noqa: E402
@@ -81,16 +82,8 @@ def main() -> None:
                                  pad_token_id=plain.tokenizer.pad_token_id)
 
     contenders = {"plain": run_plain, "fast": lambda: fast.generate(batch), "transformerlens": lambda: tl.generate(batch)}
-    for fn in contenders.values():  # warm-up: kernels, caches, allocator
-        fn()
-    times = {k: [] for k in contenders}
-    for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            sync(plain.device)
-            t0 = time.perf_counter()
-            fn()
-            sync(plain.device)
-            times[name].append((time.perf_counter() - t0) / args.tokens)
+    times = {k: [t / args.tokens for t in ts]
+             for k, ts in interleaved(contenders, args.rounds, lambda: sync(plain.device)).items()}
     dev = torch.cuda.get_device_name() if plain.device.startswith("cuda") else plain.device
     print(f"model={args.model} device={dev} dtype={plain.dtype} batch={args.batch} new_tokens={args.tokens} "
           f"rounds={args.rounds} M={args.multiplier} layers=all")
@@ -108,16 +101,9 @@ def analysis_cost(fast, args, params) -> None:
     long_instruction = fast.tokenizer.decode(fast.tokenizer(filler)["input_ids"][:args.long_prompt])
     prompts = {"short": GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=args.multiplier), params),
                "long": GenerationRequest(long_instruction, QUERY, BoostSpec(multiplier=args.multiplier), params)}
-    times = {(k, on): [] for k in prompts for on in (False, True)}
-    for (k, on) in times:  # warm-up
-        fast.generate([prompts[k]], attention=on)
-    for _ in range(args.rounds):
-        for (k, on) in times:
-            sync(fast.device)
-            t0 = time.perf_counter()
-            fast.generate([prompts[k]], attention=on)
-            sync(fast.device)
-            times[(k, on)].append(time.perf_counter() - t0)
+    runs = {(k, on): (lambda k=k, on=on: fast.generate([prompts[k]], attention=on))
+            for k in prompts for on in (False, True)}
+    times = interleaved(runs, args.rounds, lambda: sync(fast.device))
     print(f"attention analysis (fast engine, {args.tokens} new tokens, median of {args.rounds}):")
     for k, req in prompts.items():
         n = len(fast.prompt(req).input_ids)

@@ -9,7 +9,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 from bench.overhead import fixed_length  # noqa: E402
+from bench.timing import interleaved  # noqa: E402
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest  # noqa: E402
 from worker.engine.fast import FastEngine  # noqa: E402
 from worker.engine.loading import load_model  # noqa: E402
@@ -37,14 +37,7 @@ def main() -> None:
                                            for mode in ("all", "middle")]
     reqs = [GenerationRequest("Answer only in French.", "Tell me about Berlin.", s, params) for s in specs]
     runs = {"one by one": lambda: [engine.generate([r]) for r in reqs], "one batch": lambda: engine.generate(reqs)}
-    for fn in runs.values():
-        fn()
-    times = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(runs, args.rounds)
     base = statistics.median(times["one by one"])
     print(f"device={engine.device} dtype={engine.loaded.dtype} variants={len(reqs)} new_tokens={args.tokens}")
     for name, ts in times.items():
