@@ -363,7 +363,7 @@ def completion_body(job, run) -> dict:
     return {
         "id": completion_id(job.id), "object": "chat.completion", "created": int(job.created_at.timestamp()),
         "model": job.model, "system_fingerprint": fingerprint(job.params),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.output_text, "refusal": None},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.produced_text, "refusal": None},
                      "logprobs": None, "finish_reason": run.finish_reason or "stop"}],
         "usage": _usage(run),
         "instaboost": {"job_id": job.id, "multiplier": run.multiplier, "layers": run.layers,

@@ -249,8 +249,8 @@ def _stream(job_id: int, params: dict, wait: float):
                         run = _chat_run(session, job_id)
                         if job.status is JobStatus.succeeded and run is not None:
                             # Stored by an earlier delivery (or its events were lost): send what is missing.
-                            if len(run.output_text) > sent:
-                                yield chunk({"content": run.output_text[sent:]})
+                            if len(run.produced_text) > sent:
+                                yield chunk({"content": run.produced_text[sent:]})
                             end = {"finish_reason": run.finish_reason or "stop",
                                    "prompt_tokens": run.prompt_tokens, "completion_tokens": run.output_tokens}
                         else:
