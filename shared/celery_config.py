@@ -17,6 +17,19 @@ from shared.errors import ValidationError
 
 TASK_NAME = "instaboost.run_job"
 
+# Message priorities on the Redis broker (kombu keeps one list per step and a worker pops the lists of step 0
+# first, then 3, 6 and 9: 0 is the most urgent). Interactive chat completions go ahead of the job API's jobs,
+# which go ahead of the lines of OpenAI batches.
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITY = {"interactive": 0, "default": 3, "batch": 6}
+
+
+def job_priority(kind: str | None, batch_id: str | None) -> int:
+    """Return the broker priority of a job's message (see PRIORITY)."""
+    if batch_id:
+        return PRIORITY["batch"]
+    return PRIORITY["interactive"] if kind == "chat" else PRIORITY["default"]
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -61,7 +74,8 @@ def celery_config(settings: Mapping[str, Any]) -> dict[str, Any]:
         # An overnight worker waits out a Redis restart of any length instead of exiting after 100 tries.
         "broker_connection_max_retries": None,
         "broker_connection_timeout": 3,
-        "broker_transport_options": {"visibility_timeout": visibility, "global_keyprefix": f"{ns}:"},
+        "broker_transport_options": {"visibility_timeout": visibility, "global_keyprefix": f"{ns}:",
+                                     "priority_steps": list(PRIORITY_STEPS)},
         # The database is the source of truth for job state; no result backend.
         "task_ignore_result": True,
         "task_store_errors_even_if_ignored": False,

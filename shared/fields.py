@@ -24,7 +24,9 @@ MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass a
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
 MAX_CHECKS = 20  # simple checks or IFEval instructions per job
-KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval")
+KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval",
+         # Chat jobs only (CHAT_FIELDS; validated by shared.chat): OpenAI-shaped values.
+         "messages", "strings", "object")
 
 
 @dataclass(frozen=True)
@@ -137,4 +139,23 @@ JOB_FIELDS: tuple[JobField, ...] = (
 )
 
 BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}
+
+# Fields a chat job (POST /v1/chat/completions, and each line of a batch) stores besides the rows above, which
+# it reuses for the model, the boost's numbers and the decoding settings (shared.chat validates with them).
+CHAT_FIELDS: tuple[JobField, ...] = (
+    JobField("kind", "choice", "What the job runs: instaboost (an instruction and a query, several variants) or "
+             "chat (OpenAI chat messages, one generation).", "Kind", default="instaboost",
+             choices=("instaboost", "chat")),
+    JobField("messages", "messages", "OpenAI chat messages; boosted spans are marked <boost>…</boost> in any "
+             "message, by a message's own \"boost\": M, or default to the system message(s).", "Messages"),
+    JobField("stop", "strings", "Up to 4 stop strings; generation ends at the first, which the text omits.",
+             "Stop strings", default=()),
+    JobField("stream", "boolean", "Stream the text as server-sent events as it is generated.", "Stream",
+             default=False),
+    JobField("instaboost", "object", "The boost: {multiplier, layers, start_layer, num_middle_layers, heads, "
+             "placement}; without it nothing is boosted unless a message marks spans.", "InstaBoost"),
+    JobField("priority", "choice", "interactive (chat completions: sent ahead of other work) or batch (lines of "
+             "a batch).", "Priority", default="interactive", choices=("interactive", "batch")),
+)
+CHAT_BY_NAME: dict[str, JobField] = {f.name: f for f in CHAT_FIELDS}
 FIELD_NAMES: tuple[str, ...] = tuple(BY_NAME)

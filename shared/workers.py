@@ -27,6 +27,11 @@ def _namespace(namespace: str | None) -> str:
     return get_settings()["redis.namespace"]
 
 
+def stream_key(namespace: str, job_id: int) -> str:
+    """Return the Redis list a streaming chat job's events go to: the worker appends, the web reads (web/v1.py)."""
+    return f"{namespace}:stream:{job_id}"
+
+
 def redis_client(url: str | None = None):
     """Return a redis-py client with short timeouts, for heartbeats and health checks."""
     import redis
@@ -77,6 +82,11 @@ def message_job_id(raw: str | bytes) -> int | None:
         return int(args[0])
     except (TypeError, ValueError, KeyError, IndexError, AttributeError):
         return None
+
+
+def queue_key(queue: str, priority: int = 0, namespace: str | None = None) -> str:
+    """Return the Redis list holding queue's messages of one priority step (kombu: no suffix for step 0)."""
+    return f"{_namespace(namespace)}:{queue}" + ("" if priority == 0 else f"\x06\x16{priority}")
 
 
 def waiting_job_ids(client, queue: str, namespace: str | None = None) -> set[int]:

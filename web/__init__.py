@@ -43,7 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from shared.celery_config import make_celery
     from shared.db import get_sessionmaker
     from shared.workers import redis_client
-    from web import api, auth, context, errors, export, health, pages
+    from web import api, auth, context, errors, export, health, pages, v1
 
     settings = _settings(test_config)
     app = Flask(__name__)
@@ -67,6 +67,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     auth.configure(app, settings)
     csrf.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(v1.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(export.bp)
     app.register_blueprint(health.bp)

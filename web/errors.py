@@ -21,6 +21,11 @@ HINTS = {
 }
 
 
+def is_v1() -> bool:
+    """Return True for the OpenAI-compatible API, whose errors take OpenAI's shape (web/v1.py)."""
+    return request.path == "/v1" or request.path.startswith("/v1/")
+
+
 def wants_problem() -> bool:
     """Return True when the request should get problem+json rather than HTML (the API, probes, .json routes)."""
     return request.path.startswith("/api") or request.path in ("/healthz", "/readyz") or request.path.endswith(".json")
@@ -70,6 +75,10 @@ def _html(status: int, title: str, detail: str, errors: list[dict] | None = None
 
 
 def handle_instaboost(exc: InstaBoostError):
+    if is_v1():
+        from web.v1 import error_from_exception
+
+        return error_from_exception(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="instaboost"'
@@ -82,6 +91,14 @@ def handle_instaboost(exc: InstaBoostError):
 
 def handle_http(exc: HTTPException):
     status = exc.code or 500
+    if is_v1():
+        from web.v1 import openai_error
+
+        detail = exc.description or exc.name
+        if status == 413:
+            detail = "The request body is too large (limits.max_request_bytes; files: limits.max_file_bytes)."
+        headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
+        return openai_error(status, detail, headers=headers)
     detail = HINTS.get(status) or exc.description or exc.name
     headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
     errors = [{"field": HTTP_FIELDS[status], "message": detail}] if status in HTTP_FIELDS else None
@@ -102,6 +119,10 @@ def handle_unexpected(exc: Exception):
         return handle_http(exc)
     log.exception("unhandled error on %s %s", request.method, request.path)
     detail = "An unexpected error occurred; it has been logged. Retry, and report it if it persists."
+    if is_v1():
+        from web.v1 import openai_error
+
+        return openai_error(500, detail)
     if wants_problem():
         return problem(500, "Internal server error", detail)
     return _html(500, "Internal server error", detail)

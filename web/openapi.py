@@ -365,7 +365,8 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
     schemas = {**SCHEMAS, "JobRequest": job_request_schema(settings, models or [settings["model.name"]], facts,
                                                            recommended),
                "SweepRequest": sweep_request_schema(settings, models or [settings["model.name"]], facts),
-               "Sweep": SWEEP_SCHEMA}
+               "Sweep": SWEEP_SCHEMA,
+               **V1_SCHEMAS, "ChatCompletionRequest": chat_request_schema(settings, models or [settings["model.name"]])}
     retry_after = {"Retry-After": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
@@ -516,6 +517,7 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                                   "503": _json("One is unreachable.", _ref("Health"), retry_after)},
                 },
             },
+            **v1_paths(),
             "/readyz": {
                 "get": {
                     "operationId": "ready", "summary": "Can a job on the default model run now?", "security": [],
@@ -533,4 +535,292 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                                            "description": "Required only when web.api_token is set (a browser "
                                                           "logged in at /login may use its session instead)."}},
         },
+    }
+
+
+# -- the OpenAI-compatible API (/v1, web/v1.py) ----------------------------------------------------------------------
+
+
+def _oai_error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref("OpenAIError")}}}
+
+
+def _nullable(schema: dict) -> dict:
+    t = schema.get("type")
+    if isinstance(t, str):
+        out = {**schema, "type": [t, "null"]}
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+        return out
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+V1_COMMON = {"401": _oai_error("Missing or wrong bearer token (only when web.api_token is set)."),
+             "500": _oai_error("Unexpected error.")}
+V1_CROSS_SITE = {"403": _oai_error("Sent by another site's page."),
+                 "415": _oai_error("Neither a JSON (or multipart, for files) body nor an 'Authorization' header.")}
+TIMESTAMP = {"type": "integer", "description": "Unix seconds."}
+NULL_TIMESTAMP = {"type": ["integer", "null"], "description": "Unix seconds."}
+BATCH_STATUSES = ["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
+                  "cancelled"]
+
+
+def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
+    """Return the POST /v1/chat/completions body's schema, its bounds taken from the job fields (shared.fields)."""
+    from shared.chat import BOOST_KEYS, NEUTRAL
+    from shared.fields import BY_NAME, CHAT_BY_NAME, PLACEMENTS
+    from shared.spec import MAX_STOP
+
+    def bounded(name: str) -> dict:
+        f = BY_NAME[name]
+        return {"type": f.kind, **_number_bounds(f, settings), "description": f.help}
+
+    text = {"type": "string", "pattern": "^[^\\u0000]*$"}
+    layer_index = {"type": "integer", "minimum": 0, "maximum": 10_000}
+    boost = {
+        "type": "object", "additionalProperties": False, "description": CHAT_BY_NAME["instaboost"].help,
+        "properties": {
+            "multiplier": _nullable({"type": "number", **_number_bounds(BY_NAME["multipliers"], settings),
+                                     "description": "M on the boosted tokens (1 = no boost, below 1 de-boosts)."}),
+            "layers": _nullable({"anyOf": [{"type": "string", "enum": list(LAYER_MODES)},
+                                           {"type": "array", "items": layer_index, "minItems": 1,
+                                            "maxItems": 10_000}]}),
+            "start_layer": _nullable(bounded("start_layer")),
+            "num_middle_layers": _nullable(bounded("num_middle_layers")),
+            "heads": _nullable({"anyOf": [
+                {"type": "number", **_number_bounds(BY_NAME["head_boost_percentage"], settings),
+                 "description": "Percentage of heads boosted in each boosted layer."},
+                {"type": "object", "minProperties": 1, "propertyNames": {"pattern": "^(0|[1-9][0-9]{0,3}|10000)$"},
+                 "additionalProperties": {"type": "array", "items": layer_index, "minItems": 1},
+                 "description": "Explicit heads per layer: {\"layer\": [head indices]}."}]}),
+            "placement": _nullable({"type": "string", "enum": list(PLACEMENTS)}),
+        },
+    }
+    assert tuple(boost["properties"]) == BOOST_KEYS
+    message = {
+        "type": "object", "required": ["role", "content"], "additionalProperties": False,
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+            "content": {"anyOf": [text, {"type": "array", "items": {
+                "type": "object", "required": ["type", "text"],
+                "properties": {"type": {"const": "text"}, "text": text}}}]},
+            "name": {},
+            "boost": _nullable({"type": "number", **_number_bounds(BY_NAME["multipliers"], settings),
+                                "description": "Boost this whole message with its own M."}),
+        },
+    }
+    stop_item = {"type": "string", "minLength": 1, "maxLength": 200}
+    tokens = {"type": "integer", **_number_bounds(BY_NAME["max_new_tokens"], settings)}
+    neutral = {}
+    for key, allowed in NEUTRAL.items():
+        neutral[key] = {} if allowed is None else {"enum": list(allowed)}
+    return {
+        "type": "object", "required": ["model", "messages"], "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "enum": models, "description": "A model a live worker serves."},
+            "messages": {"type": "array", "minItems": 1, "items": message,
+                         "description": CHAT_BY_NAME["messages"].help},
+            "max_tokens": _nullable(tokens), "max_completion_tokens": _nullable(tokens),
+            "temperature": _nullable(bounded("temperature")), "top_p": _nullable(bounded("top_p")),
+            "seed": _nullable(bounded("seed")),
+            "n": _nullable({"type": "integer", "minimum": 1, "maximum": 1,
+                            "description": "One choice per request."}),
+            "stop": _nullable({"anyOf": [stop_item, {"type": "array", "items": stop_item, "maxItems": MAX_STOP}],
+                               "description": CHAT_BY_NAME["stop"].help}),
+            "stream": _nullable({"type": "boolean", "description": CHAT_BY_NAME["stream"].help}),
+            "stream_options": _nullable({"type": "object", "additionalProperties": False,
+                                         "properties": {"include_usage": {}}}),
+            "instaboost": _nullable(boost),
+            **neutral,
+        },
+    }
+
+
+V1_SCHEMAS: dict[str, Any] = {
+    "OpenAIError": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"], "properties": {
+            "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+            "code": {"type": ["string", "null"]}}}},
+    },
+    "Model": {"type": "object", "required": ["id", "object", "created", "owned_by"],
+              "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "created": TIMESTAMP,
+                             "owned_by": {"type": "string"}}},
+    "ModelList": {"type": "object", "required": ["object", "data"],
+                  "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}},
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage", "system_fingerprint"],
+        "properties": {
+            "id": {"type": "string", "description": "The id of the job that ran it."},
+            "object": {"const": "chat.completion"}, "created": TIMESTAMP, "model": {"type": "string"},
+            "system_fingerprint": {"type": "string"},
+            "choices": {"type": "array", "items": {"type": "object", "required": ["index", "message", "finish_reason"],
+                                                   "properties": {
+                "index": {"type": "integer"}, "finish_reason": {"type": "string", "enum": ["stop", "length"]},
+                "logprobs": {"type": "null"},
+                "message": {"type": "object", "required": ["role", "content"], "properties": {
+                    "role": {"const": "assistant"}, "content": {"type": "string"}, "refusal": {"type": "null"}}}}}},
+            "usage": {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+                      "properties": {k: {"type": "integer"} for k in
+                                     ("prompt_tokens", "completion_tokens", "total_tokens")}},
+            "instaboost": {"type": "object"},
+        },
+    },
+    "File": {"type": "object", "required": ["id", "object", "bytes", "created_at", "filename", "purpose"],
+             "properties": {"id": {"type": "string"}, "object": {"const": "file"}, "bytes": {"type": "integer"},
+                            "created_at": TIMESTAMP, "filename": {"type": "string"},
+                            "purpose": {"type": "string", "enum": ["batch", "batch_output"]},
+                            "status": {"type": "string"}, "expires_at": {"type": "null"},
+                            "status_details": {"type": "null"}}},
+    "FileList": {"type": "object", "required": ["object", "data", "has_more"],
+                 "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("File")},
+                                "first_id": {"type": ["string", "null"]}, "last_id": {"type": ["string", "null"]},
+                                "has_more": {"type": "boolean"}}},
+    "FileDeleted": {"type": "object", "required": ["id", "object", "deleted"],
+                    "properties": {"id": {"type": "string"}, "object": {"const": "file"},
+                                   "deleted": {"type": "boolean"}}},
+    "FileUpload": {"type": "object", "required": ["file", "purpose"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "JSONL: one request object per line."},
+        "purpose": {"type": "string", "enum": ["batch"]}}},
+    "BatchRequest": {
+        "type": "object", "required": ["input_file_id", "endpoint", "completion_window"],
+        "additionalProperties": False,
+        "properties": {"input_file_id": {"type": "string", "minLength": 1},
+                       "endpoint": {"type": "string", "enum": ["/v1/chat/completions"]},
+                       "completion_window": {"type": "string", "enum": ["24h"]},
+                       "metadata": {"type": ["object", "null"], "maxProperties": 16,
+                                    "propertyNames": {"maxLength": 64},
+                                    "additionalProperties": {"type": "string", "maxLength": 512}}},
+    },
+    "Batch": {
+        "type": "object",
+        "required": ["id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at",
+                     "request_counts"],
+        "properties": {
+            "id": {"type": "string"}, "object": {"const": "batch"}, "endpoint": {"type": "string"},
+            "errors": {"type": ["object", "null"]}, "input_file_id": {"type": "string"},
+            "completion_window": {"type": "string"}, "status": {"type": "string", "enum": BATCH_STATUSES},
+            "output_file_id": {"type": ["string", "null"]}, "error_file_id": {"type": ["string", "null"]},
+            "created_at": TIMESTAMP, "in_progress_at": NULL_TIMESTAMP, "expires_at": NULL_TIMESTAMP,
+            "finalizing_at": NULL_TIMESTAMP, "completed_at": NULL_TIMESTAMP, "failed_at": NULL_TIMESTAMP,
+            "expired_at": NULL_TIMESTAMP, "cancelling_at": NULL_TIMESTAMP, "cancelled_at": NULL_TIMESTAMP,
+            "request_counts": {"type": "object", "required": ["total", "completed", "failed"],
+                               "properties": {k: {"type": "integer"} for k in ("total", "completed", "failed")}},
+            "metadata": {"type": ["object", "null"]},
+        },
+    },
+    "BatchList": {"type": "object", "required": ["object", "data", "has_more"],
+                  "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Batch")},
+                                 "first_id": {"type": ["string", "null"]}, "last_id": {"type": ["string", "null"]},
+                                 "has_more": {"type": "boolean"}}},
+}
+
+
+def v1_paths() -> dict[str, Any]:
+    """Return the /v1 operations (the OpenAI-compatible API)."""
+    json_body = {"required": True, "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}}}
+    file_id = {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    limit = _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20})
+    after = _query("after", {"type": "string"}, "The last id of the previous page.")
+    ignored_body = {"required": True, "content": {"application/json": {
+        "schema": {"description": "Ignored: send {} or nothing."}}}}
+    retry_after = {"Retry-After": {"schema": {"type": "string"}}}
+    return {
+        "/v1/models": {"get": {
+            "operationId": "v1ListModels", "summary": "Models live workers serve (OpenAI's shape)",
+            "responses": {"200": _json("The models.", _ref("ModelList")),
+                          "503": {**_oai_error("Redis is unreachable."), "headers": retry_after}, **V1_COMMON}}},
+        "/v1/models/{model}": {"get": {
+            "operationId": "v1GetModel", "summary": "One served model",
+            "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json("The model.", _ref("Model")), "404": _oai_error("Not served."),
+                          "503": {**_oai_error("Redis is unreachable."), "headers": retry_after}, **V1_COMMON}}},
+        "/v1/chat/completions": {"post": {
+            "operationId": "v1CreateChatCompletion", "summary": "Create a chat completion (a stored chat job)",
+            "description": "The boost comes in the body's instaboost object (the openai SDK's extra_body). "
+                           "Boosted tokens: <boost>…</boost> spans in any message, a message's own boost M, or by "
+                           "default the system message(s). Waits up to v1.wait_seconds; then 504 naming the job.",
+            "requestBody": json_body,
+            "responses": {
+                "200": {"description": "The completion; with stream, server-sent chat.completion.chunk events, a "
+                                       "usage chunk and data: [DONE].",
+                        "content": {"application/json": {"schema": _ref("ChatCompletion")},
+                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                "400": _oai_error("Invalid request (OpenAI's invalid_request_error), e.g. a bad boost."),
+                "404": _oai_error("No live worker serves the model (code model_not_found)."),
+                "409": _oai_error("The job was cancelled."),
+                "413": _oai_error("The body is too large."),
+                "429": {**_oai_error("Too many queued jobs."), "headers": retry_after},
+                "503": {**_oai_error("The broker is unreachable."), "headers": retry_after},
+                "504": _oai_error("The job did not finish within v1.wait_seconds; poll "
+                                  "GET /v1/chat/completions/{id}."),
+                **V1_COMMON, **V1_CROSS_SITE}}},
+        "/v1/chat/completions/{completion_id}": {"get": {
+            "operationId": "v1GetChatCompletion", "summary": "A stored chat completion by id (its job's id)",
+            "parameters": [{"name": "completion_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json("The completion.", _ref("ChatCompletion")),
+                          "400": _oai_error("Its job failed on its input."),
+                          "404": _oai_error("No such completion."), "409": _oai_error("Not finished yet."),
+                          **V1_COMMON}}},
+        "/v1/files": {
+            "post": {
+                "operationId": "v1UploadFile", "summary": "Upload a batch input (JSONL, up to limits.max_file_bytes)",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _ref("FileUpload")}}},
+                "responses": {"200": _json("The stored file.", _ref("File")),
+                              "400": _oai_error("Not JSONL of objects, or a wrong purpose."),
+                              "413": _oai_error("Larger than limits.max_file_bytes."), **V1_COMMON, **V1_CROSS_SITE}},
+            "get": {
+                "operationId": "v1ListFiles", "summary": "Files, newest first",
+                "parameters": [_query("purpose", {"type": "string"}),
+                               {**limit, "schema": {"type": "integer", "minimum": 1, "maximum": 10_000}}, after],
+                "responses": {"200": _json("A page of files.", _ref("FileList")),
+                              "400": _oai_error("Invalid limit."), **V1_COMMON}},
+        },
+        "/v1/files/{file_id}": {
+            "get": {"operationId": "v1GetFile", "summary": "A file's description", "parameters": [file_id],
+                    "responses": {"200": _json("The file.", _ref("File")), "404": _oai_error("No such file."),
+                                  **V1_COMMON}},
+            "delete": {"operationId": "v1DeleteFile", "summary": "Delete a file", "parameters": [file_id],
+                       "description": "Send 'Content-Type: application/json' or an 'Authorization' header (the "
+                                      "openai SDK sends both).", "requestBody": ignored_body,
+                       "responses": {"200": _json("Deleted.", _ref("FileDeleted")), "404": _oai_error("No such file."),
+                                     **V1_COMMON, **V1_CROSS_SITE}},
+        },
+        "/v1/files/{file_id}/content": {"get": {
+            "operationId": "v1GetFileContent", "summary": "A file's bytes", "parameters": [file_id],
+            "responses": {"200": {"description": "The JSONL.", "content": {"application/jsonl": {
+                "schema": {"type": "string"}}}}, "404": _oai_error("No such file."), **V1_COMMON}}},
+        "/v1/batches": {
+            "post": {
+                "operationId": "v1CreateBatch", "summary": "Create a batch: each input line one stored chat job",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
+                "responses": {"200": _json("The batch.", _ref("Batch")),
+                              "400": _oai_error("Invalid body: endpoint, completion_window, a file of another "
+                                                "purpose."),
+                              "404": _oai_error("No such input file."),
+                              "429": {**_oai_error("The batch's lines would pass the queue's limit."),
+                                      "headers": retry_after},
+                              "503": {**_oai_error("The broker is unreachable."), "headers": retry_after},
+                              **V1_COMMON, **V1_CROSS_SITE}},
+            "get": {
+                "operationId": "v1ListBatches", "summary": "Batches, newest first", "parameters": [after, limit],
+                "responses": {"200": _json("A page of batches.", _ref("BatchList")),
+                              "400": _oai_error("Invalid limit."), "404": _oai_error("No batch with id after."),
+                              **V1_COMMON}},
+        },
+        "/v1/batches/{batch_id}": {"get": {
+            "operationId": "v1GetBatch", "summary": "A batch, its status and request_counts", "parameters": [batch_id],
+            "responses": {"200": _json("The batch.", _ref("Batch")), "404": _oai_error("No such batch."),
+                          **V1_COMMON}}},
+        "/v1/batches/{batch_id}/cancel": {"post": {
+            "operationId": "v1CancelBatch", "summary": "Cancel a batch in progress", "parameters": [batch_id],
+            "description": "Send 'Content-Type: application/json' (the body is ignored and may be empty) or an "
+                           "'Authorization' header (the openai SDK sends both).",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"description": "Ignored: send {} or nothing."}}}},
+            "responses": {"200": _json("Cancelling (or cancelled).", _ref("Batch")),
+                          "404": _oai_error("No such batch."), "409": _oai_error("The batch already ended."),
+                          **V1_COMMON, **V1_CROSS_SITE}}},
     }

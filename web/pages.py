@@ -104,6 +104,12 @@ def job_list():
 def _variant_rows(job) -> tuple[Any, list[tuple[Variant, Any]]]:
     """Return the original run and [(variant, run or None)] for every boosted variant, in order."""
     by_name = {r.variant: r for r in job.runs}
+    from shared.chat import CHAT_VARIANT, is_chat
+
+    if is_chat(job.params):  # one generation: the chat messages, boosted spans inside
+        run = by_name.get(CHAT_VARIANT)
+        return None, [(Variant(CHAT_VARIANT, run.multiplier if run else job.params["multipliers"][0],
+                               run.layers if run else str(job.params["layer_modes"][0])), run)]
     try:
         variants = JobRequest.from_params(job.params).variants()
     except (KeyError, TypeError, ValueError):

@@ -50,22 +50,9 @@ def model_facts(beats: list[dict], model: str) -> dict[str, int]:
 
 def served_model_facts(model: str, redis, namespace: str) -> dict[str, int]:
     """Return what live workers advertise about model, or raise: Unavailable (Redis down), ModelError (not served)."""
-    from shared import workers
-
-    try:
-        beats = workers.live_workers(redis, namespace)
-    except Exception as exc:  # redis-py raises ConnectionError/TimeoutError subclasses
-        log.warning("broker unreachable on submit: %s", type(exc).__name__)
-        raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
-    served = {m for beat in beats for m in beat["models"]}
-    # A worker that is loading the model will run the job once loaded: it waits in the queue meanwhile.
-    starting = {m for beat in beats for m in workers.starting_in(beat)} - served
+    beats, served, starting = _served(redis, namespace)
     if model not in served | starting:
-        hints = [f"models served now: {', '.join(sorted(served))}"] if served else []
-        hints += [f"models starting: {', '.join(sorted(starting))}"] if starting else []
-        hint = "; ".join(hints) or "no worker is running"
-        raise ModelError(f"no live worker serves model {model!r} ({hint}); choose a served model or "
-                         f"start a worker with INSTABOOST_WORKER_MODELS={model}", field="model")
+        raise unserved_error(model, served, starting)
     return model_facts(beats, model)
 
 
@@ -80,22 +67,84 @@ def _begin_immediate(session: Session) -> None:
     session.execute(text("BEGIN IMMEDIATE"))
 
 
-def _insert_queued(session: Session, request: JobRequest, limit: int) -> Job:
-    """Insert the queued job unless limit jobs already wait (TooManyJobs); commit."""
+def _insert_queued(session: Session, rows: list[dict], limit: int) -> list[Job]:
+    """Insert the queued jobs (Job column values) unless the queue would pass limit (TooManyJobs); commit."""
     with _submit_lock:
         dialect = session.get_bind().dialect.name
         if dialect == "postgresql":
             session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
         elif dialect == "sqlite":
             _begin_immediate(session)
-        if queued_count(session) >= limit:
+        waiting = queued_count(session)
+        if waiting + len(rows) > limit:
             session.rollback()  # releases the advisory lock
-            raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
-        job = Job(status=JobStatus.queued, model=request.model, params=request.to_params(),
-                  progress_done=0, progress_total=len(request.variants()))
-        session.add(job)
+            if len(rows) == 1:
+                raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
+            raise TooManyJobs(f"{len(rows)} more jobs would pass the queue's limit of {limit} ({waiting} wait now); "
+                              "retry when some have finished, or split the batch", retry_after=30)
+        jobs = [Job(status=JobStatus.queued, progress_done=0, **row) for row in rows]
+        session.add_all(jobs)
         session.commit()
-    return job
+    return jobs
+
+
+def _served(redis, namespace: str) -> tuple[list[dict], set[str], set[str]]:
+    """Return (live heartbeats, models served, models starting); Unavailable when Redis cannot be read."""
+    from shared import workers
+
+    try:
+        beats = workers.live_workers(redis, namespace)
+    except Exception as exc:  # redis-py raises ConnectionError/TimeoutError subclasses
+        log.warning("broker unreachable on submit: %s", type(exc).__name__)
+        raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
+    served = {m for beat in beats for m in beat["models"]}
+    # A worker that is loading the model will run the job once loaded: it waits in the queue meanwhile.
+    starting = {m for beat in beats for m in workers.starting_in(beat)} - served
+    return beats, served, starting
+
+
+def unserved_error(model: str, served: set[str], starting: set[str]) -> ModelError:
+    """Return the error for a model no live worker serves or is loading."""
+    hints = [f"models served now: {', '.join(sorted(served))}"] if served else []
+    hints += [f"models starting: {', '.join(sorted(starting))}"] if starting else []
+    hint = "; ".join(hints) or "no worker is running"
+    return ModelError(f"no live worker serves model {model!r} ({hint}); choose a served model or "
+                      f"start a worker with INSTABOOST_WORKER_MODELS={model}", field="model")
+
+
+def _enqueue(session: Session, job: Job, celery_app, *, fail_on_error: bool = True) -> bool:
+    """Send the job's message (at its priority) and stamp enqueued_at; on a broker error fail the job (or leave
+    it to the sweeper's outbox when fail_on_error is False) and return False."""
+    from shared import celery_config
+
+    try:
+        celery_app.send_task(celery_config.TASK_NAME, args=[job.id], queue=celery_config.model_queue(job.model),
+                             priority=celery_config.job_priority(job.kind, job.batch_id))
+    except Exception as exc:
+        # The exception text may hold the broker URL (and its password): log the type only.
+        log.warning("broker refused job %s: %s", job.id, type(exc).__name__)
+        session.rollback()
+        if fail_on_error:
+            transition(session, job, JobStatus.failed,
+                       error=f"could not enqueue: the broker is unreachable ({type(exc).__name__})")
+            session.commit()
+        return False
+    session.execute(update(Job).where(Job.id == job.id).values(enqueued_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    return True
+
+
+def _defaults(settings, celery_app, redis):
+    from shared import celery_config, workers
+
+    if settings is None:
+        from shared.settings import get_settings
+
+        settings = get_settings()
+    redis = redis if redis is not None else workers.redis_client(settings["redis.url"])
+    celery_app = celery_app if celery_app is not None else celery_config.get_celery()
+    return settings, celery_app, redis
 
 
 def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, Any] | None = None,
@@ -106,29 +155,80 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
     model the workers advertise (layers, context), (TooManyJobs) a full queue and (Unavailable) an
     unreachable broker; a job the broker refused is failed at once, so no row waits forever.
     """
-    from shared import celery_config, workers
-
-    if settings is None:
-        from shared.settings import get_settings
-
-        settings = get_settings()
-    redis = redis if redis is not None else workers.redis_client(settings["redis.url"])
-    celery_app = celery_app if celery_app is not None else celery_config.get_celery()
-    namespace = settings["redis.namespace"]
-
-    request.check_model(served_model_facts(request.model, redis, namespace))
-    job = _insert_queued(session, request, settings["limits.max_queued_jobs"])
-    try:
-        celery_app.send_task(celery_config.TASK_NAME, args=[job.id], queue=celery_config.model_queue(job.model))
-    except Exception as exc:
-        # The exception text may hold the broker URL (and its password): log the type only.
-        log.warning("broker refused job %s: %s", job.id, type(exc).__name__)
-        session.rollback()
-        transition(session, job, JobStatus.failed,
-                   error=f"could not enqueue: the broker is unreachable ({type(exc).__name__})")
-        session.commit()
+    settings, celery_app, redis = _defaults(settings, celery_app, redis)
+    beats, served, starting = _served(redis, settings["redis.namespace"])
+    if request.model not in served | starting:
+        raise unserved_error(request.model, served, starting)
+    request.check_model(model_facts(beats, request.model))
+    job, = _insert_queued(session, [dict(model=request.model, params=request.to_params(),
+                                         progress_total=len(request.variants()))],
+                          settings["limits.max_queued_jobs"])
+    if not _enqueue(session, job, celery_app):
         raise Unavailable(f"the broker (Redis) is unreachable, job {job.id} was not queued; retry shortly") from None
-    session.execute(update(Job).where(Job.id == job.id).values(enqueued_at=utcnow())
-                    .execution_options(synchronize_session=False))
-    session.commit()
     return session.get(Job, job.id, populate_existing=True)
+
+
+def check_chat_fits(params: Mapping[str, Any], facts: Mapping[str, int]) -> None:
+    """Raise ValidationError when a chat job cannot fit the model the workers advertise (layers, context)."""
+    from shared.errors import ValidationError
+
+    errors = []
+    n_layers, context = facts.get("n_layers"), facts.get("max_context")
+    if isinstance(n_layers, int):
+        if params["layers"] == "middle" and params["start_layer"] >= n_layers:
+            errors.append({"field": "instaboost.start_layer", "message": f"instaboost.start_layer "
+                           f"{params['start_layer']} is out of range: {params['model']} has {n_layers} layers "
+                           f"(0..{n_layers - 1})"})
+        if isinstance(params["layers"], list) and max(params["layers"]) >= n_layers:
+            errors.append({"field": "instaboost.layers", "message": f"instaboost.layers {max(params['layers'])} is "
+                           f"out of range: {params['model']} has {n_layers} layers (0..{n_layers - 1})"})
+    n_heads = facts.get("n_heads")
+    if isinstance(n_heads, int) and params.get("heads"):
+        top = max(h for hs in params["heads"].values() for h in hs)
+        if top >= n_heads:
+            errors.append({"field": "instaboost.heads", "message": f"instaboost.heads names head {top}: "
+                           f"{params['model']} has {n_heads} heads per layer (0..{n_heads - 1})"})
+        if isinstance(n_layers, int) and max(int(k) for k in params["heads"]) >= n_layers:
+            errors.append({"field": "instaboost.heads", "message": f"instaboost.heads names layer "
+                           f"{max(int(k) for k in params['heads'])}: {params['model']} has {n_layers} layers"})
+    if isinstance(context, int) and params["max_new_tokens"] >= context:
+        errors.append({"field": "max_tokens", "message": f"max_tokens {params['max_new_tokens']} does not fit "
+                       f"{params['model']}'s context of {context} tokens; ask for fewer"})
+    if errors:
+        raise ValidationError(errors[0]["message"], errors=errors)
+
+
+def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mapping[str, Any] | None = None,
+                celery_app=None, redis=None) -> Job:
+    """Store a queued chat job (shared.chat.chat_params) and enqueue it ahead of other work; return the job."""
+    settings, celery_app, redis = _defaults(settings, celery_app, redis)
+    beats, served, starting = _served(redis, settings["redis.namespace"])
+    if params["model"] not in served | starting:
+        raise unserved_error(params["model"], served, starting)
+    check_chat_fits(params, model_facts(beats, params["model"]))
+    job, = _insert_queued(session, [dict(model=params["model"], params=dict(params), progress_total=1, kind="chat")],
+                          settings["limits.max_queued_jobs"])
+    if not _enqueue(session, job, celery_app):
+        raise Unavailable(f"the broker (Redis) is unreachable, job {job.id} was not queued; retry shortly") from None
+    return session.get(Job, job.id, populate_existing=True)
+
+
+def submit_batch_jobs(session: Session, batch_id: str, lines: list[tuple[str, Mapping[str, Any]]], *,
+                      settings: Mapping[str, Any] | None = None, celery_app=None) -> list[Job]:
+    """Store one queued chat job per (custom_id, params) line of a batch and enqueue each behind other work.
+
+    A message the broker refuses leaves its job in the outbox (enqueued_at NULL): the sweeper sends it.
+    """
+    settings, celery_app, _ = _defaults(settings, celery_app, object())
+    rows = [dict(model=p["model"], params=dict(p), progress_total=1, kind="chat", batch_id=batch_id, custom_id=cid)
+            for cid, p in lines]
+    jobs = _insert_queued(session, rows, settings["limits.max_queued_jobs"]) if rows else []
+    ids = [j.id for j in jobs]
+    for job in jobs:
+        _enqueue(session, job, celery_app, fail_on_error=False)
+    return ids  # type: ignore[return-value]
+
+
+def served_models(settings: Mapping[str, Any], redis) -> tuple[list[dict], set[str], set[str]]:
+    """Return (live heartbeats, models served, models starting) for a batch's per-line model checks."""
+    return _served(redis, settings["redis.namespace"])

@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (JSON, DateTime, Enum, Float, ForeignKey, Integer, LargeBinary, String, Text, TypeDecorator,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -136,6 +137,11 @@ class Job(Base):
     case_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     sweep_step: Mapped[float | None] = mapped_column(Float, nullable=True)  # the grid M of this job
     sweep_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # "chat" for OpenAI chat completions (and batch lines); NULL or "instaboost" for the job API's jobs.
+    kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The batch a chat job is a line of, and that line's custom_id.
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    custom_id: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     runs: Mapped[list["Run"]] = relationship(back_populates="job", cascade="all, delete-orphan",
                                              passive_deletes=True, order_by="Run.id")
@@ -212,3 +218,49 @@ class Sweep(Base):
 
     def __repr__(self) -> str:
         return f"<Sweep {self.id} {self.status} {self.model}>"
+
+
+class File(Base):
+    """A file of the OpenAI Files API: a batch's input (purpose "batch") or its output and errors."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "file-<hex>"
+    purpose: Mapped[str] = mapped_column(String(32))  # batch | batch_output
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
+                  "cancelled")
+BATCH_FINAL = frozenset({"failed", "completed", "expired", "cancelled"})
+
+
+class Batch(Base):
+    """An OpenAI batch: each line of its input file is one stored chat job (Job.batch_id)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "batch_<hex>"
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_total: Mapped[int] = mapped_column(Integer, default=0)
+    # Lines refused before they became jobs: [{"line", "custom_id", "code", "message", "param"}].
+    line_errors: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    errors: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the batch's own errors (status failed)
+    meta: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -113,7 +113,10 @@ def test_concurrent_submissions_to_several_processes_respect_the_cap_and_none_is
     address, access_log = gunicorn
     heartbeat(DEFAULT_MODEL)
     engine = get_db_engine(store)
-    queue = f"{redis_namespace}:{model_queue(DEFAULT_MODEL)}"
+    from shared.celery_config import PRIORITY
+    from shared.workers import queue_key
+
+    queue = queue_key(model_queue(DEFAULT_MODEL), PRIORITY["default"], redis_namespace)
     start = time.monotonic()
     for round_ in range(ROUNDS):
         # Each round crosses the cap once, with every web process busy: the moment a per-process lock overshoots.

@@ -183,6 +183,9 @@ def test_cancel_queued_and_running_jobs(web, pg_url):
 def test_job_waits_visibly_when_no_worker_holds_its_model(web, celery_worker, redis_client):
     # Another (pretend) worker advertises a model ours does not hold: the job is accepted, routed to
     # that model's queue, and our worker must not take it.
+    from shared.celery_config import PRIORITY
+    from shared.workers import queue_key
+
     ns = celery_worker.namespace
     key = f"{ns}:worker:pretend@elsewhere"
     redis_client.set(key, json.dumps({"hostname": "pretend@elsewhere", "models": ["some-other-model"], "pid": 1,
@@ -198,6 +201,6 @@ def test_job_waits_visibly_when_no_worker_holds_its_model(web, celery_worker, re
         assert wait_for(web, marker, {"succeeded", "failed", "cancelled"})["status"] == "succeeded"
         body = web.get(f"/api/jobs/{job_id}").get_json()
         assert body["status"] == "queued" and body["enqueued_at"] is not None
-        assert redis_client.llen(f"{ns}:models.some-other-model") == 1
+        assert redis_client.llen(queue_key("models.some-other-model", PRIORITY["default"], ns)) == 1
     finally:
-        redis_client.delete(key, f"{ns}:models.some-other-model")
+        redis_client.delete(key, queue_key("models.some-other-model", PRIORITY["default"], ns))

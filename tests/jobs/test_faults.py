@@ -273,7 +273,10 @@ def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis
         assert resp.status_code == 202, resp.get_json()
         before.append(resp.get_json()["id"])
     h.wait_running_on(before[0], w)
-    queue = f"{h.namespace}:{model_queue('smollm2-135m-instruct')}"
+    from shared.celery_config import PRIORITY
+    from shared.workers import queue_key
+
+    queue = queue_key(model_queue('smollm2-135m-instruct'), PRIORITY["default"], h.namespace)
     assert redis_client(h.redis_url).llen(queue) == 2  # two jobs wait in Redis behind the running one
 
     private_redis.kill()  # mid-queue: one job running, two waiting, all in memory only

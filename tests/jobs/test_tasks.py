@@ -175,7 +175,8 @@ def test_celery_config_reliability_settings():
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["task_ignore_result"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["task_time_limit"] == 600 and conf["task_soft_time_limit"] == 540
-    assert conf["broker_transport_options"] == {"visibility_timeout": 900, "global_keyprefix": "ns1:"}
+    assert conf["broker_transport_options"] == {"visibility_timeout": 900, "global_keyprefix": "ns1:",
+                                                "priority_steps": [0, 3, 6, 9]}
     with pytest.raises(ValidationError) as err:
         celery_config(load_settings(overrides={"worker.job_time_limit": 600, "worker.visibility_timeout": 600}))
     assert err.value.field == "worker.visibility_timeout"

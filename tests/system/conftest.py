@@ -10,6 +10,10 @@ from tests.helpers import mark_folder
 pytest_collection_modifyitems = mark_folder(__file__, modules={
     "test_startup.py": ["services", "slow"],
     "test_browser.py": ["browser", "services", "slow"],
+    # The OpenAI-compatible API through real clients (the openai SDK, lm-evaluation-harness) and a real worker.
+    "test_openai_api.py": ["services", "slow"],
+    "test_openai_batches.py": ["services", "slow"],
+    "test_openai_lm_eval.py": ["services", "slow"],
     # Skipped, saying why, without a Docker engine; `make docker-test` selects it with -m docker.
     "test_docker.py": ["docker", pytest.mark.timeout(3600)],
 })

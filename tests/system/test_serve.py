@@ -86,6 +86,16 @@ def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
                 time.sleep(0.3)
             assert body["status"] == "succeeded" and len(body["runs"]) == 2
 
+        # The OpenAI-compatible API through gunicorn's threads: a streamed completion, with a boost.
+        import openai
+
+        client = openai.OpenAI(base_url=base + "/v1", api_key="any", max_retries=0, timeout=120)
+        chunks = list(client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
+            stream=True, extra_body={"instaboost": {"multiplier": 5}}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+        assert chunks[-1].usage.completion_tokens >= 1
+
         # An impatient user: Ctrl-C, then Ctrl-C again while it is stopping. Still a clean stop.
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)

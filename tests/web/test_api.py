@@ -7,6 +7,7 @@ import re
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -32,7 +33,10 @@ def test_submit_enqueues_and_answers_202(client, heartbeat, redis_client, redis_
     assert job["status"] == "queued" and job["enqueued_at"] and job["progress"] == {"done": 0, "total": 3}
     assert job["params"]["multipliers"] == [2.0, 10.0] and job["params"]["instruction"] == BODY["instruction"]
     # The real Celery producer put exactly one message for this job on the model's queue.
-    raw = redis_client.lrange(f"{redis_namespace}:{model_queue(DEFAULT_MODEL)}", 0, -1)
+    from shared.celery_config import PRIORITY
+    from shared.workers import queue_key
+
+    raw = redis_client.lrange(queue_key(model_queue(DEFAULT_MODEL), PRIORITY["default"], redis_namespace), 0, -1)
     assert len(raw) == 1
     message = json.loads(raw[0])
     assert message["headers"]["task"] == "instaboost.run_job"
@@ -282,8 +286,9 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
     assert doc["openapi"].startswith("3.1") and doc["security"] == [{}]  # no token configured: open
     assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL, None]  # null: the default
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-    routes = {(m, re.sub(r"<(\w+)>", r"{\1}", r.rule)) for r in client.application.url_map.iter_rules()
-              if r.rule.startswith("/api") or r.rule in ("/healthz", "/readyz") for m in r.methods - {"HEAD", "OPTIONS"}}
+    routes = {(m, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule)) for r in client.application.url_map.iter_rules()
+              if r.rule.startswith(("/api", "/v1/")) or r.rule in ("/healthz", "/readyz")
+              for m in r.methods - {"HEAD", "OPTIONS"}}
     assert routes == documented
 
     def check(resp, path, method):

@@ -87,7 +87,10 @@ def _child_env(settings) -> dict[str, str]:
 def _gunicorn_command(host: str, port: int, workers: int) -> list[str]:
     import gunicorn.config
 
+    # Threads: /v1/chat/completions waits for its job (v1.wait_seconds) and streams; a thread per request keeps
+    # other requests answered meanwhile, and gthread's worker timeout does not count a request's duration.
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
+           "--worker-class", "gthread", "--threads", "8",
            "--access-logfile", "-", "--graceful-timeout", "10"]
     if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
         # Newer gunicorns open one fixed control socket per user: two instances would collide.

@@ -68,9 +68,9 @@ class Sweeper:
 
     def sweep(self) -> dict[str, list[int]]:
         """Run one pass; return the ids acted on: jobs {"orphaned", "poisoned", "cancelled", "outbox", "lost"},
-        and the calibration sweeps that moved on ("sweeps")."""
-        done: dict[str, list[int]] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": [],
-                                      "sweeps": []}
+        OpenAI batches moved on ("batches") and calibration sweeps moved on ("sweeps")."""
+        done: dict[str, list] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": [],
+                                 "batches": [], "sweeps": []}
         try:
             self.redis.ping()
         except Exception as exc:
@@ -82,6 +82,7 @@ class Sweeper:
         self._orphans(done)
         self._outbox(done)
         self._lost(done)
+        self._batches(done)
         self._sweeps(done)
         for kind, ids in done.items():
             if ids:
@@ -90,7 +91,7 @@ class Sweeper:
 
     def _orphans(self, done: dict[str, list[int]]) -> None:
         with session_scope(self.db_url) as s:
-            rows = s.execute(select(Job.id, Job.status, Job.worker, Job.attempts, Job.model)
+            rows = s.execute(select(Job.id, Job.status, Job.worker, Job.attempts, Job.model, Job.kind, Job.batch_id)
                              .where(Job.status.in_([JobStatus.running, JobStatus.cancelling]))).all()
         now = time.monotonic()
         dead: set[str] = set()
@@ -128,21 +129,23 @@ class Sweeper:
                     continue
             done[kind].append(r.id)
             if kind == "orphaned":
-                self._send(r.id, r.model, expected_enqueued_at=None)
+                self._send(r.id, r.model, expected_enqueued_at=None,
+                           priority=celery_config.job_priority(r.kind, r.batch_id))
 
     def _outbox(self, done: dict[str, list[int]]) -> None:
         cutoff = utcnow() - timedelta(seconds=self.outbox_grace)
         with session_scope(self.db_url) as s:
-            rows = s.execute(select(Job.id, Job.model)
+            rows = s.execute(select(Job.id, Job.model, Job.kind, Job.batch_id)
                              .where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None), Job.created_at <= cutoff)
                              ).all()
         for r in rows:
-            if self._send(r.id, r.model, expected_enqueued_at=None):
+            if self._send(r.id, r.model, expected_enqueued_at=None,
+                          priority=celery_config.job_priority(r.kind, r.batch_id)):
                 done["outbox"].append(r.id)
 
     def _lost(self, done: dict[str, list[int]]) -> None:
         with session_scope(self.db_url) as s:
-            rows = s.execute(select(Job.id, Job.model, Job.enqueued_at)
+            rows = s.execute(select(Job.id, Job.model, Job.enqueued_at, Job.kind, Job.batch_id)
                              .where(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None))).all()
         now = time.monotonic()
         waiting: dict[str, set[int]] = {}
@@ -153,7 +156,8 @@ class Sweeper:
             if r.id in waiting[queue]:
                 self._missing_since.pop(r.id, None)
             elif now - self._missing_since.setdefault(r.id, now) >= self.lost_after:
-                if self._send(r.id, r.model, expected_enqueued_at=r.enqueued_at):
+                if self._send(r.id, r.model, expected_enqueued_at=r.enqueued_at,
+                              priority=celery_config.job_priority(r.kind, r.batch_id)):
                     done["lost"].append(r.id)
                 self._missing_since.pop(r.id, None)
         known = {r.id for r in rows}
@@ -179,7 +183,18 @@ class Sweeper:
             if status != sweeps.RUNNING or moved != r.step_index:
                 done["sweeps"].append(r.id)
 
-    def _send(self, job_id: int, model: str, expected_enqueued_at) -> bool:
+    def _batches(self, done: dict[str, list]) -> None:
+        """Move OpenAI batches on whose last job ended without its worker doing it (e.g. failed by this sweeper)."""
+        from shared.store import batches
+
+        with session_scope(self.db_url) as s:
+            for batch_id in batches.open_batch_ids(s):
+                before = s.get(batches.Batch, batch_id).status
+                after = batches.refresh_batch(s, batch_id).status
+                if after != before:
+                    done["batches"].append(batch_id)
+
+    def _send(self, job_id: int, model: str, expected_enqueued_at, priority: int | None = None) -> bool:
         """Claim the job's (re)send with a conditional UPDATE, then publish; undo the claim if that fails."""
         stamp = utcnow()
         with session_scope(self.db_url) as s:
@@ -190,7 +205,8 @@ class Sweeper:
         if claimed != 1:
             return False
         try:
-            self.celery.send_task(celery_config.TASK_NAME, args=[job_id], queue=celery_config.model_queue(model))
+            self.celery.send_task(celery_config.TASK_NAME, args=[job_id], queue=celery_config.model_queue(model),
+                                  priority=celery_config.PRIORITY["default"] if priority is None else priority)
         except Exception as exc:
             log.warning("sweeper: could not send job %s (%s); retrying next pass", job_id, type(exc).__name__)
             with session_scope(self.db_url) as s:

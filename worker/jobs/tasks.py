@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import signal
 import threading
@@ -35,7 +36,7 @@ from shared.errors import Conflict, InstaBoostError
 from shared.schemas import JobRequest, Variant
 from shared.store import lifecycle
 from shared.store.tables import FINAL, Job, JobStatus, Run
-from shared.workers import redis_client, worker_runs
+from shared.workers import redis_client, stream_key, worker_runs
 from worker.jobs import faults
 from worker.jobs.watchdog import Watchdog, end_process, grace_seconds
 
@@ -185,10 +186,69 @@ def _score(engine, request: JobRequest, gen_requests, results, settings: Mapping
         return [{"score_error": f"{type(exc).__name__}: {exc}"[:500]} for _ in results]
 
 
-def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
-                  budget: float, batch_size: int = 1, settings: Mapping[str, Any] | None = None) -> str:
+
+STREAM_TTL = 3600  # seconds a job's stream events are kept after the last one
+
+
+def _publisher(job: Job, attempt: int) -> Callable[[dict], None] | None:
+    """Return a function that appends an event to the job's stream list, or None when the job does not stream."""
+    if not job.params.get("stream"):
+        return None
+    from shared.settings import get_settings
+
+    s = get_settings()
+    redis, key = _redis(s["redis.url"]), stream_key(s["redis.namespace"], job.id)
+
+    def publish(event: dict) -> None:
+        try:
+            pipe = redis.pipeline()
+            pipe.rpush(key, json.dumps({**event, "attempt": attempt}))
+            pipe.expire(key, STREAM_TTL)
+            pipe.execute()
+        except Exception as exc:  # streaming is best effort: the stored result is the answer
+            log.warning("job %s: could not publish a stream event (%s)", job.id, type(exc).__name__)
+
+    return publish
+
+
+def _run_chat(session, job: Job, worker: str, budget: float) -> str:
+    """Run a chat job (one generation, OpenAI chat messages with boosted spans) and store its one run."""
+    from shared.chat import CHAT_VARIANT, generation_request
     from worker.engine import get_engine
 
+    done = with_db_retry(session, _stored_variants, job.id, budget=budget)
+    if CHAT_VARIANT not in done:
+        if with_db_retry(session, _ownership, job.id, worker, budget=budget) is JobStatus.cancelling:
+            return _finish_cancel(session, job.id, worker, budget)
+        faults.inject("variant", session)
+        request = generation_request(job.params)
+        engine = get_engine(job.model, job.params.get("engine") or "fast")
+        publish = _publisher(job, job.attempts)
+        if publish is not None:
+            publish({"type": "start"})
+        result, = engine.generate([request], on_text=None if publish is None else
+                                  (lambda _row, delta: publish({"type": "delta", "text": delta})))
+        mults = [m for _, _, m in result.spans]
+        with_db_retry(session, lifecycle.record_run, job.id, CHAT_VARIANT,
+                      multiplier=max(mults, key=lambda x: abs(x - 1)) if mults else 1.0,
+                      layers=job.params["layers"] if mults else "none", heads=None, output_text=result.text,
+                      prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens, seconds=result.seconds,
+                      attention_mass=None, finish_reason=result.finish_reason, budget=budget)
+        session.commit()
+        if publish is not None:
+            publish({"type": "end", "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
+                     "completion_tokens": result.output_tokens})
+        log.info("job %s: chat done (%d tokens, %s)", job.id, result.output_tokens, result.finish_reason)
+    return with_db_retry(session, _succeed, job.id, worker, budget=budget)
+
+
+def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
+                  budget: float, batch_size: int = 1, settings: Mapping[str, Any] | None = None) -> str:
+    from shared.chat import is_chat
+    from worker.engine import get_engine
+
+    if is_chat(job.params):
+        return _run_chat(session, job, worker, budget)
     request = JobRequest.from_params(job.params)
     variants = request.variants()
     done = with_db_retry(session, _stored_variants, job.id, budget=budget)
@@ -335,16 +395,33 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[s
     hard_exit(reason) ends this process: given (by the Celery task), a watchdog calls it when the job is
     still running past its hard limit plus a grace (native code that never sees the soft limit's alarm).
     A job of a sweep that ended moves its sweep on (shared.store.sweeps.advance), sending new jobs through sender.
+    When the job is a line of an OpenAI batch and it ended, the batch is moved on (finalized once its last
+    job ends).
     """
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
-    outcome = _execute_job(job_id, worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
-                           is_alive=is_alive, hard_exit=hard_exit)
-    if outcome in ("succeeded", "failed", "cancelled", "skipped"):
+    status = _execute_job(job_id, worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
+                          is_alive=is_alive, hard_exit=hard_exit)
+    if status in (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value):
+        _batch_hook(db_url, job_id)
+    if status in (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value, "skipped"):
         _advance_sweep(job_id, settings, db_url, sender)
-    return outcome
+    return status
+
+
+def _batch_hook(db_url: str | None, job_id: int) -> None:
+    from shared.store import batches
+
+    try:
+        with session_scope(db_url) as session:
+            batch_id = session.scalar(select(Job.batch_id).where(Job.id == job_id))
+            session.commit()
+            if batch_id:
+                batches.refresh_batch(session, batch_id)
+    except Exception as exc:  # the sweeper and the web's reads finalize it later
+        log.warning("job %s: could not move its batch on (%s: %s)", job_id, type(exc).__name__, exc)
 
 
 def _advance_sweep(job_id: int, settings: Mapping[str, Any], db_url: str | None, sender) -> None:

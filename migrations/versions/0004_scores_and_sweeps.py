@@ -1,7 +1,7 @@
-"""Scores on runs, calibration sweeps and the jobs they run.
+"""Scores on runs, calibration sweeps and the jobs they run (runs.finish_reason comes with 0003).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-27
 """
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 from shared.store.tables import UTCDateTime
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -37,7 +37,6 @@ def upgrade() -> None:
     op.create_index("ix_sweeps_status", "sweeps", ["status"])
     op.create_index("ix_sweeps_model", "sweeps", ["model"])
     with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("finish_reason", sa.String(16), nullable=True))
         batch.add_column(sa.Column("scores", sa.JSON(), nullable=True))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("sweep_id", sa.Integer(), nullable=True))
@@ -61,7 +60,6 @@ def downgrade() -> None:
         batch.drop_column("sweep_id")
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("scores")
-        batch.drop_column("finish_reason")
     op.drop_index("ix_sweeps_model", table_name="sweeps")
     op.drop_index("ix_sweeps_status", table_name="sweeps")
     op.drop_table("sweeps")

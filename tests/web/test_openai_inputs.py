@@ -1,0 +1,226 @@
+"""Bad input to /v1: every case is answered 4xx in OpenAI's error shape and stores nothing (no job, file, batch or
+broker message). Real PostgreSQL and Redis, a heartbeat announcing the default model (30 layers), no worker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
+
+MAX_FILE = 2000
+SYSTEM = {"role": "system", "content": "Answer in French."}
+USER = {"role": "user", "content": "What is the capital of Italy?"}
+
+
+def chat(**over) -> dict:
+    body = {"model": DEFAULT_MODEL, "messages": [SYSTEM, USER], "max_tokens": 4}
+    body.update(over)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def boost(**kw) -> dict:
+    return chat(instaboost=kw)
+
+
+def user(content) -> dict:
+    return chat(messages=[{"role": "user", "content": content}])
+
+
+LINE = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": chat()}
+
+# (id, method, path, how: json | raw | multipart, payload, status)
+CASES = [
+    ("not-json", "POST", "/v1/chat/completions", "raw", (b"{", "application/json"), 400),
+    ("text-plain", "POST", "/v1/chat/completions", "raw", (b"hello", "text/plain"), 415),
+    ("body-array", "POST", "/v1/chat/completions", "json", [], 400),
+    ("no-model", "POST", "/v1/chat/completions", "json", chat(model=...), 400),
+    ("no-messages", "POST", "/v1/chat/completions", "json", chat(messages=...), 400),
+    ("empty-messages", "POST", "/v1/chat/completions", "json", chat(messages=[]), 400),
+    ("tool-role", "POST", "/v1/chat/completions", "json", chat(messages=[{"role": "tool", "content": "x"}]), 400),
+    ("content-number", "POST", "/v1/chat/completions", "json", user(42), 400),
+    ("image-part", "POST", "/v1/chat/completions", "json", user([{"type": "image_url", "image_url": {}}]), 400),
+    ("unclosed-boost", "POST", "/v1/chat/completions", "json", user("Hi <boost>there"), 400),
+    ("stray-close", "POST", "/v1/chat/completions", "json", user("Hi</boost> there"), 400),
+    ("nested-boost", "POST", "/v1/chat/completions", "json", user("<boost>a <boost>b</boost></boost>"), 400),
+    ("empty-boost", "POST", "/v1/chat/completions", "json", user("a <boost></boost> b"), 400),
+    ("nul-content", "POST", "/v1/chat/completions", "json", user("a\x00b"), 400),
+    ("all-empty", "POST", "/v1/chat/completions", "json", user(""), 400),
+    ("m-zero", "POST", "/v1/chat/completions", "json", boost(multiplier=0), 400),
+    ("m-negative", "POST", "/v1/chat/completions", "json", boost(multiplier=-2), 400),
+    ("m-string", "POST", "/v1/chat/completions", "json", boost(multiplier="ten"), 400),
+    ("m-huge", "POST", "/v1/chat/completions", "json", boost(multiplier=1e7), 400),
+    ("message-boost-zero", "POST", "/v1/chat/completions", "json",
+     chat(messages=[{**SYSTEM, "boost": 0}, USER]), 400),
+    ("layers-word", "POST", "/v1/chat/completions", "json", boost(layers="some"), 400),
+    ("layers-negative", "POST", "/v1/chat/completions", "json", boost(layers=[-1]), 400),
+    ("layers-past-model", "POST", "/v1/chat/completions", "json", boost(layers=[0, 30]), 400),
+    ("start-layer-negative", "POST", "/v1/chat/completions", "json", boost(start_layer=-1), 400),
+    ("start-layer-past-model", "POST", "/v1/chat/completions", "json", boost(layers="middle", start_layer=99), 400),
+    ("heads-zero", "POST", "/v1/chat/completions", "json", boost(heads=0), 400),
+    ("heads-over-100", "POST", "/v1/chat/completions", "json", boost(heads=150), 400),
+    ("heads-bad-map", "POST", "/v1/chat/completions", "json", boost(heads={"x": [1]}), 400),
+    ("heads-past-model", "POST", "/v1/chat/completions", "json", boost(heads={"3": [9]}), 400),
+    ("placement", "POST", "/v1/chat/completions", "json", boost(placement="nowhere"), 400),
+    ("boost-unknown-key", "POST", "/v1/chat/completions", "json", boost(colour="red"), 400),
+    ("boost-not-object", "POST", "/v1/chat/completions", "json", chat(instaboost=5), 400),
+    ("n-two", "POST", "/v1/chat/completions", "json", chat(n=2), 400),
+    ("max-tokens-zero", "POST", "/v1/chat/completions", "json", chat(max_tokens=0), 400),
+    ("max-tokens-huge", "POST", "/v1/chat/completions", "json", chat(max_tokens=10**6), 400),
+    ("max-completion-tokens-string", "POST", "/v1/chat/completions", "json", chat(max_completion_tokens="4"), 400),
+    ("temperature-negative", "POST", "/v1/chat/completions", "json", chat(temperature=-1), 400),
+    ("top-p-zero", "POST", "/v1/chat/completions", "json", chat(top_p=0), 400),
+    ("seed-negative", "POST", "/v1/chat/completions", "json", chat(seed=-5), 400),
+    ("stop-five", "POST", "/v1/chat/completions", "json", chat(stop=["a", "b", "c", "d", "e"]), 400),
+    ("stop-empty-string", "POST", "/v1/chat/completions", "json", chat(stop=""), 400),
+    ("stream-string", "POST", "/v1/chat/completions", "json", chat(stream="yes"), 400),
+    ("unknown-field", "POST", "/v1/chat/completions", "json", chat(foo=1), 400),
+    ("logprobs-true", "POST", "/v1/chat/completions", "json", chat(logprobs=True), 400),
+    ("tools", "POST", "/v1/chat/completions", "json", chat(tools=[{"type": "function"}]), 400),
+    ("model-unserved", "POST", "/v1/chat/completions", "json", chat(model="no-such-model"), 404),
+    ("model-with-space", "POST", "/v1/chat/completions", "json", chat(model="a b"), 400),
+    # Files.
+    ("file-wrong-purpose", "POST", "/v1/files", "multipart", ({"purpose": "fine-tune"}, b'{"a": 1}\n'), 400),
+    ("file-no-purpose", "POST", "/v1/files", "multipart", ({}, b'{"a": 1}\n'), 400),
+    ("file-missing", "POST", "/v1/files", "multipart", ({"purpose": "batch"}, None), 400),
+    ("file-bad-jsonl", "POST", "/v1/files", "multipart", ({"purpose": "batch"}, b'{"a": 1}\n{"b":\n'), 400),
+    ("file-line-array", "POST", "/v1/files", "multipart", ({"purpose": "batch"}, b'{"a": 1}\n[1, 2]\n'), 400),
+    ("file-empty", "POST", "/v1/files", "multipart", ({"purpose": "batch"}, b"\n\n"), 400),
+    ("file-not-utf8", "POST", "/v1/files", "multipart", ({"purpose": "batch"}, b'{"a": "\xff"}\n'), 400),
+    ("file-oversize", "POST", "/v1/files", "multipart",
+     ({"purpose": "batch"}, (json.dumps(LINE) + "\n").encode() * 20), 413),
+    ("file-as-json", "POST", "/v1/files", "json", {"purpose": "batch", "file": "x"}, 415),
+    ("file-unknown", "GET", "/v1/files/file-nope", "none", None, 404),
+    ("file-content-unknown", "GET", "/v1/files/file-nope/content", "none", None, 404),
+    ("file-delete-unknown", "DELETE", "/v1/files/file-nope", "json", {}, 404),
+    # Batches.
+    ("batch-unknown-file", "POST", "/v1/batches", "json",
+     {"input_file_id": "file-nope", "endpoint": "/v1/chat/completions", "completion_window": "24h"}, 404),
+    ("batch-wrong-endpoint", "POST", "/v1/batches", "json",
+     {"input_file_id": "{good}", "endpoint": "/v1/embeddings", "completion_window": "24h"}, 400),
+    ("batch-wrong-window", "POST", "/v1/batches", "json",
+     {"input_file_id": "{good}", "endpoint": "/v1/chat/completions", "completion_window": "48h"}, 400),
+    ("batch-no-file", "POST", "/v1/batches", "json",
+     {"endpoint": "/v1/chat/completions", "completion_window": "24h"}, 400),
+    ("batch-output-file-as-input", "POST", "/v1/batches", "json",
+     {"input_file_id": "{output}", "endpoint": "/v1/chat/completions", "completion_window": "24h"}, 400),
+    ("batch-bad-metadata", "POST", "/v1/batches", "json",
+     {"input_file_id": "{good}", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+      "metadata": {"k": 1}}, 400),
+    ("batch-unknown-field", "POST", "/v1/batches", "json",
+     {"input_file_id": "{good}", "endpoint": "/v1/chat/completions", "completion_window": "24h", "x": 1}, 400),
+    ("batch-not-json", "POST", "/v1/batches", "raw", (b"input_file_id=x", "application/x-www-form-urlencoded"),
+     415),
+    ("batch-get-unknown", "GET", "/v1/batches/batch_nope", "none", None, 404),
+    ("batch-cancel-unknown", "POST", "/v1/batches/batch_nope/cancel", "json", {}, 404),
+    ("batch-list-after-unknown", "GET", "/v1/batches?after=batch_nope", "none", None, 404),
+    ("batch-list-limit", "GET", "/v1/batches?limit=0", "none", None, 400),
+    ("unknown-route", "GET", "/v1/embeddings", "none", None, 404),
+    ("method-not-allowed", "PUT", "/v1/batches", "json", {}, 405),
+]
+
+
+@pytest.fixture(scope="module")
+def v1_app(pg_url, redis_namespace):
+    model_info = {DEFAULT_MODEL: {"n_layers": 30, "n_heads": 9, "max_context": 8192}}
+    with live_heartbeat(redis_namespace, "inputs-worker", [DEFAULT_MODEL], model_info=model_info):
+        yield make_test_app(pg_url, redis_namespace, SETTINGS={"limits.max_file_bytes": MAX_FILE,
+                                                               "v1.wait_seconds": 0.5})
+
+
+@pytest.fixture(scope="module")
+def stored_files(v1_app, pg_url):
+    """Ids of a valid batch input and of a batch_output file (which cannot be a batch's input)."""
+    from shared.db import session_scope
+    from shared.store import batches
+
+    web = v1_app.test_client()
+    resp = web.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(json.dumps(LINE).encode()), "g.jsonl")},
+                    content_type="multipart/form-data", headers={"Authorization": "Bearer any"})
+    assert resp.status_code == 200, resp.get_json()
+    with session_scope(pg_url) as s:
+        output = batches._store_file(s, "batch_output", "o.jsonl", b"{}\n").id
+    return {"good": resp.get_json()["id"], "output": output}
+
+
+def snapshot(db_url: str, redis_client, namespace: str) -> tuple:
+    from sqlalchemy import text
+
+    from shared.db import get_db_engine
+
+    with get_db_engine(db_url).connect() as conn:
+        counts = tuple(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                       for t in ("jobs", "runs", "files", "batches"))
+    messages = sum(redis_client.llen(k) for k in redis_client.scan_iter(match=f"{namespace}:*")
+                   if redis_client.type(k) == "list")
+    return counts + (messages,)
+
+
+def send(web, method: str, path: str, how: str, payload, files: dict):
+    if how == "json":
+        payload = json.loads(json.dumps(payload).replace("{good}", files["good"]).replace("{output}", files["output"]))
+        return web.open(path, method=method, json=payload)
+    if how == "raw":
+        data, ctype = payload
+        return web.open(path, method=method, data=data, content_type=ctype)
+    if how == "multipart":
+        form, content = payload
+        data = dict(form)
+        if content is not None:
+            data["file"] = (io.BytesIO(content), "in.jsonl")
+        return web.open(path, method=method, data=data, content_type="multipart/form-data",
+                        headers={"Authorization": "Bearer x"})
+    return web.open(path, method=method)
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name, method, path, how, payload, status", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_in_openai_shape_and_stores_nothing(v1_app, stored_files, pg_url, redis_client,
+                                                                 redis_namespace, name, method, path, how, payload,
+                                                                 status):
+    web = v1_app.test_client()
+    before = snapshot(pg_url, redis_client, redis_namespace)
+    resp = send(web, method, path, how, payload, stored_files)
+    body = resp.get_json()
+    assert resp.status_code == status, body
+    assert resp.mimetype == "application/json"
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"] and body["error"]["type"] in ("invalid_request_error",)
+    assert snapshot(pg_url, redis_client, redis_namespace) == before
+
+
+def test_a_boost_error_names_the_field_as_openai_does(v1_app):
+    body = v1_app.test_client().post("/v1/chat/completions", json=boost(multiplier=0)).get_json()["error"]
+    assert body["param"] == "instaboost.multiplier" and body["code"] == "invalid_value"
+    assert "1 = no boost" in body["message"]
+    body = v1_app.test_client().post("/v1/chat/completions", json=user("x <boost>y")).get_json()["error"]
+    assert body["param"] == "messages[0].content" and "unclosed <boost>" in body["message"]
+
+
+def test_a_wait_past_the_limit_names_the_job_to_poll(v1_app, pg_url):
+    """No worker runs here: the job is stored and queued, and the answer says which job to poll."""
+    web = v1_app.test_client()
+    resp = web.post("/v1/chat/completions", json=chat())
+    assert resp.status_code == 504 and resp.headers["x-should-retry"] == "false"  # the SDK must not resubmit
+    error = resp.get_json()["error"]
+    job_id = int(resp.headers["Location"].rsplit("/", 1)[1])
+    assert f"job {job_id}" in error["message"] and f"/v1/chat/completions/{job_id}" in error["message"]
+    poll = web.get(f"/v1/chat/completions/{job_id}")
+    assert poll.status_code == 409 and poll.get_json()["error"]["code"] == "not_finished"
+    job = web.get(f"/api/jobs/{job_id}").get_json()
+    assert job["status"] == "queued" and job["params"]["kind"] == "chat"
+    web.post(f"/api/jobs/{job_id}/cancel", json={})
+
+
+def test_a_database_outage_is_a_503_in_openai_shape(redis_namespace):
+    app = make_test_app("postgresql+psycopg://postgres@127.0.0.1:1/none", redis_namespace)
+    resp = app.test_client().get("/v1/batches")
+    assert resp.status_code == 503 and resp.headers["Retry-After"]
+    error = resp.get_json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "service_unavailable" and "database" in error["message"]
