@@ -131,7 +131,9 @@ def test_each_row_of_a_batch_reports_the_time_to_its_own_last_token(fast_engine)
     late = GenerationRequest("Be detailed.", "Tell me a long story about a dragon.", BoostSpec(multiplier=3.0), params)
     a, b = fast_engine.generate([early, late])
     assert a.finish_reason == "stop" and b.finish_reason == "length" and a.output_tokens < b.output_tokens
-    assert 0 < a.seconds < b.seconds
+    # Step timestamps are monotonic, so the row that ended first reports less time, on any machine.
+    early_cost, late_cost = a.seconds, b.seconds
+    assert 0 < early_cost < late_cost
 
 
 def test_prompt_longer_than_context_is_refused(fast_engine):

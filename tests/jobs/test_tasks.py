@@ -242,4 +242,5 @@ def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
     assert len(runs_batched) == 5 and job.progress_done == 5
     assert {r.variant: r.output_text for r in runs_batched} == {r.variant: r.output_text for r in runs_one}
     # Each row reports the time to its own last token (issue 10), not the batch's wall time.
-    assert all(r.seconds > 0 for r in runs_batched)
+    costs = [r.seconds for r in runs_batched]
+    assert min(costs) > 0
