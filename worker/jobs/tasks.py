@@ -166,6 +166,12 @@ def _stored_variants(session, job_id: int) -> set[str]:
     return done
 
 
+def _end_read(session) -> None:
+    # record_run's last step is a read; ending its transaction talks to the server too, so it is retried
+    # like any write (a bare commit here once failed a job during a database outage).
+    session.commit()
+
+
 def _score(engine, request: JobRequest, gen_requests, results, settings: Mapping[str, Any]) -> list[dict | None]:
     """Score a chunk's outputs (worker.scoring); a scorer's failure is logged and stored, never fails the job."""
     from worker.scoring import judge_config, score_results
@@ -234,7 +240,7 @@ def _run_chat(session, job: Job, worker: str, budget: float) -> str:
                       layers=job.params["layers"] if mults else "none", heads=None, output_text=result.text,
                       prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens, seconds=result.seconds,
                       attention_mass=None, finish_reason=result.finish_reason, budget=budget)
-        session.commit()
+        with_db_retry(session, _end_read, budget=budget)
         if publish is not None:
             publish({"type": "end", "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
                      "completion_tokens": result.output_tokens})
@@ -275,7 +281,7 @@ def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[
                           prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
                           seconds=result.seconds, attention_mass=result.attention_mass,
                           finish_reason=result.finish_reason, scores=score, budget=budget)
-            session.commit()
+            with_db_retry(session, _end_read, budget=budget)
             log.info("job %s: variant %s done (%d tokens)", job.id, variant.name, result.output_tokens)
     # A cancel that arrives after the last variant loses: the job is complete (cancelling -> succeeded).
     return with_db_retry(session, _succeed, job.id, worker, budget=budget)
