@@ -8,12 +8,13 @@ In-process on the real model and PostgreSQL; faults are injected at fixed points
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from shared.db import session_scope
-from shared.schemas import JobRequest
 from shared.settings import load_settings
-from shared.store.tables import Job, JobStatus, Run, utcnow
+from tests.fixtures.store import insert_job
+from tests.fixtures.store import load_job as load
+from shared.store.tables import Job, JobStatus
 from worker.jobs import faults
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
@@ -23,20 +24,7 @@ ME, OTHER = "old@host:1:aa", "new@host:2:bb"
 
 def new_job(url: str, status: JobStatus = JobStatus.queued, worker: str | None = None, attempts: int = 0,
             **fields) -> int:
-    req = JobRequest.from_dict({**TINY, **fields})
-    with session_scope(url) as s:
-        job = Job(status=status, model=req.model, params=req.to_params(), attempts=attempts, worker=worker,
-                  progress_total=len(req.variants()), enqueued_at=utcnow())
-        s.add(job)
-        s.flush()
-        return job.id
-
-
-def load(url: str, job_id: int) -> tuple[Job, list[Run]]:
-    with session_scope(url) as s:
-        job = s.get(Job, job_id)
-        runs = list(s.scalars(select(Run).where(Run.job_id == job_id).order_by(Run.id)))
-        return job, runs
+    return insert_job(url, {**TINY, **fields}, status, worker, attempts)
 
 
 @pytest.fixture

@@ -9,14 +9,15 @@ import json
 import time
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from shared.celery_config import celery_config, model_queue, soft_time_limit
 from shared.db import session_scope
 from shared.errors import ValidationError
-from shared.schemas import JobRequest
 from shared.settings import load_settings
 from shared.store import lifecycle
+from tests.fixtures.store import insert_job
+from tests.fixtures.store import load_job as load
 from shared.store.tables import Job, JobStatus, Run
 from shared.workers import live_workers, served_models
 from tests.fixtures.store import TEST_REDIS_URL
@@ -26,20 +27,7 @@ TINY = {"instruction": "Answer only in French.", "query": "What is the capital o
 
 
 def new_job(url: str, status: JobStatus = JobStatus.queued, attempts: int = 0, **fields) -> int:
-    req = JobRequest.from_dict({**TINY, **fields})
-    with session_scope(url) as s:
-        job = Job(status=status, model=req.model, params=req.to_params(), attempts=attempts,
-                  progress_total=len(req.variants()))
-        s.add(job)
-        s.flush()
-        return job.id
-
-
-def load(url: str, job_id: int) -> tuple[Job, list[Run]]:
-    with session_scope(url) as s:
-        job = s.get(Job, job_id)
-        runs = list(s.scalars(select(Run).where(Run.job_id == job_id).order_by(Run.id)))
-        return job, runs
+    return insert_job(url, {**TINY, **fields}, status, attempts=attempts, enqueued=False)
 
 
 @pytest.fixture

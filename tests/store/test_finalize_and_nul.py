@@ -13,10 +13,11 @@ from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.errors import Conflict
-from shared.schemas import JobRequest
 from shared.store import export, lifecycle
 from shared.store.serialize import job_to_dict, run_to_dict
-from shared.store.tables import NUL_MARK, Job, JobStatus, Run, utcnow
+from tests.fixtures.store import insert_job
+from tests.fixtures.store import load_job as load
+from shared.store.tables import NUL_MARK, Job, JobStatus, Run
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
         "max_new_tokens": 4, "multipliers": [10], "layer_modes": ["all"]}
@@ -25,20 +26,7 @@ ME, OTHER = "old@host:1:aa", "new@host:2:bb"
 
 def new_job(url: str, status: JobStatus = JobStatus.queued, worker: str | None = None, attempts: int = 0,
             **fields) -> int:
-    req = JobRequest.from_dict({**TINY, **fields})
-    with session_scope(url) as s:
-        job = Job(status=status, model=req.model, params=req.to_params(), attempts=attempts, worker=worker,
-                  progress_total=len(req.variants()), enqueued_at=utcnow())
-        s.add(job)
-        s.flush()
-        return job.id
-
-
-def load(url: str, job_id: int) -> tuple[Job, list[Run]]:
-    with session_scope(url) as s:
-        job = s.get(Job, job_id)
-        runs = list(s.scalars(select(Run).where(Run.job_id == job_id).order_by(Run.id)))
-        return job, runs
+    return insert_job(url, {**TINY, **fields}, status, worker, attempts)
 
 
 # -- owner-checked finalizing --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import re
 import csv
 import io
 import json
-import re
 
 import pytest
 
