@@ -17,15 +17,21 @@ MAX_LIMIT = 500
 MAX_ID = 2**31 - 1  # INTEGER primary keys; larger ids cannot exist (and would overflow on PostgreSQL)
 
 
+def get_row(session: Session, table: type, raw_id: Any, noun: str):
+    """Return the row of table whose integer id the caller gave (as text or a number), or raise NotFound."""
+    try:
+        row_id = parse_int("id", raw_id, lo=1, hi=MAX_ID)
+    except ValidationError:
+        raise NotFound(f"{noun} {brief(raw_id)} does not exist: {noun} ids are positive integers", field="id") from None
+    row = session.get(table, row_id, populate_existing=True)
+    if row is None:
+        raise NotFound(f"{noun} {row_id} does not exist", field="id")
+    return row
+
+
 def get_job(session: Session, job_id: Any, with_runs: bool = True) -> Job:
     """Return a job (and its runs) or raise NotFound."""
-    try:
-        jid = parse_int("id", job_id, lo=1, hi=MAX_ID)
-    except ValidationError:
-        raise NotFound(f"job {brief(job_id)} does not exist: job ids are positive integers", field="id") from None
-    job = session.get(Job, jid, populate_existing=True)
-    if job is None:
-        raise NotFound(f"job {jid} does not exist", field="id")
+    job = get_row(session, Job, job_id, "job")
     if with_runs:
         _ = job.runs  # load now so the caller can close the session
     return job

@@ -281,17 +281,10 @@ def cancel_sweep(session: Session, sweep_id: int) -> Sweep:
 
 
 def get_sweep(session: Session, sweep_id: Any) -> Sweep:
-    from shared.store.queries import MAX_ID
-    from shared.validation import brief, parse_int
+    """Return a sweep or raise NotFound."""
+    from shared.store.queries import get_row
 
-    try:
-        sid = parse_int("id", sweep_id, lo=1, hi=MAX_ID)
-    except ValidationError:
-        raise NotFound(f"sweep {brief(sweep_id)} does not exist: sweep ids are positive integers", field="id") from None
-    sweep = session.get(Sweep, sid, populate_existing=True)
-    if sweep is None:
-        raise NotFound(f"sweep {sid} does not exist", field="id")
-    return sweep
+    return get_row(session, Sweep, sweep_id, "sweep")
 
 
 def latest_recommendation(session: Session, model: str, pack: str | None = None) -> Sweep | None:
