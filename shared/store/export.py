@@ -88,8 +88,6 @@ def clean_wide_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _wide_jobs(filters: Mapping[str, Any]):
-    from sqlalchemy import select
-
     from shared.store.queries import jobs_query
 
     stmt = jobs_query({k: v for k, v in filters.items() if k != "sweep_id"})
