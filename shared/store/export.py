@@ -113,7 +113,6 @@ def wide_columns(session: Session, filters: Mapping[str, Any]) -> list[str]:
     jobs = _wide_jobs(filters).subquery()
     extra = []
     rows = session.execute(select(Run).join(jobs, Run.job_id == jobs.c.id).order_by(Run.id)).scalars()
-    seen_main: dict[int, dict[str, Run]] = {}
     by_job: dict[int, list[Run]] = {}
     for run in rows:
         by_job.setdefault(run.job_id, []).append(run)
