@@ -75,9 +75,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker.models", list, ["smollm2-135m-instruct"],
             "Models each worker preloads and serves (comma-separated in the environment)."),
     Setting("worker.job_time_limit", int, 1800, "Seconds a job may run before it is failed."),
-    Setting("worker.variant_batch", int, 1,
-            "Variants of a job generated together in one batch (fast engine): more is faster on a GPU, but "
-            "progress and cancel then move in steps of this many."),
+    Setting("worker.max_batch_rows", int, 16,
+            "Most rows (job variants) a worker decodes together in one batch (fast engine), from one job or, with "
+            "worker.batch_jobs, from several; 1 runs every variant alone. Progress moves a batch at a time; a cancel stops its job's rows at "
+            "the next token.",
+            aliases=("INSTABOOST_WORKER_VARIANT_BATCH",)),
+    Setting("worker.batch_jobs", bool, True,
+            "Fill a worker's batch with other queued jobs of its model (their messages then find them running "
+            "or done and are skipped); off: a worker runs one job at a time."),
     Setting("worker.max_attempts", int, 3, "Deliveries of a job before it is failed as poison."),
     Setting("worker.visibility_timeout", int, 7200,
             "Seconds Redis waits before redelivering an unacknowledged job; must exceed job_time_limit."),
@@ -120,7 +125,8 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 # Said at startup (web app and `instaboost serve`) when web.api_token is empty.
 OPEN_MODE_MESSAGE = "no web.api_token set: the service is open to anyone who can reach it"
 # Old names still read from config.yaml (their environment variables are the settings' aliases).
-RENAMED = {"testing.num_runs": "evaluation.num_runs", "testing.results_dir": "evaluation.results_dir"}
+RENAMED = {"testing.num_runs": "evaluation.num_runs", "testing.results_dir": "evaluation.results_dir",
+           "worker.variant_batch": "worker.max_batch_rows"}
 
 
 def _coerce(setting: Setting, value: Any, source: str) -> Any:

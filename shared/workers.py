@@ -62,14 +62,26 @@ def worker_runs(client, worker_id: str | None, job_id: int, namespace: str | Non
     """Return True while the worker with this id is alive and its heartbeat says it runs job_id now."""
     if not worker_id:
         return False
+    jobs = worker_jobs(client, worker_id, namespace)
+    return jobs is not False and (jobs is None or job_id in jobs)
+
+
+def worker_jobs(client, worker_id: str, namespace: str | None = None) -> set[int] | None | bool:
+    """Return the jobs a live worker's heartbeat says it runs; None when it does not say; False when it is dead."""
     raw = client.get(heartbeat_key(worker_id, namespace))
     if raw is None:
         return False
     try:
         beat = json.loads(raw)
     except (TypeError, ValueError):
-        return True  # alive, but says nothing we can read: leave the job to it
-    return not isinstance(beat, dict) or "job" not in beat or beat["job"] == job_id
+        return None  # alive, but says nothing we can read: leave its jobs to it
+    if not isinstance(beat, dict):
+        return None
+    if isinstance(beat.get("jobs"), list):  # a worker batching several jobs lists them all
+        return {j for j in beat["jobs"] if isinstance(j, int)}
+    if "job" in beat:
+        return {beat["job"]} if isinstance(beat["job"], int) else set()
+    return None
 
 
 def message_job_id(raw: str | bytes) -> int | None:
@@ -89,12 +101,17 @@ def queue_key(queue: str, priority: int = 0, namespace: str | None = None) -> st
     return f"{_namespace(namespace)}:{queue}" + ("" if priority == 0 else f"\x06\x16{priority}")
 
 
-def waiting_job_ids(client, queue: str, namespace: str | None = None) -> set[int]:
-    """Return the ids of the jobs whose message waits, not yet delivered, in queue."""
+def waiting_job_ids(client, queue: str, namespace: str | None = None, oldest: int | None = None) -> set[int]:
+    """Return the ids of the jobs whose message waits, not yet delivered, in queue.
+
+    oldest: read only the next that many messages of each priority step (kombu pushes on the left and
+    delivers from the right), not the whole list.
+    """
     ns = _namespace(namespace)
     ids: set[int] = set()
+    start = 0 if oldest is None else -max(1, int(oldest))
     for suffix in _PRIORITY_SUFFIXES:
-        for raw in client.lrange(f"{ns}:{queue}{suffix}", 0, -1):
+        for raw in client.lrange(f"{ns}:{queue}{suffix}", start, -1):
             job_id = message_job_id(raw)
             if job_id is not None:
                 ids.add(job_id)

@@ -8,7 +8,7 @@ never half-written) as soon as they return.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -110,6 +110,44 @@ def mark_running(session: Session, job_id: int, worker: str,
         return None
     session.commit()
     return job
+
+
+def claim_queued(session: Session, job_ids: Iterable[int], model: str, worker: str,
+                 take: Callable[[Job], bool]) -> list[Job]:
+    """Claim for worker the queued jobs of model among job_ids that take(job) accepts; return them.
+
+    Jobs are offered to take in the order the broker would deliver them (priority step, then age), and
+    each one taken moves queued -> running under worker with an attempt counted, as a delivery's claim
+    does. One transaction: on PostgreSQL rows another worker is claiming are skipped (FOR UPDATE SKIP
+    LOCKED), and every claim is a conditional UPDATE, so no job is claimed twice on any database. Jobs
+    among job_ids already running under worker are returned too: only a retried claim whose first commit
+    went through (its answer lost) leaves such rows, since job_ids never holds a job the worker runs.
+    """
+    from shared.celery_config import job_priority
+
+    ids = sorted({int(j) for j in job_ids})
+    if not ids:
+        return []
+    # Already running under worker: this claim's commit went through but its answer was lost (a retry).
+    held = list(session.scalars(select(Job).where(Job.id.in_(ids), Job.status == JobStatus.running,
+                                                  Job.worker == worker)
+                                .execution_options(populate_existing=True)))
+    stmt = select(Job).where(Job.id.in_(ids), Job.status == JobStatus.queued, Job.model == model)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    offered = sorted(session.scalars(stmt.execution_options(populate_existing=True)).all(),
+                     key=lambda j: (job_priority(j.kind, j.batch_id), j.id))
+    won: list[Job] = held
+    for job in offered:
+        if not take(job):
+            continue
+        try:
+            won.append(transition(session, job.id, JobStatus.running, worker=worker, started_at=utcnow(),
+                                  attempts=Job.attempts + 1, error=None))
+        except Conflict:  # taken or cancelled meanwhile (SQLite has no row locks to skip)
+            continue
+    session.commit()
+    return won
 
 
 def _owner(worker: str | None) -> dict[str, str] | None:

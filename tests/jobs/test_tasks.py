@@ -36,7 +36,9 @@ def run(pg_url):
     from worker.jobs.tasks import execute_job
 
     def go(job_id: int, **kw):
-        kw.setdefault("settings", load_settings(overrides={"database.url": pg_url}))
+        # One variant per step: the boundaries these tests act at (cancel, shutdown, take-over) fall
+        # between variants. Batched steps are tested in test_batching.py.
+        kw.setdefault("settings", load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 1}))
         return execute_job(job_id, "pytest@host", db_url=pg_url, **kw)
 
     return go
@@ -132,16 +134,20 @@ def test_cancel_is_honoured_at_the_next_variant_boundary(pg_url, run):
     assert run(job_id, should_stop=cancel_during_first_variant) == "cancelled"
     job, runs = load(pg_url, job_id)
     assert job.status is JobStatus.cancelled and job.finished_at is not None
-    assert [r.variant for r in runs] == ["original"]
+    # The first variant either stopped at its next token (the step's watch saw the cancel) or finished
+    # first; no later variant ran.
+    assert [r.variant for r in runs] in ([], ["original"])
 
 
 @pytest.mark.slow
-def test_engine_error_fails_the_job_with_the_engines_message(pg_url, run):
+def test_engine_error_fails_the_job_with_the_engines_message_before_any_compute(pg_url, run):
     job_id = new_job(pg_url, start_layer=40, layer_modes=["middle"])  # SmolLM2 has 30 layers
     assert run(job_id) == "failed"
     job, runs = load(pg_url, job_id)
     assert "start_layer 40 is out of range" in job.error and "30 layers" in job.error
-    assert [r.variant for r in runs] == ["original"]  # the run before the error is kept
+    # Every variant's prompt and boost is checked when the job is taken: nothing is generated for a job
+    # that cannot complete, and in a batch of several jobs the others never share a step with it.
+    assert runs == []
 
 
 def test_missing_job_is_skipped(pg_url, run):
@@ -224,7 +230,7 @@ def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
     fields = {"multipliers": [5, 20], "layer_modes": ["all", "middle"], "max_new_tokens": 8}
     one, batched = new_job(pg_url, **fields), new_job(pg_url, **fields)
     assert run(one) == "succeeded"
-    settings = load_settings(overrides={"database.url": pg_url, "worker.variant_batch": 5})
+    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 5})
     assert run(batched, settings=settings) == "succeeded"
     (_, runs_one), (job, runs_batched) = load(pg_url, one), load(pg_url, batched)
     assert len(runs_batched) == 5 and job.progress_done == 5

@@ -199,3 +199,53 @@ def test_keyset_pagination_visits_every_job_once(session):
         if cursor is None:
             break
     assert seen == sorted(ids, reverse=True)
+
+
+def test_claim_queued_takes_what_fits_in_delivery_order_and_counts_an_attempt(session):
+    jobs = [new_job(session) for _ in range(4)]
+    chat = new_job(session)
+    chat.kind = "chat"  # interactive: delivered before the job API's jobs
+    done = new_job(session, JobStatus.succeeded)
+    session.commit()
+    offered: list[int] = []
+
+    def take(job: Job) -> bool:
+        offered.append(job.id)
+        return len(offered) <= 3
+
+    ids = [j.id for j in jobs] + [chat.id, done.id]
+    won = lifecycle.claim_queued(session, ids, jobs[0].model, "w1", take)
+    assert offered == [chat.id] + [j.id for j in jobs]  # priority step first, then age; never a finished job
+    assert [j.id for j in won] == [chat.id, jobs[0].id, jobs[1].id]
+    for j in won:
+        assert (j.status, j.worker, j.attempts) == (JobStatus.running, "w1", 1) and j.started_at is not None
+    assert lifecycle.job_status(session, jobs[2].id) is JobStatus.queued
+    # A retried claim whose commit went through returns the jobs it holds, and claims no other job twice.
+    again = lifecycle.claim_queued(session, [chat.id, jobs[0].id], jobs[0].model, "w1", lambda j: True)
+    assert sorted(j.id for j in again) == sorted([chat.id, jobs[0].id]) and all(j.attempts == 1 for j in again)
+    assert lifecycle.claim_queued(session, [chat.id], jobs[0].model, "w2", lambda j: True) == []
+
+
+def test_concurrent_claims_of_the_same_jobs_never_share_one(clean_db):
+    maker = get_sessionmaker(clean_db)
+    with maker() as s:
+        ids = [new_job(s).id for _ in range(12)]
+        model = s.get(Job, ids[0]).model
+    barrier = threading.Barrier(4)
+    claimed: dict[str, list[int]] = {}
+
+    def claim(worker: str):
+        with maker() as s:
+            barrier.wait()
+            claimed[worker] = [j.id for j in lifecycle.claim_queued(s, ids, model, worker, lambda j: True)]
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    every = [i for got in claimed.values() for i in got]
+    assert sorted(every) == sorted(ids) and len(every) == len(set(every))  # each job once, none lost
+    with maker() as s:
+        rows = s.execute(select(Job.id, Job.worker, Job.attempts).where(Job.id.in_(ids))).all()
+    assert all(r.attempts == 1 and r.id in claimed[r.worker] for r in rows)

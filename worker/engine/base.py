@@ -111,7 +111,8 @@ class Engine:
             kwargs["tokenizer"] = self.tokenizer  # generate() needs it to match stop strings
         return kwargs
 
-    def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: "StepClock") -> dict:
+    def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: "StepClock",
+                       halt: Callable[[int], bool] | None = None) -> dict:
         """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
 
         generate() decodes greedily up to the longest row's budget; RowSampler draws the sampling rows'
@@ -123,17 +124,21 @@ class Engine:
         budgets = [p.max_new_tokens for p in params]
         kwargs = self._gen_kwargs(replace(params[0], max_new_tokens=max(budgets), temperature=0.0))
         criteria = [clock] + ([RowBudget(width, budgets)] if len(set(budgets)) > 1 else [])
+        if halt is not None:
+            criteria.append(RowHalt(halt))
         kwargs["stopping_criteria"] = StoppingCriteriaList([_wrap(StoppingCriteria, c) for c in criteria])
         if any(not p.greedy for p in params):
             kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, RowSampler(params, self.device))])
         return kwargs
 
     def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
-                 on_text: Callable[[int, str], None] | None = None) -> list[GenerationResult]:
+                 on_text: Callable[[int, str], None] | None = None,
+                 halt: Callable[[int], bool] | None = None) -> list[GenerationResult]:
         """Generate for every request; requests sharing decoding settings run as one batch.
 
         on_text(i, delta), when given, receives request i's text as it is produced; the deltas of a
-        request join up to its result's text.
+        request join up to its result's text. halt(i), when given, is asked after every decoding step:
+        True ends request i there (a cancelled job's row stops costing compute; its result is partial).
         """
         requests = list(requests)
         prompts = [self.prompt(r) for r in requests]
@@ -142,12 +147,13 @@ class Engine:
         for _, group in groupby(order, key=lambda i: params_key(requests[i].params)):
             idx = list(group)
             relay = None if on_text is None else (lambda row, delta, idx=idx: on_text(idx[row], delta))
+            stop = None if halt is None else (lambda row, idx=idx: halt(idx[row]))
             for i, res in zip(idx, self._generate_group([requests[i] for i in idx], [prompts[i] for i in idx],
-                                                        attention, relay)):
+                                                        attention, relay, stop)):
                 results[i] = res
         return results  # type: ignore[return-value]
 
-    def _generate_group(self, requests, prompts, attention, on_text=None) -> list[GenerationResult]:
+    def _generate_group(self, requests, prompts, attention, on_text=None, halt=None) -> list[GenerationResult]:
         raise NotImplementedError
 
     def _streamer(self, requests: Sequence[GenerationRequest], on_text):
@@ -342,6 +348,16 @@ class RowSampler:
             scores[i] = float("-inf")
             scores[i, token] = 0.0
         return scores
+
+
+class RowHalt:
+    """A stopping criterion that ends the rows halt(row) names (asked once per decoding step)."""
+
+    def __init__(self, halt: Callable[[int], bool]):
+        self.halt = halt
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.tensor([bool(self.halt(i)) for i in range(input_ids.shape[0])], device=input_ids.device)
 
 
 class RowBudget:

@@ -160,7 +160,7 @@ class FastEngine(Engine):
                                  self.n_heads, self.device)
 
     @torch.inference_mode()
-    def _generate_group(self, requests, prompts, attention, on_text=None):
+    def _generate_group(self, requests, prompts, attention, on_text=None, halt=None):
         batch = self._pad(prompts)
         width = batch.input_ids.shape[1]
         boost = self._boost_for(requests, batch, width)
@@ -168,7 +168,7 @@ class FastEngine(Engine):
         with fast_boost(boost, capacity=width + max(r.params.max_new_tokens for r in requests)):
             seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                              streamer=self._streamer(requests, on_text),
-                                             **self._decode_kwargs(requests, width, clock))
+                                             **self._decode_kwargs(requests, width, clock, halt))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - clock.start

@@ -62,19 +62,21 @@ class TransformerLensEngine(Engine):
                                  self.device, keep_identity=True)
 
     @torch.inference_mode()
-    def _generate_group(self, requests, prompts, attention, on_text=None):
+    def _generate_group(self, requests, prompts, attention, on_text=None, halt=None):
         # The reference runs one request at a time: no padding, nothing to get wrong.
         out = []
         for row, (req, p) in enumerate(zip(requests, prompts)):
             batch = self._pad([p])
             boost = self._boost_for(req, p, batch.input_ids.shape[1])
             relay = None if on_text is None else (lambda _r, delta, row=row: on_text(row, delta))
+            stop = None if halt is None else (lambda _r, row=row: halt(row))
             clock = StepClock()
             with self.hooked(boost):
                 seq = self.bridge.original_model.generate(input_ids=batch.input_ids,
                                                           attention_mask=batch.attention_mask,
                                                           streamer=self._streamer([req], relay),
-                                                          **self._decode_kwargs([req], batch.input_ids.shape[1], clock))
+                                                          **self._decode_kwargs([req], batch.input_ids.shape[1], clock,
+                                                                              stop))
             seconds = time.perf_counter() - clock.start
             masses = self._attention_mass(req, p, batch, seq) if attention else None
             out.extend(self._finish([req], [p], batch, seq, seconds, masses))

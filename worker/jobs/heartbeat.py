@@ -50,7 +50,8 @@ class Heartbeat:
         self.worker_id = worker_id or hostname
         self.key = heartbeat_key(self.worker_id, namespace)
         self.payload = {"hostname": hostname, "worker": self.worker_id, "models": list(models), "pid": os.getpid(),
-                        "started_at": _now(), "job": None, **(extra or {})}
+                        "started_at": _now(), "job": None, "jobs": [],
+                        **(extra or {})}
         self.interval = interval
         self.ttl = ttl
         self._redis = redis_client(redis_url)
@@ -87,7 +88,17 @@ class Heartbeat:
 
     def set_job(self, job_id: int | None) -> None:
         """Advertise the job this process runs now (None when idle), at once: duplicate deliveries check it."""
-        self.payload["job"] = job_id
+        self.set_jobs([] if job_id is None else [job_id])
+
+    def set_jobs(self, job_ids: list[int]) -> None:
+        """Advertise every job this process runs now (its batch; [] when idle), at once.
+
+        Duplicate deliveries elsewhere leave a listed job alone, and the sweeper sends again a job that
+        names this live process but is not listed (the process lost track of it).
+        """
+        ids = [int(j) for j in job_ids]
+        # One assignment: the beating thread copies self.payload and must never see it half-changed.
+        self.payload = {**self.payload, "job": ids[0] if ids else None, "jobs": ids}
         try:
             self.beat()
         except Exception as exc:  # the loop retries; the sweeper decides nothing while Redis is away

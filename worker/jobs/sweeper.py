@@ -6,7 +6,9 @@ one on its own. Every ``sweeper.interval`` seconds it
 1. **outbox**: sends again the jobs left ``queued`` with ``enqueued_at`` NULL for ``sweeper.outbox_grace``
    seconds (the web process died between storing the row and the broker accepting the message);
 2. **orphans**: puts back to ``queued`` the jobs ``running`` under a worker id with no live heartbeat (killed,
-   out of memory, machine lost) and sends them again; the delivery that died already counted as an attempt,
+   out of memory, machine lost), or under a live worker whose heartbeat no longer lists them (it lost track
+   of a job of its batch: a claim whose answer was lost, a database outage that ended the batch), and sends
+   them again; the delivery that died already counted as an attempt,
    so a job whose worker died ``worker.max_attempts`` times is failed as poison instead. A ``cancelling``
    job whose worker died is finished as cancelled;
 3. **lost messages**: sends again the ``queued`` jobs whose message has been missing from their model's
@@ -61,6 +63,7 @@ class Sweeper:
         self.max_attempts = int(settings["worker.max_attempts"])
         self._silent_since: dict[str, float] = {}  # worker id -> when its heartbeat was first seen missing
         self._missing_since: dict[int, float] = {}  # job id -> when its message was first seen missing
+        self._unlisted_since: dict[int, float] = {}  # job id -> when its live worker first did not list it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,8 +106,9 @@ class Sweeper:
         for worker in list(self._silent_since):
             if worker not in {r.worker for r in rows}:
                 del self._silent_since[worker]
+        unlisted = self._unlisted(rows, dead, now)
         for r in rows:
-            if r.worker not in dead:
+            if r.worker not in dead and r.id not in unlisted:
                 continue
             with session_scope(self.db_url) as s:
                 try:
@@ -120,8 +124,9 @@ class Sweeper:
                         kind = "poisoned"
                     else:
                         # enqueued_at NULL puts it in the outbox: if sending fails now, the next pass retries.
+                        what = "died" if r.worker in dead else "lost track of the job"
                         lifecycle.transition(s, r.id, JobStatus.queued, expect={"worker": r.worker}, enqueued_at=None,
-                                        error=f"worker {r.worker} died during attempt {r.attempts}; requeued")
+                                             error=f"worker {r.worker} {what} during attempt {r.attempts}; requeued")
                         kind = "orphaned"
                     s.commit()
                 except Conflict:
@@ -131,6 +136,24 @@ class Sweeper:
             if kind == "orphaned":
                 self._send(r.id, r.model, expected_enqueued_at=None,
                            priority=celery_config.job_priority(r.kind, r.batch_id))
+
+    def _unlisted(self, rows, dead: set[str], now: float) -> set[int]:
+        """Return the jobs running under a live worker whose heartbeat has not listed them for a while."""
+        beats: dict[str, set[int] | None | bool] = {}
+        out: set[int] = set()
+        for r in rows:
+            if not r.worker or r.worker in dead:
+                continue
+            if r.worker not in beats:
+                beats[r.worker] = workers.worker_jobs(self.redis, r.worker, self.namespace)
+            jobs = beats[r.worker]
+            if not isinstance(jobs, set) or r.id in jobs:  # dead (judged above), or listed, or says nothing
+                self._unlisted_since.pop(r.id, None)
+            elif now - self._unlisted_since.setdefault(r.id, now) >= self.confirm:
+                out.add(r.id)
+        for job_id in [j for j in self._unlisted_since if j not in {r.id for r in rows}]:
+            del self._unlisted_since[job_id]
+        return out
 
     def _outbox(self, done: dict[str, list[int]]) -> None:
         cutoff = utcnow() - timedelta(seconds=self.outbox_grace)

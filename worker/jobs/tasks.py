@@ -15,7 +15,6 @@ one (``worker.jobs.watchdog``) that ends a worker process stuck in native code.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -30,15 +29,15 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from shared.celery_config import TASK_NAME, soft_time_limit
-from shared.db import get_sessionmaker, session_scope
-from shared.errors import Conflict, InstaBoostError
+from shared.celery_config import TASK_NAME, model_queue
+from shared.db import session_scope
+from shared.errors import Conflict
 from shared.schemas import JobRequest, Variant
 from shared.store import lifecycle
 from shared.store.tables import FINAL, Job, JobStatus, Run
-from shared.workers import redis_client, stream_key, worker_runs
+from shared.workers import redis_client, stream_key, waiting_job_ids, worker_runs
 from worker.jobs import faults
-from worker.jobs.watchdog import Watchdog, end_process, grace_seconds
+from worker.jobs.watchdog import end_process
 
 log = logging.getLogger("instaboost.worker")
 
@@ -96,7 +95,7 @@ def with_db_retry(session, fn: Callable, *args, budget: float = 60.0, **kw):
 
 
 @contextmanager
-def time_limit(seconds: int):
+def time_limit(seconds: float):
     """Raise JobTimeLimit in this thread after seconds (main thread only; else Celery's limits apply)."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
@@ -217,76 +216,6 @@ def _publisher(job: Job, attempt: int) -> Callable[[dict], None] | None:
     return publish
 
 
-def _run_chat(session, job: Job, worker: str, budget: float) -> str:
-    """Run a chat job (one generation, OpenAI chat messages with boosted spans) and store its one run."""
-    from shared.chat import CHAT_VARIANT, generation_request
-    from worker.engine import get_engine
-
-    done = with_db_retry(session, _stored_variants, job.id, budget=budget)
-    if CHAT_VARIANT not in done:
-        if with_db_retry(session, _ownership, job.id, worker, budget=budget) is JobStatus.cancelling:
-            return _finish_cancel(session, job.id, worker, budget)
-        faults.inject("variant", session)
-        request = generation_request(job.params)
-        engine = get_engine(job.model, job.params.get("engine") or "fast")
-        publish = _publisher(job, job.attempts)
-        if publish is not None:
-            publish({"type": "start"})
-        result, = engine.generate([request], on_text=None if publish is None else
-                                  (lambda _row, delta: publish({"type": "delta", "text": delta})))
-        mults = [m for _, _, m in result.spans]
-        with_db_retry(session, lifecycle.record_run, job.id, CHAT_VARIANT,
-                      multiplier=max(mults, key=lambda x: abs(x - 1)) if mults else 1.0,
-                      layers=job.params["layers"] if mults else "none", heads=None, output_text=result.text,
-                      prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens, seconds=result.seconds,
-                      attention_mass=None, finish_reason=result.finish_reason, budget=budget)
-        with_db_retry(session, _end_read, budget=budget)
-        if publish is not None:
-            publish({"type": "end", "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
-                     "completion_tokens": result.output_tokens})
-        log.info("job %s: chat done (%d tokens, %s)", job.id, result.output_tokens, result.finish_reason)
-    return with_db_retry(session, _succeed, job.id, worker, budget=budget)
-
-
-def _run_variants(session, job: Job, db_url: str | None, should_stop: Callable[[], bool], worker: str,
-                  budget: float, batch_size: int = 1, settings: Mapping[str, Any] | None = None) -> str:
-    from shared.chat import is_chat
-    from worker.engine import get_engine
-
-    if is_chat(job.params):
-        return _run_chat(session, job, worker, budget)
-    request = JobRequest.from_params(job.params)
-    variants = request.variants()
-    done = with_db_retry(session, _stored_variants, job.id, budget=budget)
-    with_db_retry(session, lifecycle.mark_progress, job.id, len(done & {v.name for v in variants}), len(variants),
-                  worker=worker, budget=budget)
-    engine = get_engine(job.model, request.engine)
-    pending = [v for v in variants if v.name not in done]  # the rest were stored by an earlier delivery
-    # The reference engine runs requests one by one anyway; batching only pays on the fast path.
-    step = max(1, batch_size) if engine.kind == "fast" else 1
-    for start in range(0, len(pending), step):
-        chunk = pending[start:start + step]
-        if with_db_retry(session, _ownership, job.id, worker, budget=budget) is JobStatus.cancelling:
-            return _finish_cancel(session, job.id, worker, budget)
-        if should_stop():
-            raise ShutdownRequested()
-        faults.inject("variant", session)
-        gen_requests = [request.generation_request(v) for v in chunk]
-        results = engine.generate(gen_requests, attention=request.attention)
-        scores = _score(engine, request, gen_requests, results, settings or {})
-        for variant, result, score in zip(chunk, results, scores):
-            with_db_retry(session, lifecycle.record_run, job.id, variant.name, multiplier=variant.multiplier,
-                          layers="none" if variant.is_original else variant.layer_mode,
-                          heads=_heads(request, variant, engine), output_text=result.text,
-                          prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
-                          seconds=result.seconds, attention_mass=result.attention_mass,
-                          finish_reason=result.finish_reason, scores=score, budget=budget)
-            with_db_retry(session, _end_read, budget=budget)
-            log.info("job %s: variant %s done (%d tokens)", job.id, variant.name, result.output_tokens)
-    # A cancel that arrives after the last variant loses: the job is complete (cancelling -> succeeded).
-    return with_db_retry(session, _succeed, job.id, worker, budget=budget)
-
-
 def _succeed(session, job_id: int, worker: str | None = None) -> str:
     try:
         lifecycle.mark_succeeded(session, job_id, worker=worker)
@@ -337,6 +266,13 @@ def _hand_back(db_url: str | None, job_id: int, worker: str, budget: float, faul
 
     with session_scope(db_url) as session:
         return with_db_retry(session, back, budget=budget)
+
+
+def poison_message(attempts: int, max_attempts: int) -> str:
+    """Return the error of a job failed as poison after attempts deliveries."""
+    return (f"poison job: delivered {attempts} times but never finished (the worker died or was killed each "
+            f"time; worker.max_attempts={max_attempts}). Check the worker logs, e.g. for running out of memory, "
+            "then resubmit with fewer variants or tokens.")
 
 
 def _line(exc: BaseException) -> str:
@@ -394,27 +330,44 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[s
                 db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False,
                 is_alive: Callable[[str], bool] | None = None,
                 hard_exit: Callable[[str], None] | None = None,
-                sender: Callable[[int, str], None] | None = None) -> str:
+                sender: Callable[[int, str], None] | None = None,
+                candidates: Callable[[str], set[int]] | None = None,
+                advertise: Callable[[list[int]], None] | None = None) -> str:
     """Run one delivery of a job and return the status it ended in (or "skipped", "taken over", "queued").
 
     is_alive (worker id -> bool) lets a delivery of a job that a live worker runs be skipped.
     hard_exit(reason) ends this process: given (by the Celery task), a watchdog calls it when the job is
     still running past its hard limit plus a grace (native code that never sees the soft limit's alarm).
+    candidates (model -> ids of jobs whose messages wait in this worker's queue) lets the delivery take
+    those jobs into its batch (worker.batch_jobs); advertise(ids) publishes the jobs it holds.
     A job of a sweep that ended moves its sweep on (shared.store.sweeps.advance), sending new jobs through sender.
-    When the job is a line of an OpenAI batch and it ended, the batch is moved on (finalized once its last
-    job ends).
+    When a job is a line of an OpenAI batch and it ended, the batch is moved on (finalized once its last
+    job ends). Both happen as each job of the batch ends.
     """
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
+    ended: set[int] = set()
+
+    def on_end(jid: int, status: str) -> None:
+        ended.add(jid)
+        _job_ended(db_url, jid, status, settings, sender)
+
     status = _execute_job(job_id, worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
-                          is_alive=is_alive, hard_exit=hard_exit)
+                          is_alive=is_alive, hard_exit=hard_exit, candidates=candidates, advertise=advertise,
+                          on_end=on_end)
+    if job_id not in ended:
+        _job_ended(db_url, job_id, status, settings, sender)
+    return status
+
+
+def _job_ended(db_url: str | None, job_id: int, status: str, settings: Mapping[str, Any], sender) -> None:
+    """Move on what waits for the job: its OpenAI batch, its calibration sweep."""
     if status in (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value):
         _batch_hook(db_url, job_id)
     if status in (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value, "skipped"):
         _advance_sweep(job_id, settings, db_url, sender)
-    return status
 
 
 def _batch_hook(db_url: str | None, job_id: int) -> None:
@@ -446,11 +399,12 @@ def _advance_sweep(job_id: int, settings: Mapping[str, Any], db_url: str | None,
 
 def _execute_job(job_id: int, worker_name: str, *, settings: Mapping[str, Any], db_url: str | None,
                  should_stop: Callable[[], bool], is_alive: Callable[[str], bool] | None,
-                 hard_exit: Callable[[str], None] | None = None) -> str:
+                 hard_exit: Callable[[str], None] | None = None,
+                 candidates: Callable[[str], set[int]] | None = None,
+                 advertise: Callable[[list[int]], None] | None = None,
+                 on_end: Callable[[int, str], None] | None = None) -> str:
     max_attempts = int(settings["worker.max_attempts"])
-    limit = int(settings["worker.job_time_limit"])
     budget = float(settings["worker.db_retry_seconds"])
-    soft = soft_time_limit(limit)
     with session_scope(db_url) as session:
         job = with_db_retry(session, lifecycle.mark_running, job_id, worker_name, is_alive, budget=budget)
     if job is None:
@@ -459,12 +413,11 @@ def _execute_job(job_id: int, worker_name: str, *, settings: Mapping[str, Any], 
     # Claimed: from here on, every way out ends the job or hands it back (see _settle).
     try:
         if job.attempts > max_attempts:
-            return _fail(db_url, job_id,
-                         f"poison job: delivered {job.attempts} times but never finished (the worker died or "
-                         f"was killed each time; worker.max_attempts={max_attempts}). Check the worker logs, "
-                         "e.g. for running out of memory, then resubmit with fewer variants or tokens.", budget,
-                         worker=worker_name)
-        return _deliver(job, worker_name, settings, db_url, should_stop, soft, limit, budget, hard_exit)
+            status = _fail(db_url, job_id, poison_message(job.attempts, max_attempts), budget, worker=worker_name)
+            if on_end is not None:
+                on_end(job_id, status)
+            return status
+        return _deliver(job, worker_name, settings, db_url, should_stop, hard_exit, candidates, advertise, on_end)
     except (ShutdownRequested, DatabaseUnavailable):
         raise  # handed back already, or the message goes back to the queue
     except BaseException as exc:
@@ -475,66 +428,15 @@ def _execute_job(job_id: int, worker_name: str, *, settings: Mapping[str, Any], 
 
 
 def _deliver(job: Job, worker_name: str, settings: Mapping[str, Any], db_url: str | None,
-             should_stop: Callable[[], bool], soft: int, limit: int, budget: float,
-             hard_exit: Callable[[str], None] | None) -> str:
-    job_id = job.id
-    timeout_message = (f"time limit: the job ran longer than {soft} s (worker.job_time_limit={limit} s); "
-                       "the variants finished before it are kept. Ask for fewer variants or max_new_tokens.")
+             should_stop: Callable[[], bool], hard_exit: Callable[[str], None] | None,
+             candidates: Callable[[str], set[int]] | None, advertise: Callable[[list[int]], None] | None,
+             on_end: Callable[[int, str], None] | None) -> str:
+    """Run the claimed job, with the jobs its batch takes in (worker.jobs.batch); return the job's status."""
+    from worker.jobs.batch import BatchRunner, Options
 
-    def stuck() -> None:  # the watchdog thread: the main thread never saw the alarm
-        past = limit + grace_seconds(limit)
-        reason = f"job {job_id}: still running {past:.0f} s after it started (worker.job_time_limit={limit} s)"
-        # Recording the failure may itself block (a lock the stuck thread holds): exit within 30 s regardless.
-        backstop = threading.Timer(30, hard_exit, args=(reason + "; recording its failure hung",))
-        backstop.daemon = True
-        backstop.start()
-        try:
-            _fail(db_url, job_id, f"time limit: the job was still running {past:.0f} s after it started and did "
-                  f"not stop at its limit (worker.job_time_limit={limit} s; stuck in native code?), so its worker "
-                  "process was ended; the variants finished before it are kept. Ask for fewer variants or "
-                  "max_new_tokens.", min(budget, 10.0), worker=worker_name)
-        except BaseException as exc:  # the sweeper recovers the job once this process is gone
-            log.error("job %s: watchdog could not record the failure (%s)", job_id, type(exc).__name__)
-        hard_exit(reason)
-
-    session = get_sessionmaker(db_url)()
-    try:
-        with contextlib.ExitStack() as stack:
-            if hard_exit is not None:
-                stack.enter_context(Watchdog(limit + grace_seconds(limit), stuck))
-            with time_limit(soft):
-                return _run_variants(session, job, db_url, should_stop, worker_name, budget,
-                                     int(settings["worker.variant_batch"]), settings)
-    except ShutdownRequested:
-        session.rollback()
-        try:
-            with_db_retry(session, _give_back, job_id, worker_name, budget=budget)
-        except Conflict:
-            session.rollback()
-        raise
-    except TakenOver as exc:
-        session.rollback()
-        log.warning("job %s: stopping, %s", job_id, exc)
-        return "taken over"
-    except DatabaseUnavailable:
-        session.rollback()
-        raise  # the row cannot be updated; the task hands the message back to the queue
-    except (JobTimeLimit, SoftTimeLimitExceeded):
-        session.rollback()
-        return _fail(db_url, job_id, timeout_message, budget, worker=worker_name)
-    except InstaBoostError as exc:
-        session.rollback()
-        return _fail(db_url, job_id, exc.message, budget, worker=worker_name)
-    except Exception as exc:
-        session.rollback()
-        log.exception("job %s failed", job_id)
-        return _fail(db_url, job_id, f"internal error in the worker: {type(exc).__name__}: {exc}", budget,
-                     worker=worker_name)
-    finally:
-        try:
-            session.close()
-        except Exception:  # noqa: BLE001 - a dead connection; the pool replaces it
-            pass
+    opts = Options(worker=worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
+                   hard_exit=hard_exit, candidates=candidates, advertise=advertise, on_end=on_end)
+    return BatchRunner(job, opts).run()
 
 
 @shared_task(name=TASK_NAME, bind=True)
@@ -562,6 +464,11 @@ def run_job(self, job_id: int) -> str:
         except Exception:  # cannot tell: leave the job to its worker; the sweeper decides once Redis answers
             return True
 
+    def waiting(model: str) -> set[int]:
+        # The next messages of the model's queue: jobs this worker would be sent anyway (this deployment's).
+        rows = int(settings["worker.max_batch_rows"])
+        return waiting_job_ids(redis, model_queue(model), namespace, oldest=4 * rows)
+
     beat = current_heartbeat()
     if beat is not None:
         beat.set_job(job_id)  # before claiming, so a duplicate delivery elsewhere sees it at once
@@ -570,7 +477,8 @@ def run_job(self, job_id: int) -> str:
 
         return execute_job(job_id, current_worker_id() or self.request.hostname or "worker",
                            settings=settings, should_stop=stopping, is_alive=busy, hard_exit=end_process,
-                           sender=celery_sender(self.app))
+                           sender=celery_sender(self.app), candidates=waiting,
+                           advertise=None if beat is None else beat.set_jobs)
     except ShutdownRequested:
         log.info("job %s: worker stopping; job handed back to the queue", job_id)
         raise Reject("worker shutting down", requeue=True) from None

@@ -1,0 +1,174 @@
+"""Batches of several jobs on one worker (worker.batch_jobs, worker.max_batch_rows): real worker processes,
+the real model, real Redis and PostgreSQL.
+
+Each test queues its jobs (rows and messages) before it starts the worker, so the worker's first delivery finds the others
+waiting and takes them into its batch. The guarantees of a job run alone must hold for every job of a
+batch: one run per variant after ``kill -9``, a cancel that stops only its job, every message of a job
+that joined a batch skipped when it arrives, and seeded sampling that does not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from shared.db import session_scope, upgrade
+from shared.store import lifecycle
+from shared.store.tables import Run
+from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database
+from tests.fixtures.worker import purge_namespace, record_fault
+from tests.jobs.test_faults import BASE, Harness, variants_of
+
+BATCHED = {"max_batch_rows": 16, "batch_jobs": 1}  # the defaults, over test_faults' FAST one-row steps
+
+
+@pytest.fixture(scope="module")
+def batch_db():
+    """A migrated database of its own: these workers' sweepers act on every row they see."""
+    url = create_pg_database("instaboost_test_batching")
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def h(batch_db, redis_namespace, tmp_path):
+    from shared.db import get_db_engine
+
+    with get_db_engine(batch_db).begin() as conn:
+        conn.execute(text("TRUNCATE runs, jobs RESTART IDENTITY CASCADE"))
+    harness = Harness(batch_db, f"{redis_namespace}_b{uuid.uuid4().hex[:4]}", tmp_path)
+    yield harness
+    harness.close()
+    purge_namespace(harness.namespace) if harness.redis_url == TEST_REDIS_URL else None
+
+
+def job(query: str, tokens: int, **extra) -> dict:
+    return {**BASE, "query": query, "max_new_tokens": tokens, "multipliers": [10], "layer_modes": ["all"], **extra}
+
+
+def enqueue(h: Harness, body: dict) -> int:
+    """Store a queued job and send its message with no worker running (submit_job wants a live worker)."""
+    from shared.celery_config import TASK_NAME, make_celery, model_queue
+    from tests.fixtures.store import insert_job
+
+    job_id = insert_job(h.db_url, body)
+    make_celery(h.settings()).send_task(TASK_NAME, args=[job_id], queue=model_queue("smollm2-135m-instruct"))
+    return job_id
+
+
+def outputs(url: str, job_id: int) -> dict[str, str]:
+    with session_scope(url) as s:
+        return {r.variant: r.output_text for r in s.query(Run).filter(Run.job_id == job_id)}
+
+
+def wait_all(h: Harness, ids: list[int], predicate, timeout: float, what: str) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        views = [h.job(i) for i in ids]
+        if predicate(views):
+            return views
+        if time.monotonic() > deadline:
+            raise AssertionError(f"jobs never {what}: {views}\n{h.workers[-1].log_tail(3000)}")
+        time.sleep(0.05)
+
+
+def test_queued_jobs_share_the_workers_batch_and_each_runs_exactly_once(h):
+    # Different lengths, instructions and decoding settings share one batch; one job samples.
+    sampled = job("Name three colours.", 12, temperature=0.9, top_p=0.9, seed=7, multipliers=[4])
+    bodies = [job("Tell me about cats.", 4), job("What is 2 + 2?", 10), sampled,
+              job("Describe rain.", 6, instruction="Answer in one sentence."), job("Say hello.", 14)]
+    ids = [enqueue(h, b) for b in bodies]
+    w = h.worker(**BATCHED)
+    views = [h.wait_finished(i, 240) for i in ids]
+    log = w.log_tail(10**7)
+    for view, body in zip(views, bodies):
+        assert view.status == "succeeded" and view.attempts == 1, view
+        assert sorted(view.variants) == sorted(variants_of(body)) and view.done == view.total
+    joined = [i for i in ids if f"job {i}: joins the batch" in log]
+    assert len(joined) >= 3, log[-3000:]  # the first delivery took the others in
+    # Each joined job's own message comes later and finds it finished: skipped, never run twice.
+    deadline = time.monotonic() + 60
+    while not all(f"job {i}: skipped" in w.log_tail(10**7) for i in joined):
+        assert time.monotonic() < deadline, w.log_tail(3000)
+        time.sleep(0.1)
+    for i in joined:
+        assert h.job(i).attempts == 1 and h.counts(i, variants_of(bodies[ids.index(i)])) == (0, 0)
+
+    # The sampled job alone on the now idle worker draws the same tokens as inside the busy batch.
+    batched = outputs(h.db_url, ids[2])
+    alone_id = h.submit(sampled)
+    assert h.wait_finished(alone_id, 120).status == "succeeded"
+    assert f"joins the batch of job {alone_id}" not in w.log_tail(10**7)
+    assert outputs(h.db_url, alone_id) == batched
+
+
+def test_kill_9_mid_batch_every_job_resumes_with_exactly_one_run_per_variant(h):
+    bodies = [job(q, 16, layer_modes=["all", "middle"]) for q in
+              ("Tell me about cats.", "Describe rain.", "What is a dragon?", "Why is the sky blue?")]
+    ids = [enqueue(h, b) for b in bodies]
+    w = h.worker(fault="variant:sleep=3", **BATCHED)  # every step waits 3 s first: the kill lands inside one
+    views = wait_all(h, ids, lambda vs: sum(v.status == "running" and v.worker == w.worker_id for v in vs) >= 2,
+                     120, "shared a batch")
+    held = [v.id for v in views if v.status == "running" and v.worker == w.worker_id]
+    w.kill()
+    w2 = h.worker(**BATCHED)  # its sweeper finds every job of the dead worker's batch and sends it again
+    finals = [h.wait_finished(i, 240) for i in ids]
+    counts = [h.counts(i, variants_of(b)) for i, b in zip(ids, bodies)]
+    record_fault("kill -9 worker mid-batch", injected=1, survived=all(f.status == "succeeded" for f in finals),
+                 lost=sum(c[0] for c in counts), duplicated=sum(c[1] for c in counts), jobs_in_batch=len(held))
+    for final in finals:
+        assert final.status == "succeeded" and final.worker == w2.worker_id and final.error is None, final
+    assert counts == [(0, 0)] * len(ids)
+    # Each job of the dead batch was claimed once more: by the sweeper's resend, or by its own message
+    # still waiting in the queue (a job that joined a batch keeps it), whichever reached the new worker first.
+    assert [h.job(i).attempts for i in held] == [2] * len(held)
+
+
+def test_cancel_of_one_job_in_a_batch_stops_only_that_job(h):
+    bodies = [job(q, 160) for q in ("Tell me a long story about cats.", "Tell me a long story about rain.",
+                                    "Tell me a long story about the sea.")]
+    ids = [enqueue(h, b) for b in bodies]
+    w = h.worker(**BATCHED)
+    wait_all(h, ids, lambda vs: all(v.status == "running" and v.worker == w.worker_id for v in vs), 120,
+             "shared a batch")
+    with session_scope(h.db_url) as s:
+        assert lifecycle.cancel_job(s, ids[1]).status.value in ("cancelling", "cancelled")
+    cancelled = h.wait_finished(ids[1], 120)
+    others = [h.wait_finished(i, 240) for i in (ids[0], ids[2])]
+    assert cancelled.status == "cancelled" and cancelled.variants == [], cancelled  # its partial rows dropped
+    assert f"job {ids[1]}: cancelled during a step" in w.log_tail(10**7)
+    for view, body in zip(others, (bodies[0], bodies[2])):
+        assert view.status == "succeeded" and sorted(view.variants) == sorted(variants_of(body)), view
+
+
+def test_sweeper_sends_again_a_job_its_live_worker_no_longer_lists(h):
+    # A batch that ended on an error it could not record leaves jobs running under a live worker; the
+    # worker's heartbeat lists the jobs it holds, so the sweeper can tell and send them again.
+    from tests.fixtures.store import insert_job
+    from worker.jobs.heartbeat import Heartbeat
+    from worker.jobs.sweeper import Sweeper
+
+    settings = h.settings(**{"worker.heartbeat_interval": 0.2, "worker.heartbeat_ttl": 5})
+    beat = Heartbeat("batcher@host", ["smollm2-135m-instruct"], h.redis_url, h.namespace, interval=0.2, ttl=5,
+                     worker_id="batcher@host:1:abc").start()
+    try:
+        held = insert_job(h.db_url, job("Held.", 4), lifecycle.JobStatus.running, worker=beat.worker_id, attempts=1)
+        lost = insert_job(h.db_url, job("Lost.", 4), lifecycle.JobStatus.running, worker=beat.worker_id, attempts=1)
+        beat.set_jobs([held])
+        sweeper = Sweeper(settings, db_url=h.db_url, redis=None)
+        deadline = time.monotonic() + 60
+        while h.job(lost).status == "running":  # unlisted for two heartbeat intervals before it counts
+            assert time.monotonic() < deadline, "the sweeper never sent the unlisted job again"
+            sweeper.sweep()
+            time.sleep(0.1)
+        lost_view, held_view = h.job(lost), h.job(held)
+        assert lost_view.status == "queued" and "lost track of the job" in lost_view.error, lost_view
+        assert (held_view.status, held_view.worker) == ("running", beat.worker_id)  # listed: left to its worker
+    finally:
+        beat.stop()
