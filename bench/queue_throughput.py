@@ -82,8 +82,7 @@ def config_env(name: str, max_rows: int) -> dict[str, str]:
     """Return the worker environment variables that make configuration name."""
     rows = {"off": 1, "variants": max_rows, "batched": max_rows}[name]
     return {"INSTABOOST_WORKER_MAX_BATCH_ROWS": str(rows),
-            "INSTABOOST_WORKER_BATCH_JOBS": "1" if name == "batched" else "0",
-            "INSTABOOST_WORKER_VARIANT_BATCH": str(rows)}
+            "INSTABOOST_WORKER_BATCH_JOBS": "1" if name == "batched" else "0"}
 
 
 def percentile(values: list[float], q: float) -> float:
