@@ -24,9 +24,6 @@ Configurations (only environment variables differ; the bench knows nothing of th
     batched   INSTABOOST_WORKER_MAX_BATCH_ROWS=<rows>    INSTABOOST_WORKER_BATCH_JOBS=1   rows of several queued jobs
                                                                                            of the model in a batch
 
-Each also gets the older ``INSTABOOST_WORKER_VARIANT_BATCH`` (1 for off, <rows> otherwise), which workers from
-before ``worker.max_batch_rows`` read instead; unknown variables are ignored by the settings loader.
-
 Fairness: every configuration has its own Redis namespace and its own database, so its jobs only reach its own
 worker; the three workers are started together but only one has work at a time (an idle worker waits on Redis at
 ~0 CPU). Rounds are interleaved: for each N, every configuration in turn. Each worker first runs one unmeasured
