@@ -43,9 +43,9 @@ FAST = {"INSTABOOST_WORKER_HEARTBEAT_INTERVAL": "0.5", "INSTABOOST_WORKER_HEARTB
         "INSTABOOST_SWEEPER_OUTBOX_GRACE": "2", "INSTABOOST_SWEEPER_LOST_AFTER": "2",
         "INSTABOOST_WORKER_JOB_TIME_LIMIT": "120", "INSTABOOST_WORKER_VISIBILITY_TIMEOUT": "600",
         "INSTABOOST_WORKER_MAX_ATTEMPTS": "10", "INSTABOOST_WORKER_DB_RETRY_SECONDS": "40",
-        # One variant per step: these tests act between variants of one job. Batches of several jobs have
-        # their own fault tests in test_batching.py.
-        "INSTABOOST_WORKER_MAX_BATCH_ROWS": "1"}
+        # One job at a time, one variant per step: these tests act between variants of one job. Batches of
+        # several jobs have their own fault tests in test_batching.py.
+        "INSTABOOST_WORKER_MAX_BATCH_ROWS": "1", "INSTABOOST_WORKER_BATCH_JOBS": "0"}
 BASE = {"instruction": "Answer only in French.", "query": "Tell me a short story about a dragon."}
 # Three variants of 24 tokens; the kill tests also slow each variant by 1 s (SLOW_VARIANTS).
 THREE = {**BASE, "max_new_tokens": 24, "multipliers": [10], "layer_modes": ["all", "middle"]}
