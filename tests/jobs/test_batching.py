@@ -10,17 +10,15 @@ that joined a batch skipped when it arrives, and seeded sampling that does not d
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
-from sqlalchemy import text
 
 from shared.db import session_scope, upgrade
 from shared.store import lifecycle
 from shared.store.tables import Run
-from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database
-from tests.fixtures.worker import purge_namespace, record_fault
-from tests.jobs.test_faults import BASE, Harness, variants_of
+from tests.fixtures.store import create_pg_database, drop_pg_database
+from tests.fixtures.worker import record_fault
+from tests.jobs.test_faults import BASE, Harness, harness_for, variants_of
 
 BATCHED = {"max_batch_rows": 16, "batch_jobs": 1}  # the defaults, over test_faults' FAST one-row steps
 
@@ -38,14 +36,7 @@ def batch_db():
 
 @pytest.fixture
 def h(batch_db, redis_namespace, tmp_path):
-    from shared.db import get_db_engine
-
-    with get_db_engine(batch_db).begin() as conn:
-        conn.execute(text("TRUNCATE runs, jobs RESTART IDENTITY CASCADE"))
-    harness = Harness(batch_db, f"{redis_namespace}_b{uuid.uuid4().hex[:4]}", tmp_path)
-    yield harness
-    harness.close()
-    purge_namespace(harness.namespace) if harness.redis_url == TEST_REDIS_URL else None
+    yield from harness_for(batch_db, redis_namespace, tmp_path, tag="b")
 
 
 def job(query: str, tokens: int, **extra) -> dict:

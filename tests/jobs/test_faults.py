@@ -168,17 +168,22 @@ class Harness:
                 w.stop(timeout=15)
 
 
-@pytest.fixture
-def h(fault_db, redis_namespace, tmp_path):
+def harness_for(db_url: str, redis_namespace: str, tmp_path: Path, tag: str = "f"):
+    """Yield a Harness on db_url (its jobs removed first) in a fresh namespace; stop its workers after."""
     from shared.db import get_db_engine
 
-    with get_db_engine(fault_db).begin() as conn:
+    with get_db_engine(db_url).begin() as conn:
         conn.execute(text("TRUNCATE runs, jobs RESTART IDENTITY CASCADE"))
-    harness = Harness(fault_db, f"{redis_namespace}_f{uuid.uuid4().hex[:4]}", tmp_path)
+    harness = Harness(db_url, f"{redis_namespace}_{tag}{uuid.uuid4().hex[:4]}", tmp_path)
     yield harness
     harness.close()
     if harness.redis_url == TEST_REDIS_URL:
         purge_namespace(harness.namespace)
+
+
+@pytest.fixture
+def h(fault_db, redis_namespace, tmp_path):
+    yield from harness_for(fault_db, redis_namespace, tmp_path)
 
 
 def variants_of(body: dict) -> list[str]:
@@ -397,20 +402,31 @@ class PausableProxy:
         self.listener.close()
 
 
+def wait_log(w: WorkerProcess, text: str, timeout: float) -> None:
+    """Wait until the worker's log says text (an event: a busy machine may take long to get there)."""
+    deadline = time.monotonic() + timeout
+    while text not in w.log_tail(10**7):
+        assert time.monotonic() < deadline and w.alive(), w.log_tail()
+        time.sleep(0.2)
+
+
+def job_behind_proxy(h: Harness, proxy: PausableProxy, **env) -> tuple[WorkerProcess, int]:
+    """Start a worker that reaches the database through proxy, submit THREE, wait until it stored a variant."""
+    w = h.worker(db_url=h.db_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"), **env)
+    job_id = h.submit(THREE)
+    h.wait(job_id, lambda j: (j.status == "running" and j.done >= 1) or j.finished, 60, "stored a variant")
+    return w, job_id
+
+
 def test_database_unreachable_while_a_variant_finishes_stores_the_run_once(h):
     proxy = PausableProxy()
+    expected = variants_of(THREE)
     try:
-        w = h.worker(db_url=h.db_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"))
-        expected = variants_of(THREE)
-        job_id = h.submit(THREE)
-        h.wait(job_id, lambda j: (j.status == "running" and j.done >= 1) or j.finished, 60, "stored a variant")
+        w, job_id = job_behind_proxy(h, proxy)
         proxy.pause()  # the next variant is generating; it finishes while the database is gone
         # Hold the outage until the worker's write has met it (an event, not a duration: on a busy machine the
         # variant can take longer than any fixed pause).
-        deadline = time.monotonic() + 300
-        while "database unreachable" not in w.log_tail(10**7):
-            assert time.monotonic() < deadline and w.alive(), w.log_tail()
-            time.sleep(0.2)
+        wait_log(w, "database unreachable", 300)
         assert h.job(job_id).done == 1  # nothing could be written meanwhile
         proxy.resume()
         final = h.wait_finished(job_id, 90)
@@ -430,16 +446,11 @@ def test_database_unreachable_while_a_variant_finishes_stores_the_run_once(h):
 
 def test_database_down_past_the_retry_budget_hands_the_job_back_and_it_resumes(h):
     proxy = PausableProxy()
+    expected = variants_of(THREE)
     try:
-        w = h.worker(db_url=h.db_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"), db_retry_seconds=2)
-        expected = variants_of(THREE)
-        job_id = h.submit(THREE)
-        h.wait(job_id, lambda j: (j.status == "running" and j.done >= 1) or j.finished, 60, "stored a variant")
+        w, job_id = job_behind_proxy(h, proxy, db_retry_seconds=2)
         proxy.pause()  # longer than the worker's 2 s budget: it gives the message back, again and again
-        deadline = time.monotonic() + 30
-        while "message handed back to the queue" not in w.log_tail(10**7):
-            assert time.monotonic() < deadline, w.log_tail()
-            time.sleep(0.2)
+        wait_log(w, "message handed back to the queue", 30)
         time.sleep(2)
         proxy.resume()
         final = h.wait_finished(job_id, 90)

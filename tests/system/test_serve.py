@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+from contextlib import contextmanager
 import socket
 import subprocess
 import sys
@@ -47,17 +48,33 @@ def test_serve_without_redis_says_what_is_missing(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.services
+@contextmanager
+def running_serve(tmp_path, port: int, namespace: str, log, **env):
+    """Run `instaboost serve` on port in namespace; yield (process, Redis client); always clean up after."""
+    from shared.workers import redis_client
+
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path,
+                            env=serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace, **env),
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    redis = redis_client(TEST_REDIS_URL)
+    try:
+        yield proc, redis
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        redis.close()
+        purge_namespace(namespace)
+
+
 def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
-    from shared.workers import live_workers, redis_client
+    from shared.workers import live_workers
 
     namespace = f"{redis_namespace}_serve"
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path,
-                            env=serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace),
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    redis = redis_client(TEST_REDIS_URL)
-    try:
+    with running_serve(tmp_path, port, namespace, log) as (proc, redis):
         line = proc.stdout.readline()
         assert f"running at http://127.0.0.1:{port}/" in line, open(tmp_path / "serve.log").read()
         deadline = time.monotonic() + 120
@@ -106,13 +123,6 @@ def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
         assert live_workers(redis, namespace) == []  # the worker removed its heartbeat
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        redis.close()
-        purge_namespace(namespace)
 
 
 # -- a worker that dies is restarted, like compose's restart: unless-stopped ---------------------------
@@ -143,24 +153,20 @@ def _wait(what: str, predicate, log_path: Path, proc: subprocess.Popen, timeout:
 @pytest.mark.services
 def test_serve_restarts_a_killed_worker_and_the_job_resumes(tmp_path, redis_namespace):
     """Issue 9: kill -9 of the worker under `instaboost serve` took the web app down and the job never resumed."""
-    from shared.workers import live_workers, redis_client
+    from shared.workers import live_workers
 
     namespace = f"{redis_namespace}_serve_restart"
     port = free_port()
     log_path = tmp_path / "serve.log"
     log = open(log_path, "w")
-    # Each variant sleeps 1 s first (the test-only fault hook): the job is surely mid-way when killed.
-    env = serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace,
-                    INSTABOOST_TEST_FAULT="variant:sleep=1", **FAST_WORKER)
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    redis = redis_client(TEST_REDIS_URL)
     base = f"http://127.0.0.1:{port}"
 
     def ready_worker():
         return next((b for b in live_workers(redis, namespace) if b["models"] and not b.get("starting")), None)
 
-    try:
+    # Each step sleeps 1 s first (the test-only fault hook): the job is surely mid-way when killed.
+    with running_serve(tmp_path, port, namespace, log, INSTABOOST_TEST_FAULT="variant:sleep=1",
+                       **FAST_WORKER) as (proc, redis):
         assert f"running at {base}/" in proc.stdout.readline(), log_path.read_text()
         first = _wait("a ready worker", ready_worker, log_path, proc)
         body = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
@@ -182,13 +188,6 @@ def test_serve_restarts_a_killed_worker_and_the_job_resumes(tmp_path, redis_name
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         assert live_workers(redis, namespace) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        redis.close()
-        purge_namespace(namespace)
 
 
 def test_a_child_that_keeps_dying_is_restarted_with_backoff_and_a_clear_message(monkeypatch, capsys):
