@@ -83,6 +83,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker.batch_jobs", bool, True,
             "Fill a worker's batch with other queued jobs of its model (their messages then find them running "
             "or done and are skipped); off: a worker runs one job at a time."),
+    Setting("worker.batch_wait", float, 0.5,
+            "With worker.batch_jobs, at most this many seconds a delivery waits before its first batch while more "
+            "jobs keep arriving (it looks every 0.1 s and starts once a look finds none, or the batch is full); "
+            "0 starts at once."),
     Setting("worker.max_attempts", int, 3, "Deliveries of a job before it is failed as poison."),
     Setting("worker.visibility_timeout", int, 7200,
             "Seconds Redis waits before redelivering an unacknowledged job; must exceed job_time_limit."),

@@ -45,6 +45,7 @@ from worker.jobs.watchdog import Watchdog, grace_seconds
 log = logging.getLogger("instaboost.worker")
 
 TAKEN_OVER = "taken over"
+GATHER_POLL = 0.1  # seconds between two looks at the queue while a first step gathers its jobs
 
 
 @dataclass(eq=False)
@@ -100,6 +101,7 @@ class BatchRunner:
         self.worker = opts.worker
         self.max_rows = max(1, int(s["worker.max_batch_rows"]))
         self.batch_jobs = bool(s["worker.batch_jobs"]) and opts.candidates is not None
+        self.wait = float(s["worker.batch_wait"])
         self.limit = int(s["worker.job_time_limit"])
         self.soft = soft_time_limit(self.limit)
         self.budget = float(s["worker.db_retry_seconds"])
@@ -116,6 +118,7 @@ class BatchRunner:
         """Run until no claimed job has rows left; return the delivered job's status."""
         try:
             self._admit(self.first)
+            self._gather()
             while True:
                 self._check()
                 self._fill()
@@ -222,7 +225,7 @@ class BatchRunner:
         """Claim queued jobs of this model into the batch while their rows fit (worker.batch_jobs)."""
         if not self.batch_jobs:
             return
-        room = self.max_rows - sum(len(m.rows) for m in self._active())
+        room = self._room()
         if room <= 0:
             return
         try:
@@ -261,6 +264,22 @@ class BatchRunner:
             log.info("job %s: joins the batch of job %s's delivery", job.id, self.first.id)
             self._admit(job)
         self._advertise()
+
+    def _gather(self) -> None:
+        """Before the first step, take in jobs while they keep arriving (a burst of submissions), briefly."""
+        if not self.batch_jobs or self.wait <= 0 or not self._active():
+            return
+        deadline = time.monotonic() + self.wait
+        self._fill()
+        while time.monotonic() + GATHER_POLL <= deadline and self._room() > 0:
+            time.sleep(GATHER_POLL)
+            before = len(self.members)
+            self._fill()
+            if len(self.members) == before:
+                return  # a look found nothing new: the burst is over (a lone job waits one look)
+
+    def _room(self) -> int:
+        return self.max_rows - sum(len(m.rows) for m in self._active())
 
     def _next_rows(self) -> list[tuple[Member, Any]]:
         """Pick the next step's rows: the oldest member's kind of rows, up to worker.max_batch_rows."""
@@ -331,12 +350,14 @@ class BatchRunner:
         self._store(rows, results, scores, engine, [m for m in members if m.job_id not in watch.stopped])
 
     def _score(self, engine, rows, requests, results) -> list[dict | None]:
+        """Score the step's rows: one pass per (perplexity, judge) choice, however many jobs share it."""
         scores: list[dict | None] = [None] * len(rows)
-        for m in dict.fromkeys(m for m, _ in rows):
-            if m.request is None:
-                continue  # a chat job stores its text and usage only
-            idx = [i for i, (n, _) in enumerate(rows) if n is m]
-            for i, score in zip(idx, t._score(engine, m.request, [requests[i] for i in idx],
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for i, (m, _) in enumerate(rows):
+            if m.request is not None:  # a chat job stores its text and usage only
+                groups.setdefault((m.request.score_perplexity, m.request.judge), []).append(i)
+        for idx in groups.values():
+            for i, score in zip(idx, t._score(engine, [rows[i][0].request for i in idx], [requests[i] for i in idx],
                                               [results[i] for i in idx], self.opts.settings)):
                 scores[i] = score
         return scores

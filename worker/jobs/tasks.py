@@ -171,16 +171,21 @@ def _end_read(session) -> None:
     session.commit()
 
 
-def _score(engine, request: JobRequest, gen_requests, results, settings: Mapping[str, Any]) -> list[dict | None]:
-    """Score a chunk's outputs (worker.scoring); a scorer's failure is logged and stored, never fails the job."""
+def _score(engine, jobs: list[JobRequest], gen_requests, results, settings: Mapping[str, Any]) -> list[dict | None]:
+    """Score rows' outputs (worker.scoring), row i being a variant of jobs[i]; they share perplexity and judge.
+
+    One perplexity pass serves every row, whichever job it comes from. A scorer's failure is logged and
+    stored with the rows, never fails a job.
+    """
     from worker.scoring import judge_config, score_results
 
+    first = jobs[0]
     try:
-        judge = judge_config(settings) if request.judge else None
-        scores = score_results(engine, gen_requests, results, cases=request.case(),
-                               perplexity=request.score_perplexity, judge=judge,
+        judge = judge_config(settings) if first.judge else None
+        scores = score_results(engine, gen_requests, results, cases=[j.case() for j in jobs],
+                               perplexity=first.score_perplexity, judge=judge,
                                copy_words=int(settings.get("scoring.copy_words", 6)))
-        if request.judge and judge is None:
+        if first.judge and judge is None:
             for s in scores:
                 s["judge_reason"] = "no judge configured on this worker (judge.url is empty)"
         return scores
@@ -189,7 +194,6 @@ def _score(engine, request: JobRequest, gen_requests, results, settings: Mapping
     except Exception as exc:
         log.exception("job: scoring failed")
         return [{"score_error": f"{type(exc).__name__}: {exc}"[:500]} for _ in results]
-
 
 
 STREAM_TTL = 3600  # seconds a job's stream events are kept after the last one
