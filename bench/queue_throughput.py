@@ -38,7 +38,7 @@ N=8 (and more at N=32), and beat "variants" (a job's own variants batched) at N>
 pay for it: its latency under "batched" within 1.1x of "off". The ratios are printed under the table.
 
     python bench/queue_throughput.py [--jobs 1,8,32] [--tokens 48] [--configs off,variants,batched]
-                                     [--max-rows 16] [--database postgres|sqlite] [--threads 2]
+                                     [--max-rows 32] [--database postgres|sqlite] [--threads 2]
                                      [--device auto] [--model smollm2-135m-instruct] [--timeout 3600]
                                      [--json results.json] [--keep-logs]
 
@@ -254,7 +254,7 @@ def main() -> int:
     ap.add_argument("--jobs", default="1,8,32", help="numbers of concurrent jobs, one round each")
     ap.add_argument("--tokens", type=int, default=48, help="new tokens per variant (greedy)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"some of {','.join(CONFIGS)}")
-    ap.add_argument("--max-rows", type=int, default=16, help="INSTABOOST_WORKER_MAX_BATCH_ROWS of variants/batched")
+    ap.add_argument("--max-rows", type=int, default=32, help="INSTABOOST_WORKER_MAX_BATCH_ROWS of variants/batched")
     ap.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
     ap.add_argument("--threads", type=int, default=2, help="the worker's OMP_NUM_THREADS (1 on a busy 2-core box)")
     ap.add_argument("--device", default="auto", help="the worker's model.device")

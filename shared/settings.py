@@ -75,7 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker.models", list, ["smollm2-135m-instruct"],
             "Models each worker preloads and serves (comma-separated in the environment)."),
     Setting("worker.job_time_limit", int, 1800, "Seconds a job may run before it is failed."),
-    Setting("worker.max_batch_rows", int, 16,
+    Setting("worker.max_batch_rows", int, 32,
             "Most rows (job variants) a worker decodes together in one batch (fast engine), from one job or, with "
             "worker.batch_jobs, from several; 1 runs every variant alone. Progress moves a batch at a time; a cancel stops its job's rows at "
             "the next token.",

@@ -20,7 +20,7 @@ from tests.fixtures.store import create_pg_database, drop_pg_database
 from tests.fixtures.worker import record_fault
 from tests.jobs.test_faults import BASE, Harness, harness_for, variants_of
 
-BATCHED = {"max_batch_rows": 16, "batch_jobs": 1}  # the defaults, over test_faults' FAST one-row steps
+BATCHED = {"max_batch_rows": 32, "batch_jobs": 1}  # the defaults, over test_faults' FAST one-row steps
 
 
 @pytest.fixture(scope="module")

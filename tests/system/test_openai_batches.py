@@ -133,8 +133,8 @@ def test_a_chat_completion_overtakes_queued_batch_lines(client, pg_url):  # noqa
     from shared.db import session_scope
     from shared.store.tables import Job
 
-    # More lines than one worker batch holds (worker.max_batch_rows, 16): those left queued wait behind the chat.
-    lines = [line(f"slow-{k}", QUESTIONS[k % len(QUESTIONS)], max_tokens=32) for k in range(24)]
+    # More lines than one worker batch holds (worker.max_batch_rows, 32): those left queued wait behind the chat.
+    lines = [line(f"slow-{k}", QUESTIONS[k % len(QUESTIONS)], max_tokens=32) for k in range(40)]
     f = client.files.create(file=("slow.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     resp = client.chat.completions.create(model=MODEL, max_tokens=4, temperature=0,
@@ -143,7 +143,7 @@ def test_a_chat_completion_overtakes_queued_batch_lines(client, pg_url):  # noqa
         chat_started = s.get(Job, int(resp.id)).started_at
         later = list(s.scalars(select(Job.id).where(Job.batch_id == batch.id, (Job.started_at.is_(None)) |
                                                     (Job.started_at > chat_started))))
-    # Sent after all 24 lines, it ran before those no batch had taken in yet: at most the first batch went first.
-    assert len(later) >= 24 - 16, later
+    # Sent after all 40 lines, it ran before those no batch had taken in yet: at most the first batch went first.
+    assert len(later) >= 40 - 32, later
     client.batches.cancel(batch.id)
     assert wait_batch(client, batch.id, {"cancelled", "completed"}).status in ("cancelled", "completed")

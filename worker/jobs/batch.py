@@ -262,7 +262,16 @@ class BatchRunner:
         self._advertise([job.id for job in won])
         for job in won:
             log.info("job %s: joins the batch of job %s's delivery", job.id, self.first.id)
-            self._admit(job)
+            try:
+                self._admit(job)
+            except (t.DatabaseUnavailable, t.ShutdownRequested):
+                raise
+            except Exception as exc:  # its own error: it ends (or goes back) alone, the batch goes on
+                self.session.rollback()
+                m = next(m for m in self.members if m.job_id == job.id)
+                if m.status is None:
+                    self._end(m, t._settle(self.opts.db_url, job.id, self.worker, exc, self.budget,
+                                           self.opts.hard_exit))
         self._advertise()
 
     def _gather(self) -> None:
