@@ -308,6 +308,7 @@ class BatchRunner:
 
         members = list(dict.fromkeys(m for m, _ in rows))
         head = members[0]
+        log.info("batch: a step of %d rows from jobs %s", len(rows), [m.job_id for m in members])
         engine = get_engine(self.model, head.engine)
         requests = [m.generation_request(r) for m, r in rows]
         streams = {i: m.publish for i, (m, _) in enumerate(rows) if m.publish is not None}
