@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from shared.db import session_scope, upgrade
+from shared.db import session_scope
 from shared.store import lifecycle
 from shared.store.tables import Run
-from tests.fixtures.store import create_pg_database, drop_pg_database
+from tests.fixtures.store import migrated_pg_database
 from tests.fixtures.worker import record_fault
 from tests.jobs.test_faults import BASE, Harness, harness_for, variants_of
 
@@ -26,12 +26,7 @@ BATCHED = {"max_batch_rows": 32, "batch_jobs": 1}  # the defaults, over test_fau
 @pytest.fixture(scope="module")
 def batch_db():
     """A migrated database of its own: these workers' sweepers act on every row they see."""
-    url = create_pg_database("instaboost_test_batching")
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop_pg_database(url)
+    yield from migrated_pg_database("instaboost_test_batching")
 
 
 @pytest.fixture

@@ -26,14 +26,14 @@ from sqlalchemy import select as sql_select
 from sqlalchemy import text
 
 from shared.celery_config import TASK_NAME, celery_config, make_celery, model_queue
-from shared.db import session_scope, upgrade
+from shared.db import session_scope
 from shared.errors import ValidationError
 from shared.schemas import JobRequest
 from shared.settings import load_settings
 from shared.store import lifecycle, submission
 from shared.store.tables import FINAL, Job, JobStatus, Run
 from shared.workers import redis_client
-from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database, make_test_app
+from tests.fixtures.store import TEST_REDIS_URL, make_test_app, migrated_pg_database
 from tests.fixtures.worker import WorkerProcess, purge_namespace, record_fault
 
 
@@ -55,12 +55,7 @@ SMALL = {**BASE, "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"
 @pytest.fixture(scope="module")
 def fault_db():
     """A migrated database of its own: the sweepers of these tests act on every row they see."""
-    url = create_pg_database("instaboost_test_faults")
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop_pg_database(url)
+    yield from migrated_pg_database("instaboost_test_faults")
 
 
 @dataclass

@@ -11,11 +11,11 @@ from sqlalchemy import select
 
 from shared.calibration import parse_sweep_request
 from shared.celery_config import make_celery
-from shared.db import session_scope, upgrade
+from shared.db import session_scope
 from shared.settings import load_settings
 from shared.store import sweeps
 from shared.store.tables import Job, Run, Sweep
-from tests.fixtures.store import TEST_REDIS_URL, create_pg_database, drop_pg_database
+from tests.fixtures.store import TEST_REDIS_URL, migrated_pg_database
 from tests.fixtures.worker import WorkerProcess, purge_namespace, record_fault
 
 
@@ -33,12 +33,7 @@ CASES = {
 
 @pytest.fixture
 def sweep_db():
-    url = create_pg_database("instaboost_test_sweeps")
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        drop_pg_database(url)
+    yield from migrated_pg_database("instaboost_test_sweeps")
 
 
 def test_a_sweep_survives_kill_9_of_its_worker_and_ends_with_a_recommendation(sweep_db, redis_namespace, tmp_path):
