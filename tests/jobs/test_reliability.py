@@ -72,7 +72,9 @@ def test_taken_over_during_its_last_variant_the_old_worker_does_not_succeed_the_
     assert run(job_id, should_stop=taken_over_during_last_variant) == "taken over"
     job, runs = load(pg_url, job_id)
     assert (job.status, job.worker) == (JobStatus.running, OTHER)  # its new owner finishes it
-    assert [r.variant for r in runs] == ["original", "all_x10"]
+    # The last variant either stopped at its next token (the step's watch saw the take-over; its partial row is
+    # dropped) or finished first and was stored: runs are unique, so the new owner skips it or makes it.
+    assert [r.variant for r in runs] in (["original"], ["original", "all_x10"])
 
 
 @pytest.mark.slow
