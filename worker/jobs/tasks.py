@@ -1,10 +1,10 @@
-"""The Celery task ``instaboost.run_job``: generate a job's variants, storing each run as it finishes.
+"""The Celery task ``instaboost.run_job``: claim the delivered job and run it (``worker.jobs.batch``).
 
 The message carries only the job id; the job row is the source of truth. A redelivered job resumes
-where it stopped (variants already stored are skipped), a cancel is honoured at the next variant
-boundary, and a job delivered more than ``worker.max_attempts`` times is failed as poison. A delivery
-of a job that another live worker runs is skipped, and a worker that finds its job taken over (the
-sweeper thought it dead) stops at the next variant boundary, so one job never runs twice at once.
+where it stopped (variants already stored are skipped), a job delivered more than ``worker.max_attempts``
+times is failed as poison, and a delivery of a job that another live worker runs (or holds in its batch)
+is skipped. The batch runner takes other queued jobs of the model in, stops a cancelled or taken-over
+job's rows at the next token, and ends every job it holds, so one job never runs twice at once.
 Database writes are retried with backoff for ``worker.db_retry_seconds`` when the database is unreachable.
 
 Every claimed job ends (succeeded, failed, cancelled) or is handed back (queued again), whatever escapes
@@ -56,10 +56,6 @@ class ShutdownRequested(Exception):
 
 class DatabaseUnavailable(Exception):
     """The database stayed unreachable for worker.db_retry_seconds: hand the job back to the queue."""
-
-
-class TakenOver(Exception):
-    """The job is no longer this worker's (requeued by the sweeper, or claimed by another worker)."""
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -140,15 +136,6 @@ def _status_for(session, job_id: int, worker: str | None) -> str:
     if worker is not None and row.status not in FINAL and row.worker != worker:
         return "taken over"
     return row.status.value
-
-
-def _ownership(session, job_id: int, worker: str) -> JobStatus:
-    """Return the job's status, raising TakenOver once the row no longer names this worker."""
-    row = session.execute(select(Job.status, Job.worker).where(Job.id == job_id)).one_or_none()
-    session.commit()  # no transaction (and pooled connection) held open during the next generation
-    if row is None or row.worker != worker or row.status not in (JobStatus.running, JobStatus.cancelling):
-        raise TakenOver(f"job {job_id} is now {row.status.value if row else 'gone'} under {row.worker if row else '-'}")
-    return row.status
 
 
 def _heads(request: JobRequest, variant: Variant, engine) -> Any:
@@ -307,7 +294,7 @@ def _settle(db_url: str | None, job_id: int, worker: str, exc: BaseException, bu
         log.error("job %s: %s escaped after the claim; failing the job", job_id, type(exc).__name__, exc_info=exc)
         first = f"internal error in the worker: {type(exc).__name__}: {_line(exc)}"
         cause = _root(exc)
-        if cause is not exc and isinstance(cause, Exception) and not isinstance(cause, (TakenOver, ShutdownRequested)):
+        if cause is not exc and isinstance(cause, Exception) and not isinstance(cause, ShutdownRequested):
             # Raised while handling another error (recording a failure, say): name that one first.
             first = (f"internal error in the worker: {type(cause).__name__}: {_line(cause)} (then, while "
                      f"handling it: {type(exc).__name__}: {_line(exc)})")
