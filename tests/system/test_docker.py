@@ -162,7 +162,10 @@ def stack(request, tmp_path_factory):
                 env[key] = value
     port = _free_port()
     env.update(INSTABOOST_WEB_API_TOKEN=secrets.token_hex(16), INSTABOOST_WEB_SECRET_KEY=secrets.token_hex(16),
-               POSTGRES_PASSWORD=secrets.token_hex(8), INSTABOOST_PORT=str(port), HF_HUB_OFFLINE="1")
+               POSTGRES_PASSWORD=secrets.token_hex(8), INSTABOOST_PORT=str(port), HF_HUB_OFFLINE="1",
+               # One variant per batch step: the restart test needs a job with a run stored and more to come
+               # (progress moves a batch at a time, and by default a job's variants share one step).
+               INSTABOOST_WORKER_MAX_BATCH_ROWS="1")
     env_file = tmp_path_factory.mktemp("docker") / "empty.env"
     env_file.write_text("")
     project = f"instaboost-test-{os.getpid()}-{secrets.token_hex(3)}"
