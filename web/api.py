@@ -69,7 +69,7 @@ def list_jobs():
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id):
-    """Cancel a queued job, or ask a running one to stop at the next variant."""
+    """Cancel a queued job, or ask a running one to stop (its rows stop at the next token)."""
     job = queries.get_job(db(), job_id, with_runs=False)
     return jsonify(serialize.job_to_dict(lifecycle.cancel_job(db(), job.id)))
 

@@ -72,7 +72,7 @@ class JobStatus(str, enum.Enum):
     - queued     -> running (a worker picked it up) | cancelled (cancelled before it ran) | failed
       (broker refused it, or too many deliveries)
     - running    -> succeeded | failed | cancelling (cancel requested; the worker stops at the next
-      variant boundary) | queued (redelivery after a worker died mid-job)
+      batch step, or at the next token) | queued (redelivery after a worker died mid-job)
     - cancelling -> cancelled (the worker stopped) | failed | succeeded (the last variant finished first)
     - succeeded, failed, cancelled: final.
     """

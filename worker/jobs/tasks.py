@@ -51,7 +51,7 @@ class JobTimeLimit(BaseException):
 
 
 class ShutdownRequested(Exception):
-    """The worker is stopping: hand the job back to the queue at a variant boundary."""
+    """The worker is stopping: hand the jobs back to the queue between two batch steps."""
 
 
 class DatabaseUnavailable(Exception):
