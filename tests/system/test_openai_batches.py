@@ -84,7 +84,9 @@ def test_upload_batch_poll_and_download_every_custom_id(client):  # noqa: F811
 
 
 def test_cancel_a_running_batch(client):  # noqa: F811
-    lines = [line(f"c-{k}", QUESTIONS[k % len(QUESTIONS)], max_tokens=48) for k in range(8)]
+    # More lines than one worker batch holds (worker.max_batch_rows, 32): the first step's lines complete while
+    # the rest still wait or run, and those are the ones the cancel stops.
+    lines = [line(f"c-{k}", QUESTIONS[k % len(QUESTIONS)], max_tokens=48) for k in range(40)]
     f = client.files.create(file=("cancel.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     # Wait until it really runs: a first request done, the rest waiting.
@@ -145,5 +147,8 @@ def test_a_chat_completion_overtakes_queued_batch_lines(client, pg_url):  # noqa
                                                     (Job.started_at > chat_started))))
     # Sent after all 40 lines, it ran before those no batch had taken in yet: at most the first batch went first.
     assert len(later) >= 40 - 32, later
-    client.batches.cancel(batch.id)
+    try:
+        client.batches.cancel(batch.id)
+    except openai.ConflictError:  # its lines ran in a few batches: it may have completed already
+        pass
     assert wait_batch(client, batch.id, {"cancelled", "completed"}).status in ("cancelled", "completed")
