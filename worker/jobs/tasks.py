@@ -394,7 +394,6 @@ def _execute_job(job_id: int, worker_name: str, *, settings: Mapping[str, Any], 
                  candidates: Callable[[str], set[int]] | None = None,
                  advertise: Callable[[list[int]], None] | None = None,
                  on_end: Callable[[int, str], None] | None = None) -> str:
-    max_attempts = int(settings["worker.max_attempts"])
     budget = float(settings["worker.db_retry_seconds"])
     with session_scope(db_url) as session:
         job = with_db_retry(session, lifecycle.mark_running, job_id, worker_name, is_alive, budget=budget)
@@ -403,11 +402,8 @@ def _execute_job(job_id: int, worker_name: str, *, settings: Mapping[str, Any], 
         return "skipped"
     # Claimed: from here on, every way out ends the job or hands it back (see _settle).
     try:
-        if job.attempts > max_attempts:
-            status = _fail(db_url, job_id, poison_message(job.attempts, max_attempts), budget, worker=worker_name)
-            if on_end is not None:
-                on_end(job_id, status)
-            return status
+        # A poison job (more deliveries than worker.max_attempts) is failed by the runner's _admit, like a
+        # job its batch takes in.
         return _deliver(job, worker_name, settings, db_url, should_stop, hard_exit, candidates, advertise, on_end)
     except (ShutdownRequested, DatabaseUnavailable):
         raise  # handed back already, or the message goes back to the queue
