@@ -9,6 +9,7 @@ that joined a batch skipped when it arrives, and seeded sampling that does not d
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -38,12 +39,12 @@ def job(query: str, tokens: int, **extra) -> dict:
     return {**BASE, "query": query, "max_new_tokens": tokens, "multipliers": [10], "layer_modes": ["all"], **extra}
 
 
-def enqueue(h: Harness, body: dict) -> int:
+def enqueue(h: Harness, body: dict, attempts: int = 0) -> int:
     """Store a queued job and send its message with no worker running (submit_job wants a live worker)."""
     from shared.celery_config import TASK_NAME, make_celery, model_queue
     from tests.fixtures.store import insert_job
 
-    job_id = insert_job(h.db_url, body)
+    job_id = insert_job(h.db_url, body, attempts=attempts)
     make_celery(h.settings()).send_task(TASK_NAME, args=[job_id], queue=model_queue("smollm2-135m-instruct"))
     return job_id
 
@@ -133,6 +134,41 @@ def test_cancel_of_one_job_in_a_batch_stops_only_that_job(h):
     assert cancelled.status == "cancelled" and cancelled.variants == [], cancelled  # its partial rows dropped
     assert f"job {ids[1]}: cancelled during a step" in w.log_tail(10**7)
     for view, body in zip(others, (bodies[0], bodies[2])):
+        assert view.status == "succeeded" and sorted(view.variants) == sorted(variants_of(body)), view
+
+
+def test_time_limit_runs_per_job_so_only_the_job_past_it_fails_in_a_shared_step(h):
+    # Three rows per step: the first step holds three of A's four rows; B (two rows) joins the second step beside
+    # A's last row, claimed a whole step later, so its time limit ends later. The first two steps each sleep 16 s first
+    # (whatever the machine's speed): A's soft limit (27 s from its claim) falls inside the second step's sleep.
+    first = job("Tell me about cats.", 4, multipliers=[2, 4, 10])  # original and three boosted rows
+    second = job("Describe rain.", 4)
+    a, b = enqueue(h, first), enqueue(h, second)
+    w = h.worker(fault="variant:sleep=16:2", job_time_limit=30, max_batch_rows=3, batch_jobs=1)
+    failed, done = h.wait_finished(a, 180), h.wait_finished(b, 180)
+    log = w.log_tail(10**7)
+    assert f"batch: a step of 3 rows from jobs [{a}, {b}]" in log, log[-3000:]  # they did share a step
+    assert failed.status == "failed" and "time limit" in failed.error and "worker.job_time_limit=30" in failed.error
+    assert len(failed.variants) == 3, failed  # the first step's rows, stored before the limit
+    # B lost only its rows of the interrupted step: the next step ran it again within B's own limit.
+    assert done.status == "succeeded" and sorted(done.variants) == sorted(variants_of(second)), done
+    assert done.attempts == 1 and h.counts(b, variants_of(second)) == (0, 0)
+
+
+def test_poison_job_fails_alone_when_it_joins_a_batch(h):
+    # A job delivered worker.max_attempts times already (10 under FAST) is poison: claimed into a batch,
+    # it fails before any of its rows runs, and the jobs beside it run as if it had not been there.
+    bodies = [job("Tell me about cats.", 4), job("Describe rain.", 4), job("Say hello.", 4)]
+    ids = [enqueue(h, bodies[0]), enqueue(h, bodies[1], attempts=10), enqueue(h, bodies[2])]
+    w = h.worker(**BATCHED)
+    views = [h.wait_finished(i, 180) for i in ids]
+    log = w.log_tail(10**7)
+    assert f"job {ids[1]}: joins the batch" in log, log[-3000:]
+    poisoned = views[1]
+    assert poisoned.status == "failed" and poisoned.error.startswith("poison job: delivered 11 times"), poisoned
+    steps = [set(map(int, re.findall(r"\d+", m))) for m in re.findall(r"batch: a step of \d+ rows from jobs (\[.*?\])", log)]
+    assert poisoned.variants == [] and steps and not any(ids[1] in step for step in steps), log[-3000:]
+    for view, body in zip((views[0], views[2]), (bodies[0], bodies[2])):
         assert view.status == "succeeded" and sorted(view.variants) == sorted(variants_of(body)), view
 
 
