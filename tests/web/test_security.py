@@ -213,6 +213,7 @@ def test_a_configured_token_protects_every_route_pages_included(clean_db, redis_
         resp = call(anonymous, method, url, csrf)
         assert resp.status_code == 401, (endpoint, method, resp.status_code)
         assert secret not in resp.get_data(as_text=True), endpoint
+        resp.close()  # a streamed body (CSV, SSE) ends inside its request context
     assert jobs() == [(job_id, "queued")]  # nothing was submitted or cancelled
     # A browser asking for a page is sent to the login form, and back afterwards.
     resp = anonymous.get("/jobs?status=queued", headers={"Accept": "text/html"})
@@ -225,6 +226,7 @@ def test_a_configured_token_protects_every_route_pages_included(clean_db, redis_
         if method == "GET":
             resp = call(bearer, method, url, "", auth)
             assert resp.status_code == 200 or (resp.status_code == 404 and made_up(url)), (endpoint, resp.status_code)
+            resp.close()
     assert secret in bearer.get(f"/jobs/{job_id}/status.json", headers=auth).get_data(as_text=True)
     assert secret in bearer.get("/runs.csv", headers=auth).get_data(as_text=True)
     assert bearer.post("/", data=FORM, headers=auth).status_code == 303  # no CSRF token needed with the header
@@ -236,8 +238,9 @@ def test_a_configured_token_protects_every_route_pages_included(clean_db, redis_
     assert resp.status_code == 303 and resp.headers["Location"] == f"/jobs/{job_id}"
     for endpoint, method, url in table:
         if method == "GET":
-            status = browser.get(url).status_code
-            assert status == 200 or (status == 404 and made_up(url)), endpoint
+            resp = browser.get(url)
+            assert resp.status_code == 200 or (resp.status_code == 404 and made_up(url)), endpoint
+            resp.close()
     assert secret in browser.get("/runs.csv").get_data(as_text=True)
     assert browser.post(f"/jobs/{job_id}/cancel", data={}).status_code == 400  # CSRF still applies
     assert browser.post(f"/jobs/{job_id}/cancel", data={"csrf_token": csrf_token(browser)}).status_code == 303
