@@ -19,7 +19,7 @@ run: install
 # One boosted generation from the command line, no services.
 demo: install
 	HF_HUB_OFFLINE=1 instaboost generate --instruction "Answer only in French." \
-	  --query "What is the capital of Germany?" --multiplier 10
+	  --query "What is the capital of Germany?" --multiplier 5
 
 # Everything: tests/<layer>/ for unit, cli, engine, store, web, jobs, system (see README, Tests).
 test: install
