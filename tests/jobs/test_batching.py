@@ -19,7 +19,7 @@ from shared.store import lifecycle
 from shared.store.tables import Run
 from tests.fixtures.store import migrated_pg_database
 from tests.fixtures.worker import record_fault
-from tests.jobs.test_faults import BASE, Harness, harness_for, variants_of
+from tests.jobs.test_faults import BASE, Harness, harness_for, variants_of, wait_log
 
 BATCHED = {"max_batch_rows": 32, "batch_jobs": 1}  # the defaults, over test_faults' FAST one-row steps
 
@@ -122,11 +122,8 @@ def test_cancel_of_one_job_in_a_batch_stops_only_that_job(h):
                                     "Tell me a long story about the sea.")]
     ids = [enqueue(h, b) for b in bodies]
     w = h.worker(**BATCHED)
-    step = f"batch: a step of {sum(len(variants_of(b)) for b in bodies)} rows from jobs {ids}"
-    deadline = time.monotonic() + 120
-    while step not in w.log_tail(10**7):  # the three jobs decode in one step now
-        assert time.monotonic() < deadline and w.alive(), w.log_tail(3000)
-        time.sleep(0.05)
+    # The three jobs decode in one step now.
+    wait_log(w, f"batch: a step of {sum(len(variants_of(b)) for b in bodies)} rows from jobs {ids}", 120)
     with session_scope(h.db_url) as s:
         assert lifecycle.cancel_job(s, ids[1]).status.value in ("cancelling", "cancelled")
     cancelled = h.wait_finished(ids[1], 120)
