@@ -96,7 +96,9 @@ def stack(request, tmp_path_factory):
                POSTGRES_PASSWORD=secrets.token_hex(8), INSTABOOST_PORT=str(port), HF_HUB_OFFLINE="1",
                # One variant per batch step, one job per worker at a time: a burst spreads over both workers,
                # and a job spans several steps, so it can die with a run stored and more to come.
-               INSTABOOST_WORKER_MAX_BATCH_ROWS="1")
+               INSTABOOST_WORKER_MAX_BATCH_ROWS="1",
+               # The paused workers hold completions back LONG_WAIT s; then their jobs must still fit in the wait.
+               INSTABOOST_V1_WAIT_SECONDS="600")
     env_file = tmp_path_factory.mktemp("docker") / "empty.env"
     env_file.write_text("")
     project = f"instaboost-test-{os.getpid()}-{secrets.token_hex(3)}"
