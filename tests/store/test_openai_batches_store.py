@@ -4,6 +4,7 @@ live run rarely reaches (expired, failed lines), and finalization raced by sever
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from datetime import timedelta
@@ -11,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 
 from shared.db import session_scope
-from shared.store import batches, lifecycle
+from shared.store import batches, files, lifecycle
 from shared.store.tables import Batch, File, Job, JobStatus, utcnow
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
 
@@ -25,7 +26,7 @@ def line(cid: str, **body) -> str:
 def make_batch(db_url: str, namespace: str, lines: list[str]) -> str:
     s_ = make_test_app(db_url, namespace).extensions["instaboost"]
     with session_scope(db_url) as s:
-        f = batches.create_file(s, "batch", "in.jsonl", "\n".join(lines).encode(), 100)
+        f = files.create_file(s, "batch", "in.jsonl", io.BytesIO("\n".join(lines).encode()), settings=s_.settings)
         b = batches.create_batch(s, {"input_file_id": f.id, "endpoint": "/v1/chat/completions",
                                      "completion_window": "24h"}, settings=s_.settings, celery_app=s_.celery,
                                  redis=s_.redis)

@@ -135,14 +135,14 @@ def v1_app(pg_url, redis_namespace):
 def stored_files(v1_app, pg_url):
     """Ids of a valid batch input and of a batch_output file (which cannot be a batch's input)."""
     from shared.db import session_scope
-    from shared.store import batches
+    from shared.store import files
 
     web = v1_app.test_client()
     resp = web.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(json.dumps(LINE).encode()), "g.jsonl")},
                     content_type="multipart/form-data", headers={"Authorization": "Bearer any"})
     assert resp.status_code == 200, resp.get_json()
     with session_scope(pg_url) as s:
-        output = batches._store_file(s, "batch_output", "o.jsonl", b"{}\n").id
+        output = files.store_file(s, "batch_output", "o.jsonl", b"{}\n", settings=v1_app.extensions["instaboost"].settings).id
     return {"good": resp.get_json()["id"], "output": output}
 
 
