@@ -1,16 +1,22 @@
-"""OpenAI Files and Batches on the job store: each valid line of a batch's input file is one stored chat job.
+"""OpenAI Batches on the job store: each valid line of a batch's input file is one stored chat job.
 
-A batch goes validating -> in_progress (its lines are queued jobs, behind interactive work) -> finalizing (every
-job ended: the output and error files are written) -> completed; or failed (no line was valid), cancelling ->
-cancelled (POST .../cancel cancels its unfinished jobs), expired (past its completion window). ``refresh_batch``
+A create stores the batch and all its jobs in one transaction (a create that dies stores nothing, so no batch is
+left ``validating``), then enqueues each job; a message the broker refuses waits in the outbox (enqueued_at NULL)
+and the sweeper sends it. A create that repeats an earlier one returns the batch that one stored: same
+``Idempotency-Key`` header (the same key with another request is 400), or, without a key, a retry of the openai
+SDK (``x-stainless-retry-count`` > 0) of the same request within RETRY_WINDOW.
+
+A batch goes in_progress (its lines are queued jobs, behind interactive work) -> finalizing (every job ended: the
+output and error files are written) -> completed; or failed (no line was valid), cancelling -> cancelled
+(POST .../cancel cancels its unfinished jobs), expired (past its completion window). ``refresh_batch``
 moves a batch on once its jobs have ended; the worker calls it when a batch's job ends, the sweeper and the
 web's reads call it too, and a conditional UPDATE lets exactly one of them finalize. The files list one line
 per input line, by custom_id: the output file the succeeded requests, the error file every other one.
 
 Batch status <-> job status: a line whose job succeeded is completed (output file); failed -> failed (error
 file, status 500 with the job's error); cancelled (by a batch cancel or expiry) -> failed (error file,
-error.code batch_cancelled / batch_expired); a line refused before it became a job -> failed (error file,
-status 400 with why).
+error.code batch_cancelled / batch_expired); a line refused before it became a job (shared.store.batch_input)
+-> failed (error file, status 400 with why).
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.chat import CHAT_ENDPOINT, CHAT_VARIANT, chat_params, completion_body
+from shared.chat import CHAT_ENDPOINT, CHAT_VARIANT, completion_body
 from shared.errors import BadRequest, Conflict, NotFound, ValidationError
-from shared.store import files, lifecycle, submission
+from shared.store import batch_input, files, lifecycle, submission
 from shared.store.files import key as _key
 from shared.settings import get_settings
 from shared.store.tables import BATCH_FINAL, Batch, Job, JobStatus, Run, utcnow
@@ -34,112 +40,12 @@ from shared.validation import brief
 
 log = logging.getLogger(__name__)
 
-COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
-MAX_CUSTOM_ID = 512
-MAX_METADATA_KEYS = 16
 STALE_FINALIZING = timedelta(seconds=120)  # a finalizer that died: another may take over after this
 STALE_VALIDATING = timedelta(seconds=600)  # a batch left validating by a create that died (before creates were atomic)
 RETRY_WINDOW = timedelta(seconds=600)  # how far back a keyless SDK retry looks for the batch its first try created
 
 
 # -- batches: creation ----------------------------------------------------------------------------------------
-
-
-def _line_error(n: int, custom_id: Any, message: str, param: str | None = None, code: str = "invalid_value",
-                status: int = 400) -> dict:
-    return {"line": n, "custom_id": custom_id if isinstance(custom_id, str) else None, "message": message,
-            "param": param, "code": code, "status": status}
-
-
-def parse_lines(content: bytes, endpoint: str, settings: Mapping[str, Any], served: set[str],
-                beats: list[dict] | None = None) -> tuple[list[tuple[str, dict]], list[dict], int]:
-    """Return (valid (custom_id, chat params) lines, refused lines' errors, line count) of a batch input.
-
-    A line is refused as POST /v1/chat/completions would refuse its body, the model-fit check included (layers,
-    heads and max_tokens against what the live workers advertise, submission.check_chat_fits).
-    """
-    good: list[tuple[str, dict]] = []
-    bad: list[dict] = []
-    seen: set[str] = set()
-    total = 0
-    for n, raw in files.jsonl_lines(content):
-        obj = files.parse_line(n, raw)
-        if obj is None:
-            continue
-        total += 1
-        cid = obj.get("custom_id")
-        if not isinstance(cid, str) or not cid or len(cid) > MAX_CUSTOM_ID:
-            bad.append(_line_error(n, None, f"line {n}: custom_id must be a non-empty string of at most "
-                                            f"{MAX_CUSTOM_ID} characters", "custom_id"))
-            continue
-        if cid in seen:
-            bad.append(_line_error(n, cid, f"line {n}: custom_id {brief(cid)} is used by an earlier line; each "
-                                           "must be unique", "custom_id", "duplicate_custom_id"))
-            continue
-        seen.add(cid)
-        unknown = [k for k in obj if k not in ("custom_id", "method", "url", "body")]
-        if unknown:
-            bad.append(_line_error(n, cid, f"line {n}: unknown keys {', '.join(map(brief, unknown[:5]))}; a line "
-                                           "holds custom_id, method, url and body"))
-            continue
-        if obj.get("method") != "POST":
-            bad.append(_line_error(n, cid, f"line {n}: method must be POST, got {brief(obj.get('method'))}",
-                                   "method"))
-            continue
-        if obj.get("url") != endpoint:
-            bad.append(_line_error(n, cid, f"line {n}: url must be the batch's endpoint {endpoint}, got "
-                                           f"{brief(obj.get('url'))}", "url", "invalid_url"))
-            continue
-        body = obj.get("body")
-        if isinstance(body, dict) and body.get("stream"):
-            body = {**body, "stream": False}  # a batch line is answered in the output file, never streamed
-        try:
-            params = chat_params(body, settings, priority="batch")
-            if params["model"] in served:
-                submission.check_chat_fits(params, submission.model_facts(beats or [], params["model"]))
-        except ValidationError as exc:
-            detail = "; ".join(str(e["message"]) for e in exc.errors) or exc.message
-            bad.append(_line_error(n, cid, f"line {n}: {detail}", exc.errors[0]["field"] if exc.errors else None))
-            continue
-        if params["model"] not in served:
-            bad.append(_line_error(n, cid, f"line {n}: no live worker serves model {params['model']!r}", "model",
-                                   "model_not_found", 404))
-            continue
-        good.append((cid, params))
-    return good, bad, total
-
-
-def _metadata(value: Any) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items()):
-        raise ValidationError(f"metadata must be an object of at most {MAX_METADATA_KEYS} string keys (64 "
-                              "characters) and string values (512 characters)", field="metadata")
-    return value
-
-
-def _request(body: Any) -> dict:
-    """Return the validated create request: input_file_id, endpoint, completion_window, metadata."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object with input_file_id, endpoint and completion_window",
-                         field="body")
-    unknown = [k for k in body if k not in ("input_file_id", "endpoint", "completion_window", "metadata")]
-    if unknown:
-        raise ValidationError(f"unrecognized request argument {brief(unknown[0])}", field=str(unknown[0])[:64])
-    if body.get("endpoint") != CHAT_ENDPOINT:
-        raise ValidationError(f"endpoint must be {CHAT_ENDPOINT} (the one this server batches); got "
-                              f"{brief(body.get('endpoint'))}", field="endpoint")
-    window = body.get("completion_window")
-    if not isinstance(window, str) or window not in COMPLETION_WINDOWS:
-        raise ValidationError(f"completion_window must be one of {', '.join(COMPLETION_WINDOWS)}; got "
-                              f"{brief(window)}", field="completion_window")
-    meta = _metadata(body.get("metadata"))
-    file_id = body.get("input_file_id")
-    if not isinstance(file_id, str) or not file_id:
-        raise ValidationError("input_file_id must be the id of a file uploaded with purpose batch",
-                              field="input_file_id")
-    return {"input_file_id": file_id, "endpoint": CHAT_ENDPOINT, "completion_window": window, "meta": meta}
 
 
 def _same(batch: Batch, req: Mapping[str, Any]) -> bool:
@@ -166,8 +72,8 @@ def _earlier(session: Session, req: dict, idempotency_key: str | None, retry: bo
 def _idempotency_key(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= 255 or not value.isprintable():
-        raise BadRequest("the Idempotency-Key header must be 1 to 255 printable characters", field="Idempotency-Key")
+    if not isinstance(value, str) or not 0 < len(value) <= 255 or "\x00" in value:
+        raise BadRequest("the Idempotency-Key header must be 1 to 255 characters", field="Idempotency-Key")
     return value
 
 
@@ -179,7 +85,7 @@ def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], ce
     enqueued (a message the broker refuses is sent again by the sweeper's outbox). A create repeating an earlier
     one (same Idempotency-Key, or a keyless retry of the openai SDK) returns the batch that one stored.
     """
-    req = _request(body)
+    req = batch_input.create_request(body)
     idempotency_key = _idempotency_key(idempotency_key)
     earlier = _earlier(session, req, idempotency_key, retry)
     if earlier is not None:
@@ -190,13 +96,13 @@ def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], ce
         raise ValidationError(f"file {f.id} has purpose {f.purpose}; a batch's input needs purpose batch",
                               field="input_file_id")
     beats, served, _ = submission.served_models(settings, redis)
-    good, bad, total = parse_lines(f.content, CHAT_ENDPOINT, settings, served, beats)
+    good, bad, total = batch_input.parse_lines(f.content, CHAT_ENDPOINT, settings, served, beats)
     session.expire(f, ["content"])
     now = utcnow()
     batch = Batch(id=files.new_id("batch_"), status="in_progress" if good else "failed", endpoint=CHAT_ENDPOINT,
                   input_file_id=f.id, completion_window=req["completion_window"], request_total=total,
                   line_errors=bad, meta=req["meta"], created_at=now, in_progress_at=now if good else None,
-                  expires_at=now + COMPLETION_WINDOWS[req["completion_window"]], idempotency_key=idempotency_key)
+                  expires_at=now + batch_input.COMPLETION_WINDOWS[req["completion_window"]], idempotency_key=idempotency_key)
     try:
         if good:
             ids = submission.submit_batch_jobs(session, batch, good, settings=settings, celery_app=celery_app)

@@ -281,3 +281,19 @@ def test_a_batch_line_that_cannot_fit_the_model_is_refused_at_creation(v1_app, p
     assert errors["layer-40"]["body"]["error"]["param"] == "instaboost.layers"
     assert "has 30 layers" in errors["layer-40"]["body"]["error"]["message"]
     assert "9 heads per layer" in errors["head-12"]["body"]["error"]["message"]
+
+
+def test_a_repeated_create_returns_the_batch_the_first_one_stored(v1_app, pg_url):
+    """By Idempotency-Key, or for a keyless retry of the openai SDK (x-stainless-retry-count)."""
+    web = v1_app.test_client()
+    first = create_batch(web, [batch_line("once")])
+    body = {"input_file_id": first["input_file_id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    retried = web.post("/v1/batches", json=body, headers={"x-stainless-retry-count": "1"}).get_json()
+    keyed = [web.post("/v1/batches", json=body, headers={"Idempotency-Key": "create-7"}).get_json()["id"]
+             for _ in range(2)]
+    other = web.post("/v1/batches", json={**body, "metadata": {"x": "y"}}, headers={"Idempotency-Key": "create-7"})
+    assert retried["id"] == first["id"] and keyed[0] == keyed[1] != first["id"]
+    assert other.status_code == 400 and other.get_json()["error"]["param"] == "Idempotency-Key"
+    assert len(batch_jobs(pg_url, first["id"])) == len(batch_jobs(pg_url, keyed[0])) == 1
+    for batch_id in (first["id"], keyed[0]):
+        web.post(f"/v1/batches/{batch_id}/cancel", json={})
