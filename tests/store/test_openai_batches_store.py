@@ -193,3 +193,27 @@ def test_the_sweeper_moves_on_a_batch_a_dead_create_left_validating(clean_db, re
         error = s.get(Batch, "batch_nojobs").errors["data"][0]
     assert status == {"batch_nojobs": "failed", "batch_withjobs": "in_progress", "batch_young": "validating"}
     assert error["code"] == "creation_interrupted" and "create the batch again" in error["message"]
+
+
+def test_lines_the_broker_refused_after_the_commit_are_sent_by_the_sweeper(clean_db, redis_namespace, heartbeat):
+    """The batch and its jobs are committed before their messages go out: a broker that refuses them leaves the
+    jobs in the outbox (enqueued_at NULL), never a half-created batch, and the sweeper's outbox sends them."""
+    from shared.celery_config import make_celery
+    from shared.settings import load_settings
+    from worker.jobs.sweeper import Sweeper
+
+    heartbeat(DEFAULT_MODEL)
+    services = make_test_app(clean_db, redis_namespace).extensions["instaboost"]
+    file_id = upload(clean_db, services.settings, [line("a"), line("b")])
+    dead = make_celery(load_settings(overrides={"redis.url": "redis://127.0.0.1:1/0",
+                                                "redis.namespace": redis_namespace}))
+    with session_scope(clean_db) as s:
+        b = batches.create_batch(s, {**BODY, "input_file_id": file_id}, settings=services.settings, celery_app=dead,
+                                 redis=services.redis)
+        assert b.status == "in_progress"
+        assert list(s.scalars(select(Job.enqueued_at).where(Job.batch_id == b.id))) == [None, None]
+    settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace,
+                                        "sweeper.outbox_grace": 0})
+    assert len(Sweeper(settings, db_url=clean_db).sweep()["outbox"]) == 2
+    with session_scope(clean_db) as s:
+        assert None not in list(s.scalars(select(Job.enqueued_at).where(Job.batch_id == b.id)))
