@@ -217,3 +217,23 @@ def test_lines_the_broker_refused_after_the_commit_are_sent_by_the_sweeper(clean
     assert len(Sweeper(settings, db_url=clean_db).sweep()["outbox"]) == 2
     with session_scope(clean_db) as s:
         assert None not in list(s.scalars(select(Job.enqueued_at).where(Job.batch_id == b.id)))
+
+
+def test_racing_creates_with_one_idempotency_key_store_one_batch(clean_db, redis_namespace, heartbeat):
+    heartbeat(DEFAULT_MODEL)
+    services = make_test_app(clean_db, redis_namespace).extensions["instaboost"]
+    file_id = upload(clean_db, services.settings, [line("a"), line("b")])
+    barrier = threading.Barrier(4)
+    ids = []
+
+    def go():
+        barrier.wait()
+        ids.append(create(clean_db, services, file_id, idempotency_key="race-1"))
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(ids) == 4 and len(set(ids)) == 1
+    assert counts(clean_db) == (["in_progress"], 2)
