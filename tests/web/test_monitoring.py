@@ -126,3 +126,14 @@ def test_queue_page_says_when_no_worker_serves_a_waiting_model(client, db_sessio
     row = next(m for m in body["models"] if m["model"] == "nobody-serves-this")
     assert row["wait"]["seconds"] is None and "INSTABOOST_WORKER_MODELS=nobody-serves-this" in row["wait"]["basis"]
     assert 'id="no-workers"' in client.get("/queue").get_data(as_text=True)
+
+
+def test_metrics_answer_what_remains_when_the_broker_is_down(clean_db, redis_namespace, db_session):
+    add_jobs(db_session, JobStatus.failed, 1, error="internal error in the worker: KeyError: 'x'")
+    client = make_test_app(clean_db, redis_namespace, REDIS_URL="redis://127.0.0.1:1/0").test_client()
+    m = families(client.get("/metrics"))
+    assert m["instaboost_source_up"] == {(("source", "broker"),): 0.0, (("source", "database"),): 1.0}
+    assert m["instaboost_failed_jobs"][(("kind", "worker_error"),)] == 1  # the store's numbers still come
+    assert "instaboost_queue_messages" not in m
+    resp = client.get("/api/queue")
+    assert resp.status_code == 503 and resp.mimetype == "application/problem+json" and resp.headers["Retry-After"]
