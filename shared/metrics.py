@@ -23,6 +23,7 @@ STEP_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+MAX_HELD = 1000  # jobs remembered between claim and end (one that leaves another way is forgotten, oldest first)
 
 
 class Histogram:
@@ -73,7 +74,11 @@ class WorkerMetrics:
         started = started_at or datetime.now(timezone.utc)
         with self._lock:
             self.queue_wait.observe(started.timestamp() - created)
+            self._held.pop(job_id, None)
             self._held[job_id] = (created, time.monotonic())
+            while len(self._held) > MAX_HELD:  # handed back or settled outside the batch: never ended here
+                self._first_token_pending.discard(next(iter(self._held)))
+                del self._held[next(iter(self._held))]
             if completion:
                 self._first_token_pending.add(job_id)
 

@@ -18,7 +18,9 @@ from itertools import accumulate
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis.exceptions import RedisError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.monitoring import overview
 from shared.store import stats
@@ -77,7 +79,7 @@ class Collector:
         if all(up.values()):
             try:
                 view = overview(self.session, self.client, self.settings)
-            except Exception as exc:  # went away since the check: report what remains
+            except (RedisError, SQLAlchemyError) as exc:  # went away since the check: report what remains
                 self.session.rollback()
                 log.warning("/metrics: could not read the queue (%s)", type(exc).__name__)
         if view is not None:
@@ -87,7 +89,7 @@ class Collector:
             try:
                 failures = stats.failures_by_kind(self.session)
                 self.session.commit()
-            except Exception as exc:
+            except SQLAlchemyError as exc:
                 self.session.rollback()
                 log.warning("/metrics: could not count failures (%s)", type(exc).__name__)
             else:

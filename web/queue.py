@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Blueprint, jsonify, render_template
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.errors import Unavailable
 from shared.monitoring import overview
@@ -21,7 +23,7 @@ def _overview() -> dict:
     s = services()
     try:
         return overview(db(), s.redis, s.settings)
-    except Exception as exc:  # redis-py or driver errors: say which source is away, not a traceback
+    except (RedisError, SQLAlchemyError) as exc:  # a source is away: say so, not a traceback
         db().rollback()
         raise Unavailable(f"the queue cannot be read now ({type(exc).__name__}): the broker (Redis) or the "
                           "database is unreachable; retry shortly") from None
