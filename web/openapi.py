@@ -506,6 +506,21 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                                   "503": {**_problem("Redis is unreachable."), "headers": retry_after}, **COMMON},
                 },
             },
+            "/api/queue": {
+                "get": {
+                    "operationId": "queue", "summary": "Live workers, what each runs, queue depth and a rough wait",
+                    "description": "The queue page's data (/queue): each live worker (from its heartbeat) with the "
+                                   "jobs it runs now, and per model the queued and running jobs, the broker's "
+                                   "waiting messages, recent throughput and a rough wait before a new job starts.",
+                    "responses": {"200": _json("Workers and models.", {
+                        "type": "object", "required": ["generated_at", "workers", "models"],
+                        "properties": {"generated_at": {"type": "string", "format": "date-time"},
+                                       "workers": {"type": "array", "items": {"type": "object"}},
+                                       "models": {"type": "array", "items": {"type": "object"}}}}),
+                                  "503": {**_problem("Redis or the database is unreachable."),
+                                          "headers": retry_after}, **COMMON},
+                },
+            },
             "/api/openapi.json": {
                 "get": {"operationId": "openapi", "summary": "This document", "security": [],
                         "responses": {"200": _json("OpenAPI 3.1 document.", {"type": "object"})}},
