@@ -7,10 +7,12 @@ import threading
 from typing import Any, Mapping
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import ModelError, TooManyJobs, Unavailable
 from shared.schemas import JobRequest
+from shared.store import idempotency
 from shared.store.lifecycle import transition
 from shared.store.tables import Job, JobStatus, utcnow
 
@@ -199,15 +201,34 @@ def check_chat_fits(params: Mapping[str, Any], facts: Mapping[str, int]) -> None
 
 
 def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mapping[str, Any] | None = None,
-                celery_app=None, redis=None) -> Job:
-    """Store a queued chat job (shared.chat.chat_params) and enqueue it ahead of other work; return the job."""
+                celery_app=None, redis=None, idempotency_key: str | None = None, is_retry: bool = False) -> Job:
+    """Store a queued chat job (shared.chat.chat_params) and enqueue it ahead of other work; return the job.
+
+    A retry (idempotency_key already stored, or is_retry: an openai SDK retry) returns the job its earlier try
+    created instead, while that job may still be reused (shared.store.idempotency).
+    """
     settings, celery_app, redis = _defaults(settings, celery_app, redis)
+    digest = idempotency.request_hash(params)
+    if idempotency_key is not None:
+        earlier = idempotency.by_key(session, idempotency_key, digest, settings)
+    else:
+        earlier = idempotency.by_retry(session, digest, settings) if is_retry else None
+    if earlier is not None:
+        return earlier
     beats, served, starting = _served(redis, settings["redis.namespace"])
     if params["model"] not in served | starting:
         raise unserved_error(params["model"], served, starting)
     check_chat_fits(params, model_facts(beats, params["model"]))
-    job, = _insert_queued(session, [dict(model=params["model"], params=dict(params), progress_total=1, kind="chat")],
-                          settings["limits.max_queued_jobs"])
+    try:
+        job, = _insert_queued(session, [dict(model=params["model"], params=dict(params), progress_total=1,
+                                             kind="chat", idempotency_key=idempotency_key, request_hash=digest)],
+                              settings["limits.max_queued_jobs"])
+    except IntegrityError:  # a concurrent try with the same key inserted first: answer from its job
+        session.rollback()
+        earlier = idempotency.by_key(session, idempotency_key, digest, settings) if idempotency_key else None
+        if earlier is None:
+            raise
+        return earlier
     if not _enqueue(session, job, celery_app):
         raise Unavailable(f"the broker (Redis) is unreachable, job {job.id} was not queued; retry shortly") from None
     return session.get(Job, job.id, populate_existing=True)
