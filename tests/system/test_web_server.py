@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -113,8 +114,6 @@ def web_server(redis_namespace, tmp_path_factory):
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -195,14 +194,16 @@ def test_a_client_that_leaves_a_stream_cancels_its_job(web_server):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("POST", "/v1/chat/completions", body=json.dumps({**BODY, "stream": True}),
                  headers={"Content-Type": "application/json"})
+    sock = conn.sock
     resp = conn.getresponse()
     assert resp.status == 200
     job_id = int(resp.getheader("X-InstaBoost-Job-Id"))
     assert job_id not in before
     assert resp.readline().startswith(b"data: ")  # the role chunk: the stream is open
     assert job_rows(url)[-1] == (job_id, JobStatus.queued)
-    conn.sock.shutdown(2)
-    conn.close()  # the client goes away while the job still waits for a worker
+    sock.shutdown(socket.SHUT_RDWR)  # the client goes away while the job still waits for a worker
+    resp.close()
+    conn.close()
     wait_for(lambda: dict(job_rows(url))[job_id] is JobStatus.cancelled, "the abandoned stream's job cancelled")
 
 
