@@ -9,6 +9,7 @@ web.threads - RESERVED_THREADS waiting requests at once, and answers the next on
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from flask import current_app
 
@@ -26,16 +27,25 @@ class WaitSlots:
         self.capacity = capacity
         self._free = threading.BoundedSemaphore(capacity)
 
-    def take(self) -> None:
-        """Take a slot or raise TooManyJobs (429): all are held by other waiting requests."""
+    def take(self) -> Callable[[], None]:
+        """Take a slot and return the function that gives it back (once, however often it is called).
+
+        Raises TooManyJobs (429) when all are held by other waiting requests.
+        """
         if not self._free.acquire(blocking=False):
             raise TooManyJobs(f"this web process already holds {self.capacity} waiting or streaming completions "
                               f"(web.workers x (web.threads - {RESERVED_THREADS}) per server); retry shortly, "
                               "or raise web.threads", retry_after=RETRY_AFTER)
+        held = [True]
+        lock = threading.Lock()
 
-    def give_back(self) -> None:
-        """Free a slot taken with take()."""
-        self._free.release()
+        def give_back() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._free.release()
+
+        return give_back
 
 
 def wait_slots() -> WaitSlots:

@@ -120,20 +120,19 @@ def chat_completions():
     s = services()
     params = chat_params(_json_body(), s.settings)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
-    slots = wait_slots()
-    slots.take()
+    give_back = wait_slots().take()
     try:
         job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
     except BaseException:
-        slots.give_back()
+        give_back()
         raise
     job_id = job.id
     wait = float(s.settings["v1.wait_seconds"])
     if params["stream"]:
-        resp = Response(stream_with_context(stream_completion(job_id, params, wait)), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                 "X-InstaBoost-Job-Id": str(job_id)})
-        resp.call_on_close(slots.give_back)  # the server closes the response when the stream ends or breaks
+        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back)),
+                        mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                                               "X-InstaBoost-Job-Id": str(job_id)})
+        resp.call_on_close(give_back)  # also when the stream never started: the server closes every response
         return resp
     try:
         session = db()
@@ -148,7 +147,7 @@ def chat_completions():
             time.sleep(POLL_SECONDS)
         return _finished(session, job)
     finally:
-        slots.give_back()
+        give_back()
 
 
 def _finished(session, job: Job) -> Response:

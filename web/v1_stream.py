@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flask import Response
 from sqlalchemy import select
@@ -55,10 +55,10 @@ def _cancel_abandoned(s, job_id: int) -> None:
         log.warning("could not cancel job %s after its client went away: %s", job_id, type(exc).__name__)
 
 
-def stream_completion(job_id: int, params: dict, wait: float):
+def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None):
     """Yield the completion as OpenAI chat.completion.chunk events, a usage chunk, then [DONE].
 
-    The deadline is a stall bound: wait seconds for the first text and for each next piece. While nothing
+    on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the first text and for each next piece. While nothing
     arrives an SSE comment goes out every STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the
     write fails, the server closes this generator) and its job is cancelled.
     """
@@ -162,3 +162,4 @@ def stream_completion(job_id: int, params: dict, wait: float):
         redis.close()
         if abandoned and left <= 0:
             _cancel_abandoned(s, job_id)
+        on_end()

@@ -102,7 +102,8 @@ def test_a_bad_idempotency_key_is_a_clean_400(v1, clean_db):
 def test_a_stream_waits_as_long_as_text_keeps_arriving(clean_db, redis_namespace, heartbeat, redis_client):
     """The stream's deadline (v1.wait_seconds = 2) is a stall bound: text arriving for longer still streams."""
     heartbeat(DEFAULT_MODEL)
-    web = make_test_app(clean_db, redis_namespace, SETTINGS={"v1.wait_seconds": 2}).test_client()
+    # One wait slot (web.threads 3, 2 kept for other requests): the stream's end must give it back.
+    web = make_test_app(clean_db, redis_namespace, SETTINGS={"v1.wait_seconds": 2, "web.threads": 3}).test_client()
     resp = web.post("/v1/chat/completions", json={**BODY, "stream": True}, buffered=False)
     assert resp.status_code == 200
     job_id = int(resp.headers["X-InstaBoost-Job-Id"])
@@ -120,6 +121,7 @@ def test_a_stream_waits_as_long_as_text_keeps_arriving(clean_db, redis_namespace
     thread.start()
     try:
         events = [line[6:] for line in b"".join(resp.response).decode().splitlines() if line.startswith("data: ")]
+        assert web.post("/v1/chat/completions", json=BODY).status_code == 504  # its slot is free again (not 429)
     finally:
         resp.close()
         thread.join(30)
