@@ -379,10 +379,15 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
             "/api/jobs": {
                 "post": {
                     "operationId": "submitJob", "summary": "Submit a job",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                    "description": "A retry with the same key (and body) answers with the same job "
+                                                   "(for v1.idempotency_hours) instead of submitting another.",
+                                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
                     "responses": {
                         "202": _json("Queued.", _ref("Job"), {"Location": {"schema": {"type": "string"}}}),
                         "400": _problem("The body is not valid JSON."),
+                        "409": _problem("Its Idempotency-Key was used before with another body."),
                         "413": _problem("The body is too large."),
                         "415": _problem("The body is not JSON."),
                         "422": _problem("A field is invalid, or no live worker serves the model."),
@@ -758,10 +763,10 @@ def v1_paths() -> dict[str, Any]:
                                        "usage chunk and data: [DONE].",
                         "content": {"application/json": {"schema": _ref("ChatCompletion")},
                                     "text/event-stream": {"schema": {"type": "string"}}}},
-                "400": _oai_error("Invalid request (OpenAI's invalid_request_error), e.g. a bad boost, or an "
-                                  "Idempotency-Key used before with another body."),
+                "400": _oai_error("Invalid request (OpenAI's invalid_request_error), e.g. a bad boost."),
                 "404": _oai_error("No live worker serves the model (code model_not_found)."),
-                "409": _oai_error("The job was cancelled."),
+                "409": _oai_error("The job was cancelled, or the Idempotency-Key was used before with another "
+                                  "body (code idempotency_key_reused)."),
                 "413": _oai_error("The body is too large."),
                 "429": {**_oai_error("Too many queued jobs, or this web process holds as many waiting "
                                      "completions as it may (web.threads)."), "headers": retry_after},

@@ -123,6 +123,9 @@ def chat_completions():
     give_back = wait_slots().take()
     try:
         job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
+    except idempotency.KeyReused as exc:
+        give_back()
+        return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
     except BaseException:
         give_back()
         raise

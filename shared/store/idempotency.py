@@ -3,7 +3,7 @@
 Two ways to say "this is a retry", both on POST /v1/chat/completions:
 
 - an ``Idempotency-Key`` header (any client): the key is stored with the job (unique) for
-  v1.idempotency_hours; a request with the same key gets that job, or 400 when its body differs;
+  v1.idempotency_hours; a request with the same key gets that job, or 409 when its body differs;
 - the openai SDK's own retries (``x-stainless-retry-count`` >= 1; the SDK sends no idempotency key by
   default): the retry gets the newest job with the same request digest that is still queued or running,
   or that finished within v1.wait_seconds + RETRY_GRACE seconds.
@@ -21,12 +21,16 @@ from typing import Any, Mapping
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.errors import BadRequest
+from shared.errors import BadRequest, Conflict
 from shared.store.tables import Job, JobStatus, utcnow
 
 MAX_KEY_CHARS = 255
 RETRY_GRACE = 60.0  # seconds past v1.wait_seconds an SDK retry may still arrive (its backoff, a proxy's timeout)
 REUSABLE = (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
+
+
+class KeyReused(Conflict):
+    """An Idempotency-Key sent again with another request body (409: retrying it cannot help)."""
 
 
 def request_hash(params: Mapping[str, Any]) -> str:
@@ -45,7 +49,8 @@ def check_key(key: str | None) -> str | None:
 
 
 def by_key(session: Session, key: str, digest: str, settings: Mapping[str, Any]) -> Job | None:
-    """Return the reusable job holding key, releasing the key of one that expired or failed; 400 on another body."""
+    """Return the reusable job holding key, releasing the key of one that expired or failed; KeyReused (409) when
+    it was sent with another body."""
     job = session.execute(select(Job).where(Job.idempotency_key == key)).scalar_one_or_none()
     if job is None:
         return None
@@ -57,8 +62,8 @@ def by_key(session: Session, key: str, digest: str, settings: Mapping[str, Any])
         return None
     if job.request_hash != digest:
         session.rollback()
-        raise BadRequest(f"the Idempotency-Key {key!r} was already used for a different request (job {job.id}); "
-                         "send a new key for a new request", field="Idempotency-Key")
+        raise KeyReused(f"the Idempotency-Key {key!r} was already used for a different request (job {job.id}); "
+                        "send a new key for a new request", field="Idempotency-Key")
     return job
 
 

@@ -60,11 +60,11 @@ def test_the_same_idempotency_key_gives_the_same_job(v1, clean_db):
     assert done.get_json()["choices"][0]["message"]["content"] == "Rome."
     assert len(jobs(clean_db)) == 1
 
-    # Another key is another request; the same key with another body is refused, OpenAI-shaped, not retried.
+    # Another key is another request; the same key with another body is a 409, OpenAI-shaped, not retried.
     other = v1.post("/v1/chat/completions", json=BODY, headers={"Idempotency-Key": "k-2"})
     assert other.status_code == 504 and len(jobs(clean_db)) == 2
     reused = v1.post("/v1/chat/completions", json={**BODY, "max_tokens": 5}, headers={"Idempotency-Key": "k-1"})
-    assert reused.status_code == 400
+    assert reused.status_code == 409 and reused.headers["x-should-retry"] == "false"
     assert reused.get_json()["error"]["param"] == "Idempotency-Key" and "different request" in \
         reused.get_json()["error"]["message"]
     assert len(jobs(clean_db)) == 2
@@ -150,3 +150,20 @@ def test_sdk_retries_never_duplicate_jobs_when_many_arrive_at_once(v1, clean_db)
         t.join(60)
     assert len(set(results)) == 1 and None not in results
     assert len(jobs(clean_db)) == before + 1
+
+
+def test_the_job_api_honours_an_idempotency_key_too(v1, clean_db, redis_client, redis_namespace):
+    from shared.celery_config import PRIORITY, model_queue
+    from shared.workers import queue_key
+
+    job = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
+    first = v1.post("/api/jobs", json=job, headers={"Idempotency-Key": "api-1"})
+    again = v1.post("/api/jobs", json=job, headers={"Idempotency-Key": "api-1"})
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.headers["Location"] == first.headers["Location"] and len(jobs(clean_db)) == 1
+    queue = queue_key(model_queue(DEFAULT_MODEL), PRIORITY["default"], redis_namespace)
+    assert redis_client.llen(queue) == 1  # one message: the retry enqueued nothing
+    other = v1.post("/api/jobs", json={**job, "max_new_tokens": 9}, headers={"Idempotency-Key": "api-1"})
+    assert other.status_code == 409 and other.mimetype == "application/problem+json"
+    assert other.get_json()["errors"][0]["field"] == "Idempotency-Key"
+    assert v1.post("/api/jobs", json=job).status_code == 202 and len(jobs(clean_db)) == 2  # no key: a new job
