@@ -32,7 +32,7 @@ WORKDIR /app
 # The sources, copied once for both images, and the dependency lists read from pyproject.toml. The images copy
 # the lists before the sources, so their dependency layers stay cached while only the code changes.
 FROM base AS src
-COPY pyproject.toml README.md alembic.ini config.yaml ./
+COPY pyproject.toml README.md alembic.ini config.yaml gunicorn.conf.py ./
 COPY shared shared
 COPY web web
 COPY worker worker
@@ -49,7 +49,9 @@ COPY --from=src /app /app
 RUN pip install --no-deps -e .
 USER instaboost
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-", "web:create_app()"]
+# The one gunicorn configuration (threaded workers, timeouts, sizes from the web.* settings), as compose and
+# `instaboost serve` use it.
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "--bind", "0.0.0.0:8000"]
 
 # Flower (Celery's monitor) for the compose `ops` profile: the web image plus flower, from PyPI.
 FROM web AS flower

@@ -75,7 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Hours a stored file lives (uploads without expires_after, and batch output/error files); then it "
             "answers 404 and the sweeper deletes it. 0 keeps files until deleted."),
     Setting("v1.wait_seconds", float, 120.0,
-            "Seconds POST /v1/chat/completions waits for its job before answering 504 with the job's id to poll."),
+            "Seconds POST /v1/chat/completions waits for its job before answering 504 with the job's id to poll; "
+            "a stream waits as long for its first text and for each next piece (a stall bound, not a total)."),
     Setting("database.url", str, "sqlite:///instaboost.db", "SQLAlchemy URL of the job store.", env="DATABASE_URL"),
     Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis URL: Celery broker and worker heartbeats.", env="REDIS_URL"),
     Setting("redis.namespace", str, "instaboost",
@@ -110,6 +111,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a queued job may wait for the broker to accept its message before the sweeper sends it again."),
     Setting("sweeper.lost_after", float, 60.0,
             "Seconds a queued job's message must be missing from Redis (e.g. a restart without persistence) before it is sent again."),
+    Setting("v1.idempotency_hours", float, 24.0,
+            "Hours a chat completion's Idempotency-Key (or an openai SDK retry of the same request) maps to its "
+            "job: a retry within them answers from that job instead of submitting another."),
+    Setting("web.workers", int, 2,
+            "gunicorn worker processes of the web app (gunicorn.conf.py; `instaboost serve --web-workers` overrides)."),
+    Setting("web.threads", int, 16,
+            "Threads per web worker process (at least 3). Each waiting or streaming /v1 chat completion holds one; "
+            "2 per process stay free for other requests, so one web server holds web.workers x (web.threads - 2) "
+            "of them at once and answers 429 (Retry-After) beyond that."),
+    Setting("web.timeout", int, 60,
+            "Seconds gunicorn lets a web worker process go without a heartbeat before restarting it. Threaded "
+            "workers heartbeat while requests wait, so a long completion or stream never reaches it."),
+    Setting("web.graceful_timeout", int, 20,
+            "Seconds a stopping web server (SIGTERM) lets requests in flight finish; a completion still waiting "
+            "then is cut, and the client's retry finds the same job (v1.idempotency_hours)."),
     Setting("web.api_token", str, "",
             "When set, every page and API route that reads or changes jobs requires it: scripts send "
             "'Authorization: Bearer <token>', browsers log in at /login. Empty: open to anyone who can reach it.",

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, request, url_for
 
 from shared.errors import BadRequest, Unavailable, UnsupportedMediaType
 from shared.schemas import JobRequest
-from shared.store import lifecycle, queries, serialize, submission
+from shared.store import idempotency, lifecycle, queries, serialize, submission
 from shared.workers import live_workers, starting_in
 from web.context import db, paging_args, services, submit_kwargs
 from web.export import csv_response
@@ -42,12 +42,13 @@ def _page(items, next_cursor, endpoint, filters):
 
 @bp.post("/jobs")
 def submit():
-    """Validate and enqueue a job; answer 202 with its URL."""
+    """Validate and enqueue a job; answer 202 with its URL (a retry with the same Idempotency-Key: the same job)."""
     from shared.store.sweeps import resolve_recommended
 
     body = resolve_recommended(db(), _json_body(), services().settings)
     req = JobRequest.from_dict(body, services().settings, strict=True)
-    job = submission.submit_job(db(), req, **submit_kwargs())
+    job = submission.submit_job(db(), req, idempotency_key=idempotency.check_key(request.headers.get("Idempotency-Key")),
+                                **submit_kwargs())
     resp = jsonify(serialize.job_to_dict(job))
     resp.status_code = 202
     resp.headers["Location"] = url_for("api.get_job", job_id=job.id)

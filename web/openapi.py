@@ -379,10 +379,15 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
             "/api/jobs": {
                 "post": {
                     "operationId": "submitJob", "summary": "Submit a job",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                    "description": "A retry with the same key (and body) answers with the same job "
+                                                   "(for v1.idempotency_hours) instead of submitting another.",
+                                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
                     "responses": {
                         "202": _json("Queued.", _ref("Job"), {"Location": {"schema": {"type": "string"}}}),
                         "400": _problem("The body is not valid JSON."),
+                        "409": _problem("Its Idempotency-Key was used before with another body."),
                         "413": _problem("The body is too large."),
                         "415": _problem("The body is not JSON."),
                         "422": _problem("A field is invalid, or no live worker serves the model."),
@@ -761,7 +766,17 @@ def v1_paths() -> dict[str, Any]:
             "operationId": "v1CreateChatCompletion", "summary": "Create a chat completion (a stored chat job)",
             "description": "The boost comes in the body's instaboost object (the openai SDK's extra_body). "
                            "Boosted tokens: <boost>…</boost> spans in any message, a message's own boost M, or by "
-                           "default the system message(s). Waits up to v1.wait_seconds; then 504 naming the job.",
+                           "default the system message(s). Waits up to v1.wait_seconds; then 504 naming the job. "
+                           "A retry (the same Idempotency-Key, or an openai SDK retry) answers from the job its first "
+                           "try created. A stream waits v1.wait_seconds for each next piece of text; closing it "
+                           "cancels the job.",
+            "parameters": [
+                {"name": "Idempotency-Key", "in": "header", "required": False,
+                 "description": "Retries with the same key (and body) get the same job, for v1.idempotency_hours.",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+                {"name": "x-stainless-retry-count", "in": "header", "required": False,
+                 "description": "The openai SDK's try count: 1 or more joins the job of the same request's first "
+                                "try.", "schema": {"type": "integer", "minimum": 0}}],
             "requestBody": json_body,
             "responses": {
                 "200": {"description": "The completion; with stream, server-sent chat.completion.chunk events, a "
@@ -770,9 +785,11 @@ def v1_paths() -> dict[str, Any]:
                                     "text/event-stream": {"schema": {"type": "string"}}}},
                 "400": _oai_error("Invalid request (OpenAI's invalid_request_error), e.g. a bad boost."),
                 "404": _oai_error("No live worker serves the model (code model_not_found)."),
-                "409": _oai_error("The job was cancelled."),
+                "409": _oai_error("The job was cancelled, or the Idempotency-Key was used before with another "
+                                  "body (code idempotency_key_reused)."),
                 "413": _oai_error("The body is too large."),
-                "429": {**_oai_error("Too many queued jobs."), "headers": retry_after},
+                "429": {**_oai_error("Too many queued jobs, or this web process holds as many waiting "
+                                     "completions as it may (web.threads)."), "headers": retry_after},
                 "503": {**_oai_error("The broker is unreachable."), "headers": retry_after},
                 "504": _oai_error("The job did not finish within v1.wait_seconds; poll "
                                   "GET /v1/chat/completions/{id}."),

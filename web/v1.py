@@ -4,54 +4,29 @@ Every chat completion is an ordinary stored job (kind "chat"): listed on the pag
 recovered by the sweeper. Its id is the job's id. The route enqueues it ahead of other work (see
 shared.celery_config.PRIORITY) and waits up to v1.wait_seconds for it; on timeout it answers 504 naming
 the job, which GET /v1/chat/completions/<id> (or /api/jobs/<id>) answers once it is done. A streamed
-completion relays the text deltas the worker appends to a Redis list (worker.jobs.tasks.stream_key).
-Errors take OpenAI's shape: {"error": {"message", "type", "param", "code"}}; invalid input is 400.
+completion relays the text deltas the worker appends to a Redis list (web/v1_stream.py). Completions are
+idempotent under client retries (shared.store.idempotency). Errors take OpenAI's shape (web/v1_errors.py): {"error": {"message", "type", "param", "code"}}; invalid input is 400.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from shared.chat import CHAT_VARIANT, chat_params, completion_body, completion_id, fingerprint, is_chat
+from shared.chat import chat_params, completion_body, is_chat
 from shared.errors import InstaBoostError, ModelError, NotFound, UnsupportedMediaType, ValidationError
-from shared.store import queries, submission
-from shared.store.tables import Job, JobStatus, Run
-from shared.workers import live_workers, stream_key
+from shared.store import idempotency, queries, submission
+from shared.store.tables import Job, JobStatus
+from shared.workers import live_workers
 from web.context import db, services, submit_kwargs
+from web.limits import wait_slots
+from web.v1_errors import ERROR_CODES, ERROR_TYPES, job_failure, openai_error, timeout_error  # noqa: F401 (API)
+from web.v1_stream import chat_run, stream_completion
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
-
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
-               404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
-               413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 503: "server_error", 504: "server_error"}
-ERROR_CODES = {401: "invalid_api_key", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               409: "conflict", 413: "request_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded",
-               503: "service_unavailable", 504: "timeout"}
 POLL_SECONDS = 0.1
-STREAM_POLL_SECONDS = 0.05
-
-
-def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None, retry: bool | None = None) -> Response:
-    """Return an error in OpenAI's shape (secrets scrubbed); retry False tells the openai SDK not to retry it."""
-    from web.errors import scrub
-
-    body = {"error": {"message": scrub(message), "type": ERROR_TYPES.get(status, "invalid_request_error"
-                                                                          if status < 500 else "server_error"),
-                      "param": param, "code": code if code is not None else ERROR_CODES.get(status)}}
-    resp = Response(json.dumps(body), status=status, mimetype="application/json")
-    for key, value in (headers or {}).items():
-        resp.headers[key] = value
-    if status == 401:
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="instaboost"'
-    if retry is not None:
-        resp.headers["x-should-retry"] = "true" if retry else "false"
-    return resp
 
 
 def error_from_exception(exc: InstaBoostError) -> Response:
@@ -126,60 +101,60 @@ def model(model):
 # -- chat completions -------------------------------------------------------------------------------------------
 
 
-def _chat_run(session, job_id: int) -> Run | None:
-    from sqlalchemy import select
-
-    return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == CHAT_VARIANT)).scalar_one_or_none()
-
-
-def job_failure(job: Job) -> Response:
-    """Return the error for a chat job that failed or was cancelled."""
-    if job.status is JobStatus.cancelled:
-        return openai_error(409, f"job {job.id} was cancelled before it finished", code="cancelled", retry=False)
-    error = job.error or "the job failed"
-    if "context" in error and "exceeds" in error:
-        return openai_error(400, f"job {job.id} failed: {error}", param="messages", code="context_length_exceeded",
-                            retry=False)
-    if "out of range" in error:
-        return openai_error(400, f"job {job.id} failed: {error}", param="instaboost", code="invalid_value",
-                            retry=False)
-    return openai_error(500, f"job {job.id} failed: {error}", code="job_failed", retry=False)
-
-
-def _timeout(job_id: int, waited: float) -> Response:
-    return openai_error(504, f"job {job_id} did not finish within {waited:g} s (v1.wait_seconds); it is still "
-                             f"queued or running: poll GET /v1/chat/completions/{job_id} (or GET /api/jobs/{job_id}) "
-                             "for its result", code="timeout", param=None, retry=False,
-                        headers={"Location": f"/v1/chat/completions/{job_id}"})
+def _sdk_retry() -> bool:
+    """Return True when the request is an openai SDK retry (it counts its tries in x-stainless-retry-count)."""
+    try:
+        return int(request.headers.get("x-stainless-retry-count", "0")) > 0
+    except ValueError:
+        return False
 
 
 @bp.post("/chat/completions")
 def chat_completions():
-    """Create a chat completion: a stored chat job, answered when it is done (or streamed as it is generated)."""
+    """Create a chat completion: a stored chat job, answered when it is done (or streamed as it is generated).
+
+    Idempotent under retries (shared.store.idempotency): an Idempotency-Key header, or an openai SDK retry,
+    answers from the job the first try created. The request holds one of this process's wait slots
+    (web.limits) while it waits or streams; with none free it is refused with 429 before a job exists.
+    """
     s = services()
     params = chat_params(_json_body(), s.settings)
-    job = submission.submit_chat(db(), params, **submit_kwargs())
+    key = idempotency.check_key(request.headers.get("Idempotency-Key"))
+    give_back = wait_slots().take()
+    try:
+        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
+    except idempotency.KeyReused as exc:
+        give_back()
+        return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
+    except BaseException:
+        give_back()
+        raise
     job_id = job.id
     wait = float(s.settings["v1.wait_seconds"])
     if params["stream"]:
-        return Response(stream_with_context(_stream(job_id, params, wait)), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                 "X-InstaBoost-Job-Id": str(job_id)})
-    session = db()
-    deadline = time.monotonic() + wait
-    while True:
-        job = session.get(Job, job_id, populate_existing=True)
-        session.commit()
-        if job.status.finished:
-            break
-        if time.monotonic() > deadline:
-            return _timeout(job_id, wait)
-        time.sleep(POLL_SECONDS)
-    return _finished(session, job)
+        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back)),
+                        mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                                               "X-InstaBoost-Job-Id": str(job_id)})
+        resp.call_on_close(give_back)  # also when the stream never started: the server closes every response
+        return resp
+    try:
+        session = db()
+        deadline = time.monotonic() + wait
+        while True:
+            job = session.get(Job, job_id, populate_existing=True)
+            session.commit()
+            if job.status.finished:
+                break
+            if time.monotonic() > deadline:
+                return timeout_error(job_id, wait)
+            time.sleep(POLL_SECONDS)
+        return _finished(session, job)
+    finally:
+        give_back()
 
 
 def _finished(session, job: Job) -> Response:
-    run = _chat_run(session, job.id)
+    run = chat_run(session, job.id)
     if job.status is not JobStatus.succeeded or run is None:
         return job_failure(job)
     resp = jsonify(completion_body(job, run))
@@ -197,79 +172,6 @@ def get_completion(completion_id):
     if not job.status.finished:
         return openai_error(409, f"job {job.id} is {job.status.value}; retry shortly", code="not_finished")
     return _finished(session, job)
-
-
-def _sse(data: Any) -> str:
-    return f"data: {json.dumps(data)}\n\n"
-
-
-def _stream(job_id: int, params: dict, wait: float):
-    """Yield the completion as OpenAI chat.completion.chunk events, a usage chunk, then [DONE]."""
-    from shared.workers import redis_client
-
-    s = services()
-    redis = redis_client(s.settings["redis.url"])
-    key = stream_key(s.settings["redis.namespace"], job_id)
-    created = int(time.time())
-    base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": created,
-            "model": params["model"], "system_fingerprint": fingerprint(params)}
-
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
-
-    yield chunk({"role": "assistant", "content": ""})
-    sent = 0  # characters of the answer already sent
-    attempt, text, cursor = None, "", 0
-    end: dict | None = None
-    deadline = time.monotonic() + wait
-    next_check = time.monotonic() + 0.5
-    outcome: Response | None = None
-    try:
-        while end is None:
-            for raw in redis.lrange(key, cursor, -1):
-                cursor += 1
-                event = json.loads(raw)
-                if event.get("attempt") != attempt:  # a redelivery starts over: skip what was already sent
-                    attempt, text = event.get("attempt"), ""
-                if event.get("type") == "delta":
-                    text += event["text"]
-                    if len(text) > sent:
-                        yield chunk({"content": text[sent:]})
-                        sent = len(text)
-                elif event.get("type") == "end":
-                    end = event
-            if end is not None:
-                break
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + 0.5
-                with s.sessionmaker() as session:
-                    job = session.get(Job, job_id)
-                    if job is not None and job.status.finished:
-                        run = _chat_run(session, job_id)
-                        if job.status is JobStatus.succeeded and run is not None:
-                            # Stored by an earlier delivery (or its events were lost): send what is missing.
-                            if len(run.produced_text) > sent:
-                                yield chunk({"content": run.produced_text[sent:]})
-                            end = {"finish_reason": run.finish_reason or "stop",
-                                   "prompt_tokens": run.prompt_tokens, "completion_tokens": run.output_tokens}
-                        else:
-                            outcome = job_failure(job)
-                        break
-                if now > deadline:
-                    outcome = _timeout(job_id, wait)
-                    break
-            time.sleep(STREAM_POLL_SECONDS)
-    finally:
-        redis.close()
-    if outcome is not None:  # the openai SDK raises an APIError for an event carrying "error"
-        yield _sse(json.loads(outcome.get_data(as_text=True)))
-        yield "data: [DONE]\n\n"
-        return
-    yield chunk({}, end.get("finish_reason", "stop"))
-    p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
-    yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
-    yield "data: [DONE]\n\n"
 
 
 # -- files -----------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 - ``tables``: the SQLAlchemy tables (jobs, runs) and the status lifecycle (``JobStatus``).
 - ``lifecycle``: every status change (``transition``), worker claims, progress and stored runs.
 - ``submission``: store a queued job and enqueue it (the only part that talks to the broker).
+- ``idempotency``: which earlier job a retried chat completion belongs to (Idempotency-Key, SDK retries).
 - ``queries``: one job, pages of jobs and runs (filters, keyset cursors).
 - ``export``: CSV columns and rows.
 - ``serialize``: jobs and runs as JSON-able data.

@@ -7,10 +7,12 @@ import threading
 from typing import Any, Mapping
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import ModelError, TooManyJobs, Unavailable
 from shared.schemas import JobRequest
+from shared.store import idempotency
 from shared.store.lifecycle import transition
 from shared.store.tables import Job, JobStatus, utcnow
 
@@ -90,6 +92,21 @@ def _insert_queued(session: Session, rows: list[dict], limit: int, with_rows: tu
     return jobs
 
 
+def _insert_once(session: Session, row: dict, settings: Mapping[str, Any], key: str | None,
+                 digest: str) -> tuple[Job, bool]:
+    """Insert one queued job and return (it, True); (its job, False) when a concurrent try with the same
+    idempotency key inserted first."""
+    try:
+        job, = _insert_queued(session, [row], settings["limits.max_queued_jobs"])
+        return job, True
+    except IntegrityError:
+        session.rollback()
+        earlier = idempotency.by_key(session, key, digest, settings) if key else None
+        if earlier is None:
+            raise
+        return earlier, False
+
+
 def _served(redis, namespace: str) -> tuple[list[dict], set[str], set[str]]:
     """Return (live heartbeats, models served, models starting); Unavailable when Redis cannot be read."""
     from shared import workers
@@ -150,21 +167,30 @@ def _defaults(settings, celery_app, redis):
 
 
 def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, Any] | None = None,
-               celery_app=None, redis=None) -> Job:
+               celery_app=None, redis=None, idempotency_key: str | None = None) -> Job:
     """Store a queued job, then enqueue ``instaboost.run_job`` on the model's queue; return the job.
 
     Refuses (ModelError) a model no live worker serves or is loading, (ValidationError) a job that cannot fit the
     model the workers advertise (layers, context), (TooManyJobs) a full queue and (Unavailable) an
-    unreachable broker; a job the broker refused is failed at once, so no row waits forever.
+    unreachable broker; a job the broker refused is failed at once, so no row waits forever. With an
+    idempotency_key already stored, returns that key's job instead (shared.store.idempotency).
     """
     settings, celery_app, redis = _defaults(settings, celery_app, redis)
+    params = request.to_params()
+    digest = idempotency.request_hash(params)
+    if idempotency_key is not None:
+        earlier = idempotency.by_key(session, idempotency_key, digest, settings)
+        if earlier is not None:
+            return earlier
     beats, served, starting = _served(redis, settings["redis.namespace"])
     if request.model not in served | starting:
         raise unserved_error(request.model, served, starting)
     request.check_model(model_facts(beats, request.model))
-    job, = _insert_queued(session, [dict(model=request.model, params=request.to_params(),
-                                         progress_total=len(request.variants()))],
-                          settings["limits.max_queued_jobs"])
+    row = dict(model=request.model, params=params, progress_total=len(request.variants()),
+               idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None)
+    job, created = _insert_once(session, row, settings, idempotency_key, digest)
+    if not created:
+        return job  # a concurrent try with the same key made it
     if not _enqueue(session, job, celery_app):
         raise Unavailable(f"the broker (Redis) is unreachable, job {job.id} was not queued; retry shortly") from None
     return session.get(Job, job.id, populate_existing=True)
@@ -201,15 +227,29 @@ def check_chat_fits(params: Mapping[str, Any], facts: Mapping[str, int]) -> None
 
 
 def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mapping[str, Any] | None = None,
-                celery_app=None, redis=None) -> Job:
-    """Store a queued chat job (shared.chat.chat_params) and enqueue it ahead of other work; return the job."""
+                celery_app=None, redis=None, idempotency_key: str | None = None, is_retry: bool = False) -> Job:
+    """Store a queued chat job (shared.chat.chat_params) and enqueue it ahead of other work; return the job.
+
+    A retry (idempotency_key already stored, or is_retry: an openai SDK retry) returns the job its earlier try
+    created instead, while that job may still be reused (shared.store.idempotency).
+    """
     settings, celery_app, redis = _defaults(settings, celery_app, redis)
+    digest = idempotency.request_hash(params)
+    if idempotency_key is not None:
+        earlier = idempotency.by_key(session, idempotency_key, digest, settings)
+    else:
+        earlier = idempotency.by_retry(session, digest, settings) if is_retry else None
+    if earlier is not None:
+        return earlier
     beats, served, starting = _served(redis, settings["redis.namespace"])
     if params["model"] not in served | starting:
         raise unserved_error(params["model"], served, starting)
     check_chat_fits(params, model_facts(beats, params["model"]))
-    job, = _insert_queued(session, [dict(model=params["model"], params=dict(params), progress_total=1, kind="chat")],
-                          settings["limits.max_queued_jobs"])
+    row = dict(model=params["model"], params=dict(params), progress_total=1, kind="chat",
+               idempotency_key=idempotency_key, request_hash=digest)
+    job, created = _insert_once(session, row, settings, idempotency_key, digest)
+    if not created:
+        return job  # a concurrent try with the same key made it
     if not _enqueue(session, job, celery_app):
         raise Unavailable(f"the broker (Redis) is unreachable, job {job.id} was not queued; retry shortly") from None
     return session.get(Job, job.id, populate_existing=True)

@@ -114,7 +114,8 @@ class Job(Base):
     __tablename__ = "jobs"
     # A sweep creates each (case, M, head fraction) job once, however often its advance runs.
     __table_args__ = (UniqueConstraint("sweep_id", "case_name", "sweep_step", "sweep_head_fraction",
-                                       name="uq_jobs_sweep_cell"),)
+                                       name="uq_jobs_sweep_cell"),
+                      UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     status: Mapped[JobStatus] = mapped_column(STATUS_TYPE, default=JobStatus.queued, index=True)
@@ -142,6 +143,10 @@ class Job(Base):
     # The batch a chat job is a line of, and that line's custom_id.
     batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     custom_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A chat completion's Idempotency-Key (unique while it holds it; released after v1.idempotency_hours or when
+    # its job failed), and the digest of its request, which an openai SDK retry without a key is matched by.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     runs: Mapped[list["Run"]] = relationship(back_populates="job", cascade="all, delete-orphan",
                                              passive_deletes=True, order_by="Run.id")

@@ -208,3 +208,36 @@ def test_a_chat_completion_is_an_ordinary_job_on_the_pages_and_in_the_csv(client
     assert job["status"] == "succeeded" and job["params"]["kind"] == "chat"
     csv_text = web.get(f"/runs.csv?job_id={resp.id}", headers=auth).get_data(as_text=True)
     assert "chat" in csv_text and len(csv_text.strip().splitlines()) == 2
+
+
+def test_closing_a_stream_cancels_its_running_job(live_server, pg_url):
+    """A client that leaves mid-answer: the job stops (cancelled) instead of generating for nobody."""
+    import http.client
+    import json
+    import socket
+    import time
+
+    host, port = live_server[0].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json",
+                                                          "Authorization": f"Bearer {TOKEN}"},
+                 body=json.dumps({"model": MODEL, "max_tokens": 1000, "temperature": 0, "stream": True,
+                                  "messages": [{"role": "user", "content": "Count from 1 to 1000, one per line."}]}))
+    sock = conn.sock
+    resp = conn.getresponse()
+    assert resp.status == 200
+    job_id = int(resp.getheader("X-InstaBoost-Job-Id"))
+    while True:  # up to the first text: the worker is generating it
+        line = resp.readline()
+        assert line, "the stream ended before any text"
+        event = json.loads(line[6:]) if line.startswith(b"data: {") else {}
+        if event.get("choices") and event["choices"][0]["delta"].get("content"):
+            break
+    sock.shutdown(socket.SHUT_RDWR)
+    resp.close()
+    conn.close()
+    deadline = time.monotonic() + 120
+    while (status := stored_job(pg_url, job_id)[0]) in ("running", "cancelling"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert status == "cancelled"

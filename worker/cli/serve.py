@@ -34,7 +34,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `serve` options to an argparse (sub)parser."""
     parser.add_argument("--host", default="127.0.0.1", help="address the web app listens on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port of the web app (default 8000)")
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+    parser.add_argument("--web-workers", type=int, default=None,
+                        help="gunicorn worker processes (default: the web.workers setting, 2)")
     parser.add_argument("--no-worker", action="store_true",
                         help="run only the web app (workers run elsewhere against the same Redis)")
 
@@ -84,14 +85,14 @@ def _child_env(settings) -> dict[str, str]:
     return env
 
 
-def _gunicorn_command(host: str, port: int, workers: int) -> list[str]:
+def _gunicorn_command(host: str, port: int, workers: int | None) -> list[str]:
     import gunicorn.config
 
-    # Threads: /v1/chat/completions waits for its job (v1.wait_seconds) and streams; a thread per request keeps
-    # other requests answered meanwhile, and gthread's worker timeout does not count a request's duration.
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
-           "--worker-class", "gthread", "--threads", "8",
-           "--access-logfile", "-", "--graceful-timeout", "10"]
+    # The one gunicorn configuration (threaded workers, timeouts, sizes from web.*) that compose and the Docker
+    # image use too; the command line only adds where to listen and, when given, --web-workers.
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--bind", f"{host}:{port}"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
         # Newer gunicorns open one fixed control socket per user: two instances would collide.
         cmd.append("--no-control-socket")
@@ -183,7 +184,7 @@ class _Child:
                  f"{RESTART_DELAYS[-1]} s; the web app stays up and jobs wait in the queue. Ctrl-C stops everything.")
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int = 2, with_worker: bool = True,
+def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int | None = None, with_worker: bool = True,
           ready_timeout: float = 120.0) -> int:
     """Migrate, start the web app and one worker, print the URL and run until interrupted."""
     from shared.settings import get_settings
