@@ -36,8 +36,11 @@ def other_db(tmp_path):
 
 def test_a_worker_of_another_database_refuses_to_start_naming_both(celery_worker, other_db, tmp_path):
     second = WorkerProcess(other_db, celery_worker.namespace, tmp_path / "second.log")
-    with pytest.raises(RuntimeError, match="worker exited with 3"):
-        second.start(timeout=120)
+    try:
+        with pytest.raises(RuntimeError, match="worker exited with 3"):
+            second.start(timeout=120)
+    finally:
+        second.stop()  # when it did start (the defect), it must not go on taking the first worker's jobs
     log = second.log_tail()
     assert "cannot start: the Redis key prefix" in log, log
     assert celery_worker.db_url in log and other_db in log and "INSTABOOST_REDIS_NAMESPACE" in log

@@ -254,6 +254,15 @@ def test_serve_on_a_port_in_use_exits_at_once_and_starts_no_worker(tmp_path, red
     assert not (tmp_path / "instaboost.db").exists()  # checked before anything started or was created
 
 
+@pytest.mark.services
+def test_serve_on_a_database_it_cannot_write_exits_naming_it(tmp_path, redis_namespace):
+    proc = _run_serve(tmp_path, f"{redis_namespace}_nodb", free_port(), timeout=120,
+                      DATABASE_URL="sqlite:////proc/instaboost/none.db")  # not even root creates files in /proc
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot migrate the database sqlite:////proc/instaboost/none.db" in proc.stderr
+    assert "DATABASE_URL" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.services
 def test_serve_whose_worker_cannot_load_its_model_exits_with_the_workers_message(tmp_path, redis_namespace):
