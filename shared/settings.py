@@ -80,7 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database.url", str, "sqlite:///instaboost.db", "SQLAlchemy URL of the job store.", env="DATABASE_URL"),
     Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis URL: Celery broker and worker heartbeats.", env="REDIS_URL"),
     Setting("redis.namespace", str, "instaboost",
-            "Prefix of this deployment's Redis keys and queue names (separate deployments or test runs sharing one Redis)."),
+            "Prefix of this deployment's Redis keys and queue names. A prefix belongs to one database (deployment): "
+            "deployments sharing one Redis each need their own, or the second refuses to start."),
     Setting("worker.models", list, ["smollm2-135m-instruct"],
             "Models each worker preloads and serves (comma-separated in the environment)."),
     Setting("worker.job_time_limit", int, 1800, "Seconds a job may run before it is failed."),
