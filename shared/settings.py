@@ -215,6 +215,8 @@ def load_settings(config: str | os.PathLike | None = None, env: Mapping[str, str
     """Resolve every setting from defaults, config.yaml, .env, the environment and explicit overrides."""
     import yaml
 
+    from shared import yamlsafe
+
     env = dict(os.environ if env is None else env)
     values = {s.name: s.default for s in SETTINGS}
     sources = {s.name: "default" for s in SETTINGS}
@@ -222,7 +224,7 @@ def load_settings(config: str | os.PathLike | None = None, env: Mapping[str, str
     path = find_config(config, env)
     if path is not None:
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yamlsafe.safe_load(path.read_text(), "config.yaml") or {}
         except yaml.YAMLError as exc:
             raise ValidationError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(tree, Mapping):
