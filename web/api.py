@@ -135,21 +135,10 @@ def sweep_csv_response(sweep_id):
     from flask import Response
 
     from shared.calibration import table_csv
-    from shared.csvsafe import neutralize
     from shared.store import sweeps
 
     sweep = sweeps.get_sweep(db(), sweep_id)
-    summary = sweep.result or {"table": [], "best": None}
-    text = table_csv(summary)
-    import csv as _csv
-    import io
-
-    rows = list(_csv.reader(io.StringIO(text)))
-    buf = io.StringIO()
-    w = _csv.writer(buf)
-    for i, row in enumerate(rows):
-        w.writerow(row if i == 0 else [neutralize(c) for c in row])
-    resp = Response(buf.getvalue(), mimetype="text/csv")
+    resp = Response(table_csv(sweep.result or {"table": [], "best": None}), mimetype="text/csv")
     resp.headers["Content-Disposition"] = f'attachment; filename="instaboost-sweep-{sweep.id}.csv"'
     return resp
 

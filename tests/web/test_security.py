@@ -46,6 +46,8 @@ def add_job(session, *, instruction="Be brief.", query="Hi?", model="m", status=
 # -- CSV injection ---------------------------------------------------------------------------------
 
 DANGEROUS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1+1", "\r=1+1"]
+# Spreadsheets skip blanks and line breaks before a formula.
+LEADING = [" =1+1", "\n=cmd|' /C calc'!A0", "\r\n+1+1", "  \t@SUM(A1:A2)", "\u00a0-2+3"]
 
 
 def test_export_uses_the_shared_neutralizer():
@@ -71,6 +73,24 @@ def test_csv_export_neutralizes_formulas_in_outputs_and_user_text(client, db_ses
         assert row["instruction"] == "'=cmd|' /C calc'!A0" and row["query"] == "'@evil"
         for cell in row.values():
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+
+
+@pytest.mark.parametrize("path", ["/api/runs.csv", "/runs.csv", "/api/jobs.csv", "/jobs.csv"])
+def test_every_csv_neutralizes_formulas_after_leading_blanks_and_line_breaks(client, db_session, path):
+    outputs = {"original": LEADING[0], **{f"all_x{i}": d for i, d in enumerate(LEADING[1:], 1)}}
+    add_job(db_session, instruction=LEADING[1], query=LEADING[2], outputs=outputs)
+    resp = client.get(path)
+    assert resp.status_code == 200 and resp.mimetype == "text/csv"
+    cells = {cell for row in csv.reader(io.StringIO(resp.get_data(as_text=True), newline="")) for cell in row}
+    for dangerous in LEADING:
+        assert "'" + dangerous in cells and dangerous not in cells, dangerous
+
+
+def test_the_sweep_table_csv_is_neutralized():
+    from shared.calibration import table_csv
+
+    text_ = table_csv({"table": [{"setting": " =1+1", "multiplier": 3.0, "split": "validation"}], "best": None})
+    assert list(csv.reader(io.StringIO(text_)))[1][:2] == ["' =1+1", "3.0"]
 
 
 # -- escaping ----------------------------------------------------------------------------------------
