@@ -482,6 +482,20 @@ def test_configured_secrets_never_leak(clean_db, redis_namespace, heartbeat, mon
     get_settings.cache_clear()
 
 
+def test_every_secret_setting_and_url_password_is_scrubbed(clean_db, redis_namespace):
+    """The scrub list is the settings declared secret (judge.api_key was missing), plus passwords in URLs."""
+    from shared.settings import SETTINGS
+    from web.errors import scrub
+
+    values = {s.name: f"{s.name}-{uuid.uuid4().hex}" for s in SETTINGS if s.secret}
+    assert "judge.api_key" in values
+    values["judge.url"] = "https://judge:j%40dge-pw@judge.example/v1"
+    app = make_test_app(clean_db, redis_namespace, SETTINGS=values)
+    with app.app_context():
+        text_ = scrub(" | ".join([*values.values(), "j@dge-pw"]))
+    assert [s for s in values.values() if s in text_] == [] and "dge-pw" not in text_, text_
+
+
 # -- limits and headers -------------------------------------------------------------------------------
 
 def test_request_size_limits(clean_db, redis_namespace, heartbeat, db_session):
