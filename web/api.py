@@ -43,7 +43,7 @@ def _page(items, next_cursor, endpoint, filters):
 @bp.post("/jobs")
 def submit():
     """Validate and enqueue a job; answer 202 with its URL."""
-    from shared.store.sweeps import resolve_recommended
+    from shared.store.recommended import resolve_recommended
 
     body = resolve_recommended(db(), _json_body(), services().settings)
     req = JobRequest.from_dict(body, services().settings, strict=True)
@@ -205,7 +205,7 @@ def openapi():
     # With one served model its advertised facts bound the request exactly; with several they differ.
     facts = submission.model_facts(beats, models[0]) if len(models) == 1 else None
     try:  # "recommended" is a valid multipliers value once every served model has a finished sweep
-        from shared.store.sweeps import models_with_recommendation
+        from shared.store.recommended import models_with_recommendation
 
         recommended = bool(models) and models_with_recommendation(db(), models) == set(models)
     except Exception:  # the database is down: describe numbers only

@@ -279,7 +279,7 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
         prop["type"] = [prop["type"], "null"]
         if "enum" in prop:
             prop["enum"] = [*prop["enum"], None]
-    if recommended:  # every served model has a finished calibration sweep (shared.store.sweeps.resolve_recommended)
+    if recommended:  # every served model has a finished calibration sweep (shared.store.recommended.resolve_recommended)
         numbers = props["multipliers"]
         props["multipliers"] = {"description": numbers["description"] + " Or 'recommended': the M (and, when "
                                 "layer_modes and head_boost_percentage are left out, the layers and heads) the "
