@@ -87,6 +87,10 @@ class TooManyJobs(Unavailable):
     title = "Too many queued jobs"
 
 
+class TooManySweeps(TooManyJobs):
+    title = "Too many running sweeps"
+
+
 class Unauthorized(InstaBoostError):
     status = 401
     title = "Unauthorized"

@@ -461,6 +461,9 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                         "413": _problem("The body is too large."),
                         "415": _problem("The body is not JSON."),
                         "422": _problem("A field is invalid, or no live worker serves the model."),
+                        "429": {**_problem("The first step would pass limits.max_queued_jobs, or "
+                                           "limits.max_running_sweeps sweeps are running; nothing was stored."),
+                                "headers": retry_after},
                         "503": {**_problem("The broker is unreachable."), "headers": retry_after},
                         **COMMON, "403": CROSS_SITE["403"],
                     },

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.calibration import SweepSetting, assign_splits, boosted_grid, record, result_summary, still_going
-from shared.errors import Conflict, NotFound, TooManyJobs, ValidationError
+from shared.errors import Conflict, NotFound, TooManyJobs, TooManySweeps, ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import Case
 from shared.schemas import JobRequest
@@ -106,7 +106,7 @@ def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, g
     limit = settings["limits.max_running_sweeps"]
     if running >= limit:
         session.rollback()
-        raise TooManyJobs(f"{running} calibration sweeps are running, the most limits.max_running_sweeps allows "
+        raise TooManySweeps(f"{running} calibration sweeps are running, the most limits.max_running_sweeps allows "
                           f"({limit}); retry when one has finished, or cancel one", retry_after=60)
     first = boosted_grid(grid)[0]
     try:  # refused as a whole (429, nothing stored) when its first step does not fit under the queued-job cap

@@ -261,6 +261,7 @@ def test_sweeps_pass_the_queued_job_cap_and_the_running_sweeps_bound(clean_db, r
                                                                "limits.max_running_sweeps": 1}).test_client()
     resp = busy.post("/api/sweeps", json=SMALL)
     assert resp.status_code == 429 and "limits.max_running_sweeps" in resp.get_json()["detail"], resp.get_json()
+    assert resp.get_json()["title"] == "Too many running sweeps"
 
 
 def cancel_step(client, sweep_id: int) -> None:
