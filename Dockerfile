@@ -1,5 +1,6 @@
 # InstaBoost images, one file, two targets:
 #   web     the Flask app (gunicorn) and the one-shot migration; no torch in it
+#   flower  Celery's monitor on the web image (docker-compose.yml's `ops` profile)
 #   worker  a Celery worker with the engine and torch==TORCH_VERSION, from:
 #             TORCH_INDEX_URL, when given: e.g. https://download.pytorch.org/whl/cpu (CPU-only, small), or
 #               https://pypi.org/simple (PyPI's default build: CUDA, several GB; docker-compose.yml's GPU `worker`)
@@ -49,6 +50,14 @@ RUN pip install --no-deps -e .
 USER instaboost
 EXPOSE 8000
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-", "web:create_app()"]
+
+# Flower (Celery's monitor) for the compose `ops` profile: the web image plus flower, from PyPI.
+FROM web AS flower
+USER root
+RUN pip install "flower>=2.0"
+USER instaboost
+EXPOSE 5555
+CMD ["celery", "-A", "shared.celery_app", "flower", "--port=5555"]
 
 # torch alone, pinned, in a stage of its own: the worker copies the venv, not the wheels.
 FROM base AS torch

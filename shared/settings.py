@@ -69,6 +69,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.max_request_bytes", int, 1_000_000, "Largest HTTP request body the web app accepts."),
     Setting("limits.max_file_bytes", int, 20_000_000,
             "Largest file POST /v1/files accepts (a batch's JSONL input), in bytes."),
+    Setting("limits.max_files", int, 1000,
+            "Most files stored at once (uploads and batch output/error files); an upload past it gets HTTP 429."),
+    Setting("limits.max_file_storage_bytes", int, 2_000_000_000,
+            "Most bytes of files stored at once (uploads and batch output/error files); an upload past it gets "
+            "HTTP 429."),
+    Setting("v1.file_expiry_hours", float, 720.0,
+            "Hours a stored file lives (uploads without expires_after, and batch output/error files); then it "
+            "answers 404 and the sweeper deletes it. 0 keeps files until deleted."),
     Setting("v1.wait_seconds", float, 120.0,
             "Seconds POST /v1/chat/completions waits for its job before answering 504 with the job's id to poll."),
     Setting("database.url", str, "sqlite:///instaboost.db", "SQLAlchemy URL of the job store.", env="DATABASE_URL"),

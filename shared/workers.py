@@ -118,6 +118,15 @@ def waiting_job_ids(client, queue: str, namespace: str | None = None, oldest: in
     return ids
 
 
+def queued_messages(client, queue: str, namespace: str | None = None) -> int:
+    """Return how many messages wait, not yet delivered, in queue (every priority step)."""
+    ns = _namespace(namespace)
+    pipe = client.pipeline(transaction=False)
+    for suffix in _PRIORITY_SUFFIXES:
+        pipe.llen(f"{ns}:{queue}{suffix}")
+    return sum(int(n or 0) for n in pipe.execute())
+
+
 def live_workers(client, namespace: str | None = None) -> list[dict]:
     """Return the heartbeats of live workers (each {"hostname", "models", "pid", "started_at", "seen_at"})."""
     keys = sorted(client.scan_iter(match=heartbeat_prefix(namespace) + "*", count=500))

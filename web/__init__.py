@@ -43,7 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from shared.celery_config import make_celery
     from shared.db import get_sessionmaker
     from shared.workers import redis_client
-    from web import api, auth, context, errors, export, health, pages, v1
+    from web import api, auth, context, errors, export, health, monitoring, pages, queue, v1
 
     settings = _settings(test_config)
     app = Flask(__name__)
@@ -71,6 +71,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(export.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(monitoring.bp)
+    app.register_blueprint(queue.bp)
     errors.register(app)
     app.teardown_appcontext(context.close_session)
     app.jinja_env.filters["age"] = _age

@@ -509,6 +509,21 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                                   "503": {**_problem("Redis is unreachable."), "headers": retry_after}, **COMMON},
                 },
             },
+            "/api/queue": {
+                "get": {
+                    "operationId": "queue", "summary": "Live workers, what each runs, queue depth and a rough wait",
+                    "description": "The queue page's data (/queue): each live worker (from its heartbeat) with the "
+                                   "jobs it runs now, and per model the queued and running jobs, the broker's "
+                                   "waiting messages, recent throughput and a rough wait before a new job starts.",
+                    "responses": {"200": _json("Workers and models.", {
+                        "type": "object", "required": ["generated_at", "workers", "models"],
+                        "properties": {"generated_at": {"type": "string", "format": "date-time"},
+                                       "workers": {"type": "array", "items": {"type": "object"}},
+                                       "models": {"type": "array", "items": {"type": "object"}}}}),
+                                  "503": {**_problem("Redis or the database is unreachable."),
+                                          "headers": retry_after}, **COMMON},
+                },
+            },
             "/api/openapi.json": {
                 "get": {"operationId": "openapi", "summary": "This document", "security": [],
                         "responses": {"200": _json("OpenAPI 3.1 document.", {"type": "object"})}},
@@ -674,7 +689,9 @@ V1_SCHEMAS: dict[str, Any] = {
              "properties": {"id": {"type": "string"}, "object": {"const": "file"}, "bytes": {"type": "integer"},
                             "created_at": TIMESTAMP, "filename": {"type": "string"},
                             "purpose": {"type": "string", "enum": ["batch", "batch_output"]},
-                            "status": {"type": "string"}, "expires_at": {"type": "null"},
+                            "status": {"type": "string"},
+                            "expires_at": {"type": ["integer", "null"], "description": "Unix seconds; past it the "
+                                           "file answers 404 and is deleted (null: kept until deleted)."},
                             "status_details": {"type": "null"}}},
     "FileList": {"type": "object", "required": ["object", "data", "has_more"],
                  "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("File")},
@@ -685,7 +702,10 @@ V1_SCHEMAS: dict[str, Any] = {
                                    "deleted": {"type": "boolean"}}},
     "FileUpload": {"type": "object", "required": ["file", "purpose"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "JSONL: one request object per line."},
-        "purpose": {"type": "string", "enum": ["batch"]}}},
+        "purpose": {"type": "string", "enum": ["batch"]},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000,
+                                   "description": "Seconds the file lives (default v1.file_expiry_hours)."}}},
     "BatchRequest": {
         "type": "object", "required": ["input_file_id", "endpoint", "completion_window"],
         "additionalProperties": False,
@@ -773,7 +793,10 @@ def v1_paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _ref("FileUpload")}}},
                 "responses": {"200": _json("The stored file.", _ref("File")),
                               "400": _oai_error("Not JSONL of objects, or a wrong purpose."),
-                              "413": _oai_error("Larger than limits.max_file_bytes."), **V1_COMMON, **V1_CROSS_SITE}},
+                              "413": _oai_error("Larger than limits.max_file_bytes."),
+                              "429": _oai_error("The file store is full (limits.max_files or "
+                                                "limits.max_file_storage_bytes): delete files first."),
+                              **V1_COMMON, **V1_CROSS_SITE}},
             "get": {
                 "operationId": "v1ListFiles", "summary": "Files, newest first",
                 "parameters": [_query("purpose", {"type": "string"}),
@@ -798,6 +821,11 @@ def v1_paths() -> dict[str, Any]:
         "/v1/batches": {
             "post": {
                 "operationId": "v1CreateBatch", "summary": "Create a batch: each input line one stored chat job",
+                "description": "A create that repeats an Idempotency-Key (or a retry of the openai SDK, "
+                               "x-stainless-retry-count > 0, of the same request within 10 minutes) returns the "
+                               "batch the first one stored.",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
                 "responses": {"200": _json("The batch.", _ref("Batch")),
                               "400": _oai_error("Invalid body: endpoint, completion_window, a file of another "

@@ -284,61 +284,67 @@ def _limit(default: int = 20, hi: int = 100) -> int:
 
 @bp.post("/files")
 def upload_file():
-    """Upload a JSONL file (multipart: file, purpose=batch), up to limits.max_file_bytes."""
+    """Upload a JSONL file (multipart: file, purpose=batch, optional expires_after), up to limits.max_file_bytes."""
     from shared.errors import BadRequest
-    from shared.store import batches
+    from shared.store import files
 
     s = services()
     request.max_content_length = int(s.settings["limits.max_file_bytes"]) + 64 * 1024  # the form's other parts
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType(f"send the file as multipart/form-data with fields file and purpose (got "
                                    f"{request.mimetype or 'no content type'!r})", field="Content-Type")
-    upload = request.files.get("file")
+    upload = request.files.get("file")  # werkzeug spools it (to disk past 500 KB): read below line by line
     purpose = request.form.get("purpose")
     if purpose is None:
         raise BadRequest("purpose is required: batch", field="purpose")
     if upload is None:
         raise BadRequest("file is required: the JSONL file as a multipart part named file", field="file")
+    expires = files.expires_after_seconds(request.form.get("expires_after[anchor]"),
+                                          request.form.get("expires_after[seconds]"))
     limit = int(s.settings["limits.max_file_bytes"])
-    content = upload.read(limit + 1)
-    if len(content) > limit:
+    stream = upload.stream
+    stream.seek(0, 2)
+    if stream.tell() > limit:
         return openai_error(413, f"the file is larger than {limit} bytes (limits.max_file_bytes); split it",
                             param="file", code="file_too_large")
-    f = batches.create_file(db(), purpose, upload.filename or "upload.jsonl", content,
-                            int(s.settings["limits.max_queued_jobs"]))
-    return jsonify(batches.file_to_dict(f))
+    try:
+        f = files.create_file(db(), purpose, upload.filename or "upload.jsonl", stream, settings=s.settings,
+                              expires_after=expires)
+    except files.StorageFull as exc:
+        return openai_error(429, exc.message, param="file", code="storage_limit_exceeded", retry=False)
+    return jsonify(files.file_to_dict(f))
 
 
 @bp.get("/files")
 def list_files():
-    """List files, newest first (purpose, limit, after)."""
-    from shared.store import batches
+    """List files, newest first (purpose, limit, after); never loads their content."""
+    from shared.store import files
 
-    return jsonify(batches.list_files(db(), request.args.get("purpose") or None, _limit(10_000, 10_000),
-                                      request.args.get("after") or None))
+    return jsonify(files.list_files(db(), request.args.get("purpose") or None, _limit(10_000, 10_000),
+                                    request.args.get("after") or None))
 
 
 @bp.get("/files/<file_id>")
 def get_file(file_id):
-    from shared.store import batches
+    from shared.store import files
 
-    return jsonify(batches.file_to_dict(batches.get_file(db(), file_id)))
+    return jsonify(files.file_to_dict(files.get_file(db(), file_id)))
 
 
 @bp.get("/files/<file_id>/content")
 def file_content(file_id):
-    from shared.store import batches
+    from shared.store import files
 
-    f = batches.get_file(db(), file_id)
+    f = files.get_file(db(), file_id)
     return Response(f.content, mimetype="application/jsonl",
                     headers={"Content-Disposition": f'attachment; filename="{f.id}.jsonl"'})
 
 
 @bp.delete("/files/<file_id>")
 def delete_file(file_id):
-    from shared.store import batches
+    from shared.store import files
 
-    return jsonify(batches.delete_file(db(), file_id))
+    return jsonify(files.delete_file(db(), file_id))
 
 
 # -- batches ---------------------------------------------------------------------------------------------------
@@ -349,7 +355,10 @@ def create_batch():
     """Create a batch: each line of the input file becomes one stored chat job, queued behind interactive work."""
     from shared.store import batches
 
-    b = batches.create_batch(db(), _json_body(), **submit_kwargs())
+    # The openai SDK marks its retries (x-stainless-retry-count); a client may send its own Idempotency-Key.
+    retry = request.headers.get("x-stainless-retry-count", "0").strip() not in ("", "0")
+    b = batches.create_batch(db(), _json_body(), idempotency_key=request.headers.get("Idempotency-Key"), retry=retry,
+                             **submit_kwargs())
     return jsonify(batches.batch_to_dict(db(), b))
 
 

@@ -1,269 +1,151 @@
-"""OpenAI Files and Batches on the job store: each valid line of a batch's input file is one stored chat job.
+"""OpenAI Batches on the job store: each valid line of a batch's input file is one stored chat job.
 
-A batch goes validating -> in_progress (its lines are queued jobs, behind interactive work) -> finalizing (every
-job ended: the output and error files are written) -> completed; or failed (no line was valid), cancelling ->
-cancelled (POST .../cancel cancels its unfinished jobs), expired (past its completion window). ``refresh_batch``
+A create stores the batch and all its jobs in one transaction (a create that dies stores nothing, so no batch is
+left ``validating``), then enqueues each job; a message the broker refuses waits in the outbox (enqueued_at NULL)
+and the sweeper sends it. A create that repeats an earlier one returns the batch that one stored: same
+``Idempotency-Key`` header (the same key with another request is 400), or, without a key, a retry of the openai
+SDK (``x-stainless-retry-count`` > 0) of the same request within RETRY_WINDOW.
+
+A batch goes in_progress (its lines are queued jobs, behind interactive work) -> finalizing (every job ended: the
+output and error files are written) -> completed; or failed (no line was valid), cancelling -> cancelled
+(POST .../cancel cancels its unfinished jobs), expired (past its completion window). ``refresh_batch``
 moves a batch on once its jobs have ended; the worker calls it when a batch's job ends, the sweeper and the
 web's reads call it too, and a conditional UPDATE lets exactly one of them finalize. The files list one line
 per input line, by custom_id: the output file the succeeded requests, the error file every other one.
 
 Batch status <-> job status: a line whose job succeeded is completed (output file); failed -> failed (error
 file, status 500 with the job's error); cancelled (by a batch cancel or expiry) -> failed (error file,
-error.code batch_cancelled / batch_expired); a line refused before it became a job -> failed (error file,
-status 400 with why).
+error.code batch_cancelled / batch_expired); a line refused before it became a job (shared.store.batch_input)
+-> failed (error file, status 400 with why).
 """
 
 from __future__ import annotations
 
 import json
-import uuid
+import logging
 from datetime import timedelta
 from typing import Any, Mapping
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.chat import CHAT_ENDPOINT, CHAT_VARIANT, chat_params, completion_body
-from shared.errors import BadRequest, Conflict, InstaBoostError, ModelError, NotFound, ValidationError
-from shared.store import lifecycle
-from shared.store.tables import BATCH_FINAL, Batch, File, Job, JobStatus, Run, utcnow
+from shared.chat import CHAT_ENDPOINT, CHAT_VARIANT, completion_body
+from shared.errors import BadRequest, Conflict, NotFound, ValidationError
+from shared.store import batch_input, files, lifecycle, submission
+from shared.store.files import key as _key
+from shared.settings import get_settings
+from shared.store.tables import BATCH_FINAL, Batch, Job, JobStatus, Run, utcnow
 from shared.validation import brief
 
-FILE_PURPOSES = ("batch",)  # what POST /v1/files accepts; batch_output files are written by finalization
-COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
-MAX_CUSTOM_ID = 512
-MAX_METADATA_KEYS = 16
+log = logging.getLogger(__name__)
+
 STALE_FINALIZING = timedelta(seconds=120)  # a finalizer that died: another may take over after this
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex}"
-
-
-def _key(value: Any) -> str | None:
-    """Return value when it can be a stored id (a string of at most 64 printable characters), else None."""
-    if isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable():
-        return value
-    return None
-
-
-# -- files ---------------------------------------------------------------------------------------------------
-
-
-def check_jsonl(content: bytes, max_lines: int) -> int:
-    """Return the number of request lines in a batch input file; BadRequest when it is not JSONL of objects."""
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"the file is not UTF-8 text (byte {exc.start}); a batch input is JSONL", field="file") \
-            from None
-    count = 0
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise BadRequest(f"line {n} of the file is not valid JSON ({str(exc)[:120]}); each line of a batch "
-                             "input is one JSON object", field="file") from None
-        if not isinstance(obj, dict):
-            raise BadRequest(f"line {n} of the file is {type(obj).__name__}, not a JSON object", field="file")
-        count += 1
-        if count > max_lines:
-            raise BadRequest(f"the file holds more than {max_lines} requests (limits.max_queued_jobs); split it",
-                             field="file")
-    if count == 0:
-        raise BadRequest("the file holds no request lines; a batch input is JSONL, one request per line",
-                         field="file")
-    return count
-
-
-def create_file(session: Session, purpose: str, filename: str, content: bytes, max_lines: int) -> File:
-    """Store an uploaded file (purpose "batch": JSONL checked line by line); commit and return it."""
-    if purpose not in FILE_PURPOSES:
-        raise BadRequest(f"purpose must be one of {', '.join(FILE_PURPOSES)}; got {brief(purpose)} (this server "
-                         "stores files for batches only)", field="purpose")
-    check_jsonl(content, max_lines)
-    return _store_file(session, purpose, filename, content)
-
-
-def _store_file(session: Session, purpose: str, filename: str, content: bytes) -> File:
-    name = "".join(c for c in (filename or "upload.jsonl") if c.isprintable())[:255] or "upload.jsonl"
-    f = File(id=new_id("file-"), purpose=purpose, filename=name, bytes=len(content), content=content,
-             created_at=utcnow())
-    session.add(f)
-    session.commit()
-    return f
-
-
-def get_file(session: Session, file_id: str) -> File:
-    f = session.get(File, _key(file_id)) if _key(file_id) else None
-    if f is None:
-        raise NotFound(f"no file with id {brief(file_id)}", field="file_id")
-    return f
-
-
-def file_to_dict(f: File) -> dict[str, Any]:
-    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": int(f.created_at.timestamp()),
-            "filename": f.filename, "purpose": f.purpose, "status": "processed", "expires_at": None,
-            "status_details": None}
-
-
-def delete_file(session: Session, file_id: str) -> dict[str, Any]:
-    f = get_file(session, file_id)
-    session.delete(f)
-    session.commit()
-    return {"id": f.id, "object": "file", "deleted": True}
-
-
-def list_files(session: Session, purpose: str | None, limit: int, after: str | None) -> dict[str, Any]:
-    stmt = select(File).order_by(File.created_at.desc(), File.id.desc())
-    if purpose:
-        stmt = stmt.where(File.purpose == purpose)
-    if after:
-        anchor = session.get(File, _key(after)) if _key(after) else None
-        if anchor is not None:
-            stmt = stmt.where((File.created_at < anchor.created_at) |
-                              ((File.created_at == anchor.created_at) & (File.id < anchor.id)))
-    rows = list(session.scalars(stmt.limit(limit + 1)))
-    return _list([file_to_dict(f) for f in rows[:limit]], len(rows) > limit)
-
-
-def _list(data: list[dict], has_more: bool) -> dict[str, Any]:
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+STALE_VALIDATING = timedelta(seconds=600)  # a batch left validating by a create that died (before creates were atomic)
+RETRY_WINDOW = timedelta(seconds=600)  # how far back a keyless SDK retry looks for the batch its first try created
 
 
 # -- batches: creation ----------------------------------------------------------------------------------------
 
 
-def _line_error(n: int, custom_id: Any, message: str, param: str | None = None, code: str = "invalid_value",
-                status: int = 400) -> dict:
-    return {"line": n, "custom_id": custom_id if isinstance(custom_id, str) else None, "message": message,
-            "param": param, "code": code, "status": status}
+def _same(batch: Batch, req: Mapping[str, Any]) -> bool:
+    return all(getattr(batch, k) == v for k, v in req.items())
 
 
-def parse_lines(content: bytes, endpoint: str, settings: Mapping[str, Any], served: set[str]
-                ) -> tuple[list[tuple[str, dict]], list[dict], int]:
-    """Return (valid (custom_id, chat params) lines, refused lines' errors, line count) of a batch input."""
-    good: list[tuple[str, dict]] = []
-    bad: list[dict] = []
-    seen: set[str] = set()
-    total = 0
-    for n, line in enumerate(content.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        total += 1
-        obj = json.loads(line)
-        cid = obj.get("custom_id")
-        if not isinstance(cid, str) or not cid or len(cid) > MAX_CUSTOM_ID:
-            bad.append(_line_error(n, None, f"line {n}: custom_id must be a non-empty string of at most "
-                                            f"{MAX_CUSTOM_ID} characters", "custom_id"))
-            continue
-        if cid in seen:
-            bad.append(_line_error(n, cid, f"line {n}: custom_id {brief(cid)} is used by an earlier line; each "
-                                           "must be unique", "custom_id", "duplicate_custom_id"))
-            continue
-        seen.add(cid)
-        unknown = [k for k in obj if k not in ("custom_id", "method", "url", "body")]
-        if unknown:
-            bad.append(_line_error(n, cid, f"line {n}: unknown keys {', '.join(map(brief, unknown[:5]))}; a line "
-                                           "holds custom_id, method, url and body"))
-            continue
-        if obj.get("method") != "POST":
-            bad.append(_line_error(n, cid, f"line {n}: method must be POST, got {brief(obj.get('method'))}",
-                                   "method"))
-            continue
-        if obj.get("url") != endpoint:
-            bad.append(_line_error(n, cid, f"line {n}: url must be the batch's endpoint {endpoint}, got "
-                                           f"{brief(obj.get('url'))}", "url", "invalid_url"))
-            continue
-        body = obj.get("body")
-        if isinstance(body, dict) and body.get("stream"):
-            body = {**body, "stream": False}  # a batch line is answered in the output file, never streamed
-        try:
-            params = chat_params(body, settings, priority="batch")
-        except ValidationError as exc:
-            detail = "; ".join(str(e["message"]) for e in exc.errors) or exc.message
-            bad.append(_line_error(n, cid, f"line {n}: {detail}", exc.errors[0]["field"] if exc.errors else None))
-            continue
-        if params["model"] not in served:
-            bad.append(_line_error(n, cid, f"line {n}: no live worker serves model {params['model']!r}", "model",
-                                   "model_not_found", 404))
-            continue
-        good.append((cid, params))
-    return good, bad, total
+def _earlier(session: Session, req: dict, idempotency_key: str | None, retry: bool) -> Batch | None:
+    """Return the batch an earlier try of this create stored: by its Idempotency-Key, or for a keyless retry of the
+    openai SDK (x-stainless-retry-count > 0) the newest keyless batch of the same request in RETRY_WINDOW."""
+    if idempotency_key is not None:
+        earlier = session.scalar(select(Batch).where(Batch.idempotency_key == idempotency_key))
+        if earlier is not None and not _same(earlier, req):
+            raise BadRequest(f"the Idempotency-Key {brief(idempotency_key)} was used for batch {earlier.id}, created "
+                             "with other parameters; send a new key for a new batch", field="Idempotency-Key")
+        return earlier
+    if not retry:
+        return None
+    stmt = select(Batch).where(Batch.idempotency_key.is_(None), Batch.created_at >= utcnow() - RETRY_WINDOW,
+                               Batch.input_file_id == req["input_file_id"],
+                               Batch.completion_window == req["completion_window"])
+    return next((b for b in session.scalars(stmt.order_by(Batch.created_at.desc())) if _same(b, req)), None)
 
 
-def _metadata(value: Any) -> dict | None:
+def _idempotency_key(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items()):
-        raise ValidationError(f"metadata must be an object of at most {MAX_METADATA_KEYS} string keys (64 "
-                              "characters) and string values (512 characters)", field="metadata")
+    if not isinstance(value, str) or not 0 < len(value) <= 255 or "\x00" in value:
+        raise BadRequest("the Idempotency-Key header must be 1 to 255 characters", field="Idempotency-Key")
     return value
 
 
-def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], celery_app, redis) -> Batch:
-    """Validate a POST /v1/batches body, store the batch and one queued chat job per valid line; return it."""
-    from shared.store import submission
+def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], celery_app, redis,
+                 idempotency_key: str | None = None, retry: bool = False) -> Batch:
+    """Validate a POST /v1/batches body, store the batch and one queued chat job per valid line; return it.
 
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object with input_file_id, endpoint and completion_window",
-                         field="body")
-    unknown = [k for k in body if k not in ("input_file_id", "endpoint", "completion_window", "metadata")]
-    if unknown:
-        raise ValidationError(f"unrecognized request argument {brief(unknown[0])}", field=str(unknown[0])[:64])
-    if body.get("endpoint") != CHAT_ENDPOINT:
-        raise ValidationError(f"endpoint must be {CHAT_ENDPOINT} (the one this server batches); got "
-                              f"{brief(body.get('endpoint'))}", field="endpoint")
-    window = body.get("completion_window")
-    if not isinstance(window, str) or window not in COMPLETION_WINDOWS:
-        raise ValidationError(f"completion_window must be one of {', '.join(COMPLETION_WINDOWS)}; got "
-                              f"{brief(window)}", field="completion_window")
-    meta = _metadata(body.get("metadata"))
-    file_id = body.get("input_file_id")
-    if not isinstance(file_id, str) or not file_id:
-        raise ValidationError("input_file_id must be the id of a file uploaded with purpose batch",
-                              field="input_file_id")
-    f = session.get(File, _key(file_id)) if _key(file_id) else None
-    if f is None:
-        raise NotFound(f"no file with id {brief(file_id)}; upload it with POST /v1/files (purpose batch)",
-                       field="input_file_id")
+    The batch and all its jobs are stored in one transaction (a create that dies stores nothing), then each job is
+    enqueued (a message the broker refuses is sent again by the sweeper's outbox). A create repeating an earlier
+    one (same Idempotency-Key, or a keyless retry of the openai SDK) returns the batch that one stored.
+    """
+    req = batch_input.create_request(body)
+    idempotency_key = _idempotency_key(idempotency_key)
+    earlier = _earlier(session, req, idempotency_key, retry)
+    if earlier is not None:
+        return refresh_batch(session, earlier.id)
+    f = files.get_file(session, req["input_file_id"], "input_file_id",
+                       "; upload it with POST /v1/files (purpose batch)")
     if f.purpose != "batch":
         raise ValidationError(f"file {f.id} has purpose {f.purpose}; a batch's input needs purpose batch",
                               field="input_file_id")
-    _, served, _ = submission.served_models(settings, redis)
-    good, bad, total = parse_lines(f.content, CHAT_ENDPOINT, settings, served)
+    beats, served, _ = submission.served_models(settings, redis)
+    good, bad, total = batch_input.parse_lines(f.content, CHAT_ENDPOINT, settings, served, beats)
+    session.expire(f, ["content"])
     now = utcnow()
-    batch = Batch(id=new_id("batch_"), status="validating", endpoint=CHAT_ENDPOINT, input_file_id=f.id,
-                  completion_window=window, request_total=total, line_errors=bad, meta=meta, created_at=now,
-                  expires_at=now + COMPLETION_WINDOWS[window])
-    session.add(batch)
-    session.commit()
-    batch_id = batch.id
+    batch = Batch(id=files.new_id("batch_"), status="in_progress" if good else "failed", endpoint=CHAT_ENDPOINT,
+                  input_file_id=f.id, completion_window=req["completion_window"], request_total=total,
+                  line_errors=bad, meta=req["meta"], created_at=now, in_progress_at=now if good else None,
+                  expires_at=now + batch_input.COMPLETION_WINDOWS[req["completion_window"]], idempotency_key=idempotency_key)
     try:
-        submission.submit_batch_jobs(session, batch_id, good, settings=settings, celery_app=celery_app)
-    except InstaBoostError:  # e.g. the queue is full: nothing of this batch stays
+        if good:
+            ids = submission.submit_batch_jobs(session, batch, good, settings=settings, celery_app=celery_app)
+        else:
+            batch.failed_at = now
+            batch.errors = {"object": "list", "data": [{"code": e["code"], "message": e["message"],
+                                                        "param": e["param"], "line": e["line"]} for e in bad[:100]]}
+            session.add(batch)
+            session.flush()
+            _write_files(session, batch, commit=False, settings=settings)
+            session.commit()
+            ids = []
+    except IntegrityError:  # a concurrent try with the same Idempotency-Key stored its batch first
         session.rollback()
-        session.execute(update(Job).where(Job.batch_id == batch_id).values(batch_id=None))
-        session.delete(session.get(Batch, batch_id))
+        earlier = _earlier(session, req, idempotency_key, False) if idempotency_key else None
+        if earlier is None:
+            raise
+        return refresh_batch(session, earlier.id)
+    log.info("batch %s created: %d jobs, %d lines refused", batch.id, len(ids), len(bad))
+    return refresh_batch(session, batch.id)
+
+
+def recover_validating(session: Session) -> list[str]:
+    """Move on the batches a create left validating for STALE_VALIDATING (for the sweeper); return their ids.
+
+    Creates are atomic now; a batch a create of an earlier version left validating goes in_progress when its jobs
+    were stored (they are stored together), else failed with an error that says to create it again.
+    """
+    stale = list(session.scalars(select(Batch.id).where(Batch.status == "validating",
+                                                        Batch.created_at < utcnow() - STALE_VALIDATING)))
+    for batch_id in stale:
+        now = utcnow()
+        if session.scalar(select(func.count()).select_from(Job).where(Job.batch_id == batch_id)):
+            values = {"status": "in_progress", "in_progress_at": now}
+        else:
+            values = {"status": "failed", "failed_at": now, "errors": {"object": "list", "data": [{
+                "code": "creation_interrupted", "param": None, "line": None,
+                "message": "the batch's creation was interrupted (the database or the web process went away) "
+                           "before its requests were stored; create the batch again"}]}}
+        session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "validating").values(**values)
+                        .execution_options(synchronize_session=False))
         session.commit()
-        raise
-    now = utcnow()
-    if good:
-        session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "validating")
-                        .values(status="in_progress", in_progress_at=now))
-    else:
-        session.execute(update(Batch).where(Batch.id == batch_id).values(
-            status="failed", failed_at=now,
-            errors={"object": "list", "data": [{"code": e["code"], "message": e["message"], "param": e["param"],
-                                                "line": e["line"]} for e in bad[:100]]}))
-        session.commit()
-        _write_files(session, session.get(Batch, batch_id, populate_existing=True))
-    session.commit()
-    return refresh_batch(session, batch_id)
+    return stale
 
 
 # -- batches: progress and finalization -------------------------------------------------------------------------
@@ -322,7 +204,8 @@ def refresh_batch(session: Session, batch_id: str) -> Batch:
     return get_batch(session, batch.id)
 
 
-def _write_files(session: Session, batch: Batch, stop_code: str | None = None) -> None:
+def _write_files(session: Session, batch: Batch, stop_code: str | None = None, *, commit: bool = True,
+                 settings: Mapping[str, Any] | None = None) -> None:
     """Write the output file (succeeded lines) and the error file (every other line), in input order."""
     jobs = list(session.scalars(select(Job).where(Job.batch_id == batch.id).order_by(Job.id)))
     runs = {r.job_id: r for r in session.scalars(
@@ -350,13 +233,18 @@ def _write_files(session: Session, batch: Batch, stop_code: str | None = None) -
                 "message": e["message"], "type": "invalid_request_error", "param": e["param"], "code": e["code"]}}},
             "error": None})
     values = {}
+    settings = settings if settings is not None else get_settings()
+    # Never refused for the file bounds (the batch's work is done), but counted against them.
     if out:
-        values["output_file_id"] = _store_file(session, "batch_output", f"{batch.id}_output.jsonl", _jsonl(out)).id
+        values["output_file_id"] = files.store_file(session, "batch_output", f"{batch.id}_output.jsonl", _jsonl(out),
+                                                    settings=settings, commit=False).id
     if err:
-        values["error_file_id"] = _store_file(session, "batch_output", f"{batch.id}_error.jsonl", _jsonl(err)).id
+        values["error_file_id"] = files.store_file(session, "batch_output", f"{batch.id}_error.jsonl", _jsonl(err),
+                                                   settings=settings, commit=False).id
     if values:
         session.execute(update(Batch).where(Batch.id == batch.id).values(**values)
                         .execution_options(synchronize_session=False))
+    if commit:
         session.commit()
 
 
@@ -425,8 +313,8 @@ def list_batches(session: Session, limit: int, after: str | None) -> dict[str, A
         stmt = stmt.where((Batch.created_at < anchor.created_at) |
                           ((Batch.created_at == anchor.created_at) & (Batch.id < anchor.id)))
     rows = list(session.scalars(stmt.limit(limit + 1)))
-    return _list([batch_to_dict(session, b) for b in rows[:limit]], len(rows) > limit)
+    return files.page([batch_to_dict(session, b) for b in rows[:limit]], len(rows) > limit)
 
 
-__all__ = ["create_file", "get_file", "delete_file", "list_files", "file_to_dict", "create_batch", "get_batch",
-           "refresh_batch", "cancel_batch", "batch_to_dict", "list_batches", "open_batch_ids", "ModelError"]
+__all__ = ["create_batch", "get_batch", "refresh_batch", "cancel_batch", "batch_to_dict", "list_batches",
+           "open_batch_ids", "recover_validating"]

@@ -89,14 +89,16 @@ def check_room(session: Session, n: int, limit: int,
                           f"{waiting} wait now); {hint}", retry_after=30)
 
 
-def _insert_queued(session: Session, rows: list[dict], limit: int) -> list[Job]:
-    """Insert the queued jobs (Job column values) unless the queue would pass limit (TooManyJobs); commit."""
+def _insert_queued(session: Session, rows: list[dict], limit: int, with_rows: tuple = ()) -> list[Job]:
+    """Insert the queued jobs (Job column values), and with_rows in the same transaction, unless the queue would pass
+    limit (TooManyJobs); commit."""
     with _submit_lock:
         if session.get_bind().dialect.name == "sqlite":
             _begin_immediate(session)
         lock_queue(session)
         check_room(session, len(rows), limit)
         jobs = [Job(status=JobStatus.queued, progress_done=0, **row) for row in rows]
+        session.add_all(with_rows)
         session.add_all(jobs)
         session.commit()
     return jobs
@@ -227,20 +229,21 @@ def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mappin
     return session.get(Job, job.id, populate_existing=True)
 
 
-def submit_batch_jobs(session: Session, batch_id: str, lines: list[tuple[str, Mapping[str, Any]]], *,
-                      settings: Mapping[str, Any] | None = None, celery_app=None) -> list[Job]:
-    """Store one queued chat job per (custom_id, params) line of a batch and enqueue each behind other work.
+def submit_batch_jobs(session: Session, batch, lines: list[tuple[str, Mapping[str, Any]]], *,
+                      settings: Mapping[str, Any] | None = None, celery_app=None) -> list[int]:
+    """Store a batch row with one queued chat job per (custom_id, params) line in one transaction, then enqueue each
+    behind other work; return the job ids.
 
     A message the broker refuses leaves its job in the outbox (enqueued_at NULL): the sweeper sends it.
     """
     settings, celery_app, _ = _defaults(settings, celery_app, object())
-    rows = [dict(model=p["model"], params=dict(p), progress_total=1, kind="chat", batch_id=batch_id, custom_id=cid)
+    rows = [dict(model=p["model"], params=dict(p), progress_total=1, kind="chat", batch_id=batch.id, custom_id=cid)
             for cid, p in lines]
-    jobs = _insert_queued(session, rows, settings["limits.max_queued_jobs"]) if rows else []
+    jobs = _insert_queued(session, rows, settings["limits.max_queued_jobs"], with_rows=(batch,))
     ids = [j.id for j in jobs]
     for job in jobs:
         _enqueue(session, job, celery_app, fail_on_error=False)
-    return ids  # type: ignore[return-value]
+    return ids
 
 
 def served_models(settings: Mapping[str, Any], redis) -> tuple[list[dict], set[str], set[str]]:

@@ -229,8 +229,11 @@ class File(Base):
     purpose: Mapped[str] = mapped_column(String(32))  # batch | batch_output
     filename: Mapped[str] = mapped_column(String(255))
     bytes: Mapped[int] = mapped_column(Integer)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    # Deferred: loaded only when read (GET .../content, a batch's creation), never by listings.
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Past this the file answers 404 and the sweeper deletes it (v1.file_expiry_hours, or expires_after).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
 
 BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
@@ -264,3 +267,5 @@ class Batch(Base):
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The Idempotency-Key its create was sent with: a create repeating the key returns this batch.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True, index=True)

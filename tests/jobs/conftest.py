@@ -9,6 +9,7 @@ from tests.helpers import mark_folder
 pytest_collection_modifyitems = mark_folder(__file__, "services", modules={
     "test_faults.py": ["slow"],
     "test_e2e.py": ["slow"],
+    "test_monitoring.py": ["slow"],
     "test_scoring.py": ["slow"],
     "test_sweep_faults.py": ["slow"],
     "test_openai_faults.py": ["slow"],

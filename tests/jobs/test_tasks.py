@@ -186,6 +186,7 @@ def test_heartbeat_is_written_with_ttl_and_removed_on_stop(redis_client, redis_n
         body = json.loads(redis_client.get(key))
         assert body["models"] == ["m1", "m2"] and body["hostname"] == "hb-test@host"
         assert {"pid", "started_at", "seen_at"} <= body.keys()
+        assert {"jobs", "rows", "tokens", "step_rows", "ttft"} <= body["metrics"].keys()  # for /metrics
         assert 0 < redis_client.ttl(key) <= 5
         redis_client.persist(key)  # drop the TTL: only the thread's next refresh sets one again
         deadline = time.monotonic() + 60

@@ -65,7 +65,8 @@ def test_compose_file_is_valid(compose):
 @needs_compose
 def test_services_wait_for_what_they_need(config):
     s = config["services"]
-    assert set(s) == {"redis", "postgres", "migrate", "web", "worker", "worker-cpu"}
+    # Debian's docker-compose 1.29 lists every profile's services in `config`; Compose v2 only the chosen ones.
+    assert set(s) - {"flower"} == {"redis", "postgres", "migrate", "web", "worker", "worker-cpu"}
     assert "--appendonly" in s["redis"]["command"] and "yes" in s["redis"]["command"]
     assert any(v.endswith(":/data") or ":/data:" in v for v in s["redis"]["volumes"])
     assert any("/var/lib/postgresql/data" in v for v in s["postgres"]["volumes"])
@@ -102,6 +103,7 @@ def test_each_worker_has_its_profile(config):
     profiles = {name: svc.get("profiles") for name, svc in config["services"].items()}
     assert profiles.pop("worker-cpu") == ["cpu"]
     assert profiles.pop("worker") == ["gpu"]
+    assert profiles.pop("flower", ["ops"]) == ["ops"]  # listed by Compose 1.29 only
     assert set(profiles.values()) == {None}
 
 
@@ -177,3 +179,22 @@ def test_dockerfile_targets():
     assert "torch" not in web_stage  # the web image never carries torch
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".env", "*.db"} <= set(ignored)
+
+
+@needs_compose
+def test_flower_is_an_optional_ops_service_on_loopback_behind_the_token(compose):
+    proc = compose("--profile", "ops", "config")
+    assert proc.returncode == 0, proc.stderr
+    flower = yaml.safe_load(proc.stdout)["services"]["flower"]
+    assert flower["profiles"] == ["ops"] and flower["build"]["target"] == "flower"
+    assert flower["command"][:4] == ["celery", "-A", "shared.celery_app", "flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "instaboost:token-from-env"
+    assert flower["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert [str(p) for p in flower["ports"]] == ["127.0.0.1:5555:5555/tcp"]  # the host's loopback only
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)", dockerfile, re.M)
+    assert "flower" in stages and stages[-1] == "worker"  # a plain `docker build .` still builds the worker
+    assert re.search(r'^RUN pip install "flower>=2', dockerfile, re.M)
+    from celery.app.utils import find_app
+
+    assert find_app("shared.celery_app").conf.broker_transport_options["global_keyprefix"] == "instaboost:"

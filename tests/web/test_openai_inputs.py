@@ -135,14 +135,14 @@ def v1_app(pg_url, redis_namespace):
 def stored_files(v1_app, pg_url):
     """Ids of a valid batch input and of a batch_output file (which cannot be a batch's input)."""
     from shared.db import session_scope
-    from shared.store import batches
+    from shared.store import files
 
     web = v1_app.test_client()
     resp = web.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(json.dumps(LINE).encode()), "g.jsonl")},
                     content_type="multipart/form-data", headers={"Authorization": "Bearer any"})
     assert resp.status_code == 200, resp.get_json()
     with session_scope(pg_url) as s:
-        output = batches._store_file(s, "batch_output", "o.jsonl", b"{}\n").id
+        output = files.store_file(s, "batch_output", "o.jsonl", b"{}\n", settings=v1_app.extensions["instaboost"].settings).id
     return {"good": resp.get_json()["id"], "output": output}
 
 
@@ -224,3 +224,76 @@ def test_a_database_outage_is_a_503_in_openai_shape(redis_namespace):
     assert resp.status_code == 503 and resp.headers["Retry-After"]
     error = resp.get_json()["error"]
     assert error["type"] == "server_error" and error["code"] == "service_unavailable" and "database" in error["message"]
+
+
+def batch_line(cid: str, **body) -> dict:
+    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": chat(**body)}
+
+
+def create_batch(web, lines: list[dict], raw: bytes | None = None) -> dict:
+    data = raw if raw is not None else "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode()
+    up = web.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(data), "b.jsonl")},
+                  content_type="multipart/form-data", headers={"Authorization": "Bearer any"})
+    assert up.status_code == 200, up.get_json()
+    resp = web.post("/v1/batches", json={"input_file_id": up.get_json()["id"], "endpoint": "/v1/chat/completions",
+                                         "completion_window": "24h"})
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def batch_jobs(db_url: str, batch_id: str) -> list:
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.store.tables import Job
+
+    with session_scope(db_url) as s:
+        return list(s.execute(select(Job.custom_id, Job.status).where(Job.batch_id == batch_id).order_by(Job.id)))
+
+
+def test_line_separators_inside_json_strings_stay_in_their_line(v1_app, pg_url):
+    """U+2028, U+2029 and U+0085 are legal inside JSON strings; str.splitlines() split lines on them."""
+    web = v1_app.test_client()
+    lines = [batch_line(f"sep-{k}", messages=[{"role": "user", "content": f"one{sep}two"}])
+             for k, sep in enumerate(("\u2028", "\u2029", "\u0085"))]
+    raw = "".join(json.dumps(x, ensure_ascii=False) + "\r\n" for x in lines).encode()  # \r\n ends lines too
+    batch = create_batch(web, lines, raw)
+    assert batch["status"] == "in_progress", batch
+    assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": 0}
+    assert [cid for cid, _ in batch_jobs(pg_url, batch["id"])] == ["sep-0", "sep-1", "sep-2"]
+    web.post(f"/v1/batches/{batch['id']}/cancel", json={})
+
+
+def test_a_batch_line_that_cannot_fit_the_model_is_refused_at_creation(v1_app, pg_url):
+    """The model-fit check of POST /v1/chat/completions (30 layers, 9 heads here) applies to every batch line: a
+    line that cannot fit is answered in the error file (status 400) and never becomes a job."""
+    web = v1_app.test_client()
+    batch = create_batch(web, [batch_line("fits", instaboost={"multiplier": 5}),
+                               batch_line("layer-40", instaboost={"multiplier": 5, "layers": [40]}),
+                               batch_line("head-12", instaboost={"multiplier": 5, "heads": {"0": [12]}})])
+    assert batch["status"] == "in_progress" and batch["request_counts"] == {"total": 3, "completed": 0, "failed": 2}
+    assert [cid for cid, _ in batch_jobs(pg_url, batch["id"])] == ["fits"]
+    cancelled = web.post(f"/v1/batches/{batch['id']}/cancel", json={}).get_json()
+    assert cancelled["status"] == "cancelled"
+    errors = {x["custom_id"]: x["response"] for x in map(json.loads, web.get(
+        f"/v1/files/{cancelled['error_file_id']}/content").get_data().splitlines())}
+    assert errors["layer-40"]["status_code"] == 400 and errors["head-12"]["status_code"] == 400
+    assert errors["layer-40"]["body"]["error"]["param"] == "instaboost.layers"
+    assert "has 30 layers" in errors["layer-40"]["body"]["error"]["message"]
+    assert "9 heads per layer" in errors["head-12"]["body"]["error"]["message"]
+
+
+def test_a_repeated_create_returns_the_batch_the_first_one_stored(v1_app, pg_url):
+    """By Idempotency-Key, or for a keyless retry of the openai SDK (x-stainless-retry-count)."""
+    web = v1_app.test_client()
+    first = create_batch(web, [batch_line("once")])
+    body = {"input_file_id": first["input_file_id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    retried = web.post("/v1/batches", json=body, headers={"x-stainless-retry-count": "1"}).get_json()
+    keyed = [web.post("/v1/batches", json=body, headers={"Idempotency-Key": "create-7"}).get_json()["id"]
+             for _ in range(2)]
+    other = web.post("/v1/batches", json={**body, "metadata": {"x": "y"}}, headers={"Idempotency-Key": "create-7"})
+    assert retried["id"] == first["id"] and keyed[0] == keyed[1] != first["id"]
+    assert other.status_code == 400 and other.get_json()["error"]["param"] == "Idempotency-Key"
+    assert len(batch_jobs(pg_url, first["id"])) == len(batch_jobs(pg_url, keyed[0])) == 1
+    for batch_id in (first["id"], keyed[0]):
+        web.post(f"/v1/batches/{batch_id}/cancel", json={})

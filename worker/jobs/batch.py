@@ -36,6 +36,7 @@ from sqlalchemy import select
 from shared.celery_config import soft_time_limit
 from shared.db import get_sessionmaker
 from shared.errors import InstaBoostError
+from shared.metrics import METRICS
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from worker.jobs import faults
@@ -157,6 +158,7 @@ class BatchRunner:
         now = time.monotonic()
         m = Member(job.id, job.model, "fast", False, None, dict(job.params), [], now + self.soft, now + self.limit)
         self.members.append(m)
+        METRICS.job_started(job.id, job.created_at, job.started_at, completion=bool(job.params.get("stream")))
         if job.attempts > self.max_attempts:
             self._end(m, t._fail(self.opts.db_url, job.id, t.poison_message(job.attempts, self.max_attempts),
                                  self.budget, worker=self.worker))
@@ -195,6 +197,7 @@ class BatchRunner:
     def _end(self, m: Member, status: str) -> None:
         m.status, m.rows = status, []
         self.isolate.discard(m.job_id)
+        METRICS.job_ended(m.job_id, status)  # before _advertise: its beat carries the count
         self._advertise()
         if status != TAKEN_OVER and self.opts.on_end is not None:
             self.opts.on_end(m.job_id, status)
@@ -325,10 +328,15 @@ class BatchRunner:
                     faults.inject("variant", self.session)
                     for publish in streams.values():
                         publish({"type": "start"})
-                    on_text = None if not streams else (lambda i, delta: streams[i]({"type": "delta", "text": delta})
-                                                        if i in streams else None)
-                    results = engine.generate(requests, attention=head.attention, on_text=on_text,
+
+                    def on_text(i, delta):
+                        if i in streams:
+                            METRICS.first_token(rows[i][0].job_id)
+                            streams[i]({"type": "delta", "text": delta})
+
+                    results = engine.generate(requests, attention=head.attention, on_text=on_text if streams else None,
                                               halt=lambda i: rows[i][0].job_id in watch.stopped)
+                    METRICS.step(len(rows), sum(r.output_tokens for r in results), time.monotonic() - now)
                     scores = self._score(engine, rows, requests, results)
         except (t.JobTimeLimit, SoftTimeLimitExceeded):
             self.session.rollback()

@@ -15,6 +15,7 @@ import secrets
 import threading
 from datetime import datetime, timezone
 
+from shared.metrics import METRICS
 from shared.workers import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_key, redis_client
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
-        """Write the heartbeat once."""
-        body = dict(self.payload, seen_at=_now())
+        """Write the heartbeat once, with this process's numbers (shared.metrics) for the web's /metrics."""
+        body = dict(self.payload, seen_at=_now(), metrics=METRICS.snapshot())
         self._redis.set(self.key, json.dumps(body), px=max(1, int(self.ttl * 1000)))
 
     def _loop(self) -> None:

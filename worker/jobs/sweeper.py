@@ -14,7 +14,10 @@ one on its own. Every ``sweeper.interval`` seconds it
 3. **lost messages**: sends again the ``queued`` jobs whose message has been missing from their model's
    Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues);
 4. **sweeps**: advances the running calibration sweeps whose current step is done
-   (``shared.store.sweeps.advance``; the worker that finished the step's last job may have died first).
+   (``shared.store.sweeps.advance``; the worker that finished the step's last job may have died first);
+5. **OpenAI files and batches**: moves on the batches whose jobs ended, the batches an interrupted create of an
+   earlier version left ``validating`` (``shared.store.batches.recover_validating``), and deletes the files past
+   their expiry (``shared.store.files.delete_expired``).
 
 Several sweepers (one per worker) may run at once: every change is a conditional UPDATE, so exactly one
 of them acts on a job. A duplicate message is harmless: a worker skips jobs that are finished or that a
@@ -73,7 +76,7 @@ class Sweeper:
         """Run one pass; return the ids acted on: jobs {"orphaned", "poisoned", "cancelled", "outbox", "lost"},
         OpenAI batches moved on ("batches") and calibration sweeps moved on ("sweeps")."""
         done: dict[str, list] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": [],
-                                 "batches": [], "sweeps": []}
+                                 "batches": [], "sweeps": [], "validating": [], "files": []}
         try:
             self.redis.ping()
         except Exception as exc:
@@ -87,6 +90,7 @@ class Sweeper:
         self._lost(done)
         self._batches(done)
         self._sweeps(done)
+        self._files(done)
         for kind, ids in done.items():
             if ids:
                 log.warning("sweeper: %s jobs %s", kind, ids)
@@ -239,6 +243,14 @@ class Sweeper:
                 log.warning("sweeper: batch %s not refreshed (%s: %s)", batch_id, type(exc).__name__,
                             str(exc).splitlines()[0][:200] if str(exc) else "")
                 return False
+
+    def _files(self, done: dict[str, list]) -> None:
+        """Recover batches a dead create left validating; delete expired files."""
+        from shared.store import batches, files
+
+        with session_scope(self.db_url) as s:
+            done["validating"] += batches.recover_validating(s)
+            done["files"] += files.delete_expired(s)
 
     def _send(self, job_id: int, model: str, expected_enqueued_at, priority: int | None = None) -> bool:
         """Claim the job's (re)send with a conditional UPDATE, then publish; undo the claim if that fails."""
