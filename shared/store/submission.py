@@ -70,22 +70,36 @@ def _begin_immediate(session: Session) -> None:
     session.execute(text("BEGIN IMMEDIATE"))
 
 
+def lock_queue(session: Session) -> None:
+    """Take the admission lock in the session's transaction (PostgreSQL; on SQLite the caller holds the write lock).
+
+    Whoever counts queued jobs before adding some (submissions, batches, sweep steps) holds it until commit or
+    rollback, so two of them cannot both see room for the last slot.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
+
+
+def check_room(session: Session, n: int, limit: int,
+               hint: str = "retry when some have finished, or split the batch") -> None:
+    """Raise TooManyJobs (after rolling back, which releases the lock) when n more queued jobs would pass limit."""
+    waiting = queued_count(session)
+    if waiting + n > limit:
+        session.rollback()
+        if n == 1:
+            raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
+        raise TooManyJobs(f"{n} more jobs would pass the queue's limit of {limit} (limits.max_queued_jobs; "
+                          f"{waiting} wait now); {hint}", retry_after=30)
+
+
 def _insert_queued(session: Session, rows: list[dict], limit: int, with_rows: tuple = ()) -> list[Job]:
     """Insert the queued jobs (Job column values), and with_rows in the same transaction, unless the queue would pass
     limit (TooManyJobs); commit."""
     with _submit_lock:
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
-        elif dialect == "sqlite":
+        if session.get_bind().dialect.name == "sqlite":
             _begin_immediate(session)
-        waiting = queued_count(session)
-        if waiting + len(rows) > limit:
-            session.rollback()  # releases the advisory lock
-            if len(rows) == 1:
-                raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
-            raise TooManyJobs(f"{len(rows)} more jobs would pass the queue's limit of {limit} ({waiting} wait now); "
-                              "retry when some have finished, or split the batch", retry_after=30)
+        lock_queue(session)
+        check_room(session, len(rows), limit)
         jobs = [Job(status=JobStatus.queued, progress_done=0, **row) for row in rows]
         session.add_all(with_rows)
         session.add_all(jobs)
