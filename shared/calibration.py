@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from shared.csvsafe import neutralize
 from shared.errors import ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import Case, load_cases, load_pack, parse_cases, split
@@ -181,14 +182,14 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 
 def table_csv(summary: Mapping[str, Any]) -> str:
-    """Return the per-(setting, M, split) table as CSV text, with a recommended column."""
+    """Return the per-(setting, M, split) table as CSV text, with a recommended column (formulas neutralized)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([*TABLE_COLUMNS, "recommended"])
     best = summary.get("best") or {}
     for row in summary["table"]:
         rec = bool(best) and row["setting"] == best.get("setting") and row["multiplier"] == best.get("multiplier")
-        w.writerow([*(row.get(c) for c in TABLE_COLUMNS), rec])
+        w.writerow([neutralize(c) for c in (*(row.get(c) for c in TABLE_COLUMNS), rec)])
     return buf.getvalue()
 
 

@@ -2,7 +2,8 @@
 
 Torch-free: the web app builds its Celery app here and enqueues ``instaboost.run_job`` by name;
 only ``worker/`` registers the task body. Redis keys of one deployment share ``redis.namespace``,
-so separate deployments or test runs can share one Redis server without seeing each other's jobs.
+so separate deployments or test runs can share one Redis server without seeing each other's jobs; every
+``instaboost.run_job`` message carries its sender's deployment id (``shared.deployment``) in a header.
 What live workers advertise, and what waits in their queues, is read in ``shared.workers``.
 """
 
@@ -13,6 +14,9 @@ import hashlib
 import re
 from typing import Any, Mapping
 
+from celery import Celery
+
+from shared import deployment
 from shared.errors import ValidationError
 
 TASK_NAME = "instaboost.run_job"
@@ -95,15 +99,31 @@ def celery_config(settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class InstaBoostCelery(Celery):
+    """A Celery app whose ``instaboost.run_job`` messages carry the sender's deployment id (header "deployment").
+
+    Every sender (submission, sweeps, the sweeper) goes through send_task, so none can forget it; a worker
+    hands a message of another deployment back to the queue (worker/jobs/tasks.py).
+    """
+
+    database_url: str | None = None
+
+    def send_task(self, name, args=None, kwargs=None, **options):
+        """Publish the task by name; add the deployment header to job messages."""
+        ident = deployment.identity_or_none(self.database_url) if name == TASK_NAME else None
+        if ident is not None:  # unknown only while the database is unreadable; such a message is anyone's
+            options["headers"] = {**(options.get("headers") or {}), deployment.HEADER: ident}
+        return super().send_task(name, args, kwargs, **options)
+
+
 def make_celery(settings: Mapping[str, Any] | None = None, main: str = "instaboost"):
     """Return a Celery app configured from settings (tasks are registered by worker/ only)."""
-    from celery import Celery
-
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
-    app = Celery(main)
+    app = InstaBoostCelery(main)
+    app.database_url = settings["database.url"]
     app.conf.update(celery_config(settings))
     return app
 

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+# Messages may quote the input: bound what one error can echo back (a page, a problem body, a stored error).
+MAX_MESSAGE_CHARS = 1000
+MAX_ERRORS = 50
+
+
+def clip(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Return text cut to about limit characters, saying how much was left out."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class InstaBoostError(Exception):
     """Base error: a message that says how to fix the input, plus an HTTP status."""
@@ -11,11 +21,14 @@ class InstaBoostError(Exception):
 
     def __init__(self, message: str, *, field: str | None = None, errors: list[dict] | None = None,
                  status: int | None = None):
+        message = clip(message)
         super().__init__(message)
         self.message = message
         self.field = field
-        # Field-level detail: [{"field": "multipliers[0]", "message": "..."}].
-        self.errors = list(errors or ([{"field": field, "message": message}] if field else []))
+        # Field-level detail: [{"field": "multipliers[0]", "message": "..."}], at most MAX_ERRORS of them.
+        errors = list(errors or ([{"field": field, "message": message}] if field else []))[:MAX_ERRORS]
+        self.errors = [{**e, "message": clip(e["message"])} if isinstance(e, dict) and "message" in e else e
+                       for e in errors]
         if status is not None:
             self.status = status
 
@@ -72,6 +85,10 @@ class Unavailable(InstaBoostError):
 class TooManyJobs(Unavailable):
     status = 429
     title = "Too many queued jobs"
+
+
+class TooManySweeps(TooManyJobs):
+    title = "Too many running sweeps"
 
 
 class Unauthorized(InstaBoostError):

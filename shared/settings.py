@@ -62,7 +62,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.max_new_tokens", int, 1024, "Largest max_new_tokens a job or command may ask for."),
     Setting("limits.max_variants", int, 12, "Most variants (multipliers x layer modes, plus the original) per job."),
     Setting("limits.max_text_chars", int, 20000, "Longest instruction or query, in characters."),
-    Setting("limits.max_queued_jobs", int, 1000, "Submissions beyond this many queued jobs get HTTP 429."),
+    Setting("limits.max_queued_jobs", int, 1000,
+            "Submissions beyond this many queued jobs get HTTP 429; a sweep's next step waits until it fits."),
+    Setting("limits.max_running_sweeps", int, 4,
+            "Calibration sweeps that may run at once; starting one more gets HTTP 429."),
     Setting("limits.max_request_bytes", int, 1_000_000, "Largest HTTP request body the web app accepts."),
     Setting("limits.max_file_bytes", int, 20_000_000,
             "Largest file POST /v1/files accepts (a batch's JSONL input), in bytes."),
@@ -80,7 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database.url", str, "sqlite:///instaboost.db", "SQLAlchemy URL of the job store.", env="DATABASE_URL"),
     Setting("redis.url", str, "redis://127.0.0.1:6379/0", "Redis URL: Celery broker and worker heartbeats.", env="REDIS_URL"),
     Setting("redis.namespace", str, "instaboost",
-            "Prefix of this deployment's Redis keys and queue names (separate deployments or test runs sharing one Redis)."),
+            "Prefix of this deployment's Redis keys and queue names. A prefix belongs to one database (deployment): "
+            "deployments sharing one Redis each need their own, or the second refuses to start."),
     Setting("worker.models", list, ["smollm2-135m-instruct"],
             "Models each worker preloads and serves (comma-separated in the environment)."),
     Setting("worker.job_time_limit", int, 1800, "Seconds a job may run before it is failed."),
@@ -239,6 +243,8 @@ def load_settings(config: str | os.PathLike | None = None, env: Mapping[str, str
     """Resolve every setting from defaults, config.yaml, .env, the environment and explicit overrides."""
     import yaml
 
+    from shared import yamlsafe
+
     env = dict(os.environ if env is None else env)
     values = {s.name: s.default for s in SETTINGS}
     sources = {s.name: "default" for s in SETTINGS}
@@ -246,7 +252,7 @@ def load_settings(config: str | os.PathLike | None = None, env: Mapping[str, str
     path = find_config(config, env)
     if path is not None:
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yamlsafe.safe_load(path.read_text(), "config.yaml") or {}
         except yaml.YAMLError as exc:
             raise ValidationError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(tree, Mapping):

@@ -3,7 +3,8 @@
 A worker process refreshes ``<namespace>:worker:<worker id>`` with a TTL (``worker.jobs.heartbeat``); the
 web app reads them to list served models and refuse jobs nobody can run, and the sweeper reads them, and
 the queues, to find jobs whose worker or message was lost. A worker beats before it loads its models, with
-``"models": []`` and ``"starting": [the models it is loading]``, so jobs for those queue meanwhile. Torch-free.
+``"models": []`` and ``"starting": [the models it is loading]``, so jobs for those queue meanwhile. Workers and
+messages of a deployment other than the one that owns the prefix (``shared.deployment``) are left out. Torch-free.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 
+from shared import deployment
 from shared.celery_config import TASK_NAME
 
 HEARTBEAT_TTL = 30  # seconds a heartbeat lives without a refresh (default of worker.heartbeat_ttl)
@@ -84,11 +86,17 @@ def worker_jobs(client, worker_id: str, namespace: str | None = None) -> set[int
     return None
 
 
-def message_job_id(raw: str | bytes) -> int | None:
-    """Return the job id an ``instaboost.run_job`` message in a kombu Redis list carries (None if another)."""
+def message_job_id(raw: str | bytes, deployment_id: str | None = None) -> int | None:
+    """Return the job id an ``instaboost.run_job`` message in a kombu Redis list carries (None if another).
+
+    deployment_id: also None for a message another deployment sent (one without the header counts as ours).
+    """
     try:
         message = json.loads(raw)
-        if message.get("headers", {}).get("task") != TASK_NAME:
+        headers = message.get("headers", {})
+        if headers.get("task") != TASK_NAME:
+            return None
+        if deployment_id is not None and headers.get(deployment.HEADER) not in (None, deployment_id):
             return None
         args = json.loads(base64.b64decode(message["body"]))[0]
         return int(args[0])
@@ -110,9 +118,10 @@ def waiting_job_ids(client, queue: str, namespace: str | None = None, oldest: in
     ns = _namespace(namespace)
     ids: set[int] = set()
     start = 0 if oldest is None else -max(1, int(oldest))
+    owner = deployment.owner_id(client, ns)  # another deployment's messages name jobs of another database
     for suffix in _PRIORITY_SUFFIXES:
         for raw in client.lrange(f"{ns}:{queue}{suffix}", start, -1):
-            job_id = message_job_id(raw)
+            job_id = message_job_id(raw, owner)
             if job_id is not None:
                 ids.add(job_id)
     return ids
@@ -128,10 +137,14 @@ def queued_messages(client, queue: str, namespace: str | None = None) -> int:
 
 
 def live_workers(client, namespace: str | None = None) -> list[dict]:
-    """Return the heartbeats of live workers (each {"hostname", "models", "pid", "started_at", "seen_at"})."""
+    """Return the heartbeats of live workers (each {"hostname", "models", "pid", "started_at", "seen_at"}).
+
+    Only workers of the deployment that owns the prefix count (and those whose beat names none).
+    """
     keys = sorted(client.scan_iter(match=heartbeat_prefix(namespace) + "*", count=500))
     if not keys:
         return []
+    owner = deployment.owner_id(client, _namespace(namespace))
     out = []
     for raw in client.mget(keys):
         if raw is None:  # expired between SCAN and MGET
@@ -140,7 +153,8 @@ def live_workers(client, namespace: str | None = None) -> list[dict]:
             beat = json.loads(raw)
         except (TypeError, ValueError):
             continue
-        if isinstance(beat, dict) and isinstance(beat.get("models"), list):
+        if isinstance(beat, dict) and isinstance(beat.get("models"), list) \
+                and (owner is None or beat.get(deployment.HEADER) in (None, owner)):
             out.append(beat)
     return out
 

@@ -57,3 +57,15 @@ def mark_folder(conftest_file: str, *markers, modules: dict[str, list] | None = 
                     item.add_marker(mark)
 
     return pytest_collection_modifyitems
+
+
+def alias_bomb(levels: int) -> str:
+    """Return a case file of nested YAML aliases: each level repeats the one below ten times."""
+    lines = ["- &a [" + ", ".join(["lol"] * 10) + "]"]
+    for i in range(levels):
+        name, below = chr(ord("b") + i), chr(ord("a") + i)
+        lines.append(f"- &{name} [" + ", ".join([f"*{below}"] * 10) + "]")
+    top = chr(ord("a") + levels)
+    lines.append(f"- {{name: x, instruction: *{top}, query: *{top}, checks: *{top}}}")
+    return "\n".join(lines)
+

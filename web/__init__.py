@@ -39,7 +39,11 @@ def _settings(test_config: Mapping[str, Any] | None):
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the Flask app from shared.settings (test_config overrides settings and Flask config)."""
+    """Build the Flask app from shared.settings (test_config overrides settings and Flask config).
+
+    Raises shared.deployment.DeploymentConflict when the Redis prefix belongs to another database's deployment.
+    """
+    from shared import deployment
     from shared.celery_config import make_celery
     from shared.db import get_sessionmaker
     from shared.workers import redis_client
@@ -63,6 +67,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         celery=make_celery(settings),
         redis=redis_client(settings["redis.url"]),
     )
+    # Refuse to start next to another deployment's workers; with the database or Redis down, submit checks it.
+    deployment.claim_if_reachable(app.extensions["instaboost"].redis, settings["redis.namespace"],
+                                  settings["database.url"])
     # Before anything else sees a request: the token on every route, the cross-site rules, CSRF for forms.
     auth.configure(app, settings)
     csrf.init_app(app)

@@ -43,7 +43,7 @@ def _page(items, next_cursor, endpoint, filters):
 @bp.post("/jobs")
 def submit():
     """Validate and enqueue a job; answer 202 with its URL (a retry with the same Idempotency-Key: the same job)."""
-    from shared.store.sweeps import resolve_recommended
+    from shared.store.recommended import resolve_recommended
 
     body = resolve_recommended(db(), _json_body(), services().settings)
     req = JobRequest.from_dict(body, services().settings, strict=True)
@@ -136,21 +136,10 @@ def sweep_csv_response(sweep_id):
     from flask import Response
 
     from shared.calibration import table_csv
-    from shared.csvsafe import neutralize
     from shared.store import sweeps
 
     sweep = sweeps.get_sweep(db(), sweep_id)
-    summary = sweep.result or {"table": [], "best": None}
-    text = table_csv(summary)
-    import csv as _csv
-    import io
-
-    rows = list(_csv.reader(io.StringIO(text)))
-    buf = io.StringIO()
-    w = _csv.writer(buf)
-    for i, row in enumerate(rows):
-        w.writerow(row if i == 0 else [neutralize(c) for c in row])
-    resp = Response(buf.getvalue(), mimetype="text/csv")
+    resp = Response(table_csv(sweep.result or {"table": [], "best": None}), mimetype="text/csv")
     resp.headers["Content-Disposition"] = f'attachment; filename="instaboost-sweep-{sweep.id}.csv"'
     return resp
 
@@ -217,7 +206,7 @@ def openapi():
     # With one served model its advertised facts bound the request exactly; with several they differ.
     facts = submission.model_facts(beats, models[0]) if len(models) == 1 else None
     try:  # "recommended" is a valid multipliers value once every served model has a finished sweep
-        from shared.store.sweeps import models_with_recommendation
+        from shared.store.recommended import models_with_recommendation
 
         recommended = bool(models) and models_with_recommendation(db(), models) == set(models)
     except Exception:  # the database is down: describe numbers only

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import InstaBoostError, Unavailable
+from shared.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -33,11 +35,13 @@ def wants_problem() -> bool:
 
 # Errors about the request as a whole still name what to fix.
 HTTP_FIELDS = {413: "body", 415: "Content-Type"}
-SECRET_SETTINGS = ("web.api_token", "web.secret_key", "hf.token")
+# Every setting declared secret (API token, secret key, judge API key, HF token...): declared once, in SETTINGS.
+SECRET_SETTINGS = tuple(s.name for s in SETTINGS if s.secret)
+URL_SETTINGS = ("database.url", "redis.url", "judge.url")  # their passwords are secrets too
 
 
 def scrub(text: str) -> str:
-    """Replace any configured secret (API token, secret key, HF token, database password) with ***."""
+    """Replace any configured secret (secret settings, passwords in the database, Redis and judge URLs) with ***."""
     try:
         from web.context import services
 
@@ -45,12 +49,13 @@ def scrub(text: str) -> str:
     except RuntimeError:  # outside an app context
         return text
     secrets = [settings[name] for name in SECRET_SETTINGS]
-    try:
-        from sqlalchemy.engine import make_url
-
-        secrets.append(make_url(settings["database.url"]).password)
-    except Exception:  # an unparsable URL holds no password we could find
-        pass
+    for name in URL_SETTINGS:
+        try:
+            password = urlsplit(str(settings[name])).password
+        except ValueError:  # an unparsable URL holds no password we could find
+            continue
+        if password:
+            secrets += [password, unquote(password)]
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")

@@ -50,23 +50,28 @@ def csv_response(filters: Mapping[str, Any]) -> Response:
 
 
 def jobs_csv_response(filters: Mapping[str, Any]) -> Response:
-    """Return the wide CSV: one row per job with the seed's comparison columns (validated before the first byte)."""
+    """Return the wide CSV: one row per job with the seed's comparison columns (validated before the first byte).
+
+    The header (every extra variant's columns) and the rows come from one snapshot of the database, so a run
+    stored meanwhile cannot show up in a row without its column; rows are read WIDE_BATCH jobs at a time.
+    """
     clean = export.clean_wide_filters(filters)
-    maker = services().sessionmaker
-    session = maker()
+    session = services().sessionmaker()
     try:
+        export.snapshot(session)
         columns = export.wide_columns(session, clean)
-    finally:
+    except BaseException:
         session.close()
+        raise
 
     def generate() -> Iterator[str]:
-        session = maker()
         try:
             yield from csv_chunks(columns, export.iter_jobs_wide(session, clean, columns))
         finally:
             session.close()
 
     resp = Response(stream_with_context(generate()), mimetype="text/csv")
+    resp.call_on_close(session.close)  # also when the body is never read
     resp.headers["Content-Disposition"] = 'attachment; filename="instaboost-jobs.csv"'
     return resp
 

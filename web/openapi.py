@@ -279,7 +279,7 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
         prop["type"] = [prop["type"], "null"]
         if "enum" in prop:
             prop["enum"] = [*prop["enum"], None]
-    if recommended:  # every served model has a finished calibration sweep (shared.store.sweeps.resolve_recommended)
+    if recommended:  # every served model has a finished calibration sweep (shared.store.recommended.resolve_recommended)
         numbers = props["multipliers"]
         props["multipliers"] = {"description": numbers["description"] + " Or 'recommended': the M (and, when "
                                 "layer_modes and head_boost_percentage are left out, the layers and heads) the "
@@ -466,6 +466,9 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                         "413": _problem("The body is too large."),
                         "415": _problem("The body is not JSON."),
                         "422": _problem("A field is invalid, or no live worker serves the model."),
+                        "429": {**_problem("The first step would pass limits.max_queued_jobs, or "
+                                           "limits.max_running_sweeps sweeps are running; nothing was stored."),
+                                "headers": retry_after},
                         "503": {**_problem("The broker is unreachable."), "headers": retry_after},
                         **COMMON, "403": CROSS_SITE["403"],
                     },

@@ -81,7 +81,7 @@ def submit():
     data: dict[str, Any] = {f.name: request.form.getlist(f.name) if f.kind == "choices" else
                             request.form.get(f.name, "off" if f.kind == "boolean" else "") for f in JOB_FIELDS}
     try:
-        from shared.store.sweeps import resolve_recommended
+        from shared.store.recommended import resolve_recommended
 
         req = JobRequest.from_dict(resolve_recommended(db(), data, services().settings), services().settings)
         job = submission.submit_job(db(), req, **submit_kwargs())

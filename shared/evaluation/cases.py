@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import yaml
+
+from shared import yamlsafe
 from shared.errors import NotFound, ValidationError
 from shared.evaluation.checks import Check, IfevalCheck, parse_check, parse_ifeval, run_checks
 
@@ -192,10 +195,10 @@ def _read(text: str, fmt: str, source: str) -> tuple[list[tuple[str, Any]], list
         except ValueError as exc:
             return fail(f"is not valid JSON: {exc}")
     elif fmt == "yaml":
-        import yaml
-
         try:
-            data = yaml.safe_load(text)
+            data = yamlsafe.safe_load(text, "cases files")
+        except yamlsafe.AliasRefused as exc:
+            return fail(f"is refused: {exc}")
         except yaml.YAMLError as exc:
             return fail(f"is not valid YAML: {' '.join(str(exc).split())}")
     else:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import groupby
 from typing import Any, Iterator, Mapping
 
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from shared.evaluation.scorers import COLUMNS as SCORE_COLUMNS
@@ -12,6 +14,7 @@ from shared.store.queries import clean_filters, runs_query
 from shared.store.tables import Job, Run
 
 EXPORT_BATCH = 500
+WIDE_BATCH = 50  # jobs per read of the wide export (with all their runs: up to limits.max_variants each)
 
 
 PARAM_COLUMNS = ("model", "engine", "placement", "instruction", "query", "max_new_tokens", "temperature",
@@ -96,9 +99,10 @@ def _wide_jobs(filters: Mapping[str, Any]):
     return stmt
 
 
-def _main_variants(runs: list[Run]) -> dict[str, Run]:
-    """Map the seed's three columns to a job's runs: the original, its first all-layers and middle-layers variant."""
-    out: dict[str, Run] = {}
+def _main_variants(runs: list) -> dict[str, Any]:
+    """Map the seed's three columns to a job's runs (or run rows with variant and layers, in id order): the
+    original, its first all-layers and middle-layers variant."""
+    out: dict[str, Any] = {}
     for r in runs:
         key = "original" if r.variant == "original" else f"{r.layers}_layers" if r.layers in ("all", "middle") else None
         if key and key not in out:
@@ -106,57 +110,87 @@ def _main_variants(runs: list[Run]) -> dict[str, Run]:
     return out
 
 
-def wide_columns(session: Session, filters: Mapping[str, Any]) -> list[str]:
-    """Return the wide export's header: the seed's columns, then an output and score columns per extra variant."""
-    from sqlalchemy import select
+def snapshot(session: Session) -> None:
+    """Start the session's transaction as one snapshot, so a header and the rows streamed after it agree.
 
-    jobs = _wide_jobs(filters).subquery()
-    extra = []
-    rows = session.execute(select(Run).join(jobs, Run.job_id == jobs.c.id).order_by(Run.id)).scalars()
-    by_job: dict[int, list[Run]] = {}
-    for run in rows:
-        by_job.setdefault(run.job_id, []).append(run)
-    for job_id, runs in by_job.items():
+    PostgreSQL: REPEATABLE READ (every statement sees the database as of the first). SQLite: an explicit
+    BEGIN (WAL readers keep the snapshot their transaction started with).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
+    else:
+        session.execute(text("BEGIN"))
+
+
+def wide_columns(session: Session, filters: Mapping[str, Any]) -> list[str]:
+    """Return the wide export's header: the seed's columns, then an output and score columns per extra variant.
+
+    Reads only (job id, run id, variant, layers) of the filtered jobs' runs, streamed: no output text is loaded.
+    """
+    jobs = _wide_jobs(filters).with_only_columns(Job.id).subquery()
+    stmt = (select(Run.job_id, Run.id, Run.variant, Run.layers).join(jobs, Run.job_id == jobs.c.id)
+            .order_by(Run.job_id, Run.id).execution_options(yield_per=EXPORT_BATCH))
+    extra: dict[str, None] = {}  # ordered set
+    for _, group in groupby(session.execute(stmt), key=lambda r: r.job_id):
+        runs = list(group)
         main = {r.id for r in _main_variants(runs).values()}
         for r in runs:
-            if r.id not in main and r.variant not in extra:
-                extra.append(r.variant)
+            if r.id not in main:
+                extra.setdefault(r.variant)
     return [*WIDE_COLUMNS, *(f"{v}_{c}" for v in extra for c in ("output", *EXTRA_SCORES))]
 
 
-def iter_jobs_wide(session: Session, filters: Mapping[str, Any], columns: list[str]) -> Iterator[list[Any]]:
-    """Yield one row per job (oldest first) in columns' order."""
-    from sqlalchemy import select
+def _job_batches(session: Session, filters: Mapping[str, Any]) -> Iterator[list[tuple[Job, list[Run]]]]:
+    """Yield the filtered jobs, oldest first, WIDE_BATCH at a time with their runs (one query each)."""
+    last = 0
+    while True:
+        jobs = list(session.scalars(_wide_jobs(filters).where(Job.id > last).order_by(Job.id.asc())
+                                    .limit(WIDE_BATCH)))
+        if not jobs:
+            return
+        runs: dict[int, list[Run]] = {j.id: [] for j in jobs}
+        for run in session.scalars(select(Run).where(Run.job_id.in_(list(runs))).order_by(Run.job_id, Run.id)):
+            runs[run.job_id].append(run)
+        yield [(j, runs[j.id]) for j in jobs]
+        last = jobs[-1].id
+        session.expunge_all()  # nothing of a written batch stays in memory
 
+
+def iter_jobs_wide(session: Session, filters: Mapping[str, Any], columns: list[str]) -> Iterator[list[Any]]:
+    """Yield one row per job (oldest first) in columns' order, reading WIDE_BATCH jobs at a time."""
     counts: dict[str, int] = {}
-    for job in session.scalars(_wide_jobs(filters).order_by(Job.id.asc()).execution_options(yield_per=EXPORT_BATCH)):
-        runs = list(session.scalars(select(Run).where(Run.job_id == job.id).order_by(Run.id)))
-        params = job.params or {}
-        case = job.case_name or f"job-{job.id}"
-        values: dict[str, Any] = {"test_case": case, "run_index": counts.get(case, 0), "job_id": job.id,
-                                  "job_status": job.status.value, "sweep_id": job.sweep_id, "model": job.model,
-                                  "multiplier": (params.get("multipliers") or [None])[0]}
-        counts[case] = counts.get(case, 0) + 1
-        for name in ("engine", "start_layer", "num_middle_layers", "head_boost_percentage", "placement", "seed",
-                     "max_new_tokens", "instruction", "query"):
-            values[name] = params.get(name)
-        main = _main_variants(runs)
-        for v in WIDE_VARIANTS:
-            r = main.get(v)
-            scores = r.scores if r is not None and isinstance(r.scores, Mapping) else {}
-            values[f"{v}_output"] = r.produced_text if r else None
-            values[f"{v}_length"] = len(r.produced_text) if r else None
-            values[f"{v}_tokens"] = r.output_tokens if r else None
-            follows = scores.get("follows")
-            values[f"{v}_pass"] = None if follows is None else ("pass" if follows else "fail")
-            for c in WIDE_SCORES:
-                values[f"{v}_{c}"] = scores.get(c)
-        main_ids = {r.id for r in main.values()}
-        for r in runs:
-            if r.id in main_ids:
-                continue
-            scores = r.scores if isinstance(r.scores, Mapping) else {}
-            values[f"{r.variant}_output"] = r.produced_text
-            for c in EXTRA_SCORES:
-                values[f"{r.variant}_{c}"] = scores.get(c)
-        yield [values.get(c) for c in columns]
+    for batch in _job_batches(session, filters):
+        for job, runs in batch:
+            case = job.case_name or f"job-{job.id}"
+            yield _wide_row(job, runs, counts.get(case, 0), columns)
+            counts[case] = counts.get(case, 0) + 1
+
+
+def _wide_row(job: Job, runs: list[Run], run_index: int, columns: list[str]) -> list[Any]:
+    params = job.params or {}
+    values: dict[str, Any] = {"test_case": job.case_name or f"job-{job.id}", "run_index": run_index,
+                              "job_id": job.id, "job_status": job.status.value, "sweep_id": job.sweep_id,
+                              "model": job.model, "multiplier": (params.get("multipliers") or [None])[0]}
+    for name in ("engine", "start_layer", "num_middle_layers", "head_boost_percentage", "placement", "seed",
+                 "max_new_tokens", "instruction", "query"):
+        values[name] = params.get(name)
+    main = _main_variants(runs)
+    for v in WIDE_VARIANTS:
+        r = main.get(v)
+        scores = r.scores if r is not None and isinstance(r.scores, Mapping) else {}
+        values[f"{v}_output"] = r.produced_text if r else None
+        values[f"{v}_length"] = len(r.produced_text) if r else None
+        values[f"{v}_tokens"] = r.output_tokens if r else None
+        follows = scores.get("follows")
+        values[f"{v}_pass"] = None if follows is None else ("pass" if follows else "fail")
+        for c in WIDE_SCORES:
+            values[f"{v}_{c}"] = scores.get(c)
+    main_ids = {r.id for r in main.values()}
+    for r in runs:
+        if r.id in main_ids:
+            continue
+        scores = r.scores if isinstance(r.scores, Mapping) else {}
+        values[f"{r.variant}_output"] = r.produced_text
+        for c in EXTRA_SCORES:
+            values[f"{r.variant}_{c}"] = scores.get(c)
+    return [values.get(c) for c in columns]

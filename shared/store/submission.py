@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared import deployment
 from shared.errors import ModelError, TooManyJobs, Unavailable
 from shared.schemas import JobRequest
 from shared.store import idempotency
@@ -50,9 +51,9 @@ def model_facts(beats: list[dict], model: str) -> dict[str, int]:
     return facts
 
 
-def served_model_facts(model: str, redis, namespace: str) -> dict[str, int]:
+def served_model_facts(model: str, redis, namespace: str, database_url: str | None = None) -> dict[str, int]:
     """Return what live workers advertise about model, or raise: Unavailable (Redis down), ModelError (not served)."""
-    beats, served, starting = _served(redis, namespace)
+    beats, served, starting = _served(redis, namespace, database_url)
     if model not in served | starting:
         raise unserved_error(model, served, starting)
     return model_facts(beats, model)
@@ -69,22 +70,36 @@ def _begin_immediate(session: Session) -> None:
     session.execute(text("BEGIN IMMEDIATE"))
 
 
+def lock_queue(session: Session) -> None:
+    """Take the admission lock in the session's transaction (PostgreSQL; on SQLite the caller holds the write lock).
+
+    Whoever counts queued jobs before adding some (submissions, batches, sweep steps) holds it until commit or
+    rollback, so two of them cannot both see room for the last slot.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
+
+
+def check_room(session: Session, n: int, limit: int,
+               hint: str = "retry when some have finished, or split the batch") -> None:
+    """Raise TooManyJobs (after rolling back, which releases the lock) when n more queued jobs would pass limit."""
+    waiting = queued_count(session)
+    if waiting + n > limit:
+        session.rollback()
+        if n == 1:
+            raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
+        raise TooManyJobs(f"{n} more jobs would pass the queue's limit of {limit} (limits.max_queued_jobs; "
+                          f"{waiting} wait now); {hint}", retry_after=30)
+
+
 def _insert_queued(session: Session, rows: list[dict], limit: int, with_rows: tuple = ()) -> list[Job]:
     """Insert the queued jobs (Job column values), and with_rows in the same transaction, unless the queue would pass
     limit (TooManyJobs); commit."""
     with _submit_lock:
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
-        elif dialect == "sqlite":
+        if session.get_bind().dialect.name == "sqlite":
             _begin_immediate(session)
-        waiting = queued_count(session)
-        if waiting + len(rows) > limit:
-            session.rollback()  # releases the advisory lock
-            if len(rows) == 1:
-                raise TooManyJobs(f"{limit} jobs are already queued; retry when some have finished", retry_after=30)
-            raise TooManyJobs(f"{len(rows)} more jobs would pass the queue's limit of {limit} ({waiting} wait now); "
-                              "retry when some have finished, or split the batch", retry_after=30)
+        lock_queue(session)
+        check_room(session, len(rows), limit)
         jobs = [Job(status=JobStatus.queued, progress_done=0, **row) for row in rows]
         session.add_all(with_rows)
         session.add_all(jobs)
@@ -107,12 +122,21 @@ def _insert_once(session: Session, row: dict, settings: Mapping[str, Any], key: 
         return earlier, False
 
 
-def _served(redis, namespace: str) -> tuple[list[dict], set[str], set[str]]:
-    """Return (live heartbeats, models served, models starting); Unavailable when Redis cannot be read."""
+def _served(redis, namespace: str, database_url: str | None = None) -> tuple[list[dict], set[str], set[str]]:
+    """Return (live heartbeats, models served, models starting); Unavailable when Redis cannot be read.
+
+    With database_url: DeploymentConflict (503) when the Redis prefix belongs to another deployment, whose
+    workers would take the job (the prefix is claimed for this one when nobody owns it, e.g. an emptied Redis).
+    """
     from shared import workers
 
+    own = deployment.identity_or_none(database_url)  # unknown while the database is down: its insert fails anyway
     try:
+        if own is not None:
+            deployment.claim(redis, namespace, database_url)
         beats = workers.live_workers(redis, namespace)
+    except deployment.DeploymentConflict:
+        raise
     except Exception as exc:  # redis-py raises ConnectionError/TimeoutError subclasses
         log.warning("broker unreachable on submit: %s", type(exc).__name__)
         raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
@@ -182,7 +206,7 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
         earlier = idempotency.by_key(session, idempotency_key, digest, settings)
         if earlier is not None:
             return earlier
-    beats, served, starting = _served(redis, settings["redis.namespace"])
+    beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
     if request.model not in served | starting:
         raise unserved_error(request.model, served, starting)
     request.check_model(model_facts(beats, request.model))
@@ -241,7 +265,7 @@ def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mappin
         earlier = idempotency.by_retry(session, digest, settings) if is_retry else None
     if earlier is not None:
         return earlier
-    beats, served, starting = _served(redis, settings["redis.namespace"])
+    beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
     if params["model"] not in served | starting:
         raise unserved_error(params["model"], served, starting)
     check_chat_fits(params, model_facts(beats, params["model"]))
@@ -274,4 +298,4 @@ def submit_batch_jobs(session: Session, batch, lines: list[tuple[str, Mapping[st
 
 def served_models(settings: Mapping[str, Any], redis) -> tuple[list[dict], set[str], set[str]]:
     """Return (live heartbeats, models served, models starting) for a batch's per-line model checks."""
-    return _served(redis, settings["redis.namespace"])
+    return _served(redis, settings["redis.namespace"], settings["database.url"])

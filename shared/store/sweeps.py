@@ -13,6 +13,13 @@ every pass (so a worker killed between finishing a job and advancing loses nothi
 safe to run concurrently: the sweep row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL, the write lock
 on SQLite), a step's jobs are unique per (sweep, case, M, head fraction), and the new jobs are committed
 before their messages are sent (unsent ones stay in the sweeper's outbox, ``enqueued_at`` NULL).
+
+Admission: a step's jobs pass the same queued-job cap as submissions (``limits.max_queued_jobs``, under the
+same lock, ``shared.store.submission.lock_queue``). A new sweep whose first step does not fit, or one beyond
+``limits.max_running_sweeps`` running sweeps, is refused (429) and nothing is stored. A later step that does not
+fit *waits*: the sweep stays ``running`` at its current step and the next ``advance`` (the sweeper's pass, every
+``sweeper.interval`` seconds) tries again. A next step that fails validation (e.g. a limit lowered since the
+sweep started) fails the sweep with that message.
 """
 
 from __future__ import annotations
@@ -21,15 +28,16 @@ import dataclasses
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.calibration import SweepSetting, assign_splits, boosted_grid, record, result_summary, still_going
-from shared.errors import Conflict, NotFound, ValidationError
+from shared.errors import Conflict, NotFound, TooManyJobs, TooManySweeps, ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import Case
 from shared.schemas import JobRequest
+from shared.store import submission
 from shared.store.tables import FINAL, Job, JobStatus, Run, Sweep, utcnow
 
 log = logging.getLogger("instaboost.sweeps")
@@ -92,17 +100,41 @@ def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, g
                               "; ".join(e["message"] for e in errors[:5]), errors=errors)
     sweep = Sweep(status=RUNNING, model=params["model"], pack=pack, config=config, step_index=0,
                   current_multiplier=None, created_at=utcnow(), updated_at=utcnow())
-    session.add(sweep)
-    session.commit()
-    advance(session, sweep.id, settings, sender)
-    return session.get(Sweep, sweep.id, populate_existing=True)
+    _begin(session)
+    submission.lock_queue(session)
+    running = session.execute(select(func.count()).select_from(Sweep).where(Sweep.status == RUNNING)).scalar_one()
+    limit = settings["limits.max_running_sweeps"]
+    if running >= limit:
+        session.rollback()
+        raise TooManySweeps(f"{running} calibration sweeps are running, the most limits.max_running_sweeps allows "
+                          f"({limit}); retry when one has finished, or cancel one", retry_after=60)
+    first = boosted_grid(grid)[0]
+    try:  # refused as a whole (429, nothing stored) when its first step does not fit under the queued-job cap
+        session.add(sweep)
+        session.flush()
+        created = _start_step(session, sweep, first, settings_, settings)
+        sweep.step_index, sweep.current_multiplier = 1, first
+        sweep_id = sweep.id
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    log.info("sweep %s: started, step M=%g, %d jobs", sweep_id, first, len(created))
+    _send_all(session, created, sender)
+    return session.get(Sweep, sweep_id, populate_existing=True)
 
 
-def _lock(session: Session, sweep_id: int) -> Sweep | None:
+def _begin(session: Session) -> None:
+    """On SQLite, open the transaction with the write lock (BEGIN IMMEDIATE); PostgreSQL locks rows or keys."""
     if session.get_bind().dialect.name == "sqlite":
         if session.connection().connection.dbapi_connection.in_transaction:
             session.commit()
         session.execute(text("BEGIN IMMEDIATE"))
+
+
+def _lock(session: Session, sweep_id: int) -> Sweep | None:
+    if session.get_bind().dialect.name == "sqlite":
+        _begin(session)
         return session.get(Sweep, sweep_id, populate_existing=True)
     return session.execute(select(Sweep).where(Sweep.id == sweep_id).with_for_update()
                            .execution_options(populate_existing=True)).scalar_one_or_none()
@@ -144,10 +176,13 @@ def summarize_sweep(session: Session, sweep: Sweep, n_boot: int = protocol.N_BOO
     return result_summary(protocol.calibrate(records, floor=sweep.config["floor"], n_boot=n_boot))
 
 
-def _create_step(session: Session, sweep: Sweep, m: float, going: Sequence[SweepSetting],
-                 settings: Mapping[str, Any]) -> list[tuple[int, str]]:
-    """Insert the step's jobs (queued, not yet sent); return [(job id, model)] of the rows this call created."""
-    created = []
+def _start_step(session: Session, sweep: Sweep, m: float, going: Sequence[SweepSetting],
+                settings: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """Insert the step's jobs (queued, not yet sent) if they fit under the queued-job cap; return [(job id, model)].
+
+    Raises ValidationError (a cell's job request is invalid) or TooManyJobs (after a rollback: the step does not fit).
+    """
+    cells = []
     by_fraction: dict[float, list[str]] = {}
     for s in going:
         by_fraction.setdefault(s.head_fraction, []).append(s.layers)
@@ -156,17 +191,29 @@ def _create_step(session: Session, sweep: Sweep, m: float, going: Sequence[Sweep
         for hf, modes in by_fraction.items():
             # Validated once per case; the other cells differ only in head fraction and layer modes.
             first = first or cell_request(sweep.config, case, m, hf, modes, settings)
-            req = dataclasses.replace(first, head_boost_percentage=hf * 100.0, layer_modes=tuple(modes))
-            job = Job(status=JobStatus.queued, model=req.model, params=req.to_params(), progress_done=0,
-                      progress_total=len(req.variants()), sweep_id=sweep.id, case_name=case["name"],
-                      sweep_step=m, sweep_head_fraction=hf, created_at=utcnow())
-            try:
-                with session.begin_nested():
-                    session.add(job)
-                created.append((job.id, job.model))
-            except IntegrityError:  # another advance created this cell first
-                pass
+            cells.append((case["name"], hf, dataclasses.replace(first, head_boost_percentage=hf * 100.0,
+                                                                layer_modes=tuple(modes))))
+    submission.lock_queue(session)
+    submission.check_room(session, len(cells), settings["limits.max_queued_jobs"],
+                          hint=f"this sweep's step M={m:g} waits for room (retry, or give fewer cases with limit)")
+    created = []
+    for case_name, hf, req in cells:
+        job = Job(status=JobStatus.queued, model=req.model, params=req.to_params(), progress_done=0,
+                  progress_total=len(req.variants()), sweep_id=sweep.id, case_name=case_name,
+                  sweep_step=m, sweep_head_fraction=hf, created_at=utcnow())
+        try:
+            with session.begin_nested():
+                session.add(job)
+            created.append((job.id, job.model))
+        except IntegrityError:  # another advance created this cell first
+            pass
     return created
+
+
+def _send_all(session: Session, created: Sequence[tuple[int, str]], sender: Sender | None) -> None:
+    if sender is not None:
+        for job_id, model in created:
+            send_job(session, job_id, model, sender)
 
 
 def advance(session: Session, sweep_id: int, settings: Mapping[str, Any], sender: Sender | None = None) -> str:
@@ -198,7 +245,14 @@ def advance(session: Session, sweep_id: int, settings: Mapping[str, Any], sender
         nxt = later[0] if later and going else None
     created: list[tuple[int, str]] = []
     if nxt is not None:
-        created = _create_step(session, sweep, nxt, going, settings)
+        try:
+            created = _start_step(session, sweep, nxt, going, settings)
+        except TooManyJobs:  # rolled back: the sweep stays at its step, and the next advance tries again
+            log.info("sweep %s: step M=%g waits for room under limits.max_queued_jobs", sweep_id, nxt)
+            return RUNNING
+        except ValidationError as exc:
+            session.rollback()
+            return _fail(session, sweep_id, f"step M={nxt:g} cannot run: {exc.message}")
         sweep.step_index += 1
         sweep.current_multiplier = nxt
         sweep.result = summarize_sweep(session, sweep, n_boot=200) if records else None
@@ -209,10 +263,21 @@ def advance(session: Session, sweep_id: int, settings: Mapping[str, Any], sender
         _finish(session, sweep)
         session.commit()
         log.info("sweep %s: finished, recommended M=%s", sweep_id, sweep.recommended_multiplier)
-    if sender is not None:
-        for job_id, model in created:
-            send_job(session, job_id, model, sender)
+    _send_all(session, created, sender)
     return sweep.status
+
+
+def _fail(session: Session, sweep_id: int, message: str) -> str:
+    """Fail a running sweep with message (its current step is done, so no job of it is left to cancel)."""
+    sweep = _lock(session, sweep_id)
+    if sweep is None or sweep.status != RUNNING:
+        session.rollback()
+        return sweep.status if sweep is not None else FAILED
+    sweep.status, sweep.error = FAILED, message
+    sweep.finished_at = sweep.updated_at = utcnow()
+    session.commit()
+    log.warning("sweep %s: failed: %s", sweep_id, message)
+    return FAILED
 
 
 def _finish(session: Session, sweep: Sweep) -> None:
@@ -287,22 +352,11 @@ def get_sweep(session: Session, sweep_id: Any) -> Sweep:
     return get_row(session, Sweep, sweep_id, "sweep")
 
 
-def latest_recommendation(session: Session, model: str, pack: str | None = None) -> Sweep | None:
-    """Return the latest finished sweep with a recommendation for this model (and pack, when given)."""
-    stmt = select(Sweep).where(Sweep.model == model, Sweep.status == SUCCEEDED,
-                               Sweep.recommended_multiplier.is_not(None))
-    if pack is not None:
-        stmt = stmt.where(Sweep.pack == pack)
-    return session.scalars(stmt.order_by(Sweep.finished_at.desc(), Sweep.id.desc()).limit(1)).first()
-
-
 def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
 def job_counts(session: Session, sweep_id: int) -> dict[str, int]:
-    from sqlalchemy import func
-
     rows = session.execute(select(Job.status, func.count()).where(Job.sweep_id == sweep_id)
                            .group_by(Job.status)).all()
     counts = {status.value: n for status, n in rows}
@@ -342,47 +396,3 @@ def drilldown(session: Session, sweep: Sweep) -> dict[str, Any]:
         by_case[r["case"]]["cells"][(label, r["multiplier"])] = r
     columns = sorted({key for row in by_case.values() for key in row["cells"]}, key=lambda k: (k[1], k[0]))
     return {"rows": list(by_case.values()), "columns": columns}
-
-
-RECOMMENDED = "recommended"
-
-
-def wants_recommended(value: Any) -> bool:
-    """Tell whether a job's multipliers ask for the recommended M ("recommended", or a list holding only it)."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    return isinstance(value, str) and value.strip().lower() == RECOMMENDED
-
-
-def resolve_recommended(session: Session, data: Any, settings: Mapping[str, Any]) -> Any:
-    """Replace ``multipliers: "recommended"`` by the latest finished sweep's recommended M for the job's model.
-
-    Its layer mode and head fraction fill layer_modes and head_boost_percentage when the job leaves them out.
-    A ValidationError (422) says so when no finished sweep for that model has a recommendation.
-    """
-    if not isinstance(data, Mapping) or not wants_recommended(data.get("multipliers")):
-        return data
-    model = data.get("model") or settings["model.name"]
-    if not isinstance(model, str):
-        return data  # the validator reports the model
-    sweep = latest_recommendation(session, model.strip())
-    if sweep is None:
-        raise ValidationError(f'multipliers "recommended" needs a finished calibration sweep of model {model!r} '
-                              "with a recommendation, and there is none: start one (POST /api/sweeps or the "
-                              "Sweeps page) or give multipliers as numbers", field="multipliers")
-    out = dict(data)
-    out["multipliers"] = [sweep.recommended_multiplier]
-    if out.get("layer_modes") in (None, "", []):
-        out["layer_modes"] = [sweep.recommended_layers]
-    if out.get("head_boost_percentage") in (None, ""):
-        out["head_boost_percentage"] = (sweep.recommended_head_fraction or 1.0) * 100.0
-    return out
-
-
-def models_with_recommendation(session: Session, models: Sequence[str]) -> set[str]:
-    """Return the models among these that have a finished sweep with a recommendation."""
-    if not models:
-        return set()
-    rows = session.scalars(select(Sweep.model).where(Sweep.model.in_(list(models)), Sweep.status == SUCCEEDED,
-                                                     Sweep.recommended_multiplier.is_not(None)).distinct())
-    return set(rows)

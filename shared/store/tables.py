@@ -274,3 +274,16 @@ class Batch(Base):
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # The Idempotency-Key its create was sent with: a create repeating the key returns this batch.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True, index=True)
+
+
+class Deployment(Base):
+    """This database's deployment identity: one row, written once by migration 0007 (shared.deployment).
+
+    Task messages and worker heartbeats carry the id, and Redis records which deployment owns a key prefix
+    (redis.namespace), so two deployments on one Redis never take each other's jobs.
+    """
+
+    __tablename__ = "deployment"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a uuid4
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.celery_config import model_queue
-from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL
+from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL, release_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 5
@@ -42,9 +42,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request) -> str:
-    """The URL of an emptied SQLite or PostgreSQL job store."""
-    return request.getfixturevalue("clean_sqlite" if request.param == "sqlite" else "clean_db")
+def store(request, redis_namespace):
+    """The URL of an emptied SQLite or PostgreSQL job store.
+
+    Both databases take turns on the session's Redis namespace: each is another deployment, so the namespace's
+    owner is forgotten before and after (the app refuses a namespace another database owns).
+    """
+    release_namespace(redis_namespace)
+    yield request.getfixturevalue("clean_sqlite" if request.param == "sqlite" else "clean_db")
+    release_namespace(redis_namespace)
 
 
 @pytest.fixture

@@ -209,3 +209,86 @@ def test_a_child_that_keeps_dying_is_restarted_with_backoff_and_a_clear_message(
     assert err.count("died (exit code 3); restarting it in 0 s") == 4
     assert "died (exit code 3); restarting it in 0.2 s" in err
     assert "the worker process keeps dying: 5 times in a row" in err and "Still restarting it" in err
+
+
+# -- what fails before it ever worked is not transient: serve exits with the cause (issue 25) ---------------
+
+def _processes_in(namespace: str) -> list[int]:
+    """Return the pids of live processes started for this Redis namespace (serve's children inherit it)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"INSTABOOST_REDIS_NAMESPACE={namespace}\0".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _run_serve(tmp_path, namespace: str, port: int, timeout: float = 240, **env) -> subprocess.CompletedProcess:
+    """Run serve to its end (it must end by itself); whatever it leaves behind is killed after, and returned."""
+    try:
+        return subprocess.run([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path,
+                              env=serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace, **env),
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        left = _processes_in(namespace)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        purge_namespace(namespace)
+        assert not left, f"serve left processes running: {left}"
+
+
+@pytest.mark.services
+def test_serve_on_a_port_in_use_exits_at_once_and_starts_no_worker(tmp_path, redis_namespace):
+    """Issue 25: gunicorn's "Address already in use" was restarted forever, and serve's worker ran meanwhile."""
+    namespace = f"{redis_namespace}_busy"
+    with socket.socket() as holder:  # any process holding the port: here, this test
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = _run_serve(tmp_path, namespace, port, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr and "running at" not in proc.stdout
+    assert not (tmp_path / "instaboost.db").exists()  # checked before anything started or was created
+
+
+@pytest.mark.services
+def test_serve_on_a_database_it_cannot_write_exits_naming_it(tmp_path, redis_namespace):
+    proc = _run_serve(tmp_path, f"{redis_namespace}_nodb", free_port(), timeout=120,
+                      DATABASE_URL="sqlite:////proc/instaboost/none.db")  # not even root creates files in /proc
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot migrate the database sqlite:////proc/instaboost/none.db" in proc.stderr
+    assert "DATABASE_URL" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_serve_whose_worker_cannot_load_its_model_exits_with_the_workers_message(tmp_path, redis_namespace):
+    namespace = f"{redis_namespace}_nomodel"
+    proc = _run_serve(tmp_path, namespace, free_port(), INSTABOOST_WORKER_MODELS="no-such-model")
+    assert proc.returncode == 1, proc.stderr
+    assert ("cannot start: the worker process exited before it was ready (exit code 3): "
+            "instaboost worker: cannot load model 'no-such-model'") in proc.stderr
+    assert "restarting it" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.services
+def test_serve_on_a_redis_prefix_another_database_owns_refuses_naming_both(tmp_path, redis_namespace):
+    from shared import deployment
+    from shared.db import upgrade
+    from shared.workers import redis_client
+
+    namespace = f"{redis_namespace}_owned"
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    upgrade(first)
+    client = redis_client(TEST_REDIS_URL)
+    deployment.claim(client, namespace, first)  # a first deployment started on this prefix
+    client.close()
+    (tmp_path / "second").mkdir()
+    proc = _run_serve(tmp_path / "second", namespace, free_port(), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    second = f"sqlite:///{tmp_path / 'second' / 'instaboost.db'}"
+    assert f"the Redis key prefix '{namespace}' belongs to another deployment: database {first}" in proc.stderr
+    assert second in proc.stderr and "INSTABOOST_REDIS_NAMESPACE" in proc.stderr

@@ -9,6 +9,7 @@ import yaml
 from shared.errors import NotFound, ValidationError
 from shared.evaluation.cases import PACKS, PACKS_DIR, Case, load_cases, load_pack, parse_cases, split
 from shared.evaluation.checks import IFEVAL_BY_ID, Check, IfevalCheck
+from tests.helpers import alias_bomb
 
 EMOJI = "\U0001F602"
 GOOD = {"name": "fr", "instruction": "Answer only in French.", "query": "What is the capital of Germany?",
@@ -214,3 +215,26 @@ def test_pinned_cases_stay_in_their_half():
     validation, test = split(cases)
     assert "v" in {c.name for c in validation} and "t" in {c.name for c in test}
     assert len(validation) == 4 and len(test) == 4
+
+
+def test_yaml_aliases_are_refused_before_they_expand():
+    # 4 levels: a 266-byte file whose errors echoed 10**4-fold expansions (1.7 MB) before aliases were refused.
+    err = errors_of(alias_bomb(4), "yaml")
+    assert "YAML aliases (*a, line 2) are not allowed in cases files" in err.message, err.message[:300]
+    assert len(err.message) < 1000 and sum(len(e["message"]) for e in err.errors) < 1000
+    # Even a harmless alias is refused: the rule is simple to state and to check.
+    harmless = "- &one {name: a, instruction: Be brief., query: Hi}\n- *one\n"
+    assert "aliases (*one, line 2)" in errors_of(harmless, "yaml").message
+
+
+def test_the_built_in_packs_hold_no_alias():
+    for pack in PACKS:
+        assert "*id0" not in (PACKS_DIR / pack.file).read_text(encoding="utf-8"), pack.file
+
+
+def test_an_error_echoing_its_input_is_bounded():
+    from shared.errors import MAX_ERRORS, MAX_MESSAGE_CHARS
+
+    err = ValidationError("x" * 100_000, errors=[{"field": "f", "message": "y" * 100_000}] * 1000)
+    assert len(err.message) < MAX_MESSAGE_CHARS + 50 and err.message.endswith("(99000 more characters)")
+    assert len(err.errors) == MAX_ERRORS and all(len(e["message"]) < MAX_MESSAGE_CHARS + 50 for e in err.errors)

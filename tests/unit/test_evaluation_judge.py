@@ -20,10 +20,11 @@ class StandIn(BaseHTTPRequestHandler):
         server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
         if server.mode == "slow":
             time.sleep(1.0)
-        if server.mode == "500":
-            self.send_response(500)
+        if server.mode in ("500", "401"):
+            self.send_response(int(server.mode))
             self.end_headers()
-            self.wfile.write(b"model crashed")
+            self.wfile.write(b"model crashed" if server.mode == "500" else
+                             f"bad credentials: {self.headers.get('Authorization')}".encode())
             return
         payload = ({"error": "not a completion"} if server.mode == "not_openai"
                    else {"choices": [{"message": {"role": "assistant", "content": server.content}}]})
@@ -95,6 +96,28 @@ def test_http_500_is_a_clear_error(judge):
     judge.mode = "500"
     with pytest.raises(JudgeError, match="answered HTTP 500: 'model crashed'; check the URL"):
         ask(judge)
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown_in_errors(judge):
+    import base64
+
+    host = judge.url.split("://", 1)[1]
+    judge.content = '{"follows": "yes", "fluency": 2}'
+    assert judge_output("i", "q", "o", url=f"http://judge:pa%3Ass@{host}", model="m")["judge_follows"] is True
+    assert judge.requests[0]["headers"]["Authorization"] == "Basic " + base64.b64encode(b"judge:pa:ss").decode()
+    judge.mode = "401"  # a server that echoes what it got
+    for url, key in ((f"http://judge:pa%3Ass@{host}", ""), (judge.url, "sk-secret-key")):
+        with pytest.raises(JudgeError) as err:
+            judge_output("i", "q", "o", url=url, model="m", api_key=key)
+        message = err.value.message
+        assert f"judge at http://{host}/chat/completions answered HTTP 401" in message, message
+        for secret in ("pa:ss", "pa%3Ass", "judge:", "sk-secret-key", base64.b64encode(b"judge:pa:ss").decode()):
+            assert secret not in message, message
+    judge.shutdown()
+    judge.server_close()
+    with pytest.raises(JudgeError) as err:
+        judge_output("i", "q", "o", url=f"http://judge:pa%3Ass@{host}", model="m", timeout=2)
+    assert "cannot reach the judge at http://127.0.0.1" in err.value.message and "pa" not in err.value.message
 
 
 def test_a_timeout_is_a_clear_error(judge):

@@ -53,6 +53,13 @@ def test_bad_values_say_what_to_fix(tmp_path):
         load_settings(tmp_path / "nope.yaml", env={}, dotenv=None)
 
 
+def test_config_yaml_refuses_aliases(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("generation:\n  max_new_tokens: &n 64\nlimits:\n  max_new_tokens: *n\n")
+    with pytest.raises(ValidationError, match=r"YAML aliases \(\*n, line 4\) are not allowed in config.yaml"):
+        load_settings(cfg, env={}, dotenv=None)
+
+
 def test_list_and_bool_settings_parse_from_environment():
     s = load_settings(None, env={"INSTABOOST_WORKER_MODELS": "a, b", "INSTABOOST_BOOST_MIDDLE_LAYERS_ONLY": "yes"},
                       dotenv=None)

@@ -233,6 +233,58 @@ def test_csv_export_streams_many_rows(client, db_session):
     assert sum(c.count(b"\n") for c in chunks) == 3001
 
 
+def test_the_wide_csv_is_one_snapshot_so_a_variant_stored_meanwhile_is_never_dropped(client, db_session):
+    done = _job_with_runs(db_session, {"original": "a" * 70_000, "all_x10": "b"})  # more than one 64 KB chunk
+    late = _job_with_runs(db_session, {"original": "c"})
+    resp = client.get("/api/jobs.csv")
+    # While the export streams, the second job stores two more variants (a main column and an extra one).
+    lifecycle.record_run(db_session, late, "all_x10", multiplier=10, layers="all", output_text="d")
+    lifecycle.record_run(db_session, late, "all_x20", multiplier=20, layers="all", output_text="late text")
+    db_session.commit()
+    rows = list(csv.DictReader(io.StringIO(b"".join(resp.response).decode())))
+    assert [r["job_id"] for r in rows] == [str(done), str(late)]
+    # The export shows the database as of one moment: both new variants, or neither (here: as of the request).
+    assert (rows[1]["all_layers_output"], rows[1].get("all_x20_output")) == ("", None), rows[1]
+    after = list(csv.DictReader(io.StringIO(client.get("/api/jobs.csv").get_data(as_text=True))))
+    assert [(r["all_layers_output"], r["all_x20_output"]) for r in after] == [("b", ""), ("d", "late text")]
+
+
+def test_the_wide_csv_streams_every_variant_without_loading_every_run_first(client, db_session):
+    import tracemalloc
+
+    from sqlalchemy import insert
+
+    from shared.store.export import WIDE_BATCH
+    from shared.store.tables import Run, utcnow
+
+    n, size = 8 * WIDE_BATCH, 8000
+    params = {"instruction": "Be brief.", "query": "Hi?", "multipliers": [10.0]}
+    ids = db_session.execute(insert(Job).returning(Job.id), [
+        {"status": JobStatus.succeeded, "model": "m", "params": params, "progress_done": 3, "progress_total": 3,
+         "created_at": utcnow()} for _ in range(n)]).scalars().all()
+    # The last job alone has a third variant: its column must still be in the header.
+    db_session.execute(insert(Run), [
+        {"job_id": job_id, "variant": variant, "multiplier": m, "layers": layers, "output_text": f"{variant} " * (size // 8),
+         "created_at": utcnow()}
+        for job_id in ids for variant, m, layers in (("original", 1, "none"), ("all_x10", 10, "all"),
+                                                     ("all_x20", 20, "all"))
+        if variant != "all_x20" or job_id == ids[-1]])
+    db_session.commit()
+    tracemalloc.start()
+    try:
+        resp = client.get("/api/jobs.csv")
+        chunks = iter(resp.response)
+        first = next(chunks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = 2 * n * size
+    assert peak < total / 3, f"{peak} bytes allocated before the first chunk, for {total} bytes of outputs"
+    rows = list(csv.DictReader(io.StringIO((first + b"".join(chunks)).decode())))
+    assert [r["job_id"] for r in rows] == [str(i) for i in ids]
+    assert rows[-1]["all_x20_output"].startswith("all_x20 ") and rows[0]["all_x20_output"] == ""
+
+
 def test_models_lists_heartbeats(client, heartbeat):
     heartbeat("a-model", DEFAULT_MODEL, hostname="w1")
     heartbeat(DEFAULT_MODEL, hostname="w2")

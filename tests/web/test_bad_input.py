@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
-from tests.helpers import assert_problem
+from tests.helpers import alias_bomb, assert_problem
 
 BODY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
 # Limits raised so the model's own context (8192 tokens) is what refuses long prompts and big max_new_tokens.
@@ -251,4 +251,23 @@ def test_bad_form_input_is_shown_next_to_the_field_and_writes_nothing(bad_app, c
     assert resp.status_code == 422
     page = resp.get_data(as_text=True)
     assert f'id="{name}-error"' in page and "Traceback" not in page
+    assert counts() == before
+
+
+def test_a_case_file_of_nested_yaml_aliases_gets_a_short_error_page(bad_app, counts):
+    """A few hundred bytes of nested aliases once gave a 1.7 MB page (each level 10x); aliases are refused."""
+    import io
+    import re
+
+    client = bad_app.test_client()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/sweeps").get_data(as_text=True)).group(1)
+    before = counts()
+    bomb = alias_bomb(4).encode()
+    resp = client.post("/sweeps", data={"csrf_token": token, "source": "upload", "grid": "1, 3", "layer_modes": "all",
+                                        "head_fractions": "1", "fluency_floor": "1",
+                                        "cases_file": (io.BytesIO(bomb), "cases.yaml")},
+                       content_type="multipart/form-data")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 422 and "YAML aliases (*a, line 2) are not allowed in cases files" in page
+    assert len(page) < 50_000, len(page)
     assert counts() == before

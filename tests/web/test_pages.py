@@ -183,12 +183,14 @@ def test_pages_send_security_headers(client):
     assert client.get("/static/style.css").status_code == 200 and client.get("/static/job.js").status_code == 200
 
 
-def test_web_never_imports_the_ml_stack(pg_url):
+def test_web_never_imports_the_ml_stack(pg_url, redis_namespace):
     import subprocess
     import sys
 
+    # The session's namespace: the app records its database as the owner of the prefix it starts on.
     code = ("import sys; from web import create_app; "
-            f"app = create_app({{'DATABASE_URL': {pg_url!r}}}); app.test_client().get('/healthz'); "
+            f"app = create_app({{'DATABASE_URL': {pg_url!r}, 'REDIS_NAMESPACE': {redis_namespace!r}}}); "
+            "app.test_client().get('/healthz'); "
             "bad = [m for m in ('torch', 'transformers', 'transformer_lens', 'worker') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

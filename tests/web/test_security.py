@@ -46,6 +46,8 @@ def add_job(session, *, instruction="Be brief.", query="Hi?", model="m", status=
 # -- CSV injection ---------------------------------------------------------------------------------
 
 DANGEROUS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1+1", "\r=1+1"]
+# Spreadsheets skip blanks and line breaks before a formula.
+LEADING = [" =1+1", "\n=cmd|' /C calc'!A0", "\r\n+1+1", "  \t@SUM(A1:A2)", "\u00a0-2+3"]
 
 
 def test_export_uses_the_shared_neutralizer():
@@ -71,6 +73,24 @@ def test_csv_export_neutralizes_formulas_in_outputs_and_user_text(client, db_ses
         assert row["instruction"] == "'=cmd|' /C calc'!A0" and row["query"] == "'@evil"
         for cell in row.values():
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+
+
+@pytest.mark.parametrize("path", ["/api/runs.csv", "/runs.csv", "/api/jobs.csv", "/jobs.csv"])
+def test_every_csv_neutralizes_formulas_after_leading_blanks_and_line_breaks(client, db_session, path):
+    outputs = {"original": LEADING[0], **{f"all_x{i}": d for i, d in enumerate(LEADING[1:], 1)}}
+    add_job(db_session, instruction=LEADING[1], query=LEADING[2], outputs=outputs)
+    resp = client.get(path)
+    assert resp.status_code == 200 and resp.mimetype == "text/csv"
+    cells = {cell for row in csv.reader(io.StringIO(resp.get_data(as_text=True), newline="")) for cell in row}
+    for dangerous in LEADING:
+        assert "'" + dangerous in cells and dangerous not in cells, dangerous
+
+
+def test_the_sweep_table_csv_is_neutralized():
+    from shared.calibration import table_csv
+
+    text_ = table_csv({"table": [{"setting": " =1+1", "multiplier": 3.0, "split": "validation"}], "best": None})
+    assert list(csv.reader(io.StringIO(text_)))[1][:2] == ["' =1+1", "3.0"]
 
 
 # -- escaping ----------------------------------------------------------------------------------------
@@ -460,6 +480,20 @@ def test_configured_secrets_never_leak(clean_db, redis_namespace, heartbeat, mon
         for kind, secret in secrets.items():
             assert secret not in hay, f"{kind} secret leaked into {name}"
     get_settings.cache_clear()
+
+
+def test_every_secret_setting_and_url_password_is_scrubbed(clean_db, redis_namespace):
+    """The scrub list is the settings declared secret (judge.api_key was missing), plus passwords in URLs."""
+    from shared.settings import SETTINGS
+    from web.errors import scrub
+
+    values = {s.name: f"{s.name}-{uuid.uuid4().hex}" for s in SETTINGS if s.secret}
+    assert "judge.api_key" in values
+    values["judge.url"] = "https://judge:j%40dge-pw@judge.example/v1"
+    app = make_test_app(clean_db, redis_namespace, SETTINGS=values)
+    with app.app_context():
+        text_ = scrub(" | ".join([*values.values(), "j@dge-pw"]))
+    assert [s for s in values.values() if s in text_] == [] and "dge-pw" not in text_, text_
 
 
 # -- limits and headers -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.settings import load_settings
-from shared.store.tables import Job, JobStatus, Run, Sweep
+from shared.store.tables import Job, JobStatus, Run, Sweep, utcnow
 
 
 CASES = {
@@ -218,3 +218,97 @@ def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_i
     resp = client.post("/", data={"csrf_token": token, **base, "max_new_tokens": "4", "multipliers": "recommended",
                                   "layer_modes": ["all"]})
     assert resp.status_code == 303
+
+
+def test_sweeps_pass_the_queued_job_cap_and_the_running_sweeps_bound(clean_db, redis_namespace, heartbeat):
+    """Sweep steps count against limits.max_queued_jobs like jobs: a sweep that does not fit is refused (429,
+    nothing stored), a later step that does not fit waits; limits.max_running_sweeps bounds running sweeps."""
+    from shared.db import session_scope
+    from shared.store import sweeps
+    from tests.fixtures.store import make_test_app
+
+    heartbeat("smollm2-135m-instruct")
+    limits = {"limits.max_queued_jobs": 3, "limits.max_running_sweeps": 2}
+    app = make_test_app(clean_db, redis_namespace, SETTINGS=limits)
+    client, settings = app.test_client(), app.extensions["instaboost"].settings
+    job = {"instruction": "Be brief.", "query": "Hi?", "max_new_tokens": 4, "multipliers": [3]}
+    first = client.post("/api/sweeps", json=SMALL)
+    assert first.status_code == 202 and first.get_json()["jobs"]["queued"] == 2
+    refused = client.post("/api/sweeps", json=SMALL)  # 2 more jobs would make 4 > 3
+    assert refused.status_code == 429 and "limits.max_queued_jobs" in refused.get_json()["detail"]
+    assert refused.headers["Retry-After"]
+    assert len(client.get("/api/sweeps").get_json()["items"]) == 1  # nothing of it was stored
+    normal = client.post("/api/jobs", json=job)
+    assert normal.status_code == 202, normal.get_json()  # the sweep left room for it: 3 queued
+    assert client.post("/api/jobs", json=job).status_code == 429
+
+    # The first step ends (its jobs are cancelled here); the next one (2 jobs) does not fit beside 2 queued: it waits.
+    sweep_id = first.get_json()["id"]
+    cancel_step(client, sweep_id)
+    assert client.post("/api/jobs", json=job).status_code == 202
+    with session_scope(clean_db) as s:
+        assert sweeps.advance(s, sweep_id, settings) == "running"
+    waiting = client.get(f"/api/sweeps/{sweep_id}").get_json()
+    assert waiting["status"] == "running" and waiting["current_multiplier"] == 3.0 and waiting["jobs"]["total"] == 2
+    assert client.post(f"/api/jobs/{normal.get_json()['id']}/cancel", json={}).status_code == 200
+    with session_scope(clean_db) as s:  # room again: the step starts on the next try
+        assert sweeps.advance(s, sweep_id, settings) == "running"
+    moved = client.get(f"/api/sweeps/{sweep_id}").get_json()
+    assert moved["current_multiplier"] == 5.0 and moved["jobs"] == {"total": 4, "cancelled": 2, "queued": 2}
+
+    # A third sweep would pass limits.max_running_sweeps (2) even with room in the queue.
+    busy = make_test_app(clean_db, redis_namespace, SETTINGS={**limits, "limits.max_queued_jobs": 100,
+                                                               "limits.max_running_sweeps": 1}).test_client()
+    resp = busy.post("/api/sweeps", json=SMALL)
+    assert resp.status_code == 429 and "limits.max_running_sweeps" in resp.get_json()["detail"], resp.get_json()
+    assert resp.get_json()["title"] == "Too many running sweeps"
+
+
+def cancel_step(client, sweep_id: int) -> None:
+    """End the sweep's unfinished jobs (cancelled is final: the sweep may move to its next step)."""
+    from shared.db import session_scope
+    from shared.store import lifecycle
+
+    db_url = client.application.extensions["instaboost"].settings["database.url"]
+    with session_scope(db_url) as s:
+        for job_id in list(s.scalars(select(Job.id).where(Job.sweep_id == sweep_id,
+                                                          Job.status == JobStatus.queued))):
+            lifecycle.cancel_job(s, job_id)
+
+
+def test_a_step_that_fails_validation_fails_the_sweep_with_its_message(client, heartbeat, clean_db, redis_namespace):
+    from worker.jobs.sweeper import Sweeper
+
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json=SMALL).get_json()
+    cancel_step(client, sweep["id"])
+    # A limit lowered since the sweep started: its next step's jobs (max_new_tokens 4) are no longer valid.
+    settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace,
+                                        "limits.max_new_tokens": 2})
+    assert Sweeper(settings, db_url=clean_db).sweep()["sweeps"] == [sweep["id"]]
+    failed = client.get(f"/api/sweeps/{sweep['id']}").get_json()
+    assert failed["status"] == "failed" and failed["finished_at"], failed
+    assert failed["error"].startswith("step M=5 cannot run: ") and "max_new_tokens" in failed["error"], failed["error"]
+
+
+def test_one_broken_batch_holds_up_neither_the_other_batches_nor_the_sweeps(client, heartbeat, clean_db,
+                                                                          redis_namespace):
+    from shared.db import session_scope
+    from shared.store.tables import Batch
+    from worker.jobs.sweeper import Sweeper
+
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json=SMALL).get_json()
+    cancel_step(client, sweep["id"])
+    with session_scope(clean_db) as s:
+        # Finished batches (no job left); the broken one's stored line errors lack their fields: finalizing raises.
+        for batch_id, line_errors in (("batch_broken1", [{"line": 1}]), ("batch_ok", []),
+                                      ("batch_broken2", [{"line": 2}])):
+            s.add(Batch(id=batch_id, status="in_progress", endpoint="/v1/chat/completions", input_file_id="file-x",
+                        completion_window="24h", request_total=len(line_errors), line_errors=line_errors,
+                        created_at=utcnow()))
+        s.commit()
+    settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace})
+    done = Sweeper(settings, db_url=clean_db).sweep()
+    assert done["batches"] == ["batch_ok"] and done["sweeps"] == [sweep["id"]], done
+    assert client.get(f"/api/sweeps/{sweep['id']}").get_json()["current_multiplier"] == 5.0

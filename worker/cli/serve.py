@@ -1,26 +1,34 @@
 """`instaboost serve`: the whole service on one machine (web app + one Celery worker).
 
-Migrates the database, then runs gunicorn and a solo-pool Celery worker as child processes
+Checks that the port is free, that Redis answers and that no other deployment (another database) owns the
+Redis key prefix, migrates the database, then runs gunicorn and a solo-pool Celery worker as child processes
 against the local Redis, and stops both on Ctrl-C or SIGTERM.
 
-Like compose's ``restart: unless-stopped``, a child that dies (a worker killed, out of memory, or ended
-by its time-limit watchdog) is started again, with a growing delay (``RESTART_DELAYS``) while it keeps
-dying quickly and a clear message once it has crashed ``CRASH_WARN_AFTER`` times in a row; the other child
-keeps running meanwhile (the web app stays up, jobs wait in the queue), and the job the dead worker was
-running is sent again by the new worker's sweeper.
+What fails before it ever worked is not transient, and serve exits at once (stopping the other child) with
+the cause: a port in use or any other bind failure, a model that cannot load, a database it cannot write,
+another deployment on the Redis prefix. A child is ready when it answers: the web app on its port, the worker
+once its heartbeat says its models are loaded. Like compose's ``restart: unless-stopped``, a child that dies
+after it was ready (a worker killed, out of memory, or ended by its time-limit watchdog) is started again,
+with a growing delay (``RESTART_DELAYS``) while it keeps dying quickly and a clear message once it has crashed
+``CRASH_WARN_AFTER`` times in a row; the other child keeps running meanwhile (the web app stays up, jobs wait
+in the queue), and the job the dead worker was running is sent again by the new worker's sweeper.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import errno
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 WSGI_APP = "web:create_app()"
@@ -62,13 +70,23 @@ def check_redis(url: str) -> str | None:
                 "  or `docker run -d -p 6379:6379 redis:7`, or point REDIS_URL at a running Redis.")
 
 
-def _mask(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
+def check_port(host: str, port: int) -> str | None:
+    """Return None if the web app can listen on host:port, else what is wrong and how to fix it."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+        family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does: TIME_WAIT is free
+            probe.bind(addr)
+        return None
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port}: unknown host {host!r} ({exc.strerror}); check --host"
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (f"port {port} on {host} is already in use (another `instaboost serve`, or `make run` twice?).\n"
+                    f"  Stop what holds it (`ss -ltnp 'sport = :{port}'` names it) or choose another with --port.")
+        return (f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
+                "(ports below 1024 need root) or --host (an address of this machine)")
 
 
 def _child_env(settings) -> dict[str, str]:
@@ -97,18 +115,6 @@ def _gunicorn_command(host: str, port: int, workers: int | None) -> list[str]:
         # Newer gunicorns open one fixed control socket per user: two instances would collide.
         cmd.append("--no-control-socket")
     return cmd + [WSGI_APP]
-
-
-def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection((target, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.2)
-    return False
 
 
 def _stop(procs: dict[str, subprocess.Popen]) -> None:
@@ -143,27 +149,60 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
-class _Child:
-    """One supervised child process: how to start it, and its crash history."""
+class _Fatal(Exception):
+    """A child died before it was ever ready: what failed is not transient (a port, a model, the database)."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str]):
+
+def _last_words(lines) -> str:
+    """Return the line of a child's last output that says most about why it stopped."""
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("instaboost") or "Error" in line or "error:" in line.lower():
+            return line
+    return lines[-1] if lines else "it printed nothing"
+
+
+class _Child:
+    """One supervised child process: how to start it, how to tell it is ready, and its crash history.
+
+    Its stderr passes through a thread that keeps the last lines, so a fatal message can quote them.
+    """
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str],
+                 ready: Callable[[subprocess.Popen], bool] | None = None):
         self.name = name
         self.command = command
         self.env = env
+        self.probe = ready
+        self.was_ready = ready is None  # without a probe a child counts as ready once started
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
         self.crashes = 0  # quick crashes in a row
         self.restart_at: float | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
 
     def start(self) -> subprocess.Popen:
         # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True, stderr=subprocess.PIPE,
+                                     text=True, errors="replace")
+        threading.Thread(target=self._relay, args=(self.proc.stderr,), name=f"serve-{self.name}-stderr",
+                         daemon=True).start()
         self.started = time.monotonic()
         self.restart_at = None
         return self.proc
 
+    def _relay(self, stream) -> None:
+        for line in stream:
+            self.tail.append(line)
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # our stderr is gone; keep draining so the child never blocks
+                pass
+
     def check(self) -> None:
-        """Notice a death (schedule the restart, say why) or start the child again once its delay is over."""
+        """Notice readiness or a death (schedule the restart, say why; _Fatal before it was ever ready), or
+        start the child again once its delay is over."""
         now = time.monotonic()
         if self.restart_at is not None:
             if now >= self.restart_at:
@@ -172,40 +211,83 @@ class _Child:
             return
         code = self.proc.poll()
         if code is None:
+            if not self.was_ready and self.probe(self.proc):
+                self.was_ready = True
             return
+        if not self.was_ready:
+            time.sleep(0.2)  # let the relay thread read its last lines
+            raise _Fatal(f"the {self.name} process exited before it was ready ({_exit_reason(code)}): "
+                         f"{_last_words(self.tail)}")
         self.crashes = 1 if now - self.started >= STABLE_AFTER else self.crashes + 1
         delay = RESTART_DELAYS[min(self.crashes, len(RESTART_DELAYS)) - 1]
         self.restart_at = now + delay
         _say(f"the {self.name} process (pid {self.proc.pid}) died ({_exit_reason(code)}); restarting it in {delay} s")
         if self.crashes >= CRASH_WARN_AFTER:
             _say(f"the {self.name} process keeps dying: {self.crashes} times in a row, each within {STABLE_AFTER} s "
-                 f"of its start (last: {_exit_reason(code)}). Its log above says why (a model that cannot load, "
-                 "running out of memory, the database or Redis unreachable). Still restarting it every "
+                 f"of its start (last: {_exit_reason(code)}). Its log above says why (running out of memory, "
+                 "the database or Redis unreachable). Still restarting it every "
                  f"{RESTART_DELAYS[-1]} s; the web app stays up and jobs wait in the queue. Ctrl-C stops everything.")
+
+
+def _port_open(host: str, port: int) -> bool:
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _worker_ready(redis, namespace: str) -> Callable[[subprocess.Popen], bool]:
+    """Return a probe: has the worker process's heartbeat announced its models as loaded?"""
+    from shared.workers import live_workers
+
+    def ready(proc: subprocess.Popen) -> bool:
+        try:
+            beats = live_workers(redis, namespace)
+        except Exception:  # Redis away for a moment: not ready yet
+            return False
+        return any(b.get("pid") == proc.pid and b["models"] and not b.get("starting") for b in beats)
+
+    return ready
+
+
+def _preflight(host: str, port: int, settings) -> str | None:
+    """Return why serve cannot start (port, Redis, database, another deployment on the prefix), else None."""
+    from shared.db import upgrade
+    from shared.deployment import DeploymentConflict, claim_if_reachable, mask_url
+    from shared.workers import redis_client
+
+    problem = check_port(host, port) or check_redis(settings["redis.url"])
+    if problem:
+        return problem
+    try:
+        upgrade(settings["database.url"])
+    except Exception as exc:
+        return (f"cannot migrate the database {mask_url(settings['database.url'])} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
+                "  Check DATABASE_URL (the default is a SQLite file instaboost.db in the current folder).")
+    try:
+        claim_if_reachable(redis_client(settings["redis.url"]), settings["redis.namespace"], settings["database.url"])
+    except DeploymentConflict as exc:
+        return exc.message
+    return None
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int | None = None, with_worker: bool = True,
           ready_timeout: float = 120.0) -> int:
-    """Migrate, start the web app and one worker, print the URL and run until interrupted."""
+    """Check, migrate, start the web app and one worker, print the URL and run until interrupted."""
     from shared.settings import get_settings
+    from shared.workers import redis_client
 
     settings = get_settings()
     if not settings["web.api_token"]:
         from shared.settings import OPEN_MODE_MESSAGE
 
         _say(f"{OPEN_MODE_MESSAGE} (fine on 127.0.0.1; set INSTABOOST_WEB_API_TOKEN before exposing it)")
-    problem = check_redis(settings["redis.url"])
+    problem = _preflight(host, port, settings)
     if problem:
         _say(problem)
-        return 2
-    try:
-        from shared.db import upgrade
-
-        upgrade(settings["database.url"])
-    except Exception as exc:
-        _say(f"cannot migrate the database {_mask(settings['database.url'])} "
-             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
-             "  Check DATABASE_URL (the default is a SQLite file instaboost.db in the current folder).")
         return 2
 
     env = _child_env(settings)
@@ -222,23 +304,31 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int | None 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     children: dict[str, _Child] = {}
     try:
-        children["web"] = _Child("web", _gunicorn_command(host, port, web_workers), env)
-        web = children["web"].start()
+        children["web"] = _Child("web", _gunicorn_command(host, port, web_workers), env,
+                                 ready=lambda _proc: _port_open(host, port))
+        children["web"].start()
         if with_worker:
             children["worker"] = _Child("worker", [
                 sys.executable, "-m", "celery", "-A", "worker.jobs.app", "worker", "--pool", "solo",
                 "--loglevel", "INFO", "--without-mingle", "--without-gossip", "-n", f"serve@{socket.gethostname()}"],
-                env)
+                env, ready=_worker_ready(redis_client(settings["redis.url"]), settings["redis.namespace"]))
             children["worker"].start()
-        if not _wait_port(host, port, web, ready_timeout):
-            _say(f"the web app did not start on {host}:{port} (is the port in use?)")
-            return 1
-        shown = "localhost" if host in ("0.0.0.0", "::") else host
-        print(f"InstaBoost is running at http://{shown}:{port}/  (Ctrl-C stops it)", flush=True)
+        deadline = time.monotonic() + ready_timeout
+        announced = False
         while True:
             for child in children.values():
                 child.check()
-            time.sleep(0.5)
+            if not announced and children["web"].was_ready:
+                shown = "localhost" if host in ("0.0.0.0", "::") else host
+                print(f"InstaBoost is running at http://{shown}:{port}/  (Ctrl-C stops it)", flush=True)
+                announced = True
+            elif not announced and time.monotonic() > deadline:
+                _say(f"the web app did not start on {host}:{port} within {ready_timeout:.0f} s; its log above says why")
+                return 1
+            time.sleep(0.2 if not announced else 0.5)
+    except _Fatal as exc:
+        _say(f"cannot start: {exc}; stopping")
+        return 1
     except _Stop:
         _say("stopping (waiting for the worker to finish its current variant)")
         return 0

@@ -39,19 +39,22 @@ def preload_models(hostname: str | None = None) -> list[str]:
     global _heartbeat
     if _heartbeat is not None:
         return _heartbeat.payload["models"]
+    from shared.deployment import HEADER
     from shared.errors import InstaBoostError
     from worker.jobs.heartbeat import Heartbeat, new_worker_id
+    from worker.jobs.identity import owner_entry, start_check
 
     s = get_settings()
     models = list(dict.fromkeys(s["worker.models"]))
     if not models:
         raise SystemExit("instaboost worker: worker.models is empty; set INSTABOOST_WORKER_MODELS")
     host = hostname or f"worker@{socket.gethostname()}"
+    own = start_check(s)  # before the first beat: a worker on another deployment's Redis prefix never advertises
     # One id per process (prefork children too): the heartbeat key and the jobs' worker column. The first
     # beat comes before loading (seconds to minutes), so the web app queues jobs for these models meanwhile.
     _heartbeat = Heartbeat(host, [], s["redis.url"], s["redis.namespace"], interval=s["worker.heartbeat_interval"],
                            ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host),
-                           extra={"starting": models}).start()
+                           extra={"starting": models, HEADER: own}, owner=owner_entry(own, s)).start()
     atexit.register(_heartbeat.stop)
     from worker.engine import get_engine
 

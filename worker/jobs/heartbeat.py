@@ -47,7 +47,7 @@ class Heartbeat:
 
     def __init__(self, hostname: str, models: list[str], redis_url: str, namespace: str,
                  interval: float = HEARTBEAT_INTERVAL, ttl: float = HEARTBEAT_TTL, worker_id: str | None = None,
-                 extra: dict | None = None):
+                 extra: dict | None = None, owner: tuple[str, str] | None = None):
         self.worker_id = worker_id or hostname
         self.key = heartbeat_key(self.worker_id, namespace)
         self.payload = {"hostname": hostname, "worker": self.worker_id, "models": list(models), "pid": os.getpid(),
@@ -55,6 +55,8 @@ class Heartbeat:
                         **(extra or {})}
         self.interval = interval
         self.ttl = ttl
+        # (key, value) of the deployment owning the Redis prefix (shared.deployment), set again if Redis lost it.
+        self.owner = owner
         self._redis = redis_client(redis_url)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,7 +64,11 @@ class Heartbeat:
     def beat(self) -> None:
         """Write the heartbeat once, with this process's numbers (shared.metrics) for the web's /metrics."""
         body = dict(self.payload, seen_at=_now(), metrics=METRICS.snapshot())
-        self._redis.set(self.key, json.dumps(body), px=max(1, int(self.ttl * 1000)))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self.key, json.dumps(body), px=max(1, int(self.ttl * 1000)))
+        if self.owner is not None:
+            pipe.set(*self.owner, nx=True)
+        pipe.execute()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

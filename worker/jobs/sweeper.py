@@ -199,27 +199,50 @@ class Sweeper:
         with session_scope(self.db_url) as s:
             rows = s.execute(select(Sweep.id, Sweep.step_index).where(Sweep.status == sweeps.RUNNING)).all()
         for r in rows:
-            with session_scope(self.db_url) as s:
-                try:
-                    status = sweeps.advance(s, r.id, self.settings, sweeps.celery_sender(self.celery))
-                    moved = s.execute(select(Sweep.step_index).where(Sweep.id == r.id)).scalar_one()
-                except Exception as exc:
-                    s.rollback()
-                    log.warning("sweeper: sweep %s not advanced (%s: %s)", r.id, type(exc).__name__, exc)
-                    continue
-            if status != sweeps.RUNNING or moved != r.step_index:
+            if self._advance_sweep(r.id, r.step_index):
                 done["sweeps"].append(r.id)
+
+    def _advance_sweep(self, sweep_id: int, step_index: int) -> bool:
+        """Advance one sweep in its own session; tell whether it moved (a new step, or it ended). A failure is
+        logged and skipped: the other sweeps still advance, and the next pass tries this one again."""
+        from shared.store import sweeps
+        from shared.store.tables import Sweep
+
+        with session_scope(self.db_url) as s:
+            try:
+                status = sweeps.advance(s, sweep_id, self.settings, sweeps.celery_sender(self.celery))
+                moved = s.execute(select(Sweep.step_index).where(Sweep.id == sweep_id)).scalar_one()
+            except Exception as exc:
+                s.rollback()
+                log.warning("sweeper: sweep %s not advanced (%s: %s)", sweep_id, type(exc).__name__,
+                            str(exc).splitlines()[0][:200] if str(exc) else "")
+                return False
+        return status != sweeps.RUNNING or moved != step_index
 
     def _batches(self, done: dict[str, list]) -> None:
         """Move OpenAI batches on whose last job ended without its worker doing it (e.g. failed by this sweeper)."""
         from shared.store import batches
 
         with session_scope(self.db_url) as s:
-            for batch_id in batches.open_batch_ids(s):
+            ids = batches.open_batch_ids(s)
+        for batch_id in ids:
+            if self._refresh_batch(batch_id):
+                done["batches"].append(batch_id)
+
+    def _refresh_batch(self, batch_id: str) -> bool:
+        """Refresh one batch in its own session; tell whether its status moved. A failure is logged and skipped,
+        so one broken batch holds up neither the other batches nor the sweeps."""
+        from shared.store import batches
+
+        with session_scope(self.db_url) as s:
+            try:
                 before = s.get(batches.Batch, batch_id).status
-                after = batches.refresh_batch(s, batch_id).status
-                if after != before:
-                    done["batches"].append(batch_id)
+                return batches.refresh_batch(s, batch_id).status != before
+            except Exception as exc:
+                s.rollback()
+                log.warning("sweeper: batch %s not refreshed (%s: %s)", batch_id, type(exc).__name__,
+                            str(exc).splitlines()[0][:200] if str(exc) else "")
+                return False
 
     def _files(self, done: dict[str, list]) -> None:
         """Recover batches a dead create left validating; delete expired files."""

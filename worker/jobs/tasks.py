@@ -36,7 +36,7 @@ from shared.schemas import JobRequest, Variant
 from shared.store import lifecycle
 from shared.store.tables import FINAL, Job, JobStatus, Run
 from shared.workers import redis_client, stream_key, waiting_job_ids, worker_runs
-from worker.jobs import faults
+from worker.jobs import faults, identity
 from worker.jobs.watchdog import end_process
 
 log = logging.getLogger("instaboost.worker")
@@ -443,6 +443,7 @@ def run_job(self, job_id: int) -> str:
     redis = _redis(settings["redis.url"])
     namespace = settings["redis.namespace"]
     job_id = int(job_id)
+    identity.refuse_foreign(self.request, job_id, settings)  # a job id of another database: never run it here
 
     def busy(worker: str) -> bool:
         # Another process claimed it: leave it alone while that process lives and still runs it.
