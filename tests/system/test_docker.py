@@ -40,7 +40,7 @@ JOB = {"instruction": "Answer only in French.", "query": "What is the capital of
 MESSAGES = [{"role": "system", "content": "Answer only in French."},
             {"role": "user", "content": "What is the capital of Germany?"}]
 WORKERS = 2
-BURST = 6  # jobs of 3 variants (JOB) each, one variant per batch step (INSTABOOST_WORKER_MAX_BATCH_ROWS=1 below)
+BURST = 4  # jobs of 3 variants (JOB) each, one variant per batch step (INSTABOOST_WORKER_MAX_BATCH_ROWS=1 below)
 # Safety nets only: every wait below polls for an event and fails (with the logs) only if it never comes.
 START_TIMEOUT = 600
 JOB_TIMEOUT = 900
