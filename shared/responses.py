@@ -22,11 +22,14 @@ from shared.validation import brief
 
 API = "responses"
 ID_PREFIX, MESSAGE_PREFIX = "resp_", "msg_"
+ID_PATTERN = "resp_[0-9]{1,10}"
 # Request fields taken and used (instaboost: the boost, as chat's extension).
 USED_KEYS = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream",
-             "previous_response_id", "store", "metadata", "user", "instaboost")
+             "previous_response_id", "store", "metadata", "user", "instaboost", "include")
+# What include may ask for: encrypted reasoning (Inspect asks for it with store false), of which there is none here.
+INCLUDABLE = ("reasoning.encrypted_content",)
 # Fields accepted at a value that changes nothing here (None: any value; stored nowhere, listed in the README).
-NEUTRAL = {"include": (None, ()), "tools": (None, ()), "tool_choice": (None, "none"), "reasoning": (None,),
+NEUTRAL = {"tools": (None, ()), "tool_choice": (None, "none"), "reasoning": (None,),
            "parallel_tool_calls": None, "service_tier": None, "truncation": (None, "disabled"),
            "background": (None, False), "prompt_cache_key": None, "safety_identifier": None,
            "text": (None, {"format": {"type": "text"}})}
@@ -34,7 +37,6 @@ NEUTRAL = {"include": (None, ()), "tools": (None, ()), "tool_choice": (None, "no
 REFUSED = {"tools": "tools are not supported: this server generates text only",
            "tool_choice": "tool_choice is not supported: this server has no tools (leave it out or give 'none')",
            "reasoning": "reasoning is not supported: the served models are not reasoning models",
-           "include": "include is not supported: there is nothing extra to include (leave it out or give [])",
            "text": "text may only be {\"format\": {\"type\": \"text\"}}: structured output is not supported on "
                    "/v1/responses",
            "truncation": "truncation may only be 'disabled': a conversation longer than the model's context is "
@@ -58,7 +60,7 @@ def response_id(job_id: int) -> str:
 
 def job_id_of(rid: Any) -> int | None:
     """Return the job id a response id names, or None when it is not one of ours."""
-    if not isinstance(rid, str) or not rid.startswith(ID_PREFIX) or not rid[len(ID_PREFIX):].isdigit():
+    if not isinstance(rid, str) or not re.fullmatch(ID_PATTERN, rid):
         return None
     n = int(rid[len(ID_PREFIX):])
     return n if 0 < n < 2**31 else None
@@ -140,9 +142,23 @@ def _neutral(errors: list[dict], body: Mapping[str, Any]) -> None:
         if key not in body or allowed is None:
             continue
         value = body[key]
-        if value in allowed or (isinstance(value, list) and not value and () in allowed):
-            continue
+        if any(value == a and type(value) is type(a) for a in allowed) or (value == [] and () in allowed):
+            continue  # by type too: JSON's 0 is not false
         _refuse(errors, key, REFUSED.get(key, f"{key} is not supported by this server (leave it out)"))
+
+
+def _include(errors: list[dict], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        _refuse(errors, "include", f"include must be a list of strings, got {brief(value)}")
+        return
+    for k, v in enumerate(value):
+        if v not in INCLUDABLE:
+            why = "logprobs are not available on /v1/responses" if "logprobs" in v else "there is no such output here"
+            _refuse(errors, f"include[{k}]", f"include[{k}] {brief(v)} is not supported: {why} (leave it out; "
+                                             f"allowed: {', '.join(INCLUDABLE)})")
+            return
 
 
 def conversation(previous: Mapping[str, Any] | None) -> list[dict]:
@@ -165,6 +181,7 @@ def responses_params(body: Any, settings: Mapping[str, Any], previous: Mapping[s
     for key in [k for k in body if k not in USED_KEYS and k not in NEUTRAL][:10]:
         _refuse(errors, str(key)[:64], f"unrecognized request argument {brief(key)}")
     _neutral(errors, body)
+    _include(errors, body.get("include"))
     if "input" not in body:
         _refuse(errors, "input", "input is required: a string, or a list of {role, content} message items")
     items = _input(errors, body.get("input")) if "input" in body else []

@@ -46,7 +46,8 @@ CASES = [
     ("tools", body(tools=[{"type": "function", "name": "f", "parameters": {}}]), 400, "tools"),
     ("tool-choice", body(tool_choice="required"), 400, "tool_choice"),
     ("reasoning", body(reasoning={"effort": "low"}), 400, "reasoning"),
-    ("include-logprobs", body(include=["message.output_text.logprobs"]), 400, "include"),
+    ("include-logprobs", body(include=["message.output_text.logprobs"]), 400, "include[0]"),
+    ("include-string", body(include="reasoning.encrypted_content"), 400, "include"),
     ("text-json-schema", body(text={"format": {"type": "json_schema", "name": "x", "schema": {}}}), 400, "text"),
     ("background", body(background=True), 400, "background"),
     ("max-output-tokens-zero", body(max_output_tokens=0), 400, "max_output_tokens"),
@@ -103,7 +104,8 @@ def test_a_wait_past_the_limit_names_the_response_to_poll(responses_app, pg_url)
     """No worker runs here: the job is stored and queued; GET /v1/responses/<id> shows it queued, a chat job is none."""
     web = responses_app.test_client()
     resp = web.post("/v1/responses", json=body(metadata={"run": "a"}, user="u1", store=False,
-                                                include=[], tools=[], tool_choice="none"))
+                                                include=["reasoning.encrypted_content"], tools=[],
+                                                tool_choice="none"))
     assert resp.status_code == 504 and resp.headers["x-should-retry"] == "false"
     rid = resp.headers["Location"].rsplit("/", 1)[1]
     assert rid.startswith("resp_") and f"/v1/responses/{rid}" in resp.get_json()["error"]["message"]
