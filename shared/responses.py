@@ -210,7 +210,7 @@ def responses_params(body: Any, settings: Mapping[str, Any], previous: Mapping[s
     try:
         params = chat_params(chat_body, settings)
     except ValidationError as exc:
-        raise _renamed(exc, len(lead)) from None
+        raise renamed(exc, len(lead)) from None
     history = conversation(previous)
     new = params["messages"][len(lead):]
     total = sum(len(m["text"]) for m in history) + sum(len(t) for m in params["messages"] for t, _ in m["segments"])
@@ -229,8 +229,8 @@ def responses_params(body: Any, settings: Mapping[str, Any], previous: Mapping[s
     return params
 
 
-def _renamed(exc: ValidationError, lead: int) -> ValidationError:
-    """Return chat's error with its field names as the Responses request spells them."""
+def renamed(exc: ValidationError, lead: int = 0) -> ValidationError:
+    """Return chat's error with its field names as the Responses request spells them (lead: instructions given)."""
 
     def item(m: re.Match) -> str:
         i = int(m.group(1))
@@ -242,7 +242,8 @@ def _renamed(exc: ValidationError, lead: int) -> ValidationError:
         text = re.sub(r"messages\[(\d+)\](\.content)?", lambda m: item(m) if int(m.group(1)) < lead else m.group(0),
                       text)
         text = re.sub(r"messages\[(\d+)\]", item, text)
-        return text.replace("messages", "input").replace("max_completion_tokens", "max_output_tokens")
+        text = text.replace("messages", "input").replace("max_completion_tokens", "max_output_tokens")
+        return re.sub(r"\bmax_tokens\b", "max_output_tokens", text)
 
     errors = [{**e, "field": rename(e.get("field")), "message": rename(str(e.get("message", "")))}
               for e in exc.errors]
@@ -342,4 +343,4 @@ def response_body(job, run) -> dict:
 
 
 __all__ = ["responses_params", "response_body", "response_object", "load_previous", "response_id", "job_id_of",
-           "is_response", "PreviousNotFound", "message_item", "output_text", "conversation"]
+           "is_response", "PreviousNotFound", "renamed", "message_item", "output_text", "conversation"]

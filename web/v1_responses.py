@@ -15,9 +15,9 @@ import time
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from shared.errors import NotFound
+from shared.errors import NotFound, ValidationError
 from shared.responses import (is_response, job_id_of, load_previous, message_item, output_text, response_body,
-                              response_id, response_object, responses_params)
+                              renamed, response_id, response_object, responses_params)
 from shared.store import idempotency, submission
 from shared.store.tables import Job, JobStatus
 from web.context import db, services, submit_kwargs
@@ -97,6 +97,9 @@ def create_response():
     except idempotency.KeyReused as exc:
         give_back()
         return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
+    except ValidationError as exc:  # the model's limits (chat's field names): say them as this request does
+        give_back()
+        raise renamed(exc) from None
     except BaseException:
         give_back()
         raise

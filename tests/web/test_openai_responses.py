@@ -59,6 +59,7 @@ CASES = [
     ("metadata-number-value", body(metadata={"k": 1}), 400, "metadata"),
     ("user-number", body(user=5), 400, "user"),
     ("boost-zero", body(instaboost={"multiplier": 0}), 400, "instaboost.multiplier"),
+    ("layers-past-model", body(instaboost={"layers": [0, 30]}), 400, "instaboost.layers"),
     ("boost-unknown-key", body(instaboost={"colour": "red"}), 400, "instaboost.colour"),
     ("previous-malformed", body(previous_response_id="chatcmpl-1"), 400, "previous_response_id"),
     ("previous-unknown", body(previous_response_id="resp_987654321"), 400, "previous_response_id"),
@@ -91,6 +92,18 @@ def test_an_unknown_previous_response_is_named_as_openai_does(responses_app):
     error = responses_app.test_client().post("/v1/responses", json=body(previous_response_id="resp_987654321"))
     assert error.get_json()["error"]["code"] == "previous_response_not_found"
     assert "resp_987654321" in error.get_json()["error"]["message"]
+
+
+def test_chat_errors_are_named_as_the_responses_request_spells_them():
+    from shared.errors import ValidationError
+    from shared.responses import renamed
+
+    exc = renamed(ValidationError("max_tokens 9000 does not fit", errors=[
+        {"field": "max_tokens", "message": "max_tokens 9000 does not fit"},
+        {"field": "messages[1].content", "message": "messages[1].content has an unclosed <boost>"}]), lead=1)
+    assert [e["field"] for e in exc.errors] == ["max_output_tokens", "input[0].content"]
+    assert exc.errors[0]["message"] == "max_output_tokens 9000 does not fit"
+    assert exc.errors[1]["message"] == "input[0].content has an unclosed <boost>"
 
 
 def test_an_unknown_response_is_a_404(responses_app):
