@@ -1,4 +1,5 @@
-"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks.
+"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks
+(ChatFrames), or as the Responses API's events (web.v1_responses.ResponsesFrames).
 
 The worker appends {"type": "delta"|"end", "attempt", ...} events to a Redis list per job
 (shared.workers.stream_key). A stream waits v1.wait_seconds for text, and as long again after each piece

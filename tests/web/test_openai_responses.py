@@ -152,3 +152,23 @@ def test_instructions_are_what_the_boost_boosts(responses_app, pg_url):
     assert [m["segments"] for m in params["messages"]] == [[["Answer in French.", 7.0]],
                                                           [["What is the capital of Italy?", None]]]
     web.post(f"/api/jobs/{job_id}/cancel", json={})
+
+
+def test_a_stream_that_stalls_ends_with_an_error_event_then_response_failed(responses_app):
+    """No worker: no text comes within v1.wait_seconds; the stream ends as OpenAI's does when a response fails."""
+    import json
+
+    web = responses_app.test_client()
+    resp = web.post("/v1/responses", json=body(stream=True))
+    assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
+    frames = [f for f in resp.get_data(as_text=True).split("\n\n") if f.startswith("event: ")]
+    events = [(f.split("\n")[0][7:], json.loads(f.split("\n")[1][6:])) for f in frames]
+    assert [name for name, _ in events] == ["response.created", "response.in_progress", "response.output_item.added",
+                                            "response.content_part.added", "error", "response.failed"]
+    assert all(name == data["type"] for name, data in events)
+    assert [data["sequence_number"] for _, data in events] == list(range(6))
+    assert events[4][1]["code"] == "timeout" and "/v1/responses/resp_" in events[4][1]["message"]
+    failed = events[5][1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert failed["id"] == events[0][1]["response"]["id"]
+    web.post(f"/api/jobs/{resp.headers['X-InstaBoost-Job-Id']}/cancel", json={})
