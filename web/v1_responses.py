@@ -133,12 +133,12 @@ def create_response():
         give_back()
 
 
-@bp.get("/responses/<rid>")
-def get_response(rid):
+@bp.get("/responses/<response_id>")
+def get_response(response_id):
     """Return a stored response by id (resp_<job id>), in whatever state it is (queued, in_progress, completed…)."""
     session = db()
-    n = job_id_of(rid)
+    n = job_id_of(response_id)
     job = session.get(Job, n) if n is not None else None
     if job is None or not is_response(job.params):
-        raise NotFound(f"no response with id {rid!r} (ids look like resp_123)", field="response_id")
+        raise NotFound(f"no response with id {response_id!r} (ids look like resp_123)", field="response_id")
     return jsonify(response_body(job, chat_run(session, job.id)))
