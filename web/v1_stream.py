@@ -1,4 +1,5 @@
-"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks.
+"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks
+(ChatFrames), or as the Responses API's events (web.v1_responses.ResponsesFrames).
 
 The worker appends {"type": "delta"|"end", "attempt", ...} events to a Redis list per job
 (shared.workers.stream_key). A stream waits v1.wait_seconds for text, and as long again after each piece
@@ -55,8 +56,38 @@ def _cancel_abandoned(s, job_id: int) -> None:
         log.warning("could not cancel job %s after its client went away: %s", job_id, type(exc).__name__)
 
 
-def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None):
-    """Yield the completion as OpenAI chat.completion.chunk events, a usage chunk, then [DONE].
+class ChatFrames:
+    """The chat.completion.chunk framing of a streamed chat completion (the default of stream_completion)."""
+
+    def __init__(self, job_id: int, params: dict):
+        self.poll_path = f"/v1/chat/completions/{job_id}"
+        self.base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": params["model"], "system_fingerprint": fingerprint(params)}
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> str:
+        return _sse({**self.base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                               "finish_reason": finish}]})
+
+    def start(self) -> list[str]:
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def delta(self, text: str) -> list[str]:
+        return [self._chunk({"content": text})]
+
+    def finish(self, end: dict) -> list[str]:
+        p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
+        return [self._chunk({}, end.get("finish_reason", "stop")),
+                _sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                                            "total_tokens": p + c}}),
+                "data: [DONE]\n\n"]
+
+    def failure(self, error: dict) -> list[str]:
+        return [_sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
+
+
+def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None,
+                      frames=None):
+    """Yield the completion in frames' framing (ChatFrames: chat.completion.chunk events, a usage chunk, [DONE]).
 
     on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the first text and for each next piece. While nothing
     arrives an SSE comment goes out every STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the
@@ -66,13 +97,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     redis = redis_client(s.settings["redis.url"])
     key = stream_key(s.settings["redis.namespace"], job_id)
     listeners = _listeners_key(s.settings["redis.namespace"], job_id)
-    created = int(time.time())
-    base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": created,
-            "model": params["model"], "system_fingerprint": fingerprint(params)}
-
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
-
+    frames = frames or ChatFrames(job_id, params)
     done = False  # the job ended (or the stream gave up on it): closing now cancels nothing
     abandoned = False
     try:
@@ -81,7 +106,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     except Exception:  # Redis down: the loop below reports it
         pass
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        yield from frames.start()
         sent = 0  # characters of the answer already sent
         attempt, text, cursor = None, "", 0
         end: dict | None = None
@@ -93,7 +118,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 events = redis.lrange(key, cursor, -1)
             except Exception as exc:  # redis-py connection errors
                 outcome = openai_error(503, f"the broker (Redis) became unreachable while streaming job {job_id} "
-                                            f"({type(exc).__name__}); poll GET /v1/chat/completions/{job_id}",
+                                            f"({type(exc).__name__}); poll GET {frames.poll_path}",
                                        retry=False)
                 break
             for raw in events:
@@ -104,7 +129,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 if event.get("type") == "delta":
                     text += event["text"]
                     if len(text) > sent:
-                        yield chunk({"content": text[sent:]})
+                        yield from frames.delta(text[sent:])
                         sent = len(text)
                         now = time.monotonic()
                         deadline, next_keepalive = now + wait, now + STREAM_KEEPALIVE_SECONDS  # text arrived
@@ -126,7 +151,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                             if job.status is JobStatus.succeeded and run is not None:
                                 # Stored by an earlier delivery (or its events were lost): send what is missing.
                                 if len(run.produced_text) > sent:
-                                    yield chunk({"content": run.produced_text[sent:]})
+                                    yield from frames.delta(run.produced_text[sent:])
                                 end = {"finish_reason": run.finish_reason or "stop",
                                        "prompt_tokens": run.prompt_tokens, "completion_tokens": run.output_tokens}
                             else:
@@ -134,23 +159,18 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                             break
                 except SQLAlchemyError as exc:
                     outcome = openai_error(503, f"the database became unreachable while streaming job {job_id} "
-                                                f"({type(exc).__name__}); poll GET /v1/chat/completions/{job_id}",
+                                                f"({type(exc).__name__}); poll GET {frames.poll_path}",
                                            retry=False)
                     break
                 if now > deadline:
-                    outcome = timeout_error(job_id, wait)
+                    outcome = timeout_error(job_id, wait, frames.poll_path)
                     break
             time.sleep(STREAM_POLL_SECONDS)
         done = True
-        if outcome is not None:  # the openai SDK raises an APIError for an event carrying "error"
-            yield _sse(json.loads(outcome.get_data(as_text=True)))
-            yield "data: [DONE]\n\n"
+        if outcome is not None:
+            yield from frames.failure(json.loads(outcome.get_data(as_text=True)))
             return
-        yield chunk({}, end.get("finish_reason", "stop"))
-        p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
-        yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
-                                                     "total_tokens": p + c}})
-        yield "data: [DONE]\n\n"
+        yield from frames.finish(end)
     except GeneratorExit:
         abandoned = not done
         raise

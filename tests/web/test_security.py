@@ -188,19 +188,22 @@ def routes(app, job_id: int) -> list[tuple[str, str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint in OPEN_ENDPOINTS:
             continue
-        assert set(rule.arguments) <= {"job_id", "completion_id", "model", "file_id", "batch_id", "sweep_id"}, \
+        assert set(rule.arguments) <= {"job_id", "completion_id", "model", "file_id", "batch_id", "sweep_id",
+                                       "response_id"}, \
             f"teach this test the arguments of {rule.rule}"
         url = rule.rule.replace("<job_id>", str(job_id)).replace("<completion_id>", str(job_id))
-        url = url.replace("<sweep_id>", "1")
+        url = url.replace("<sweep_id>", "1").replace("<response_id>", f"resp_{job_id}")
         url = url.replace("<path:model>", "m").replace("<file_id>", "file-x").replace("<batch_id>", "batch_x")
         out += [(rule.endpoint, method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
     return out
 
 
 def made_up(url: str) -> bool:
-    """Return True for URLs naming an object routes() made up (no such file, batch, model, sweep; the job is no chat)."""
+    """Return True for URLs naming an object routes() made up (no such file, batch, model, sweep; the job is no chat,
+    no response)."""
     return ("/sweeps/1" in url
-            or url.startswith("/v1/") and any(x in url for x in ("/file-x", "/batch_x", "/models/m", "/completions/")))
+            or url.startswith("/v1/") and any(x in url for x in ("/file-x", "/batch_x", "/models/m", "/completions/",
+                                                                "/responses/resp_")))
 
 
 def call(client, method: str, url: str, csrf: str, headers: dict | None = None):
