@@ -28,6 +28,8 @@ app = make_celery(settings, main="instaboost-worker")
 # A bare `celery -A worker.jobs.app worker` consumes exactly the queues of the models it holds.
 app.conf.task_queues = [Queue(model_queue(m)) for m in dict.fromkeys(settings["worker.models"])]
 app.conf.task_default_queue = model_queue(settings["worker.models"][0]) if settings["worker.models"] else "models"
+# Reconnects to Redis with a backoff capped at redis.reconnect_max_seconds (Celery's own grows to 30 s).
+app.conf.worker_consumer = "worker.jobs.reconnect:Consumer"
 
 import worker.jobs.tasks  # noqa: E402,F401  (registers instaboost.run_job)
 
