@@ -318,6 +318,8 @@ def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis
     # Heartbeats vanished with Redis, yet the job running through the outage was never taken from its worker.
     assert [v.attempts for v in finals] == [1] * len(finals)
     assert h.sweeps("lost", before[1]) == h.sweeps("lost", before[2]) == 1 and h.sweeps("outbox", outbox) == 1
+    # Re-sent by the first pass after Redis returned (its marker key gone), not sweeper.lost_after later.
+    assert "Redis came back without its data" in w.log_tail(10**7)
 
 
 def test_after_a_long_redis_outage_the_worker_reconnects_within_the_capped_backoff(private_redis, h):

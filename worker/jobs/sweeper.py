@@ -12,7 +12,8 @@ one on its own. Every ``sweeper.interval`` seconds it
    so a job whose worker died ``worker.max_attempts`` times is failed as poison instead. A ``cancelling``
    job whose worker died is finished as cancelled;
 3. **lost messages**: sends again the ``queued`` jobs whose message has been missing from their model's
-   Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues);
+   Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues),
+   or at once when Redis lost its data since the last pass (the sweepers' marker key is gone);
 4. **no worker**: fails the ``queued`` jobs of a model that no live worker has served or loaded for
    ``limits.queued_without_worker_seconds`` (they would wait forever and count against the queue's cap);
 5. **sweeps**: advances the running calibration sweeps whose current step is done
@@ -67,6 +68,7 @@ class Sweeper:
         self.unserved_after = float(settings["limits.queued_without_worker_seconds"])
         self.reconnect_max = float(settings["redis.reconnect_max_seconds"])
         self.redis_down = False  # the last pass found Redis unreachable
+        self._marked = False  # this sweeper has seen (or set) the marker key that a Redis restart without data drops
         self._silent_since: dict[str, float] = {}  # worker id -> when its heartbeat was first seen missing
         self._missing_since: dict[int, float] = {}  # job id -> when its message was first seen missing
         self._unlisted_since: dict[int, float] = {}  # job id -> when its live worker first did not list it
@@ -94,7 +96,7 @@ class Sweeper:
         self.redis_down = False
         self._orphans(done)
         self._outbox(done)
-        self._lost(done)
+        self._lost(done, wiped=self._redis_wiped())
         self._unserved(done)
         self._batches(done)
         self._sweeps(done)
@@ -186,7 +188,15 @@ class Sweeper:
                           priority=celery_config.job_priority(r.kind, r.batch_id)):
                 done["outbox"].append(r.id)
 
-    def _lost(self, done: dict[str, list[int]]) -> None:
+    def _redis_wiped(self) -> bool:
+        """Return True when Redis lost its data since this sweeper's last pass (its queued messages are gone)."""
+        fresh = bool(self.redis.set(f"{self.namespace}:sweeper:marker", "1", nx=True))
+        wiped, self._marked = fresh and self._marked, True
+        if wiped:
+            log.warning("sweeper: Redis came back without its data; re-sending the queued jobs' messages now")
+        return wiped
+
+    def _lost(self, done: dict[str, list[int]], wiped: bool = False) -> None:
         with session_scope(self.db_url) as s:
             rows = s.execute(select(Job.id, Job.model, Job.enqueued_at, Job.kind, Job.batch_id)
                              .where(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None))).all()
@@ -198,7 +208,7 @@ class Sweeper:
                 waiting[queue] = workers.waiting_job_ids(self.redis, queue, self.namespace)
             if r.id in waiting[queue]:
                 self._missing_since.pop(r.id, None)
-            elif now - self._missing_since.setdefault(r.id, now) >= self.lost_after:
+            elif wiped or now - self._missing_since.setdefault(r.id, now) >= self.lost_after:
                 if self._send(r.id, r.model, expected_enqueued_at=r.enqueued_at,
                               priority=celery_config.job_priority(r.kind, r.batch_id)):
                     done["lost"].append(r.id)
