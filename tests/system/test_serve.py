@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -61,8 +62,12 @@ def running_serve(tmp_path, port: int, namespace: str, log, **env):
         yield proc, redis
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # serve stops its children (their own sessions: a SIGKILL to serve would orphan them)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
         redis.close()
         purge_namespace(namespace)
@@ -172,6 +177,8 @@ def test_serve_restarts_a_killed_worker_and_the_job_resumes(tmp_path, redis_name
     with running_serve(tmp_path, port, namespace, log, INSTABOOST_TEST_FAULT="variant:sleep=1",
                        **{**FAST_WORKER, "INSTABOOST_WORKER_HEARTBEAT_TTL": "900"}) as (proc, redis):
         assert f"running at {base}/" in proc.stdout.readline(), log_path.read_text()
+        # gunicorn's access log goes to serve's stdout: read it, or the full pipe blocks the web app mid-test.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         first = _wait("a ready worker", ready_worker, log_path, proc)
         body = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
                 "multipliers": [2, 10], "layer_modes": ["all"], "max_new_tokens": 4}
