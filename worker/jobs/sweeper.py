@@ -79,8 +79,8 @@ class Sweeper:
     # -- one pass --------------------------------------------------------------------------------------
 
     def sweep(self) -> dict[str, list[int]]:
-        """Run one pass; return the ids acted on: jobs {"orphaned", "poisoned", "cancelled", "outbox", "lost"},
-        OpenAI batches moved on ("batches") and calibration sweeps moved on ("sweeps")."""
+        """Run one pass; return the ids acted on: jobs {"orphaned", "poisoned", "cancelled", "outbox", "lost",
+        "expired"}, OpenAI batches moved on ("batches") and calibration sweeps moved on ("sweeps")."""
         done: dict[str, list] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": [],
                                  "expired": [], "batches": [], "sweeps": []}
         try:
