@@ -272,6 +272,10 @@ def configure(app, settings) -> None:
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ValidationError(f"web.trusted_origins: {brief(origin)} is not an origin like "
                                   "https://host[:port]", field="web.trusted_origins")
+    for host in settings["web.allowed_hosts"]:
+        if "/" in host or not host.strip() or any(c.isspace() for c in host.strip()):
+            raise ValidationError(f"web.allowed_hosts: {brief(host)} is not a host name like boost.example.com, "
+                                  ".example.com (with subdomains), 10.0.0.7 or *", field="web.allowed_hosts")
     app.config.update(
         INSTABOOST_SESSION_COOKIE_SECURE=mode,
         SESSION_COOKIE_HTTPONLY=True,

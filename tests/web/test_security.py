@@ -554,3 +554,7 @@ def test_allowed_hosts_setting_and_a_token_widen_the_default(clean_db, redis_nam
     assert closed.get("/api/jobs", headers={"Host": "web:8000", "Authorization": f"Bearer {token}"}).status_code == 200
     anyhost = make_test_app(clean_db, redis_namespace, SETTINGS={"web.allowed_hosts": "*"}).test_client()
     assert anyhost.get("/api/jobs", headers={"Host": "10.0.0.7:8000"}).status_code == 200
+    from shared.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="web.allowed_hosts"):  # a URL where a host name belongs
+        make_test_app(clean_db, redis_namespace, SETTINGS={"web.allowed_hosts": "http://boost.lan"})
