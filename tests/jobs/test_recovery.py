@@ -25,7 +25,7 @@ from shared.workers import waiting_job_ids
 from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL, insert_job, migrated_pg_database, write_heartbeat
 from tests.fixtures.worker import purge_namespace
 from worker.jobs.sweeper import Sweeper
-from worker.jobs.takeover import Takeover, process_facts
+from worker.jobs.takeover import Takeover, process_facts, process_start
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 4,
         "multipliers": [10], "layer_modes": ["all"]}
@@ -96,17 +96,22 @@ def test_a_dead_predecessor_on_this_machine_is_known_dead_at_once(db, ns, redis_
 
 def test_a_live_worker_sharing_the_name_by_mistake_keeps_its_jobs(db, ns, redis_client, caplog):
     """Two workers started with one -n on this machine: the other one is alive, its job is left to it."""
-    alive = f"{NODE}:{os.getpid()}:dd"  # this very process: alive, same start time
-    write_heartbeat(redis_client, ns, alive, [DEFAULT_MODEL], ttl=600, **{**process_facts(), "worker": alive})
-    job_id = insert_job(db, TINY, JobStatus.running, alive, attempts=1)
-    own = f"{NODE}:{os.getpid() + 1}:ee"
-    assert takeover(sweeper(db, ns, own), own).run() == []
-    assert job(db, job_id).status is JobStatus.running
-    assert "two workers share one name" in caplog.text
-    # A heartbeat whose pid is now another process (reused) counts as dead.
-    write_heartbeat(redis_client, ns, alive, [DEFAULT_MODEL], ttl=600,
-                    **{**process_facts(), "worker": alive, "pid_start": "1"})
-    assert takeover(sweeper(db, ns, own), own).run() == [job_id]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # stands for the other worker
+    try:
+        alive = f"{NODE}:{other.pid}:dd"
+        facts = {**process_facts(), "pid": other.pid, "pid_start": process_start(other.pid), "worker": alive}
+        write_heartbeat(redis_client, ns, alive, [DEFAULT_MODEL], ttl=600, **facts)
+        job_id = insert_job(db, TINY, JobStatus.running, alive, attempts=1)
+        own = f"{NODE}:{os.getpid()}:ee"
+        assert takeover(sweeper(db, ns, own), own).run() == []
+        assert job(db, job_id).status is JobStatus.running
+        assert "two workers share one name" in caplog.text
+        # A heartbeat whose pid is now another process (reused) counts as dead.
+        write_heartbeat(redis_client, ns, alive, [DEFAULT_MODEL], ttl=600, **{**facts, "pid_start": "1"})
+        assert takeover(sweeper(db, ns, own), own).run() == [job_id]
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_predecessor_elsewhere_is_dead_once_its_heartbeat_misses_two_beats(db, ns, redis_client, caplog):

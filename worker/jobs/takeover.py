@@ -10,8 +10,8 @@ judges each such predecessor and hands its jobs back as soon as it is known dead
 
 - no heartbeat: dead;
 - a heartbeat written in this machine's pid namespace (same kernel boot id and pid namespace, see
-  ``process_facts``): dead unless that pid still runs with the same start time (a prefork sibling, or a second
-  worker started with the same name by mistake);
+  ``process_facts``): dead unless that pid still runs with the same start time (a prefork sibling, left alone
+  quietly, or a second worker started with the same name by mistake, left alone with a warning);
 - a heartbeat from elsewhere (an earlier incarnation of this container, another machine): dead once its
   remaining TTL shows two missed beats; one that is refreshed meanwhile belongs to a live worker that shares
   this name by mistake, whose jobs are left alone (a warning says so).
@@ -46,13 +46,21 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _stat(pid: int) -> list[str]:
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rpartition(")")[2].split() if stat else []  # the command name, in parentheses, may hold spaces
+
+
 def process_start(pid: int) -> str | None:
     """Return when process pid started (clock ticks since boot, from /proc), or None where unknown."""
-    stat = _read(f"/proc/{pid}/stat")
-    if not stat:
-        return None
-    fields = stat.rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
+    fields = _stat(pid)
     return fields[19] if len(fields) > 19 else None  # field 22 of proc(5): starttime
+
+
+def is_sibling(pid: int | None) -> bool:
+    """Return True when process pid has this process's parent (another child of one prefork worker)."""
+    fields = _stat(pid) if pid and pid != os.getpid() else []
+    return len(fields) > 1 and fields[1] == str(os.getppid())  # field 4 of proc(5): ppid
 
 
 def process_facts() -> dict[str, str]:
@@ -69,6 +77,12 @@ def node_of(worker_id: str) -> str:
     """Return the node name of a worker id ``<node>:<pid>:<random>``."""
     parts = worker_id.rsplit(":", 2)
     return parts[0] if len(parts) == 3 else worker_id
+
+
+def pid_of(worker_id: str) -> int | None:
+    """Return the pid part of a worker id ``<node>:<pid>:<random>``."""
+    parts = worker_id.rsplit(":", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 def local_verdict(beat: dict, here: dict[str, str]) -> str | None:
@@ -137,7 +151,9 @@ class Takeover:
         while pending and not self._stop.is_set():
             for worker_id in list(pending):
                 verdict = self._judge(worker_id, last_ttl)
-                if verdict == "alive":
+                if verdict == "alive" and is_sibling(pid_of(worker_id)):
+                    del pending[worker_id]  # a prefork sibling: one worker, several processes of its name
+                elif verdict == "alive":
                     log.warning("takeover: worker %s runs under this worker's name %s and is alive: two workers "
                                 "share one name (-n); its jobs %s are left to it. Give each worker its own name.",
                                 worker_id, self.node, [r.id for r in pending[worker_id]])
