@@ -223,6 +223,9 @@ class Sweeper:
             return
         with session_scope(self.db_url) as s:
             rows = s.execute(select(Job.id, Job.model, Job.created_at).where(Job.status == JobStatus.queued)).all()
+        if not rows:
+            self._unserved_since.clear()
+            return
         beats = workers.live_workers(self.redis, self.namespace)
         present = {m for b in beats for m in b["models"]} | {m for b in beats for m in workers.starting_in(b)}
         now = time.monotonic()
