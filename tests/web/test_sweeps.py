@@ -78,7 +78,10 @@ def test_unknown_sweeps_are_404_and_the_api_document_describes_sweeps(client):
     assert "SweepRequest" in doc["components"]["schemas"]
 
 
-def test_a_sweep_without_a_served_model_is_refused(client):
+def test_a_sweep_without_a_served_model_is_refused(client, heartbeat):
+    resp = client.post("/api/sweeps", json={"pack": "default"})  # no heartbeat at all: maybe transient
+    assert resp.status_code == 503 and resp.headers["Retry-After"]
+    heartbeat("another-model")  # workers are up, none serves the model: a bad request
     resp = client.post("/api/sweeps", json={"pack": "default"})
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["field"] == "model"
 
