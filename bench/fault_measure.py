@@ -154,7 +154,7 @@ class Stack:
     def __init__(self, folder: Path | None = None, env: dict[str, str] | None = None):
         self.folder = Path(folder or tempfile.mkdtemp(prefix="instaboost-faults-"))
         self.env = dict(FAST_ENV if env is None else env)
-        self.pg = PrivatePostgres(self.folder)
+        self.pg = PrivatePostgres()
         self.redis = PrivateRedis(self.folder)
         self.namespace = f"faults_{uuid.uuid4().hex[:6]}"
         self.serve: Serve | None = None
@@ -211,10 +211,7 @@ class Stack:
         if self.serve is not None:
             self.serve.stop()
         self.redis.stop(kill=True)
-        try:
-            self.pg.stop("immediate")
-        except Exception:
-            pass
+        self.pg.remove()
 
 
 def measure(stack: Stack, name: str, submits: list[Submit], fault_at: float, ended_at: float,

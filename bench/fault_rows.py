@@ -179,7 +179,7 @@ def port_in_use(stack: Stack) -> Result:
     t0 = time.time()
     other.spawn()
     try:
-        other.proc.wait(60)
+        other.proc.wait(45)
     except subprocess.TimeoutExpired:
         pass
     code, took = other.proc.poll(), time.time() - t0
@@ -188,7 +188,7 @@ def port_in_use(stack: Stack) -> Result:
     r = Result("port_in_use")
     said = str(port) in other.log() and "in use" in other.log()
     r.checks["exits with an error naming the port"] = code not in (None, 0) and said
-    r.notes = (f"exit {code} after {took:.0f} s" if code is not None else "still running after 60 s (killed)") + \
+    r.notes = (f"exit {code} after {took:.0f} s" if code is not None else "still running after 45 s (killed)") + \
         (", names the port" if said else "")
     return r
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -99,20 +100,23 @@ def _pg_bin(name: str) -> str:
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of its own in folder (initdb, trust), on a port of its own."""
+    """A PostgreSQL cluster of its own in a temporary folder (initdb, trust), on a port of its own."""
 
-    def __init__(self, folder: Path):
-        self.dir = folder / "pg"
+    def __init__(self):
+        # Its own folder under /tmp: the postgres user must reach it (pytest's tmp_path is private to root).
+        self.dir = Path(tempfile.mkdtemp(prefix="instaboost-faults-pg-")) / "pg"
         self.port = free_port()
 
     def _run(self, *cmd: str) -> None:
         if os.geteuid() == 0:  # initdb and postgres refuse to run as root
             cmd = ("runuser", "-u", "postgres", "--", *cmd)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-1000:]}")
 
     def init(self) -> None:
         """Create the cluster and start it."""
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir()
         if os.geteuid() == 0:
             os.chmod(self.dir.parent, 0o755)
             shutil.chown(self.dir, "postgres")
@@ -127,6 +131,14 @@ class PrivatePostgres:
     def stop(self, mode: str = "fast") -> None:
         """Stop it: fast (sessions closed, as `docker restart` does) or immediate (a crash)."""
         self._run(_pg_bin("pg_ctl"), "-D", str(self.dir), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop it (as a crash: nothing to keep) and delete its folder."""
+        try:
+            self.stop("immediate")
+        except RuntimeError:  # already stopped
+            pass
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
 
     def url(self, db: str = "instaboost") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{db}"

@@ -36,7 +36,7 @@ def _param(fault):
 def stack(tmp_path_factory):
     """A private PostgreSQL cluster and Redis with `instaboost serve` on them, shared by the rows."""
     s = Stack(tmp_path_factory.mktemp("faults"))
-    s.scale = 0.6  # shorter streams before and after each fault than the bench's
+    s.scale = 0.5  # shorter streams before and after each fault than the bench's
     try:
         s.start()
         yield s
