@@ -235,6 +235,8 @@ def measure(stack: Stack, name: str, submits: list[Submit], fault_at: float, end
                duplicated=generated_twice(stack.logs(), set(ids)), refused=refused)
     done = {s.job_id: states[s.job_id][1] - s.sent for s in accepted if s.job_id in good}
     after = [s for s in accepted if s.sent >= ended_at]
+    if submits and [s for s in submits if s.sent >= ended_at][:1] != after[:1]:  # refused right after the fault
+        r.extra["accepted_again_s"] = round(after[0].sent - ended_at, 1) if after else None
     if after and after[0].job_id in done:
         r.first_after_s = round(after[0].sent + done[after[0].job_id] - ended_at, 1)
     if stack.baseline_s is not None:
@@ -273,7 +275,9 @@ def stream_fault(stack: Stack, name: str, inject, recover, before: float = 6, af
         if cleanup:
             cleanup()
     r = measure(stack, name, submits, fault_at, ended_at)
-    r.notes = notes
     r.extra["fault_s"] = round(ended_at - fault_at, 1)
+    again = r.extra.get("accepted_again_s")
+    r.notes = ", ".join(filter(None, [notes, f"fault over in {r.extra['fault_s']} s",
+                                      again is not None and f"submits accepted again {again} s after"]))
     r.extra["503_without_retry_after"] = sum(s.status == 503 and not s.retry_after for s in submits)
     return r

@@ -105,7 +105,7 @@ def web_kill_upload(stack: Stack) -> Result:
         time.sleep(1)
         stack.serve.kill_web()
         thread.join(60)
-        return f"upload: {outcome}"
+        return f"upload ended by {outcome.get('error') or 'HTTP %s' % outcome.get('status')}"
     r = stream_fault(stack, "web_kill_upload", inject, lambda: _web_back(stack), mid_batch=False)
     r.checks["no file or batch stored"] = (count_rows(stack.db_url, "files"), count_rows(
         stack.db_url, "batches")) == (files0, batches0)
@@ -132,7 +132,7 @@ def web_kill_stream(stack: Stack) -> Result:
                 break
         stack.serve.kill_web()
         conn.close()
-        return f"streamed job {holder.get('job')}"
+        return "a completion streaming" if holder.get("job") else "no streamed content seen"
     r = stream_fault(stack, "web_kill_stream", inject, lambda: _web_back(stack), mid_batch=False)
     job = holder.get("job")
     end = None
@@ -142,7 +142,7 @@ def web_kill_stream(stack: Stack) -> Result:
                 "queued", "running") else None)(job_states(stack.db_url, [job]).get(job)), 180)
         except TimeoutError:
             end = None
-    r.notes += f", ended {end or 'never (still running)'}"
+    r.notes += f"; its job ended {end or 'never (still running)'}"
     r.checks["streamed job ended"] = end is not None
     return r
 
@@ -153,7 +153,7 @@ def _kill_worker(stack: Stack, name: str, sig: signal.Signals) -> Result:
     def inject():
         holder["pid"] = stack.worker_pid()
         os.kill(holder["pid"], sig)
-        return f"{sig.name} to worker pid {holder['pid']}"
+        return f"{sig.name} to the worker"
     return stream_fault(stack, name, inject, lambda: _worker_back(stack, holder["pid"]))
 
 
@@ -206,14 +206,14 @@ def two_deployments(stack: Stack) -> Result:
                 b.get("pid") == w.proc.pid and not b.get("starting") for b in _beats(stack)), 180)
         except TimeoutError:
             pass
-        return "other worker " + ("refused to start" if w.proc.poll() is not None else "running")
+        return "the other worker " + ("refused to start" if w.proc.poll() is not None else "ran")
     def cleanup():  # before counting: what the intruder did while our jobs streamed in, then it leaves
         holder["refused"] = holder["w"].proc.poll() is not None
         holder["w"].stop()
     r = stream_fault(stack, "two_deployments", inject, lambda: None, after=20, mid_batch=False, cleanup=cleanup)
     skipped = holder["w"].log().count("skipped (missing")
     refused = holder["refused"]
-    r.notes += f", skipped {skipped} of our messages"
+    r.notes += f"; it skipped {skipped} of our messages"
     r.checks["the other deployment takes none of our jobs"] = skipped == 0
     r.extra["other_refused_to_start"] = refused
     return r
