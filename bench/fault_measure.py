@@ -61,12 +61,14 @@ class Stream(threading.Thread):
         self.base = base
         self.every = every
         self.submits: list[Submit] = []
+        self.paused = threading.Event()  # set: submit nothing until cleared
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
             t0 = time.monotonic()
-            self.submits.append(submit(self.base, timeout=10))
+            if not self.paused.is_set():
+                self.submits.append(submit(self.base, timeout=10))
             self._stop_event.wait(max(0.0, self.every - (time.monotonic() - t0)))
 
     def stop(self) -> list[Submit]:
@@ -196,14 +198,17 @@ class Stack:
         """Return the pid of serve's worker once it is ready (the heartbeat says its model is loaded)."""
         return wait_for("serve's worker ready", lambda: ready_worker(self.redis.url, self.namespace), 180)["pid"]
 
-    def wait_running(self, timeout: float = 60) -> None:
-        """Wait until some job is running (the fault then strikes mid-batch)."""
+    def wait_for_jobs(self, busy: bool, timeout: float = 60) -> None:
+        """Wait until some job is running (busy: the fault strikes mid-batch) or none is queued or running (idle)."""
         import psycopg
 
-        def running():
+        query = ("SELECT 1 FROM jobs WHERE status = 'running' LIMIT 1" if busy else
+                 "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE status IN ('queued', 'running'))")
+
+        def seen():
             with psycopg.connect(self.db_url.replace("+psycopg", ""), connect_timeout=5) as conn:
-                return conn.execute("SELECT 1 FROM jobs WHERE status = 'running' LIMIT 1").fetchone()
-        wait_for("a running job", running, timeout, 0.05)
+                return conn.execute(query).fetchone()
+        wait_for("a running job" if busy else "an idle worker", seen, timeout, 0.05)
 
     def close(self) -> None:
         for w in self.workers:
@@ -255,18 +260,24 @@ def measure(stack: Stack, name: str, submits: list[Submit], fault_at: float, end
 
 
 def stream_fault(stack: Stack, name: str, inject, recover, before: float = 6, after: float = 12,
-                 every: float | None = None, mid_batch: bool = True, cleanup=None) -> Result:
-    """Stream jobs; after `before` s (and a running job) inject() the fault, recover(), stream `after` s more."""
+                 every: float | None = None, when: str = "busy", cleanup=None) -> Result:
+    """Stream jobs; after `before` s (and once a job runs, or none: when busy or idle) inject() the fault, recover(),
+    stream `after` s more."""
     if stack.baseline_s is None:
         stack.calibrate(20 * stack.scale)
     stream = Stream(stack.serve.base, every or stack.every)
     stream.start()
     try:
         time.sleep(before * stack.scale)
-        if mid_batch:
-            stack.wait_running()
+        if when == "busy":
+            stack.wait_for_jobs(busy=True)
+        elif when == "idle":  # no new work until the worker has finished what it has
+            stream.paused.set()
+            stack.wait_for_jobs(busy=False, timeout=300)
+            time.sleep(2)  # its last delivery acknowledged: the worker waits on Redis
         fault_at = time.time()
         notes = inject() or ""
+        stream.paused.clear()
         recover()
         ended_at = time.time()
         time.sleep(after * stack.scale)

@@ -60,5 +60,5 @@ def test_fault_row(stack, fault):
     assert not failed, f"{result.fault}: {failed}; {result.notes}"
     assert result.lost == 0 and result.duplicated == 0, result
     assert result.succeeded == result.submitted, result
-    if result.submitted:
+    if result.submitted and fault.name != "load_500":  # load has no fault to be after
         assert result.first_after_s is not None, f"no job submitted after the fault finished: {result}"
