@@ -17,7 +17,7 @@ from flask import Response
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.chat import CHAT_VARIANT, completion_id, fingerprint
+from shared.chat import CHAT_VARIANT, choice_variant, completion_id, fingerprint
 from shared.errors import Conflict
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
@@ -31,8 +31,15 @@ STREAM_KEEPALIVE_SECONDS = 1.0  # an SSE comment this often while no text arrive
 
 
 def chat_run(session, job_id: int) -> Run | None:
-    """Return the stored run of a chat job, if it has one."""
+    """Return the stored run of a chat job's first choice, if it has one."""
     return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == CHAT_VARIANT)).scalar_one_or_none()
+
+
+def chat_runs(session, job_id: int, n: int) -> list[Run] | None:
+    """Return the stored runs of a chat job's n choices in order, or None while any is missing."""
+    names = [choice_variant(i) for i in range(n)]
+    runs = {r.variant: r for r in session.scalars(select(Run).where(Run.job_id == job_id, Run.variant.in_(names)))}
+    return [runs[v] for v in names] if len(runs) == n else None
 
 
 def _sse(data: Any) -> str:
@@ -70,8 +77,11 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": created,
             "model": params["model"], "system_fingerprint": fingerprint(params)}
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+    def chunk(delta: dict, finish: str | None = None, index: int = 0) -> str:
+        return _sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                          "finish_reason": finish}]})
+
+    n = int(params.get("n") or 1)  # each choice's chunks carry its index; the stream ends after all n
 
     done = False  # the job ended (or the stream gave up on it): closing now cancels nothing
     abandoned = False
@@ -81,9 +91,11 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     except Exception:  # Redis down: the loop below reports it
         pass
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        sent = 0  # characters of the answer already sent
-        attempt, text, cursor = None, "", 0
+        for i in range(n):
+            yield chunk({"role": "assistant", "content": ""}, index=i)
+        sent = [0] * n  # characters of each choice already sent
+        attempt, text, cursor = None, [""] * n, 0
+        ends: dict[int, dict] = {}
         end: dict | None = None
         now = time.monotonic()
         deadline, next_check, next_keepalive = now + wait, now + 0.5, now + STREAM_KEEPALIVE_SECONDS
@@ -100,17 +112,21 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 cursor += 1
                 event = json.loads(raw)
                 if event.get("attempt") != attempt:  # a redelivery starts over: skip what was already sent
-                    attempt, text = event.get("attempt"), ""
+                    attempt, text, ends = event.get("attempt"), [""] * n, {}
+                i = int(event.get("index") or 0)
+                if not 0 <= i < n:
+                    continue
                 if event.get("type") == "delta":
-                    text += event["text"]
-                    if len(text) > sent:
-                        yield chunk({"content": text[sent:]})
-                        sent = len(text)
+                    text[i] += event["text"]
+                    if len(text[i]) > sent[i]:
+                        yield chunk({"content": text[i][sent[i]:]}, index=i)
+                        sent[i] = len(text[i])
                         now = time.monotonic()
                         deadline, next_keepalive = now + wait, now + STREAM_KEEPALIVE_SECONDS  # text arrived
                 elif event.get("type") == "end":
-                    end = event
-            if end is not None:
+                    ends[i] = event
+            if len(ends) == n:
+                end = ends[0]
                 break
             now = time.monotonic()
             if now >= next_keepalive:
@@ -122,13 +138,16 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                     with s.sessionmaker() as session:
                         job = session.get(Job, job_id)
                         if job is not None and job.status.finished:
-                            run = chat_run(session, job_id)
-                            if job.status is JobStatus.succeeded and run is not None:
+                            runs = chat_runs(session, job_id, n)
+                            if job.status is JobStatus.succeeded and runs is not None:
                                 # Stored by an earlier delivery (or its events were lost): send what is missing.
-                                if len(run.produced_text) > sent:
-                                    yield chunk({"content": run.produced_text[sent:]})
-                                end = {"finish_reason": run.finish_reason or "stop",
-                                       "prompt_tokens": run.prompt_tokens, "completion_tokens": run.output_tokens}
+                                for i, run in enumerate(runs):
+                                    if len(run.produced_text) > sent[i]:
+                                        yield chunk({"content": run.produced_text[sent[i]:]}, index=i)
+                                    ends[i] = {"finish_reason": run.finish_reason or "stop",
+                                               "prompt_tokens": run.prompt_tokens,
+                                               "completion_tokens": run.output_tokens}
+                                end = ends[0]
                             else:
                                 outcome = job_failure(job)
                             break
@@ -146,8 +165,11 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
             yield _sse(json.loads(outcome.get_data(as_text=True)))
             yield "data: [DONE]\n\n"
             return
-        yield chunk({}, end.get("finish_reason", "stop"))
-        p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
+        for i in range(n):
+            yield chunk({}, ends.get(i, end).get("finish_reason", "stop"), index=i)
+        # The prompt is read once for all choices; completion_tokens sums them.
+        p = int(end.get("prompt_tokens", 0))
+        c = sum(int(ends.get(i, {}).get("completion_tokens", 0)) for i in range(n))
         yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                                      "total_tokens": p + c}})
         yield "data: [DONE]\n\n"
