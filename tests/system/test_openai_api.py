@@ -6,6 +6,7 @@ Generations stay tiny.
 
 from __future__ import annotations
 
+import html
 import threading
 
 import pytest
@@ -126,7 +127,7 @@ def _output_tokens(db_url: str, job_id: int) -> int:
         return sum(r.output_tokens for r in s.get(Job, job_id).runs)
 
 
-def test_n_choices_are_rows_of_one_job_each_with_its_own_seed(client, pg_url):
+def test_n_choices_are_rows_of_one_job_each_with_its_own_seed(client, pg_url, live_server):
     """n=3 seeded sampling: three choices (seeds 11, 12, 13), stored as three runs of one job, and the same three
     on resubmit; streamed, each chunk names its choice and the stream ends after all three."""
     kwargs = dict(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=1.0, seed=11, n=3,
@@ -151,6 +152,11 @@ def test_n_choices_are_rows_of_one_job_each_with_its_own_seed(client, pg_url):
     assert streamed == texts
     assert sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason) == [0, 1, 2]
     assert chunks[-1].usage.completion_tokens == resp.usage.completion_tokens
+    web, auth = live_server[1].test_client(), {"Authorization": f"Bearer {TOKEN}"}
+    page = html.unescape(web.get(f"/jobs/{resp.id}", headers=auth).get_data(as_text=True))
+    assert all(text in page for text in texts)  # one row per choice on the job page
+    job = web.get(f"/api/jobs/{resp.id}", headers=auth).get_json()
+    assert job["params"]["metadata"] == {"run": "n3"} and job["params"]["user"] == "u-1"
 
 
 def test_temperature_0_gives_n_equal_choices(client):

@@ -9,7 +9,9 @@ is a ``RowProcessor``: ``(ids, scores) -> scores`` where
 - it returns the new scores (it may change them in place). Setting a logit to ``-inf`` forbids the token.
 
 ``row_processors(params, prompt_len)`` builds a row's list from its GenerationParams (penalties, then
-logit_bias); another concern (a grammar mask) appends its own processor to the list it returns. Because a
+logit_bias); another concern (a grammar mask) appends its own processor to the list it returns. The lists
+are built afresh for every generate() call (``Engine._row_processors``), so a processor may keep state of its
+own across steps (a grammar matcher advanced by the row's last token, ``ids[-1]``). Because a
 row sees only its own unpadded ids and scores, the fast engine (rows batched, left-padded) and the
 reference engine (one row at a time) process identically.
 
