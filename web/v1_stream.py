@@ -1,4 +1,5 @@
-"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks.
+"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks
+(ChatFrames), or as the Responses API's events (web.v1_responses.ResponsesFrames).
 
 The worker appends {"type": "delta"|"end", "attempt", ...} events to a Redis list per job
 (shared.workers.stream_key). A stream waits v1.wait_seconds for text, and as long again after each piece
@@ -62,8 +63,52 @@ def _cancel_abandoned(s, job_id: int) -> None:
         log.warning("could not cancel job %s after its client went away: %s", job_id, type(exc).__name__)
 
 
-def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None):
-    """Yield the completion as OpenAI chat.completion.chunk events, a usage chunk, then [DONE].
+class ChatFrames:
+    """The chat.completion.chunk framing of a streamed chat completion (the default of stream_completion).
+
+    With n > 1 choices every chunk carries its choice's index; each choice gets its own finish chunk.
+    """
+
+    def __init__(self, job_id: int, params: dict):
+        self.poll_path = f"/v1/chat/completions/{job_id}"
+        self.n = int(params.get("n") or 1)
+        self.base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": params["model"], "system_fingerprint": fingerprint(params)}
+
+    def _chunk(self, delta: dict, finish: str | None = None, index: int = 0) -> str:
+        return _sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                               "finish_reason": finish}]})
+
+    def start(self) -> list[str]:
+        return [self._chunk({"role": "assistant", "content": ""}, index=i) for i in range(self.n)]
+
+    def delta(self, text: str, index: int = 0) -> list[str]:
+        return [self._chunk({"content": text}, index=index)]
+
+    def finish(self, end: dict) -> list[str]:
+        # The prompt is read once for all choices; completion_tokens sums them (end, as stream_completion sums).
+        p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
+        reasons = end.get("finish_reasons") or [end.get("finish_reason", "stop")]
+        return [*(self._chunk({}, reason, index=i) for i, reason in enumerate(reasons)),
+                _sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                                            "total_tokens": p + c}}),
+                "data: [DONE]\n\n"]
+
+    def failure(self, error: dict) -> list[str]:
+        return [_sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
+
+
+def _combined(ends: dict[int, dict], n: int) -> dict:
+    """Return the end of a stream of n choices: each one's finish reason, completion tokens summed."""
+    return {"finish_reason": ends[0].get("finish_reason", "stop"),
+            "finish_reasons": [ends[i].get("finish_reason", "stop") for i in range(n)],
+            "prompt_tokens": int(ends[0].get("prompt_tokens", 0)),
+            "completion_tokens": sum(int(ends[i].get("completion_tokens", 0)) for i in range(n))}
+
+
+def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None,
+                      frames=None):
+    """Yield the completion in frames' framing (ChatFrames: chat.completion.chunk events, a usage chunk, [DONE]).
 
     on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the first text and for each next piece. While nothing
     arrives an SSE comment goes out every STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the
@@ -73,16 +118,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     redis = redis_client(s.settings["redis.url"])
     key = stream_key(s.settings["redis.namespace"], job_id)
     listeners = _listeners_key(s.settings["redis.namespace"], job_id)
-    created = int(time.time())
-    base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": created,
-            "model": params["model"], "system_fingerprint": fingerprint(params)}
-
-    def chunk(delta: dict, finish: str | None = None, index: int = 0) -> str:
-        return _sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                          "finish_reason": finish}]})
-
-    n = int(params.get("n") or 1)  # each choice's chunks carry its index; the stream ends after all n
-
+    frames = frames or ChatFrames(job_id, params)
     done = False  # the job ended (or the stream gave up on it): closing now cancels nothing
     abandoned = False
     try:
@@ -91,12 +127,16 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     except Exception:  # Redis down: the loop below reports it
         pass
     try:
-        for i in range(n):
-            yield chunk({"role": "assistant", "content": ""}, index=i)
+        yield from frames.start()
+        n = int(params.get("n") or 1)  # choices: each event names its index; the stream ends after all n
         sent = [0] * n  # characters of each choice already sent
         attempt, text, cursor = None, [""] * n, 0
         ends: dict[int, dict] = {}
         end: dict | None = None
+
+        def delta(piece: str, i: int):
+            return frames.delta(piece, i) if n > 1 else frames.delta(piece)
+
         now = time.monotonic()
         deadline, next_check, next_keepalive = now + wait, now + 0.5, now + STREAM_KEEPALIVE_SECONDS
         outcome: Response | None = None
@@ -105,7 +145,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 events = redis.lrange(key, cursor, -1)
             except Exception as exc:  # redis-py connection errors
                 outcome = openai_error(503, f"the broker (Redis) became unreachable while streaming job {job_id} "
-                                            f"({type(exc).__name__}); poll GET /v1/chat/completions/{job_id}",
+                                            f"({type(exc).__name__}); poll GET {frames.poll_path}",
                                        retry=False)
                 break
             for raw in events:
@@ -119,14 +159,14 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 if event.get("type") == "delta":
                     text[i] += event["text"]
                     if len(text[i]) > sent[i]:
-                        yield chunk({"content": text[i][sent[i]:]}, index=i)
+                        yield from delta(text[i][sent[i]:], i)
                         sent[i] = len(text[i])
                         now = time.monotonic()
                         deadline, next_keepalive = now + wait, now + STREAM_KEEPALIVE_SECONDS  # text arrived
                 elif event.get("type") == "end":
                     ends[i] = event
             if len(ends) == n:
-                end = ends[0]
+                end = _combined(ends, n)
                 break
             now = time.monotonic()
             if now >= next_keepalive:
@@ -143,36 +183,28 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                                 # Stored by an earlier delivery (or its events were lost): send what is missing.
                                 for i, run in enumerate(runs):
                                     if len(run.produced_text) > sent[i]:
-                                        yield chunk({"content": run.produced_text[sent[i]:]}, index=i)
+                                        yield from delta(run.produced_text[sent[i]:], i)
                                     ends[i] = {"finish_reason": run.finish_reason or "stop",
                                                "prompt_tokens": run.prompt_tokens,
                                                "completion_tokens": run.output_tokens}
-                                end = ends[0]
+                                end = _combined(ends, n)
                             else:
                                 outcome = job_failure(job)
                             break
                 except SQLAlchemyError as exc:
                     outcome = openai_error(503, f"the database became unreachable while streaming job {job_id} "
-                                                f"({type(exc).__name__}); poll GET /v1/chat/completions/{job_id}",
+                                                f"({type(exc).__name__}); poll GET {frames.poll_path}",
                                            retry=False)
                     break
                 if now > deadline:
-                    outcome = timeout_error(job_id, wait)
+                    outcome = timeout_error(job_id, wait, frames.poll_path)
                     break
             time.sleep(STREAM_POLL_SECONDS)
         done = True
-        if outcome is not None:  # the openai SDK raises an APIError for an event carrying "error"
-            yield _sse(json.loads(outcome.get_data(as_text=True)))
-            yield "data: [DONE]\n\n"
+        if outcome is not None:
+            yield from frames.failure(json.loads(outcome.get_data(as_text=True)))
             return
-        for i in range(n):
-            yield chunk({}, ends.get(i, end).get("finish_reason", "stop"), index=i)
-        # The prompt is read once for all choices; completion_tokens sums them.
-        p = int(end.get("prompt_tokens", 0))
-        c = sum(int(ends.get(i, {}).get("completion_tokens", 0)) for i in range(n))
-        yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
-                                                     "total_tokens": p + c}})
-        yield "data: [DONE]\n\n"
+        yield from frames.finish(end)
     except GeneratorExit:
         abandoned = not done
         raise
