@@ -34,7 +34,7 @@ def test_openai_penalties_count_generated_tokens_only():
 
 @pytest.mark.parametrize("extra", EXTRAS, ids=["greedy", "sampled"])
 def test_both_engines_give_identical_tokens_with_the_extras(fast_engine, tl_engine, extra):
-    req = _req(max_new_tokens=8, **extra)
+    req = _req(max_new_tokens=6, **extra)
     fast = fast_engine.generate([req])[0]
     assert tl_engine.generate([req])[0].text == fast.text
     # A row's processors see its own unpadded tokens: the same inside a batch with a longer prompt beside it.
