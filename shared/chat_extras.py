@@ -61,7 +61,7 @@ def logit_bias_param(v: Validator, value: Any) -> dict[str, float]:
         return {}
     if not isinstance(value, Mapping) or len(value) > MAX_LOGIT_BIAS:
         v.error("logit_bias", f"logit_bias must be an object of at most {MAX_LOGIT_BIAS} entries {{\"token id\": "
-                                f"bias}}; got {brief(value)}")
+                              f"bias}}; got {brief(value)}")
         return {}
     out = {}
     for k, b in value.items():
@@ -76,22 +76,34 @@ def logit_bias_param(v: Validator, value: Any) -> dict[str, float]:
     return out
 
 
+def _text(value: str) -> bool:
+    """Return whether the text can be stored: no NUL (PostgreSQL), no lone surrogate (UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
 def user_param(v: Validator, value: Any) -> str | None:
+    """Return the end user's id to store with the job (OpenAI's user), or None."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > MAX_USER_CHARS or "\x00" in value:
-        v.error("user", f"user must be a string of at most {MAX_USER_CHARS} characters; got {brief(value)}")
+    if not isinstance(value, str) or len(value) > MAX_USER_CHARS or not _text(value):
+        v.error("user", f"user must be a string of at most {MAX_USER_CHARS} characters (valid text without NUL); "
+                        f"got {brief(value)}")
         return None
     return value
 
 
 def metadata_param(v: Validator, value: Any) -> dict[str, str] | None:
+    """Return the metadata pairs to store with the job, or None."""
     if value is None:
         return None
     if not isinstance(value, Mapping) or len(value) > MAX_METADATA or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(x, str) and len(x) <= 512 and "\x00" not in k + x
+            isinstance(k, str) and len(k) <= 64 and isinstance(x, str) and len(x) <= 512 and _text(k + x)
             for k, x in value.items()):
         v.error("metadata", f"metadata must be an object of at most {MAX_METADATA} string pairs (keys up to 64 "
-                              f"characters, values up to 512); got {brief(value)}")
+                            f"characters, values up to 512, valid text without NUL); got {brief(value)}")
         return None
     return dict(value)

@@ -87,6 +87,8 @@ CASES = [
      chat(logit_bias={str(k): 1 for k in range(301)}), 400),
     ("user-number", "POST", "/v1/chat/completions", "json", chat(user=5), 400),
     ("user-too-long", "POST", "/v1/chat/completions", "json", chat(user="u" * 513), 400),
+    ("user-nul", "POST", "/v1/chat/completions", "json", chat(user="a\x00b"), 400),
+    ("metadata-nul", "POST", "/v1/chat/completions", "json", chat(metadata={"k": "a\x00b"}), 400),
     ("metadata-17-pairs", "POST", "/v1/chat/completions", "json", chat(metadata={f"k{i}": "v" for i in range(17)}),
      400),
     ("metadata-number-value", "POST", "/v1/chat/completions", "json", chat(metadata={"k": 1}), 400),
