@@ -19,6 +19,8 @@ import hashlib
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
+from shared.chat_extras import (CHAT_VARIANT, REFUSED_WHY, SAMPLING_FIELDS, SAMPLING_KEYS, choice_index, choice_seed,
+                                choice_variant, choice_variants, logit_bias_param, metadata_param, user_param)
 from shared.fields import BY_NAME, CHAT_BY_NAME, LAYER_MODES
 from shared.spec import MAX_STOP, CHAT_ROLES
 from shared.validation import Validator, brief
@@ -29,12 +31,14 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 BOOST_KEYS = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads", "placement")
 # OpenAI body fields we take and use.
 USED_KEYS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stop",
-             "stream", "stream_options", "instaboost")
-# OpenAI body fields accepted only at a value that changes nothing here (their default).
-NEUTRAL = {"user": None, "metadata": None, "store": None, "logprobs": (False, None), "top_logprobs": (None, 0),
-           "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None), "logit_bias": (None,),
+             "stream", "stream_options", "instaboost", "user", "metadata") + SAMPLING_KEYS
+# OpenAI body fields accepted only at a value that changes nothing here (their default); None: any value, as
+# those mean nothing on this server (README, "/v1 fields").
+NEUTRAL = {"store": None, "logprobs": (False, None), "top_logprobs": (None, 0),
            "response_format": None, "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
-           "tool_choice": (None, "none"), "reasoning_effort": None, "prediction": (None,), "modalities": None}
+           "tool_choice": (None, "none"), "reasoning_effort": None, "prediction": (None,), "modalities": (None, ["text"]),
+           "prompt_cache_key": None, "safety_identifier": None, "verbosity": None}
+
 ROLE_ALIASES = {"developer": "system"}
 PRIORITIES = ("interactive", "batch")
 
@@ -251,16 +255,15 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
                               errors=[{"field": "body", "message": "expected a JSON object"}])
     v = Validator(settings, strict=True)
     for key in [k for k in body if k not in USED_KEYS and k not in NEUTRAL][:10]:
-        _error(v, str(key)[:64], f"unrecognized request argument {brief(key)}")
+        _error(v, str(key)[:64], f"{key}: {REFUSED_WHY[key]}" if key in REFUSED_WHY else
+               f"unrecognized request argument {brief(key)}")
     for key, allowed in NEUTRAL.items():
         if key in body and allowed is not None and body[key] not in allowed:
-            _error(v, key, f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
+            _error(v, key, f"{key}: {REFUSED_WHY[key]}" if key in REFUSED_WHY else
+                   f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
     model = v.check(BY_NAME["model"], body.get("model")) if "model" in body else \
         _error(v, "model", "model is required: a model a live worker serves (see GET /v1/models)")
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n != 1):
-        _error(v, "n", f"n must be 1: this server returns one choice per request (got {brief(n)}); send n "
-                       "separate requests, with different seeds when sampling")
+    n = v.check(CHAT_BY_NAME["n"], body["n"]) if body.get("n") is not None else 1
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         _error(v, "stream", f"stream must be a boolean, got {brief(stream)}")
@@ -282,6 +285,11 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
     for name in ("temperature", "top_p", "seed"):
         decoding[name] = v.check(BY_NAME[name], body[name]) if body.get(name) is not None else \
             BY_NAME[name].default_value(settings)
+    for name in SAMPLING_FIELDS:
+        decoding[name] = v.check(BY_NAME[name], body[name]) if body.get(name) is not None else \
+            BY_NAME[name].default_value(settings)
+    bias = logit_bias_param(v, body.get("logit_bias"))
+    user, metadata = user_param(v, body.get("user")), metadata_param(v, body.get("metadata"))
     boost_given = body.get("instaboost") is not None
     boost = _boost(v, body.get("instaboost"), settings)
     stop = _stop(v, body.get("stop"))
@@ -309,6 +317,8 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         "messages": messages, "layers": boost["layers"], "heads": boost["heads"], "stop": stop,
         "stream": bool(stream), "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),
         "priority": priority if priority in PRIORITIES else "interactive",
+        "n": n, **{name: decoding[name] for name in SAMPLING_FIELDS}, "logit_bias": bias, "user": user,
+        "metadata": metadata,
     }
 
 
@@ -317,8 +327,8 @@ def is_chat(params: Mapping[str, Any]) -> bool:
     return isinstance(params, Mapping) and params.get("kind") == "chat"
 
 
-def generation_request(params: Mapping[str, Any]):
-    """Return the engine's GenerationRequest for a stored chat job."""
+def generation_request(params: Mapping[str, Any], choice: int = 0):
+    """Return the engine's GenerationRequest for a stored chat job's choice (its own seed, choice_seed)."""
     from shared.spec import BoostSpec, ChatMessage, GenerationParams, GenerationRequest, Segment
 
     messages = [ChatMessage(m["role"], tuple(Segment(t, mult) for t, mult in m["segments"]))
@@ -329,12 +339,15 @@ def generation_request(params: Mapping[str, Any]):
                      num_middle_layers=params["num_middle_layers"],
                      head_fraction=params["head_boost_percentage"] / 100.0, heads=heads, seed=params["seed"],
                      placement=params["placement"])
+    # Jobs stored before the sampling extras lack them: their defaults change nothing.
+    extras = {name: params[name] for name in SAMPLING_FIELDS if params.get(name) is not None}
     gen = GenerationParams(max_new_tokens=params["max_new_tokens"], temperature=params["temperature"],
-                           top_p=params["top_p"], seed=params["seed"], stop=tuple(params.get("stop") or ()))
+                           top_p=params["top_p"], seed=choice_seed(params["seed"], choice),
+                           stop=tuple(params.get("stop") or ()), **extras,
+                           logit_bias={int(k): b for k, b in (params.get("logit_bias") or {}).items()})
     return GenerationRequest.chat(messages, spec, gen)
 
 
-CHAT_VARIANT = "chat"  # the one run a chat job stores
 
 
 def fingerprint(params: dict) -> str:
@@ -353,23 +366,29 @@ def completion_id(job_id: int) -> str:
     return str(job_id)
 
 
-def _usage(run) -> dict:
-    p, c = (run.prompt_tokens, run.output_tokens) if run is not None else (0, 0)
+def _usage(runs) -> dict:
+    # The prompt is read once for all choices; completion_tokens sums them (as OpenAI counts n > 1).
+    p = runs[0].prompt_tokens if runs else 0
+    c = sum(r.output_tokens for r in runs)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def completion_body(job, run) -> dict:
-    """Return the OpenAI chat.completion object of a finished chat job."""
+def completion_body(job, runs) -> dict:
+    """Return the OpenAI chat.completion object of a finished chat job: one choice per run (a Run or a list)."""
+    runs = sorted(runs if isinstance(runs, (list, tuple)) else [runs], key=lambda r: choice_index(r.variant) or 0)
+    run = runs[0]
     return {
         "id": completion_id(job.id), "object": "chat.completion", "created": int(job.created_at.timestamp()),
         "model": job.model, "system_fingerprint": fingerprint(job.params),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.produced_text, "refusal": None},
-                     "logprobs": None, "finish_reason": run.finish_reason or "stop"}],
-        "usage": _usage(run),
+        "choices": [{"index": choice_index(r.variant) or 0,
+                     "message": {"role": "assistant", "content": r.produced_text, "refusal": None},
+                     "logprobs": None, "finish_reason": r.finish_reason or "stop"} for r in runs],
+        "usage": _usage(runs),
         "instaboost": {"job_id": job.id, "multiplier": run.multiplier, "layers": run.layers,
-                       "placement": job.params.get("placement")},
+                       "placement": job.params.get("placement"), "user": job.params.get("user"),
+                       "metadata": job.params.get("metadata")},
     }
 
 
-__all__ = ["chat_params", "is_chat", "generation_request", "split_boost_tags", "CHAT_VARIANT", "CHAT_ENDPOINT",
+__all__ = ["chat_params", "is_chat", "generation_request", "choice_variant", "choice_index", "choice_variants", "split_boost_tags", "CHAT_VARIANT", "CHAT_ENDPOINT",
            "CHAT_BY_NAME", "completion_body", "fingerprint"]

@@ -23,6 +23,8 @@ ENGINES = ("fast", "transformerlens")
 MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
+MAX_TOP_K = 1_000_000  # past any vocabulary: as good as off
+MAX_LOGIT_BIAS = 300  # logit_bias entries, as OpenAI allows
 MAX_CHECKS = 20  # simple checks or IFEval instructions per job
 KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval",
          # Chat jobs only (CHAT_FIELDS; validated by shared.chat): OpenAI-shaped values.
@@ -136,6 +138,20 @@ JOB_FIELDS: tuple[JobField, ...] = (
              default=True, advanced=True),
     JobField("judge", "boolean", "Ask the LLM judge (settings judge.url, judge.model) whether each output follows the "
              "instruction and how fluent it is; off by default.", "LLM judge", default=False, advanced=True),
+    # Sampling extras (worker.engine.logits), also on /v1/chat/completions; each default changes nothing.
+    JobField("top_k", "integer", "Sample only from the k most likely tokens (0 = off; used when temperature > 0).",
+             "Top k (0 = off)", default=0, lo=0, hi=MAX_TOP_K, advanced=True, cli="--top-k"),
+    JobField("min_p", "number", "Drop tokens less likely than min_p times the most likely one (0 = off; used when "
+             "temperature > 0).", "Min p (0 = off)", default=0.0, lo=0, hi=1, advanced=True, cli="--min-p"),
+    JobField("repetition_penalty", "number", "CTRL's repetition penalty over the prompt and the output: above 1 "
+             "discourages repeating a token, below 1 encourages it (1 = off).", "Repetition penalty (1 = off)",
+             default=1.0, lo=0, lo_open=True, hi=10, advanced=True, cli="--repetition-penalty"),
+    JobField("presence_penalty", "number", "OpenAI's presence penalty: subtracted from the logit of every token "
+             "already generated (0 = off).", "Presence penalty", default=0.0, lo=-2, hi=2, advanced=True,
+             cli="--presence-penalty"),
+    JobField("frequency_penalty", "number", "OpenAI's frequency penalty: subtracted once per time a token was "
+             "already generated (0 = off).", "Frequency penalty", default=0.0, lo=-2, hi=2, advanced=True,
+             cli="--frequency-penalty"),
 )
 
 BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}
@@ -154,6 +170,13 @@ CHAT_FIELDS: tuple[JobField, ...] = (
              default=False),
     JobField("instaboost", "object", "The boost: {multiplier, layers, start_layer, num_middle_layers, heads, "
              "placement}; without it nothing is boosted unless a message marks spans.", "InstaBoost"),
+    JobField("n", "integer", "How many choices to generate (each a row of the job, sampled with seed + i).",
+             "Choices", default=1, lo=1, hi_setting="v1.max_n"),
+    JobField("logit_bias", "object", "{token id: bias in [-100, 100]} added to those tokens' logits, at most "
+             f"{MAX_LOGIT_BIAS} entries (-100 in effect bans a token, 100 forces it).", "Logit bias"),
+    JobField("user", "text", "The end user's id, as OpenAI takes it: stored with the job, changes nothing.", "User"),
+    JobField("metadata", "object", "Up to 16 string pairs (keys <= 64, values <= 512 characters) stored with the "
+             "job and returned.", "Metadata"),
     JobField("priority", "choice", "interactive (chat completions: sent ahead of other work) or batch (lines of "
              "a batch).", "Priority", default="interactive", choices=("interactive", "batch")),
 )

@@ -70,6 +70,11 @@ class JobRequest:
     ifeval: tuple[dict, ...] = ()
     score_perplexity: bool = True
     judge: bool = False
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     # -- construction -------------------------------------------------------------------------
 
@@ -195,7 +200,9 @@ class JobRequest:
     def generation_params(self) -> GenerationParams:
         """Return the decoding settings shared by every variant."""
         return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                top_p=self.top_p, seed=self.seed)
+                                top_p=self.top_p, seed=self.seed, top_k=self.top_k, min_p=self.min_p,
+                                repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+                                frequency_penalty=self.frequency_penalty)
 
     def generation_request(self, variant: Variant) -> GenerationRequest:
         """Return the engine request for variant."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 from shared.errors import ValidationError
-from shared.fields import LAYER_MODES, MAX_MULTIPLIER, PLACEMENTS
+from shared.fields import LAYER_MODES, MAX_LOGIT_BIAS, MAX_MULTIPLIER, PLACEMENTS
 from shared.validation import check_values
 
 
@@ -170,10 +170,29 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int = 42
     stop: tuple[str, ...] = ()  # generation ends at the first of these strings, which the text then omits
+    # Sampling extras, applied per row by worker.engine.logits; the defaults change nothing.
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) pairs
 
     def __post_init__(self):
         check_values({"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                      "seed": self.seed})
+                      "seed": self.seed, "top_k": self.top_k, "min_p": self.min_p,
+                      "repetition_penalty": self.repetition_penalty, "presence_penalty": self.presence_penalty,
+                      "frequency_penalty": self.frequency_penalty})
+        object.__setattr__(self, "top_k", int(self.top_k))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias
+        try:
+            bias = tuple(sorted((int(k), float(v)) for k, v in bias))
+        except (TypeError, ValueError):
+            raise ValidationError("logit_bias must map token ids to numbers", field="logit_bias") from None
+        if len(bias) > MAX_LOGIT_BIAS or any(k < 0 or not -100 <= v <= 100 for k, v in bias):
+            raise ValidationError(f"logit_bias must map at most {MAX_LOGIT_BIAS} token ids >= 0 to biases in "
+                                  "[-100, 100]", field="logit_bias")
+        object.__setattr__(self, "logit_bias", bias)
         object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
         object.__setattr__(self, "seed", int(self.seed))
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)

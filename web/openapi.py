@@ -595,7 +595,8 @@ BATCH_STATUSES = ["validating", "failed", "in_progress", "finalizing", "complete
 def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
     """Return the POST /v1/chat/completions body's schema, its bounds taken from the job fields (shared.fields)."""
     from shared.chat import BOOST_KEYS, NEUTRAL
-    from shared.fields import BY_NAME, CHAT_BY_NAME, PLACEMENTS
+    from shared.chat_extras import MAX_METADATA, MAX_USER_CHARS, SAMPLING_FIELDS
+    from shared.fields import BY_NAME, CHAT_BY_NAME, MAX_LOGIT_BIAS, PLACEMENTS
     from shared.spec import MAX_STOP
 
     def bounded(name: str) -> dict:
@@ -650,8 +651,20 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
             "max_tokens": _nullable(tokens), "max_completion_tokens": _nullable(tokens),
             "temperature": _nullable(bounded("temperature")), "top_p": _nullable(bounded("top_p")),
             "seed": _nullable(bounded("seed")),
-            "n": _nullable({"type": "integer", "minimum": 1, "maximum": 1,
-                            "description": "One choice per request."}),
+            "n": _nullable({"type": "integer", "minimum": 1, "maximum": settings["v1.max_n"],
+                            "description": CHAT_BY_NAME["n"].help}),
+            **{name: _nullable(bounded(name)) for name in SAMPLING_FIELDS},
+            "logit_bias": _nullable({"type": "object", "maxProperties": MAX_LOGIT_BIAS,
+                                     "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+                                     "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+                                     "description": CHAT_BY_NAME["logit_bias"].help}),
+            "user": _nullable({"type": "string", "maxLength": MAX_USER_CHARS, "pattern": "^[^\\u0000]*$",
+                               "description": CHAT_BY_NAME["user"].help}),
+            "metadata": _nullable({"type": "object", "maxProperties": MAX_METADATA,
+                                   "propertyNames": {"maxLength": 64, "pattern": "^[^\\u0000]*$"},
+                                   "additionalProperties": {"type": "string", "maxLength": 512,
+                                                            "pattern": "^[^\\u0000]*$"},
+                                   "description": CHAT_BY_NAME["metadata"].help}),
             "stop": _nullable({"anyOf": [stop_item, {"type": "array", "items": stop_item, "maxItems": MAX_STOP}],
                                "description": CHAT_BY_NAME["stop"].help}),
             "stream": _nullable({"type": "boolean", "description": CHAT_BY_NAME["stream"].help}),
@@ -783,7 +796,8 @@ def v1_paths() -> dict[str, Any]:
                  "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
                 {"name": "x-stainless-retry-count", "in": "header", "required": False,
                  "description": "The openai SDK's try count: 1 or more joins the job of the same request's first "
-                                "try.", "schema": {"type": "integer", "minimum": 0}}],
+                                "try (a value that is not an integer counts as 0, a first try).",
+                 "schema": {"type": "string"}}],
             "requestBody": json_body,
             "responses": {
                 "200": {"description": "The completion; with stream, server-sent chat.completion.chunk events, a "

@@ -104,12 +104,15 @@ def job_list():
 def _variant_rows(job) -> tuple[Any, list[tuple[Variant, Any]]]:
     """Return the original run and [(variant, run or None)] for every boosted variant, in order."""
     by_name = {r.variant: r for r in job.runs}
-    from shared.chat import CHAT_VARIANT, is_chat
+    from shared.chat import choice_variants, is_chat
 
-    if is_chat(job.params):  # one generation: the chat messages, boosted spans inside
-        run = by_name.get(CHAT_VARIANT)
-        return None, [(Variant(CHAT_VARIANT, run.multiplier if run else job.params["multipliers"][0],
-                               run.layers if run else str(job.params["layer_modes"][0])), run)]
+    if is_chat(job.params):  # one generation per choice (n): the chat messages, boosted spans inside
+        rows = []
+        for name in choice_variants(job.params):
+            run = by_name.get(name)
+            rows.append((Variant(name, run.multiplier if run else job.params["multipliers"][0],
+                                 run.layers if run else str(job.params["layer_modes"][0])), run))
+        return None, rows
     try:
         variants = JobRequest.from_params(job.params).variants()
     except (KeyError, TypeError, ValueError):

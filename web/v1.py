@@ -23,7 +23,7 @@ from shared.workers import live_workers
 from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
 from web.v1_errors import ERROR_CODES, ERROR_TYPES, job_failure, openai_error, timeout_error  # noqa: F401 (API)
-from web.v1_stream import chat_run, stream_completion
+from web.v1_stream import chat_runs, stream_completion
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 POLL_SECONDS = 0.1
@@ -154,10 +154,10 @@ def chat_completions():
 
 
 def _finished(session, job: Job) -> Response:
-    run = chat_run(session, job.id)
-    if job.status is not JobStatus.succeeded or run is None:
+    runs = chat_runs(session, job.id, int(job.params.get("n") or 1))
+    if job.status is not JobStatus.succeeded or runs is None:
         return job_failure(job)
-    resp = jsonify(completion_body(job, run))
+    resp = jsonify(completion_body(job, runs))
     resp.headers["X-InstaBoost-Job-Id"] = str(job.id)
     return resp
 

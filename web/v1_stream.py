@@ -18,7 +18,7 @@ from flask import Response
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.chat import CHAT_VARIANT, completion_id, fingerprint
+from shared.chat import CHAT_VARIANT, choice_variant, completion_id, fingerprint
 from shared.errors import Conflict
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
@@ -32,8 +32,15 @@ STREAM_KEEPALIVE_SECONDS = 1.0  # an SSE comment this often while no text arrive
 
 
 def chat_run(session, job_id: int) -> Run | None:
-    """Return the stored run of a chat job, if it has one."""
+    """Return the stored run of a chat job's first choice, if it has one."""
     return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == CHAT_VARIANT)).scalar_one_or_none()
+
+
+def chat_runs(session, job_id: int, n: int) -> list[Run] | None:
+    """Return the stored runs of a chat job's n choices in order, or None while any is missing."""
+    names = [choice_variant(i) for i in range(n)]
+    runs = {r.variant: r for r in session.scalars(select(Run).where(Run.job_id == job_id, Run.variant.in_(names)))}
+    return [runs[v] for v in names] if len(runs) == n else None
 
 
 def _sse(data: Any) -> str:
@@ -57,32 +64,46 @@ def _cancel_abandoned(s, job_id: int) -> None:
 
 
 class ChatFrames:
-    """The chat.completion.chunk framing of a streamed chat completion (the default of stream_completion)."""
+    """The chat.completion.chunk framing of a streamed chat completion (the default of stream_completion).
+
+    With n > 1 choices every chunk carries its choice's index; each choice gets its own finish chunk.
+    """
 
     def __init__(self, job_id: int, params: dict):
         self.poll_path = f"/v1/chat/completions/{job_id}"
+        self.n = int(params.get("n") or 1)
         self.base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": params["model"], "system_fingerprint": fingerprint(params)}
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> str:
-        return _sse({**self.base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+    def _chunk(self, delta: dict, finish: str | None = None, index: int = 0) -> str:
+        return _sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": None,
                                                "finish_reason": finish}]})
 
     def start(self) -> list[str]:
-        return [self._chunk({"role": "assistant", "content": ""})]
+        return [self._chunk({"role": "assistant", "content": ""}, index=i) for i in range(self.n)]
 
-    def delta(self, text: str) -> list[str]:
-        return [self._chunk({"content": text})]
+    def delta(self, text: str, index: int = 0) -> list[str]:
+        return [self._chunk({"content": text}, index=index)]
 
     def finish(self, end: dict) -> list[str]:
+        # The prompt is read once for all choices; completion_tokens sums them (end, as stream_completion sums).
         p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
-        return [self._chunk({}, end.get("finish_reason", "stop")),
+        reasons = end.get("finish_reasons") or [end.get("finish_reason", "stop")]
+        return [*(self._chunk({}, reason, index=i) for i, reason in enumerate(reasons)),
                 _sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                                             "total_tokens": p + c}}),
                 "data: [DONE]\n\n"]
 
     def failure(self, error: dict) -> list[str]:
         return [_sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
+
+
+def _combined(ends: dict[int, dict], n: int) -> dict:
+    """Return the end of a stream of n choices: each one's finish reason, completion tokens summed."""
+    return {"finish_reason": ends[0].get("finish_reason", "stop"),
+            "finish_reasons": [ends[i].get("finish_reason", "stop") for i in range(n)],
+            "prompt_tokens": int(ends[0].get("prompt_tokens", 0)),
+            "completion_tokens": sum(int(ends[i].get("completion_tokens", 0)) for i in range(n))}
 
 
 def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None,
@@ -107,9 +128,15 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
         pass
     try:
         yield from frames.start()
-        sent = 0  # characters of the answer already sent
-        attempt, text, cursor = None, "", 0
+        n = int(params.get("n") or 1)  # choices: each event names its index; the stream ends after all n
+        sent = [0] * n  # characters of each choice already sent
+        attempt, text, cursor = None, [""] * n, 0
+        ends: dict[int, dict] = {}
         end: dict | None = None
+
+        def delta(piece: str, i: int):
+            return frames.delta(piece, i) if n > 1 else frames.delta(piece)
+
         now = time.monotonic()
         deadline, next_check, next_keepalive = now + wait, now + 0.5, now + STREAM_KEEPALIVE_SECONDS
         outcome: Response | None = None
@@ -125,17 +152,21 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 cursor += 1
                 event = json.loads(raw)
                 if event.get("attempt") != attempt:  # a redelivery starts over: skip what was already sent
-                    attempt, text = event.get("attempt"), ""
+                    attempt, text, ends = event.get("attempt"), [""] * n, {}
+                i = int(event.get("index") or 0)
+                if not 0 <= i < n:
+                    continue
                 if event.get("type") == "delta":
-                    text += event["text"]
-                    if len(text) > sent:
-                        yield from frames.delta(text[sent:])
-                        sent = len(text)
+                    text[i] += event["text"]
+                    if len(text[i]) > sent[i]:
+                        yield from delta(text[i][sent[i]:], i)
+                        sent[i] = len(text[i])
                         now = time.monotonic()
                         deadline, next_keepalive = now + wait, now + STREAM_KEEPALIVE_SECONDS  # text arrived
                 elif event.get("type") == "end":
-                    end = event
-            if end is not None:
+                    ends[i] = event
+            if len(ends) == n:
+                end = _combined(ends, n)
                 break
             now = time.monotonic()
             if now >= next_keepalive:
@@ -147,13 +178,16 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                     with s.sessionmaker() as session:
                         job = session.get(Job, job_id)
                         if job is not None and job.status.finished:
-                            run = chat_run(session, job_id)
-                            if job.status is JobStatus.succeeded and run is not None:
+                            runs = chat_runs(session, job_id, n)
+                            if job.status is JobStatus.succeeded and runs is not None:
                                 # Stored by an earlier delivery (or its events were lost): send what is missing.
-                                if len(run.produced_text) > sent:
-                                    yield from frames.delta(run.produced_text[sent:])
-                                end = {"finish_reason": run.finish_reason or "stop",
-                                       "prompt_tokens": run.prompt_tokens, "completion_tokens": run.output_tokens}
+                                for i, run in enumerate(runs):
+                                    if len(run.produced_text) > sent[i]:
+                                        yield from delta(run.produced_text[sent[i]:], i)
+                                    ends[i] = {"finish_reason": run.finish_reason or "stop",
+                                               "prompt_tokens": run.prompt_tokens,
+                                               "completion_tokens": run.output_tokens}
+                                end = _combined(ends, n)
                             else:
                                 outcome = job_failure(job)
                             break

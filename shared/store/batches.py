@@ -30,7 +30,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.chat import CHAT_ENDPOINT, CHAT_VARIANT, completion_body
+from shared.chat import CHAT_ENDPOINT, choice_index, completion_body
 from shared.errors import BadRequest, Conflict, NotFound, ValidationError
 from shared.store import batch_input, files, lifecycle, submission
 from shared.store.files import key as _key
@@ -208,8 +208,10 @@ def _write_files(session: Session, batch: Batch, stop_code: str | None = None, *
                  settings: Mapping[str, Any] | None = None) -> None:
     """Write the output file (succeeded lines) and the error file (every other line), in input order."""
     jobs = list(session.scalars(select(Job).where(Job.batch_id == batch.id).order_by(Job.id)))
-    runs = {r.job_id: r for r in session.scalars(
-        select(Run).where(Run.job_id.in_([j.id for j in jobs]), Run.variant == CHAT_VARIANT))} if jobs else {}
+    runs: dict[int, list[Run]] = {}
+    for r in session.scalars(select(Run).where(Run.job_id.in_([j.id for j in jobs]))) if jobs else ():
+        if choice_index(r.variant) is not None:  # every choice of a line with n > 1
+            runs.setdefault(r.job_id, []).append(r)
     out, err = [], []
     for job in jobs:
         run = runs.get(job.id)

@@ -6,6 +6,7 @@ Generations stay tiny.
 
 from __future__ import annotations
 
+import html
 import threading
 
 import pytest
@@ -118,6 +119,51 @@ def test_streaming_yields_the_same_text_then_usage(client):
     assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].object == "chat.completion.chunk"
 
 
+def _output_tokens(db_url: str, job_id: int) -> int:
+    from shared.db import session_scope
+    from shared.store.tables import Job
+
+    with session_scope(db_url) as s:
+        return sum(r.output_tokens for r in s.get(Job, job_id).runs)
+
+
+def test_n_choices_are_rows_of_one_job_each_with_its_own_seed(client, pg_url, live_server):
+    """n=3 seeded sampling: three choices (seeds 11, 12, 13), stored as three runs of one job, and the same three
+    on resubmit; streamed, each chunk names its choice and the stream ends after all three."""
+    kwargs = dict(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=1.0, seed=11, n=3,
+                  extra_body={"top_k": 50, "repetition_penalty": 1.1, "metadata": {"run": "n3"}, "user": "u-1"})
+    resp = client.chat.completions.create(**kwargs)
+    texts = [c.message.content for c in resp.choices]
+    assert [c.index for c in resp.choices] == [0, 1, 2] and len(set(texts)) == 3
+    status, _, params, runs = stored_job(pg_url, int(resp.id))
+    assert status == "succeeded" and params["n"] == 3 and params["metadata"] == {"run": "n3"}
+    assert params["user"] == "u-1" and params["top_k"] == 50 and params["repetition_penalty"] == 1.1
+    assert sorted((v, text) for v, _, text, _ in runs) == [("chat", texts[0]), ("chat_1", texts[1]),
+                                                           ("chat_2", texts[2])]
+    assert resp.usage.completion_tokens == _output_tokens(pg_url, int(resp.id))  # summed over the three choices
+    again = client.chat.completions.create(**kwargs)
+    assert again.id != resp.id and [c.message.content for c in again.choices] == texts
+    # Choice 1 alone with seed 12 draws what choice 1 drew: seed + i.
+    one = client.chat.completions.create(**{**kwargs, "n": 1, "seed": 12})
+    assert one.choices[0].message.content == texts[1]
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+                for i in range(3)]
+    assert streamed == texts
+    assert sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason) == [0, 1, 2]
+    assert chunks[-1].usage.completion_tokens == resp.usage.completion_tokens
+    web, auth = live_server[1].test_client(), {"Authorization": f"Bearer {TOKEN}"}
+    page = html.unescape(web.get(f"/jobs/{resp.id}", headers=auth).get_data(as_text=True))
+    assert all(text in page for text in texts)  # one row per choice on the job page
+    job = web.get(f"/api/jobs/{resp.id}", headers=auth).get_json()
+    assert job["params"]["metadata"] == {"run": "n3"} and job["params"]["user"] == "u-1"
+
+
+def test_temperature_0_gives_n_equal_choices(client):
+    resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0, n=2)
+    assert resp.choices[0].message.content == resp.choices[1].message.content
+
+
 def test_stop_strings_cut_the_text(client):
     resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0)
     text = resp.choices[0].message.content
@@ -152,7 +198,7 @@ def test_errors_take_openai_shape(client, live_server):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert exc.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, n=99)
     assert exc.value.body["param"] == "n"
     anonymous = openai.OpenAI(base_url=live_server[0] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as exc:

@@ -69,6 +69,32 @@ def test_decoding_fields_and_their_openai_names():
 
 def test_every_bad_field_is_reported_at_once():
     with pytest.raises(ValidationError) as exc:
-        params(n=3, temperature=-1, instaboost={"multiplier": 0, "placement": "x"}, foo=1)
+        params(n=99, temperature=-1, instaboost={"multiplier": 0, "placement": "x"}, foo=1)
     assert {e["field"] for e in exc.value.errors} == {"n", "temperature", "instaboost.multiplier",
                                                       "instaboost.placement", "foo"}
+
+
+def test_sampling_extras_n_user_and_metadata_are_stored_and_reach_the_engine_request():
+    p = params(n=3, seed=2**32 - 2, temperature=0.7, top_k=5, min_p=0.1, repetition_penalty=1.2, presence_penalty=0.5,
+               frequency_penalty=-0.5, logit_bias={"42": -100, "7": 2.5}, user="u", metadata={"k": "v"},
+               store=True, service_tier="auto", reasoning_effort="low")
+    assert (p["n"], p["top_k"], p["logit_bias"], p["user"], p["metadata"]) == (3, 5, {"42": -100.0, "7": 2.5}, "u",
+                                                                               {"k": "v"})
+    gens = [generation_request(p, i).params for i in range(3)]
+    assert [g.seed for g in gens] == [2**32 - 2, 2**32 - 1, 0]  # seed + i, modulo 2**32
+    assert gens[0].logit_bias == ((7, 2.5), (42, -100.0))
+    assert (gens[0].top_k, gens[0].min_p, gens[0].repetition_penalty, gens[0].presence_penalty,
+            gens[0].frequency_penalty) == (5, 0.1, 1.2, 0.5, -0.5)
+    # A job stored before these fields existed still builds its request, with neutral defaults.
+    old = {k: v for k, v in p.items() if k not in ("n", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                                                   "frequency_penalty", "logit_bias", "user", "metadata")}
+    assert generation_request(old).params.repetition_penalty == 1.0
+
+
+@pytest.mark.parametrize("field, why", [("tools", "chat template declares no tool support"),
+                                        ("functions", "no tool (function) support"), ("audio", "text only"),
+                                        ("modalities", "text only")])
+def test_openai_fields_refused_say_why(field, why):
+    with pytest.raises(ValidationError) as exc:
+        params(**{field: ["audio"] if field == "modalities" else [{"type": "function"}]})
+    assert exc.value.errors[0]["field"] == field and why in exc.value.errors[0]["message"]

@@ -67,7 +67,33 @@ CASES = [
     ("placement", "POST", "/v1/chat/completions", "json", boost(placement="nowhere"), 400),
     ("boost-unknown-key", "POST", "/v1/chat/completions", "json", boost(colour="red"), 400),
     ("boost-not-object", "POST", "/v1/chat/completions", "json", chat(instaboost=5), 400),
-    ("n-two", "POST", "/v1/chat/completions", "json", chat(n=2), 400),
+    ("n-zero", "POST", "/v1/chat/completions", "json", chat(n=0), 400),
+    ("n-past-max", "POST", "/v1/chat/completions", "json", chat(n=9), 400),
+    ("n-string", "POST", "/v1/chat/completions", "json", chat(n="2"), 400),
+    ("top-k-negative", "POST", "/v1/chat/completions", "json", chat(top_k=-1), 400),
+    ("top-k-float", "POST", "/v1/chat/completions", "json", chat(top_k=2.5), 400),
+    ("min-p-over-1", "POST", "/v1/chat/completions", "json", chat(min_p=1.5), 400),
+    ("min-p-string", "POST", "/v1/chat/completions", "json", chat(min_p="0.1"), 400),
+    ("repetition-penalty-zero", "POST", "/v1/chat/completions", "json", chat(repetition_penalty=0), 400),
+    ("repetition-penalty-bool", "POST", "/v1/chat/completions", "json", chat(repetition_penalty=True), 400),
+    ("presence-penalty-3", "POST", "/v1/chat/completions", "json", chat(presence_penalty=3), 400),
+    ("frequency-penalty-minus-3", "POST", "/v1/chat/completions", "json", chat(frequency_penalty=-3), 400),
+    ("frequency-penalty-list", "POST", "/v1/chat/completions", "json", chat(frequency_penalty=[1]), 400),
+    ("logit-bias-over-100", "POST", "/v1/chat/completions", "json", chat(logit_bias={"5": 101}), 400),
+    ("logit-bias-word-key", "POST", "/v1/chat/completions", "json", chat(logit_bias={"cat": 1}), 400),
+    ("logit-bias-string-value", "POST", "/v1/chat/completions", "json", chat(logit_bias={"5": "1"}), 400),
+    ("logit-bias-list", "POST", "/v1/chat/completions", "json", chat(logit_bias=[5]), 400),
+    ("logit-bias-301", "POST", "/v1/chat/completions", "json",
+     chat(logit_bias={str(k): 1 for k in range(301)}), 400),
+    ("user-number", "POST", "/v1/chat/completions", "json", chat(user=5), 400),
+    ("user-too-long", "POST", "/v1/chat/completions", "json", chat(user="u" * 513), 400),
+    ("user-nul", "POST", "/v1/chat/completions", "json", chat(user="a\x00b"), 400),
+    ("metadata-nul", "POST", "/v1/chat/completions", "json", chat(metadata={"k": "a\x00b"}), 400),
+    ("metadata-17-pairs", "POST", "/v1/chat/completions", "json", chat(metadata={f"k{i}": "v" for i in range(17)}),
+     400),
+    ("metadata-number-value", "POST", "/v1/chat/completions", "json", chat(metadata={"k": 1}), 400),
+    ("metadata-long-key", "POST", "/v1/chat/completions", "json", chat(metadata={"k" * 65: "v"}), 400),
+    ("metadata-long-value", "POST", "/v1/chat/completions", "json", chat(metadata={"k": "v" * 513}), 400),
     ("max-tokens-zero", "POST", "/v1/chat/completions", "json", chat(max_tokens=0), 400),
     ("max-tokens-huge", "POST", "/v1/chat/completions", "json", chat(max_tokens=10**6), 400),
     ("max-completion-tokens-string", "POST", "/v1/chat/completions", "json", chat(max_completion_tokens="4"), 400),
@@ -193,6 +219,11 @@ def test_bad_input_is_refused_in_openai_shape_and_stores_nothing(v1_app, stored_
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["message"] and body["error"]["type"] in ("invalid_request_error",)
     assert snapshot(pg_url, redis_client, redis_namespace) == before
+
+
+def test_tools_are_refused_naming_the_chat_template(v1_app):
+    body = v1_app.test_client().post("/v1/chat/completions", json=chat(tools=[{"type": "function"}])).get_json()
+    assert body["error"]["param"] == "tools" and "chat template declares no tool support" in body["error"]["message"]
 
 
 def test_a_boost_error_names_the_field_as_openai_does(v1_app):

@@ -180,8 +180,10 @@ def _spec_and_params(args, s):
     spec = BoostSpec(multiplier=values["multipliers"][0], layers=layers, start_layer=values["start_layer"],
                      num_middle_layers=values["num_middle_layers"], head_fraction=heads, heads=explicit,
                      seed=values["seed"], placement=values["placement"])
+    extras = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
     params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
-                              top_p=values["top_p"], seed=values["seed"])
+                              top_p=values["top_p"], seed=values["seed"],
+                              **{k: values[k] for k in extras if k in values})
     return spec, params, values
 
 

@@ -18,6 +18,7 @@ from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from shared.streaming import final_text
 from worker.engine.loading import LoadedModel
+from worker.engine.logits import RowProcessors, row_processors, sampling_probs
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
 
@@ -70,6 +71,10 @@ class Engine:
                 f"the prompt is {len(p.input_ids)} tokens; with max_new_tokens {request.params.max_new_tokens} it "
                 f"exceeds the model's context of {self.max_context} tokens: shorten {what}",
                 field="messages" if request.messages is not None else "query")
+        vocab = len(self.tokenizer)
+        if any(token >= vocab for token, _ in request.params.logit_bias):
+            raise ValidationError(f"logit_bias names token ids past {self.model_name}'s vocabulary of {vocab} "
+                                  f"tokens (0..{vocab - 1})", field="logit_bias")
         # Resolve early so a bad layer or head index fails before any compute.
         request.spec.resolve_heads(self.n_layers, self.n_heads)
         return p
@@ -112,11 +117,13 @@ class Engine:
         return kwargs
 
     def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: "StepClock",
-                       halt: Callable[[int], bool] | None = None) -> dict:
+                       halt: Callable[[int], bool] | None = None, pads: Sequence[int] | None = None) -> dict:
         """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
 
-        generate() decodes greedily up to the longest row's budget; RowSampler draws the sampling rows'
-        tokens with their own seeded generators and RowBudget ends each row at its own length.
+        generate() decodes greedily up to the longest row's budget; each row's own logits processors
+        (worker.engine.logits, built from its params) reshape its scores first, then RowSampler draws the
+        sampling rows' tokens with their own seeded generators and RowBudget ends each row at its own length.
+        pads: each row's left padding (none when not given).
         """
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -127,9 +134,18 @@ class Engine:
         if halt is not None:
             criteria.append(RowHalt(halt))
         kwargs["stopping_criteria"] = StoppingCriteriaList([_wrap(StoppingCriteria, c) for c in criteria])
+        pads = list(pads) if pads is not None else [0] * len(params)
+        processors = [_wrap(LogitsProcessor, p) for p in self._row_processors(requests, width, pads)]
         if any(not p.greedy for p in params):
-            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, RowSampler(params, self.device))])
+            processors.append(_wrap(LogitsProcessor, RowSampler(params, self.device)))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         return kwargs
+
+    def _row_processors(self, requests: Sequence[GenerationRequest], width: int, pads: Sequence[int]) -> list:
+        """Return the batch's per-row processors (the seam other concerns extend), or [] when no row has one."""
+        procs = RowProcessors([row_processors(r.params, width - pad) for r, pad in zip(requests, pads)], list(pads))
+        return [procs] if procs else []
 
     def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
                  on_text: Callable[[int, str], None] | None = None,
@@ -338,12 +354,7 @@ class RowSampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for i, p, gen in self.rows:
-            probs = torch.softmax(scores[i].float() / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                # Nucleus: keep the most likely tokens until their mass reaches top_p (at least one).
-                sorted_probs, order = probs.sort(descending=True)
-                drop = sorted_probs.cumsum(-1) - sorted_probs >= p.top_p
-                probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+            probs = sampling_probs(scores[i], p)
             token = torch.multinomial(probs, 1, generator=gen)
             scores[i] = float("-inf")
             scores[i, token] = 0.0

@@ -168,7 +168,7 @@ class FastEngine(Engine):
         with fast_boost(boost, capacity=width + max(r.params.max_new_tokens for r in requests)):
             seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                              streamer=self._streamer(requests, on_text),
-                                             **self._decode_kwargs(requests, width, clock, halt))
+                                             **self._decode_kwargs(requests, width, clock, halt, batch.pads))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - clock.start

@@ -59,7 +59,7 @@ class Member:
     attention: bool
     request: Any  # JobRequest, or None for a chat job
     params: dict
-    rows: list  # Variants still to generate (a chat job: [CHAT_VARIANT])
+    rows: list  # Variants still to generate (a chat job: its choices' run names, shared.chat.choice_variants)
     soft_deadline: float  # time.monotonic() values
     hard_deadline: float
     publish: Callable[[dict], None] | None = None
@@ -72,9 +72,9 @@ class Member:
 
     def generation_request(self, row):
         if self.request is None:
-            from shared.chat import generation_request
+            from shared.chat import choice_index, generation_request
 
-            return generation_request(self.params)
+            return generation_request(self.params, choice_index(row) or 0)
         return self.request.generation_request(row)
 
 
@@ -151,7 +151,7 @@ class BatchRunner:
 
     def _admit(self, job: Job) -> Member:
         """Make a claimed job a member: its pending variants, progress and deadlines (or end it at once)."""
-        from shared.chat import CHAT_VARIANT, is_chat
+        from shared.chat import choice_variants, is_chat
         from shared.schemas import JobRequest
         from worker.engine import get_engine
 
@@ -166,7 +166,7 @@ class BatchRunner:
         try:
             if is_chat(job.params):
                 m.engine = job.params.get("engine") or "fast"
-                variants = [CHAT_VARIANT]
+                variants = choice_variants(job.params)  # one row per choice (n), decoded together
             else:
                 m.request = JobRequest.from_params(job.params)
                 m.engine, m.attention = m.request.engine, bool(m.request.attention)
@@ -246,7 +246,7 @@ class BatchRunner:
             params = job.params or {}
             if (params.get("engine") or "fast") != "fast":
                 return False  # the reference engine runs one row at a time: leave it to its own delivery
-            n = 1 if is_chat(params) else _variant_count(params)
+            n = int(params.get("n") or 1) if is_chat(params) else _variant_count(params)
             if n is None:
                 return False  # its own delivery fails it with the reason
             if n > budget[0] and budget[0] < self.max_rows:
@@ -307,6 +307,7 @@ class BatchRunner:
     # -- one step ----------------------------------------------------------------------------------------
 
     def _step(self, rows: list[tuple[Member, Any]]) -> None:
+        from shared.chat import choice_index
         from worker.engine import get_engine
 
         members = list(dict.fromkeys(m for m, _ in rows))
@@ -315,6 +316,7 @@ class BatchRunner:
         engine = get_engine(self.model, head.engine)
         requests = [m.generation_request(r) for m, r in rows]
         streams = {i: m.publish for i, (m, _) in enumerate(rows) if m.publish is not None}
+        index = {i: choice_index(r) or 0 for i, (m, r) in enumerate(rows) if m.publish is not None}  # its choice
         now = time.monotonic()
         alarm = max(0.05, min(m.soft_deadline for m in members) - now)
         hard = max(0.05, min(m.hard_deadline for m in members) + grace_seconds(self.limit) - now)
@@ -332,7 +334,7 @@ class BatchRunner:
                     def on_text(i, delta):
                         if i in streams:
                             METRICS.first_token(rows[i][0].job_id)
-                            streams[i]({"type": "delta", "text": delta})
+                            streams[i]({"type": "delta", "text": delta, "index": index[i]})
 
                     results = engine.generate(requests, attention=head.attention, on_text=on_text if streams else None,
                                               halt=lambda i: rows[i][0].job_id in watch.stopped)
@@ -382,6 +384,8 @@ class BatchRunner:
 
     def _store(self, rows, results, scores, engine, members: list[Member]) -> None:
         """Store each row's run and end the members with nothing left; a member's error fails it alone."""
+        from shared.chat import choice_index
+
         for m in members:
             mine = [(r, results[i], scores[i]) for i, (n, r) in enumerate(rows) if n is m]
             try:
@@ -390,8 +394,8 @@ class BatchRunner:
                     t.with_db_retry(self.session, t._end_read, budget=self.budget)
                     m.rows.remove(row)
                     if m.request is None and m.publish is not None:
-                        m.publish({"type": "end", "finish_reason": result.finish_reason,
-                                   "prompt_tokens": result.prompt_tokens, "completion_tokens": result.output_tokens})
+                        m.publish({"type": "end", "index": choice_index(row) or 0,
+                                   "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.output_tokens})
                     log.info("job %s: variant %s done (%d tokens)", m.job_id, getattr(row, "name", row),
                              result.output_tokens)
                 if not m.rows:
