@@ -11,6 +11,8 @@ Which tokens are boosted, in this order of precedence:
 
 A request without ``instaboost``, tags or per-message boosts is plain generation (M = 1, nothing boosted).
 Numbers are checked with the job API's own field rows (shared.fields), so the bounds and messages agree.
+``response_format`` (json_object, json_schema) is validated by shared.response_format and stored with the job;
+the worker enforces it while decoding (worker.engine.grammar).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Mapping
 
 from shared.errors import ValidationError
 from shared.fields import BY_NAME, CHAT_BY_NAME, LAYER_MODES
+from shared.response_format import grammar, parse as parse_response_format
 from shared.spec import MAX_STOP, CHAT_ROLES
 from shared.validation import Validator, brief
 
@@ -29,11 +32,11 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 BOOST_KEYS = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads", "placement")
 # OpenAI body fields we take and use.
 USED_KEYS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stop",
-             "stream", "stream_options", "instaboost")
+             "stream", "stream_options", "instaboost", "response_format")
 # OpenAI body fields accepted only at a value that changes nothing here (their default).
 NEUTRAL = {"user": None, "metadata": None, "store": None, "logprobs": (False, None), "top_logprobs": (None, 0),
            "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None), "logit_bias": (None,),
-           "response_format": None, "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
+           "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
            "tool_choice": (None, "none"), "reasoning_effort": None, "prediction": (None,), "modalities": None}
 ROLE_ALIASES = {"developer": "system"}
 PRIORITIES = ("interactive", "batch")
@@ -285,6 +288,10 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
     boost_given = body.get("instaboost") is not None
     boost = _boost(v, body.get("instaboost"), settings)
     stop = _stop(v, body.get("stop"))
+    try:
+        response_format = parse_response_format(body.get("response_format"), settings["limits.max_text_chars"])
+    except ValidationError as exc:
+        v.errors.extend(exc.errors)
     if v.errors:  # the messages' defaults depend on a valid boost; report what is known so far first
         fields = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
         raise ValidationError(f"invalid request: fix {fields}", errors=v.errors)
@@ -309,6 +316,8 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         "messages": messages, "layers": boost["layers"], "heads": boost["heads"], "stop": stop,
         "stream": bool(stream), "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),
         "priority": priority if priority in PRIORITIES else "interactive",
+        # Stored only when the output is constrained, so a plain chat job's params stay as they were.
+        **({"response_format": response_format} if response_format else {}),
     }
 
 
@@ -331,7 +340,7 @@ def generation_request(params: Mapping[str, Any]):
                      placement=params["placement"])
     gen = GenerationParams(max_new_tokens=params["max_new_tokens"], temperature=params["temperature"],
                            top_p=params["top_p"], seed=params["seed"], stop=tuple(params.get("stop") or ()))
-    return GenerationRequest.chat(messages, spec, gen)
+    return GenerationRequest.chat(messages, spec, gen, grammar=grammar(params.get("response_format")))
 
 
 CHAT_VARIANT = "chat"  # the one run a chat job stores

@@ -80,6 +80,12 @@ CASES = [
     ("unknown-field", "POST", "/v1/chat/completions", "json", chat(foo=1), 400),
     ("logprobs-true", "POST", "/v1/chat/completions", "json", chat(logprobs=True), 400),
     ("tools", "POST", "/v1/chat/completions", "json", chat(tools=[{"type": "function"}]), 400),
+    ("response-format-string", "POST", "/v1/chat/completions", "json", chat(response_format="json"), 400),
+    ("response-format-type", "POST", "/v1/chat/completions", "json", chat(response_format={"type": "xml"}), 400),
+    ("response-format-no-schema", "POST", "/v1/chat/completions", "json",
+     chat(response_format={"type": "json_schema", "json_schema": {"name": "a"}}), 400),
+    ("response-format-lookbehind", "POST", "/v1/chat/completions", "json", chat(response_format={
+        "type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "pattern": "(?<=a)b"}}}), 400),
     ("model-unserved", "POST", "/v1/chat/completions", "json", chat(model="no-such-model"), 404),
     ("model-with-space", "POST", "/v1/chat/completions", "json", chat(model="a b"), 400),
     # Files.
@@ -297,3 +303,12 @@ def test_a_repeated_create_returns_the_batch_the_first_one_stored(v1_app, pg_url
     assert len(batch_jobs(pg_url, first["id"])) == len(batch_jobs(pg_url, keyed[0])) == 1
     for batch_id in (first["id"], keyed[0]):
         web.post(f"/v1/batches/{batch_id}/cancel", json={})
+
+
+def test_a_schema_the_grammar_library_cannot_enforce_names_the_construct(v1_app):
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": {
+        "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}}}
+    resp = v1_app.test_client().post("/v1/chat/completions", json=chat(response_format=fmt))
+    body = resp.get_json()["error"]
+    assert resp.status_code == 400 and body["param"] == "response_format" and body["code"] == "invalid_value"
+    assert "uniqueItems" in body["message"] and "cannot be enforced" in body["message"]
