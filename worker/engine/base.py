@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import math
+import functools
 from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Callable, Sequence
@@ -17,6 +18,7 @@ import torch
 from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from shared.streaming import final_text
+from worker.engine.grammar import GrammarBatch, Grammars, grammar_rows
 from worker.engine.loading import LoadedModel
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
@@ -72,7 +74,14 @@ class Engine:
                 field="messages" if request.messages is not None else "query")
         # Resolve early so a bad layer or head index fails before any compute.
         request.spec.resolve_heads(self.n_layers, self.n_heads)
+        if request.grammar:
+            self.grammars.compile(request.grammar)  # a schema the tokenizer cannot serve fails here, alone
         return p
+
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """The tokenizer's compiled response_format grammars (built on first use: about a second)."""
+        return Grammars(self.tokenizer, self._eos_ids())
 
     def count_prompt_tokens(self, instruction: str, query: str, placement: str = "system") -> int:
         """Return the prompt's length in tokens for this model."""
@@ -115,7 +124,8 @@ class Engine:
                        halt: Callable[[int], bool] | None = None) -> dict:
         """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
 
-        generate() decodes greedily up to the longest row's budget; RowSampler draws the sampling rows'
+        generate() decodes greedily up to the longest row's budget; a row with a response_format grammar has
+        its disallowed tokens masked first (worker.engine.grammar), RowSampler then draws the sampling rows'
         tokens with their own seeded generators and RowBudget ends each row at its own length.
         """
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -127,8 +137,13 @@ class Engine:
         if halt is not None:
             criteria.append(RowHalt(halt))
         kwargs["stopping_criteria"] = StoppingCriteriaList([_wrap(StoppingCriteria, c) for c in criteria])
+        processors = []
+        if any(r.grammar for r in requests):  # the grammar masks first; a sampling row then draws among what is left
+            processors.append(GrammarBatch(grammar_rows(self.grammars, requests, [width] * len(requests))))
         if any(not p.greedy for p in params):
-            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, RowSampler(params, self.device))])
+            processors.append(RowSampler(params, self.device))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, p) for p in processors])
         return kwargs
 
     def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
