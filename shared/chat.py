@@ -11,6 +11,8 @@ Which tokens are boosted, in this order of precedence:
 
 A request without ``instaboost``, tags or per-message boosts is plain generation (M = 1, nothing boosted).
 Numbers are checked with the job API's own field rows (shared.fields), so the bounds and messages agree.
+``response_format`` (json_object, json_schema) is validated by shared.response_format and stored with the job;
+the worker enforces it while decoding (worker.engine.grammar).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from shared.errors import ValidationError
 from shared.chat_extras import (CHAT_VARIANT, REFUSED_WHY, SAMPLING_FIELDS, SAMPLING_KEYS, choice_index, choice_seed,
                                 choice_variant, choice_variants, logit_bias_param, metadata_param, user_param)
 from shared.fields import BY_NAME, CHAT_BY_NAME, LAYER_MODES
+from shared.response_format import grammar, parse as parse_response_format
 from shared.spec import MAX_STOP, CHAT_ROLES
 from shared.validation import Validator, brief
 
@@ -31,11 +34,12 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 BOOST_KEYS = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads", "placement")
 # OpenAI body fields we take and use.
 USED_KEYS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stop",
-             "stream", "stream_options", "instaboost", "user", "metadata") + SAMPLING_KEYS
+             "stream", "stream_options", "instaboost", "user", "metadata",
+             "response_format") + SAMPLING_KEYS
 # OpenAI body fields accepted only at a value that changes nothing here (their default); None: any value, as
 # those mean nothing on this server (README, "/v1 fields").
 NEUTRAL = {"store": None, "logprobs": (False, None), "top_logprobs": (None, 0),
-           "response_format": None, "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
+           "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
            "tool_choice": (None, "none"), "reasoning_effort": None, "prediction": (None,), "modalities": (None, ["text"]),
            "prompt_cache_key": None, "safety_identifier": None, "verbosity": None}
 
@@ -293,6 +297,10 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
     boost_given = body.get("instaboost") is not None
     boost = _boost(v, body.get("instaboost"), settings)
     stop = _stop(v, body.get("stop"))
+    try:
+        response_format = parse_response_format(body.get("response_format"), settings["limits.max_text_chars"])
+    except ValidationError as exc:
+        v.errors.extend(exc.errors)
     if v.errors:  # the messages' defaults depend on a valid boost; report what is known so far first
         fields = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
         raise ValidationError(f"invalid request: fix {fields}", errors=v.errors)
@@ -319,6 +327,8 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         "priority": priority if priority in PRIORITIES else "interactive",
         "n": n, **{name: decoding[name] for name in SAMPLING_FIELDS}, "logit_bias": bias, "user": user,
         "metadata": metadata,
+        # Stored only when the output is constrained, so a plain chat job's params stay as they were.
+        **({"response_format": response_format} if response_format else {}),
     }
 
 
@@ -345,7 +355,7 @@ def generation_request(params: Mapping[str, Any], choice: int = 0):
                            top_p=params["top_p"], seed=choice_seed(params["seed"], choice),
                            stop=tuple(params.get("stop") or ()), **extras,
                            logit_bias={int(k): b for k, b in (params.get("logit_bias") or {}).items()})
-    return GenerationRequest.chat(messages, spec, gen)
+    return GenerationRequest.chat(messages, spec, gen, grammar=grammar(params.get("response_format")))
 
 
 

@@ -257,6 +257,7 @@ class GenerationRequest:
     spec: BoostSpec = field(default_factory=BoostSpec)
     params: GenerationParams = field(default_factory=GenerationParams)
     messages: tuple[ChatMessage, ...] | None = None
+    grammar: str | None = None  # an llguidance grammar the output must match (shared.response_format)
 
     def __post_init__(self):
         if self.messages is not None:
@@ -272,10 +273,11 @@ class GenerationRequest:
                 raise ValidationError(f"{name} must be a non-empty string", field=name)
 
     @classmethod
-    def chat(cls, messages, spec: BoostSpec | None = None, params: GenerationParams | None = None
-             ) -> "GenerationRequest":
-        """Return a request whose prompt is these chat messages."""
-        return cls("", "", spec or BoostSpec(), params or GenerationParams(), messages=tuple(messages))
+    def chat(cls, messages, spec: BoostSpec | None = None, params: GenerationParams | None = None,
+             grammar: str | None = None) -> "GenerationRequest":
+        """Return a request whose prompt is these chat messages (and whose output matches grammar, if given)."""
+        return cls("", "", spec or BoostSpec(), params or GenerationParams(), messages=tuple(messages),
+                   grammar=grammar)
 
     @property
     def multipliers(self) -> tuple[float, ...]:

@@ -43,6 +43,9 @@ def job_failure(job: Job) -> Response:
     if "context" in error and "exceeds" in error:
         return openai_error(400, f"job {job.id} failed: {error}", param="messages", code="context_length_exceeded",
                             retry=False)
+    if error.startswith("response_format"):  # the worker could not compile the schema for the model's tokenizer
+        return openai_error(400, f"job {job.id} failed: {error}", param="response_format", code="invalid_value",
+                            retry=False)
     if "out of range" in error:
         return openai_error(400, f"job {job.id} failed: {error}", param="instaboost", code="invalid_value",
                             retry=False)

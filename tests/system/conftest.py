@@ -18,6 +18,7 @@ pytest_collection_modifyitems = mark_folder(__file__, modules={
     "test_inspect_ai.py": ["services", "slow"],
     # bench/faults.py's rows against a private PostgreSQL and Redis; the slow rows are also marked faults_slow.
     "test_fault_table.py": ["services", "slow"],
+    "test_openai_structured.py": ["services", "slow"],
     # Skipped, saying why, without a Docker engine; `make docker-test` selects it with -m docker.
     "test_docker.py": ["docker", pytest.mark.timeout(3600)],
 })

@@ -106,6 +106,12 @@ CASES = [
     ("unknown-field", "POST", "/v1/chat/completions", "json", chat(foo=1), 400),
     ("logprobs-true", "POST", "/v1/chat/completions", "json", chat(logprobs=True), 400),
     ("tools", "POST", "/v1/chat/completions", "json", chat(tools=[{"type": "function"}]), 400),
+    ("response-format-string", "POST", "/v1/chat/completions", "json", chat(response_format="json"), 400),
+    ("response-format-type", "POST", "/v1/chat/completions", "json", chat(response_format={"type": "xml"}), 400),
+    ("response-format-no-schema", "POST", "/v1/chat/completions", "json",
+     chat(response_format={"type": "json_schema", "json_schema": {"name": "a"}}), 400),
+    ("response-format-lookbehind", "POST", "/v1/chat/completions", "json", chat(response_format={
+        "type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "pattern": "(?<=a)b"}}}), 400),
     ("model-unserved", "POST", "/v1/chat/completions", "json", chat(model="no-such-model"), 404),
     ("model-with-space", "POST", "/v1/chat/completions", "json", chat(model="a b"), 400),
     # Files.
@@ -328,3 +334,31 @@ def test_a_repeated_create_returns_the_batch_the_first_one_stored(v1_app, pg_url
     assert len(batch_jobs(pg_url, first["id"])) == len(batch_jobs(pg_url, keyed[0])) == 1
     for batch_id in (first["id"], keyed[0]):
         web.post(f"/v1/batches/{batch_id}/cancel", json={})
+
+
+def test_a_schema_the_grammar_library_cannot_enforce_names_the_construct(v1_app):
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": {
+        "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}}}
+    resp = v1_app.test_client().post("/v1/chat/completions", json=chat(response_format=fmt))
+    body = resp.get_json()["error"]
+    assert resp.status_code == 400 and body["param"] == "response_format" and body["code"] == "invalid_value"
+    assert "uniqueItems" in body["message"] and "cannot be enforced" in body["message"]
+
+
+def test_a_job_the_worker_could_not_compile_the_schema_for_answers_400(v1_app, pg_url):
+    # A schema the web accepts but the model's tokenizer cannot serve fails its job in the worker with a message
+    # starting "response_format" (tests/engine/test_grammar.py); /v1 answers it as the request's fault.
+    from shared.chat import chat_params
+    from shared.db import session_scope
+    from shared.store.tables import Job, JobStatus
+
+    params = chat_params(chat(response_format={"type": "json_object"}), v1_app.extensions["instaboost"].settings)
+    error = "response_format: the schema cannot be enforced with this model's tokenizer: no token spells it"
+    with session_scope(pg_url) as s:
+        job = Job(status=JobStatus.failed, model=DEFAULT_MODEL, params=params, kind="chat", error=error)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    resp = v1_app.test_client().get(f"/v1/chat/completions/{job_id}")
+    body = resp.get_json()["error"]
+    assert resp.status_code == 400 and body["param"] == "response_format" and "no token spells it" in body["message"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import math
+import functools
 from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Callable, Sequence
@@ -17,6 +18,7 @@ import torch
 from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from shared.streaming import final_text
+from worker.engine.grammar import Grammars, grammar_rows
 from worker.engine.loading import LoadedModel
 from worker.engine.logits import RowProcessors, row_processors, sampling_probs
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
@@ -77,7 +79,14 @@ class Engine:
                                   f"tokens (0..{vocab - 1})", field="logit_bias")
         # Resolve early so a bad layer or head index fails before any compute.
         request.spec.resolve_heads(self.n_layers, self.n_heads)
+        if request.grammar:
+            self.grammars.compile(request.grammar)  # a schema the tokenizer cannot serve fails here, alone
         return p
+
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """The tokenizer's compiled response_format grammars (built on first use: about a second)."""
+        return Grammars(self.tokenizer, self._eos_ids())
 
     def count_prompt_tokens(self, instruction: str, query: str, placement: str = "system") -> int:
         """Return the prompt's length in tokens for this model."""
@@ -121,8 +130,9 @@ class Engine:
         """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
 
         generate() decodes greedily up to the longest row's budget; each row's own logits processors
-        (worker.engine.logits, built from its params) reshape its scores first, then RowSampler draws the
-        sampling rows' tokens with their own seeded generators and RowBudget ends each row at its own length.
+        (worker.engine.logits, built from its params, then its response_format grammar from worker.engine.grammar,
+        last so that no bias can force a token the grammar forbids) reshape its scores first, then RowSampler draws
+        the sampling rows' tokens with their own seeded generators and RowBudget ends each row at its own length.
         pads: each row's left padding (none when not given).
         """
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -144,7 +154,10 @@ class Engine:
 
     def _row_processors(self, requests: Sequence[GenerationRequest], width: int, pads: Sequence[int]) -> list:
         """Return the batch's per-row processors (the seam other concerns extend), or [] when no row has one."""
-        procs = RowProcessors([row_processors(r.params, width - pad) for r, pad in zip(requests, pads)], list(pads))
+        lens = [width - pad for pad in pads]  # each row's prompt without its padding (RowProcessors strips it)
+        grammars = grammar_rows(self.grammars, requests, lens)
+        procs = RowProcessors([row_processors(r.params, n) + ([g] if g is not None else [])
+                               for r, n, g in zip(requests, lens, grammars)], list(pads))
         return [procs] if procs else []
 
     def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
