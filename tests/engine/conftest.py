@@ -7,6 +7,7 @@ from tests.helpers import mark_folder
 pytest_collection_modifyitems = mark_folder(__file__, modules={
     "test_engine.py": ["slow"],
     "test_engine_gemma.py": ["slow"],
+    "test_logprobs.py": ["slow"],
     "test_cli_generate.py": ["slow"],
     "test_run_cases.py": ["slow"],
     "test_calibrate.py": ["slow"],

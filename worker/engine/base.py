@@ -18,6 +18,7 @@ from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from shared.streaming import final_text
 from worker.engine.loading import LoadedModel
+from worker.engine.logprobs import StepRecorder, prompt_section
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
 
@@ -59,7 +60,9 @@ class Engine:
 
     def prompt(self, request: GenerationRequest) -> Prompt:
         """Build the prompt and check it fits the context with its new tokens."""
-        if request.messages is not None:
+        if request.prompt_ids is not None:
+            p = self._token_prompt(request)
+        elif request.messages is not None:
             p = build_chat_prompt(self.tokenizer, request.messages, request.spec.placement)
         else:
             p = build_prompt(self.tokenizer, request.instruction, request.query, request.spec.placement)
@@ -73,6 +76,20 @@ class Engine:
         # Resolve early so a bad layer or head index fails before any compute.
         request.spec.resolve_heads(self.n_layers, self.n_heads)
         return p
+
+    def _token_prompt(self, request: GenerationRequest) -> Prompt:
+        """Return a completion's prompt given as token ids, boosted at its token spans."""
+        ids, vocab = list(request.prompt_ids), len(self.tokenizer)
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ValidationError(f"prompt holds token id {bad[0]}, outside the model's vocabulary of {vocab} "
+                                  "tokens", field="prompt")
+        spans = request.prompt_spans
+        if any(not 0 <= a < b <= len(ids) for a, b, _ in spans):
+            raise ValidationError(f"instaboost.spans must lie within the prompt's {len(ids)} tokens", field="prompt")
+        hull = (min(a for a, _, _ in spans), max(b for _, b, _ in spans)) if spans else (0, 0)
+        return Prompt(text=self.tokenizer.decode(ids), input_ids=ids, span=hull, char_span=(0, 0), placement="raw",
+                      spans=tuple(spans))
 
     def count_prompt_tokens(self, instruction: str, query: str, placement: str = "system") -> int:
         """Return the prompt's length in tokens for this model."""
@@ -112,7 +129,7 @@ class Engine:
         return kwargs
 
     def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: "StepClock",
-                       halt: Callable[[int], bool] | None = None) -> dict:
+                       halt: Callable[[int], bool] | None = None, recorder: StepRecorder | None = None) -> dict:
         """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
 
         generate() decodes greedily up to the longest row's budget; RowSampler draws the sampling rows'
@@ -127,9 +144,47 @@ class Engine:
         if halt is not None:
             criteria.append(RowHalt(halt))
         kwargs["stopping_criteria"] = StoppingCriteriaList([_wrap(StoppingCriteria, c) for c in criteria])
+        processors = [recorder] if recorder is not None else []  # first: it reads the raw logits
         if any(not p.greedy for p in params):
-            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, RowSampler(params, self.device))])
+            processors.append(RowSampler(params, self.device))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, p) for p in processors])
         return kwargs
+
+    def _decode(self, model, requests, prompts, batch: Batch, clock: "StepClock", on_text=None, halt=None):
+        """Run a group's prefill (for prompt logprobs) and decoding inside the engine's boost; return
+        (sequences, each row's prompt logprobs section or None, the StepRecorder or None).
+
+        Prompt scoring is one forward over the padded batch. When it already answers every row (greedy, at
+        most one new token, nothing streamed: lm-eval's echo requests) generate() is skipped.
+        """
+        width = batch.input_ids.shape[1]
+        ks = [r.logprobs for r in requests]
+        recorder = StepRecorder(ks) if any(k is not None for k in ks) else None
+        scored: list[dict | None] = [None] * len(requests)
+        if any(r.prompt_logprobs is not None for r in requests) or all(r.params.max_new_tokens == 0 for r in requests):
+            positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+                           use_cache=False).logits
+            cache: dict = {}
+            for row, (req, p) in enumerate(zip(requests, prompts)):
+                if req.prompt_logprobs is not None:
+                    scored[row] = prompt_section(self.tokenizer, logits[row, batch.pads[row]:], p.input_ids,
+                                                 req.prompt_logprobs, cache)
+            if on_text is None and all(r.params.greedy and r.params.max_new_tokens <= 1 for r in requests):
+                last = logits[:, -1].float()
+                if recorder is not None:
+                    recorder(batch.input_ids, last)
+                seq = torch.cat([batch.input_ids, last.argmax(-1, keepdim=True)], dim=1)
+                if recorder is not None:
+                    recorder.finish(seq)
+                return seq, scored, recorder
+        seq = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             streamer=self._streamer(requests, on_text),
+                             **self._decode_kwargs(requests, width, clock, halt, recorder))
+        if recorder is not None:
+            recorder.finish(seq)
+        return seq, scored, recorder
 
     def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
                  on_text: Callable[[int, str], None] | None = None,
@@ -166,7 +221,8 @@ class Engine:
                            budgets=[r.params.max_new_tokens for r in requests])
 
     def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
-                masses, clock: "StepClock | None" = None) -> list[GenerationResult]:
+                masses, clock: "StepClock | None" = None, scored: Sequence[dict | None] = (),
+                recorder: StepRecorder | None = None) -> list[GenerationResult]:
         width = batch.input_ids.shape[1]
         eos = self._eos_ids()
         out = []
@@ -179,11 +235,17 @@ class Engine:
                 seconds = clock.until_step(min(n + 1, len(gen)))
             text, stopped = final_text(self.tokenizer.decode(gen[:n], skip_special_tokens=True), req.params.stop)
             spans = tuple((a, b, req.spec.multiplier if m is None else m) for a, b, m in p.spans)
+            logprobs = None
+            if req.logprobs is not None or req.prompt_logprobs is not None:
+                output = recorder.row(self.tokenizer, row, gen[:n]) if req.logprobs is not None else None
+                if output is not None and stopped:  # the stop string's tokens are not part of the text
+                    output = _trim_section(output, len(text))
+                logprobs = {"prompt": scored[row] if scored else None, "output": output}
             out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
                                         attention_mass=masses[row] if masses else None, spans=spans,
                                         finish_reason="stop" if stopped or n < len(gen) else "length",
-                                        placement=p.placement))
+                                        placement=p.placement, logprobs=logprobs))
         return out
 
     @property
@@ -295,6 +357,17 @@ class StepClock:
 def _wrap(base: type, fn):
     """Return fn as an instance of transformers' base class (generate() checks the type)."""
     return type(type(fn).__name__, (base,), {"__call__": lambda self, *a, **kw: fn(*a, **kw)})()
+
+
+def _trim_section(section: dict, length: int) -> dict:
+    """Keep a section's tokens that start within the first `length` characters of its text."""
+    keep, at = 0, 0
+    for token in section["tokens"]:
+        if at >= length:
+            break
+        at += len(token)
+        keep += 1
+    return {key: value[:keep] for key, value in section.items()}
 
 
 def content_length(generated: list[int], eos: set[int]) -> int:

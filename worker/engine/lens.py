@@ -72,14 +72,10 @@ class TransformerLensEngine(Engine):
             stop = None if halt is None else (lambda _r, row=row: halt(row))
             clock = StepClock()
             with self.hooked(boost):
-                seq = self.bridge.original_model.generate(input_ids=batch.input_ids,
-                                                          attention_mask=batch.attention_mask,
-                                                          streamer=self._streamer([req], relay),
-                                                          **self._decode_kwargs([req], batch.input_ids.shape[1], clock,
-                                                                              stop))
+                seq, scored, recorder = self._decode(self.bridge.original_model, [req], [p], batch, clock, relay, stop)
             seconds = time.perf_counter() - clock.start
             masses = self._attention_mass(req, p, batch, seq) if attention else None
-            out.extend(self._finish([req], [p], batch, seq, seconds, masses))
+            out.extend(self._finish([req], [p], batch, seq, seconds, masses, None, scored, recorder))
         return out
 
     def _attention_mass(self, req, p, batch, seq):
