@@ -16,10 +16,12 @@ Numbers are checked with the job API's own field rows (shared.fields), so the bo
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
 from shared.fields import BY_NAME, CHAT_BY_NAME, LAYER_MODES
+from shared.logprobs import MAX_TOP_LOGPROBS, chat_logprobs
 from shared.spec import MAX_STOP, CHAT_ROLES
 from shared.validation import Validator, brief
 
@@ -29,9 +31,9 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 BOOST_KEYS = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads", "placement")
 # OpenAI body fields we take and use.
 USED_KEYS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stop",
-             "stream", "stream_options", "instaboost")
+             "stream", "stream_options", "instaboost", "logprobs", "top_logprobs")
 # OpenAI body fields accepted only at a value that changes nothing here (their default).
-NEUTRAL = {"user": None, "metadata": None, "store": None, "logprobs": (False, None), "top_logprobs": (None, 0),
+NEUTRAL = {"user": None, "metadata": None, "store": None,
            "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None), "logit_bias": (None,),
            "response_format": None, "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
            "tool_choice": (None, "none"), "reasoning_effort": None, "prediction": (None,), "modalities": None}
@@ -282,6 +284,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
     for name in ("temperature", "top_p", "seed"):
         decoding[name] = v.check(BY_NAME[name], body[name]) if body.get(name) is not None else \
             BY_NAME[name].default_value(settings)
+    logprobs = chat_logprobs_k(v, body.get("logprobs"), body.get("top_logprobs"))
     boost_given = body.get("instaboost") is not None
     boost = _boost(v, body.get("instaboost"), settings)
     stop = _stop(v, body.get("stop"))
@@ -308,8 +311,23 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         # Chat only.
         "messages": messages, "layers": boost["layers"], "heads": boost["heads"], "stop": stop,
         "stream": bool(stream), "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),
+        "logprobs": logprobs,
         "priority": priority if priority in PRIORITIES else "interactive",
     }
+
+
+def chat_logprobs_k(v: Validator, logprobs: Any, top: Any) -> int | None:
+    """Return how many top logprobs a chat answer carries per token (None: no logprobs), collecting errors."""
+    if logprobs is not None and not isinstance(logprobs, bool):
+        _error(v, "logprobs", f"logprobs must be a boolean, got {brief(logprobs)}")
+        return None
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        _error(v, "top_logprobs", f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {brief(top)}")
+        return None
+    if top and not logprobs:
+        _error(v, "top_logprobs", "top_logprobs needs logprobs: true")
+        return None
+    return (top or 0) if logprobs else None
 
 
 def is_chat(params: Mapping[str, Any]) -> bool:
@@ -331,7 +349,7 @@ def generation_request(params: Mapping[str, Any]):
                      placement=params["placement"])
     gen = GenerationParams(max_new_tokens=params["max_new_tokens"], temperature=params["temperature"],
                            top_p=params["top_p"], seed=params["seed"], stop=tuple(params.get("stop") or ()))
-    return GenerationRequest.chat(messages, spec, gen)
+    return replace(GenerationRequest.chat(messages, spec, gen), logprobs=params.get("logprobs"))
 
 
 CHAT_VARIANT = "chat"  # the one run a chat job stores
@@ -364,7 +382,7 @@ def completion_body(job, run) -> dict:
         "id": completion_id(job.id), "object": "chat.completion", "created": int(job.created_at.timestamp()),
         "model": job.model, "system_fingerprint": fingerprint(job.params),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": run.produced_text, "refusal": None},
-                     "logprobs": None, "finish_reason": run.finish_reason or "stop"}],
+                     "logprobs": chat_logprobs(run.logprobs), "finish_reason": run.finish_reason or "stop"}],
         "usage": _usage(run),
         "instaboost": {"job_id": job.id, "multiplier": run.multiplier, "layers": run.layers,
                        "placement": job.params.get("placement")},

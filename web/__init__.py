@@ -47,7 +47,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from shared.celery_config import make_celery
     from shared.db import get_sessionmaker
     from shared.workers import redis_client
-    from web import api, auth, context, errors, export, health, monitoring, pages, queue, v1
+    from web import api, auth, context, errors, export, health, monitoring, pages, queue, v1, v1_completions
 
     settings = _settings(test_config)
     app = Flask(__name__)
@@ -75,6 +75,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(v1.bp)
+    app.register_blueprint(v1_completions.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(export.bp)
     app.register_blueprint(health.bp)

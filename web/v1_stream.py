@@ -18,6 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.chat import CHAT_VARIANT, completion_id, fingerprint
+from shared.completions import is_completion, prompt_text
+from shared.logprobs import chat_logprobs, completion_logprobs
 from shared.errors import Conflict
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
@@ -30,9 +32,9 @@ STREAM_POLL_SECONDS = 0.05
 STREAM_KEEPALIVE_SECONDS = 1.0  # an SSE comment this often while no text arrives: a gone client is noticed
 
 
-def chat_run(session, job_id: int) -> Run | None:
-    """Return the stored run of a chat job, if it has one."""
-    return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == CHAT_VARIANT)).scalar_one_or_none()
+def chat_run(session, job_id: int, variant: str = CHAT_VARIANT) -> Run | None:
+    """Return the stored run of a chat job (or a completion's first prompt, variant p0), if it has one."""
+    return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == variant)).scalar_one_or_none()
 
 
 def _sse(data: Any) -> str:
@@ -67,11 +69,26 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     key = stream_key(s.settings["redis.namespace"], job_id)
     listeners = _listeners_key(s.settings["redis.namespace"], job_id)
     created = int(time.time())
-    base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": created,
+    legacy = is_completion(params)  # /v1/completions: text_completion chunks
+    base = {"id": f"cmpl-{job_id}" if legacy else completion_id(job_id),
+            "object": "text_completion" if legacy else "chat.completion.chunk", "created": created,
             "model": params["model"], "system_fingerprint": fingerprint(params)}
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+    def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
+        if legacy:
+            return _sse({**base, "choices": [{"index": 0, "text": delta.get("content", ""), "logprobs": logprobs,
+                                              "finish_reason": finish}]})
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
+
+    def logprobs_chunk(stored: dict | None) -> str | None:
+        """The tokens' logprobs, in one chunk before the last (the worker reports them when the row ends)."""
+        if not stored or (legacy and params.get("logprobs") is None):
+            return None
+        if legacy:
+            return chunk({}, None, completion_logprobs([stored.get("prompt") if params["echo"] else None,
+                                                        stored.get("output")]))
+        lp = chat_logprobs(stored)
+        return None if lp is None else chunk({"content": ""}, None, lp)
 
     done = False  # the job ended (or the stream gave up on it): closing now cancels nothing
     abandoned = False
@@ -81,7 +98,10 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     except Exception:  # Redis down: the loop below reports it
         pass
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        if not legacy:
+            yield chunk({"role": "assistant", "content": ""})
+        elif params.get("echo"):
+            yield chunk({"content": prompt_text(params, 0) or ""})
         sent = 0  # characters of the answer already sent
         attempt, text, cursor = None, "", 0
         end: dict | None = None
@@ -122,12 +142,12 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                     with s.sessionmaker() as session:
                         job = session.get(Job, job_id)
                         if job is not None and job.status.finished:
-                            run = chat_run(session, job_id)
+                            run = chat_run(session, job_id, "p0" if legacy else CHAT_VARIANT)
                             if job.status is JobStatus.succeeded and run is not None:
                                 # Stored by an earlier delivery (or its events were lost): send what is missing.
                                 if len(run.produced_text) > sent:
                                     yield chunk({"content": run.produced_text[sent:]})
-                                end = {"finish_reason": run.finish_reason or "stop",
+                                end = {"finish_reason": run.finish_reason or "stop", "logprobs": run.logprobs,
                                        "prompt_tokens": run.prompt_tokens, "completion_tokens": run.output_tokens}
                             else:
                                 outcome = job_failure(job)
@@ -146,6 +166,9 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
             yield _sse(json.loads(outcome.get_data(as_text=True)))
             yield "data: [DONE]\n\n"
             return
+        extra = logprobs_chunk(end.get("logprobs"))
+        if extra is not None:
+            yield extra
         yield chunk({}, end.get("finish_reason", "stop"))
         p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
         yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
