@@ -255,7 +255,7 @@ def openai_request(params: Mapping[str, Any], row: str):
     k = params["logprobs"]
     segments = p.get("segments") or [["-", None]]  # a token-id prompt: the chat request only carries the settings
     base = chat_request({**params, "messages": [{"role": "user", "segments": segments}]})
-    extra = {"logprobs": k, "prompt_logprobs": k if params["echo"] and k is not None else None}
+    extra = {"logprobs": k, "prompt_logprobs": k if params["echo"] and k is not None else None, "exact_text": True}
     if params["echo"] and params["max_new_tokens"] == 0 and k is None:
         extra["prompt_logprobs"] = 0  # echo alone: the prompt's tokens still come back
     if "ids" in p:

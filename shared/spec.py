@@ -244,6 +244,7 @@ class GenerationRequest:
     prompt_spans: tuple[tuple[int, int, float], ...] = ()
     logprobs: int | None = None  # top-k logprobs of each generated token (0: the token's own only); None: none
     prompt_logprobs: int | None = None  # the same for every prompt token (a completion's echo)
+    exact_text: bool = False  # a completion: the text as decoded, its whitespace kept (chat answers are stripped)
 
     def __post_init__(self):
         if self.prompt_ids is not None:

@@ -10,6 +10,7 @@ from shared.store.export import EXPORT_COLUMNS, WIDE_COLUMNS
 from shared.store.queries import MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.store.tables import JobStatus
 from shared.validation import WHITESPACE
+from web.openapi_completions import COMPLETION_SCHEMAS, completion_paths, completion_request_schema
 
 STATUSES = [s.value for s in JobStatus]
 
@@ -366,7 +367,11 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                                                            recommended),
                "SweepRequest": sweep_request_schema(settings, models or [settings["model.name"]], facts),
                "Sweep": SWEEP_SCHEMA,
-               **V1_SCHEMAS, "ChatCompletionRequest": chat_request_schema(settings, models or [settings["model.name"]])}
+               **V1_SCHEMAS, **COMPLETION_SCHEMAS,
+               "ChatCompletionRequest": chat_request_schema(settings, models or [settings["model.name"]]),
+               "CompletionRequest": completion_request_schema(
+                   settings, models or [settings["model.name"]],
+                   chat_request_schema(settings, models or [settings["model.name"]]))}
     retry_after = {"Retry-After": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
@@ -541,6 +546,7 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                 },
             },
             **v1_paths(),
+            **completion_paths(_oai_error, V1_COMMON, V1_CROSS_SITE, {"Retry-After": {"schema": {"type": "string"}}}),
             "/readyz": {
                 "get": {
                     "operationId": "ready", "summary": "Can a job on the default model run now?", "security": [],
@@ -654,6 +660,10 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
             "stream_options": _nullable({"type": "object", "additionalProperties": False,
                                          "properties": {"include_usage": {}}}),
             "instaboost": _nullable(boost),
+            "logprobs": _nullable({"type": "boolean", "description": "Return each output token's logprob (raw: "
+                                                                  "before temperature and top_p)."}),
+            "top_logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 20,
+                                       "description": "With logprobs: the most likely tokens per position."}),
             **neutral,
         },
     }
@@ -681,7 +691,7 @@ V1_SCHEMAS: dict[str, Any] = {
             "choices": {"type": "array", "items": {"type": "object", "required": ["index", "message", "finish_reason"],
                                                    "properties": {
                 "index": {"type": "integer"}, "finish_reason": {"type": "string", "enum": ["stop", "length"]},
-                "logprobs": {"type": "null"},
+                "logprobs": {"type": ["object", "null"]},
                 "message": {"type": "object", "required": ["role", "content"], "properties": {
                     "role": {"const": "assistant"}, "content": {"type": "string"}, "refusal": {"type": "null"}}}}}},
             "usage": {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],

@@ -171,8 +171,9 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
             yield extra
         yield chunk({}, end.get("finish_reason", "stop"))
         p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
-        yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
-                                                     "total_tokens": p + c}})
+        if not legacy or params.get("include_usage"):  # completions: only when asked, as OpenAI streams them
+            yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                                         "total_tokens": p + c}})
         yield "data: [DONE]\n\n"
     except GeneratorExit:
         abandoned = not done

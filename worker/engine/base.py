@@ -16,7 +16,7 @@ import torch
 
 from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
-from shared.streaming import final_text
+from shared.streaming import cut_at_stop, final_text
 from worker.engine.loading import LoadedModel
 from worker.engine.logprobs import StepRecorder, prompt_section
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
@@ -218,7 +218,8 @@ class Engine:
         from worker.engine.streaming import RowStreamer
 
         return RowStreamer(self.tokenizer, len(requests), self._eos_ids(), on_text, requests[0].params.stop,
-                           budgets=[r.params.max_new_tokens for r in requests])
+                           budgets=[r.params.max_new_tokens for r in requests],
+                           strips=[not r.exact_text for r in requests])
 
     def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
                 masses, clock: "StepClock | None" = None, scored: Sequence[dict | None] = (),
@@ -233,13 +234,14 @@ class Engine:
             if clock is not None:
                 # In a batch a row costs until its own last token (its EOS counts), not the batch's whole time.
                 seconds = clock.until_step(min(n + 1, len(gen)))
-            text, stopped = final_text(self.tokenizer.decode(gen[:n], skip_special_tokens=True), req.params.stop)
+            decoded = self.tokenizer.decode(gen[:n], skip_special_tokens=True)
+            text, stopped = final_text(decoded, req.params.stop, strip=not req.exact_text)
             spans = tuple((a, b, req.spec.multiplier if m is None else m) for a, b, m in p.spans)
             logprobs = None
             if req.logprobs is not None or req.prompt_logprobs is not None:
                 output = recorder.row(self.tokenizer, row, gen[:n]) if req.logprobs is not None else None
                 if output is not None and stopped:  # the stop string's tokens are not part of the text
-                    output = _trim_section(output, len(text))
+                    output = _trim_section(output, len(cut_at_stop(decoded, req.params.stop)[0]))
                 logprobs = {"prompt": scored[row] if scored else None, "output": output}
             out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
