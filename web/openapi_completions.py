@@ -6,7 +6,6 @@ from typing import Any, Mapping
 
 from shared.completions import MAX_PROMPTS, NEUTRAL
 from shared.logprobs import MAX_TOP_LOGPROBS
-from shared.spec import MAX_STOP
 
 
 def completion_request_schema(settings: Mapping[str, Any], models: list[str], chat_schema: dict) -> dict[str, Any]:

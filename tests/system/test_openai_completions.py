@@ -9,7 +9,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import pytest
 import requests
 import torch
 

@@ -18,7 +18,7 @@ from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from shared.streaming import cut_at_stop, final_text
 from worker.engine.loading import LoadedModel
-from worker.engine.logprobs import StepRecorder, prompt_section
+from worker.engine.logprobs import StepRecorder, trim_section
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
 
@@ -151,41 +151,6 @@ class Engine:
             kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, p) for p in processors])
         return kwargs
 
-    def _decode(self, model, requests, prompts, batch: Batch, clock: "StepClock", on_text=None, halt=None):
-        """Run a group's prefill (for prompt logprobs) and decoding inside the engine's boost; return
-        (sequences, each row's prompt logprobs section or None, the StepRecorder or None).
-
-        Prompt scoring is one forward over the padded batch. When it already answers every row (greedy, at
-        most one new token, nothing streamed: lm-eval's echo requests) generate() is skipped.
-        """
-        width = batch.input_ids.shape[1]
-        ks = [r.logprobs for r in requests]
-        recorder = StepRecorder(ks) if any(k is not None for k in ks) else None
-        scored: list[dict | None] = [None] * len(requests)
-        if any(r.prompt_logprobs is not None for r in requests) or all(r.params.max_new_tokens == 0 for r in requests):
-            positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
-                           use_cache=False).logits
-            cache: dict = {}
-            for row, (req, p) in enumerate(zip(requests, prompts)):
-                if req.prompt_logprobs is not None:
-                    scored[row] = prompt_section(self.tokenizer, logits[row, batch.pads[row]:], p.input_ids,
-                                                 req.prompt_logprobs, cache)
-            if on_text is None and all(r.params.greedy and r.params.max_new_tokens <= 1 for r in requests):
-                last = logits[:, -1].float()
-                if recorder is not None:
-                    recorder(batch.input_ids, last)
-                seq = torch.cat([batch.input_ids, last.argmax(-1, keepdim=True)], dim=1)
-                if recorder is not None:
-                    recorder.finish(seq)
-                return seq, scored, recorder
-        seq = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             streamer=self._streamer(requests, on_text),
-                             **self._decode_kwargs(requests, width, clock, halt, recorder))
-        if recorder is not None:
-            recorder.finish(seq)
-        return seq, scored, recorder
-
     def generate(self, requests: Sequence[GenerationRequest], attention: bool = False,
                  on_text: Callable[[int, str], None] | None = None,
                  halt: Callable[[int], bool] | None = None) -> list[GenerationResult]:
@@ -241,7 +206,7 @@ class Engine:
             if req.logprobs is not None or req.prompt_logprobs is not None:
                 output = recorder.row(self.tokenizer, row, gen[:n]) if req.logprobs is not None else None
                 if output is not None and stopped:  # the stop string's tokens are not part of the text
-                    output = _trim_section(output, len(cut_at_stop(decoded, req.params.stop)[0]))
+                    output = trim_section(output, len(cut_at_stop(decoded, req.params.stop)[0]))
                 logprobs = {"prompt": scored[row] if scored else None, "output": output}
             out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
@@ -359,17 +324,6 @@ class StepClock:
 def _wrap(base: type, fn):
     """Return fn as an instance of transformers' base class (generate() checks the type)."""
     return type(type(fn).__name__, (base,), {"__call__": lambda self, *a, **kw: fn(*a, **kw)})()
-
-
-def _trim_section(section: dict, length: int) -> dict:
-    """Keep a section's tokens that start within the first `length` characters of its text."""
-    keep, at = 0, 0
-    for token in section["tokens"]:
-        if at >= length:
-            break
-        at += len(token)
-        keep += 1
-    return {key: value[:keep] for key, value in section.items()}
 
 
 def content_length(generated: list[int], eos: set[int]) -> int:

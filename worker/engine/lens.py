@@ -16,6 +16,7 @@ from shared.spec import GenerationRequest
 from worker.engine.base import Engine, StepClock, processed_length
 from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
 from worker.engine.loading import LoadedModel
+from worker.engine.logprobs import decode
 
 
 class TransformerLensEngine(Engine):
@@ -72,7 +73,7 @@ class TransformerLensEngine(Engine):
             stop = None if halt is None else (lambda _r, row=row: halt(row))
             clock = StepClock()
             with self.hooked(boost):
-                seq, scored, recorder = self._decode(self.bridge.original_model, [req], [p], batch, clock, relay, stop)
+                seq, scored, recorder = decode(self, self.bridge.original_model, [req], [p], batch, clock, relay, stop)
             seconds = time.perf_counter() - clock.start
             masses = self._attention_mass(req, p, batch, seq) if attention else None
             out.extend(self._finish([req], [p], batch, seq, seconds, masses, None, scored, recorder))

@@ -4,6 +4,7 @@ Raw means before temperature, top-p and any other logits processor (vLLM's defau
 token's logprob says how likely the (boosted) model found it, not how likely the sampler was to draw it.
 A section is {"ids", "tokens", "logprobs", "top"}: per token its id, its text (decoded alone), its logprob
 (None for a prompt's first token, which nothing predicts) and the k most likely tokens as [[text, logprob]].
+``decode`` runs an engine group's prefill (prompt scoring) and decoding with these records attached.
 """
 
 from __future__ import annotations
@@ -105,3 +106,50 @@ class StepRecorder:
         """Return row's section for its generated ids (the first len(ids) steps)."""
         n = len(ids)
         return section(tokenizer, ids, self.chosen[row][:n], self.top[row][:n], cache)
+
+
+def trim_section(section: dict, length: int) -> dict:
+    """Keep a section's tokens that start within the first `length` characters of its text."""
+    keep, at = 0, 0
+    for token in section["tokens"]:
+        if at >= length:
+            break
+        at += len(token)
+        keep += 1
+    return {key: value[:keep] for key, value in section.items()}
+
+
+def decode(engine, model, requests, prompts, batch, clock, on_text=None, halt=None):
+    """Run an engine group's prefill (for prompt logprobs) and decoding inside the engine's boost; return
+    (sequences, each row's prompt logprobs section or None, the StepRecorder or None).
+
+    Prompt scoring is one forward over the padded batch. When it already answers every row (greedy, at
+    most one new token, nothing streamed: lm-eval's echo requests) generate() is skipped.
+    """
+    width = batch.input_ids.shape[1]
+    ks = [r.logprobs for r in requests]
+    recorder = StepRecorder(ks) if any(k is not None for k in ks) else None
+    scored: list[dict | None] = [None] * len(requests)
+    if any(r.prompt_logprobs is not None for r in requests) or all(r.params.max_new_tokens == 0 for r in requests):
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+                       use_cache=False).logits
+        cache: dict = {}
+        for row, (req, p) in enumerate(zip(requests, prompts)):
+            if req.prompt_logprobs is not None:
+                scored[row] = prompt_section(engine.tokenizer, logits[row, batch.pads[row]:], p.input_ids,
+                                             req.prompt_logprobs, cache)
+        if on_text is None and all(r.params.greedy and r.params.max_new_tokens <= 1 for r in requests):
+            last = logits[:, -1].float()
+            if recorder is not None:
+                recorder(batch.input_ids, last)
+            seq = torch.cat([batch.input_ids, last.argmax(-1, keepdim=True)], dim=1)
+            if recorder is not None:
+                recorder.finish(seq)
+            return seq, scored, recorder
+    seq = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         streamer=engine._streamer(requests, on_text),
+                         **engine._decode_kwargs(requests, width, clock, halt, recorder))
+    if recorder is not None:
+        recorder.finish(seq)
+    return seq, scored, recorder
