@@ -788,8 +788,9 @@ def v1_paths() -> dict[str, Any]:
                  "description": "Retries with the same key (and body) get the same job, for v1.idempotency_hours.",
                  "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
                 {"name": "x-stainless-retry-count", "in": "header", "required": False,
-                 "description": "The openai SDK's try count: 1 or more joins the job of the same request's first "
-                                "try.", "schema": {"type": "integer", "minimum": 0}}],
+                 "description": "The openai SDK's try count: an integer 1 or more joins the job of the same "
+                                "request's first try (anything else counts as a first try).",
+                 "schema": {"type": "string"}}],
             "requestBody": json_body,
             "responses": {
                 "200": {"description": "The completion; with stream, server-sent chat.completion.chunk events, a "

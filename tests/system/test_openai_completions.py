@@ -41,6 +41,12 @@ def test_echo_scores_the_prompt_as_the_plain_model_does_and_is_stored(client, pl
     page = requests.get(f"{live_server[0]}/jobs/{res.id.removeprefix('cmpl-')}",
                         headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert "Token logprobs" in page and 'id="logprobs-p0"' in page
+    web, auth = live_server[1].test_client(), {"Authorization": f"Bearer {TOKEN}"}
+    job_id = res.id.removeprefix("cmpl-")
+    assert web.get("/jobs", headers=auth).status_code == 200
+    assert web.get(f"/api/jobs/{job_id}", headers=auth).get_json()["params"]["kind"] == "completion"
+    csv_text = web.get(f"/runs.csv?job_id={job_id}", headers=auth).get_data(as_text=True)
+    assert "p0" in csv_text and len(csv_text.strip().splitlines()) == 2
 
 
 def test_token_prompts_a_boost_span_and_generated_tokens(client):  # noqa: F811
