@@ -254,9 +254,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
     v = Validator(settings, strict=True)
     for key in [k for k in body if k not in USED_KEYS and k not in NEUTRAL][:10]:
         _error(v, str(key)[:64], f"unrecognized request argument {brief(key)}")
-    for key, allowed in NEUTRAL.items():
-        if key in body and allowed is not None and body[key] not in allowed:
-            _error(v, key, f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
+    check_neutral(v, body, NEUTRAL)
     model = v.check(BY_NAME["model"], body.get("model")) if "model" in body else \
         _error(v, "model", "model is required: a model a live worker serves (see GET /v1/models)")
     n = body.get("n")
@@ -314,6 +312,14 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         "logprobs": logprobs,
         "priority": priority if priority in PRIORITIES else "interactive",
     }
+
+
+def check_neutral(v: Validator, body: Mapping[str, Any], neutral: Mapping[str, Any]) -> None:
+    """Refuse a field accepted only at its neutral values (a boolean is not a number here: false is not 0)."""
+    for key, allowed in neutral.items():
+        if key in body and allowed is not None and not any(
+                body[key] == a and isinstance(body[key], bool) == isinstance(a, bool) for a in allowed):
+            _error(v, key, f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
 
 
 def chat_logprobs_k(v: Validator, logprobs: Any, top: Any) -> int | None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from shared.chat import BOOST_KEYS, CHAT_VARIANT, PRIORITIES, _boost, _stop, fingerprint, is_chat, split_boost_tags
+from shared.chat import (BOOST_KEYS, CHAT_VARIANT, PRIORITIES, _boost, _stop, check_neutral, fingerprint, is_chat,
+                         split_boost_tags)
 from shared.chat import generation_request as chat_request
 from shared.errors import ValidationError
 from shared.fields import BY_NAME
@@ -150,9 +151,7 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
     v = Validator(settings, strict=True)
     for key in [k for k in body if k not in USED_KEYS and k not in NEUTRAL][:10]:
         _error(v, str(key)[:64], f"unrecognized request argument {brief(key)}")
-    for key, allowed in NEUTRAL.items():
-        if key in body and allowed is not None and body[key] not in allowed:
-            _error(v, key, f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
+    check_neutral(v, body, NEUTRAL)
     model = v.check(BY_NAME["model"], body.get("model")) if "model" in body else \
         _error(v, "model", "model is required: a model a live worker serves (see GET /v1/models)")
     n = body.get("n")

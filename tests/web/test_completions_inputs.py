@@ -37,6 +37,7 @@ CASES = [
     ("max-tokens-string", comp(max_tokens="1")),
     ("n-2", comp(n=2)),
     ("best-of-2", comp(best_of=2)),
+    ("presence-penalty-false", comp(presence_penalty=False)),
     ("suffix", comp(suffix="x")),
     ("stop-number", comp(stop=5)),
     ("stream-string", comp(stream="true")),

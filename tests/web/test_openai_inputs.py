@@ -83,6 +83,7 @@ CASES = [
     ("top-logprobs-negative", "POST", "/v1/chat/completions", "json", chat(logprobs=True, top_logprobs=-1), 400),
     ("top-logprobs-float", "POST", "/v1/chat/completions", "json", chat(logprobs=True, top_logprobs=1.5), 400),
     ("top-logprobs-alone", "POST", "/v1/chat/completions", "json", chat(top_logprobs=2), 400),
+    ("presence-penalty-false", "POST", "/v1/chat/completions", "json", chat(presence_penalty=False), 400),
     ("tools", "POST", "/v1/chat/completions", "json", chat(tools=[{"type": "function"}]), 400),
     ("model-unserved", "POST", "/v1/chat/completions", "json", chat(model="no-such-model"), 404),
     ("model-with-space", "POST", "/v1/chat/completions", "json", chat(model="a b"), 400),
