@@ -82,8 +82,8 @@ class Engine:
         ids, vocab = list(request.prompt_ids), len(self.tokenizer)
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
-            raise ValidationError(f"prompt holds token id {bad[0]}, outside the model's vocabulary of {vocab} "
-                                  "tokens", field="prompt")
+            raise ValidationError(f"prompt holds token id {bad[0]}, out of range for the model's vocabulary of "
+                                  f"{vocab} tokens (0..{vocab - 1})", field="prompt")
         spans = request.prompt_spans
         if any(not 0 <= a < b <= len(ids) for a, b, _ in spans):
             raise ValidationError(f"instaboost.spans must lie within the prompt's {len(ids)} tokens", field="prompt")
