@@ -66,6 +66,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Submissions beyond this many queued jobs get HTTP 429; a sweep's next step waits until it fits."),
     Setting("limits.max_running_sweeps", int, 4,
             "Calibration sweeps that may run at once; starting one more gets HTTP 429."),
+    Setting("limits.queued_without_worker_seconds", float, 3600.0,
+            "Seconds a queued job may wait while no live worker serves (or loads) its model before the sweeper fails "
+            "it, saying to start a worker for that model (such jobs would otherwise wait forever and count against "
+            "limits.max_queued_jobs); 0 keeps them queued for ever."),
     Setting("limits.max_request_bytes", int, 1_000_000, "Largest HTTP request body the web app accepts."),
     Setting("limits.max_file_bytes", int, 20_000_000,
             "Largest file POST /v1/files accepts (a batch's JSONL input), in bytes."),
@@ -85,6 +89,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis.namespace", str, "instaboost",
             "Prefix of this deployment's Redis keys and queue names. A prefix belongs to one database (deployment): "
             "deployments sharing one Redis each need their own, or the second refuses to start."),
+    Setting("redis.reconnect_max_seconds", float, 2.0,
+            "Longest pause between two attempts to reach Redis again: caps the worker's reconnect backoff (Celery's "
+            "own grows to 30 s) and paces the sweeper's passes while Redis is unreachable, so work resumes within "
+            "about this long after Redis returns, whatever the outage length."),
     Setting("worker.models", list, ["smollm2-135m-instruct"],
             "Models each worker preloads and serves (comma-separated in the environment)."),
     Setting("worker.job_time_limit", int, 1800, "Seconds a job may run before it is failed."),
@@ -142,6 +150,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.trusted_origins", list, [],
             "Other origins (scheme://host[:port], comma-separated) whose pages may send state-changing requests; "
             "such requests from any other site are refused."),
+    Setting("web.allowed_hosts", list, [],
+            "Host names the web app answers (host or host:port, comma-separated; '*' any; a leading dot matches "
+            "subdomains); requests naming another Host get 400, which stops DNS-rebinding pages. Empty: the loopback "
+            "names (localhost, 127.0.0.1, [::1]) when web.api_token is empty, any host when a token is set. Set it "
+            "when serving an open instance on another address (serve --host 0.0.0.0)."),
     Setting("scoring.copy_words", int, 6,
             "Words in a row an output must reproduce from the instruction to count as copying it (scores)."),
     Setting("judge.url", str, "",

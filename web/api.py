@@ -13,6 +13,7 @@ from shared.workers import live_workers, starting_in
 from web.context import db, paging_args, services, submit_kwargs
 from web.export import csv_response
 from web.openapi import openapi_document
+from web.openapi_responses import add_responses
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -212,5 +213,6 @@ def openapi():
     except Exception:  # the database is down: describe numbers only
         db().rollback()
         recommended = False
-    return jsonify(openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"]),
-                                    facts=facts, recommended=recommended))
+    document = openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"]), facts=facts,
+                                recommended=recommended)
+    return jsonify(add_responses(document, s.settings, models or [s.settings["model.name"]]))

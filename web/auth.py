@@ -6,6 +6,10 @@ HttpOnly, SameSite=Lax session cookie. Open without a token: OPEN_ENDPOINTS (liv
 login form, logout, static files and the API's description). Without a token the service is open to
 anyone who can reach it (local mode), and says so at startup.
 
+Every request must name an allowed host (web.allowed_hosts; by default the loopback names without a token,
+any host with one): a page on another site that rebinds its DNS name to this service's address reaches it
+with its own name in the Host header, and gets 400. The health probes answer whatever the Host.
+
 With or without a token, state-changing requests (POST/PUT/PATCH/DELETE) must not come from another
 site's page: a browser's Sec-Fetch-Site (or, from older browsers, its Origin) must name this service, and
 under /api (and a future /v1) the request must carry 'Content-Type: application/json' or an
@@ -24,7 +28,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 
-from shared.errors import Forbidden, Unauthorized, UnsupportedMediaType, ValidationError
+from shared.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType, ValidationError
 from shared.settings import OPEN_MODE_MESSAGE
 from shared.validation import brief
 
@@ -37,6 +41,8 @@ API_PREFIXES = ("/api/", "/v1/")  # JSON APIs: the content-type rule applies
 SESSION_KEY = "auth"
 SINCE_KEY = "auth_at"
 COOKIE_SECURE_MODES = ("auto", "true", "false")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+ANY_HOST_ENDPOINTS = frozenset({"health.healthz", "health.readyz"})  # probes name the host by address
 
 
 def _digest(value: str) -> bytes:
@@ -136,11 +142,51 @@ def _require_preflighted() -> None:
         field="Content-Type")
 
 
+def host_name(host: str) -> str:
+    """Return the lower-cased name part of a Host value: "[::1]:8000" -> "[::1]", "Example.com.:80" -> "example.com"."""
+    host = host.strip().lower()
+    if host.startswith("["):  # an IPv6 literal holds colons
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.partition(":")[0].rstrip(".")
+
+
+def allowed_hosts(settings) -> list[str] | None:
+    """Return the host names this service answers (web.allowed_hosts, or its default), None for any."""
+    configured = [h.strip() for h in settings["web.allowed_hosts"] if h.strip()]
+    if not configured:
+        return None if settings["web.api_token"] else list(LOOPBACK_HOSTS)
+    return None if "*" in configured else [("." + host_name(h[1:])) if h.startswith(".") else host_name(h)
+                                           for h in configured]
+
+
+def host_allowed(host: str, allowed: list[str] | None) -> bool:
+    """Return True when the Host value names an allowed host (an entry ".example.com" also allows its subdomains)."""
+    if allowed is None:
+        return True
+    name = host_name(host)
+    return bool(name) and any(name == a or (a.startswith(".") and (name == a[1:] or name.endswith(a)))
+                              for a in allowed)
+
+
+def _refuse_foreign_host(settings) -> None:
+    """Raise BadRequest when the Host header names no allowed host (DNS rebinding)."""
+    allowed = allowed_hosts(settings)
+    host = request.headers.get("Host") or request.environ.get("SERVER_NAME", "")
+    if request.endpoint in ANY_HOST_ENDPOINTS or host_allowed(host, allowed):
+        return
+    why = ("without web.api_token only the loopback names are answered" if not settings["web.allowed_hosts"]
+           else "it is not in web.allowed_hosts")
+    raise BadRequest(f"host {brief(host)} is not served here ({why}: {', '.join(allowed)}); reach the service "
+                     "by an allowed name, or add this one to web.allowed_hosts (INSTABOOST_WEB_ALLOWED_HOSTS)",
+                     field="Host")
+
+
 def guard():
-    """Check every request: the token (when set), then the cross-site rules for state-changing ones."""
+    """Check every request: the Host, the token (when set), then the cross-site rules for state-changing ones."""
     from web import csrf
 
     settings = _settings()
+    _refuse_foreign_host(settings)
     token = settings["web.api_token"]
     bearer = _bearer(token) if token else None
     # endpoint None: no route matched; its 404/405 says nothing about jobs.
@@ -226,6 +272,10 @@ def configure(app, settings) -> None:
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ValidationError(f"web.trusted_origins: {brief(origin)} is not an origin like "
                                   "https://host[:port]", field="web.trusted_origins")
+    for host in settings["web.allowed_hosts"]:
+        if "/" in host or not host.strip() or any(c.isspace() for c in host.strip()):
+            raise ValidationError(f"web.allowed_hosts: {brief(host)} is not a host name like boost.example.com, "
+                                  ".example.com (with subdomains), 10.0.0.7 or *", field="web.allowed_hosts")
     app.config.update(
         INSTABOOST_SESSION_COOKIE_SECURE=mode,
         SESSION_COOKIE_HTTPONLY=True,

@@ -397,7 +397,9 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                         "415": _problem("The body is not JSON."),
                         "422": _problem("A field is invalid, or no live worker serves the model."),
                         "429": {**_problem("Too many queued jobs."), "headers": retry_after},
-                        "503": {**_problem("The broker is unreachable."), "headers": retry_after},
+                        "503": {**_problem("The broker is unreachable, or no worker heartbeat names the model while "
+                                         "that may be transient (none at all, or its worker restarting); retry after "
+                                         "Retry-After."), "headers": retry_after},
                         **COMMON, "403": CROSS_SITE["403"],
                     },
                 },
@@ -474,7 +476,9 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                         "429": {**_problem("The first step would pass limits.max_queued_jobs, or "
                                            "limits.max_running_sweeps sweeps are running; nothing was stored."),
                                 "headers": retry_after},
-                        "503": {**_problem("The broker is unreachable."), "headers": retry_after},
+                        "503": {**_problem("The broker is unreachable, or no worker heartbeat names the model while "
+                                         "that may be transient (none at all, or its worker restarting); retry after "
+                                         "Retry-After."), "headers": retry_after},
                         **COMMON, "403": CROSS_SITE["403"],
                     },
                 },
@@ -804,7 +808,9 @@ def v1_paths() -> dict[str, Any]:
                 "413": _oai_error("The body is too large."),
                 "429": {**_oai_error("Too many queued jobs, or this web process holds as many waiting "
                                      "completions as it may (web.threads)."), "headers": retry_after},
-                "503": {**_oai_error("The broker is unreachable."), "headers": retry_after},
+                "503": {**_oai_error("The broker is unreachable, or no worker heartbeat names the model while that "
+                                          "may be transient; the openai SDK retries after Retry-After."),
+                        "headers": retry_after},
                 "504": _oai_error("The job did not finish within v1.wait_seconds; poll "
                                   "GET /v1/chat/completions/{id}."),
                 **V1_COMMON, **V1_CROSS_SITE}}},

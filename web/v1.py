@@ -44,7 +44,7 @@ def error_from_exception(exc: InstaBoostError) -> Response:
         return openai_error(404, message, param=param or "model", code="model_not_found")
     if isinstance(exc, ValidationError) or exc.status == 422:
         return openai_error(400, message, param=param, code="invalid_value")
-    return openai_error(exc.status, message, param=param, headers=headers)
+    return openai_error(exc.status, message, param=param, code=getattr(exc, "code", None), headers=headers)
 
 
 def _json_body() -> Any:

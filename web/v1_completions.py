@@ -12,18 +12,54 @@ import time
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import select
 
-from shared.completions import completion_body, completion_params, is_completion, openai_rows
+from shared.completions import completion_body, completion_params, is_completion, openai_rows, prompt_text
 from shared.errors import NotFound, ValidationError
+from shared.logprobs import completion_logprobs
 from shared.store import idempotency, queries, submission
 from shared.store.tables import Job, JobStatus, Run
 from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
 from web.v1 import POLL_SECONDS, _json_body, _sdk_retry
 from web.v1_errors import job_failure, openai_error, timeout_error
-from web.v1_stream import stream_completion
+from web.v1_stream import ChatFrames, _sse, stream_completion
 
 bp = Blueprint("v1_completions", __name__, url_prefix="/v1")
 BOOST_HEADER = "X-InstaBoost"
+
+
+class CompletionFrames(ChatFrames):
+    """OpenAI's text_completion chunks: the echo first, the text, its logprobs, usage when asked, [DONE]."""
+
+    variant = "p0"  # a streamed completion has one prompt
+
+    def __init__(self, job_id: int, params: dict):
+        super().__init__(job_id, params)
+        self.params = params
+        self.poll_path = f"/v1/completions/cmpl-{job_id}"
+        self.base = {**self.base, "id": f"cmpl-{job_id}", "object": "text_completion"}
+
+    def _chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
+        return _sse({**self.base, "choices": [{"index": 0, "text": delta.get("content", ""), "logprobs": logprobs,
+                                               "finish_reason": finish}]})
+
+    def start(self) -> list[str]:
+        echo = prompt_text(self.params, 0) if self.params.get("echo") else None
+        return [self._chunk({"content": echo})] if echo else []
+
+    def logprobs(self, end: dict) -> list[str]:
+        stored = end.get("logprobs")
+        if not stored or self.params.get("logprobs") is None:
+            return []
+        return [self._chunk({}, None, completion_logprobs([stored.get("prompt") if self.params["echo"] else None,
+                                                           stored.get("output")]))]
+
+    def finish(self, end: dict) -> list[str]:
+        out = [*self.logprobs(end), self._chunk({}, end.get("finish_reason", "stop"))]
+        if self.params.get("include_usage"):  # only when asked, as OpenAI streams completions
+            p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
+            out.append(_sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                                                   "total_tokens": p + c}}))
+        return [*out, "data: [DONE]\n\n"]
 
 
 def _header_boost():
@@ -59,7 +95,8 @@ def completions():
     job_id = job.id
     wait = float(s.settings["v1.wait_seconds"])
     if params["stream"]:
-        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back)),
+        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back,
+                                                              CompletionFrames(job_id, params))),
                         mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                                                "X-InstaBoost-Job-Id": str(job_id)})
         resp.call_on_close(give_back)
@@ -73,7 +110,7 @@ def completions():
             if job.status.finished:
                 return _finished(session, job)
             if time.monotonic() > deadline:
-                return timeout_error(job_id, wait)
+                return timeout_error(job_id, wait, f"/v1/completions/cmpl-{job_id}")
             time.sleep(POLL_SECONDS)
     finally:
         give_back()

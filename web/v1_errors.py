@@ -49,9 +49,10 @@ def job_failure(job: Job) -> Response:
     return openai_error(500, f"job {job.id} failed: {error}", code="job_failed", retry=False)
 
 
-def timeout_error(job_id: int, waited: float) -> Response:
-    """Return the 504 for a completion whose job did not finish within waited seconds (not retried: poll)."""
+def timeout_error(job_id: int, waited: float, path: str | None = None) -> Response:
+    """Return the 504 for a completion whose job did not finish within waited seconds (not retried: poll path)."""
+    path = path or f"/v1/chat/completions/{job_id}"
     return openai_error(504, f"job {job_id} did not finish within {waited:g} s (v1.wait_seconds); it is still "
-                             f"queued or running: poll GET /v1/chat/completions/{job_id} (or GET /api/jobs/{job_id}) "
+                             f"queued or running: poll GET {path} (or GET /api/jobs/{job_id}) "
                              "for its result", code="timeout", param=None, retry=False,
-                        headers={"Location": f"/v1/chat/completions/{job_id}"})
+                        headers={"Location": path})

@@ -1,4 +1,5 @@
-"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks.
+"""Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks
+(ChatFrames), or as the Responses API's events (web.v1_responses.ResponsesFrames).
 
 The worker appends {"type": "delta"|"end", "attempt", ...} events to a Redis list per job
 (shared.workers.stream_key). A stream waits v1.wait_seconds for text, and as long again after each piece
@@ -18,8 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.chat import CHAT_VARIANT, completion_id, fingerprint
-from shared.completions import is_completion, prompt_text
-from shared.logprobs import chat_logprobs, completion_logprobs
+from shared.logprobs import chat_logprobs
 from shared.errors import Conflict
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
@@ -33,7 +33,7 @@ STREAM_KEEPALIVE_SECONDS = 1.0  # an SSE comment this often while no text arrive
 
 
 def chat_run(session, job_id: int, variant: str = CHAT_VARIANT) -> Run | None:
-    """Return the stored run of a chat job (or a completion's first prompt, variant p0), if it has one."""
+    """Return the stored run of a chat job (or another variant: a completion's first prompt, p0), if it has one."""
     return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == variant)).scalar_one_or_none()
 
 
@@ -57,8 +57,45 @@ def _cancel_abandoned(s, job_id: int) -> None:
         log.warning("could not cancel job %s after its client went away: %s", job_id, type(exc).__name__)
 
 
-def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None):
-    """Yield the completion as OpenAI chat.completion.chunk events, a usage chunk, then [DONE].
+class ChatFrames:
+    """The chat.completion.chunk framing of a streamed chat completion (the default of stream_completion)."""
+
+    variant = CHAT_VARIANT  # the run a stream falls back to once its job has finished
+
+    def __init__(self, job_id: int, params: dict):
+        self.poll_path = f"/v1/chat/completions/{job_id}"
+        self.base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": params["model"], "system_fingerprint": fingerprint(params)}
+
+    def _chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
+        return _sse({**self.base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                               "finish_reason": finish}]})
+
+    def logprobs(self, end: dict) -> list[str]:
+        """The tokens' logprobs, in one chunk before the last (the worker reports them when the row ends)."""
+        lp = chat_logprobs(end.get("logprobs"))
+        return [] if lp is None else [self._chunk({"content": ""}, None, lp)]
+
+    def start(self) -> list[str]:
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def delta(self, text: str) -> list[str]:
+        return [self._chunk({"content": text})]
+
+    def finish(self, end: dict) -> list[str]:
+        p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
+        return [*self.logprobs(end), self._chunk({}, end.get("finish_reason", "stop")),
+                _sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                                            "total_tokens": p + c}}),
+                "data: [DONE]\n\n"]
+
+    def failure(self, error: dict) -> list[str]:
+        return [_sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
+
+
+def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[], None] = lambda: None,
+                      frames=None):
+    """Yield the completion in frames' framing (ChatFrames: chat.completion.chunk events, a usage chunk, [DONE]).
 
     on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the first text and for each next piece. While nothing
     arrives an SSE comment goes out every STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the
@@ -68,28 +105,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     redis = redis_client(s.settings["redis.url"])
     key = stream_key(s.settings["redis.namespace"], job_id)
     listeners = _listeners_key(s.settings["redis.namespace"], job_id)
-    created = int(time.time())
-    legacy = is_completion(params)  # /v1/completions: text_completion chunks
-    base = {"id": f"cmpl-{job_id}" if legacy else completion_id(job_id),
-            "object": "text_completion" if legacy else "chat.completion.chunk", "created": created,
-            "model": params["model"], "system_fingerprint": fingerprint(params)}
-
-    def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
-        if legacy:
-            return _sse({**base, "choices": [{"index": 0, "text": delta.get("content", ""), "logprobs": logprobs,
-                                              "finish_reason": finish}]})
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
-
-    def logprobs_chunk(stored: dict | None) -> str | None:
-        """The tokens' logprobs, in one chunk before the last (the worker reports them when the row ends)."""
-        if not stored or (legacy and params.get("logprobs") is None):
-            return None
-        if legacy:
-            return chunk({}, None, completion_logprobs([stored.get("prompt") if params["echo"] else None,
-                                                        stored.get("output")]))
-        lp = chat_logprobs(stored)
-        return None if lp is None else chunk({"content": ""}, None, lp)
-
+    frames = frames or ChatFrames(job_id, params)
     done = False  # the job ended (or the stream gave up on it): closing now cancels nothing
     abandoned = False
     try:
@@ -98,10 +114,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     except Exception:  # Redis down: the loop below reports it
         pass
     try:
-        if not legacy:
-            yield chunk({"role": "assistant", "content": ""})
-        elif params.get("echo"):
-            yield chunk({"content": prompt_text(params, 0) or ""})
+        yield from frames.start()
         sent = 0  # characters of the answer already sent
         attempt, text, cursor = None, "", 0
         end: dict | None = None
@@ -113,7 +126,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 events = redis.lrange(key, cursor, -1)
             except Exception as exc:  # redis-py connection errors
                 outcome = openai_error(503, f"the broker (Redis) became unreachable while streaming job {job_id} "
-                                            f"({type(exc).__name__}); poll GET /v1/chat/completions/{job_id}",
+                                            f"({type(exc).__name__}); poll GET {frames.poll_path}",
                                        retry=False)
                 break
             for raw in events:
@@ -124,7 +137,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 if event.get("type") == "delta":
                     text += event["text"]
                     if len(text) > sent:
-                        yield chunk({"content": text[sent:]})
+                        yield from frames.delta(text[sent:])
                         sent = len(text)
                         now = time.monotonic()
                         deadline, next_keepalive = now + wait, now + STREAM_KEEPALIVE_SECONDS  # text arrived
@@ -142,11 +155,11 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                     with s.sessionmaker() as session:
                         job = session.get(Job, job_id)
                         if job is not None and job.status.finished:
-                            run = chat_run(session, job_id, "p0" if legacy else CHAT_VARIANT)
+                            run = chat_run(session, job_id, getattr(frames, "variant", CHAT_VARIANT))
                             if job.status is JobStatus.succeeded and run is not None:
                                 # Stored by an earlier delivery (or its events were lost): send what is missing.
                                 if len(run.produced_text) > sent:
-                                    yield chunk({"content": run.produced_text[sent:]})
+                                    yield from frames.delta(run.produced_text[sent:])
                                 end = {"finish_reason": run.finish_reason or "stop", "logprobs": run.logprobs,
                                        "prompt_tokens": run.prompt_tokens, "completion_tokens": run.output_tokens}
                             else:
@@ -154,27 +167,18 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                             break
                 except SQLAlchemyError as exc:
                     outcome = openai_error(503, f"the database became unreachable while streaming job {job_id} "
-                                                f"({type(exc).__name__}); poll GET /v1/chat/completions/{job_id}",
+                                                f"({type(exc).__name__}); poll GET {frames.poll_path}",
                                            retry=False)
                     break
                 if now > deadline:
-                    outcome = timeout_error(job_id, wait)
+                    outcome = timeout_error(job_id, wait, frames.poll_path)
                     break
             time.sleep(STREAM_POLL_SECONDS)
         done = True
-        if outcome is not None:  # the openai SDK raises an APIError for an event carrying "error"
-            yield _sse(json.loads(outcome.get_data(as_text=True)))
-            yield "data: [DONE]\n\n"
+        if outcome is not None:
+            yield from frames.failure(json.loads(outcome.get_data(as_text=True)))
             return
-        extra = logprobs_chunk(end.get("logprobs"))
-        if extra is not None:
-            yield extra
-        yield chunk({}, end.get("finish_reason", "stop"))
-        p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
-        if not legacy or params.get("include_usage"):  # completions: only when asked, as OpenAI streams them
-            yield _sse({**base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
-                                                         "total_tokens": p + c}})
-        yield "data: [DONE]\n\n"
+        yield from frames.finish(end)
     except GeneratorExit:
         abandoned = not done
         raise

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+from datetime import timedelta
 from typing import Any, Mapping
 
 from sqlalchemy import func, select, text, update
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 # this process's threads from polling SQLite's busy handler against each other.
 SUBMIT_LOCK_KEY = 0x1B005701
 _submit_lock = threading.Lock()
+# A model a worker started a job of this recently is probably coming back when no heartbeat names it (its worker
+# restarting, or Redis restarted empty and the other workers beat first): 503, not 422.
+RECENTLY_SERVED_SECONDS = 600
 
 
 def queued_count(session: Session) -> int:
@@ -51,11 +56,12 @@ def model_facts(beats: list[dict], model: str) -> dict[str, int]:
     return facts
 
 
-def served_model_facts(model: str, redis, namespace: str, database_url: str | None = None) -> dict[str, int]:
-    """Return what live workers advertise about model, or raise: Unavailable (Redis down), ModelError (not served)."""
+def served_model_facts(model: str, redis, namespace: str, retry_after: float | None = None,
+                       database_url: str | None = None) -> dict[str, int]:
+    """Return what live workers advertise about model, or raise: Unavailable (Redis down, or no heartbeat yet),
+    ModelError (not served)."""
     beats, served, starting = _served(redis, namespace, database_url)
-    if model not in served | starting:
-        raise unserved_error(model, served, starting)
+    check_served(model, beats, served, starting, retry_after)
     return model_facts(beats, model)
 
 
@@ -146,6 +152,37 @@ def _served(redis, namespace: str, database_url: str | None = None) -> tuple[lis
     return beats, served, starting
 
 
+def check_served(model: str, beats: list[dict], served: set[str], starting: set[str],
+                 retry_after: float | None = None, session: Session | None = None) -> None:
+    """Raise unless a live worker serves or loads model: Unavailable (503, Retry-After) while that may be transient,
+    ModelError (422) otherwise.
+
+    Transient: no heartbeat at all (Redis just came back empty, or the workers are starting: each beats within
+    worker.heartbeat_interval), or (with a session) a model whose job a worker started within
+    RECENTLY_SERVED_SECONDS.
+    """
+    if model in served | starting:
+        return
+    from shared.workers import HEARTBEAT_INTERVAL
+
+    wait = max(1, math.ceil(HEARTBEAT_INTERVAL if retry_after is None else retry_after))
+    fix = f"if this lasts, start a worker with INSTABOOST_WORKER_MODELS={model}"
+    if not beats:
+        raise Unavailable(f"no live worker has sent a heartbeat (workers starting, or Redis just restarted and they "
+                          f"have not beaten yet); retry in {wait} s; {fix}", retry_after=wait, field="model")
+    if session is not None and _recently_served(session, model):
+        raise Unavailable(f"no live worker serves model {model!r} now, though one ran its jobs in the last "
+                          f"{RECENTLY_SERVED_SECONDS // 60} minutes (restarting?); retry in {wait} s; {fix}",
+                          retry_after=wait, field="model")
+    raise unserved_error(model, served, starting)
+
+
+def _recently_served(session: Session, model: str) -> bool:
+    cutoff = utcnow() - timedelta(seconds=RECENTLY_SERVED_SECONDS)
+    return session.execute(select(Job.id).where(Job.model == model, Job.started_at >= cutoff).limit(1)).first() \
+        is not None
+
+
 def unserved_error(model: str, served: set[str], starting: set[str]) -> ModelError:
     """Return the error for a model no live worker serves or is loading."""
     hints = [f"models served now: {', '.join(sorted(served))}"] if served else []
@@ -194,7 +231,8 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
                celery_app=None, redis=None, idempotency_key: str | None = None) -> Job:
     """Store a queued job, then enqueue ``instaboost.run_job`` on the model's queue; return the job.
 
-    Refuses (ModelError) a model no live worker serves or is loading, (ValidationError) a job that cannot fit the
+    Refuses (ModelError) a model no live worker serves or is loading (Unavailable while that may be transient,
+    see check_served), (ValidationError) a job that cannot fit the
     model the workers advertise (layers, context), (TooManyJobs) a full queue and (Unavailable) an
     unreachable broker; a job the broker refused is failed at once, so no row waits forever. With an
     idempotency_key already stored, returns that key's job instead (shared.store.idempotency).
@@ -207,8 +245,7 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
         if earlier is not None:
             return earlier
     beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
-    if request.model not in served | starting:
-        raise unserved_error(request.model, served, starting)
+    check_served(request.model, beats, served, starting, settings["worker.heartbeat_interval"], session)
     request.check_model(model_facts(beats, request.model))
     row = dict(model=request.model, params=params, progress_total=len(request.variants()),
                idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None)
@@ -267,8 +304,7 @@ def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mappin
     if earlier is not None:
         return earlier
     beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
-    if params["model"] not in served | starting:
-        raise unserved_error(params["model"], served, starting)
+    check_served(params["model"], beats, served, starting, settings["worker.heartbeat_interval"], session)
     check_chat_fits(params, model_facts(beats, params["model"]))
     row = dict(model=params["model"], params=dict(params), progress_total=len(params.get("prompts") or [None]),
                kind=params.get("kind", "chat"), idempotency_key=idempotency_key, request_hash=digest)
@@ -298,5 +334,11 @@ def submit_batch_jobs(session: Session, batch, lines: list[tuple[str, Mapping[st
 
 
 def served_models(settings: Mapping[str, Any], redis) -> tuple[list[dict], set[str], set[str]]:
-    """Return (live heartbeats, models served, models starting) for a batch's per-line model checks."""
-    return _served(redis, settings["redis.namespace"], settings["database.url"])
+    """Return (live heartbeats, models served, models starting) for a batch's per-line model checks; Unavailable
+    while no worker has a heartbeat (a transient state: see check_served)."""
+    beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
+    if not beats:
+        wait = max(1, math.ceil(settings["worker.heartbeat_interval"]))
+        raise Unavailable(f"no live worker has sent a heartbeat (workers starting, or Redis just restarted); retry in "
+                          f"{wait} s; if this lasts, start a worker", retry_after=wait)
+    return beats, served, starting

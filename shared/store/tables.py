@@ -70,7 +70,8 @@ class JobStatus(str, enum.Enum):
     Allowed transitions (``ALLOWED``; enforced by ``shared.store.lifecycle.transition`` with a conditional UPDATE):
 
     - queued     -> running (a worker picked it up) | cancelled (cancelled before it ran) | failed
-      (broker refused it, or too many deliveries)
+      (broker refused it, too many deliveries, or no worker served its model for
+      limits.queued_without_worker_seconds)
     - running    -> succeeded | failed | cancelling (cancel requested; the worker stops at the next
       batch step, or at the next token) | queued (redelivery after a worker died mid-job)
     - cancelling -> cancelled (the worker stopped) | failed | succeeded (the last variant finished first)

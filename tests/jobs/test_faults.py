@@ -318,6 +318,32 @@ def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis
     # Heartbeats vanished with Redis, yet the job running through the outage was never taken from its worker.
     assert [v.attempts for v in finals] == [1] * len(finals)
     assert h.sweeps("lost", before[1]) == h.sweeps("lost", before[2]) == 1 and h.sweeps("outbox", outbox) == 1
+    # Re-sent by the first pass after Redis returned (its marker key gone), not sweeper.lost_after later.
+    assert "Redis came back without its data" in w.log_tail(10**7)
+
+
+def test_after_a_long_redis_outage_the_worker_reconnects_within_the_capped_backoff(private_redis, h):
+    """Issue 25: Celery's reconnect backoff grew to 30 s, so after a 4-minute outage the worker resumed up to 30 s
+    after Redis returned. Its pauses now stay within redis.reconnect_max_seconds (2 s by default), however many."""
+    h.redis_url = f"redis://127.0.0.1:{private_redis.port}/0"
+    w = h.worker()
+    private_redis.kill()
+    # Down until the worker has retried 5 times: uncapped, its pauses would have grown to 2, 4, 6, 8, 10 s.
+    deadline = time.monotonic() + 300
+    while len(re.findall(r"Trying again in ([\d.]+) seconds", w.log_tail(10**7))) < 5:
+        assert time.monotonic() < deadline and w.alive(), w.log_tail()
+        time.sleep(0.2)
+    private_redis.start()
+    pauses = [float(p) for p in re.findall(r"Trying again in ([\d.]+) seconds", w.log_tail(10**7))]
+    assert max(pauses) <= 2, pauses
+    deadline = time.monotonic() + 60
+    while w.heartbeat() is None:  # Redis came back empty: the next beat (every 0.5 s here) says it lives
+        assert time.monotonic() < deadline, w.log_tail()
+        time.sleep(0.1)
+    final = h.wait_finished(h.submit(SMALL), 120)
+    record_fault("Redis down past Celery's backoff growth", injected=1, survived=final.status == "succeeded",
+                 lost=0, duplicated=0, reconnect_pauses=pauses)
+    assert final.status == "succeeded" and final.worker == w.worker_id and w.alive()
 
 
 # -- 3. the database is unreachable while a variant finishes -------------------------------------------

@@ -15,6 +15,8 @@ pytest_collection_modifyitems = mark_folder(__file__, modules={
     "test_openai_batches.py": ["services", "slow"],
     "test_openai_lm_eval.py": ["services", "slow"],
     "test_openai_completions.py": ["services", "slow"],
+    "test_openai_responses.py": ["services", "slow"],
+    "test_inspect_ai.py": ["services", "slow"],
     # Skipped, saying why, without a Docker engine; `make docker-test` selects it with -m docker.
     "test_docker.py": ["docker", pytest.mark.timeout(3600)],
 })

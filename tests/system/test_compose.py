@@ -1,6 +1,7 @@
 """docker-compose.yml and the Dockerfile: valid for Compose, and wired the way the README promises.
 
-Uses Debian's `docker-compose` (no Docker engine needed: `config` only parses and interpolates).
+Uses Debian's `docker-compose` (no Docker engine needed: `config` only parses and interpolates), and Compose v2
+(`docker compose`, where installed: scripts/docker-engine.sh adds it) for what only v2 resolves, the profiles.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from shared.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
+PROFILED = {"worker": "gpu", "worker-cpu": "cpu", "flower": "ops"}  # the services a profile selects; the rest always run
 
 needs_compose = pytest.mark.skipif(COMPOSE is None, reason="needs Debian's docker-compose: apt-get install -y "
                                                            "docker-compose")
@@ -39,13 +41,21 @@ def compose(tmp_path_factory):
     return run
 
 
-def _compose(env_file: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+def _compose(env_file: str, *args: str, cli: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("INSTABOOST_", "POSTGRES_", "HF_", "TORCH_", "COMPOSE_"))
              and k not in ("DATABASE_URL", "REDIS_URL", "PYTHON_IMAGE", "REDIS_IMAGE")}
-    return subprocess.run([COMPOSE, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
+    return subprocess.run([*(cli or (COMPOSE,)), "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
                            "--env-file", env_file, *args], env={**clean, **env}, capture_output=True,
                           text=True, timeout=60)
+
+
+def _compose_v2() -> tuple[str, ...] | None:
+    """`docker compose` when the v2 plugin is installed (it needs no engine for `config`)."""
+    if shutil.which("docker") is None:
+        return None
+    proc = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
+    return ("docker", "compose") if proc.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +208,33 @@ def test_flower_is_an_optional_ops_service_on_loopback_behind_the_token(compose)
     from celery.app.utils import find_app
 
     assert find_app("shared.celery_app").conf.broker_transport_options["global_keyprefix"] == "instaboost:"
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_each_profile_resolves_to_its_worker(tmp_path, profile):
+    """`docker compose --profile gpu config`: the GPU worker (CUDA torch, one NVIDIA GPU reserved) and the always-on
+    services, without the CPU worker; `--profile cpu` the reverse. Compose v1 ignores profiles in `config`."""
+    cli = _compose_v2()
+    if cli is None:
+        pytest.skip("needs Compose v2 (`docker compose`): bash scripts/docker-engine.sh installs it")
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    proc = _compose(str(env_file), "--profile", profile, "config", cli=cli, **SECRETS)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    wanted = {"redis", "postgres", "migrate", "web"} | {n for n, p in PROFILED.items() if p == profile}
+    assert set(services) == wanted
+    listed = _compose(str(env_file), "--profile", profile, "config", "--services", cli=cli, **SECRETS)
+    assert set(listed.stdout.split()) == wanted  # what `up` starts
+    name = "worker" if profile == "gpu" else "worker-cpu"
+    w = services[name]
+    assert w["profiles"] == [profile] and w["restart"] == "unless-stopped"
+    assert w["build"]["target"] == "worker" and w["command"][:4] == ["celery", "-A", "worker.jobs.app", "worker"]
+    if profile == "gpu":
+        assert w["deploy"]["resources"]["reservations"]["devices"] == [
+            {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        assert w["image"] == "instaboost-worker:cuda" and w["environment"]["INSTABOOST_MODEL_DEVICE"] == "cuda"
+        assert w["build"]["args"]["TORCH_INDEX_URL"] == "https://pypi.org/simple"  # PyPI's torch: the CUDA build
+    else:
+        assert "deploy" not in w and w["environment"]["INSTABOOST_MODEL_DEVICE"] == "cpu"
+        assert w["image"] == "instaboost-worker:cpu"

@@ -167,6 +167,7 @@ def test_chat_messages_go_ahead_of_other_work(clean_db, redis_namespace, heartbe
     from shared.db import session_scope
     from shared.schemas import JobRequest
     from shared.store import submission
+    from shared.store.tables import Batch
     from tests.fixtures.store import make_test_app
 
     heartbeat(MODEL)
@@ -177,7 +178,9 @@ def test_chat_messages_go_ahead_of_other_work(clean_db, redis_namespace, heartbe
         job = submission.submit_job(session, JobRequest.from_dict({"instruction": "a", "query": "b", "model": MODEL},
                                                                   s.settings), **kw)
         chat = submission.submit_chat(session, chat_params({"model": MODEL, "messages": MESSAGES}, s.settings), **kw)
-        line, = submission.submit_batch_jobs(session, "batch_x", [("c1", chat_params(
+        batch = Batch(id="batch_x", status="in_progress", endpoint="/v1/chat/completions", input_file_id="file_x",
+                      completion_window="24h")
+        line, = submission.submit_batch_jobs(session, batch, [("c1", chat_params(
             {"model": MODEL, "messages": MESSAGES}, s.settings, priority="batch"))],
             settings=s.settings, celery_app=s.celery)
     from shared.workers import waiting_job_ids

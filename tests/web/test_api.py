@@ -49,6 +49,34 @@ def test_submit_refuses_a_model_no_worker_serves(client, heartbeat):
     assert client.get("/api/jobs").get_json()["items"] == []  # no half-written job
 
 
+def test_no_heartbeat_at_all_is_a_transient_503_not_a_bad_request(client):
+    """Issue 25: right after Redis came back empty, every submit got 422 until the worker's next heartbeat."""
+    resp = submit(client)
+    body = assert_problem(resp, 503, "model")
+    assert int(resp.headers["Retry-After"]) == 10  # worker.heartbeat_interval: a live worker beats by then
+    assert f"INSTABOOST_WORKER_MODELS={DEFAULT_MODEL}" in body["detail"]
+    chat = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    v1 = client.post("/v1/chat/completions", json=chat)
+    # OpenAI's shape: the openai SDK retries a 503, honouring Retry-After.
+    assert v1.status_code == 503 and v1.get_json()["error"]["type"] == "server_error", v1.get_json()
+    assert int(v1.headers["Retry-After"]) == 10
+    assert client.get("/api/jobs").get_json()["items"] == []
+
+
+def test_a_model_run_minutes_ago_but_unserved_now_is_503(client, heartbeat, db_session):
+    """Another worker beat first after a Redis restart: the model whose worker has not beaten yet is not refused."""
+    from shared.store.tables import utcnow
+
+    heartbeat("some-other-model")
+    db_session.add(Job(status=JobStatus.succeeded, model=DEFAULT_MODEL, params={}, progress_total=1,
+                       started_at=utcnow()))
+    db_session.commit()
+    resp = submit(client)
+    assert_problem(resp, 503, "model")
+    assert int(resp.headers["Retry-After"]) > 0
+    assert_problem(submit(client, model="never-served-model"), 422, "model")  # a model nobody ran: the input
+
+
 def test_submit_validation_errors_name_every_field(client, heartbeat):
     heartbeat()
     body = assert_problem(submit(client, query="", multipliers=[0], top_p=2, nonsense=1), 422)

@@ -188,19 +188,22 @@ def routes(app, job_id: int) -> list[tuple[str, str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint in OPEN_ENDPOINTS:
             continue
-        assert set(rule.arguments) <= {"job_id", "completion_id", "model", "file_id", "batch_id", "sweep_id"}, \
+        assert set(rule.arguments) <= {"job_id", "completion_id", "model", "file_id", "batch_id", "sweep_id",
+                                       "response_id"}, \
             f"teach this test the arguments of {rule.rule}"
         url = rule.rule.replace("<job_id>", str(job_id)).replace("<completion_id>", str(job_id))
-        url = url.replace("<sweep_id>", "1")
+        url = url.replace("<sweep_id>", "1").replace("<response_id>", f"resp_{job_id}")
         url = url.replace("<path:model>", "m").replace("<file_id>", "file-x").replace("<batch_id>", "batch_x")
         out += [(rule.endpoint, method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
     return out
 
 
 def made_up(url: str) -> bool:
-    """Return True for URLs naming an object routes() made up (no such file, batch, model, sweep; the job is no chat)."""
+    """Return True for URLs naming an object routes() made up (no such file, batch, model, sweep; the job is no chat,
+    no response)."""
     return ("/sweeps/1" in url
-            or url.startswith("/v1/") and any(x in url for x in ("/file-x", "/batch_x", "/models/m", "/completions/")))
+            or url.startswith("/v1/") and any(x in url for x in ("/file-x", "/batch_x", "/models/m", "/completions/",
+                                                                "/responses/resp_")))
 
 
 def call(client, method: str, url: str, csrf: str, headers: dict | None = None):
@@ -538,12 +541,57 @@ def test_serve_says_when_the_service_is_open(tmp_path):
 
     from tests.system.test_serve import free_port, serve_env
 
-    def stderr(**env) -> str:
-        return subprocess.run([sys.executable, "-m", "worker.cli.serve", "--port", str(free_port())], cwd=tmp_path,
-                              env=serve_env(REDIS_URL="redis://127.0.0.1:1/0", **env), capture_output=True,
-                              text=True, timeout=60).stderr
+    def stderr(*args, **env) -> str:
+        return subprocess.run([sys.executable, "-m", "worker.cli.serve", "--port", str(free_port()), *args],
+                              cwd=tmp_path, env=serve_env(REDIS_URL="redis://127.0.0.1:1/0", **env),
+                              capture_output=True, text=True, timeout=60).stderr
 
     assert OPEN_MESSAGE in stderr()
     token = "tok-" + uuid.uuid4().hex
     closed = stderr(INSTABOOST_WEB_API_TOKEN=token)
     assert OPEN_MESSAGE not in closed and token not in closed
+    # Listening beyond loopback without a token: only loopback Host names are answered, and serve says so.
+    assert "INSTABOOST_WEB_ALLOWED_HOSTS" not in stderr()
+    assert "INSTABOOST_WEB_ALLOWED_HOSTS" in stderr("--host", "0.0.0.0")
+
+
+# -- DNS rebinding: the Host allowlist (issue 18) ------------------------------------------------------------
+
+def test_open_mode_answers_only_loopback_host_names(clean_db, redis_namespace, heartbeat, db_session):
+    """A page on rebind.example whose name now resolves to 127.0.0.1 reaches the service under its own Host."""
+    heartbeat()
+    client = make_test_app(clean_db, redis_namespace).test_client()
+    job_id = add_job(db_session, status=JobStatus.queued)
+    rebound = {"Host": "rebind.example:8000"}
+    api = client.get("/api/jobs", headers=rebound)
+    assert api.status_code == 400 and api.mimetype == PROBLEM
+    assert api.get_json()["errors"][0]["field"] == "Host" and "web.allowed_hosts" in api.get_json()["detail"]
+    # Same-origin for the browser (the page and the API share the rebound name): refused all the same.
+    cancel = client.post(f"/api/jobs/{job_id}/cancel", json={},
+                         headers={**rebound, "Origin": "http://rebind.example:8000", "Sec-Fetch-Site": "same-origin"})
+    assert cancel.status_code == 400
+    v1 = client.get("/v1/models", headers=rebound)
+    assert v1.status_code == 400 and v1.get_json()["error"]["param"] == "Host"  # OpenAI's shape under /v1
+    assert client.get("/jobs", headers=rebound).status_code == 400
+    assert client.get("/healthz", headers=rebound).status_code == 200  # probes name the host by address
+    assert db_session.execute(text("SELECT status FROM jobs")).scalar_one() == "queued"
+    for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST."):
+        assert client.get("/api/jobs", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_setting_and_a_token_widen_the_default(clean_db, redis_namespace):
+    named = make_test_app(clean_db, redis_namespace, SETTINGS={"web.allowed_hosts": "boost.lan,.corp.example"})
+    client = named.test_client()
+    for host, status in (("boost.lan:8000", 200), ("gpu.corp.example", 200), ("corp.example", 200),
+                         ("localhost", 400), ("evilcorp.example", 400)):
+        assert client.get("/api/jobs", headers={"Host": host}).status_code == status, host
+    token = "tok-" + uuid.uuid4().hex
+    closed = make_test_app(clean_db, redis_namespace, API_TOKEN=token).test_client()
+    # With a token, a rebound page has no credential to send: any Host is answered (compose, proxies).
+    assert closed.get("/api/jobs", headers={"Host": "web:8000", "Authorization": f"Bearer {token}"}).status_code == 200
+    anyhost = make_test_app(clean_db, redis_namespace, SETTINGS={"web.allowed_hosts": "*"}).test_client()
+    assert anyhost.get("/api/jobs", headers={"Host": "10.0.0.7:8000"}).status_code == 200
+    from shared.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="web.allowed_hosts"):  # a URL where a host name belongs
+        make_test_app(clean_db, redis_namespace, SETTINGS={"web.allowed_hosts": "http://boost.lan"})

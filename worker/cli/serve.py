@@ -285,6 +285,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int | None 
         from shared.settings import OPEN_MODE_MESSAGE
 
         _say(f"{OPEN_MODE_MESSAGE} (fine on 127.0.0.1; set INSTABOOST_WEB_API_TOKEN before exposing it)")
+        if host not in ("127.0.0.1", "localhost", "::1") and not settings["web.allowed_hosts"]:
+            # Without a token the web app answers only loopback Host names (web/auth.py: DNS rebinding).
+            _say(f"--host {host} without a token: the web app answers only requests for localhost, 127.0.0.1 and "
+                 "[::1]; set INSTABOOST_WEB_ALLOWED_HOSTS to the names clients use to reach it (web.allowed_hosts), "
+                 "and preferably INSTABOOST_WEB_API_TOKEN")
     problem = _preflight(host, port, settings)
     if problem:
         _say(problem)

@@ -28,6 +28,8 @@ app = make_celery(settings, main="instaboost-worker")
 # A bare `celery -A worker.jobs.app worker` consumes exactly the queues of the models it holds.
 app.conf.task_queues = [Queue(model_queue(m)) for m in dict.fromkeys(settings["worker.models"])]
 app.conf.task_default_queue = model_queue(settings["worker.models"][0]) if settings["worker.models"] else "models"
+# Reconnects to Redis with a backoff capped at redis.reconnect_max_seconds (Celery's own grows to 30 s).
+app.conf.worker_consumer = "worker.jobs.reconnect:Consumer"
 
 import worker.jobs.tasks  # noqa: E402,F401  (registers instaboost.run_job)
 
@@ -43,6 +45,7 @@ def preload_models(hostname: str | None = None) -> list[str]:
     from shared.errors import InstaBoostError
     from worker.jobs.heartbeat import Heartbeat, new_worker_id
     from worker.jobs.identity import owner_entry, start_check
+    from worker.jobs.takeover import process_facts
 
     s = get_settings()
     models = list(dict.fromkeys(s["worker.models"]))
@@ -54,8 +57,9 @@ def preload_models(hostname: str | None = None) -> list[str]:
     # beat comes before loading (seconds to minutes), so the web app queues jobs for these models meanwhile.
     _heartbeat = Heartbeat(host, [], s["redis.url"], s["redis.namespace"], interval=s["worker.heartbeat_interval"],
                            ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host),
-                           extra={"starting": models, HEADER: own}, owner=owner_entry(own, s)).start()
+                           extra={"starting": models, HEADER: own, **process_facts()}, owner=owner_entry(own, s)).start()
     atexit.register(_heartbeat.stop)
+    start_takeover(_heartbeat.worker_id, host)  # a predecessor's jobs go back while the models load
     from worker.engine import get_engine
 
     model_info = {}
@@ -76,6 +80,19 @@ def preload_models(hostname: str | None = None) -> list[str]:
 
 
 _sweeper = None
+_takeover = None
+
+
+def start_takeover(own_worker: str, node: str):
+    """Hand back, in a thread, the jobs a dead earlier worker of this node name left running (jobs/takeover.py)."""
+    global _takeover
+    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.takeover import Takeover
+
+    s = get_settings()
+    _takeover = Takeover(Sweeper(s, own_worker=own_worker), node, own_worker, s["worker.heartbeat_interval"],
+                         s["worker.heartbeat_ttl"]).start()
+    return _takeover
 
 
 def start_sweeper(own_worker: str | None = None):
@@ -91,6 +108,8 @@ def start_sweeper(own_worker: str | None = None):
 
 def stop_heartbeat(**_kw) -> None:
     """Stop the sweeper and remove this process's heartbeat (clean shutdown)."""
+    if _takeover is not None:
+        _takeover.stop()
     if _sweeper is not None:
         _sweeper.stop()
     if _heartbeat is not None:

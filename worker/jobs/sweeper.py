@@ -12,10 +12,13 @@ one on its own. Every ``sweeper.interval`` seconds it
    so a job whose worker died ``worker.max_attempts`` times is failed as poison instead. A ``cancelling``
    job whose worker died is finished as cancelled;
 3. **lost messages**: sends again the ``queued`` jobs whose message has been missing from their model's
-   Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues);
-4. **sweeps**: advances the running calibration sweeps whose current step is done
+   Redis queue for ``sweeper.lost_after`` seconds (a Redis restart without persistence empties the queues),
+   or at once when Redis lost its data since the last pass (the sweepers' marker key is gone);
+4. **no worker**: fails the ``queued`` jobs of a model that no live worker has served or loaded for
+   ``limits.queued_without_worker_seconds`` (they would wait forever and count against the queue's cap);
+5. **sweeps**: advances the running calibration sweeps whose current step is done
    (``shared.store.sweeps.advance``; the worker that finished the step's last job may have died first);
-5. **OpenAI files and batches**: moves on the batches whose jobs ended, the batches an interrupted create of an
+6. **OpenAI files and batches**: moves on the batches whose jobs ended, the batches an interrupted create of an
    earlier version left ``validating`` (``shared.store.batches.recover_validating``), and deletes the files past
    their expiry (``shared.store.files.delete_expired``).
 
@@ -23,7 +26,8 @@ Several sweepers (one per worker) may run at once: every change is a conditional
 of them acts on a job. A duplicate message is harmless: a worker skips jobs that are finished or that a
 live worker runs, and runs are unique per (job, variant). A missing heartbeat must stay missing for two
 heartbeat intervals before it counts, so a Redis restart (which drops every heartbeat until the next beat)
-does not make live workers look dead; nothing is decided while Redis is unreachable.
+does not make live workers look dead; nothing is decided while Redis is unreachable, and passes then come
+every ``redis.reconnect_max_seconds`` (not ``sweeper.interval``) so the first one after Redis returns is soon.
 
 The sweeper assumes one database belongs to one deployment (one ``redis.namespace``).
 """
@@ -64,30 +68,39 @@ class Sweeper:
         self.lost_after = float(settings["sweeper.lost_after"])
         self.confirm = 2 * float(settings["worker.heartbeat_interval"])
         self.max_attempts = int(settings["worker.max_attempts"])
+        self.unserved_after = float(settings["limits.queued_without_worker_seconds"])
+        self.reconnect_max = float(settings["redis.reconnect_max_seconds"])
+        self.redis_down = False  # the last pass found Redis unreachable
+        self._marked = False  # this sweeper has seen (or set) the marker key that a Redis restart without data drops
         self._silent_since: dict[str, float] = {}  # worker id -> when its heartbeat was first seen missing
         self._missing_since: dict[int, float] = {}  # job id -> when its message was first seen missing
         self._unlisted_since: dict[int, float] = {}  # job id -> when its live worker first did not list it
+        self._unserved_since: dict[str, float] = {}  # model -> when no live worker was first seen serving it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- one pass --------------------------------------------------------------------------------------
 
     def sweep(self) -> dict[str, list[int]]:
-        """Run one pass; return the ids acted on: jobs {"orphaned", "poisoned", "cancelled", "outbox", "lost"},
-        OpenAI batches moved on ("batches") and calibration sweeps moved on ("sweeps")."""
+        """Run one pass; return the ids acted on: jobs {"orphaned", "poisoned", "cancelled", "outbox", "lost",
+        "expired"}, OpenAI batches moved on ("batches") and calibration sweeps moved on ("sweeps")."""
         done: dict[str, list] = {"orphaned": [], "poisoned": [], "cancelled": [], "outbox": [], "lost": [],
-                                 "batches": [], "sweeps": [], "validating": [], "files": []}
+                                 "expired": [], "batches": [], "sweeps": [], "validating": [], "files": []}
         try:
             self.redis.ping()
         except Exception as exc:
             # Without Redis nothing can be judged (heartbeats, queues) nor sent: start over once it is back.
             log.warning("sweeper: Redis unreachable (%s); skipping this pass", type(exc).__name__)
+            self.redis_down = True
             self._silent_since.clear()
             self._missing_since.clear()
+            self._unserved_since.clear()
             return done
+        self.redis_down = False
         self._orphans(done)
         self._outbox(done)
-        self._lost(done)
+        self._lost(done, wiped=self._redis_wiped())
+        self._unserved(done)
         self._batches(done)
         self._sweeps(done)
         self._files(done)
@@ -114,32 +127,41 @@ class Sweeper:
         for r in rows:
             if r.worker not in dead and r.id not in unlisted:
                 continue
-            with session_scope(self.db_url) as s:
-                try:
-                    if r.status is JobStatus.cancelling:
-                        lifecycle.transition(s, r.id, JobStatus.cancelled, expect={"worker": r.worker})
-                        kind = "cancelled"
-                    elif r.attempts >= self.max_attempts:
-                        lifecycle.transition(
-                            s, r.id, JobStatus.failed, expect={"worker": r.worker},
-                            error=(f"poison job: its worker died in each of {r.attempts} deliveries (last "
-                                   f"{r.worker}; worker.max_attempts={self.max_attempts}). Check the worker logs, "
-                                   "e.g. for running out of memory, then resubmit with fewer variants or tokens."))
-                        kind = "poisoned"
-                    else:
-                        # enqueued_at NULL puts it in the outbox: if sending fails now, the next pass retries.
-                        what = "died" if r.worker in dead else "lost track of the job"
-                        lifecycle.transition(s, r.id, JobStatus.queued, expect={"worker": r.worker}, enqueued_at=None,
-                                             error=f"worker {r.worker} {what} during attempt {r.attempts}; requeued")
-                        kind = "orphaned"
-                    s.commit()
-                except Conflict:
-                    s.rollback()  # another sweeper or a redelivery got there first
-                    continue
-            done[kind].append(r.id)
-            if kind == "orphaned":
-                self._send(r.id, r.model, expected_enqueued_at=None,
-                           priority=celery_config.job_priority(r.kind, r.batch_id))
+            kind = self.hand_back(r, "died" if r.worker in dead else "lost track of the job")
+            if kind:
+                done[kind].append(r.id)
+
+    def hand_back(self, r, what: str) -> str | None:
+        """Put back a job whose worker r.worker died (or lost it): queued and sent again, poisoned after
+        worker.max_attempts deliveries, or cancelled if cancelling; return which, or None if another got there first.
+
+        r carries the job's id, status, worker, attempts, model, kind and batch_id (as _orphans selects them).
+        """
+        with session_scope(self.db_url) as s:
+            try:
+                if r.status is JobStatus.cancelling:
+                    lifecycle.transition(s, r.id, JobStatus.cancelled, expect={"worker": r.worker})
+                    kind = "cancelled"
+                elif r.attempts >= self.max_attempts:
+                    lifecycle.transition(
+                        s, r.id, JobStatus.failed, expect={"worker": r.worker},
+                        error=(f"poison job: its worker died in each of {r.attempts} deliveries (last "
+                               f"{r.worker}; worker.max_attempts={self.max_attempts}). Check the worker logs, "
+                               "e.g. for running out of memory, then resubmit with fewer variants or tokens."))
+                    kind = "poisoned"
+                else:
+                    # enqueued_at NULL puts it in the outbox: if sending fails now, the next pass retries.
+                    lifecycle.transition(s, r.id, JobStatus.queued, expect={"worker": r.worker}, enqueued_at=None,
+                                         error=f"worker {r.worker} {what} during attempt {r.attempts}; requeued")
+                    kind = "orphaned"
+                s.commit()
+            except Conflict:
+                s.rollback()  # another sweeper or a redelivery got there first
+                return None
+        if kind == "orphaned":
+            self._send(r.id, r.model, expected_enqueued_at=None,
+                       priority=celery_config.job_priority(r.kind, r.batch_id))
+        return kind
 
     def _unlisted(self, rows, dead: set[str], now: float) -> set[int]:
         """Return the jobs running under a live worker whose heartbeat has not listed them for a while."""
@@ -170,7 +192,15 @@ class Sweeper:
                           priority=celery_config.job_priority(r.kind, r.batch_id)):
                 done["outbox"].append(r.id)
 
-    def _lost(self, done: dict[str, list[int]]) -> None:
+    def _redis_wiped(self) -> bool:
+        """Return True when Redis lost its data since this sweeper's last pass (its queued messages are gone)."""
+        fresh = bool(self.redis.set(f"{self.namespace}:sweeper:marker", "1", nx=True))
+        wiped, self._marked = fresh and self._marked, True
+        if wiped:
+            log.warning("sweeper: Redis came back without its data; re-sending the queued jobs' messages now")
+        return wiped
+
+    def _lost(self, done: dict[str, list[int]], wiped: bool = False) -> None:
         with session_scope(self.db_url) as s:
             rows = s.execute(select(Job.id, Job.model, Job.enqueued_at, Job.kind, Job.batch_id)
                              .where(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None))).all()
@@ -182,7 +212,7 @@ class Sweeper:
                 waiting[queue] = workers.waiting_job_ids(self.redis, queue, self.namespace)
             if r.id in waiting[queue]:
                 self._missing_since.pop(r.id, None)
-            elif now - self._missing_since.setdefault(r.id, now) >= self.lost_after:
+            elif wiped or now - self._missing_since.setdefault(r.id, now) >= self.lost_after:
                 if self._send(r.id, r.model, expected_enqueued_at=r.enqueued_at,
                               priority=celery_config.job_priority(r.kind, r.batch_id)):
                     done["lost"].append(r.id)
@@ -190,6 +220,42 @@ class Sweeper:
         known = {r.id for r in rows}
         for job_id in [j for j in self._missing_since if j not in known]:
             del self._missing_since[job_id]
+
+    def _unserved(self, done: dict[str, list[int]]) -> None:
+        """Fail the queued jobs of a model no live worker served or loaded for limits.queued_without_worker_seconds."""
+        if self.unserved_after <= 0:
+            return
+        with session_scope(self.db_url) as s:
+            rows = s.execute(select(Job.id, Job.model, Job.created_at).where(Job.status == JobStatus.queued)).all()
+        if not rows:
+            self._unserved_since.clear()
+            return
+        beats = workers.live_workers(self.redis, self.namespace)
+        present = {m for b in beats for m in b["models"]} | {m for b in beats for m in workers.starting_in(b)}
+        now = time.monotonic()
+        models = {r.model for r in rows}
+        for model in list(self._unserved_since):
+            if model in present or model not in models:
+                del self._unserved_since[model]
+        # Both this sweeper's own observation (it may have just started) and the job's age must pass the limit.
+        cutoff = utcnow() - timedelta(seconds=self.unserved_after)
+        for r in rows:
+            if r.model in present or now - self._unserved_since.setdefault(r.model, now) < self.unserved_after \
+                    or r.created_at > cutoff:
+                continue
+            limit = f"{self.unserved_after:g}"
+            with session_scope(self.db_url) as s:
+                try:
+                    lifecycle.transition(
+                        s, r.id, JobStatus.failed, expect={"status": JobStatus.queued},
+                        error=(f"no live worker served model {r.model!r} for {limit} s, so the job was never run "
+                               f"(limits.queued_without_worker_seconds={limit}). Start a worker with "
+                               f"INSTABOOST_WORKER_MODELS={r.model}, then resubmit."))
+                    s.commit()
+                except Conflict:
+                    s.rollback()  # a worker took it, it was cancelled, or another sweeper failed it first
+                    continue
+            done["expired"].append(r.id)
 
     def _sweeps(self, done: dict[str, list[int]]) -> None:
         """Advance running calibration sweeps whose step is done (the worker that ended it may have died first)."""
@@ -283,7 +349,8 @@ class Sweeper:
             except Exception as exc:  # the database may be down for a while; keep the thread alive
                 log.warning("sweeper: pass failed (%s: %s)", type(exc).__name__, str(exc).splitlines()[0][:200]
                             if str(exc) else "")
-            self._stop.wait(self.interval)
+            # While Redis is away, look again soon: the first pass after it returns re-sends what it lost.
+            self._stop.wait(min(self.interval, self.reconnect_max) if self.redis_down else self.interval)
 
     def start(self) -> "Sweeper":
         """Run the loop in a daemon thread."""

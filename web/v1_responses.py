@@ -1,0 +1,144 @@
+"""The Responses API under /v1 (text only): POST /v1/responses and GET /v1/responses/<id>.
+
+A response is an ordinary stored chat job (shared.responses translates the request into chat params); its id
+is resp_<job id>. It runs, waits, streams and is retried exactly like a chat completion (web.v1): only the
+framing differs. A stream sends the Responses events: response.created, response.in_progress,
+response.output_item.added, response.content_part.added, response.output_text.delta…, response.output_text.done,
+response.content_part.done, response.output_item.done, then response.completed (response.incomplete when
+max_output_tokens cut it); a failure sends an error event, then response.failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from shared.errors import NotFound, ValidationError
+from shared.responses import (is_response, job_id_of, load_previous, message_item, output_text, response_body,
+                              renamed, response_id, response_object, responses_params)
+from shared.store import idempotency, submission
+from shared.store.tables import Job, JobStatus
+from web.context import db, services, submit_kwargs
+from web.limits import wait_slots
+from web.v1 import POLL_SECONDS, _json_body, _sdk_retry
+from web.v1_errors import job_failure, openai_error, timeout_error
+from web.v1_stream import chat_run, stream_completion
+
+bp = Blueprint("v1_responses", __name__, url_prefix="/v1")
+
+
+class ResponsesFrames:
+    """The Responses API's server-sent events for one streamed response (see web.v1_stream.stream_completion)."""
+
+    def __init__(self, job_id: int, params: dict):
+        self.job_id, self.params, self.created = job_id, params, time.time()
+        self.poll_path = f"/v1/responses/{response_id(job_id)}"
+        self.item_id = message_item(job_id, None, "in_progress")["id"]
+        self.sequence = 0
+        self.text = ""
+
+    def _event(self, kind: str, **data) -> str:
+        body = {"type": kind, "sequence_number": self.sequence, **data}
+        self.sequence += 1
+        return f"event: {kind}\ndata: {json.dumps(body)}\n\n"
+
+    def _response(self, status: str, **kw) -> dict:
+        return response_object(self.job_id, self.params, self.created, status, **kw)
+
+    def _part(self, kind: str, part: dict) -> str:
+        return self._event(kind, item_id=self.item_id, output_index=0, content_index=0, part=part)
+
+    def start(self) -> list[str]:
+        return [self._event("response.created", response=self._response("in_progress")),
+                self._event("response.in_progress", response=self._response("in_progress")),
+                self._event("response.output_item.added", output_index=0,
+                            item=message_item(self.job_id, None, "in_progress")),
+                self._part("response.content_part.added", output_text(""))]
+
+    def delta(self, text: str) -> list[str]:
+        self.text += text
+        return [self._event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
+                            delta=text, logprobs=[])]
+
+    def finish(self, end: dict) -> list[str]:
+        status = "incomplete" if end.get("finish_reason") == "length" else "completed"
+        usage = (int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0)))
+        final = self._response(status, text=self.text, usage=usage, boost={"job_id": self.job_id})
+        return [self._event("response.output_text.done", item_id=self.item_id, output_index=0, content_index=0,
+                            text=self.text, logprobs=[]),
+                self._part("response.content_part.done", output_text(self.text)),
+                self._event("response.output_item.done", output_index=0, item=final["output"][0]),
+                self._event(f"response.{status}", response=final)]
+
+    def failure(self, error: dict) -> list[str]:
+        e = error.get("error") or {}
+        message = str(e.get("message") or "the response failed")
+        return [self._event("error", code=e.get("code"), message=message, param=e.get("param")),
+                self._event("response.failed", response=self._response("failed", error=message))]
+
+
+@bp.post("/responses")
+def create_response():
+    """Create a response: a stored chat job, answered when it is done (or streamed as Responses events).
+
+    Idempotent under retries and bounded by the wait slots exactly as POST /v1/chat/completions.
+    """
+    s = services()
+    body = _json_body()
+    prev = body.get("previous_response_id") if isinstance(body, dict) else None
+    previous = load_previous(db(), prev) if job_id_of(prev) is not None else None  # a malformed id: params says
+    params = responses_params(body, s.settings, previous)
+    key = idempotency.check_key(request.headers.get("Idempotency-Key"))
+    give_back = wait_slots().take()
+    try:
+        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
+    except idempotency.KeyReused as exc:
+        give_back()
+        return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
+    except ValidationError as exc:  # the model's limits (chat's field names): say them as this request does
+        give_back()
+        raise renamed(exc) from None
+    except BaseException:
+        give_back()
+        raise
+    job_id = job.id
+    wait = float(s.settings["v1.wait_seconds"])
+    if params["stream"]:
+        frames = ResponsesFrames(job_id, params)
+        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back, frames)),
+                        mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                                               "X-InstaBoost-Job-Id": str(job_id)})
+        resp.call_on_close(give_back)
+        return resp
+    try:
+        session = db()
+        deadline = time.monotonic() + wait
+        while True:
+            job = session.get(Job, job_id, populate_existing=True)
+            session.commit()
+            if job.status.finished:
+                break
+            if time.monotonic() > deadline:
+                return timeout_error(job_id, wait, f"/v1/responses/{response_id(job_id)}")
+            time.sleep(POLL_SECONDS)
+        run = chat_run(session, job.id)
+        if job.status is not JobStatus.succeeded or run is None:
+            return job_failure(job)
+        resp = jsonify(response_body(job, run))
+        resp.headers["X-InstaBoost-Job-Id"] = str(job.id)
+        return resp
+    finally:
+        give_back()
+
+
+@bp.get("/responses/<response_id>")
+def get_response(response_id):
+    """Return a stored response by id (resp_<job id>), in whatever state it is (queued, in_progress, completed…)."""
+    session = db()
+    n = job_id_of(response_id)
+    job = session.get(Job, n) if n is not None else None
+    if job is None or not is_response(job.params):
+        raise NotFound(f"no response with id {response_id!r} (ids look like resp_123)", field="response_id")
+    return jsonify(response_body(job, chat_run(session, job.id)))
