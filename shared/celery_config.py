@@ -32,7 +32,7 @@ def job_priority(kind: str | None, batch_id: str | None) -> int:
     """Return the broker priority of a job's message (see PRIORITY)."""
     if batch_id:
         return PRIORITY["batch"]
-    return PRIORITY["interactive"] if kind == "chat" else PRIORITY["default"]
+    return PRIORITY["interactive"] if kind in ("chat", "completion") else PRIORITY["default"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 

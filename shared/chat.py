@@ -18,6 +18,7 @@ the worker enforces it while decoding (worker.engine.grammar).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
@@ -25,6 +26,7 @@ from shared.chat_extras import (CHAT_VARIANT, REFUSED_WHY, SAMPLING_FIELDS, SAMP
                                 choice_variant, choice_variants, logit_bias_param, metadata_param, user_param)
 from shared.fields import BY_NAME, CHAT_BY_NAME, LAYER_MODES
 from shared.response_format import grammar, parse as parse_response_format
+from shared.logprobs import MAX_TOP_LOGPROBS, chat_logprobs
 from shared.spec import MAX_STOP, CHAT_ROLES
 from shared.validation import Validator, brief
 
@@ -35,11 +37,10 @@ BOOST_KEYS = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads
 # OpenAI body fields we take and use.
 USED_KEYS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stop",
              "stream", "stream_options", "instaboost", "user", "metadata",
-             "response_format") + SAMPLING_KEYS
+             "response_format", "logprobs", "top_logprobs") + SAMPLING_KEYS
 # OpenAI body fields accepted only at a value that changes nothing here (their default); None: any value, as
 # those mean nothing on this server (README, "/v1 fields").
-NEUTRAL = {"store": None, "logprobs": (False, None), "top_logprobs": (None, 0),
-           "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
+NEUTRAL = {"store": None, "parallel_tool_calls": None, "service_tier": None, "tools": (None,),
            "tool_choice": (None, "none"), "reasoning_effort": None, "prediction": (None,), "modalities": (None, ["text"]),
            "prompt_cache_key": None, "safety_identifier": None, "verbosity": None}
 
@@ -261,10 +262,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
     for key in [k for k in body if k not in USED_KEYS and k not in NEUTRAL][:10]:
         _error(v, str(key)[:64], f"{key}: {REFUSED_WHY[key]}" if key in REFUSED_WHY else
                f"unrecognized request argument {brief(key)}")
-    for key, allowed in NEUTRAL.items():
-        if key in body and allowed is not None and body[key] not in allowed:
-            _error(v, key, f"{key}: {REFUSED_WHY[key]}" if key in REFUSED_WHY else
-                   f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
+    check_neutral(v, body, NEUTRAL)
     model = v.check(BY_NAME["model"], body.get("model")) if "model" in body else \
         _error(v, "model", "model is required: a model a live worker serves (see GET /v1/models)")
     n = v.check(CHAT_BY_NAME["n"], body["n"]) if body.get("n") is not None else 1
@@ -294,6 +292,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
             BY_NAME[name].default_value(settings)
     bias = logit_bias_param(v, body.get("logit_bias"))
     user, metadata = user_param(v, body.get("user")), metadata_param(v, body.get("metadata"))
+    logprobs = chat_logprobs_k(v, body.get("logprobs"), body.get("top_logprobs"))
     boost_given = body.get("instaboost") is not None
     boost = _boost(v, body.get("instaboost"), settings)
     stop = _stop(v, body.get("stop"))
@@ -324,12 +323,36 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         # Chat only.
         "messages": messages, "layers": boost["layers"], "heads": boost["heads"], "stop": stop,
         "stream": bool(stream), "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),
+        "logprobs": logprobs,
         "priority": priority if priority in PRIORITIES else "interactive",
         "n": n, **{name: decoding[name] for name in SAMPLING_FIELDS}, "logit_bias": bias, "user": user,
         "metadata": metadata,
         # Stored only when the output is constrained, so a plain chat job's params stay as they were.
         **({"response_format": response_format} if response_format else {}),
     }
+
+
+def check_neutral(v: Validator, body: Mapping[str, Any], neutral: Mapping[str, Any]) -> None:
+    """Refuse a field accepted only at its neutral values (a boolean is not a number here: false is not 0)."""
+    for key, allowed in neutral.items():
+        if key in body and allowed is not None and not any(
+                body[key] == a and isinstance(body[key], bool) == isinstance(a, bool) for a in allowed):
+            _error(v, key, f"{key}: {REFUSED_WHY[key]}" if key in REFUSED_WHY else
+                   f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
+
+
+def chat_logprobs_k(v: Validator, logprobs: Any, top: Any) -> int | None:
+    """Return how many top logprobs a chat answer carries per token (None: no logprobs), collecting errors."""
+    if logprobs is not None and not isinstance(logprobs, bool):
+        _error(v, "logprobs", f"logprobs must be a boolean, got {brief(logprobs)}")
+        return None
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        _error(v, "top_logprobs", f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {brief(top)}")
+        return None
+    if top and not logprobs:
+        _error(v, "top_logprobs", "top_logprobs needs logprobs: true")
+        return None
+    return (top or 0) if logprobs else None
 
 
 def is_chat(params: Mapping[str, Any]) -> bool:
@@ -355,7 +378,8 @@ def generation_request(params: Mapping[str, Any], choice: int = 0):
                            top_p=params["top_p"], seed=choice_seed(params["seed"], choice),
                            stop=tuple(params.get("stop") or ()), **extras,
                            logit_bias={int(k): b for k, b in (params.get("logit_bias") or {}).items()})
-    return GenerationRequest.chat(messages, spec, gen, grammar=grammar(params.get("response_format")))
+    return replace(GenerationRequest.chat(messages, spec, gen, grammar=grammar(params.get("response_format"))),
+                   logprobs=params.get("logprobs"))
 
 
 
@@ -392,7 +416,7 @@ def completion_body(job, runs) -> dict:
         "model": job.model, "system_fingerprint": fingerprint(job.params),
         "choices": [{"index": choice_index(r.variant) or 0,
                      "message": {"role": "assistant", "content": r.produced_text, "refusal": None},
-                     "logprobs": None, "finish_reason": r.finish_reason or "stop"} for r in runs],
+                     "logprobs": chat_logprobs(r.logprobs), "finish_reason": r.finish_reason or "stop"} for r in runs],
         "usage": _usage(runs),
         "instaboost": {"job_id": job.id, "multiplier": run.multiplier, "layers": run.layers,
                        "placement": job.params.get("placement"), "user": job.params.get("user"),

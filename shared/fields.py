@@ -160,8 +160,9 @@ BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}
 # it reuses for the model, the boost's numbers and the decoding settings (shared.chat validates with them).
 CHAT_FIELDS: tuple[JobField, ...] = (
     JobField("kind", "choice", "What the job runs: instaboost (an instruction and a query, several variants) or "
-             "chat (OpenAI chat messages, one generation).", "Kind", default="instaboost",
-             choices=("instaboost", "chat")),
+             "chat (OpenAI chat messages, one generation) or completion (OpenAI completions: one generation or "
+             "prompt scoring per prompt).", "Kind", default="instaboost",
+             choices=("instaboost", "chat", "completion")),
     JobField("messages", "messages", "OpenAI chat messages; boosted spans are marked <boost>…</boost> in any "
              "message, by a message's own \"boost\": M, or default to the system message(s).", "Messages"),
     JobField("stop", "strings", "Up to 4 stop strings; generation ends at the first, which the text omits.",

@@ -179,8 +179,9 @@ class GenerationParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) pairs
 
     def __post_init__(self):
-        check_values({"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                      "seed": self.seed, "top_k": self.top_k, "min_p": self.min_p,
+        # 0 new tokens is a prompt-scoring row (a completion with max_tokens 0): its prompt's logprobs only.
+        check_values({**({"max_new_tokens": self.max_new_tokens} if self.max_new_tokens != 0 else {}),
+                      "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "top_k": self.top_k, "min_p": self.min_p,
                       "repetition_penalty": self.repetition_penalty, "presence_penalty": self.presence_penalty,
                       "frequency_penalty": self.frequency_penalty})
         object.__setattr__(self, "top_k", int(self.top_k))
@@ -258,8 +259,20 @@ class GenerationRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
     messages: tuple[ChatMessage, ...] | None = None
     grammar: str | None = None  # an llguidance grammar the output must match (shared.response_format)
+    # A completion given as token ids: the prompt itself (no template), boosted at prompt_spans (start, end, M).
+    prompt_ids: tuple[int, ...] | None = None
+    prompt_spans: tuple[tuple[int, int, float], ...] = ()
+    logprobs: int | None = None  # top-k logprobs of each generated token (0: the token's own only); None: none
+    prompt_logprobs: int | None = None  # the same for every prompt token (a completion's echo)
+    exact_text: bool = False  # a completion: the text as decoded, its whitespace kept (chat answers are stripped)
 
     def __post_init__(self):
+        if self.prompt_ids is not None:
+            object.__setattr__(self, "prompt_ids", tuple(self.prompt_ids))
+            object.__setattr__(self, "prompt_spans", tuple(tuple(s) for s in self.prompt_spans))
+            if not self.prompt_ids:
+                raise ValidationError("prompt must hold at least one token", field="prompt")
+            return
         if self.messages is not None:
             object.__setattr__(self, "messages", tuple(self.messages))
             if not self.messages:
@@ -282,6 +295,8 @@ class GenerationRequest:
     @property
     def multipliers(self) -> tuple[float, ...]:
         """Return the M of every boosted span (one for an instruction request)."""
+        if self.prompt_ids is not None:
+            return tuple(m for _, _, m in self.prompt_spans)
         if self.messages is None:
             return (self.spec.multiplier,)
         return tuple(s.multiplier for m in self.messages for s in m.segments if s.multiplier is not None)
@@ -311,6 +326,9 @@ class GenerationResult:
     # The placement the prompt actually used: system and prefix fall back to raw without a chat template,
     # system to prefix when the template rejects a system turn. Empty when unknown.
     placement: str = ""
+    # {"prompt": section or None, "output": section or None}, a section {"tokens", "ids", "logprobs", "top"}
+    # (worker.engine.logprobs); None unless the request asked for logprobs.
+    logprobs: dict | None = None
 
     def to_dict(self) -> dict:
         return {"text": self.text, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,

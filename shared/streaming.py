@@ -17,10 +17,11 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return text[:min(hits)], True
 
 
-def final_text(decoded: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Return (the text a generation answers with, whether a stop string ended it)."""
+def final_text(decoded: str, stop: Sequence[str], strip: bool = True) -> tuple[str, bool]:
+    """Return (the text a generation answers with, whether a stop string ended it); stripped unless told not to
+    (a completion's text keeps its whitespace: it continues the prompt)."""
     text, stopped = cut_at_stop(decoded, stop)
-    return text.strip(), stopped
+    return (text.strip() if strip else text), stopped
 
 
 class DeltaBuffer:
@@ -30,8 +31,9 @@ class DeltaBuffer:
     incomplete UTF-8 character (decoded as U+FFFD) and a tail that could begin a stop string.
     """
 
-    def __init__(self, stop: Sequence[str] = ()):
+    def __init__(self, stop: Sequence[str] = (), strip: bool = True):
         self.stop = [s for s in stop if s]
+        self.strip = strip
         self.sent = ""
         self.stopped = False
 
@@ -40,13 +42,14 @@ class DeltaBuffer:
         if hit:
             self.stopped = True
             final = True
-        text = text.lstrip()
+        text = text.lstrip() if self.strip else text
         if final:
-            return text.rstrip()
+            return text.rstrip() if self.strip else text
         if text.endswith("\ufffd"):
             text = text[:-1]
         hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return text[:len(text) - hold].rstrip()
+        text = text[:len(text) - hold]
+        return text.rstrip() if self.strip else text
 
     def update(self, decoded: str, final: bool = False) -> str:
         """Return the new delta for the text decoded so far ('' when nothing new may be shown yet)."""

@@ -47,7 +47,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from shared.celery_config import make_celery
     from shared.db import get_sessionmaker
     from shared.workers import redis_client
-    from web import api, auth, context, errors, export, health, monitoring, pages, queue, v1, v1_responses
+    from web import (api, auth, context, errors, export, health, monitoring, pages, queue, v1, v1_completions,
+                     v1_responses)
 
     settings = _settings(test_config)
     app = Flask(__name__)
@@ -75,6 +76,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(v1.bp)
+    app.register_blueprint(v1_completions.bp)
     app.register_blueprint(v1_responses.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(export.bp)

@@ -10,6 +10,7 @@ from shared.store.export import EXPORT_COLUMNS, WIDE_COLUMNS
 from shared.store.queries import MAX_ID, MAX_LIMIT, cursor_pattern
 from shared.store.tables import JobStatus
 from shared.validation import WHITESPACE
+from web.openapi_completions import COMPLETION_SCHEMAS, completion_paths, completion_request_schema
 
 STATUSES = [s.value for s in JobStatus]
 
@@ -366,7 +367,11 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                                                            recommended),
                "SweepRequest": sweep_request_schema(settings, models or [settings["model.name"]], facts),
                "Sweep": SWEEP_SCHEMA,
-               **V1_SCHEMAS, "ChatCompletionRequest": chat_request_schema(settings, models or [settings["model.name"]])}
+               **V1_SCHEMAS, **COMPLETION_SCHEMAS,
+               "ChatCompletionRequest": chat_request_schema(settings, models or [settings["model.name"]]),
+               "CompletionRequest": completion_request_schema(
+                   settings, models or [settings["model.name"]],
+                   chat_request_schema(settings, models or [settings["model.name"]]))}
     retry_after = {"Retry-After": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
@@ -545,6 +550,7 @@ def openapi_document(settings: Mapping[str, Any] | None = None, models: list[str
                 },
             },
             **v1_paths(),
+            **completion_paths(_oai_error, V1_COMMON, V1_CROSS_SITE, {"Retry-After": {"schema": {"type": "string"}}}),
             "/readyz": {
                 "get": {
                     "operationId": "ready", "summary": "Can a job on the default model run now?", "security": [],
@@ -671,6 +677,10 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
             "stream_options": _nullable({"type": "object", "additionalProperties": False,
                                          "properties": {"include_usage": {}}}),
             "instaboost": _nullable(boost),
+            "logprobs": _nullable({"type": "boolean", "description": "Return each output token's logprob (raw: "
+                                                                  "before temperature and top_p)."}),
+            "top_logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 20,
+                                       "description": "With logprobs: the most likely tokens per position."}),
             **neutral,
         },
     }
@@ -698,7 +708,7 @@ V1_SCHEMAS: dict[str, Any] = {
             "choices": {"type": "array", "items": {"type": "object", "required": ["index", "message", "finish_reason"],
                                                    "properties": {
                 "index": {"type": "integer"}, "finish_reason": {"type": "string", "enum": ["stop", "length"]},
-                "logprobs": {"type": "null"},
+                "logprobs": {"type": ["object", "null"]},
                 "message": {"type": "object", "required": ["role", "content"], "properties": {
                     "role": {"const": "assistant"}, "content": {"type": "string"}, "refusal": {"type": "null"}}}}}},
             "usage": {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
@@ -795,8 +805,8 @@ def v1_paths() -> dict[str, Any]:
                  "description": "Retries with the same key (and body) get the same job, for v1.idempotency_hours.",
                  "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
                 {"name": "x-stainless-retry-count", "in": "header", "required": False,
-                 "description": "The openai SDK's try count: 1 or more joins the job of the same request's first "
-                                "try (a value that is not an integer counts as 0, a first try).",
+                 "description": "The openai SDK's try count: an integer 1 or more joins the job of the same "
+                                "request's first try (anything else counts as a first try).",
                  "schema": {"type": "string"}}],
             "requestBody": json_body,
             "responses": {

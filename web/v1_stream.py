@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.chat import CHAT_VARIANT, choice_variant, completion_id, fingerprint
+from shared.logprobs import chat_logprobs
 from shared.errors import Conflict
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
@@ -31,9 +32,9 @@ STREAM_POLL_SECONDS = 0.05
 STREAM_KEEPALIVE_SECONDS = 1.0  # an SSE comment this often while no text arrives: a gone client is noticed
 
 
-def chat_run(session, job_id: int) -> Run | None:
-    """Return the stored run of a chat job's first choice, if it has one."""
-    return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == CHAT_VARIANT)).scalar_one_or_none()
+def chat_run(session, job_id: int, variant: str = CHAT_VARIANT) -> Run | None:
+    """Return the stored run of a chat job (or another variant: a completion's first prompt, p0), if it has one."""
+    return session.execute(select(Run).where(Run.job_id == job_id, Run.variant == variant)).scalar_one_or_none()
 
 
 def chat_runs(session, job_id: int, n: int) -> list[Run] | None:
@@ -69,15 +70,26 @@ class ChatFrames:
     With n > 1 choices every chunk carries its choice's index; each choice gets its own finish chunk.
     """
 
+    variant = CHAT_VARIANT  # the run a stream falls back to once its job has finished
+
     def __init__(self, job_id: int, params: dict):
         self.poll_path = f"/v1/chat/completions/{job_id}"
         self.n = int(params.get("n") or 1)
         self.base = {"id": completion_id(job_id), "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": params["model"], "system_fingerprint": fingerprint(params)}
 
-    def _chunk(self, delta: dict, finish: str | None = None, index: int = 0) -> str:
-        return _sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+    def _chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None, index: int = 0) -> str:
+        return _sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                                "finish_reason": finish}]})
+
+    def logprobs(self, end: dict) -> list[str]:
+        """Each choice's tokens' logprobs, in one chunk before its finish (the worker reports them when the row ends)."""
+        out = []
+        for i, stored in enumerate(end.get("logprobs_list") or [end.get("logprobs")]):
+            lp = chat_logprobs(stored)
+            if lp is not None:
+                out.append(self._chunk({"content": ""}, None, lp, index=i))
+        return out
 
     def start(self) -> list[str]:
         return [self._chunk({"role": "assistant", "content": ""}, index=i) for i in range(self.n)]
@@ -89,7 +101,7 @@ class ChatFrames:
         # The prompt is read once for all choices; completion_tokens sums them (end, as stream_completion sums).
         p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
         reasons = end.get("finish_reasons") or [end.get("finish_reason", "stop")]
-        return [*(self._chunk({}, reason, index=i) for i, reason in enumerate(reasons)),
+        return [*self.logprobs(end), *(self._chunk({}, reason, index=i) for i, reason in enumerate(reasons)),
                 _sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                                             "total_tokens": p + c}}),
                 "data: [DONE]\n\n"]
@@ -102,6 +114,7 @@ def _combined(ends: dict[int, dict], n: int) -> dict:
     """Return the end of a stream of n choices: each one's finish reason, completion tokens summed."""
     return {"finish_reason": ends[0].get("finish_reason", "stop"),
             "finish_reasons": [ends[i].get("finish_reason", "stop") for i in range(n)],
+            "logprobs": ends[0].get("logprobs"), "logprobs_list": [ends[i].get("logprobs") for i in range(n)],
             "prompt_tokens": int(ends[0].get("prompt_tokens", 0)),
             "completion_tokens": sum(int(ends[i].get("completion_tokens", 0)) for i in range(n))}
 
@@ -178,13 +191,17 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                     with s.sessionmaker() as session:
                         job = session.get(Job, job_id)
                         if job is not None and job.status.finished:
-                            runs = chat_runs(session, job_id, n)
+                            if n > 1:
+                                runs = chat_runs(session, job_id, n)
+                            else:
+                                run = chat_run(session, job_id, getattr(frames, "variant", CHAT_VARIANT))
+                                runs = None if run is None else [run]
                             if job.status is JobStatus.succeeded and runs is not None:
                                 # Stored by an earlier delivery (or its events were lost): send what is missing.
                                 for i, run in enumerate(runs):
                                     if len(run.produced_text) > sent[i]:
                                         yield from delta(run.produced_text[sent[i]:], i)
-                                    ends[i] = {"finish_reason": run.finish_reason or "stop",
+                                    ends[i] = {"finish_reason": run.finish_reason or "stop", "logprobs": run.logprobs,
                                                "prompt_tokens": run.prompt_tokens,
                                                "completion_tokens": run.output_tokens}
                                 end = _combined(ends, n)

@@ -237,7 +237,7 @@ def _layers_text(layers: Any) -> str:
 def record_run(session: Session, job_id: int, variant: str, *, multiplier: float, layers: Any,
                output_text: str, heads: Any = None, prompt_tokens: int = 0, output_tokens: int = 0,
                seconds: float = 0.0, attention_mass: dict | None = None, finish_reason: str | None = None,
-               scores: dict | None = None) -> Run:
+               scores: dict | None = None, logprobs: dict | None = None) -> Run:
     """Store one variant's output once (a redelivered job recording it again keeps the first row).
 
     Also sets the job's progress_done to the number of stored runs, so progress survives redelivery.
@@ -250,7 +250,7 @@ def record_run(session: Session, job_id: int, variant: str, *, multiplier: float
                       heads=_heads_text(heads), output_text=stored, output_nul_offsets=nuls,
                       prompt_tokens=int(prompt_tokens),
                       output_tokens=int(output_tokens), seconds=float(seconds), attention_mass=attention_mass,
-                      finish_reason=finish_reason, scores=scores, created_at=utcnow())
+                      finish_reason=finish_reason, scores=scores, logprobs=logprobs, created_at=utcnow())
         dialect = session.get_bind().dialect.name
         if dialect in ("postgresql", "sqlite"):
             # INSERT .. ON CONFLICT DO NOTHING: two concurrent deliveries cannot both insert.

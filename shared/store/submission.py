@@ -289,7 +289,8 @@ def check_chat_fits(params: Mapping[str, Any], facts: Mapping[str, int]) -> None
 
 def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mapping[str, Any] | None = None,
                 celery_app=None, redis=None, idempotency_key: str | None = None, is_retry: bool = False) -> Job:
-    """Store a queued chat job (shared.chat.chat_params) and enqueue it ahead of other work; return the job.
+    """Store a queued chat or completion job (shared.chat.chat_params, shared.completions.completion_params) and
+    enqueue it ahead of other work; return the job.
 
     A retry (idempotency_key already stored, or is_retry: an openai SDK retry) returns the job its earlier try
     created instead, while that job may still be reused (shared.store.idempotency).
@@ -305,8 +306,8 @@ def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mappin
     beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
     check_served(params["model"], beats, served, starting, settings["worker.heartbeat_interval"], session)
     check_chat_fits(params, model_facts(beats, params["model"]))
-    row = dict(model=params["model"], params=dict(params), progress_total=1, kind="chat",
-               idempotency_key=idempotency_key, request_hash=digest)
+    row = dict(model=params["model"], params=dict(params), progress_total=len(params.get("prompts") or [None]),
+               kind=params.get("kind", "chat"), idempotency_key=idempotency_key, request_hash=digest)
     job, created = _insert_once(session, row, settings, idempotency_key, digest)
     if not created:
         return job  # a concurrent try with the same key made it

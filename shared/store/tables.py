@@ -139,7 +139,7 @@ class Job(Base):
     case_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     sweep_step: Mapped[float | None] = mapped_column(Float, nullable=True)  # the grid M of this job
     sweep_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # "chat" for OpenAI chat completions (and batch lines); NULL or "instaboost" for the job API's jobs.
+    # "chat" for OpenAI chat completions (and batch lines), "completion" for /v1/completions; NULL or "instaboost" for the job API's jobs.
     kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # The batch a chat job is a line of, and that line's custom_id.
     batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
@@ -181,6 +181,8 @@ class Run(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # shared.evaluation.scorers.score_output's dict (every column of scorers.COLUMNS), None for older runs.
     scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Token logprobs (shared.logprobs): {"prompt": section or None, "output": section or None}; None unless asked.
+    logprobs: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="runs")
 

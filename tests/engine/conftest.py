@@ -8,6 +8,7 @@ pytest_collection_modifyitems = mark_folder(__file__, modules={
     "test_engine.py": ["slow"],
     "test_grammar.py": ["slow"],
     "test_engine_gemma.py": ["slow"],
+    "test_logprobs.py": ["slow"],
     "test_cli_generate.py": ["slow"],
     "test_run_cases.py": ["slow"],
     "test_calibrate.py": ["slow"],

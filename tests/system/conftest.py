@@ -14,6 +14,7 @@ pytest_collection_modifyitems = mark_folder(__file__, modules={
     "test_openai_api.py": ["services", "slow"],
     "test_openai_batches.py": ["services", "slow"],
     "test_openai_lm_eval.py": ["services", "slow"],
+    "test_openai_completions.py": ["services", "slow"],
     "test_openai_responses.py": ["services", "slow"],
     "test_inspect_ai.py": ["services", "slow"],
     # bench/faults.py's rows against a private PostgreSQL and Redis; the slow rows are also marked faults_slow.

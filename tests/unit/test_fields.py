@@ -147,6 +147,9 @@ def test_the_engine_parameters_apply_the_declared_bounds(name):
     accepted, rejected = _edges(f)
     for value in accepted if not f.hi_setting else accepted[1:]:  # the engine knows no deployment limit
         assert getattr(GenerationParams(**{name: value}), name) == value
+    if name == "max_new_tokens":  # 0 is the engine's prompt-scoring row (a completion's max_tokens 0): below it
+        assert GenerationParams(max_new_tokens=0).max_new_tokens == 0
+        rejected = [rejected[0] - 1]
     for value in rejected if not f.hi_setting else rejected[:1]:
         with pytest.raises(ValidationError):
             GenerationParams(**{name: value})

@@ -17,7 +17,7 @@ from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
 MAX_EXAMPLES = int(os.environ.get("INSTABOOST_FUZZ_EXAMPLES", "25"))
 # Fuzzed with negative examples only: a valid chat is queued and waits; a schema-valid upload is random bytes,
 # not JSONL, which no schema can say.
-NEGATIVE_ONLY = ["v1CreateChatCompletion", "v1CreateResponse", "v1UploadFile"]
+NEGATIVE_ONLY = ["v1CreateChatCompletion", "v1CreateCompletion", "v1CreateResponse", "v1UploadFile"]
 
 
 def _load(pg_url: str, redis_namespace: str, positive: bool, chat: bool):

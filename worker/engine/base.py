@@ -17,10 +17,11 @@ import torch
 
 from shared.errors import ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
-from shared.streaming import final_text
+from shared.streaming import cut_at_stop, final_text
 from worker.engine.grammar import Grammars, grammar_rows
 from worker.engine.loading import LoadedModel
 from worker.engine.logits import RowProcessors, row_processors, sampling_probs
+from worker.engine.logprobs import StepRecorder, trim_section
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
 
@@ -62,7 +63,9 @@ class Engine:
 
     def prompt(self, request: GenerationRequest) -> Prompt:
         """Build the prompt and check it fits the context with its new tokens."""
-        if request.messages is not None:
+        if request.prompt_ids is not None:
+            p = self._token_prompt(request)
+        elif request.messages is not None:
             p = build_chat_prompt(self.tokenizer, request.messages, request.spec.placement)
         else:
             p = build_prompt(self.tokenizer, request.instruction, request.query, request.spec.placement)
@@ -87,6 +90,20 @@ class Engine:
     def grammars(self) -> Grammars:
         """The tokenizer's compiled response_format grammars (built on first use: about a second)."""
         return Grammars(self.tokenizer, self._eos_ids())
+
+    def _token_prompt(self, request: GenerationRequest) -> Prompt:
+        """Return a completion's prompt given as token ids, boosted at its token spans."""
+        ids, vocab = list(request.prompt_ids), len(self.tokenizer)
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ValidationError(f"prompt holds token id {bad[0]}, out of range for the model's vocabulary of "
+                                  f"{vocab} tokens (0..{vocab - 1})", field="prompt")
+        spans = request.prompt_spans
+        if any(not 0 <= a < b <= len(ids) for a, b, _ in spans):
+            raise ValidationError(f"instaboost.spans must lie within the prompt's {len(ids)} tokens", field="prompt")
+        hull = (min(a for a, _, _ in spans), max(b for _, b, _ in spans)) if spans else (0, 0)
+        return Prompt(text=self.tokenizer.decode(ids), input_ids=ids, span=hull, char_span=(0, 0), placement="raw",
+                      spans=tuple(spans))
 
     def count_prompt_tokens(self, instruction: str, query: str, placement: str = "system") -> int:
         """Return the prompt's length in tokens for this model."""
@@ -126,7 +143,8 @@ class Engine:
         return kwargs
 
     def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: "StepClock",
-                       halt: Callable[[int], bool] | None = None, pads: Sequence[int] | None = None) -> dict:
+                       halt: Callable[[int], bool] | None = None, pads: Sequence[int] | None = None,
+                       recorder: StepRecorder | None = None) -> dict:
         """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
 
         generate() decodes greedily up to the longest row's budget; each row's own logits processors
@@ -145,11 +163,12 @@ class Engine:
             criteria.append(RowHalt(halt))
         kwargs["stopping_criteria"] = StoppingCriteriaList([_wrap(StoppingCriteria, c) for c in criteria])
         pads = list(pads) if pads is not None else [0] * len(params)
-        processors = [_wrap(LogitsProcessor, p) for p in self._row_processors(requests, width, pads)]
+        processors = [recorder] if recorder is not None else []  # first: it reads the raw logits
+        processors += self._row_processors(requests, width, pads)
         if any(not p.greedy for p in params):
-            processors.append(_wrap(LogitsProcessor, RowSampler(params, self.device)))
+            processors.append(RowSampler(params, self.device))
         if processors:
-            kwargs["logits_processor"] = LogitsProcessorList(processors)
+            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, p) for p in processors])
         return kwargs
 
     def _row_processors(self, requests: Sequence[GenerationRequest], width: int, pads: Sequence[int]) -> list:
@@ -192,10 +211,12 @@ class Engine:
         from worker.engine.streaming import RowStreamer
 
         return RowStreamer(self.tokenizer, len(requests), self._eos_ids(), on_text, requests[0].params.stop,
-                           budgets=[r.params.max_new_tokens for r in requests])
+                           budgets=[r.params.max_new_tokens for r in requests],
+                           strips=[not r.exact_text for r in requests])
 
     def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
-                masses, clock: "StepClock | None" = None) -> list[GenerationResult]:
+                masses, clock: "StepClock | None" = None, scored: Sequence[dict | None] = (),
+                recorder: StepRecorder | None = None) -> list[GenerationResult]:
         width = batch.input_ids.shape[1]
         eos = self._eos_ids()
         out = []
@@ -206,13 +227,20 @@ class Engine:
             if clock is not None:
                 # In a batch a row costs until its own last token (its EOS counts), not the batch's whole time.
                 seconds = clock.until_step(min(n + 1, len(gen)))
-            text, stopped = final_text(self.tokenizer.decode(gen[:n], skip_special_tokens=True), req.params.stop)
+            decoded = self.tokenizer.decode(gen[:n], skip_special_tokens=True)
+            text, stopped = final_text(decoded, req.params.stop, strip=not req.exact_text)
             spans = tuple((a, b, req.spec.multiplier if m is None else m) for a, b, m in p.spans)
+            logprobs = None
+            if req.logprobs is not None or req.prompt_logprobs is not None:
+                output = recorder.row(self.tokenizer, row, gen[:n]) if req.logprobs is not None else None
+                if output is not None and stopped:  # the stop string's tokens are not part of the text
+                    output = trim_section(output, len(cut_at_stop(decoded, req.params.stop)[0]))
+                logprobs = {"prompt": scored[row] if scored else None, "output": output}
             out.append(GenerationResult(text=text, prompt_tokens=len(p.input_ids), output_tokens=n,
                                         span=p.span, span_text=p.span_text, seconds=seconds,
                                         attention_mass=masses[row] if masses else None, spans=spans,
                                         finish_reason="stop" if stopped or n < len(gen) else "length",
-                                        placement=p.placement))
+                                        placement=p.placement, logprobs=logprobs))
         return out
 
     @property

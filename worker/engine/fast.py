@@ -21,6 +21,7 @@ from shared.spec import GenerationRequest
 from worker.engine.base import Batch, Engine, StepClock, processed_length
 from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass_sum, key_offset
 from worker.engine.loading import LoadedModel
+from worker.engine.logprobs import decode
 
 ATTN_NAME = "instaboost_sdpa"
 ANALYSIS_BLOCK = 128  # queries measured at once by the attention analysis: B x H x 128 x K floats
@@ -166,14 +167,13 @@ class FastEngine(Engine):
         boost = self._boost_for(requests, batch, width)
         clock = StepClock()
         with fast_boost(boost, capacity=width + max(r.params.max_new_tokens for r in requests)):
-            seq = self.loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                             streamer=self._streamer(requests, on_text),
-                                             **self._decode_kwargs(requests, width, clock, halt, batch.pads))
+            seq, scored, recorder = decode(self, self.loaded.model, requests, prompts, batch, clock, on_text, halt)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - clock.start
         masses = self._attention_mass(requests, batch, seq) if attention else None
-        return self._finish(requests, prompts, batch, seq, seconds, masses, clock if len(requests) > 1 else None)
+        return self._finish(requests, prompts, batch, seq, seconds, masses, clock if len(requests) > 1 else None,
+                            scored, recorder)
 
     def _attention_mass(self, requests, batch, seq):
         mask, q_sel = self._analysis_inputs(batch, seq, [r.params.max_new_tokens for r in requests])

@@ -16,6 +16,7 @@ from shared.spec import GenerationRequest
 from worker.engine.base import Engine, StepClock, processed_length
 from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
 from worker.engine.loading import LoadedModel
+from worker.engine.logprobs import decode
 
 
 class TransformerLensEngine(Engine):
@@ -72,14 +73,10 @@ class TransformerLensEngine(Engine):
             stop = None if halt is None else (lambda _r, row=row: halt(row))
             clock = StepClock()
             with self.hooked(boost):
-                seq = self.bridge.original_model.generate(input_ids=batch.input_ids,
-                                                          attention_mask=batch.attention_mask,
-                                                          streamer=self._streamer([req], relay),
-                                                          **self._decode_kwargs([req], batch.input_ids.shape[1], clock,
-                                                                              stop))
+                seq, scored, recorder = decode(self, self.bridge.original_model, [req], [p], batch, clock, relay, stop)
             seconds = time.perf_counter() - clock.start
             masses = self._attention_mass(req, p, batch, seq) if attention else None
-            out.extend(self._finish([req], [p], batch, seq, seconds, masses))
+            out.extend(self._finish([req], [p], batch, seq, seconds, masses, None, scored, recorder))
         return out
 
     def _attention_mass(self, req, p, batch, seq):

@@ -15,13 +15,14 @@ class RowStreamer:
     """
 
     def __init__(self, tokenizer, rows: int, eos: set[int], on_text: Callable[[int, str], None],
-                 stop: Sequence[str] = (), budgets: Sequence[int] | None = None):
+                 stop: Sequence[str] = (), budgets: Sequence[int] | None = None,
+                 strips: Sequence[bool] | None = None):
         self.tokenizer = tokenizer
         self.eos = eos
         self.on_text = on_text
         self.ids: list[list[int]] = [[] for _ in range(rows)]
         self.done = [False] * rows
-        self.buffers = [DeltaBuffer(stop) for _ in range(rows)]
+        self.buffers = [DeltaBuffer(stop, strip) for strip in (strips if strips is not None else [True] * rows)]
         self._prompt_seen = False
         self.budgets = list(budgets) if budgets is not None else None  # each row's max_new_tokens
 

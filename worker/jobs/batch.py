@@ -57,9 +57,10 @@ class Member:
     model: str
     engine: str
     attention: bool
-    request: Any  # JobRequest, or None for a chat job
+    request: Any  # JobRequest, or None for an OpenAI job (chat, completion)
     params: dict
-    rows: list  # Variants still to generate (a chat job: its choices' run names, shared.chat.choice_variants)
+    rows: list  # Variants still to generate (an OpenAI job: its run names, shared.completions.openai_rows: a chat
+                #   job's choices, a completion's prompts)
     soft_deadline: float  # time.monotonic() values
     hard_deadline: float
     publish: Callable[[dict], None] | None = None
@@ -72,9 +73,9 @@ class Member:
 
     def generation_request(self, row):
         if self.request is None:
-            from shared.chat import choice_index, generation_request
+            from shared.completions import openai_request
 
-            return generation_request(self.params, choice_index(row) or 0)
+            return openai_request(self.params, row)
         return self.request.generation_request(row)
 
 
@@ -151,7 +152,7 @@ class BatchRunner:
 
     def _admit(self, job: Job) -> Member:
         """Make a claimed job a member: its pending variants, progress and deadlines (or end it at once)."""
-        from shared.chat import choice_variants, is_chat
+        from shared.completions import openai_rows
         from shared.schemas import JobRequest
         from worker.engine import get_engine
 
@@ -164,9 +165,9 @@ class BatchRunner:
                                  self.budget, worker=self.worker))
             return m
         try:
-            if is_chat(job.params):
+            if openai_rows(job.params) is not None:
                 m.engine = job.params.get("engine") or "fast"
-                variants = choice_variants(job.params)  # one row per choice (n), decoded together
+                variants = openai_rows(job.params)
             else:
                 m.request = JobRequest.from_params(job.params)
                 m.engine, m.attention = m.request.engine, bool(m.request.attention)
@@ -241,12 +242,12 @@ class BatchRunner:
         budget = [room]
 
         def take(job: Job) -> bool:
-            from shared.chat import is_chat
+            from shared.completions import openai_rows
 
             params = job.params or {}
             if (params.get("engine") or "fast") != "fast":
                 return False  # the reference engine runs one row at a time: leave it to its own delivery
-            n = int(params.get("n") or 1) if is_chat(params) else _variant_count(params)
+            n = len(openai_rows(params)) if openai_rows(params) is not None else _variant_count(params)
             if n is None:
                 return False  # its own delivery fails it with the reason
             if n > budget[0] and budget[0] < self.max_rows:
@@ -395,7 +396,8 @@ class BatchRunner:
                     m.rows.remove(row)
                     if m.request is None and m.publish is not None:
                         m.publish({"type": "end", "index": choice_index(row) or 0,
-                                   "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.output_tokens})
+                                   "finish_reason": result.finish_reason, "logprobs": result.logprobs,
+                                   "prompt_tokens": result.prompt_tokens, "completion_tokens": result.output_tokens})
                     log.info("job %s: variant %s done (%d tokens)", m.job_id, getattr(row, "name", row),
                              result.output_tokens)
                 if not m.rows:
@@ -418,7 +420,7 @@ class BatchRunner:
                 session, m.job_id, row, multiplier=max(mults, key=lambda x: abs(x - 1)) if mults else 1.0,
                 layers=m.params["layers"] if mults else "none", heads=None, output_text=result.text,
                 prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens, seconds=result.seconds,
-                attention_mass=None, finish_reason=result.finish_reason)
+                attention_mass=None, finish_reason=result.finish_reason, logprobs=result.logprobs)
         return lifecycle.record_run(
             session, m.job_id, row.name, multiplier=row.multiplier,
             layers="none" if row.is_original else row.layer_mode, heads=t._heads(m.request, row, engine),

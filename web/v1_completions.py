@@ -1,0 +1,138 @@
+"""POST /v1/completions (OpenAI's legacy completions) and GET /v1/completions/<id>: stored completion jobs.
+
+A completion is an ordinary stored job (kind "completion", one run per prompt), waited for and streamed as a
+chat completion is (web.v1, web.v1_stream); errors take OpenAI's shape like every /v1 path (web.errors).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+from sqlalchemy import select
+
+from shared.completions import completion_body, completion_params, is_completion, openai_rows, prompt_text
+from shared.errors import NotFound, ValidationError
+from shared.logprobs import completion_logprobs
+from shared.store import idempotency, queries, submission
+from shared.store.tables import Job, JobStatus, Run
+from web.context import db, services, submit_kwargs
+from web.limits import wait_slots
+from web.v1 import POLL_SECONDS, _json_body, _sdk_retry
+from web.v1_errors import job_failure, openai_error, timeout_error
+from web.v1_stream import ChatFrames, _sse, stream_completion
+
+bp = Blueprint("v1_completions", __name__, url_prefix="/v1")
+BOOST_HEADER = "X-InstaBoost"
+
+
+class CompletionFrames(ChatFrames):
+    """OpenAI's text_completion chunks: the echo first, the text, its logprobs, usage when asked, [DONE]."""
+
+    variant = "p0"  # a streamed completion has one prompt
+
+    def __init__(self, job_id: int, params: dict):
+        super().__init__(job_id, params)
+        self.params = params
+        self.poll_path = f"/v1/completions/cmpl-{job_id}"
+        self.base = {**self.base, "id": f"cmpl-{job_id}", "object": "text_completion"}
+
+    def _chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None, index: int = 0) -> str:
+        return _sse({**self.base, "choices": [{"index": index, "text": delta.get("content", ""), "logprobs": logprobs,
+                                               "finish_reason": finish}]})
+
+    def start(self) -> list[str]:
+        echo = prompt_text(self.params, 0) if self.params.get("echo") else None
+        return [self._chunk({"content": echo})] if echo else []
+
+    def logprobs(self, end: dict) -> list[str]:
+        stored = end.get("logprobs")
+        if not stored or self.params.get("logprobs") is None:
+            return []
+        return [self._chunk({}, None, completion_logprobs([stored.get("prompt") if self.params["echo"] else None,
+                                                           stored.get("output")]))]
+
+    def finish(self, end: dict) -> list[str]:
+        out = [*self.logprobs(end), self._chunk({}, end.get("finish_reason", "stop"))]
+        if self.params.get("include_usage"):  # only when asked, as OpenAI streams completions
+            p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
+            out.append(_sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                                                                   "total_tokens": p + c}}))
+        return [*out, "data: [DONE]\n\n"]
+
+
+def _header_boost():
+    """Return the X-InstaBoost header's boost object (the body's instaboost wins), or None."""
+    raw = request.headers.get(BOOST_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValidationError(f"the {BOOST_HEADER} header must be a JSON object like the body's instaboost, e.g. "
+                              '{"multiplier": 5, "spans": [[0, 12]]}', field=BOOST_HEADER)
+    return value
+
+
+@bp.post("/completions")
+def completions():
+    """Create a completion: one stored job, a row per prompt, answered when done (or streamed)."""
+    s = services()
+    params = completion_params(_json_body(), s.settings, header_boost=_header_boost())
+    key = idempotency.check_key(request.headers.get("Idempotency-Key"))
+    give_back = wait_slots().take()
+    try:
+        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
+    except idempotency.KeyReused as exc:
+        give_back()
+        return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
+    except BaseException:
+        give_back()
+        raise
+    job_id = job.id
+    wait = float(s.settings["v1.wait_seconds"])
+    if params["stream"]:
+        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back,
+                                                              CompletionFrames(job_id, params))),
+                        mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                                               "X-InstaBoost-Job-Id": str(job_id)})
+        resp.call_on_close(give_back)
+        return resp
+    try:
+        session = db()
+        deadline = time.monotonic() + wait
+        while True:
+            job = session.get(Job, job_id, populate_existing=True)
+            session.commit()
+            if job.status.finished:
+                return _finished(session, job)
+            if time.monotonic() > deadline:
+                return timeout_error(job_id, wait, f"/v1/completions/cmpl-{job_id}")
+            time.sleep(POLL_SECONDS)
+    finally:
+        give_back()
+
+
+def _finished(session, job: Job) -> Response:
+    names = openai_rows(job.params)
+    by_name = {r.variant: r for r in session.scalars(select(Run).where(Run.job_id == job.id))}
+    if job.status is not JobStatus.succeeded or any(n not in by_name for n in names):
+        return job_failure(job)
+    resp = jsonify(completion_body(job, [by_name[n] for n in names]))
+    resp.headers["X-InstaBoost-Job-Id"] = str(job.id)
+    return resp
+
+
+@bp.get("/completions/<completion_id>")
+def get_completion(completion_id):
+    """Return a stored completion by id (cmpl-<job id>, or the job id); 409 while it is queued or running."""
+    session = db()
+    job = queries.get_job(session, completion_id.removeprefix("cmpl-"), with_runs=False)
+    if not is_completion(job.params):
+        raise NotFound(f"job {job.id} is not a completion (see GET /api/jobs/{job.id})", field="completion_id")
+    if not job.status.finished:
+        return openai_error(409, f"job {job.id} is {job.status.value}; retry shortly", code="not_finished")
+    return _finished(session, job)
