@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from shared.chat import (BOOST_KEYS, CHAT_VARIANT, PRIORITIES, _boost, _stop, check_neutral, fingerprint, is_chat,
+from shared.chat import (BOOST_KEYS, PRIORITIES, _boost, _stop, check_neutral, fingerprint, is_chat,
                          split_boost_tags)
 from shared.chat import generation_request as chat_request
 from shared.chat_extras import choice_index, choice_variants
