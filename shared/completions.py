@@ -1,7 +1,7 @@
 """Completion jobs: an OpenAI (legacy) completions body validated into a stored job's params, and back into rows.
 
-Torch-free. A completion job holds one row per prompt (runs "p0", "p1", ...), batched by the worker with
-other rows; a row with max_tokens 0 is a prefill that returns its prompt's logprobs (with echo).
+Torch-free. A completion job holds one row per prompt and choice (runs "p0", "p1", ... for choice 0, "p0_1",
+"p0_2", ... for the further choices of n, each sampling with seed + choice), batched by the worker with other rows; a row with max_tokens 0 is a prefill that returns its prompt's logprobs (with echo).
 
 The prompt is a string, a list of strings, a list of token ids or a list of such lists. Its text is the
 model's input as it is (no chat template). What is boosted, by ``instaboost.multiplier`` unless a span
@@ -21,12 +21,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from shared.chat import (BOOST_KEYS, CHAT_VARIANT, PRIORITIES, _boost, _stop, check_neutral, fingerprint, is_chat,
+from shared.chat import (BOOST_KEYS, PRIORITIES, _boost, _stop, check_neutral, fingerprint, is_chat,
                          split_boost_tags)
 from shared.chat import generation_request as chat_request
 from shared.chat_extras import choice_index, choice_variants
 from shared.errors import ValidationError
-from shared.fields import BY_NAME
+from shared.fields import BY_NAME, CHAT_BY_NAME
 from shared.logprobs import MAX_TOP_LOGPROBS, completion_logprobs
 from shared.validation import Validator, brief
 
@@ -155,10 +155,7 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
     check_neutral(v, body, NEUTRAL)
     model = v.check(BY_NAME["model"], body.get("model")) if "model" in body else \
         _error(v, "model", "model is required: a model a live worker serves (see GET /v1/models)")
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n != 1):
-        _error(v, "n", f"n must be 1: this server returns one choice per prompt (got {brief(n)}); send n separate "
-                       "requests, with different seeds when sampling")
+    n = v.check(CHAT_BY_NAME["n"], body["n"]) if body.get("n") is not None else 1
     for name in ("stream", "echo"):
         if body.get(name) is not None and not isinstance(body[name], bool):
             _error(v, name, f"{name} must be a boolean, got {brief(body[name])}")
@@ -195,6 +192,12 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
     stream = bool(body.get("stream"))
     if stream and len(prompts) > 1:
         _error(v, "stream", "stream takes one prompt; send several prompts without stream, or one request each")
+    if stream and isinstance(n, int) and n > 1:
+        _error(v, "n", "stream takes n = 1 here; send n > 1 without stream (or n streamed requests with seeds "
+                       "seed, seed + 1, ...)")
+    if isinstance(n, int) and len(prompts) * n > MAX_PROMPTS:
+        _error(v, "n", f"{len(prompts)} prompts x n = {n} make {len(prompts) * n} choices; at most {MAX_PROMPTS} "
+                       "per request")
     rows = []
     for i, p in enumerate(prompts if not v.errors else ()):
         f = f"prompt[{i}]" if len(prompts) > 1 else "prompt"
@@ -226,7 +229,7 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
         "engine": settings["instaboost.engine"], "max_new_tokens": max_new, "temperature": decoding["temperature"],
         "top_p": decoding["top_p"], "attention": False,
         # Completion only.
-        "prompts": rows, "echo": bool(body.get("echo")), "logprobs": k, "layers": boost["layers"],
+        "prompts": rows, "n": n, "echo": bool(body.get("echo")), "logprobs": k, "layers": boost["layers"],
         "heads": boost["heads"], "stop": stop, "stream": stream,
         "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),
         "priority": priority if priority in PRIORITIES else "interactive",
@@ -243,18 +246,27 @@ def openai_rows(params: Mapping[str, Any]) -> list[str] | None:
     if is_chat(params):
         return choice_variants(params)  # one row per choice (n), decoded together
     if is_completion(params):
-        return [f"p{i}" for i in range(len(params["prompts"]))]
+        # Choice 0 keeps the name jobs stored before n had; OpenAI's order: prompt by prompt, its choices in turn.
+        return [f"p{i}" if c == 0 else f"p{i}_{c}" for i in range(len(params["prompts"]))
+                for c in range(int(params.get("n") or 1))]
     return None
+
+
+def completion_row(row: str) -> tuple[int, int]:
+    """Return (prompt index, choice index) of a completion run's name ("p3" or "p3_1")."""
+    prompt, _, c = row[1:].partition("_")
+    return int(prompt), int(c or 0)
 
 
 def openai_request(params: Mapping[str, Any], row: str):
     """Return the engine's GenerationRequest for one run of a stored chat or completion job."""
     if is_chat(params):
         return chat_request(params, choice_index(row) or 0)
-    p = params["prompts"][int(row[1:])]
+    prompt, c = completion_row(row)
+    p = params["prompts"][prompt]
     k = params["logprobs"]
     segments = p.get("segments") or [["-", None]]  # a token-id prompt: the chat request only carries the settings
-    base = chat_request({**params, "messages": [{"role": "user", "segments": segments}]})
+    base = chat_request({**params, "messages": [{"role": "user", "segments": segments}]}, c)
     extra = {"logprobs": k, "prompt_logprobs": k if params["echo"] and k is not None else None, "exact_text": True}
     if params["echo"] and params["max_new_tokens"] == 0 and k is None:
         extra["prompt_logprobs"] = 0  # echo alone: the prompt's tokens still come back
@@ -271,12 +283,12 @@ def prompt_text(params: Mapping[str, Any], row: int) -> str | None:
 
 
 def choice(params: Mapping[str, Any], index: int, run) -> dict:
-    """Return one text_completion choice for a stored run (echo and logprobs as asked)."""
+    """Return one text_completion choice (index = prompt * n + choice) for a stored run (echo, logprobs as asked)."""
     stored = run.logprobs or {}
     prompt = stored.get("prompt")
     echo_text = ""
     if params["echo"]:
-        echo_text = prompt_text(params, index)
+        echo_text = prompt_text(params, index // int(params.get("n") or 1))
         if echo_text is None:
             echo_text = "".join(prompt["tokens"]) if prompt else ""
     logprobs = None
@@ -287,7 +299,7 @@ def choice(params: Mapping[str, Any], index: int, run) -> dict:
 
 
 def completion_body(job, runs: list) -> dict:
-    """Return the OpenAI text_completion object of a finished completion job (runs in prompt order)."""
+    """Return the OpenAI text_completion object of a finished completion job (runs in openai_rows order)."""
     p = sum(r.prompt_tokens for r in runs)
     c = sum(r.output_tokens for r in runs)
     return {

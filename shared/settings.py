@@ -124,7 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sweeper.lost_after", float, 60.0,
             "Seconds a queued job's message must be missing from Redis (e.g. a restart without persistence) before it is sent again."),
     Setting("v1.max_n", int, 8,
-            "Most choices (n) one chat completion may ask for; each is a row of the same job, decoded together."),
+            "Most choices (n) one chat completion, or one /v1/completions prompt, may ask for; each is a row of the "
+            "same job, decoded together."),
     Setting("v1.idempotency_hours", float, 24.0,
             "Hours a chat completion's Idempotency-Key (or an openai SDK retry of the same request) maps to its "
             "job: a retry within them answers from that job instead of submitting another."),

@@ -35,7 +35,10 @@ def completion_request_schema(settings: Mapping[str, Any], models: list[str], ch
                                                                  "logprobs, the prompt's token logprobs)."},
             "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TOP_LOGPROBS,
                          "description": "The top tokens' logprobs per position (raw: before temperature and top_p)."},
-            "temperature": chat["temperature"], "top_p": chat["top_p"], "seed": chat["seed"], "n": chat["n"],
+            "temperature": chat["temperature"], "top_p": chat["top_p"], "seed": chat["seed"],
+            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": settings["v1.max_n"],
+                  "description": "Choices per prompt, each a row of the job sampled with seed + i; choices come "
+                                 "prompt by prompt (index = prompt * n + choice); stream takes n = 1."},
             "stop": chat["stop"], "stream": chat["stream"], "stream_options": chat["stream_options"],
             "instaboost": {"anyOf": [boost, {"type": "null"}]},
             **neutral,

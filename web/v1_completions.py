@@ -1,6 +1,6 @@
 """POST /v1/completions (OpenAI's legacy completions) and GET /v1/completions/<id>: stored completion jobs.
 
-A completion is an ordinary stored job (kind "completion", one run per prompt), waited for and streamed as a
+A completion is an ordinary stored job (kind "completion", one run per prompt and choice), waited for and streamed as a
 chat completion is (web.v1, web.v1_stream); errors take OpenAI's shape like every /v1 path (web.errors).
 """
 
@@ -79,7 +79,7 @@ def _header_boost():
 
 @bp.post("/completions")
 def completions():
-    """Create a completion: one stored job, a row per prompt, answered when done (or streamed)."""
+    """Create a completion: one stored job, a row per prompt and choice, answered when done (or streamed)."""
     s = services()
     params = completion_params(_json_body(), s.settings, header_boost=_header_boost())
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))

@@ -1,4 +1,5 @@
-"""Inspect AI's `openai/` provider on the Responses API, running a tiny eval offline against the live server.
+"""Inspect AI's `openai/` provider on the Responses API (and with logprobs on chat completions), running a tiny
+eval offline against the live server.
 
 Inspect 0.3.x sends a model it does not know as an OpenAI reasoning model (o-series, gpt-5, codex) to chat
 completions unless `responses_api=true` (`-M responses_api=true`) is given; with it every sample is a
@@ -73,3 +74,28 @@ def test_inspect_openai_provider_runs_an_eval_on_the_responses_api(live_server, 
     assert {j["status"] for j in jobs} == {"succeeded"} and {j["stream"] for j in jobs} == {streaming}
     assert all(j["response"]["store"] is False for j in jobs)  # what Inspect sends
     assert all(j["messages"][0]["role"] == "system" for j in jobs)
+
+
+def test_inspect_with_logprobs_on_chat_completions(live_server, tmp_path, monkeypatch, pg_url):  # noqa: F811
+    """`--logprobs --top-logprobs 2` through chat completions: every sample's output carries its logprobs."""
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import GenerateConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", TOKEN)
+    monkeypatch.setenv("OPENAI_BASE_URL", live_server[0] + "/v1")
+    before = last_job_id(pg_url)
+    logs = inspect_eval(tiny_task(), model=f"openai/{MODEL}", model_base_url=live_server[0] + "/v1",
+                        model_args={"responses_api": False}, max_tokens=4, temperature=0, log_dir=str(tmp_path),
+                        display="none", max_retries=0, fail_on_error=True,
+                        **GenerateConfig(logprobs=True, top_logprobs=2).model_dump(exclude_none=True))
+    log = logs[0]
+    assert log.status == "success", log.error
+    assert len(log.samples) == len(SAMPLES)
+    for s in log.samples:
+        lp = s.output.choices[0].logprobs
+        assert lp is not None and lp.content, s.output
+        assert all(len(t.top_logprobs or []) == 2 for t in lp.content)
+    jobs = response_jobs(pg_url, before)
+    assert len(jobs) == len(SAMPLES) and {j["kind"] for j in jobs} == {"chat"}
+    assert not any(j.get("api") == "responses" for j in jobs)  # chat completions, not the Responses API
+    assert {j["logprobs"] for j in jobs} == {2}

@@ -141,3 +141,15 @@ def test_lm_eval_local_completions_scores_multiple_choice_unboosted_and_boosted(
           f"acc unboosted={scores['unboosted']:.3f} boosted (M=10 on the description)={scores['boosted']:.3f}")
     assert scores["unboosted"] > 0.4  # well above chance (0.25) for a 135M instruct model on these facts
     assert 0.0 <= scores["boosted"] <= 1.0
+
+
+def test_n_choices_per_prompt_in_openai_order_each_with_its_own_seed(client, pg_url):  # noqa: F811
+    prompts = [PROMPT, "Once upon a time"]
+    res = client.completions.create(model=MODEL, prompt=prompts, n=2, max_tokens=4, temperature=1, seed=11)
+    assert [c.index for c in res.choices] == [0, 1, 2, 3]
+    one = client.completions.create(model=MODEL, prompt=prompts[0], max_tokens=4, temperature=1, seed=12)
+    assert res.choices[1].text == one.choices[0].text  # prompt 0's choice 1 samples with seed + 1
+    first = client.completions.create(model=MODEL, prompt=prompts[1], max_tokens=4, temperature=1, seed=11)
+    assert res.choices[2].text == first.choices[0].text  # prompt 1's choice 0 samples with the seed itself
+    _, kind, _, runs = stored_job(pg_url, int(res.id.removeprefix("cmpl-")))
+    assert (kind, sorted(r[0] for r in runs)) == ("completion", ["p0", "p0_1", "p1", "p1_1"])

@@ -47,9 +47,18 @@ def test_token_spans_and_the_header_boost_with_the_body_winning():
     assert openai_request(p, "p0").prompt_spans == ((1, 3, 2.5),)
 
 
+def test_n_choices_are_rows_prompt_by_prompt_each_with_seed_plus_choice():
+    p = params(prompt=["a", [1, 2]], n=3, seed=2**32 - 2, temperature=1)
+    assert openai_rows(p) == ["p0", "p0_1", "p0_2", "p1", "p1_1", "p1_2"]  # choice 0 keeps n = 1's name
+    seeds = [openai_request(p, row).params.seed for row in openai_rows(p)]
+    assert seeds == [2**32 - 2, 2**32 - 1, 0] * 2
+    assert openai_request(p, "p1_2").prompt_ids == (1, 2) and openai_request(p, "p0_1").messages[0].content == "a"
+    assert openai_rows(params(prompt="a")) == ["p0"]
+
+
 def test_every_error_is_reported_at_once():
     with pytest.raises(ValidationError) as exc:
-        params(prompt="", logprobs=50, echo=1, n=3)
+        params(prompt="", logprobs=50, echo=1, n=0)
     assert {e["field"] for e in exc.value.errors} >= {"logprobs", "echo", "n"}
 
 

@@ -35,7 +35,13 @@ CASES = [
     ("logprobs-float", comp(logprobs=1.5)),
     ("max-tokens-negative", comp(max_tokens=-1)),
     ("max-tokens-string", comp(max_tokens="1")),
-    ("n-2", comp(n=2)),
+    ("n-0", comp(n=0)),
+    ("n-past-max-n", comp(n=9)),
+    ("n-string", comp(n="2")),
+    ("n-float", comp(n=1.5)),
+    ("n-bool", comp(n=True)),
+    ("n-times-prompts-past-64", comp(prompt=["a"] * 9, n=8)),
+    ("n-2-stream", comp(n=2, stream=True)),
     ("best-of-2", comp(best_of=2)),
     ("presence-penalty-false", comp(presence_penalty=False)),
     ("suffix", comp(suffix="x")),
@@ -78,3 +84,11 @@ def test_a_bad_boost_header_is_a_400(v1_app, header):  # noqa: F811
 def test_the_param_names_the_field(v1_app):  # noqa: F811
     err = v1_app.test_client().post("/v1/completions", json=comp(logprobs=99)).get_json()["error"]
     assert err["param"] == "logprobs" and "0 to 20" in err["message"]
+
+
+def test_n_is_checked_against_v1_max_n_and_stream(v1_app):  # noqa: F811
+    c = v1_app.test_client()
+    err = c.post("/v1/completions", json=comp(n=9)).get_json()["error"]
+    assert err["param"] == "n" and "8" in err["message"]
+    err = c.post("/v1/completions", json=comp(n=2, stream=True)).get_json()["error"]
+    assert err["param"] == "n" and "stream" in err["message"]
