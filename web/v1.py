@@ -10,10 +10,9 @@ idempotent under client retries (shared.store.idempotency). Errors take OpenAI's
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request
 
 from shared.chat import chat_params, completion_body, is_chat
 from shared.errors import InstaBoostError, ModelError, NotFound, UnsupportedMediaType, ValidationError
@@ -23,10 +22,9 @@ from shared.workers import live_workers
 from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
 from web.v1_errors import ERROR_CODES, ERROR_TYPES, job_failure, openai_error, timeout_error  # noqa: F401 (API)
-from web.v1_stream import chat_runs, stream_completion
+from web.v1_stream import POLL_SECONDS, chat_runs, sse_response, stream_completion, wait_for_job  # noqa: F401 (API)
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
-POLL_SECONDS = 0.1
 
 
 def error_from_exception(exc: InstaBoostError) -> Response:
@@ -132,23 +130,11 @@ def chat_completions():
     job_id = job.id
     wait = float(s.settings["v1.wait_seconds"])
     if params["stream"]:
-        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back)),
-                        mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                                               "X-InstaBoost-Job-Id": str(job_id)})
-        resp.call_on_close(give_back)  # also when the stream never started: the server closes every response
-        return resp
+        return sse_response(job_id, params, wait, give_back)
     try:
         session = db()
-        deadline = time.monotonic() + wait
-        while True:
-            job = session.get(Job, job_id, populate_existing=True)
-            session.commit()
-            if job.status.finished:
-                break
-            if time.monotonic() > deadline:
-                return timeout_error(job_id, wait)
-            time.sleep(POLL_SECONDS)
-        return _finished(session, job)
+        job = wait_for_job(session, job_id, wait)
+        return job if isinstance(job, Response) else _finished(session, job)
     finally:
         give_back()
 

@@ -7,9 +7,8 @@ chat completion is (web.v1, web.v1_stream); errors take OpenAI's shape like ever
 from __future__ import annotations
 
 import json
-import time
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
 from shared.completions import completion_body, completion_params, is_completion, openai_rows, prompt_text
@@ -19,9 +18,9 @@ from shared.store import idempotency, queries, submission
 from shared.store.tables import Job, JobStatus, Run
 from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
-from web.v1 import POLL_SECONDS, _json_body, _sdk_retry
-from web.v1_errors import job_failure, openai_error, timeout_error
-from web.v1_stream import ChatFrames, _sse, stream_completion
+from web.v1 import _json_body, _sdk_retry
+from web.v1_errors import job_failure, openai_error
+from web.v1_stream import ChatFrames, _sse, sse_response, wait_for_job
 
 bp = Blueprint("v1_completions", __name__, url_prefix="/v1")
 BOOST_HEADER = "X-InstaBoost"
@@ -95,23 +94,11 @@ def completions():
     job_id = job.id
     wait = float(s.settings["v1.wait_seconds"])
     if params["stream"]:
-        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back,
-                                                              CompletionFrames(job_id, params))),
-                        mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                                               "X-InstaBoost-Job-Id": str(job_id)})
-        resp.call_on_close(give_back)
-        return resp
+        return sse_response(job_id, params, wait, give_back, CompletionFrames(job_id, params))
     try:
         session = db()
-        deadline = time.monotonic() + wait
-        while True:
-            job = session.get(Job, job_id, populate_existing=True)
-            session.commit()
-            if job.status.finished:
-                return _finished(session, job)
-            if time.monotonic() > deadline:
-                return timeout_error(job_id, wait, f"/v1/completions/cmpl-{job_id}")
-            time.sleep(POLL_SECONDS)
+        job = wait_for_job(session, job_id, wait, f"/v1/completions/cmpl-{job_id}")
+        return job if isinstance(job, Response) else _finished(session, job)
     finally:
         give_back()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request
 
 from shared.errors import NotFound, ValidationError
 from shared.responses import (is_response, job_id_of, load_previous, message_item, output_text, response_body,
@@ -22,9 +22,9 @@ from shared.store import idempotency, submission
 from shared.store.tables import Job, JobStatus
 from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
-from web.v1 import POLL_SECONDS, _json_body, _sdk_retry
-from web.v1_errors import job_failure, openai_error, timeout_error
-from web.v1_stream import chat_run, stream_completion
+from web.v1 import _json_body, _sdk_retry
+from web.v1_errors import job_failure, openai_error
+from web.v1_stream import chat_run, sse_response, wait_for_job
 
 bp = Blueprint("v1_responses", __name__, url_prefix="/v1")
 
@@ -106,23 +106,12 @@ def create_response():
     job_id = job.id
     wait = float(s.settings["v1.wait_seconds"])
     if params["stream"]:
-        frames = ResponsesFrames(job_id, params)
-        resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back, frames)),
-                        mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                                               "X-InstaBoost-Job-Id": str(job_id)})
-        resp.call_on_close(give_back)
-        return resp
+        return sse_response(job_id, params, wait, give_back, ResponsesFrames(job_id, params))
     try:
         session = db()
-        deadline = time.monotonic() + wait
-        while True:
-            job = session.get(Job, job_id, populate_existing=True)
-            session.commit()
-            if job.status.finished:
-                break
-            if time.monotonic() > deadline:
-                return timeout_error(job_id, wait, f"/v1/responses/{response_id(job_id)}")
-            time.sleep(POLL_SECONDS)
+        job = wait_for_job(session, job_id, wait, f"/v1/responses/{response_id(job_id)}")
+        if isinstance(job, Response):
+            return job
         run = chat_run(session, job.id)
         if job.status is not JobStatus.succeeded or run is None:
             return job_failure(job)

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from flask import Response
+from flask import Response, stream_with_context
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,6 +29,7 @@ from web.v1_errors import job_failure, openai_error, timeout_error
 
 log = logging.getLogger(__name__)
 STREAM_POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1  # how often a waiting (not streamed) completion looks at its job
 STREAM_KEEPALIVE_SECONDS = 1.0  # an SSE comment this often while no text arrives: a gone client is noticed
 
 
@@ -234,3 +235,25 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
         if abandoned and left <= 0:
             _cancel_abandoned(s, job_id)
         on_end()
+
+
+def sse_response(job_id: int, params: dict, wait: float, give_back: Callable[[], None], frames=None) -> Response:
+    """Return job_id's answer as a server-sent event stream that holds its wait slot until the response closes."""
+    resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back, frames)),
+                    mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                                           "X-InstaBoost-Job-Id": str(job_id)})
+    resp.call_on_close(give_back)  # also when the stream never started: the server closes every response
+    return resp
+
+
+def wait_for_job(session, job_id: int, wait: float, poll_path: str | None = None) -> Job | Response:
+    """Return job_id once it has finished, or the 504 that names poll_path once wait seconds have passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        job = session.get(Job, job_id, populate_existing=True)
+        session.commit()
+        if job.status.finished:
+            return job
+        if time.monotonic() > deadline:
+            return timeout_error(job_id, wait, poll_path)
+        time.sleep(POLL_SECONDS)
