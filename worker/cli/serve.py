@@ -214,6 +214,9 @@ class _Child:
             if not self.was_ready and self.probe(self.proc):
                 self.was_ready = True
             return
+        if not self.was_ready and self.probe(self.proc):
+            # It became ready between two polls and died right after: a crash to restart, not a failed start.
+            self.was_ready = True
         if not self.was_ready:
             time.sleep(0.2)  # let the relay thread read its last lines
             raise _Fatal(f"the {self.name} process exited before it was ready ({_exit_reason(code)}): "
