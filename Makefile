@@ -33,7 +33,7 @@ test: install
 	@if [ "$(DOCKER)" = 0 ]; then echo "make test: DOCKER=0: no Docker engine started, the docker tests left out" >&2; \
 	else bash scripts/docker-engine.sh || echo "make test: no Docker engine (the reason is above);" \
 	  "tests/system/test_docker.py will be skipped" >&2; fi
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "$(PYTEST_MARKS)"
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "$(PYTEST_MARKS)" --durations=30
 
 # What needs no model, no services and no browser or Docker: the tests no marker excludes (tests/unit,
 # tests/cli and the unmarked tests of the other folders). No install step, no services started.
