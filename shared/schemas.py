@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from shared.errors import ValidationError
 from shared.requests.job import JobFields, validate_job
-from shared.requests.types import default_value
+from shared.requests.base import default_value
 from shared.settings import get_settings
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 

@@ -14,6 +14,7 @@ import pydantic
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from shared.errors import BadRequest, ValidationError
+from shared.requests import base
 from shared.requests import types as t
 from shared.requests.errors import FIELD as F, fail, problems
 from shared.validation import brief
@@ -42,7 +43,7 @@ def check_url(value: Any) -> str:
     return value
 
 
-class BatchLine(t.Request):
+class BatchLine(base.Request):
     """One line of a batch's input file: a chat-completions request, named by custom_id."""
 
     model_config = ConfigDict(extra="forbid")
@@ -102,7 +103,7 @@ def check_file_id(value: Any) -> str:
     return value
 
 
-class BatchCreate(t.Request):
+class BatchCreate(base.Request):
     """POST /v1/batches: run every line of an uploaded file (purpose batch) as a chat completion."""
 
     model_config = ConfigDict(extra="forbid", title="BatchCreateRequest")

@@ -8,7 +8,6 @@ params a chat job stores.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional
 
 import pydantic
@@ -18,29 +17,17 @@ from pydantic_core import PydanticCustomError
 from shared.errors import ValidationError
 from shared.logprobs import MAX_TOP_LOGPROBS
 from shared.requests import job
+from shared.requests import base
 from shared.requests import types as t
 from shared.requests.errors import FIELD as F, context, fail, not_an_object, problems, raise_problems, relocate
-from shared.response_format import parse as parse_response_format
-from shared.spec import CHAT_ROLES, MAX_STOP
+from shared.requests.openai import (REFUSED_WHY, Flag, Stop, check_logit_bias, check_metadata,
+                                    check_response_format, check_stream_options, check_top_logprobs, check_user,
+                                    neutral)
+from shared.spec import CHAT_ROLES
 from shared.validation import brief
 
 BOOST_OPEN, BOOST_CLOSE = "<boost>", "</boost>"
 ROLE_ALIASES = {"developer": "system"}
-MAX_USER_CHARS = 512
-MAX_METADATA = 16  # pairs; keys <= 64 characters, values <= 512, as OpenAI allows
-TOKEN_ID = re.compile("[0-9]{1,9}")  # a logit_bias key, as the OpenAPI document's pattern says
-# Why a neutral field at another value is refused, where "not supported" says too little.
-REFUSED_WHY = {"tools": "the served model's chat template declares no tool support (SmolLM2's has none): call "
-                        "tools client-side, or leave tools out",
-               "tool_choice": "the served model's chat template declares no tool support: leave tool_choice out",
-               "modalities": "this server generates text only: give [\"text\"] or leave it out",
-               # OpenAI fields with no neutral value here: always refused, saying why.
-               "audio": "this server generates text only: leave audio out",
-               "functions": "the served model's chat template declares no tool (function) support",
-               "function_call": "the served model's chat template declares no tool (function) support",
-               "web_search_options": "this server has no web search: leave web_search_options out"}
-
-
 def split_boost_tags(text: str, field: str) -> list[tuple[str, bool]]:
     """Return [(piece, boosted)] of text with its <boost>…</boost> tags removed; raise on malformed tags."""
     pieces: list[tuple[str, bool]] = []
@@ -70,24 +57,6 @@ def split_boost_tags(text: str, field: str) -> list[tuple[str, bool]]:
             pieces.append((text[pos:o], False))
         pieces.append((inner, True))
         pos = end + len(BOOST_CLOSE)
-
-
-def storable(value: str) -> bool:
-    """Return whether the text can be stored: no NUL (PostgreSQL), no lone surrogate (UTF-8)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in value
-
-
-def flag(value: Any) -> bool | None:
-    if value is not None and not isinstance(value, bool):
-        raise fail(f"{F} must be a boolean, got {brief(value)}")
-    return value
-
-
-Flag = Annotated[Optional[bool], BeforeValidator(flag)]
 
 
 # -- the boost -----------------------------------------------------------------------------------------------------
@@ -128,24 +97,24 @@ def check_heads(value: Any, info: ValidationInfo) -> float | dict[str, list[int]
     raise fail(f"{F} must be a percentage of heads in (0, 100] or {{\"layer\": [head indices]}}; got {brief(value)}")
 
 
-class InstaBoost(t.Request):
+class InstaBoost(base.Request):
     """The boost (extra_body instaboost): without it nothing is boosted unless a message marks spans."""
 
     BOOST_KEYS: ClassVar[tuple[str, ...]] = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads",
                                              "placement")
 
-    multiplier: job.Multiplier = t.meta("M", "The attention multiplier on the boosted spans (1 = no boost).",
+    multiplier: job.Multiplier = base.meta("M", "The attention multiplier on the boosted spans (1 = no boost).",
                                         setting="instaboost.multiplier")
     layers: Annotated[Optional[str | list[int]], BeforeValidator(check_layers)] = Field(
         None, description="all, middle (start_layer, num_middle_layers) or explicit layer indices; default: the "
         "setting instaboost.boost_middle_layers_only.")
-    start_layer: job.StartLayer = t.meta("Start layer", "First layer of the middle block.",
+    start_layer: job.StartLayer = base.meta("Start layer", "First layer of the middle block.",
                                          setting="instaboost.start_layer")
-    num_middle_layers: job.NumMiddleLayers = t.meta("Middle layers", "How many layers the middle block spans.",
+    num_middle_layers: job.NumMiddleLayers = base.meta("Middle layers", "How many layers the middle block spans.",
                                                     setting="instaboost.num_middle_layers")
     heads: Annotated[Optional[float | dict[str, list[int]]], BeforeValidator(check_heads)] = Field(
         None, description="A percentage of heads in (0, 100] boosted per layer, or {\"layer\": [head indices]}.")
-    placement: job.Placement = t.meta("Placement", "Where the instruction goes (system, prefix, raw).",
+    placement: job.Placement = base.meta("Placement", "Where the instruction goes (system, prefix, raw).",
                                       setting="instaboost.placement")
 
     def resolved(self, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,128 +223,41 @@ def messages_total(messages: list[ChatMessage], info: ValidationInfo) -> list[Ch
     return messages
 
 
-# -- the other OpenAI fields ---------------------------------------------------------------------------------------
-
-
-def check_stop(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or len(items) > MAX_STOP or not all(isinstance(s, str) and s for s in items):
-        raise fail(f"stop must be a non-empty string or a list of up to {MAX_STOP} non-empty strings; got "
-                   f"{brief(value)}")
-    if any(len(s) > 200 for s in items):
-        raise fail("each stop string must be at most 200 characters")
-    return list(dict.fromkeys(items))
-
-
-Stop = Annotated[Optional[str | list[str]], BeforeValidator(check_stop)]
-
-
-def check_logit_bias(value: Any) -> dict[str, float] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or len(value) > t.MAX_LOGIT_BIAS:
-        raise fail(f"logit_bias must be an object of at most {t.MAX_LOGIT_BIAS} entries {{\"token id\": bias}}; got "
-                   f"{brief(value)}")
-    out = {}
-    for k, b in value.items():
-        key = str(k)
-        if not TOKEN_ID.fullmatch(key):
-            raise fail(f"logit_bias keys must be token ids (integers >= 0 as text); got {brief(k)}")
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not -100 <= b <= 100:
-            raise fail(f"logit_bias[{key}] must be a number in [-100, 100]; got {brief(b)}")
-        out[str(int(key))] = float(b)
-    return out
-
-
-def check_user(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or len(value) > MAX_USER_CHARS or not storable(value)):
-        raise fail(f"user must be a string of at most {MAX_USER_CHARS} characters (valid text without NUL); got "
-                   f"{brief(value)}")
-    return value
-
-
-def check_metadata(value: Any) -> dict[str, str] | None:
-    if value is not None and (not isinstance(value, Mapping) or len(value) > MAX_METADATA or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(x, str) and len(x) <= 512 and storable(k + x)
-            for k, x in value.items())):
-        raise fail(f"metadata must be an object of at most {MAX_METADATA} string pairs (keys up to 64 characters, "
-                   f"values up to 512, valid text without NUL); got {brief(value)}")
-    return dict(value) if value is not None else None
-
-
-def check_stream_options(value: Any) -> Any:
-    if value is not None and (not isinstance(value, Mapping) or any(k != "include_usage" for k in value)):
-        raise fail("stream_options may only hold include_usage")
-    return value
-
-
-def check_top_logprobs(top: Any, info: ValidationInfo) -> int | None:
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
-        raise fail(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {brief(top)}")
-    if top and not info.data.get("logprobs"):
-        raise fail("top_logprobs needs logprobs: true")
-    return top
-
-
-def check_response_format(value: Any, info: ValidationInfo) -> dict | None:
-    try:
-        return parse_response_format(value, t.setting(info, "limits.max_text_chars"))
-    except ValidationError as exc:
-        e = (exc.errors or [{"field": exc.field or "response_format", "message": exc.message}])[0]
-        raise fail(e["message"], field=e["field"]) from None
-
-
-def neutral(key: str, allowed: tuple | None) -> Any:
-    """An OpenAI field accepted only at a value that changes nothing here (allowed; None: any value)."""
-    def check(value: Any) -> Any:
-        # A boolean is not a number here: false is not 0.
-        if allowed is not None and not any(value == a and isinstance(value, bool) == isinstance(a, bool)
-                                           for a in allowed):
-            raise fail(f"{key}: {REFUSED_WHY[key]}" if key in REFUSED_WHY else
-                       f"{key} is not supported by this server (give {brief(allowed[0])} or leave it out)")
-        return value
-
-    return Annotated[Any, BeforeValidator(check), Field(None, description="Accepted only at a value that changes "
-                                                        "nothing here" + (f": {allowed!r}." if allowed else "."))]
-
-
-class ChatCompletionRequest(t.Request):
+class ChatCompletionRequest(base.Request):
     """An OpenAI chat-completions body (the fields this server uses, and the ones accepted at neutral values)."""
 
     own_missing: ClassVar[tuple[str, ...]] = ("model",)
     MISSING: ClassVar[dict[str, str]] = {"model": "model is required: a model a live worker serves (see GET /v1/models)"}
 
     # Accepted only at the value that changes nothing here (README, "/v1 fields").
-    store: neutral("store", None)
-    parallel_tool_calls: neutral("parallel_tool_calls", None)
-    service_tier: neutral("service_tier", None)
-    tools: neutral("tools", (None,))
-    tool_choice: neutral("tool_choice", (None, "none"))
-    reasoning_effort: neutral("reasoning_effort", None)
-    prediction: neutral("prediction", (None,))
-    modalities: neutral("modalities", (None, ["text"]))
-    prompt_cache_key: neutral("prompt_cache_key", None)
-    safety_identifier: neutral("safety_identifier", None)
-    verbosity: neutral("verbosity", None)
+    store: neutral("store")
+    parallel_tool_calls: neutral("parallel_tool_calls")
+    service_tier: neutral("service_tier")
+    tools: neutral("tools")
+    tool_choice: neutral("tool_choice")
+    reasoning_effort: neutral("reasoning_effort")
+    prediction: neutral("prediction")
+    modalities: neutral("modalities")
+    prompt_cache_key: neutral("prompt_cache_key")
+    safety_identifier: neutral("safety_identifier")
+    verbosity: neutral("verbosity")
 
-    model: job.ModelName = t.meta("Model", "A model a live worker serves (see GET /v1/models).", required=True)
-    n: t.integer(1, hi_setting="v1.max_n", optional=True) = t.meta(
+    model: job.ModelName = base.meta("Model", "A model a live worker serves (see GET /v1/models).", required=True)
+    n: t.integer(1, hi_setting="v1.max_n", optional=True) = base.meta(
         "Choices", "How many choices to generate (each a row of the job, sampled with seed + i).", default=1)
     stream: Flag = Field(False, description="Stream the text as server-sent events as it is generated.")
     stream_options: Annotated[Optional[dict[str, Any]], BeforeValidator(check_stream_options)] = Field(
         None, description="{include_usage}: end the stream with a usage chunk.")
     max_completion_tokens: job.MaxNewTokens = Field(None, description="New tokens at most (wins over max_tokens).")
-    max_tokens: job.MaxNewTokens = t.meta("Max tokens", "New tokens at most.", setting="generation.max_new_tokens")
-    temperature: job.Temperature = t.meta("Temperature", "0 is greedy.", setting="generation.temperature")
-    top_p: job.TopP = t.meta("Top p", "Nucleus sampling threshold.", setting="generation.top_p")
-    seed: job.Seed = t.meta("Seed", "Sampling seed (choice i samples with seed + i).", setting="random_seed")
-    top_k: job.TopK = t.meta("Top k", "0 = off.", default=0)
-    min_p: job.MinP = t.meta("Min p", "0 = off.", default=0.0)
-    repetition_penalty: job.RepetitionPenalty = t.meta("Repetition penalty", "1 = off.", default=1.0)
-    presence_penalty: job.Penalty = t.meta("Presence penalty", "0 = off.", default=0.0)
-    frequency_penalty: job.Penalty = t.meta("Frequency penalty", "0 = off.", default=0.0)
+    max_tokens: job.MaxNewTokens = base.meta("Max tokens", "New tokens at most.", setting="generation.max_new_tokens")
+    temperature: job.Temperature = base.meta("Temperature", "0 is greedy.", setting="generation.temperature")
+    top_p: job.TopP = base.meta("Top p", "Nucleus sampling threshold.", setting="generation.top_p")
+    seed: job.Seed = base.meta("Seed", "Sampling seed (choice i samples with seed + i).", setting="random_seed")
+    top_k: job.TopK = base.meta("Top k", "0 = off.", default=0)
+    min_p: job.MinP = base.meta("Min p", "0 = off.", default=0.0)
+    repetition_penalty: job.RepetitionPenalty = base.meta("Repetition penalty", "1 = off.", default=1.0)
+    presence_penalty: job.Penalty = base.meta("Presence penalty", "0 = off.", default=0.0)
+    frequency_penalty: job.Penalty = base.meta("Frequency penalty", "0 = off.", default=0.0)
     logit_bias: Annotated[Optional[dict[str, float]], BeforeValidator(check_logit_bias)] = Field(
         None, description=f"{{token id: bias in [-100, 100]}} added to those tokens' logits, at most "
         f"{t.MAX_LOGIT_BIAS} entries (-100 in effect bans a token, 100 forces it).")

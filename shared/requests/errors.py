@@ -52,7 +52,7 @@ def problems(exc: pydantic.ValidationError, unknown: Callable[[str, str], str] |
             field = path([ctx["field"]], prefix) if ctx.get("field") else name + ctx.get("at", "")
             problem = {"field": field, "message": ctx["message"].replace(FIELD, name)}
         elif e["type"] == "extra_forbidden":
-            key, where = str(loc[-1]), path(loc[:-1])
+            key, where = str(loc[-1]), path(loc[:-1], prefix)
             full = path([*loc[:-1], key], prefix)
             problem = {"field": full[:64], "message": unknown(key, where) if unknown else
                        f"unknown field {full!r}: leave it out"}

@@ -15,6 +15,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from shared.errors import ValidationError
+from shared.requests import base
 from shared.requests import types as t
 from shared.requests.errors import context, fail, not_an_object, problems, raise_problems
 from shared.validation import brief
@@ -39,82 +40,82 @@ RepetitionPenalty = t.number(0, 10, lo_open=True, optional=True)
 Penalty = t.number(-2, 2, optional=True)
 
 
-class JobFields(t.Request):
+class JobFields(base.Request):
     """A job: what to generate (instruction, query, model) and how to boost, decode and score it."""
 
     model_config = ConfigDict(frozen=True, title="JobRequest")
 
-    instruction: t.text() = t.meta("Instruction", "Text whose tokens get boosted (a system prompt, a guideline, a "
+    instruction: t.text() = base.meta("Instruction", "Text whose tokens get boosted (a system prompt, a guideline, a "
                                  "format rule).", cli="--instruction")
-    query: t.text() = t.meta("Query", "The user's message the model answers.", cli="--query")
-    model: ModelName = t.meta("Model", "A model a live worker serves (see /api/models): an alias, hub id, "
+    query: t.text() = base.meta("Query", "The user's message the model answers.", cli="--query")
+    model: ModelName = base.meta("Model", "A model a live worker serves (see /api/models): an alias, hub id, "
                                      "folder or .gguf path.", setting="model.name", cli="--model")
-    multipliers: t.numbers(0, t.MAX_MULTIPLIER, lo_open=True, hint=MULTIPLIER_HINT, optional=True) = t.meta(
+    multipliers: t.numbers(0, t.MAX_MULTIPLIER, lo_open=True, hint=MULTIPLIER_HINT, optional=True) = base.meta(
         "Multipliers M", "Attention multipliers M on the instruction tokens; one boosted variant per multiplier and "
         "layer mode (1 = no boost, below 1 de-boosts). The API and form also take 'recommended': the M the latest "
         "finished calibration sweep of the model recommends.", setting="instaboost.multiplier", cli="--multiplier",
         cli_short="-m")
-    layer_modes: t.choices(t.LAYER_MODES, True) = t.meta(
+    layer_modes: t.choices(t.LAYER_MODES, True) = base.meta(
         "Boost layers", "Which layers each multiplier boosts: all layers, the middle block, or both (one variant "
         "each).", default=t.LAYER_MODES)
-    start_layer: StartLayer = t.meta(
+    start_layer: StartLayer = base.meta(
         "Start layer (middle block)", "First layer of the middle block.", setting="instaboost.start_layer",
         advanced=True, cli="--start-layer")
-    num_middle_layers: NumMiddleLayers = t.meta(
+    num_middle_layers: NumMiddleLayers = base.meta(
         "Middle layers", "How many layers the middle block spans.", setting="instaboost.num_middle_layers",
         advanced=True, cli="--num-middle-layers")
-    head_boost_percentage: HeadPercentage = t.meta(
+    head_boost_percentage: HeadPercentage = base.meta(
         "Heads boosted (%)", "Percentage of heads boosted in each boosted layer, chosen with the seed.",
         setting="instaboost.head_boost_percentage", advanced=True)
-    seed: Seed = t.meta(
+    seed: Seed = base.meta(
         "Seed", "Seed for head selection and sampling.", setting="random_seed", advanced=True, cli="--seed")
-    placement: Placement = t.meta(
+    placement: Placement = base.meta(
         "Instruction placement", "Where the instruction goes: the chat system turn, the start of the user turn, or "
         "no template.", setting="instaboost.placement", advanced=True, cli="--placement")
-    engine: Engine = t.meta(
+    engine: Engine = base.meta(
         "Engine", "fast (log-M bias inside fused attention) or transformerlens (the hook_pattern reference).",
         setting="instaboost.engine", advanced=True, cli="--engine")
-    max_new_tokens: MaxNewTokens = t.meta(
+    max_new_tokens: MaxNewTokens = base.meta(
         "Max new tokens", "New tokens per generation.", setting="generation.max_new_tokens", advanced=True,
         cli="--max-new-tokens")
-    temperature: Temperature = t.meta(
+    temperature: Temperature = base.meta(
         "Temperature (0 = greedy)", "Sampling temperature; 0 means greedy decoding.",
         setting="generation.temperature", advanced=True, cli="--temperature")
-    top_p: TopP = t.meta(
+    top_p: TopP = base.meta(
         "Top p", "Nucleus sampling threshold (used when temperature > 0).", setting="generation.top_p",
         advanced=True, cli="--top-p")
-    attention: t.boolean(True) = t.meta(
+    attention: t.boolean(True) = base.meta(
         "Attention analysis", "Also measure the attention mass on the instruction per layer, unboosted and boosted "
         "(two extra forward passes over each output).", default=False, advanced=True, cli="--attention")
-    checks: t.checks(True) = t.meta(
+    checks: t.checks(True) = base.meta(
         "Checks", "Pass/fail checks scored on every output: a JSON list of {type, value}, e.g. "
         '[{"type": "lowercase"}, {"type": "max_words", "value": 50}] (types: regex, not_contains_regex, '
         "contains, not_contains, json, lowercase, uppercase, max_words).", default=(), advanced=True)
-    ifeval: t.ifeval(True) = t.meta(
+    ifeval: t.ifeval(True) = base.meta(
         "IFEval checks", "IFEval instructions verified on every output (Google's checkers): a JSON list of ids or "
         '{id, kwargs}, e.g. ["change_case:english_lowercase", {"id": "length_constraints:number_words", '
         '"kwargs": {"num_words": 50, "relation": "less than"}}].', default=(), advanced=True)
-    score_perplexity: t.boolean(True) = t.meta(
+    score_perplexity: t.boolean(True) = base.meta(
         "Score perplexity", "Score each output's perplexity under the same model without the boost (one extra "
         "batched forward pass); it feeds the 0-2 fluency score.", default=True, advanced=True)
-    judge: t.boolean(True) = t.meta(
+    judge: t.boolean(True) = base.meta(
         "LLM judge", "Ask the LLM judge (settings judge.url, judge.model) whether each output follows the "
         "instruction and how fluent it is; off by default.", default=False, advanced=True)
     # Sampling extras (worker.engine.logits), also on /v1/chat/completions; each default changes nothing.
-    top_k: TopK = t.meta(
+    top_k: TopK = base.meta(
         "Top k (0 = off)", "Sample only from the k most likely tokens (0 = off; used when temperature > 0).",
         default=0, advanced=True, cli="--top-k")
-    min_p: MinP = t.meta(
+    min_p: MinP = base.meta(
         "Min p (0 = off)", "Drop tokens less likely than min_p times the most likely one (0 = off; used when "
         "temperature > 0).", default=0.0, advanced=True, cli="--min-p")
-    repetition_penalty: RepetitionPenalty = t.meta(
+    repetition_penalty: RepetitionPenalty = base.meta(
         "Repetition penalty (1 = off)", "CTRL's repetition penalty over the prompt and the output: above 1 "
         "discourages repeating a token, below 1 encourages it (1 = off).", default=1.0, advanced=True,
         cli="--repetition-penalty")
-    presence_penalty: Penalty = t.meta(
+    presence_penalty: Penalty = base.meta(
         "Presence penalty", "OpenAI's presence penalty: subtracted from the logit of every token already generated "
         "(0 = off).", default=0.0, advanced=True, cli="--presence-penalty")
-    frequency_penalty: Penalty = t.meta(
+    frequency_penalty: Penalty = base.meta(
         "Frequency penalty", "OpenAI's frequency penalty: subtracted once per time a token was already generated "
         "(0 = off).", default=0.0, advanced=True, cli="--frequency-penalty")
 
@@ -168,16 +169,34 @@ _ADAPTERS: dict[str, pydantic.TypeAdapter] = {}
 
 
 def check_field(name: str, value: Any, settings: Mapping[str, Any] | None, strict: bool = True,
-                model: type[BaseModel] = JobFields) -> tuple[Any, list[dict]]:
-    """Return (the value validated as model's field name, []) or (None, its errors): for one field alone."""
+                model: type[BaseModel] = JobFields, unknown: Any = None) -> tuple[Any, list[dict]]:
+    """Return (value validated as model's field name, []) or (None, its problems): one field alone.
+
+    None takes the field's default (from settings where it names one). unknown words an unknown key's problem
+    in an object field (errors.problems).
+    """
+    f = model.model_fields[name]
+    if value is None:
+        return base.default_value(f, settings), []
     key = f"{model.__qualname__}.{name}"
     if key not in _ADAPTERS:
-        f = model.model_fields[name]
         _ADAPTERS[key] = pydantic.TypeAdapter(f.rebuild_annotation())
     try:
         return _ADAPTERS[key].validate_python(value, strict=strict, context=context(settings, strict)), []
     except pydantic.ValidationError as exc:
-        return None, problems(exc, prefix=name)  # a field alone has no name in its locations: give it its own
+        # A field alone has no name in its locations: give it its own.
+        return None, problems(exc, unknown, prefix=name)
+
+
+_MULTIPLIER = pydantic.TypeAdapter(Multiplier)
+
+
+def multiplier_problems(value: Any, name: str, settings: Mapping[str, Any] | None) -> tuple[float | None, list[dict]]:
+    """Return (value as a multiplier M, []) or (None, its problems named name): M anywhere in a request."""
+    try:
+        return _MULTIPLIER.validate_python(value, strict=True, context=context(settings, True)), []
+    except pydantic.ValidationError as exc:
+        return None, problems(exc, prefix=name)
 
 
 def check_values(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> None:

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from shared.evaluation import protocol
 from shared.evaluation.cases import PACKS_BY_NAME
 from shared.requests import job
+from shared.requests import base
 from shared.requests import types as t
 from shared.requests.errors import FIELD as F, context, fail, not_an_object, path, problems, raise_problems
 from shared.validation import as_int, brief
@@ -43,7 +44,7 @@ def check_split(value: Any) -> str | None:
     return value
 
 
-class SweepCase(t.Request):
+class SweepCase(base.Request):
     """One case of a sweep: an instruction, a query and the checks its outputs are scored with."""
 
     instruction: t.text() = Field(description="Text whose tokens get boosted.")
@@ -167,7 +168,7 @@ def _unique(items: list) -> list:
     return list(dict.fromkeys(items))
 
 
-class SweepRequestBody(t.Request):
+class SweepRequestBody(base.Request):
     """A calibration sweep (JSON API): the paper's protocol for choosing M over a case set."""
 
     model_config = ConfigDict(title="SweepRequest")
