@@ -16,7 +16,7 @@ from shared.evaluation.cases import PACKS
 from shared.evaluation.checks import CHECK_TYPES, IFEVAL, IFEVAL_KWARGS, LANGUAGES, RELATIONS
 from shared.fields import BY_NAME, CHAT_BY_NAME, JOB_FIELDS, LAYER_MODES, MAX_CHECKS, MAX_LOGIT_BIAS, PLACEMENTS, JobField
 from shared.spec import MAX_STOP
-from shared.validation import WHITESPACE
+from shared.validation import MAX_MODEL_NAME, WHITESPACE
 from web.apidoc import body
 
 def _pattern_class(chars: str) -> str:
@@ -86,8 +86,8 @@ def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
         ws = _pattern_class(WHITESPACE + "\x00")
         schema = {"type": "string", "minLength": 1, "maxLength": settings["limits.max_text_chars"],
                   "pattern": f"^[^\\u0000]*[^{ws}][^\\u0000]*$"}
-    elif f.kind == "model":
-        schema = {"type": "string"}
+    elif f.kind == "model":  # which models are served now is live: GET /api/models
+        schema = {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME}
     elif f.kind in ("integer", "number"):
         schema = {"type": f.kind, **_number_bounds(f, settings)}
     elif f.kind == "choice":
