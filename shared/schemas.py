@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
-from shared.fields import FIELD_NAMES, JOB_FIELDS
+from shared.requests.job import JobFields, validate_job
+from shared.requests.base import default_value
+from shared.settings import get_settings
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
-from shared.validation import Validator, brief
 
-MAX_REPORTED_UNKNOWN = 10  # a body of thousands of stray keys gets a short answer, not thousands of errors
 # No tokenizer we know has a token longer than this (SmolLM2's longest is 81 bytes, a run of spaces), so
 # ceil(utf8_bytes / MAX_BYTES_PER_TOKEN) is a safe lower bound on a text's token count at submit time.
 MAX_BYTES_PER_TOKEN = 128
@@ -47,41 +47,15 @@ def variant_name(multiplier: float, layer_mode: str) -> str:
 ORIGINAL = Variant("original", 1.0, "none")
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """A validated job: what to generate and how to boost it."""
-
-    instruction: str
-    query: str
-    model: str
-    multipliers: tuple[float, ...]
-    layer_modes: tuple[str, ...]
-    start_layer: int
-    num_middle_layers: int
-    head_boost_percentage: float
-    seed: int
-    placement: str
-    engine: str
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    attention: bool
-    checks: tuple[dict, ...] = ()
-    ifeval: tuple[dict, ...] = ()
-    score_perplexity: bool = True
-    judge: bool = False
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+class JobRequest(JobFields):
+    """A validated job: what to generate and how to boost it (fields: shared.requests.job.JobFields)."""
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
     def defaults(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Return the value each optional field takes when omitted."""
-        return {f.name: f.default_value(settings) for f in JOB_FIELDS if not f.required}
+        return {name: default_value(f, settings) for name, f in cls.model_fields.items() if not f.is_required()}
 
     @classmethod
     def from_dict(cls, data: Any, settings: Mapping[str, Any] | None = None, strict: bool = False) -> "JobRequest":
@@ -91,47 +65,18 @@ class JobRequest:
         numbers as numbers, lists as arrays, and null (not "") for "use the default". Forms send
         text, so without strict "5" is a number, "2, 10" a list and "" the default.
         """
-        if settings is None:
-            from shared.settings import get_settings
-
-            settings = get_settings()
-        if not isinstance(data, Mapping):
-            raise ValidationError("the request body must be a JSON object with at least instruction and query",
-                                  errors=[{"field": "body", "message": "expected a JSON object"}])
-        v = Validator(settings, strict)
-        unknown = [str(k) for k in data if k not in FIELD_NAMES]
-        for key in unknown[:MAX_REPORTED_UNKNOWN]:
-            v.error(key[:64], f"unknown field {brief(key)}; allowed fields: {', '.join(FIELD_NAMES)}")
-        if len(unknown) > MAX_REPORTED_UNKNOWN:
-            v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(FIELD_NAMES)}")
-        given = {k: val for k, val in data.items() if k in FIELD_NAMES and val is not None and (strict or val != "")}
-        values = {**cls.defaults(settings), **given}
-        out = {f.name: v.check(f, values.get(f.name) if f.required else values[f.name]) for f in JOB_FIELDS}
-
-        if out["multipliers"] and out["layer_modes"]:
-            count = 1 + len(out["multipliers"]) * len(out["layer_modes"])
-            limit = settings["limits.max_variants"]
-            if count > limit:
-                v.error("multipliers", f"{count} variants requested (1 original + {len(out['multipliers'])} "
-                                       f"multipliers x {len(out['layer_modes'])} layer modes); at most {limit} "
-                                       "are allowed: drop some multipliers or layer modes")
-        if out.get("judge") and not str(settings.get("judge.url", "") or "").strip():
-            v.error("judge", "judge: no LLM judge is configured on this service (setting judge.url); leave judge off")
-        if v.errors:
-            fields_ = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
-            raise ValidationError(f"invalid job request: fix {fields_}", errors=v.errors)
-        return cls(**out)
+        return validate_job(cls, data, get_settings() if settings is None else settings, strict)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "JobRequest":
         """Rebuild a request from stored Job.params (already validated when submitted)."""
         # Jobs stored before a field was added lack it: they take its declared default.
-        data = {f.name: params.get(f.name, f.default) for f in JOB_FIELDS}
+        data = {name: params.get(name, default_value(f, None)) for name, f in cls.model_fields.items()}
         data["multipliers"] = tuple(float(m) for m in data["multipliers"])
         data["layer_modes"] = tuple(data["layer_modes"])
         data["checks"] = tuple(dict(c) for c in data["checks"] or ())
         data["ifeval"] = tuple(dict(c) for c in data["ifeval"] or ())
-        return cls(**data)
+        return cls.model_construct(**data)
 
     def check_model(self, facts: Mapping[str, Any]) -> None:
         """Raise ValidationError when the request cannot run on a model with these facts.
@@ -166,7 +111,7 @@ class JobRequest:
 
     def to_params(self) -> dict[str, Any]:
         """Return the JSON-able parameters stored on the job."""
-        d = asdict(self)
+        d = self.model_dump()
         d["multipliers"] = list(self.multipliers)
         d["layer_modes"] = list(self.layer_modes)
         d["checks"] = [dict(c) for c in self.checks]

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 from shared.errors import ValidationError
 from shared.fields import LAYER_MODES, MAX_LOGIT_BIAS, MAX_MULTIPLIER, PLACEMENTS
-from shared.validation import check_values
+from shared.requests.job import check_values
 
 
 def check_multiplier(value, field_name: str = "multiplier") -> float:
