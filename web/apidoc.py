@@ -33,10 +33,17 @@ class DocumentOnly(FlaskPlugin):
         pass  # served by web.api at /api/openapi.json, with this deployment's bounds (document())
 
 
+def component_name(model: type) -> str:
+    """A model's schema name in the document: its declared title (JobFields is "JobRequest"), else its class name."""
+    config = getattr(model, "model_config", {})
+    return config.get("title") or model.__name__
+
+
 SPEC = SpecTree(backend=DocumentOnly, mode="strict", annotations=False, title="InstaBoost Service",
                 version="0.1.0", description="Submit instruction attention boosting jobs and read their outputs. "
                 "Errors are RFC 9457 problem documents naming the offending field.",
-                naming_strategy=lambda model: model.__name__, nested_naming_strategy=lambda _parent, child: child)
+                naming_strategy=lambda model: component_name(model),
+                nested_naming_strategy=lambda _parent, child: child)
 
 RETRY_AFTER = "Retry-After"
 LOCATION = "Location"
@@ -95,10 +102,13 @@ class Body(RootModel[Any]):
     """A request body whose schema depends on the deployment's settings (filled in by document())."""
 
 
-def body(name: str, build: Callable[[Mapping[str, Any]], dict[str, Any]]) -> type:
-    """Return the model a route names as its body; its schema under settings is build(settings)."""
-    BODIES[name] = build
-    return type(name, (Body,), {"__module__": __name__, "__doc__": Body.__doc__})
+def body(model: str | type, build: Callable[[Mapping[str, Any]], dict[str, Any]]) -> type:
+    """Return the model a route names as its body (a request model of shared.requests, or a name for one without
+    a model); its schema under a deployment's settings is build(settings)."""
+    if isinstance(model, str):
+        model = type(model, (Body,), {"__module__": __name__, "__doc__": Body.__doc__})
+    BODIES[component_name(model)] = build
+    return model
 
 
 def operation(operation_id: str, replies: Mapping[int, Reply], *, json: type | None = None,

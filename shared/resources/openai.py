@@ -96,7 +96,7 @@ class Usage(Described):
     total_tokens: int
 
 
-class ChatMessage(Described):
+class AssistantMessage(Described):
     role: Literal["assistant"]
     content: str
     refusal: None = None
@@ -104,7 +104,7 @@ class ChatMessage(Described):
 
 class ChatChoice(Described):
     index: int
-    message: ChatMessage
+    message: AssistantMessage
     finish_reason: Literal["stop", "length"]
     logprobs: Object | None = None
 
