@@ -6,14 +6,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
+from shared.requests.fit import fit_problems
 from shared.requests.job import JobFields, validate_job
 from shared.requests.base import default_value
 from shared.settings import get_settings
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 
-# No tokenizer we know has a token longer than this (SmolLM2's longest is 81 bytes, a run of spaces), so
-# ceil(utf8_bytes / MAX_BYTES_PER_TOKEN) is a safe lower bound on a text's token count at submit time.
-MAX_BYTES_PER_TOKEN = 128
 
 
 @dataclass(frozen=True)
@@ -79,30 +77,11 @@ class JobRequest(JobFields):
         return cls.model_construct(**data)
 
     def check_model(self, facts: Mapping[str, Any]) -> None:
-        """Raise ValidationError when the request cannot run on a model with these facts.
-
-        facts come from worker heartbeats ({"n_layers", "max_context"}, each optional). The prompt
-        check is a lower bound (ceil(utf8 bytes / MAX_BYTES_PER_TOKEN) tokens, template excluded): it
-        only refuses prompts that cannot fit; the worker counts tokens exactly before generating.
-        """
-        errors: list[dict] = []
-        n_layers = facts.get("n_layers")
-        # Refused in any layer mode: a start_layer past the model is a mistake even when unused.
-        if isinstance(n_layers, int) and self.start_layer >= n_layers:
-            errors.append({"field": "start_layer", "message": f"start_layer {self.start_layer} is out of range: "
-                           f"{self.model} has {n_layers} layers (0..{n_layers - 1})"})
-        context = facts.get("max_context")
-        if isinstance(context, int):
-            if self.max_new_tokens >= context:
-                errors.append({"field": "max_new_tokens", "message": f"max_new_tokens {self.max_new_tokens} does "
-                               f"not fit {self.model}'s context of {context} tokens; ask for fewer"})
-            else:
-                nbytes = len(self.instruction.encode("utf-8")) + len(self.query.encode("utf-8"))
-                at_least = -(-nbytes // MAX_BYTES_PER_TOKEN)
-                if at_least + self.max_new_tokens > context:
-                    errors.append({"field": "query", "message": f"the prompt is at least {at_least} tokens; with "
-                                   f"max_new_tokens {self.max_new_tokens} it exceeds {self.model}'s context of "
-                                   f"{context} tokens: shorten the instruction or query"})
+        """Raise ValidationError when the request cannot run on a model with these facts (shared.requests.fit)."""
+        # start_layer is refused in any layer mode: a start_layer past the model is a mistake even when unused.
+        errors = fit_problems(facts, self.model, start_layer=self.start_layer, max_new_tokens=self.max_new_tokens,
+                              tokens_field="max_new_tokens", prompt_field="query",
+                              prompt_bytes=len(self.instruction.encode("utf-8")) + len(self.query.encode("utf-8")))
         if errors:
             fields_ = ", ".join(e["field"] for e in errors)
             raise ValidationError(f"the job does not fit model {self.model}: fix {fields_}", errors=errors)

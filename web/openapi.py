@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from shared.calibration import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES, SWEEP_JOB_FIELDS
+from shared.calibration import SWEEP_JOB_FIELDS
 from shared.chat import BOOST_KEYS
 from shared.chat import NEUTRAL as CHAT_NEUTRAL
 from shared.chat_extras import MAX_METADATA, MAX_USER_CHARS, SAMPLING_FIELDS
@@ -16,6 +16,7 @@ from shared.evaluation.cases import PACKS
 from shared.evaluation.checks import CHECK_TYPES, IFEVAL, IFEVAL_KWARGS, LANGUAGES, RELATIONS
 from shared.fields import BY_NAME, CHAT_BY_NAME, JOB_FIELDS, LAYER_MODES, MAX_CHECKS, MAX_LOGIT_BIAS, PLACEMENTS, JobField
 from shared.requests import batch, chat, job, sweep
+from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES
 from shared.spec import MAX_STOP
 from shared.validation import MAX_MODEL_NAME, WHITESPACE
 from web.apidoc import body

@@ -70,18 +70,6 @@ def _layer_key(k: Any) -> int | None:
     return n if 0 <= n <= 10_000 and str(n) == str(k).strip() else None
 
 
-def _index(i: Any) -> bool:
-    return isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= 10_000
-
-
-def check_layers(value: Any) -> str | list[int] | None:
-    if value is None or (isinstance(value, str) and value in t.LAYER_MODES):
-        return value
-    if isinstance(value, list) and value and len(value) <= 10_000 and all(map(_index, value)):
-        return sorted(set(value))
-    raise fail(f"{F} must be 'all', 'middle' or a non-empty list of layer indices >= 0; got {brief(value)}")
-
-
 _heads_number = t.number_check(t.rule_of(job.JobFields.model_fields["head_boost_percentage"]))
 
 
@@ -91,7 +79,7 @@ def check_heads(value: Any, info: ValidationInfo) -> float | dict[str, list[int]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _heads_number(value, info)
     if isinstance(value, Mapping) and value and all(
-            _layer_key(k) is not None and isinstance(hs, list) and hs and all(map(_index, hs))
+            _layer_key(k) is not None and isinstance(hs, list) and hs and all(map(t._index, hs))
             for k, hs in value.items()):
         return {str(_layer_key(k)): sorted(set(hs)) for k, hs in value.items()}
     raise fail(f"{F} must be a percentage of heads in (0, 100] or {{\"layer\": [head indices]}}; got {brief(value)}")
@@ -105,7 +93,7 @@ class InstaBoost(base.Request):
 
     multiplier: job.Multiplier = base.meta("M", "The attention multiplier on the boosted spans (1 = no boost).",
                                         setting="instaboost.multiplier")
-    layers: Annotated[Optional[str | list[int]], BeforeValidator(check_layers)] = Field(
+    layers: t.Layers = Field(
         None, description="all, middle (start_layer, num_middle_layers) or explicit layer indices; default: the "
         "setting instaboost.boost_middle_layers_only.")
     start_layer: job.StartLayer = base.meta("Start layer", "First layer of the middle block.",

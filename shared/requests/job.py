@@ -188,15 +188,36 @@ def check_field(name: str, value: Any, settings: Mapping[str, Any] | None, stric
         return None, problems(exc, unknown, prefix=name)
 
 
-_MULTIPLIER = pydantic.TypeAdapter(Multiplier)
+_MULTIPLIER = pydantic.TypeAdapter(t.number(0, t.MAX_MULTIPLIER, lo_open=True, hint=MULTIPLIER_HINT))
+_LAYERS = pydantic.TypeAdapter(t.Layers)
 
 
-def multiplier_problems(value: Any, name: str, settings: Mapping[str, Any] | None) -> tuple[float | None, list[dict]]:
+def multiplier_problems(value: Any, name: str, settings: Mapping[str, Any] | None,
+                        strict: bool = True) -> tuple[float | None, list[dict]]:
     """Return (value as a multiplier M, []) or (None, its problems named name): M anywhere in a request."""
     try:
-        return _MULTIPLIER.validate_python(value, strict=True, context=context(settings, True)), []
+        return _MULTIPLIER.validate_python(value, context=context(settings, strict)), []
     except pydantic.ValidationError as exc:
         return None, problems(exc, prefix=name)
+
+
+def check_multiplier(value: Any, field_name: str = "multiplier") -> float:
+    """Return a valid multiplier M (0 < M <= 1e6; text like "5" too) or raise ValidationError naming the field."""
+    m, errors = multiplier_problems(value, field_name, None, strict=False)
+    if errors:
+        raise ValidationError(errors[0]["message"], field=field_name)
+    return m
+
+
+def parse_layers(value: Any) -> str | tuple[int, ...]:
+    """Parse 'all', 'middle', '0,3,5' or a list of ints into the engine's layers field (BoostSpec.layers)."""
+    try:
+        got = _LAYERS.validate_python(value, context=context(None, False))
+    except pydantic.ValidationError as exc:
+        raise ValidationError(problems(exc, prefix="layers")[0]["message"], field="layers") from None
+    if got is None:
+        raise ValidationError("layers must be 'all', 'middle' or a non-empty list of layer indices", field="layers")
+    return got if isinstance(got, str) else tuple(got)
 
 
 def check_values(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> None:

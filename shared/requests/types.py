@@ -234,6 +234,33 @@ def choice(choices: tuple[str, ...], optional: bool = False) -> Any:
                      Rule("choice", choices=choices), _before(_info(check), optional)]
 
 
+def _index(i: Any) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_LAYER
+
+
+def check_layers(value: Any, info: ValidationInfo) -> str | list[int] | None:
+    """Return 'all', 'middle' or sorted distinct layer indices; lax also takes text like "0,3,5" or "Middle"."""
+    if isinstance(value, str) and not is_strict(info):
+        value = value.strip().lower()
+        if value not in LAYER_MODES:
+            try:
+                value = [int(p) for p in value.replace(" ", "").split(",") if p != ""]
+            except ValueError:
+                pass
+    elif isinstance(value, tuple) and not is_strict(info):
+        value = list(value)
+    if value is None or (isinstance(value, str) and value in LAYER_MODES):
+        return value
+    if isinstance(value, list) and value and len(value) <= MAX_LAYER and all(map(_index, value)):
+        return sorted(set(value))
+    raise fail(f"{F} must be 'all', 'middle' or a non-empty list of layer indices >= 0 (like 0,3,5); got "
+               f"{brief(value)}")
+
+
+# The boosted layers: a layer mode or explicit indices.
+Layers = Annotated[Optional[str | list[int]], BeforeValidator(check_layers)]
+
+
 # -- lists ---------------------------------------------------------------------------------------------------------
 
 
