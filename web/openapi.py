@@ -14,12 +14,16 @@ from shared.chat import NEUTRAL as CHAT_NEUTRAL
 from shared.chat_extras import MAX_METADATA, MAX_USER_CHARS, SAMPLING_FIELDS
 from shared.evaluation.cases import PACKS
 from shared.evaluation.checks import CHECK_TYPES, IFEVAL, IFEVAL_KWARGS, LANGUAGES, RELATIONS
-from shared.fields import BY_NAME, CHAT_BY_NAME, JOB_FIELDS, LAYER_MODES, MAX_CHECKS, MAX_LOGIT_BIAS, PLACEMENTS, JobField
-from shared.requests import batch, chat, job, sweep
-from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES
+from shared.fields import (BY_NAME, CHAT_BY_NAME, JOB_FIELDS, LAYER_MODES, MAX_CHECKS, MAX_LOGIT_BIAS, PLACEMENTS,
+                           JobField)
+from shared.requests.batch import BatchCreate
+from shared.requests.chat import ChatCompletionRequest
+from shared.requests.job import JobFields
+from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES, SweepRequestBody
 from shared.spec import MAX_STOP
 from shared.validation import MAX_MODEL_NAME, WHITESPACE
 from web.apidoc import body
+
 
 def _pattern_class(chars: str) -> str:
     return "".join(f"\\u{ord(c):04x}" for c in chars)
@@ -309,9 +313,9 @@ def file_upload_schema(_settings: Mapping[str, Any]) -> dict[str, Any]:
 
 # The routes' bodies are the request models (shared.requests); their schemas here spell the same declarations
 # (read through shared.fields) in JSON Schema with this deployment's limits.
-JOB_REQUEST = body(job.JobFields, job_request_schema)
-SWEEP_REQUEST = body(sweep.SweepRequestBody, sweep_request_schema)
-CHAT_REQUEST = body(chat.ChatCompletionRequest, chat_request_schema)
-BATCH_REQUEST = body(batch.BatchCreate, batch_request_schema)
+JOB_REQUEST = body(JobFields, job_request_schema)
+SWEEP_REQUEST = body(SweepRequestBody, sweep_request_schema)
+CHAT_REQUEST = body(ChatCompletionRequest, chat_request_schema)
+BATCH_REQUEST = body(BatchCreate, batch_request_schema)
 FILE_UPLOAD = body("FileUpload", file_upload_schema)
 IGNORED = body("Ignored", lambda _settings: {"description": "Ignored: send {} or nothing."})

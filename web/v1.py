@@ -291,7 +291,8 @@ def delete_file(file_id):
 @operation("v1CreateBatch", {
     200: Reply("The batch.", resources.Batch),
     400: oai_error("Invalid body: endpoint, completion_window, a file of another purpose."),
-    404: oai_error("No such input file."), 429: oai_error("The batch's lines would pass the queue's limit.", RETRY_AFTER),
+    404: oai_error("No such input file."),
+    429: oai_error("The batch's lines would pass the queue's limit.", RETRY_AFTER),
     503: oai_error("The broker is unreachable.", RETRY_AFTER), **V1_COMMON, **V1_CROSS_SITE},
     json=BATCH_REQUEST, headers=params.IdempotencyHeaders,
     description="A create that repeats an Idempotency-Key (or a retry of the openai SDK, x-stainless-retry-count > 0, "

@@ -184,10 +184,11 @@ def get_file(session: Session, file_id: Any, field: str = "file_id", hint: str =
 
 def file_to_dict(f: File) -> dict[str, Any]:
     """Return OpenAI's file object."""
-    return resources.File(**{"id": f.id, "object": "file", "bytes": f.bytes, "created_at": int(f.created_at.timestamp()),
-            "filename": f.filename, "purpose": f.purpose, "status": "processed",
-            "expires_at": int(f.expires_at.timestamp()) if f.expires_at is not None else None,
-            "status_details": None}).dump()
+    return resources.File(**{
+        "id": f.id, "object": "file", "bytes": f.bytes, "created_at": int(f.created_at.timestamp()),
+        "filename": f.filename, "purpose": f.purpose, "status": "processed",
+        "expires_at": int(f.expires_at.timestamp()) if f.expires_at is not None else None,
+        "status_details": None}).dump()
 
 
 def delete_file(session: Session, file_id: str) -> dict[str, Any]:
