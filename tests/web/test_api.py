@@ -326,6 +326,38 @@ def test_models_lists_heartbeats(client, heartbeat):
     assert sorted(w["hostname"] for w in body["workers"]) == ["w1", "w2"]
 
 
+def test_models_carry_the_live_facts_the_document_leaves_out(client, redis_client, redis_namespace):
+    """What the workers advertise (layers, context) is in /api/models; the document bounds only the deployment's."""
+    from tests.fixtures.store import write_heartbeat
+
+    key = write_heartbeat(redis_client, redis_namespace, "w-facts", [DEFAULT_MODEL], 60,
+                          model_info={DEFAULT_MODEL: {"n_layers": 30, "n_heads": 9, "max_context": 8192}})
+    try:
+        served = client.get("/api/models").get_json()["models"]
+        assert served == [{"name": DEFAULT_MODEL, "workers": 1, "starting": 0, "status": "ready", "n_layers": 30,
+                           "n_heads": 9, "max_context": 8192, "recommended": False}]
+        props = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]["properties"]
+        assert props["start_layer"]["maximum"] > 29 and "enum" not in props["model"]
+    finally:
+        redis_client.delete(key)
+
+
+def test_every_resource_schema_in_the_document_is_its_models(client):
+    """The response schemas are the pydantic models the serializers build: none is shadowed by a namesake."""
+    from pydantic import BaseModel
+
+    from shared.resources import base, jobs, openai
+
+    schemas = client.get("/api/openapi.json").get_json()["components"]["schemas"]
+    models = {name: m for mod in (base, jobs, openai) for name, m in vars(mod).items()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == mod.__name__}
+    shown = [name for name in models if name in schemas]
+    assert {"Job", "Run", "Sweep", "Batch", "File", "Problem", "OpenAIError"} <= set(shown)
+    for name in shown:
+        mine = models[name].model_json_schema(mode="serialization")
+        assert set(schemas[name].get("properties", {})) == set(mine.get("properties", {})), name
+
+
 def test_healthz(client, clean_db, redis_namespace):
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.get_json() == {"status": "ok", "database": "ok", "broker": "ok"}
