@@ -42,7 +42,7 @@ def component_name(model: type) -> str:
 SPEC = SpecTree(backend=DocumentOnly, mode="strict", annotations=False, title="InstaBoost Service",
                 version="0.1.0", description="Submit instruction attention boosting jobs and read their outputs. "
                 "Errors are RFC 9457 problem documents naming the offending field.",
-                naming_strategy=lambda model: component_name(model),
+                naming_strategy=component_name,
                 nested_naming_strategy=lambda _parent, child: child)
 
 RETRY_AFTER = "Retry-After"
@@ -61,7 +61,7 @@ class Reply:
 
     def render(self) -> dict[str, Any]:
         out: dict[str, Any] = {"description": self.description}
-        schema = {"$ref": f"#/components/schemas/{self.model.__name__}"} if self.model else {"type": "string"}
+        schema = {"$ref": f"#/components/schemas/{component_name(self.model)}"} if self.model else {"type": "string"}
         if self.model or self.media != "application/json":
             out["content"] = {self.media: {"schema": schema}, **{m: {"schema": {"type": "string"}} for m in self.also}}
         if self.headers:
@@ -103,8 +103,7 @@ class Body(RootModel[Any]):
 
 
 def body(model: str | type, build: Callable[[Mapping[str, Any]], dict[str, Any]]) -> type:
-    """Return the model a route names as its body (a request model of shared.requests, or a name for one without
-    a model); its schema under a deployment's settings is build(settings)."""
+    """Return the model a route names as its body (shared.requests' model, or a name); build(settings) its schema."""
     if isinstance(model, str):
         model = type(model, (Body,), {"__module__": __name__, "__doc__": Body.__doc__})
     BODIES[component_name(model)] = build
@@ -163,8 +162,7 @@ def _refs(value: Any) -> set[str]:
 
 
 def _drop_unused(doc: dict[str, Any]) -> None:
-    """Drop the component schemas no operation reaches (the query and header models, once their fields are
-    parameters)."""
+    """Drop the component schemas no operation reaches (query and header models, spelled out as parameters)."""
     schemas = doc["components"]["schemas"]
     reached, todo = set(), _refs(doc["paths"])
     while todo:
