@@ -24,7 +24,6 @@ from typing import Any, Mapping
 
 from shared.chat_extras import (CHAT_VARIANT, SAMPLING_FIELDS, choice_index, choice_seed,  # noqa: F401
                                 choice_variant, choice_variants)
-from shared.fields import CHAT_BY_NAME  # noqa: F401
 from shared.logprobs import chat_logprobs
 from shared.requests.chat import (BOOST_CLOSE, BOOST_OPEN, ROLE_ALIASES, ChatCompletionRequest,  # noqa: F401
                                   InstaBoost, split_boost_tags, validate_chat)
@@ -163,4 +162,4 @@ def completion_body(job, runs) -> dict:
 
 
 __all__ = ["chat_params", "is_chat", "generation_request", "choice_variant", "choice_index", "choice_variants", "split_boost_tags", "CHAT_VARIANT", "CHAT_ENDPOINT",
-           "CHAT_BY_NAME", "completion_body", "fingerprint"]
+           "completion_body", "fingerprint"]

@@ -10,18 +10,19 @@ from typing import Any, Mapping
 
 from shared.calibration import SWEEP_JOB_FIELDS
 from shared.chat import BOOST_KEYS
-from shared.chat import NEUTRAL as CHAT_NEUTRAL
-from shared.chat_extras import MAX_METADATA, MAX_USER_CHARS, SAMPLING_FIELDS
+from shared.chat_extras import SAMPLING_FIELDS
 from shared.evaluation.cases import PACKS
 from shared.evaluation.checks import CHECK_TYPES, IFEVAL, IFEVAL_KWARGS, LANGUAGES, RELATIONS
-from shared.fields import (BY_NAME, CHAT_BY_NAME, JOB_FIELDS, LAYER_MODES, MAX_CHECKS, MAX_LOGIT_BIAS, PLACEMENTS,
-                           JobField)
+from shared.fields import BY_NAME, JOB_FIELDS, LAYER_MODES, MAX_CHECKS, MAX_LOGIT_BIAS, PLACEMENTS, JobField
 from shared.requests.batch import BatchCreate
 from shared.requests.chat import ChatCompletionRequest
 from shared.requests.job import JobFields
+from shared.requests.openai import MAX_METADATA, MAX_USER_CHARS
+from shared.requests.openai import NEUTRAL as CHAT_NEUTRAL
 from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES, SweepRequestBody
+from shared.requests.types import MAX_MODEL_NAME
 from shared.spec import MAX_STOP
-from shared.validation import MAX_MODEL_NAME, WHITESPACE
+from shared.validation import WHITESPACE
 from web.apidoc import body
 
 
@@ -209,6 +210,8 @@ def _nullable(schema: dict) -> dict:
 
 def chat_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Return the POST /v1/chat/completions body's schema, its bounds taken from the job fields (shared.fields)."""
+    chat_help = {name: f.description for name, f in ChatCompletionRequest.model_fields.items()}
+
     def bounded(name: str) -> dict:
         f = BY_NAME[name]
         return {"type": f.kind, **_number_bounds(f, settings), "description": f.help}
@@ -216,7 +219,7 @@ def chat_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
     text = {"type": "string", "pattern": "^[^\\u0000]*$"}
     layer_index = {"type": "integer", "minimum": 0, "maximum": 10_000}
     boost = {
-        "type": "object", "additionalProperties": False, "description": CHAT_BY_NAME["instaboost"].help,
+        "type": "object", "additionalProperties": False, "description": chat_help["instaboost"],
         "properties": {
             "multiplier": _nullable({"type": "number", **_number_bounds(BY_NAME["multipliers"], settings),
                                      "description": "M on the boosted tokens (1 = no boost, below 1 de-boosts)."}),
@@ -257,27 +260,27 @@ def chat_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
         "properties": {
             "model": {"type": "string", "description": "A model a live worker serves (GET /v1/models)."},
             "messages": {"type": "array", "minItems": 1, "items": message,
-                         "description": CHAT_BY_NAME["messages"].help},
+                         "description": chat_help["messages"]},
             "max_tokens": _nullable(tokens), "max_completion_tokens": _nullable(tokens),
             "temperature": _nullable(bounded("temperature")), "top_p": _nullable(bounded("top_p")),
             "seed": _nullable(bounded("seed")),
             "n": _nullable({"type": "integer", "minimum": 1, "maximum": settings["v1.max_n"],
-                            "description": CHAT_BY_NAME["n"].help}),
+                            "description": chat_help["n"]}),
             **{name: _nullable(bounded(name)) for name in SAMPLING_FIELDS},
             "logit_bias": _nullable({"type": "object", "maxProperties": MAX_LOGIT_BIAS,
                                      "propertyNames": {"pattern": "^[0-9]{1,9}$"},
                                      "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
-                                     "description": CHAT_BY_NAME["logit_bias"].help}),
+                                     "description": chat_help["logit_bias"]}),
             "user": _nullable({"type": "string", "maxLength": MAX_USER_CHARS, "pattern": "^[^\\u0000]*$",
-                               "description": CHAT_BY_NAME["user"].help}),
+                               "description": chat_help["user"]}),
             "metadata": _nullable({"type": "object", "maxProperties": MAX_METADATA,
                                    "propertyNames": {"maxLength": 64, "pattern": "^[^\\u0000]*$"},
                                    "additionalProperties": {"type": "string", "maxLength": 512,
                                                             "pattern": "^[^\\u0000]*$"},
-                                   "description": CHAT_BY_NAME["metadata"].help}),
+                                   "description": chat_help["metadata"]}),
             "stop": _nullable({"anyOf": [stop_item, {"type": "array", "items": stop_item, "maxItems": MAX_STOP}],
-                               "description": CHAT_BY_NAME["stop"].help}),
-            "stream": _nullable({"type": "boolean", "description": CHAT_BY_NAME["stream"].help}),
+                               "description": chat_help["stop"]}),
+            "stream": _nullable({"type": "boolean", "description": chat_help["stream"]}),
             "stream_options": _nullable({"type": "object", "additionalProperties": False,
                                          "properties": {"include_usage": {}}}),
             "instaboost": _nullable(boost),
