@@ -7,15 +7,29 @@ import json
 from flask import Blueprint, jsonify, request, url_for
 
 from shared.errors import BadRequest, Unavailable, UnsupportedMediaType
+from shared.resources import jobs as res
 from shared.schemas import JobRequest
 from shared.store import idempotency, lifecycle, queries, serialize, submission
+from shared.store.export import EXPORT_COLUMNS, WIDE_COLUMNS
+from shared.store.recommended import models_with_recommendation
 from shared.workers import live_workers, starting_in
+from web import openapi_params as params
+from web.apidoc import COMMON, CROSS_SITE, LOCATION, RETRY_AFTER, Reply, document, operation, problem
 from web.context import db, paging_args, services, submit_kwargs
 from web.export import csv_response
-from web.openapi import openapi_document
-from web.openapi_responses import add_responses
+from web.openapi import IGNORED, JOB_REQUEST, SWEEP_REQUEST
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+NOT_JSON = {400: problem("The body is not valid JSON."), 413: problem("The body is too large."),
+            415: problem("The body is not JSON.")}
+UNSERVED = {422: problem("A field is invalid, or no live worker serves the model."),
+            503: problem("The broker is unreachable, or no worker heartbeat names the model while that may be "
+                         "transient (none at all, or its worker restarting); retry after Retry-After.", RETRY_AFTER)}
+LIST_ERRORS = {400: problem("Malformed cursor."), 422: problem("Invalid filter or limit.")}
+CSV = {422: problem("Invalid filter."), **COMMON}
+CANCEL = ("Send 'Content-Type: application/json' (the body is ignored and may be empty) or an 'Authorization' "
+          "header: a request with neither could come from another site's page, and is refused (415).")
 
 
 def _json_body():
@@ -42,6 +56,11 @@ def _page(items, next_cursor, endpoint, filters):
 
 
 @bp.post("/jobs")
+@operation("submitJob", {
+    202: Reply("Queued.", res.Job, headers=(LOCATION,)), **NOT_JSON, **UNSERVED,
+    409: problem("Its Idempotency-Key was used before with another body."),
+    429: problem("Too many queued jobs.", RETRY_AFTER), **COMMON, 403: CROSS_SITE[403]},
+    json=JOB_REQUEST, headers=params.IdempotencyHeaders)
 def submit():
     """Validate and enqueue a job; answer 202 with its URL (a retry with the same Idempotency-Key: the same job)."""
     from shared.store.recommended import resolve_recommended
@@ -57,12 +76,15 @@ def submit():
 
 
 @bp.get("/jobs/<job_id>")
+@operation("getJob", {200: Reply("The job.", res.Job), 404: problem("No such job."), **COMMON},
+           path={"job_id": params.ID_PATH})
 def get_job(job_id):
     """Return a job's status, progress, parameters and runs so far."""
     return jsonify(serialize.job_to_dict(queries.get_job(db(), job_id)))
 
 
 @bp.get("/jobs")
+@operation("listJobs", {200: Reply("A page of jobs.", res.JobPage), **LIST_ERRORS, **COMMON}, query=params.JobPaging)
 def list_jobs():
     """Return a page of jobs, newest first."""
     rows, nxt = queries.list_jobs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
@@ -70,6 +92,9 @@ def list_jobs():
 
 
 @bp.post("/jobs/<job_id>/cancel")
+@operation("cancelJob", {200: Reply("Cancelled (queued) or cancelling (running).", res.Job),
+                         404: problem("No such job."), 409: problem("The job already finished."),
+                         **COMMON, **CROSS_SITE}, json=IGNORED, path={"job_id": params.ID_PATH}, description=CANCEL)
 def cancel(job_id):
     """Cancel a queued job, or ask a running one to stop (its rows stop at the next token)."""
     job = queries.get_job(db(), job_id, with_runs=False)
@@ -77,20 +102,31 @@ def cancel(job_id):
 
 
 @bp.get("/runs")
+@operation("listRuns", {200: Reply("A page of runs.", res.RunPage), **LIST_ERRORS, **COMMON}, query=params.RunPaging)
 def list_runs():
     """Return a page of runs, newest first."""
     rows, nxt = queries.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
-    items = [{**serialize.run_to_dict(r), "model": j.model, "job_status": j.status.value} for r, j in rows]
+    items = [serialize.run_to_dict(r, job=j) for r, j in rows]
     return _page(items, nxt, "api.list_runs", queries.RUN_FILTERS)
 
 
 @bp.get("/runs.csv")
+@operation("exportRuns", {200: Reply("CSV, one row per run.", media="text/csv"), **CSV}, query=params.RunFilters,
+           description="Columns: " + ", ".join(EXPORT_COLUMNS) + ". Cells starting with = + - @ tab or CR are "
+                       "prefixed with ' against spreadsheet formula injection.")
 def runs_csv():
     """Stream every run matching the filters as CSV."""
     return csv_response(request.args)
 
 
 @bp.post("/sweeps")
+@operation("createSweep", {
+    202: Reply("Started.", res.Sweep, headers=(LOCATION,)), **NOT_JSON, **UNSERVED,
+    429: problem("The first step would pass limits.max_queued_jobs, or limits.max_running_sweeps sweeps are "
+                 "running; nothing was stored.", RETRY_AFTER), **COMMON, 403: CROSS_SITE[403]},
+    json=SWEEP_REQUEST, description="A case set x a grid of M x layer modes (x head fractions), run as ordinary "
+    "jobs one M at a time with the paper's stop rule; the recommendation is the M with the best validation success "
+    "among fluent settings.")
 def create_sweep():
     """Validate a calibration sweep (a built-in pack or uploaded cases), store it and queue its first step."""
     from shared.calibration import parse_sweep_request
@@ -111,12 +147,13 @@ def create_sweep():
 def _sweep_json(sweep) -> dict:
     from shared.store import sweeps
 
-    return {**sweeps.sweep_to_dict(db(), sweep), "links": {
+    return sweeps.sweep_to_dict(db(), sweep, links={
         "self": url_for("api.get_sweep", sweep_id=sweep.id), "csv": url_for("api.sweep_csv", sweep_id=sweep.id),
-        "page": url_for("pages.sweep", sweep_id=sweep.id), "jobs_csv": url_for("api.jobs_csv", sweep_id=sweep.id)}}
+        "page": url_for("pages.sweep", sweep_id=sweep.id), "jobs_csv": url_for("api.jobs_csv", sweep_id=sweep.id)})
 
 
 @bp.get("/sweeps")
+@operation("listSweeps", {200: Reply("Sweeps.", res.SweepList), **COMMON})
 def list_sweeps():
     """Return the latest sweeps, newest first (at most 100)."""
     from sqlalchemy import select
@@ -128,6 +165,8 @@ def list_sweeps():
 
 
 @bp.get("/sweeps/<sweep_id>.csv")
+@operation("exportSweep", {200: Reply("CSV.", media="text/csv"), 404: problem("No such sweep."), **COMMON},
+           path={"sweep_id": params.ID_PATH})
 def sweep_csv(sweep_id):
     """Return a sweep's per-(setting, M, split) table as CSV (success, fluency, CIs, copy and repetition rates)."""
     return sweep_csv_response(sweep_id)
@@ -146,6 +185,8 @@ def sweep_csv_response(sweep_id):
 
 
 @bp.get("/sweeps/<sweep_id>")
+@operation("getSweep", {200: Reply("The sweep.", res.Sweep), 404: problem("No such sweep."), **COMMON},
+           path={"sweep_id": params.ID_PATH})
 def get_sweep(sweep_id):
     """Return a sweep: status, step, per-M table (validation and test) and the recommendation."""
     from shared.store import sweeps
@@ -154,6 +195,9 @@ def get_sweep(sweep_id):
 
 
 @bp.post("/sweeps/<sweep_id>/cancel")
+@operation("cancelSweep", {200: Reply("Cancelled.", res.Sweep), 404: problem("No such sweep."),
+                           409: problem("The sweep already finished."), **COMMON, **CROSS_SITE},
+           json=IGNORED, path={"sweep_id": params.ID_PATH}, description=CANCEL)
 def cancel_sweep(sweep_id):
     """Cancel a running sweep and its unfinished jobs."""
     from shared.store import sweeps
@@ -163,6 +207,10 @@ def cancel_sweep(sweep_id):
 
 
 @bp.get("/jobs.csv")
+@operation("exportJobs", {200: Reply("CSV, one row per job.", media="text/csv"), **CSV}, query=params.JobExportFilters,
+           description="Columns: " + ", ".join(WIDE_COLUMNS) + ", then <variant>_output, <variant>_fluency and "
+                       "<variant>_follows for every further variant. Cells starting with = + - @ tab or CR are "
+                       "prefixed with '.")
 def jobs_csv():
     """Stream one row per job (filters: status, model, sweep_id) with the seed's comparison columns."""
     from web.export import jobs_csv_response
@@ -171,6 +219,8 @@ def jobs_csv():
 
 
 @bp.get("/models")
+@operation("listModels", {200: Reply("Models and workers.", res.Models),
+                          503: problem("Redis is unreachable.", RETRY_AFTER), **COMMON})
 def models():
     """Return the models live workers hold or are loading, and how many workers do each."""
     s = services()
@@ -186,33 +236,24 @@ def models():
         for m in starting_in(w):
             loading[m] = loading.get(m, 0) + 1
     names = sorted(ready.keys() | loading.keys())
-    return jsonify({
-        "default": s.settings["model.name"],
-        "models": [{"name": m, "workers": ready.get(m, 0), "starting": loading.get(m, 0),
-                    "status": "ready" if ready.get(m) else "starting"} for m in names],
-        "workers": [{"hostname": w.get("hostname"), "models": w.get("models"), "starting": starting_in(w),
-                     **{k: w.get(k) for k in ("pid", "started_at", "seen_at")}} for w in workers],
-    })
+    try:  # "recommended" is a valid multipliers value for a model with a finished calibration sweep
+        recommended: set[str] | None = models_with_recommendation(db(), names)
+    except Exception:  # the database is down: unknown
+        db().rollback()
+        recommended = None
+    return jsonify(res.Models(
+        default=s.settings["model.name"],
+        models=[res.ServedModel(name=m, workers=ready.get(m, 0), starting=loading.get(m, 0),
+                                status="ready" if ready.get(m) else "starting", **submission.model_facts(workers, m),
+                                recommended=None if recommended is None else m in recommended) for m in names],
+        workers=[res.WorkerInfo(hostname=w.get("hostname"), models=w.get("models"), starting=starting_in(w),
+                                **{k: w.get(k) for k in ("pid", "started_at", "seen_at")}) for w in workers],
+    ).dump())
 
 
 @bp.get("/openapi.json")
+@operation("openapi", {200: Reply("OpenAPI 3.1 document.", res.OpenAPIDocument)}, public=True)
 def openapi():
-    """Return the OpenAPI 3.1 description of this API."""
+    """This document (what the running workers serve is in GET /api/models)."""
     s = services()
-    try:
-        beats = live_workers(s.redis, s.settings["redis.namespace"])
-    except Exception:  # Redis down: describe the default model; submissions answer 503 anyway
-        beats = []
-    models = sorted({m for beat in beats for m in beat["models"]})
-    # With one served model its advertised facts bound the request exactly; with several they differ.
-    facts = submission.model_facts(beats, models[0]) if len(models) == 1 else None
-    try:  # "recommended" is a valid multipliers value once every served model has a finished sweep
-        from shared.store.recommended import models_with_recommendation
-
-        recommended = bool(models) and models_with_recommendation(db(), models) == set(models)
-    except Exception:  # the database is down: describe numbers only
-        db().rollback()
-        recommended = False
-    document = openapi_document(s.settings, models, token_required=bool(s.settings["web.api_token"]), facts=facts,
-                                recommended=recommended)
-    return jsonify(add_responses(document, s.settings, models or [s.settings["model.name"]]))
+    return jsonify(document(s.settings, token_required=bool(s.settings["web.api_token"])))

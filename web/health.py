@@ -5,7 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from sqlalchemy import text
 
+from shared.resources.jobs import Health, Ready
 from shared.workers import live_workers, starting_in
+from web.apidoc import RETRY_AFTER, Reply, operation
 from web.context import db, services
 
 bp = Blueprint("health", __name__)
@@ -35,6 +37,8 @@ def _answer(status: str, checks: dict[str, str]):
 
 
 @bp.get("/healthz")
+@operation("health", {200: Reply("Both reachable.", Health), 503: Reply("One is unreachable.", Health,
+                                                                         headers=(RETRY_AFTER,))}, public=True)
 def healthz():
     """Answer 200 when the database and Redis answer, 503 (naming the failing one) otherwise."""
     checks = _checks()
@@ -42,6 +46,11 @@ def healthz():
 
 
 @bp.get("/readyz")
+@operation("ready", {200: Reply("Ready.", Ready), 503: Reply("Not ready; says what is missing.", Ready,
+                                                             headers=(RETRY_AFTER,))}, public=True,
+           description="200 when the database and broker answer and a live worker serves the default model; "
+                       "otherwise 503 with status 'starting' (a worker is loading it: jobs are accepted and wait) or "
+                       "'unavailable', and what is missing.")
 def readyz():
     """Answer 200 when, besides /healthz, a live worker serves the default model; else 503 saying what is missing.
 

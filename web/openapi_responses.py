@@ -1,6 +1,5 @@
-"""The Responses API's part of the OpenAPI document (POST /v1/responses, GET /v1/responses/{response_id}).
+"""The POST /v1/responses body's schema (web/v1_responses.py); its bounds are chat's (a response is a chat job).
 
-Added to web.openapi's document where it is served (web.api); its bounds are chat's (a response is a chat job).
 Everything the body schema refuses, shared.responses refuses too (the Schemathesis test sends such bodies).
 """
 
@@ -9,14 +8,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from shared.responses import ID_PATTERN, INCLUDABLE, MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_USER, NEUTRAL
-from web.openapi import V1_COMMON, V1_CROSS_SITE, _json, _nullable, _oai_error, _ref, chat_request_schema
+from web.apidoc import body
+from web.openapi import _nullable, chat_request_schema
 
 TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
 
 
-def responses_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
+def responses_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Return the POST /v1/responses body's schema; numbers and the boost as chat's (web.openapi)."""
-    chat = chat_request_schema(settings, models)["properties"]
+    chat = chat_request_schema(settings)["properties"]
     part = {"type": "object", "required": ["type", "text"],
             "properties": {"type": {"type": "string", "enum": ["input_text", "output_text"]}, "text": TEXT}}
     item = {
@@ -63,61 +63,4 @@ def responses_request_schema(settings: Mapping[str, Any], models: list[str]) -> 
     }
 
 
-RESPONSE_SCHEMA = {
-    "type": "object", "required": ["id", "object", "created_at", "status", "model", "output"],
-    "properties": {
-        "id": {"type": "string", "description": "resp_ and the id of the job that ran it."},
-        "object": {"const": "response"}, "created_at": {"type": "integer"}, "model": {"type": "string"},
-        "status": {"type": "string", "enum": ["queued", "in_progress", "completed", "incomplete", "failed",
-                                              "cancelled"]},
-        "error": {"type": ["object", "null"]}, "incomplete_details": {"type": ["object", "null"]},
-        "instructions": {"type": ["string", "null"]}, "previous_response_id": {"type": ["string", "null"]},
-        "output": {"type": "array", "items": {
-            "type": "object", "required": ["type", "id", "role", "status", "content"],
-            "properties": {"type": {"const": "message"}, "id": {"type": "string"}, "role": {"const": "assistant"},
-                           "status": {"type": "string"},
-                           "content": {"type": "array", "items": {
-                               "type": "object", "required": ["type", "text"],
-                               "properties": {"type": {"const": "output_text"}, "text": {"type": "string"}}}}}}},
-        "usage": {"type": ["object", "null"], "properties": {
-            k: {"type": "integer"} for k in ("input_tokens", "output_tokens", "total_tokens")}},
-        "metadata": {"type": "object"}, "instaboost": {"type": "object"},
-    },
-}
-
-
-def add_responses(document: dict[str, Any], settings: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
-    """Add the Responses API's schemas and operations to an OpenAPI document (web.openapi.openapi_document)."""
-    retry_after = {"Retry-After": {"schema": {"type": "string"}}}
-    document["components"]["schemas"].update(
-        {"ResponseRequest": responses_request_schema(settings, models), "Response": RESPONSE_SCHEMA})
-    document["paths"]["/v1/responses"] = {"post": {
-        "operationId": "v1CreateResponse", "summary": "Create a response (text; a stored chat job)",
-        "description": "The Responses API for text: input as a string or message items, instructions (the system "
-                       "message, boosted by default under instaboost), previous_response_id. Tools, reasoning and "
-                       "non-text items answer 400 naming the field. Waits, streams and retries as "
-                       "POST /v1/chat/completions.",
-        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ResponseRequest")}}},
-        "responses": {
-            "200": {"description": "The response; with stream, the Responses API's server-sent events "
-                                   "(response.created … response.completed).",
-                    "content": {"application/json": {"schema": _ref("Response")},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
-            "400": _oai_error("Invalid request, an unsupported field or item, or previous_response_id not found."),
-            "404": _oai_error("No live worker serves the model (code model_not_found)."),
-            "409": _oai_error("The job was cancelled, the previous response is not finished, or the "
-                              "Idempotency-Key was used before with another body."),
-            "413": _oai_error("The body is too large."),
-            "429": {**_oai_error("Too many queued jobs or waiting completions."), "headers": retry_after},
-            "503": {**_oai_error("The broker is unreachable."), "headers": retry_after},
-            "504": _oai_error("The job did not finish within v1.wait_seconds; poll GET /v1/responses/{id}."),
-            **V1_COMMON, **V1_CROSS_SITE}}}
-    document["paths"]["/v1/responses/{response_id}"] = {"get": {
-        "operationId": "v1GetResponse", "summary": "A stored response by id (resp_<job id>), in any state",
-        "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {"200": _json("The response (status queued, in_progress, completed, incomplete, failed or "
-                                   "cancelled).", _ref("Response")),
-                      "404": _oai_error("No such response."), **V1_COMMON}}}
-    return document
+RESPONSE_REQUEST = body("ResponseRequest", responses_request_schema)

@@ -14,6 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.errors import Unavailable
 from shared.monitoring import overview
+from shared.resources.jobs import Queue
+from web.apidoc import COMMON, RETRY_AFTER, Reply, operation, problem
 from web.context import db, services
 
 bp = Blueprint("queue", __name__)
@@ -46,6 +48,11 @@ def queue_page():
 
 
 @bp.get("/api/queue")
+@operation("queue", {200: Reply("Workers and models.", Queue),
+                     503: problem("Redis or the database is unreachable.", RETRY_AFTER), **COMMON},
+           description="The queue page's data (/queue): each live worker (from its heartbeat) with the jobs it runs "
+                       "now, and per model the queued and running jobs, the broker's waiting messages, recent "
+                       "throughput and a rough wait before a new job starts.")
 def queue_json():
     """Return the queue page's data: {"workers": [...], "models": [...]} (no per-worker histograms)."""
     view = _overview()

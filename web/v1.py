@@ -16,15 +16,20 @@ from flask import Blueprint, Response, jsonify, request
 
 from shared.chat import chat_params, completion_body, is_chat
 from shared.errors import InstaBoostError, ModelError, NotFound, UnsupportedMediaType, ValidationError
+from shared.resources import openai as resources
 from shared.store import idempotency, queries, submission
 from shared.store.tables import Job, JobStatus
 from shared.workers import live_workers
+from web import openapi_params as params
+from web.apidoc import RETRY_AFTER, V1_COMMON, V1_CROSS_SITE, Reply, oai_error, operation
 from web.context import db, services, submit_kwargs
+from web.openapi import BATCH_REQUEST, CHAT_REQUEST, FILE_UPLOAD, IGNORED
 from web.limits import wait_slots
 from web.v1_errors import ERROR_CODES, ERROR_TYPES, job_failure, openai_error, timeout_error  # noqa: F401 (API)
 from web.v1_stream import POLL_SECONDS, chat_runs, sse_response, stream_completion, wait_for_job  # noqa: F401 (API)
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+REDIS_DOWN = oai_error("Redis is unreachable.", RETRY_AFTER)
 
 
 def error_from_exception(exc: InstaBoostError) -> Response:
@@ -75,10 +80,11 @@ def _model_object(name: str, beats: list[dict]) -> dict:
             created = t if not created else min(created, t)
         except (TypeError, ValueError):
             pass
-    return {"id": name, "object": "model", "created": created, "owned_by": "instaboost"}
+    return resources.Model(id=name, object="model", created=created, owned_by="instaboost").dump()
 
 
 @bp.get("/models")
+@operation("v1ListModels", {200: Reply("The models.", resources.ModelList), 503: REDIS_DOWN, **V1_COMMON})
 def models():
     """The models live workers serve, as OpenAI lists them."""
     beats = _served()
@@ -87,6 +93,8 @@ def models():
 
 
 @bp.get("/models/<path:model>")
+@operation("v1GetModel", {200: Reply("The model.", resources.Model), 404: oai_error("Not served."), 503: REDIS_DOWN,
+                          **V1_COMMON}, path={"model": {"type": "string"}})
 def model(model):
     """One served model."""
     beats = _served()
@@ -108,6 +116,25 @@ def _sdk_retry() -> bool:
 
 
 @bp.post("/chat/completions")
+@operation("v1CreateChatCompletion", {
+    200: Reply("The completion; with stream, server-sent chat.completion.chunk events, a usage chunk and "
+               "data: [DONE].", resources.ChatCompletion, also=("text/event-stream",)),
+    400: oai_error("Invalid request (OpenAI's invalid_request_error), e.g. a bad boost."),
+    404: oai_error("No live worker serves the model (code model_not_found)."),
+    409: oai_error("The job was cancelled, or the Idempotency-Key was used before with another body (code "
+                   "idempotency_key_reused)."),
+    413: oai_error("The body is too large."),
+    429: oai_error("Too many queued jobs, or this web process holds as many waiting completions as it may "
+                   "(web.threads).", RETRY_AFTER),
+    503: oai_error("The broker is unreachable, or no worker heartbeat names the model while that may be transient; "
+                   "the openai SDK retries after Retry-After.", RETRY_AFTER),
+    504: oai_error("The job did not finish within v1.wait_seconds; poll GET /v1/chat/completions/{id}."),
+    **V1_COMMON, **V1_CROSS_SITE}, json=CHAT_REQUEST, headers=params.ChatHeaders,
+    description="The boost comes in the body's instaboost object (the openai SDK's extra_body). Boosted tokens: "
+                "<boost>…</boost> spans in any message, a message's own boost M, or by default the system "
+                "message(s). Waits up to v1.wait_seconds; then 504 naming the job. A retry (the same "
+                "Idempotency-Key, or an openai SDK retry) answers from the job its first try created. A stream "
+                "waits v1.wait_seconds for each next piece of text; closing it cancels the job.")
 def chat_completions():
     """Create a chat completion: a stored chat job, answered when it is done (or streamed as it is generated).
 
@@ -149,6 +176,10 @@ def _finished(session, job: Job) -> Response:
 
 
 @bp.get("/chat/completions/<completion_id>")
+@operation("v1GetChatCompletion", {200: Reply("The completion.", resources.ChatCompletion),
+                                   400: oai_error("Its job failed on its input."),
+                                   404: oai_error("No such completion."), 409: oai_error("Not finished yet."),
+                                   **V1_COMMON})
 def get_completion(completion_id):
     """Return a stored chat completion by id (its job's id); 409 while it is still queued or running."""
     session = db()
@@ -171,6 +202,12 @@ def _limit(default: int = 20, hi: int = 100) -> int:
 
 
 @bp.post("/files")
+@operation("v1UploadFile", {200: Reply("The stored file.", resources.File),
+                            400: oai_error("Not JSONL of objects, or a wrong purpose."),
+                            413: oai_error("Larger than limits.max_file_bytes."),
+                            429: oai_error("The file store is full (limits.max_files or "
+                                           "limits.max_file_storage_bytes): delete files first."),
+                            **V1_COMMON, **V1_CROSS_SITE}, form=FILE_UPLOAD)
 def upload_file():
     """Upload a JSONL file (multipart: file, purpose=batch, optional expires_after), up to limits.max_file_bytes."""
     from shared.errors import BadRequest
@@ -204,6 +241,8 @@ def upload_file():
 
 
 @bp.get("/files")
+@operation("v1ListFiles", {200: Reply("A page of files.", resources.FileList), 400: oai_error("Invalid limit."),
+                           **V1_COMMON}, query=params.FileQuery)
 def list_files():
     """List files, newest first (purpose, limit, after); never loads their content."""
     from shared.store import files
@@ -213,14 +252,19 @@ def list_files():
 
 
 @bp.get("/files/<file_id>")
+@operation("v1GetFile", {200: Reply("The file.", resources.File), 404: oai_error("No such file."), **V1_COMMON})
 def get_file(file_id):
+    """A file's description."""
     from shared.store import files
 
     return jsonify(files.file_to_dict(files.get_file(db(), file_id)))
 
 
 @bp.get("/files/<file_id>/content")
+@operation("v1GetFileContent", {200: Reply("The JSONL.", media="application/jsonl"), 404: oai_error("No such file."),
+                                **V1_COMMON})
 def file_content(file_id):
+    """A file's bytes."""
     from shared.store import files
 
     f = files.get_file(db(), file_id)
@@ -229,7 +273,12 @@ def file_content(file_id):
 
 
 @bp.delete("/files/<file_id>")
+@operation("v1DeleteFile", {200: Reply("Deleted.", resources.FileDeleted), 404: oai_error("No such file."),
+                            **V1_COMMON, **V1_CROSS_SITE}, json=IGNORED,
+           description="Send 'Content-Type: application/json' or an 'Authorization' header (the openai SDK sends "
+                       "both).")
 def delete_file(file_id):
+    """Delete a file."""
     from shared.store import files
 
     return jsonify(files.delete_file(db(), file_id))
@@ -239,6 +288,15 @@ def delete_file(file_id):
 
 
 @bp.post("/batches")
+@operation("v1CreateBatch", {
+    200: Reply("The batch.", resources.Batch),
+    400: oai_error("Invalid body: endpoint, completion_window, a file of another purpose."),
+    404: oai_error("No such input file."),
+    429: oai_error("The batch's lines would pass the queue's limit.", RETRY_AFTER),
+    503: oai_error("The broker is unreachable.", RETRY_AFTER), **V1_COMMON, **V1_CROSS_SITE},
+    json=BATCH_REQUEST, headers=params.IdempotencyHeaders,
+    description="A create that repeats an Idempotency-Key (or a retry of the openai SDK, x-stainless-retry-count > 0, "
+                "of the same request within 10 minutes) returns the batch the first one stored.")
 def create_batch():
     """Create a batch: each line of the input file becomes one stored chat job, queued behind interactive work."""
     from shared.store import batches
@@ -251,7 +309,9 @@ def create_batch():
 
 
 @bp.get("/batches/<batch_id>")
+@operation("v1GetBatch", {200: Reply("The batch.", resources.Batch), 404: oai_error("No such batch."), **V1_COMMON})
 def get_batch(batch_id):
+    """A batch, its status and request_counts."""
     from shared.store import batches
 
     session = db()
@@ -261,6 +321,8 @@ def get_batch(batch_id):
 
 
 @bp.get("/batches")
+@operation("v1ListBatches", {200: Reply("A page of batches.", resources.BatchList), 400: oai_error("Invalid limit."),
+                             404: oai_error("No batch with id after."), **V1_COMMON}, query=params.BatchQuery)
 def list_batches():
     """List batches, newest first (after: the last id of the previous page; limit 1..100, default 20)."""
     from shared.store import batches
@@ -269,7 +331,13 @@ def list_batches():
 
 
 @bp.post("/batches/<batch_id>/cancel")
+@operation("v1CancelBatch", {200: Reply("Cancelling (or cancelled).", resources.Batch),
+                             404: oai_error("No such batch."), 409: oai_error("The batch already ended."),
+                             **V1_COMMON, **V1_CROSS_SITE}, json=IGNORED,
+           description="Send 'Content-Type: application/json' (the body is ignored and may be empty) or an "
+                       "'Authorization' header (the openai SDK sends both).")
 def cancel_batch(batch_id):
+    """Cancel a batch in progress."""
     from shared.store import batches
 
     session = db()

@@ -14,10 +14,14 @@ from sqlalchemy import select
 from shared.completions import completion_body, completion_params, is_completion, openai_rows, prompt_text
 from shared.errors import NotFound, ValidationError
 from shared.logprobs import completion_logprobs
+from shared.resources.openai import Completion
 from shared.store import idempotency, queries, submission
 from shared.store.tables import Job, JobStatus, Run
+from web.apidoc import RETRY_AFTER, V1_COMMON, V1_CROSS_SITE, Reply, oai_error, operation
 from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
+from web.openapi_completions import COMPLETION_REQUEST
+from web.openapi_params import CompletionHeaders
 from web.v1 import _json_body, _sdk_retry
 from web.v1_errors import job_failure, openai_error
 from web.v1_stream import ChatFrames, _sse, sse_response, wait_for_job
@@ -77,6 +81,20 @@ def _header_boost():
 
 
 @bp.post("/completions")
+@operation("v1CreateCompletion", {
+    200: Reply("The completion; with stream, server-sent text_completion chunks and data: [DONE].", Completion,
+               also=("text/event-stream",)),
+    400: oai_error("Invalid request (OpenAI's invalid_request_error)."),
+    404: oai_error("No live worker serves the model (code model_not_found)."),
+    409: oai_error("Cancelled, or the Idempotency-Key was used with another body."),
+    413: oai_error("The body is too large."),
+    429: oai_error("Too many queued jobs or waiting completions.", RETRY_AFTER),
+    503: oai_error("The broker is unreachable.", RETRY_AFTER),
+    504: oai_error("Not finished within v1.wait_seconds; poll GET /v1/completions/{id}."),
+    **V1_COMMON, **V1_CROSS_SITE}, json=COMPLETION_REQUEST, headers=CompletionHeaders,
+    description="OpenAI's legacy completions: echo and logprobs for likelihood evaluation (lm-eval's "
+                "local-completions), max_tokens 0 to score a prompt. The boost: <boost>…</boost> in a string prompt, "
+                "or instaboost.spans; in the body's instaboost or the X-InstaBoost header.")
 def completions():
     """Create a completion: one stored job, a row per prompt and choice, answered when done (or streamed)."""
     s = services()
@@ -114,6 +132,9 @@ def _finished(session, job: Job) -> Response:
 
 
 @bp.get("/completions/<completion_id>")
+@operation("v1GetCompletion", {200: Reply("The completion.", Completion), 400: oai_error("Its job failed on its input."),
+                               404: oai_error("No such completion."), 409: oai_error("Not finished yet."),
+                               **V1_COMMON})
 def get_completion(completion_id):
     """Return a stored completion by id (cmpl-<job id>, or the job id); 409 while it is queued or running."""
     session = db()

@@ -18,10 +18,14 @@ from flask import Blueprint, Response, jsonify, request
 from shared.errors import NotFound, ValidationError
 from shared.responses import (is_response, job_id_of, load_previous, message_item, output_text, response_body,
                               renamed, response_id, response_object, responses_params)
+from shared.resources import openai as resources
 from shared.store import idempotency, submission
 from shared.store.tables import Job, JobStatus
+from web.apidoc import RETRY_AFTER, V1_COMMON, V1_CROSS_SITE, Reply, oai_error, operation
 from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
+from web.openapi_params import IdempotencyHeaders
+from web.openapi_responses import RESPONSE_REQUEST
 from web.v1 import _json_body, _sdk_retry
 from web.v1_errors import job_failure, openai_error
 from web.v1_stream import chat_run, sse_response, wait_for_job
@@ -80,6 +84,21 @@ class ResponsesFrames:
 
 
 @bp.post("/responses")
+@operation("v1CreateResponse", {
+    200: Reply("The response; with stream, the Responses API's server-sent events (response.created … "
+               "response.completed).", resources.Response, also=("text/event-stream",)),
+    400: oai_error("Invalid request, an unsupported field or item, or previous_response_id not found."),
+    404: oai_error("No live worker serves the model (code model_not_found)."),
+    409: oai_error("The job was cancelled, the previous response is not finished, or the Idempotency-Key was used "
+                   "before with another body."),
+    413: oai_error("The body is too large."),
+    429: oai_error("Too many queued jobs or waiting completions.", RETRY_AFTER),
+    503: oai_error("The broker is unreachable.", RETRY_AFTER),
+    504: oai_error("The job did not finish within v1.wait_seconds; poll GET /v1/responses/{id}."),
+    **V1_COMMON, **V1_CROSS_SITE}, json=RESPONSE_REQUEST, headers=IdempotencyHeaders,
+    description="The Responses API for text: input as a string or message items, instructions (the system message, "
+                "boosted by default under instaboost), previous_response_id. Tools, reasoning and non-text items "
+                "answer 400 naming the field. Waits, streams and retries as POST /v1/chat/completions.")
 def create_response():
     """Create a response: a stored chat job, answered when it is done (or streamed as Responses events).
 
@@ -123,6 +142,9 @@ def create_response():
 
 
 @bp.get("/responses/<response_id>")
+@operation("v1GetResponse", {200: Reply("The response (status queued, in_progress, completed, incomplete, failed or "
+                                        "cancelled).", resources.Response),
+                             404: oai_error("No such response."), **V1_COMMON})
 def get_response(response_id):
     """Return a stored response by id (resp_<job id>), in whatever state it is (queued, in_progress, completed…)."""
     session = db()

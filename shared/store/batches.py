@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from shared.chat import CHAT_ENDPOINT, choice_index, completion_body
 from shared.errors import BadRequest, Conflict, NotFound, ValidationError
+from shared.resources import openai as resources
 from shared.store import batch_input, files, lifecycle, submission
 from shared.store.files import key as _key
 from shared.settings import get_settings
@@ -293,7 +294,7 @@ def _ts(value) -> int | None:
 def batch_to_dict(session: Session, batch: Batch) -> dict[str, Any]:
     """Return the OpenAI batch object."""
     counts = job_counts(session, batch.id)
-    return {
+    return resources.Batch(**{
         "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": batch.errors,
         "input_file_id": batch.input_file_id, "completion_window": batch.completion_window, "status": batch.status,
         "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
@@ -303,7 +304,7 @@ def batch_to_dict(session: Session, batch: Batch) -> dict[str, Any]:
         "expired_at": _ts(batch.expired_at), "cancelling_at": _ts(batch.cancelling_at),
         "cancelled_at": _ts(batch.cancelled_at), "request_counts": request_counts(batch, counts),
         "metadata": batch.meta,
-    }
+    }).dump()
 
 
 def list_batches(session: Session, limit: int, after: str | None) -> dict[str, Any]:

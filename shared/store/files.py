@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from shared.errors import BadRequest, InstaBoostError, NotFound
+from shared.resources import openai as resources
 from shared.store.tables import File, utcnow
 from shared.validation import brief
 
@@ -182,17 +183,19 @@ def get_file(session: Session, file_id: Any, field: str = "file_id", hint: str =
 
 
 def file_to_dict(f: File) -> dict[str, Any]:
-    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": int(f.created_at.timestamp()),
-            "filename": f.filename, "purpose": f.purpose, "status": "processed",
-            "expires_at": int(f.expires_at.timestamp()) if f.expires_at is not None else None,
-            "status_details": None}
+    """Return OpenAI's file object."""
+    return resources.File(**{
+        "id": f.id, "object": "file", "bytes": f.bytes, "created_at": int(f.created_at.timestamp()),
+        "filename": f.filename, "purpose": f.purpose, "status": "processed",
+        "expires_at": int(f.expires_at.timestamp()) if f.expires_at is not None else None,
+        "status_details": None}).dump()
 
 
 def delete_file(session: Session, file_id: str) -> dict[str, Any]:
     f = get_file(session, file_id)
     session.execute(delete(File).where(File.id == f.id))
     session.commit()
-    return {"id": f.id, "object": "file", "deleted": True}
+    return resources.FileDeleted(id=f.id, object="file", deleted=True).dump()
 
 
 def delete_expired(session: Session) -> list[str]:

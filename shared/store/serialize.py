@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from shared.resources import jobs as resources
 from shared.store.tables import FINAL, Job, Run
 
 
@@ -12,15 +13,16 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def run_to_dict(run: Run) -> dict[str, Any]:
-    """Return a run as JSON-able data."""
-    return {"id": run.id, "job_id": run.job_id, "variant": run.variant, "multiplier": run.multiplier,
+def run_to_dict(run: Run, job: Job | None = None) -> dict[str, Any]:
+    """Return a run as JSON-able data (with its job's model and status when listed without the job)."""
+    listed = {"model": job.model, "job_status": job.status} if job is not None else {}
+    return resources.Run(**{"id": run.id, "job_id": run.job_id, "variant": run.variant, "multiplier": run.multiplier,
             "layers": run.layers, "heads": run.heads,
             # As produced, NUL characters included (JSON writes them as \u0000); see Run.output_nul_offsets.
             "output_text": run.produced_text,
             "prompt_tokens": run.prompt_tokens, "output_tokens": run.output_tokens, "seconds": run.seconds,
             "attention_mass": run.attention_mass, "finish_reason": run.finish_reason, "scores": run.scores,
-            "created_at": _iso(run.created_at)}
+            "created_at": _iso(run.created_at)}, **listed).dump()
 
 
 def job_to_dict(job: Job, runs: bool = True) -> dict[str, Any]:
@@ -33,5 +35,5 @@ def job_to_dict(job: Job, runs: bool = True) -> dict[str, Any]:
          "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
          "sweep_id": job.sweep_id, "case_name": job.case_name}
     if runs:
-        d["runs"] = [run_to_dict(r) for r in job.runs]
-    return d
+        d["runs"] = [resources.Run(**run_to_dict(r)) for r in job.runs]
+    return resources.Job(**d).dump()

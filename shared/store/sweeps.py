@@ -35,6 +35,7 @@ from shared.calibration import SweepSetting, assign_splits, boosted_grid, record
 from shared.errors import Conflict, NotFound, TooManyJobs, TooManySweeps, ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import Case
+from shared.resources import jobs as resources
 from shared.schemas import JobRequest
 from shared.store import submission
 from shared.store.tables import FINAL, Job, JobStatus, Run, Sweep, utcnow
@@ -362,8 +363,9 @@ def job_counts(session: Session, sweep_id: int) -> dict[str, int]:
     return {"total": sum(counts.values()), **counts}
 
 
-def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False) -> dict[str, Any]:
-    """Return a sweep as JSON-able data: status, configuration, per-M table and recommendation."""
+def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False,
+                  links: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return a sweep as JSON-able data: status, configuration, per-M table and recommendation (and its URLs)."""
     cfg = sweep.config
     result = sweep.result or {}
     d = {"id": sweep.id, "status": sweep.status, "finished": sweep.status != RUNNING, "model": sweep.model,
@@ -379,7 +381,9 @@ def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False) -> dic
          "finished_at": _iso(sweep.finished_at)}
     if cases:
         d["case_list"] = [{k: c[k] for k in ("name", "split", "instruction", "query")} for c in cfg["cases"]]
-    return d
+    if links is not None:
+        d["links"] = links
+    return resources.Sweep(**d).dump()
 
 
 def drilldown(session: Session, sweep: Sweep) -> dict[str, Any]:

@@ -318,9 +318,44 @@ def test_models_lists_heartbeats(client, heartbeat):
     heartbeat(DEFAULT_MODEL, hostname="w2")
     body = client.get("/api/models").get_json()
     assert body["default"] == DEFAULT_MODEL
-    assert body["models"] == [{"name": "a-model", "workers": 1, "starting": 0, "status": "ready"},
-                              {"name": DEFAULT_MODEL, "workers": 2, "starting": 0, "status": "ready"}]
+    # Live facts are here, not in the OpenAPI document: whether a sweep recommends a boost (and, when the workers
+    # advertise them, n_layers, n_heads and max_context).
+    assert body["models"] == [{"name": "a-model", "workers": 1, "starting": 0, "status": "ready", "recommended": False},
+                              {"name": DEFAULT_MODEL, "workers": 2, "starting": 0, "status": "ready",
+                               "recommended": False}]
     assert sorted(w["hostname"] for w in body["workers"]) == ["w1", "w2"]
+
+
+def test_models_carry_the_live_facts_the_document_leaves_out(client, redis_client, redis_namespace):
+    """What the workers advertise (layers, context) is in /api/models; the document bounds only the deployment's."""
+    from tests.fixtures.store import write_heartbeat
+
+    key = write_heartbeat(redis_client, redis_namespace, "w-facts", [DEFAULT_MODEL], 60,
+                          model_info={DEFAULT_MODEL: {"n_layers": 30, "n_heads": 9, "max_context": 8192}})
+    try:
+        served = client.get("/api/models").get_json()["models"]
+        assert served == [{"name": DEFAULT_MODEL, "workers": 1, "starting": 0, "status": "ready", "n_layers": 30,
+                           "n_heads": 9, "max_context": 8192, "recommended": False}]
+        props = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]["properties"]
+        assert props["start_layer"]["maximum"] > 29 and "enum" not in props["model"]
+    finally:
+        redis_client.delete(key)
+
+
+def test_every_resource_schema_in_the_document_is_its_models(client):
+    """The response schemas are the pydantic models the serializers build: none is shadowed by a namesake."""
+    from pydantic import BaseModel
+
+    from shared.resources import base, jobs, openai
+
+    schemas = client.get("/api/openapi.json").get_json()["components"]["schemas"]
+    models = {name: m for mod in (base, jobs, openai) for name, m in vars(mod).items()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == mod.__name__}
+    shown = [name for name in models if name in schemas]
+    assert {"Job", "Run", "Sweep", "Batch", "File", "Problem", "OpenAIError"} <= set(shown)
+    for name in shown:
+        mine = models[name].model_json_schema(mode="serialization")
+        assert set(schemas[name].get("properties", {})) == set(mine.get("properties", {})), name
 
 
 def test_healthz(client, clean_db, redis_namespace):
@@ -363,7 +398,8 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
     doc = client.get("/api/openapi.json").get_json()
     validate(doc)
     assert doc["openapi"].startswith("3.1") and doc["security"] == [{}]  # no token configured: open
-    assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["enum"] == [DEFAULT_MODEL, None]  # null: the default
+    # What the workers serve now is live (GET /api/models), not the schema: any model name, or null for the default.
+    assert doc["components"]["schemas"]["JobRequest"]["properties"]["model"]["type"] == ["string", "null"]
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     routes = {(m, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule)) for r in client.application.url_map.iter_rules()
               if r.rule.startswith(("/api", "/v1/")) or r.rule in ("/healthz", "/readyz")

@@ -20,13 +20,32 @@ from sqlalchemy import text
 from tests.fixtures.store import DEFAULT_MODEL, live_heartbeat, make_test_app
 
 MAX_EXAMPLES = int(os.environ.get("INSTABOOST_FUZZ_EXAMPLES", "25"))  # raise it for a deeper ad hoc run
+MODEL_INFO = {"n_layers": 30, "n_heads": 9, "max_context": 8192}
+
+
+def with_live_facts(case) -> None:
+    """Fit a schema-valid body to what the workers serve now, as a client reads it from GET /api/models.
+
+    The document describes what this deployment accepts; the served model, its layers and context and whether a
+    sweep recommends a boost are live facts, so a positive example names the served model and fits it.
+    """
+    body = case.body
+    if not (case.meta and case.meta.generation.mode.is_positive and isinstance(body, dict)):
+        return
+    if body.get("model") is not None:
+        body["model"] = DEFAULT_MODEL
+    if body.get("multipliers") == "recommended":  # no sweep has finished here (/api/models: recommended false)
+        body["multipliers"] = [3]
+    if isinstance(body.get("start_layer"), int):
+        body["start_layer"] = min(body["start_layer"], MODEL_INFO["n_layers"] - 1)
+    if isinstance(body.get("max_new_tokens"), int):
+        body["max_new_tokens"] = min(body["max_new_tokens"], MODEL_INFO["max_context"] - 1)
 
 
 @pytest.fixture(scope="module")
 def fuzz_schema(pg_url, redis_namespace):
     """The app's OpenAPI schema, loaded through WSGI, with a live heartbeat for the default model."""
-    model_info = {DEFAULT_MODEL: {"n_layers": 30, "n_heads": 9, "max_context": 8192}}
-    with live_heartbeat(redis_namespace, "fuzz-worker", [DEFAULT_MODEL], model_info=model_info):
+    with live_heartbeat(redis_namespace, "fuzz-worker", [DEFAULT_MODEL], model_info={DEFAULT_MODEL: MODEL_INFO}):
         app = make_test_app(pg_url, redis_namespace)
         schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
         schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE,
@@ -43,6 +62,7 @@ schema = schemathesis.pytest.from_fixture("fuzz_schema").exclude(path_regex="^/v
 @settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi_document(case):
+    with_live_facts(case)
     case.call_and_validate()
 
 

@@ -196,8 +196,8 @@ def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_i
     resp = client.post("/api/jobs", json={**base, "multipliers": "recommended"})
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["field"] == "multipliers"
     assert "no" in resp.get_json()["detail"] or "none" in resp.get_json()["detail"]
-    schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
-    assert "anyOf" not in schema["properties"]["multipliers"]  # not offered before a sweep finished
+    # Whether "recommended" works now is a live fact of /api/models; the document always describes it.
+    assert client.get("/api/models").get_json()["models"][0]["recommended"] is False
 
     from shared.db import session_scope
     from shared.store.tables import utcnow
@@ -213,6 +213,7 @@ def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_i
     assert job["params"]["head_boost_percentage"] == 50.0
     job = client.post("/api/jobs", json={**base, "multipliers": ["recommended"], "layer_modes": ["all"]}).get_json()
     assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["all"]
+    assert client.get("/api/models").get_json()["models"][0]["recommended"] is True
     schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
     assert {"const": "recommended"} in schema["properties"]["multipliers"]["anyOf"]
     # The form takes it too.
