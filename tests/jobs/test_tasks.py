@@ -33,7 +33,7 @@ def new_job(url: str, status: JobStatus = JobStatus.queued, attempts: int = 0, *
 @pytest.fixture
 def run(pg_url):
     """Run one delivery of a job in this process, as the Celery task does."""
-    from worker.jobs.tasks import execute_job
+    from worker.jobs.delivery import execute_job
 
     def go(job_id: int, **kw):
         # One variant per step: the boundaries these tests act at (cancel, shutdown, take-over) fall
@@ -48,7 +48,7 @@ def run(pg_url):
 
 @pytest.mark.slow
 def test_shutdown_hands_job_back_and_redelivery_resumes_without_duplicates(pg_url, run):
-    from worker.jobs.tasks import ShutdownRequested
+    from worker.jobs.endings import ShutdownRequested
 
     job_id = new_job(pg_url)
     calls = []
@@ -239,3 +239,41 @@ def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
     # Each row reports the time to its own last token (issue 10), not the batch's wall time.
     costs = [r.seconds for r in runs_batched]
     assert min(costs) > 0
+
+
+def test_a_failure_the_worker_raises_stores_its_code_for_v1_to_answer(pg_url, run):
+    """The worker stores a failed job's code where it raises the error (jobs.error_code); /v1 answers by the code."""
+    from shared.chat import chat_params
+    from web.v1_errors import job_failure
+
+    settings = load_settings(overrides={"database.url": pg_url})
+    params = chat_params({"model": settings["model.name"], "messages": [{"role": "user", "content": "Hi"}],
+                          "max_tokens": 4}, settings)
+    params["max_new_tokens"] = 10**6  # past the model's context: the worker's engine refuses it
+    with session_scope(pg_url) as s:
+        job = Job(status=JobStatus.queued, model=params["model"], params=params, kind="chat")
+        s.add(job)
+        s.flush()
+        chat_id = job.id
+    boost_id = new_job(pg_url, layer_modes=["middle"], start_layer=99)  # past the model's layers
+    assert run(chat_id) == "failed" and run(boost_id) == "failed"
+    job, boosted = load(pg_url, chat_id)[0], load(pg_url, boost_id)[0]
+    assert (job.error_code, boosted.error_code) == ("context_length_exceeded", "out_of_range")
+    assert "exceeds the model's context" in job.error and "out of range" in boosted.error
+    body = json.loads(job_failure(job).get_data())["error"]
+    assert (body["code"], body["param"]) == ("context_length_exceeded", "messages")
+    assert json.loads(job_failure(boosted).get_data())["error"]["code"] == "invalid_value"
+
+
+def test_a_poison_job_and_an_internal_error_store_their_codes(pg_url, run):
+    poison = new_job(pg_url, status=JobStatus.running, attempts=3)
+    assert run(poison) == "failed"
+    assert load(pg_url, poison)[0].error_code == "poison"
+    with session_scope(pg_url) as s:  # stored params the worker cannot read: an internal error, answered 500
+        bad = Job(status=JobStatus.queued, model="smollm2-135m-instruct", params={"kind": "chat"}, kind="chat")
+        s.add(bad)
+        s.flush()
+        bad_id = bad.id
+    assert run(bad_id) == "failed"
+    job = load(pg_url, bad_id)[0]
+    assert job.error_code == "worker_error" and job.error.startswith("internal error in the worker")
