@@ -20,7 +20,7 @@ from tests.fixtures.store import insert_job
 from tests.fixtures.store import load_job as load
 from shared.store.tables import Job, JobStatus, Run
 from shared.workers import live_workers, served_models
-from tests.fixtures.store import TEST_REDIS_URL
+from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
         "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"]}
@@ -277,3 +277,47 @@ def test_a_poison_job_and_an_internal_error_store_their_codes(pg_url, run):
     assert run(bad_id) == "failed"
     job = load(pg_url, bad_id)[0]
     assert job.error_code == "worker_error" and job.error.startswith("internal error in the worker")
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Count the rows the engine decodes (its generate calls' requests), on the real engine."""
+    from worker.engine import get_engine
+
+    engine, counts = get_engine(DEFAULT_MODEL), []
+    generate = engine.generate
+
+    def counting(requests, **kw):
+        counts.append(len(requests))
+        return generate(requests, **kw)
+
+    monkeypatch.setattr(engine, "generate", counting)
+    return counts
+
+
+def test_rows_of_a_job_that_compute_the_same_are_decoded_once_and_stored_under_each_name(pg_url, run, decoded):
+    from shared.completions import completion_params
+
+    settings = load_settings(overrides={"database.url": pg_url})
+    job_id = new_job(pg_url, multipliers=[1, 10], layer_modes=["all", "middle"])  # M = 1: the original twice more
+    assert run(job_id, settings=settings) == "succeeded"
+    job, runs = load(pg_url, job_id)
+    by_name = {r.variant: r for r in runs}
+    assert sorted(by_name) == ["all_x1", "all_x10", "middle_x1", "middle_x10", "original"]
+    assert sum(decoded) == 3 and job.progress_done == job.progress_total == 5
+    assert by_name["all_x1"].output_text == by_name["middle_x1"].output_text == by_name["original"].output_text
+    assert (by_name["middle_x1"].multiplier, by_name["middle_x1"].layers) == (1.0, "middle")  # stored as itself
+    assert by_name["original"].layers == "none" and by_name["original"].heads is None
+
+    decoded.clear()  # a completion with the same prompt listed twice: one decode, two choices
+    params = completion_params({"model": DEFAULT_MODEL, "prompt": ["Paris is", "Paris is"], "max_tokens": 4},
+                               settings)
+    with session_scope(pg_url) as s:
+        job = Job(status=JobStatus.queued, model=DEFAULT_MODEL, params=params, kind="completion")
+        s.add(job)
+        s.flush()
+        completion_id = job.id
+    assert run(completion_id, settings=settings) == "succeeded"
+    runs = load(pg_url, completion_id)[1]
+    assert [r.variant for r in runs] == ["p0", "p1"] and runs[0].output_text == runs[1].output_text
+    assert sum(decoded) == 1

@@ -38,6 +38,7 @@ from shared.store import lifecycle
 from shared.chat import choice_index
 from shared.store.tables import Job, JobStatus
 from worker.jobs import faults
+from worker.jobs.decode import decode_rows
 from worker.jobs.endings import (TAKEN_OVER, DatabaseUnavailable, JobTimeLimit, ShutdownRequested, end_read, fail,
                                  finish_cancel, give_back, hand_back, internal_error, poison_message, settle,
                                  stored_variants, stuck_message, succeed, timeout_message, with_db_retry)
@@ -288,9 +289,9 @@ class BatchRunner:
                             METRICS.first_token(rows[i][0].job_id)
                             streams[i]({"type": "delta", "text": delta, "index": index[i]})
 
-                    results = engine.generate(requests, attention=head.kind.attention,
-                                              on_text=on_text if streams else None,
-                                              halt=lambda i: rows[i][0].job_id in watch.stopped)
+                    results = decode_rows(engine, requests, [m.job_id for m, _ in rows], attention=head.kind.attention,
+                                          on_text=on_text if streams else None,
+                                          halt=lambda i: rows[i][0].job_id in watch.stopped)
                     METRICS.step(len(rows), sum(r.output_tokens for r in results), time.monotonic() - now)
                     scores = score_rows(engine, [m.kind for m, _ in rows], requests, results, self.opts.settings)
         except (JobTimeLimit, SoftTimeLimitExceeded):
