@@ -25,38 +25,46 @@ def final_text(decoded: str, stop: Sequence[str], strip: bool = True) -> tuple[s
 
 
 class DeltaBuffer:
-    """Turn a growing decoded text into deltas that join up to ``final_text`` of the whole.
+    """Turn the pieces of a growing decoded text into deltas that join up to ``final_text`` of the whole.
 
     Held back until more text arrives: leading and trailing whitespace (the answer is stripped), an
-    incomplete UTF-8 character (decoded as U+FFFD) and a tail that could begin a stop string.
+    incomplete UTF-8 character (decoded as U+FFFD) and a tail that could begin a stop string. Only the text not
+    yet sent is searched: what was sent never holds the start of a stop string (a tail that could begin one is
+    held), so each piece costs its own length plus what is held, not the whole text's.
     """
 
     def __init__(self, stop: Sequence[str] = (), strip: bool = True):
         self.stop = [s for s in stop if s]
         self.strip = strip
-        self.sent = ""
+        self.pending = ""  # decoded text not sent yet
+        self.started = False  # something was sent: the leading whitespace is behind
         self.stopped = False
 
-    def _visible(self, decoded: str, final: bool) -> str:
-        text, hit = cut_at_stop(decoded, self.stop)
+    def _visible(self, final: bool) -> tuple[str, int]:
+        """Return (the part of pending that may be sent now, how many leading characters it skips)."""
+        text, hit = cut_at_stop(self.pending, self.stop)
         if hit:
             self.stopped = True
             final = True
-        text = text.lstrip() if self.strip else text
-        if final:
-            return text.rstrip() if self.strip else text
-        if text.endswith("\ufffd"):
-            text = text[:-1]
-        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        text = text[:len(text) - hold]
-        return text.rstrip() if self.strip else text
+        skip = 0
+        if self.strip and not self.started:
+            skip = len(text) - len(text.lstrip())
+            text = text[skip:]
+        if not final:
+            if text.endswith("\ufffd"):
+                text = text[:-1]
+            hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            text = text[:len(text) - hold]
+        return (text.rstrip() if self.strip else text), skip
 
-    def update(self, decoded: str, final: bool = False) -> str:
-        """Return the new delta for the text decoded so far ('' when nothing new may be shown yet)."""
+    def push(self, piece: str, final: bool = False) -> str:
+        """Append a piece of decoded text; return the new delta ('' when nothing new may be shown yet)."""
         if self.stopped:
             return ""
-        visible = self._visible(decoded, final)
-        if not visible.startswith(self.sent) or len(visible) <= len(self.sent):
-            return ""  # nothing new (or the decoder revised earlier text: wait for the final text)
-        delta, self.sent = visible[len(self.sent):], visible
+        self.pending += piece
+        delta, skip = self._visible(final)
+        if not delta:
+            return ""
+        self.started = True
+        self.pending = self.pending[skip + len(delta):]
         return delta
