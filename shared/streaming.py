@@ -1,11 +1,15 @@
-"""Text streaming rules shared by the engine (which cuts at stop strings) and the worker (which streams deltas).
+"""Text streaming shared by the engine (which cuts at stop strings), the worker (which streams deltas) and the
+web (which relays them).
 
 The streamed deltas of a generation, joined, equal the text the engine finally returns: the decoded
-tokens, cut before the first stop string, stripped of surrounding whitespace. Torch-free.
+tokens, cut before the first stop string, stripped of surrounding whitespace. The worker appends a streamed
+job's events to a Redis stream (publish_event); the web waits on it with blocking reads (read_events).
+Torch-free.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 
@@ -68,3 +72,32 @@ class DeltaBuffer:
         self.started = True
         self.pending = self.pending[skip + len(delta):]
         return delta
+
+
+# -- the events of a streamed job, from the worker to the web: a Redis stream per job ------------------------
+
+STREAM_MAXLEN = 20_000  # events kept per job (a reader that falls this far behind sees the gap, see read_events)
+STREAM_TTL = 3600  # seconds a job's events are kept after the last one
+
+
+def publish_event(redis, key: str, event: dict) -> None:
+    """Append an event to a job's Redis stream (XADD, capped at about STREAM_MAXLEN; expiring STREAM_TTL after)."""
+    pipe = redis.pipeline()
+    pipe.xadd(key, {"event": json.dumps(event)}, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.expire(key, STREAM_TTL)
+    pipe.execute()
+
+
+def read_events(redis, key: str, cursor: str, block_seconds: float) -> tuple[list[dict], str]:
+    """Return (the events after cursor, the new cursor), waiting up to block_seconds for one (XREAD BLOCK).
+
+    Start from cursor "0". Each event of a delivery carries its number ("seq", from 0): a reader that finds one
+    missing (trimmed past STREAM_MAXLEN) knows its text has a gap.
+    """
+    reply = redis.xread({key: cursor}, block=max(1, int(block_seconds * 1000)), count=1000)
+    events = []
+    for _, entries in reply or ():
+        for entry_id, fields in entries:
+            cursor = entry_id
+            events.append(json.loads(fields.get("event") or fields[b"event"]))
+    return events, cursor
