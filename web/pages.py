@@ -237,7 +237,7 @@ def sweep(sweep_id):
 @bp.get("/sweeps/<sweep_id>.csv")
 def sweep_csv(sweep_id):
     """The sweep's table as CSV, for browsers without the API token."""
-    from web.api import sweep_csv_response
+    from web.export import sweep_csv_response
 
     return sweep_csv_response(sweep_id)
 

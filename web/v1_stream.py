@@ -46,7 +46,8 @@ def chat_runs(session, job_id: int, n: int) -> list[Run] | None:
     return [runs[v] for v in names] if len(runs) == n else None
 
 
-def _sse(data: Any) -> str:
+def sse(data: Any) -> str:
+    """Return one server-sent event carrying data as JSON."""
     return f"data: {json.dumps(data)}\n\n"
 
 
@@ -81,7 +82,7 @@ class ChatFrames:
                      "model": params["model"], "system_fingerprint": fingerprint(params)}
 
     def _chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None, index: int = 0) -> str:
-        return _sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+        return sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                                "finish_reason": finish}]})
 
     def logprobs(self, end: dict) -> list[str]:
@@ -104,12 +105,12 @@ class ChatFrames:
         p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
         reasons = end.get("finish_reasons") or [end.get("finish_reason", "stop")]
         return [*self.logprobs(end), *(self._chunk({}, reason, index=i) for i, reason in enumerate(reasons)),
-                _sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                                             "total_tokens": p + c}}),
                 "data: [DONE]\n\n"]
 
     def failure(self, error: dict) -> list[str]:
-        return [_sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
+        return [sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
 
 
 def _combined(ends: dict[int, dict], n: int) -> dict:
