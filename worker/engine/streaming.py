@@ -32,6 +32,7 @@ class IncrementalDetokenizer:
         self.prefix = 0  # the context window starts here
         self.read = 0  # tokens before this are already in the pieces
         self.pieces: list[str] = []
+        self._context: str | None = ""  # ids[prefix:read] decoded (None: not yet, since they moved)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -39,12 +40,14 @@ class IncrementalDetokenizer:
     def push(self, token: int) -> str:
         """Append a token; return the text it completes ('' while held back)."""
         self.ids.append(token)
-        context = self._decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
+        if self._context is None:
+            self._context = self._decode(self.ids[self.prefix:self.read])
+        context = self._context
         text = self._decode(self.ids[self.prefix:])
         if len(text) <= len(context) or text.endswith("\ufffd") or not text.startswith(context):
             return ""
         piece = text[len(context):]
-        self.prefix, self.read = self.read, len(self.ids)
+        self.prefix, self.read, self._context = self.read, len(self.ids), None
         self.pieces.append(piece)
         return piece
 
