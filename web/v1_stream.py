@@ -3,9 +3,9 @@
 
 The worker appends {"type": "delta"|"end", "attempt", "seq", ...} events to a Redis stream per job
 (shared.streaming.publish_event); a stream here waits on it with blocking reads (XREAD BLOCK), waking when an
-event arrives or a keepalive or a look at the job is due. A stream waits v1.wait_seconds for text, and as long again after each piece
-(a stall bound, not a total); a client that goes away cancels the job, unless another stream of the same
-job (the client's retry, web.v1's idempotency) still listens.
+event arrives or a keepalive or a look at the job is due. A stream waits v1.wait_seconds for text, and as long
+again after each piece (a stall bound, not a total); a client that goes away cancels the job, unless another
+stream of the same job (the client's retry, web.v1's idempotency) still listens.
 """
 
 from __future__ import annotations
@@ -126,9 +126,10 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                       frames=None):
     """Yield the completion in frames' framing (ChatFrames: chat.completion.chunk events, a usage chunk, [DONE]).
 
-    on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the first text and for each next piece. While nothing
-    arrives an SSE comment goes out every STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the
-    write fails, the server closes this generator) and its job is cancelled.
+    on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the
+    first text and for each next piece. While nothing arrives an SSE comment goes out every
+    STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the write fails, the server closes this
+    generator) and its job is cancelled.
     """
     s = services()
     redis = redis_client(s.settings["redis.url"])
