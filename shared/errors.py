@@ -31,6 +31,7 @@ class InstaBoostError(Exception):
 
     status = 400
     title = "Bad request"
+    code: str | None = None  # a class's own code (e.g. an OpenAI error code) unless the instance is given one
 
     def __init__(self, message: str, *, field: str | None = None, errors: list[dict] | None = None,
                  status: int | None = None, code: JobErrorCode | None = None):
@@ -38,7 +39,8 @@ class InstaBoostError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
-        self.code = code  # stored with a job this error fails
+        if code is not None:  # stored with a job this error fails
+            self.code = code
         # Field-level detail: [{"field": "multipliers[0]", "message": "..."}], at most MAX_ERRORS of them.
         errors = list(errors or ([{"field": field, "message": message}] if field else []))[:MAX_ERRORS]
         self.errors = [{**e, "message": clip(e["message"])} if isinstance(e, dict) and "message" in e else e

@@ -30,7 +30,7 @@ def _namespace(namespace: str | None) -> str:
 
 
 def stream_key(namespace: str, job_id: int) -> str:
-    """Return the Redis list a streaming chat job's events go to: the worker appends, the web reads (web/v1.py)."""
+    """Return the Redis stream a streaming job's events go to (shared.streaming): the worker appends, the web reads."""
     return f"{namespace}:stream:{job_id}"
 
 

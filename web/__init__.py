@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from flask import Flask
-from flask_wtf.csrf import CSRFProtect
 
 from shared.schemas import multiplier_text
 from web.charts import attention_chart, sweep_chart
+from web.context import csrf
 
 # test_config keys that stand for settings, so tests can point the app at their own services.
 CONFIG_SETTINGS = {
@@ -22,8 +22,6 @@ CONFIG_SETTINGS = {
     "REDIS_NAMESPACE": "redis.namespace",
     "API_TOKEN": "web.api_token",
 }
-
-csrf = CSRFProtect()
 
 
 def _settings(test_config: Mapping[str, Any] | None):

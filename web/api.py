@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, jsonify, request, url_for
 
-from shared.errors import BadRequest, Unavailable, UnsupportedMediaType
+from shared.errors import Unavailable
 from shared.resources import jobs as res
 from shared.schemas import JobRequest
 from shared.store import idempotency, lifecycle, queries, serialize, submission
@@ -16,7 +14,8 @@ from shared.workers import live_workers, starting_in
 from web import openapi_params as params
 from web.apidoc import COMMON, CROSS_SITE, LOCATION, RETRY_AFTER, Reply, document, operation, problem
 from web.context import db, paging_args, services, submit_kwargs
-from web.export import csv_response
+from web.export import csv_response, sweep_csv_response
+from web.inputs import json_body
 from web.openapi import IGNORED, JOB_REQUEST, SWEEP_REQUEST
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -30,21 +29,6 @@ LIST_ERRORS = {400: problem("Malformed cursor."), 422: problem("Invalid filter o
 CSV = {422: problem("Invalid filter."), **COMMON}
 CANCEL = ("Send 'Content-Type: application/json' (the body is ignored and may be empty) or an 'Authorization' "
           "header: a request with neither could come from another site's page, and is refused (415).")
-
-
-def _json_body():
-    if not request.is_json:  # application/json or application/*+json
-        raise UnsupportedMediaType(f"send the job as JSON with 'Content-Type: application/json' "
-                                   f"(got {request.mimetype or 'no content type'!r})", field="Content-Type")
-    raw = request.get_data(cache=True)
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("the body must be UTF-8 encoded JSON", field="body") from None
-    except ValueError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", field="body") from None
-    except RecursionError:  # e.g. [[[[...]]]] nested deeper than the parser's stack
-        raise BadRequest("the body is nested too deeply to be a job request", field="body") from None
 
 
 def _page(items, next_cursor, endpoint, filters):
@@ -65,7 +49,7 @@ def submit():
     """Validate and enqueue a job; answer 202 with its URL (a retry with the same Idempotency-Key: the same job)."""
     from shared.store.recommended import resolve_recommended
 
-    body = resolve_recommended(db(), _json_body(), services().settings)
+    body = resolve_recommended(db(), json_body(), services().settings)
     req = JobRequest.from_dict(body, services().settings, strict=True)
     job = submission.submit_job(db(), req, idempotency_key=idempotency.check_key(request.headers.get("Idempotency-Key")),
                                 **submit_kwargs())
@@ -133,7 +117,7 @@ def create_sweep():
     from shared.store import sweeps
 
     s = services()
-    req = parse_sweep_request(_json_body(), s.settings, strict=True)
+    req = parse_sweep_request(json_body(), s.settings, strict=True)
     facts = submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
     sweep = sweeps.create_sweep(db(), cases=req.cases, pack=req.pack, grid=req.grid, settings_=req.settings,
                                 floor=req.floor, params=req.params, settings=s.settings,
@@ -170,18 +154,6 @@ def list_sweeps():
 def sweep_csv(sweep_id):
     """Return a sweep's per-(setting, M, split) table as CSV (success, fluency, CIs, copy and repetition rates)."""
     return sweep_csv_response(sweep_id)
-
-
-def sweep_csv_response(sweep_id):
-    from flask import Response
-
-    from shared.calibration import table_csv
-    from shared.store import sweeps
-
-    sweep = sweeps.get_sweep(db(), sweep_id)
-    resp = Response(table_csv(sweep.result or {"table": [], "best": None}), mimetype="text/csv")
-    resp.headers["Content-Disposition"] = f'attachment; filename="instaboost-sweep-{sweep.id}.csv"'
-    return resp
 
 
 @bp.get("/sweeps/<sweep_id>")

@@ -31,6 +31,8 @@ from flask.sessions import SecureCookieSessionInterface
 from shared.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType, ValidationError
 from shared.settings import OPEN_MODE_MESSAGE
 from shared.validation import brief
+from web.context import csrf, services
+from web.problems import wants_problem
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
@@ -79,14 +81,10 @@ def _logged_in(token: str) -> bool:
 
 
 def _settings():
-    from web.context import services
-
     return services().settings
 
 
 def _refuse_anonymous():
-    from web.errors import wants_problem
-
     if wants_problem():
         raise Unauthorized("send 'Authorization: Bearer <token>' with the API token (web.api_token)",
                            field="Authorization")
@@ -183,8 +181,6 @@ def _refuse_foreign_host(settings) -> None:
 
 def guard():
     """Check every request: the Host, the token (when set), then the cross-site rules for state-changing ones."""
-    from web import csrf
-
     settings = _settings()
     _refuse_foreign_host(settings)
     token = settings["web.api_token"]

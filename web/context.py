@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from flask import current_app, g
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session, sessionmaker
+
+csrf = CSRFProtect()  # one per process; web.create_app binds it to the app, web.auth calls its protect()
 
 
 @dataclass

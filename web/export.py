@@ -10,7 +10,7 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from shared.csvsafe import neutralize
 from shared.store import export, queries
-from web.context import services
+from web.context import db, services
 
 bp = Blueprint("export", __name__)
 
@@ -86,3 +86,16 @@ def jobs_csv():
 def runs_csv():
     """Export the runs the /runs page shows (same filters), for browsers without the API token."""
     return csv_response(request.args)
+
+
+def sweep_csv_response(sweep_id):
+    """Return a sweep's per-(setting, M, split) table as a CSV attachment."""
+    from flask import Response
+
+    from shared.calibration import table_csv
+    from shared.store import sweeps
+
+    sweep = sweeps.get_sweep(db(), sweep_id)
+    resp = Response(table_csv(sweep.result or {"table": [], "best": None}), mimetype="text/csv")
+    resp.headers["Content-Disposition"] = f'attachment; filename="instaboost-sweep-{sweep.id}.csv"'
+    return resp

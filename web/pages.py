@@ -15,6 +15,7 @@ from shared.store import lifecycle, queries, serialize, submission
 from shared.store.tables import JobStatus
 from shared.workers import live_workers, starting_in
 from web.context import db, paging_args, services, submit_kwargs
+from web.export import sweep_csv_response
 
 bp = Blueprint("pages", __name__)
 
@@ -237,8 +238,6 @@ def sweep(sweep_id):
 @bp.get("/sweeps/<sweep_id>.csv")
 def sweep_csv(sweep_id):
     """The sweep's table as CSV, for browsers without the API token."""
-    from web.api import sweep_csv_response
-
     return sweep_csv_response(sweep_id)
 
 

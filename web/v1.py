@@ -4,18 +4,17 @@ Every chat completion is an ordinary stored job (kind "chat"): listed on the pag
 recovered by the sweeper. Its id is the job's id. The route enqueues it ahead of other work (see
 shared.celery_config.PRIORITY) and waits up to v1.wait_seconds for it; on timeout it answers 504 naming
 the job, which GET /v1/chat/completions/<id> (or /api/jobs/<id>) answers once it is done. A streamed
-completion relays the text deltas the worker appends to a Redis list (web/v1_stream.py). Completions are
-idempotent under client retries (shared.store.idempotency). Errors take OpenAI's shape (web/v1_errors.py): {"error": {"message", "type", "param", "code"}}; invalid input is 400.
+completion relays the text deltas the worker appends to a Redis stream (web/v1_stream.py). Completions are
+idempotent under client retries (shared.store.idempotency). Errors take OpenAI's shape, {"error": {"message",
+"type", "param", "code"}} (web/v1_errors.py, whose handlers each /v1 blueprint registers); invalid input is 400.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 
 from shared.chat import chat_params, completion_body, is_chat
-from shared.errors import InstaBoostError, ModelError, NotFound, UnsupportedMediaType, ValidationError
+from shared.errors import ModelError, NotFound, UnsupportedMediaType
 from shared.resources import openai as resources
 from shared.store import idempotency, queries, submission
 from shared.store.tables import Job, JobStatus
@@ -25,35 +24,13 @@ from web.apidoc import RETRY_AFTER, V1_COMMON, V1_CROSS_SITE, Reply, oai_error, 
 from web.context import db, services, submit_kwargs
 from web.openapi import BATCH_REQUEST, CHAT_REQUEST, FILE_UPLOAD, IGNORED
 from web.limits import wait_slots
-from web.v1_errors import ERROR_CODES, ERROR_TYPES, job_failure, openai_error, timeout_error  # noqa: F401 (API)
+from web.inputs import json_body, sdk_retry
+from web.v1_errors import ERROR_CODES, ERROR_TYPES, job_failure, openai_error, register, timeout_error  # noqa: F401
 from web.v1_stream import POLL_SECONDS, chat_runs, sse_response, stream_completion, wait_for_job  # noqa: F401 (API)
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 REDIS_DOWN = oai_error("Redis is unreachable.", RETRY_AFTER)
-
-
-def error_from_exception(exc: InstaBoostError) -> Response:
-    """Map a service error onto OpenAI's: invalid values are 400 (as OpenAI answers them), an unserved model 404."""
-    from shared.errors import Unavailable
-
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else {}
-    param = exc.errors[0]["field"] if exc.errors and exc.errors[0].get("field") else exc.field
-    message = exc.message
-    if len(exc.errors) > 1:
-        message += ": " + "; ".join(str(e.get("message")) for e in exc.errors)
-    elif exc.errors and exc.errors[0].get("message") and exc.errors[0]["message"] != exc.message:
-        message += ": " + str(exc.errors[0]["message"])
-    if isinstance(exc, ModelError):
-        return openai_error(404, message, param=param or "model", code="model_not_found")
-    if isinstance(exc, ValidationError) or exc.status == 422:
-        return openai_error(400, message, param=param, code="invalid_value")
-    return openai_error(exc.status, message, param=param, code=getattr(exc, "code", None), headers=headers)
-
-
-def _json_body() -> Any:
-    from web.api import _json_body as parse
-
-    return parse()
+register(bp)
 
 
 # -- models ----------------------------------------------------------------------------------------------------
@@ -107,14 +84,6 @@ def model(model):
 # -- chat completions -------------------------------------------------------------------------------------------
 
 
-def _sdk_retry() -> bool:
-    """Return True when the request is an openai SDK retry (it counts its tries in x-stainless-retry-count)."""
-    try:
-        return int(request.headers.get("x-stainless-retry-count", "0")) > 0
-    except ValueError:
-        return False
-
-
 @bp.post("/chat/completions")
 @operation("v1CreateChatCompletion", {
     200: Reply("The completion; with stream, server-sent chat.completion.chunk events, a usage chunk and "
@@ -143,11 +112,11 @@ def chat_completions():
     (web.limits) while it waits or streams; with none free it is refused with 429 before a job exists.
     """
     s = services()
-    params = chat_params(_json_body(), s.settings)
+    params = chat_params(json_body(), s.settings)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
     give_back = wait_slots().take()
     try:
-        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
+        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=sdk_retry(), **submit_kwargs())
     except idempotency.KeyReused as exc:
         give_back()
         return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
@@ -303,7 +272,7 @@ def create_batch():
 
     # The openai SDK marks its retries (x-stainless-retry-count); a client may send its own Idempotency-Key.
     retry = request.headers.get("x-stainless-retry-count", "0").strip() not in ("", "0")
-    b = batches.create_batch(db(), _json_body(), idempotency_key=request.headers.get("Idempotency-Key"), retry=retry,
+    b = batches.create_batch(db(), json_body(), idempotency_key=request.headers.get("Idempotency-Key"), retry=retry,
                              **submit_kwargs())
     return jsonify(batches.batch_to_dict(db(), b))
 

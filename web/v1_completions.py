@@ -22,11 +22,12 @@ from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
 from web.openapi_completions import COMPLETION_REQUEST
 from web.openapi_params import CompletionHeaders
-from web.v1 import _json_body, _sdk_retry
-from web.v1_errors import job_failure, openai_error
-from web.v1_stream import ChatFrames, _sse, sse_response, wait_for_job
+from web.inputs import json_body, sdk_retry
+from web.v1_errors import job_failure, openai_error, register
+from web.v1_stream import ChatFrames, sse, sse_response, wait_for_job
 
 bp = Blueprint("v1_completions", __name__, url_prefix="/v1")
+register(bp)
 BOOST_HEADER = "X-InstaBoost"
 
 
@@ -42,7 +43,7 @@ class CompletionFrames(ChatFrames):
         self.base = {**self.base, "id": f"cmpl-{job_id}", "object": "text_completion"}
 
     def _chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None, index: int = 0) -> str:
-        return _sse({**self.base, "choices": [{"index": index, "text": delta.get("content", ""), "logprobs": logprobs,
+        return sse({**self.base, "choices": [{"index": index, "text": delta.get("content", ""), "logprobs": logprobs,
                                                "finish_reason": finish}]})
 
     def start(self) -> list[str]:
@@ -60,7 +61,7 @@ class CompletionFrames(ChatFrames):
         out = [*self.logprobs(end), self._chunk({}, end.get("finish_reason", "stop"))]
         if self.params.get("include_usage"):  # only when asked, as OpenAI streams completions
             p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
-            out.append(_sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+            out.append(sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                                                    "total_tokens": p + c}}))
         return [*out, "data: [DONE]\n\n"]
 
@@ -98,11 +99,11 @@ def _header_boost():
 def completions():
     """Create a completion: one stored job, a row per prompt and choice, answered when done (or streamed)."""
     s = services()
-    params = completion_params(_json_body(), s.settings, header_boost=_header_boost())
+    params = completion_params(json_body(), s.settings, header_boost=_header_boost())
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
     give_back = wait_slots().take()
     try:
-        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
+        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=sdk_retry(), **submit_kwargs())
     except idempotency.KeyReused as exc:
         give_back()
         return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)

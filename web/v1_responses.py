@@ -26,11 +26,12 @@ from web.context import db, services, submit_kwargs
 from web.limits import wait_slots
 from web.openapi_params import IdempotencyHeaders
 from web.openapi_responses import RESPONSE_REQUEST
-from web.v1 import _json_body, _sdk_retry
-from web.v1_errors import job_failure, openai_error
+from web.inputs import json_body, sdk_retry
+from web.v1_errors import job_failure, openai_error, register
 from web.v1_stream import chat_run, sse_response, wait_for_job
 
 bp = Blueprint("v1_responses", __name__, url_prefix="/v1")
+register(bp)
 
 
 class ResponsesFrames:
@@ -105,14 +106,14 @@ def create_response():
     Idempotent under retries and bounded by the wait slots exactly as POST /v1/chat/completions.
     """
     s = services()
-    body = _json_body()
+    body = json_body()
     prev = body.get("previous_response_id") if isinstance(body, dict) else None
     previous = load_previous(db(), prev) if job_id_of(prev) is not None else None  # a malformed id: params says
     params = responses_params(body, s.settings, previous)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
     give_back = wait_slots().take()
     try:
-        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=_sdk_retry(), **submit_kwargs())
+        job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=sdk_retry(), **submit_kwargs())
     except idempotency.KeyReused as exc:
         give_back()
         return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)

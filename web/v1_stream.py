@@ -1,10 +1,11 @@
 """Streamed chat completions (SSE): the text deltas a worker appends to Redis, relayed as OpenAI chunks
 (ChatFrames), or as the Responses API's events (web.v1_responses.ResponsesFrames).
 
-The worker appends {"type": "delta"|"end", "attempt", ...} events to a Redis list per job
-(shared.workers.stream_key). A stream waits v1.wait_seconds for text, and as long again after each piece
-(a stall bound, not a total); a client that goes away cancels the job, unless another stream of the same
-job (the client's retry, web.v1's idempotency) still listens.
+The worker appends {"type": "delta"|"end", "attempt", "seq", ...} events to a Redis stream per job
+(shared.streaming.publish_event); a stream here waits on it with blocking reads (XREAD BLOCK), waking when an
+event arrives or a keepalive or a look at the job is due. A stream waits v1.wait_seconds for text, and as long
+again after each piece (a stall bound, not a total); a client that goes away cancels the job, unless another
+stream of the same job (the client's retry, web.v1's idempotency) still listens.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from shared.logprobs import chat_logprobs
 from shared.errors import Conflict
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
+from shared.streaming import read_events
 from shared.workers import redis_client, stream_key
 from web.context import services
 from web.v1_errors import job_failure, openai_error, timeout_error
 
 log = logging.getLogger(__name__)
-STREAM_POLL_SECONDS = 0.05
 POLL_SECONDS = 0.1  # how often a waiting (not streamed) completion looks at its job
 STREAM_KEEPALIVE_SECONDS = 1.0  # an SSE comment this often while no text arrives: a gone client is noticed
 
@@ -45,7 +46,8 @@ def chat_runs(session, job_id: int, n: int) -> list[Run] | None:
     return [runs[v] for v in names] if len(runs) == n else None
 
 
-def _sse(data: Any) -> str:
+def sse(data: Any) -> str:
+    """Return one server-sent event carrying data as JSON."""
     return f"data: {json.dumps(data)}\n\n"
 
 
@@ -80,7 +82,7 @@ class ChatFrames:
                      "model": params["model"], "system_fingerprint": fingerprint(params)}
 
     def _chunk(self, delta: dict, finish: str | None = None, logprobs: dict | None = None, index: int = 0) -> str:
-        return _sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+        return sse({**self.base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                                "finish_reason": finish}]})
 
     def logprobs(self, end: dict) -> list[str]:
@@ -103,12 +105,12 @@ class ChatFrames:
         p, c = int(end.get("prompt_tokens", 0)), int(end.get("completion_tokens", 0))
         reasons = end.get("finish_reasons") or [end.get("finish_reason", "stop")]
         return [*self.logprobs(end), *(self._chunk({}, reason, index=i) for i, reason in enumerate(reasons)),
-                _sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
+                sse({**self.base, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c,
                                                             "total_tokens": p + c}}),
                 "data: [DONE]\n\n"]
 
     def failure(self, error: dict) -> list[str]:
-        return [_sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
+        return [sse(error), "data: [DONE]\n\n"]  # the openai SDK raises an APIError for an event with "error"
 
 
 def _combined(ends: dict[int, dict], n: int) -> dict:
@@ -124,9 +126,10 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                       frames=None):
     """Yield the completion in frames' framing (ChatFrames: chat.completion.chunk events, a usage chunk, [DONE]).
 
-    on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the first text and for each next piece. While nothing
-    arrives an SSE comment goes out every STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the
-    write fails, the server closes this generator) and its job is cancelled.
+    on_end is called when the stream ends, however it ends. The deadline is a stall bound: wait seconds for the
+    first text and for each next piece. While nothing arrives an SSE comment goes out every
+    STREAM_KEEPALIVE_SECONDS, so a client that went away is noticed (the write fails, the server closes this
+    generator) and its job is cancelled.
     """
     s = services()
     redis = redis_client(s.settings["redis.url"])
@@ -144,7 +147,7 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
         yield from frames.start()
         n = int(params.get("n") or 1)  # choices: each event names its index; the stream ends after all n
         sent = [0] * n  # characters of each choice already sent
-        attempt, text, cursor = None, [""] * n, 0
+        attempt, text, cursor = None, [""] * n, "0"
         ends: dict[int, dict] = {}
         end: dict | None = None
 
@@ -154,21 +157,25 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
         now = time.monotonic()
         deadline, next_check, next_keepalive = now + wait, now + 0.5, now + STREAM_KEEPALIVE_SECONDS
         outcome: Response | None = None
+        seq = 0  # the next event number of this delivery; after a gap the stored run supplies the text
+        gap = False
         while end is None:
-            try:
-                events = redis.lrange(key, cursor, -1)
+            try:  # wake on the next event, or when a keepalive or a look at the job is due
+                events, cursor = read_events(redis, key, cursor, max(0.001, min(next_keepalive, next_check)
+                                                                      - time.monotonic()))
             except Exception as exc:  # redis-py connection errors
                 outcome = openai_error(503, f"the broker (Redis) became unreachable while streaming job {job_id} "
                                             f"({type(exc).__name__}); poll GET {frames.poll_path}",
                                        retry=False)
                 break
-            for raw in events:
-                cursor += 1
-                event = json.loads(raw)
+            for event in events:
                 if event.get("attempt") != attempt:  # a redelivery starts over: skip what was already sent
-                    attempt, text, ends = event.get("attempt"), [""] * n, {}
+                    attempt, text, ends, seq, gap = event.get("attempt"), [""] * n, {}, 0, False
+                if event.get("seq", seq) != seq:  # trimmed (STREAM_MAXLEN): wait for the stored run
+                    gap = True
+                seq = int(event.get("seq", seq)) + 1
                 i = int(event.get("index") or 0)
-                if not 0 <= i < n:
+                if gap or not 0 <= i < n:
                     continue
                 if event.get("type") == "delta":
                     text[i] += event["text"]
@@ -179,6 +186,8 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                         deadline, next_keepalive = now + wait, now + STREAM_KEEPALIVE_SECONDS  # text arrived
                 elif event.get("type") == "end":
                     ends[i] = event
+            if events and gap:  # the job is alive, though its text now comes from the stored run
+                deadline = time.monotonic() + wait
             if len(ends) == n:
                 end = _combined(ends, n)
                 break
@@ -217,7 +226,6 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
                 if now > deadline:
                     outcome = timeout_error(job_id, wait, frames.poll_path)
                     break
-            time.sleep(STREAM_POLL_SECONDS)
         done = True
         if outcome is not None:
             yield from frames.failure(json.loads(outcome.get_data(as_text=True)))

@@ -488,7 +488,7 @@ def test_configured_secrets_never_leak(clean_db, redis_namespace, heartbeat, mon
 def test_every_secret_setting_and_url_password_is_scrubbed(clean_db, redis_namespace):
     """The scrub list is the settings declared secret (judge.api_key was missing), plus passwords in URLs."""
     from shared.settings import SETTINGS
-    from web.errors import scrub
+    from web.problems import scrub
 
     values = {s.name: f"{s.name}-{uuid.uuid4().hex}" for s in SETTINGS if s.secret}
     assert "judge.api_key" in values

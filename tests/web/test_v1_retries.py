@@ -3,7 +3,7 @@
 A retry (same Idempotency-Key, or an openai SDK retry: x-stainless-retry-count >= 1) answers from the job its
 first try created; a stream waits v1.wait_seconds for each next piece of text, not for the whole answer.
 Jobs stay queued (a heartbeat advertises the model, no worker runs them); the tests play the worker's part
-through the store's own lifecycle functions and the worker's Redis stream list.
+through the store's own lifecycle functions and the worker's Redis stream (shared.streaming.publish_event).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from shared.chat import CHAT_VARIANT
 from shared.db import session_scope
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
+from shared.streaming import publish_event
 from shared.workers import stream_key
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
 
@@ -112,10 +113,10 @@ def test_a_stream_waits_as_long_as_text_keeps_arriving(clean_db, redis_namespace
 
     def worker():  # one piece every 0.4 s: 6.4 s in all, three times the stall bound
         for piece in pieces:
-            redis_client.rpush(key, json.dumps({"type": "delta", "text": piece, "attempt": 1}))
+            publish_event(redis_client, key, {"type": "delta", "text": piece, "attempt": 1})
             time.sleep(0.4)
-        redis_client.rpush(key, json.dumps({"type": "end", "finish_reason": "stop", "prompt_tokens": 9,
-                                            "completion_tokens": 16, "attempt": 1}))
+        publish_event(redis_client, key, {"type": "end", "finish_reason": "stop", "prompt_tokens": 9,
+                                          "completion_tokens": 16, "attempt": 1})
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
@@ -130,6 +131,31 @@ def test_a_stream_waits_as_long_as_text_keeps_arriving(clean_db, redis_namespace
     assert not [c for c in chunks if "error" in c], chunks
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "".join(pieces)
     assert chunks[-1]["usage"]["completion_tokens"] == 16
+
+
+def test_a_stream_with_a_gap_takes_its_text_from_the_stored_run(clean_db, redis_namespace, heartbeat, redis_client):
+    """Events trimmed from the job's Redis stream (past STREAM_MAXLEN) never garble the text: after a missing
+    event number the stream sends the stored run's text."""
+    heartbeat(DEFAULT_MODEL)
+    web = make_test_app(clean_db, redis_namespace, SETTINGS={"v1.wait_seconds": 5}).test_client()
+    resp = web.post("/v1/chat/completions", json={**BODY, "stream": True}, buffered=False)
+    job_id = int(resp.headers["X-InstaBoost-Job-Id"])
+    key = stream_key(redis_namespace, job_id)
+    redis_client.delete(key)  # job ids restart with each test's database; the Redis namespace is the session's
+    for event in [{"type": "delta", "text": "Ro", "attempt": 1, "seq": 0},
+                  {"type": "delta", "text": "XX", "attempt": 1, "seq": 3},  # 1 and 2 trimmed away
+                  {"type": "end", "finish_reason": "stop", "prompt_tokens": 9, "completion_tokens": 2, "attempt": 1,
+                   "seq": 4}]:
+        publish_event(redis_client, key, event)
+    finish(clean_db, job_id, "Rome.")
+    try:
+        events = [line[6:] for line in b"".join(resp.response).decode().splitlines() if line.startswith("data: ")]
+    finally:
+        resp.close()
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert not [c for c in chunks if "error" in c], chunks
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Rome."
+    assert events[-1] == "[DONE]" and chunks[-1]["usage"]["completion_tokens"] == 2
 
 
 def test_sdk_retries_never_duplicate_jobs_when_many_arrive_at_once(v1, clean_db):

@@ -4,7 +4,7 @@
   original, then every multiplier x layer mode), each run scored, the job's progress counted in variants;
 - ``OpenAIJob``: a ``/v1`` chat completion or completion job: one row per choice (and prompt), named after
   its run; the text, usage and logprobs are stored, nothing is scored, and a streaming job publishes its
-  tokens as they come (``shared.workers.stream_key``).
+  tokens as they come (a Redis stream, ``shared.streaming.publish_event``).
 
 The batch runner (``worker.jobs.runner``) treats every kind alike through ``job_kind``.
 """
@@ -12,7 +12,7 @@ The batch runner (``worker.jobs.runner``) treats every kind alike through ``job_
 from __future__ import annotations
 
 import functools
-import json
+import itertools
 import logging
 from typing import Any, Callable, Mapping
 
@@ -24,13 +24,13 @@ from shared.schemas import JobRequest, Variant
 from shared.settings import get_settings
 from shared.store import lifecycle
 from shared.store.tables import Run
+from shared.streaming import publish_event
 from shared.workers import redis_client, stream_key
 from worker.jobs.endings import ShutdownRequested
 from worker.scoring import judge_config, score_results
 
 log = logging.getLogger("instaboost.worker")
 
-STREAM_TTL = 3600  # seconds a job's stream events are kept after the last one
 
 
 class BoostJob:
@@ -115,12 +115,11 @@ class OpenAIJob:
         settings = get_settings()
         redis, key = _redis(settings["redis.url"]), stream_key(settings["redis.namespace"], job_id)
 
+        seq = itertools.count()  # numbers this delivery's events, so a reader sees a gap
+
         def publish(event: dict) -> None:
             try:
-                pipe = redis.pipeline()
-                pipe.rpush(key, json.dumps({**event, "attempt": attempt}))
-                pipe.expire(key, STREAM_TTL)
-                pipe.execute()
+                publish_event(redis, key, {**event, "attempt": attempt, "seq": next(seq)})
             except Exception as exc:  # streaming is best effort: the stored result is the answer
                 log.warning("job %s: could not publish a stream event (%s)", job_id, type(exc).__name__)
 
