@@ -89,6 +89,7 @@ class ContinuousDecoder:
         self._state = None
         self.steps = 0  # decoding forwards run
         self.row_steps = 0  # rows decoded, summed over those forwards
+        self.timing = {"decode": 0.0, "prefill": 0.0, "total": 0.0}  # seconds: decoding forwards, prefills, steps
 
     # -- queue ---------------------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, key: Hashable = None, on_text: Callable[[str], None] | None = None,
@@ -118,12 +119,15 @@ class ContinuousDecoder:
     @torch.inference_mode()
     def step(self) -> list[tuple[Hashable, GenerationResult]]:
         """Decode one token for the running rows, retire finished rows, admit waiting ones; return finished results."""
+        start = time.perf_counter()
         finished: list[Row] = []
         if self.rows:
             self._decode()
             finished += self._retire()
         finished += self._admit()
-        return [(row.key, self._result(row)) for row in finished]
+        out = [(row.key, self._result(row)) for row in finished]
+        self.timing["total"] += time.perf_counter() - start
+        return out
 
     def run(self, requests: Sequence[GenerationRequest],
             on_text: Callable[[int, str], None] | None = None) -> list[GenerationResult]:
@@ -142,9 +146,12 @@ class ContinuousDecoder:
         pos = torch.tensor([[self.width - r.pad] for r in self.rows], device=dev)
         if self._state is None or self.width + 1 > self._state.capacity:
             self._state = self._boost_state(self.width + CAPACITY_STEP)
+        start = time.perf_counter()
         with active_state(self._state):
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
                                 use_cache=True).logits[:, -1]
+        self._sync()
+        self.timing["decode"] += time.perf_counter() - start
         self.width += 1
         self.steps += 1
         self.row_steps += len(self.rows)
@@ -210,10 +217,13 @@ class ContinuousDecoder:
         positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
         every = any(r.request.prompt_logprobs is not None for r in group)
         cache = DynamicCache(config=self.model.config)
+        start = time.perf_counter()
         with active_state(boost_state(boost, width)):
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=positions, past_key_values=cache, use_cache=True,
                                 logits_to_keep=0 if every else 1).logits
+        self._sync()
+        self.timing["prefill"] += time.perf_counter() - start
         for i, row in enumerate(group):
             if row.request.prompt_logprobs is not None:
                 row.scored = prompt_section(engine.tokenizer, logits[i, row.pad:], row.prompt.input_ids,
@@ -223,6 +233,10 @@ class ContinuousDecoder:
             else:
                 self._choose(row, logits[i, -1])
         return cache, width
+
+    def _sync(self) -> None:
+        if self.engine.device.startswith("cuda"):
+            torch.cuda.synchronize()  # so the timing split counts the forward's own time
 
     def _setup(self, row: Row) -> None:
         req, n = row.request, len(row.prompt.input_ids)
