@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 # Messages may quote the input: bound what one error can echo back (a page, a problem body, a stored error).
 MAX_MESSAGE_CHARS = 1000
 MAX_ERRORS = 50
@@ -13,18 +15,30 @@ def clip(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+class JobErrorCode(StrEnum):
+    """Why a job failed, machine-readable: stored with the failed job (``jobs.error_code``) next to its message."""
+
+    context_length_exceeded = "context_length_exceeded"  # the prompt and its new tokens exceed the context
+    response_format = "response_format"  # the model's tokenizer cannot enforce the response_format schema
+    out_of_range = "out_of_range"  # a layer, head or token id past the model's
+    time_limit = "time_limit"  # ran past worker.job_time_limit
+    poison = "poison"  # delivered worker.max_attempts times, never finished
+    worker_error = "worker_error"  # an unexpected error in the worker
+
+
 class InstaBoostError(Exception):
-    """Base error: a message that says how to fix the input, plus an HTTP status."""
+    """Base error: a message that says how to fix the input, plus an HTTP status (and, for a job, its code)."""
 
     status = 400
     title = "Bad request"
 
     def __init__(self, message: str, *, field: str | None = None, errors: list[dict] | None = None,
-                 status: int | None = None):
+                 status: int | None = None, code: JobErrorCode | None = None):
         message = clip(message)
         super().__init__(message)
         self.message = message
         self.field = field
+        self.code = code  # stored with a job this error fails
         # Field-level detail: [{"field": "multipliers[0]", "message": "..."}], at most MAX_ERRORS of them.
         errors = list(errors or ([{"field": field, "message": message}] if field else []))[:MAX_ERRORS]
         self.errors = [{**e, "message": clip(e["message"])} if isinstance(e, dict) and "message" in e else e

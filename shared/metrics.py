@@ -8,7 +8,7 @@ labelled by worker id. The counters are the process's own since it started (Prom
 handles the reset when a worker restarts); a worker's series vanish when its heartbeat expires, as a
 per-worker endpoint's would. The numbers are at most one heartbeat interval old; a job's end beats at once.
 
-Torch-free: the worker records (worker/jobs/batch.py), the web reads the snapshot's format.
+Torch-free: the worker records (worker/jobs/runner.py), the web reads the snapshot's format.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
-from shared.errors import ValidationError
+from shared.errors import JobErrorCode, ValidationError
 from shared.fields import LAYER_MODES, MAX_LOGIT_BIAS, MAX_MULTIPLIER, PLACEMENTS
 from shared.validation import check_values
 
@@ -121,7 +121,7 @@ class BoostSpec:
             if start >= n_layers:
                 raise ValidationError(
                     f"start_layer {start} is out of range: the model has {n_layers} layers (0..{n_layers - 1})",
-                    field="start_layer")
+                    field="start_layer", code=JobErrorCode.out_of_range)
             if start + count > n_layers:
                 warnings.warn(f"middle block {start}+{count} clipped to the model's {n_layers} layers",
                               stacklevel=2)
@@ -131,7 +131,7 @@ class BoostSpec:
         if bad:
             raise ValidationError(
                 f"layers {bad} are out of range: the model has {n_layers} layers (0..{n_layers - 1})",
-                field="layers")
+                field="layers", code=JobErrorCode.out_of_range)
         return tuple(self.layers)
 
     def resolve_heads(self, n_layers: int, n_heads: int) -> dict[int, tuple[int, ...]]:
@@ -148,7 +148,8 @@ def select_heads(layers: Sequence[int], n_heads: int, fraction: float, seed: int
             hs = tuple(explicit[layer])
             if max(hs) >= n_heads:
                 raise ValidationError(f"head {max(hs)} in layer {layer} is out of range: the model has "
-                                      f"{n_heads} heads (0..{n_heads - 1})", field="heads")
+                                      f"{n_heads} heads (0..{n_heads - 1})", field="heads",
+                                      code=JobErrorCode.out_of_range)
         elif fraction >= 1.0:
             hs = tuple(range(n_heads))
         else:

@@ -6,6 +6,7 @@ import json
 
 from flask import Response
 
+from shared.errors import JobErrorCode
 from shared.store.tables import Job, JobStatus
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
@@ -35,20 +36,23 @@ def openai_error(status: int, message: str, *, param: str | None = None, code: s
     return resp
 
 
+# A failed job's code (jobs.error_code) -> the 400 it answers: (param, OpenAI code). Any other failure is a 500.
+JOB_ERRORS = {
+    JobErrorCode.context_length_exceeded: ("messages", "context_length_exceeded"),
+    # the worker could not compile the schema for the model's tokenizer
+    JobErrorCode.response_format: ("response_format", "invalid_value"),
+    JobErrorCode.out_of_range: ("instaboost", "invalid_value"),
+}
+
+
 def job_failure(job: Job) -> Response:
     """Return the error for a chat job that failed or was cancelled."""
     if job.status is JobStatus.cancelled:
         return openai_error(409, f"job {job.id} was cancelled before it finished", code="cancelled", retry=False)
     error = job.error or "the job failed"
-    if "context" in error and "exceeds" in error:
-        return openai_error(400, f"job {job.id} failed: {error}", param="messages", code="context_length_exceeded",
-                            retry=False)
-    if error.startswith("response_format"):  # the worker could not compile the schema for the model's tokenizer
-        return openai_error(400, f"job {job.id} failed: {error}", param="response_format", code="invalid_value",
-                            retry=False)
-    if "out of range" in error:
-        return openai_error(400, f"job {job.id} failed: {error}", param="instaboost", code="invalid_value",
-                            retry=False)
+    if job.error_code in JOB_ERRORS:
+        param, code = JOB_ERRORS[job.error_code]
+        return openai_error(400, f"job {job.id} failed: {error}", param=param, code=code, retry=False)
     return openai_error(500, f"job {job.id} failed: {error}", code="job_failed", retry=False)
 
 

@@ -104,7 +104,7 @@ def mark_running(session: Session, job_id: int, worker: str,
                 return None
             transition(session, job, JobStatus.queued, expect={"worker": job.worker})
         job = transition(session, job, JobStatus.running, worker=worker, started_at=utcnow(),
-                         attempts=Job.attempts + 1, error=None)
+                         attempts=Job.attempts + 1, error=None, error_code=None)
     except Conflict:
         session.rollback()  # cancelled or finished by someone else meanwhile
         return None
@@ -143,7 +143,7 @@ def claim_queued(session: Session, job_ids: Iterable[int], model: str, worker: s
             continue
         try:
             won.append(transition(session, job.id, JobStatus.running, worker=worker, started_at=utcnow(),
-                                  attempts=Job.attempts + 1, error=None))
+                                  attempts=Job.attempts + 1, error=None, error_code=None))
         except Conflict:  # taken or cancelled meanwhile (SQLite has no row locks to skip)
             continue
     session.commit()
@@ -189,19 +189,20 @@ def cancel_requested(session: Session, job_id: int) -> bool:
 def mark_succeeded(session: Session, job_id: int, worker: str | None = None) -> Job:
     """Finish a job as succeeded; with worker, only while the row still names it (else Conflict)."""
     job = transition(session, job_id, JobStatus.succeeded, expect=_owner(worker), progress_done=Job.progress_total,
-                     error=None)
+                     error=None, error_code=None)
     session.commit()
     return job
 
 
-def mark_failed(session: Session, job_id: int, error: str, worker: str | None = None) -> Job:
-    """Finish a job as failed with a message saying what went wrong.
+def mark_failed(session: Session, job_id: int, error: str, worker: str | None = None,
+                code: str | None = None) -> Job:
+    """Finish a job as failed with a message saying what went wrong, and its code (``shared.errors.JobErrorCode``).
 
     With worker, only while the row still names it (else Conflict). The message is stored as text on
     every database: NUL characters (which PostgreSQL refuses) become U+2400 (see ``store_text``).
     """
     job = transition(session, job_id, JobStatus.failed, expect=_owner(worker),
-                     error=store_text(str(error))[0][:10_000])
+                     error=store_text(str(error))[0][:10_000], error_code=None if code is None else str(code))
     session.commit()
     return job
 

@@ -30,7 +30,7 @@ def new_job(url: str, status: JobStatus = JobStatus.queued, worker: str | None =
 @pytest.fixture
 def run(pg_url):
     """Run one delivery of a job in this process as worker ME, as the Celery task does."""
-    from worker.jobs.tasks import execute_job
+    from worker.jobs.delivery import execute_job
 
     def go(job_id: int, **kw):
         # One variant per step: the boundaries these tests act at (cancel, shutdown, take-over) fall

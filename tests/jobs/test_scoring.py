@@ -66,7 +66,7 @@ def test_the_worker_scores_every_run_and_hit_eos_marks_truncation(fast_engine):
 
 
 def test_a_job_with_checks_stores_pass_fail_and_scores_appear_in_the_csv(client, clean_db):
-    from worker.jobs.tasks import execute_job
+    from worker.jobs.delivery import execute_job
 
     req = JobRequest.from_dict({"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
                                 "max_new_tokens": 12, "multipliers": [10], "layer_modes": ["all"],

@@ -20,7 +20,7 @@ from tests.fixtures.store import insert_job
 from tests.fixtures.store import load_job as load
 from shared.store.tables import Job, JobStatus, Run
 from shared.workers import live_workers, served_models
-from tests.fixtures.store import TEST_REDIS_URL
+from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
         "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"]}
@@ -33,7 +33,7 @@ def new_job(url: str, status: JobStatus = JobStatus.queued, attempts: int = 0, *
 @pytest.fixture
 def run(pg_url):
     """Run one delivery of a job in this process, as the Celery task does."""
-    from worker.jobs.tasks import execute_job
+    from worker.jobs.delivery import execute_job
 
     def go(job_id: int, **kw):
         # One variant per step: the boundaries these tests act at (cancel, shutdown, take-over) fall
@@ -48,7 +48,7 @@ def run(pg_url):
 
 @pytest.mark.slow
 def test_shutdown_hands_job_back_and_redelivery_resumes_without_duplicates(pg_url, run):
-    from worker.jobs.tasks import ShutdownRequested
+    from worker.jobs.endings import ShutdownRequested
 
     job_id = new_job(pg_url)
     calls = []
@@ -239,3 +239,85 @@ def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
     # Each row reports the time to its own last token (issue 10), not the batch's wall time.
     costs = [r.seconds for r in runs_batched]
     assert min(costs) > 0
+
+
+def test_a_failure_the_worker_raises_stores_its_code_for_v1_to_answer(pg_url, run):
+    """The worker stores a failed job's code where it raises the error (jobs.error_code); /v1 answers by the code."""
+    from shared.chat import chat_params
+    from web.v1_errors import job_failure
+
+    settings = load_settings(overrides={"database.url": pg_url})
+    params = chat_params({"model": settings["model.name"], "messages": [{"role": "user", "content": "Hi"}],
+                          "max_tokens": 4}, settings)
+    params["max_new_tokens"] = 10**6  # past the model's context: the worker's engine refuses it
+    with session_scope(pg_url) as s:
+        job = Job(status=JobStatus.queued, model=params["model"], params=params, kind="chat")
+        s.add(job)
+        s.flush()
+        chat_id = job.id
+    boost_id = new_job(pg_url, layer_modes=["middle"], start_layer=99)  # past the model's layers
+    assert run(chat_id) == "failed" and run(boost_id) == "failed"
+    job, boosted = load(pg_url, chat_id)[0], load(pg_url, boost_id)[0]
+    assert (job.error_code, boosted.error_code) == ("context_length_exceeded", "out_of_range")
+    assert "exceeds the model's context" in job.error and "out of range" in boosted.error
+    body = json.loads(job_failure(job).get_data())["error"]
+    assert (body["code"], body["param"]) == ("context_length_exceeded", "messages")
+    assert json.loads(job_failure(boosted).get_data())["error"]["code"] == "invalid_value"
+
+
+def test_a_poison_job_and_an_internal_error_store_their_codes(pg_url, run):
+    poison = new_job(pg_url, status=JobStatus.running, attempts=3)
+    assert run(poison) == "failed"
+    assert load(pg_url, poison)[0].error_code == "poison"
+    with session_scope(pg_url) as s:  # stored params the worker cannot read: an internal error, answered 500
+        bad = Job(status=JobStatus.queued, model="smollm2-135m-instruct", params={"kind": "chat"}, kind="chat")
+        s.add(bad)
+        s.flush()
+        bad_id = bad.id
+    assert run(bad_id) == "failed"
+    job = load(pg_url, bad_id)[0]
+    assert job.error_code == "worker_error" and job.error.startswith("internal error in the worker")
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Count the rows the engine decodes (its generate calls' requests), on the real engine."""
+    from worker.engine import get_engine
+
+    engine, counts = get_engine(DEFAULT_MODEL), []
+    generate = engine.generate
+
+    def counting(requests, **kw):
+        counts.append(len(requests))
+        return generate(requests, **kw)
+
+    monkeypatch.setattr(engine, "generate", counting)
+    return counts
+
+
+def test_rows_of_a_job_that_compute_the_same_are_decoded_once_and_stored_under_each_name(pg_url, run, decoded):
+    from shared.completions import completion_params
+
+    settings = load_settings(overrides={"database.url": pg_url})
+    job_id = new_job(pg_url, multipliers=[1, 10], layer_modes=["all", "middle"])  # M = 1: the original twice more
+    assert run(job_id, settings=settings) == "succeeded"
+    job, runs = load(pg_url, job_id)
+    by_name = {r.variant: r for r in runs}
+    assert sorted(by_name) == ["all_x1", "all_x10", "middle_x1", "middle_x10", "original"]
+    assert sum(decoded) == 3 and job.progress_done == job.progress_total == 5
+    assert by_name["all_x1"].output_text == by_name["middle_x1"].output_text == by_name["original"].output_text
+    assert (by_name["middle_x1"].multiplier, by_name["middle_x1"].layers) == (1.0, "middle")  # stored as itself
+    assert by_name["original"].layers == "none" and by_name["original"].heads is None
+
+    decoded.clear()  # a completion with the same prompt listed twice: one decode, two choices
+    params = completion_params({"model": DEFAULT_MODEL, "prompt": ["Paris is", "Paris is"], "max_tokens": 4},
+                               settings)
+    with session_scope(pg_url) as s:
+        job = Job(status=JobStatus.queued, model=DEFAULT_MODEL, params=params, kind="completion")
+        s.add(job)
+        s.flush()
+        completion_id = job.id
+    assert run(completion_id, settings=settings) == "succeeded"
+    runs = load(pg_url, completion_id)[1]
+    assert [r.variant for r in runs] == ["p0", "p1"] and runs[0].output_text == runs[1].output_text
+    assert sum(decoded) == 1

@@ -351,16 +351,18 @@ def test_a_schema_the_grammar_library_cannot_enforce_names_the_construct(v1_app)
 
 
 def test_a_job_the_worker_could_not_compile_the_schema_for_answers_400(v1_app, pg_url):
-    # A schema the web accepts but the model's tokenizer cannot serve fails its job in the worker with a message
-    # starting "response_format" (tests/engine/test_grammar.py); /v1 answers it as the request's fault.
+    # A schema the web accepts but the model's tokenizer cannot serve fails its job in the worker with the code
+    # response_format (tests/engine/test_grammar.py); /v1 answers it as the request's fault.
     from shared.chat import chat_params
     from shared.db import session_scope
+    from shared.errors import JobErrorCode
     from shared.store.tables import Job, JobStatus
 
     params = chat_params(chat(response_format={"type": "json_object"}), v1_app.extensions["instaboost"].settings)
     error = "response_format: the schema cannot be enforced with this model's tokenizer: no token spells it"
     with session_scope(pg_url) as s:
-        job = Job(status=JobStatus.failed, model=DEFAULT_MODEL, params=params, kind="chat", error=error)
+        job = Job(status=JobStatus.failed, model=DEFAULT_MODEL, params=params, kind="chat", error=error,
+                  error_code=JobErrorCode.response_format)
         s.add(job)
         s.flush()
         job_id = job.id

@@ -25,7 +25,7 @@ SMALL = {"cases": CASES, "grid": [1, 3, 5], "layer_modes": ["all"], "max_new_tok
 
 def drive(db_url: str, sweep_id: int, limit: int = 20) -> list[int]:
     """Run the sweep's queued jobs in this process (as a worker would) until none is left; return their ids."""
-    from worker.jobs.tasks import execute_job
+    from worker.jobs.delivery import execute_job
 
     settings = load_settings(overrides={"database.url": db_url})
     ran = []
@@ -158,7 +158,8 @@ def test_the_sweep_form_starts_a_sweep_and_shows_errors(client, heartbeat):
 def test_the_sweeper_advances_a_sweep_whose_worker_died_before_advancing_it(client, heartbeat, clean_db,
                                                                              redis_namespace):
     from worker.jobs.sweeper import Sweeper
-    from worker.jobs.tasks import _execute_job
+    from worker.jobs.delivery import run_delivery
+    from worker.jobs.runner import Options
 
     heartbeat("smollm2-135m-instruct")
     sweep = client.post("/api/sweeps", json=SMALL).get_json()
@@ -168,8 +169,7 @@ def test_the_sweeper_advances_a_sweep_whose_worker_died_before_advancing_it(clie
     with session_scope(clean_db) as s:
         step1 = list(s.scalars(select(Job.id).where(Job.sweep_id == sweep["id"])))
     for job_id in step1:  # the jobs finish, but their worker "dies" before advancing the sweep
-        assert _execute_job(job_id, "gone@host", settings=settings, db_url=clean_db, should_stop=lambda: False,
-                            is_alive=None) == "succeeded"
+        assert run_delivery(job_id, Options(worker="gone@host", settings=settings, db_url=clean_db)) == "succeeded"
     assert client.get(f"/api/sweeps/{sweep['id']}").get_json()["current_multiplier"] == 3.0
     done = Sweeper(settings, db_url=clean_db).sweep()
     assert done["sweeps"] == [sweep["id"]]

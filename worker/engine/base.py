@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from shared.errors import ValidationError
+from shared.errors import JobErrorCode, ValidationError
 from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from shared.streaming import cut_at_stop, final_text
 from worker.engine.grammar import Grammars, grammar_rows
@@ -75,7 +75,8 @@ class Engine:
             raise ValidationError(
                 f"the prompt is {len(p.input_ids)} tokens; with max_new_tokens {request.params.max_new_tokens} it "
                 f"exceeds the model's context of {self.max_context} tokens: shorten {what}",
-                field="messages" if request.messages is not None else "query")
+                field="messages" if request.messages is not None else "query",
+                code=JobErrorCode.context_length_exceeded)
         vocab = len(self.tokenizer)
         if any(token >= vocab for token, _ in request.params.logit_bias):
             raise ValidationError(f"logit_bias names token ids past {self.model_name}'s vocabulary of {vocab} "
@@ -97,7 +98,7 @@ class Engine:
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise ValidationError(f"prompt holds token id {bad[0]}, out of range for the model's vocabulary of "
-                                  f"{vocab} tokens (0..{vocab - 1})", field="prompt")
+                                  f"{vocab} tokens (0..{vocab - 1})", field="prompt", code=JobErrorCode.out_of_range)
         spans = request.prompt_spans
         if any(not 0 <= a < b <= len(ids) for a, b, _ in spans):
             raise ValidationError(f"instaboost.spans must lie within the prompt's {len(ids)} tokens", field="prompt")

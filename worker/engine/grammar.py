@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from llguidance import LLMatcher, LLTokenizer
 
-from shared.errors import ValidationError
+from shared.errors import JobErrorCode, ValidationError
 from shared.response_format import FIELD, grammar_error
 
 COMPILED_CACHE = 64  # compiled grammars kept per tokenizer (a batch file sends the same schema many times)
@@ -49,7 +49,7 @@ class Grammars:
             if first.is_error():
                 problem = " ".join(first.get_error().split()) or grammar_error(grammar)
                 raise ValidationError(f"{FIELD}: the schema cannot be enforced with this model's tokenizer: "
-                                      f"{problem}", field=FIELD)
+                                      f"{problem}", field=FIELD, code=JobErrorCode.response_format)
             self._compiled[grammar] = first
             while len(self._compiled) > COMPILED_CACHE:
                 self._compiled.popitem(last=False)

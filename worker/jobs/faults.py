@@ -1,23 +1,31 @@
-"""Test-only fault injection at fixed points of a job, switched on by one environment variable.
+"""The worker's one test seam: faults made to happen at fixed points of a job, switched on by one variable.
 
-``INSTABOOST_TEST_FAULT`` is unset in every deployment, and then ``inject`` does nothing but read it.
-Tests set it on a worker process (or on their own process for in-process runs) to make a fault happen
-at a deterministic point, independent of how fast the machine is::
+Production code calls ``inject(point, session)`` at exactly three points, named by the constants below;
+nothing else in the worker knows about tests. ``INSTABOOST_TEST_FAULT`` is unset in every deployment, and
+then ``inject`` only reads it and returns. Tests set it on their own process for in-process runs
+(``tests/jobs/test_reliability.py``, ``test_tasks.py``) or on a worker subprocess (``tests/jobs/test_faults.py``)
+to make a fault happen at a deterministic point, independent of how fast the machine is::
 
     INSTABOOST_TEST_FAULT="<point>:<action>[:<times>][,<point>:<action>[:<times>]...]"
 
-Points (where ``worker.jobs.tasks`` calls ``inject``): ``variant`` (before each generation, after the
-ownership check), ``fail`` (in the session that records a failure, before the UPDATE), ``cancel``
-(before a cancel is recorded as finished).
+Points:
+
+- ``variant`` (``STEP``): in ``worker.jobs.runner.BatchRunner._step``, once per batch step, before its rows
+  are generated, inside the step's soft time limit, watchdog and cancel watch (the jobs' ownership was
+  checked just before the step);
+- ``fail`` (``RECORD_FAILURE``): in ``worker.jobs.endings.fail``, in the fresh session that records a
+  failure, before the UPDATE;
+- ``cancel`` (``FINISH_CANCEL``): in ``worker.jobs.endings.finish_cancel``, before a cancel that the runner
+  found between two steps is recorded as finished.
 
 Actions:
 
 - ``hang_c``: block inside one C call (a read on a pipe nobody writes, with SIGALRM set to restart
   system calls) for up to 10 minutes: the time-limit alarm is never seen, as with native code that is stuck;
 - ``hang_py``: spin in Python for up to 60 s, swallowing every ``Exception`` (as careless code would);
-- ``sleep=<seconds>``: sleep that long in Python (a slow variant, whatever the machine's speed);
+- ``sleep=<seconds>``: sleep that long in Python (a slow step, whatever the machine's speed);
 - ``error``: raise ``RuntimeError``;
-- ``db_error``: run an invalid statement on the job's session (a real database error that is not
+- ``db_error``: run an invalid statement on the session passed (a real database error that is not
   "unreachable": ``ProgrammingError``).
 
 ``times`` limits how often an entry fires in one process (default: every time).
@@ -31,7 +39,12 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy import text
+
 ENV = "INSTABOOST_TEST_FAULT"
+STEP = "variant"  # the names tests write in ENV; see the module docstring for where each is called
+RECORD_FAILURE = "fail"
+FINISH_CANCEL = "cancel"
 
 _fired: dict[str, int] = {}
 _lock = threading.Lock()
@@ -55,7 +68,7 @@ def reset() -> None:
 
 
 def inject(point: str, session: Any = None) -> None:
-    """Make the fault configured for point happen (see the module docstring); nothing when unset."""
+    """Make the fault configured for point happen (see the module docstring); nothing when ENV is unset."""
     spec = os.environ.get(ENV)
     if not spec:
         return
@@ -84,8 +97,6 @@ def _act(action: str, point: str, session: Any) -> None:
     elif action == "error":
         raise RuntimeError(f"injected error at {point}")
     elif action == "db_error":
-        from sqlalchemy import text
-
         session.execute(text("SELECT no_such_column FROM no_such_table_injected"))
     else:
         raise ValueError(f"{ENV}: unknown action {action!r}")

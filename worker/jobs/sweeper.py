@@ -44,7 +44,7 @@ from sqlalchemy import select, update
 
 from shared import celery_config, workers
 from shared.db import session_scope
-from shared.errors import Conflict
+from shared.errors import Conflict, JobErrorCode
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, utcnow
 
@@ -147,7 +147,8 @@ class Sweeper:
                         s, r.id, JobStatus.failed, expect={"worker": r.worker},
                         error=(f"poison job: its worker died in each of {r.attempts} deliveries (last "
                                f"{r.worker}; worker.max_attempts={self.max_attempts}). Check the worker logs, "
-                               "e.g. for running out of memory, then resubmit with fewer variants or tokens."))
+                               "e.g. for running out of memory, then resubmit with fewer variants or tokens."),
+                        error_code=JobErrorCode.poison.value)
                     kind = "poisoned"
                 else:
                     # enqueued_at NULL puts it in the outbox: if sending fails now, the next pass retries.

@@ -1,6 +1,6 @@
-"""The hard time limit: a watchdog thread that ends a worker process whose job does not stop.
+"""A job's time limits: the soft one (an alarm in the job's thread) and the hard one (a watchdog thread).
 
-The soft limit (``worker.jobs.tasks.time_limit``) raises ``JobTimeLimit`` in the worker's main thread;
+The soft limit (``time_limit``) raises ``JobTimeLimit`` in the worker's main thread;
 Python only runs that when the thread executes Python code, so a generation stuck in native code (a
 kernel, a lock in a C library) never sees it. And Celery's ``task_time_limit`` does nothing in the solo
 pool the worker runs. So each delivery also arms a ``Watchdog``: if the job is still inside its limit
@@ -16,13 +16,37 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
+from contextlib import contextmanager
 from typing import Callable
+
+from worker.jobs.endings import JobTimeLimit
+from worker.jobs.heartbeat import current_heartbeat
 
 log = logging.getLogger("instaboost.worker")
 
 WATCHDOG_EXIT = 70  # EX_SOFTWARE: the process ended itself because a job was stuck past its hard limit
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise JobTimeLimit in this thread after seconds (main thread only; else Celery's limits apply)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise JobTimeLimit(f"job ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def grace_seconds(limit: float) -> float:
@@ -67,8 +91,6 @@ def end_process(reason: str, code: int = WATCHDOG_EXIT) -> None:
     """
     log.critical("%s; ending this worker process (exit code %d) so a fresh one takes over", reason, code)
     try:
-        from worker.jobs.heartbeat import current_heartbeat
-
         beat = current_heartbeat()
         if beat is not None:
             beat.stop()

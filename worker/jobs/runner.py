@@ -1,11 +1,9 @@
 """A worker's batch: rows (job variants) from one or several claimed jobs of a model, decoded together.
 
-A delivery claims its job (``tasks._execute_job``) and runs it here. With ``worker.batch_jobs`` on, each
-step first fills the batch up to ``worker.max_batch_rows`` rows with other jobs of the same model whose
-messages wait in this worker's queue: they are claimed in the database exactly as a delivery claims
-(queued -> running under this worker, one attempt counted), in one transaction that skips rows another
-worker is claiming (``lifecycle.claim_queued``). Their messages stay in the queue; delivered later, they
-find the job finished, or running under a live worker whose heartbeat lists it, and are skipped.
+A delivery claims its job (``worker.jobs.delivery``) and runs it here. With ``worker.batch_jobs`` on, each
+step first fills the batch up to ``worker.max_batch_rows`` rows with other queued jobs of the same model
+(``worker.jobs.intake``). Each job's kind (``worker.jobs.kinds``) gives its rows, requests, runs and scores;
+every way a job ends goes through ``worker.jobs.endings``.
 
 The batch is refilled between steps, not inside one: a step decodes its rows to the end (a row that
 ends early stops costing compute: its own budget, EOS), stores every run, then the next step fills up.
@@ -27,56 +25,49 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select
 
 from shared.celery_config import soft_time_limit
 from shared.db import get_sessionmaker
-from shared.errors import InstaBoostError
+from shared.errors import InstaBoostError, JobErrorCode
 from shared.metrics import METRICS
 from shared.store import lifecycle
+from shared.chat import choice_index
 from shared.store.tables import Job, JobStatus
 from worker.jobs import faults
-from worker.jobs import tasks as t
-from worker.jobs.watchdog import Watchdog, grace_seconds
+from worker.jobs.decode import decode_rows
+from worker.jobs.endings import (TAKEN_OVER, DatabaseUnavailable, JobTimeLimit, ShutdownRequested, end_read, fail,
+                                 finish_cancel, give_back, hand_back, internal_error, poison_message, settle,
+                                 stored_variants, stuck_message, succeed, timeout_message, with_db_retry)
+from worker.jobs.intake import claim_waiting
+from worker.jobs.kinds import JobKind, job_kind, score_rows
+from worker.jobs.watch import Watch, job_states
+from worker.jobs.watchdog import Watchdog, grace_seconds, time_limit
 
 log = logging.getLogger("instaboost.worker")
 
-TAKEN_OVER = "taken over"
 GATHER_POLL = 0.1  # seconds between two looks at the queue while a first step gathers its jobs
 
 
 @dataclass(eq=False)
 class Member:
-    """A job this worker claimed: its variants still to generate, and its own deadlines."""
+    """A job this worker claimed: its kind, its rows still to generate, and its own deadlines."""
 
     job_id: int
-    model: str
-    engine: str
-    attention: bool
-    request: Any  # JobRequest, or None for an OpenAI job (chat, completion)
-    params: dict
-    rows: list  # Variants still to generate (an OpenAI job: its run names, shared.completions.openai_rows: a chat
-                #   job's choices, a completion's prompts)
     soft_deadline: float  # time.monotonic() values
     hard_deadline: float
-    publish: Callable[[dict], None] | None = None
+    kind: JobKind | None = None  # None until its params were read (a job that cannot be read ends at once)
+    rows: list = field(default_factory=list)  # its kind's rows not stored yet
+    publish: Callable[[dict], None] | None = None  # a streaming job's event sink
     status: str | None = None  # how it ended, once it did
 
     @property
     def key(self) -> tuple[str, bool]:
         """Rows share a step only with rows of the same engine and attention analysis."""
-        return self.engine, self.attention
-
-    def generation_request(self, row):
-        if self.request is None:
-            from shared.completions import openai_request
-
-            return openai_request(self.params, row)
-        return self.request.generation_request(row)
+        return self.kind.engine, self.kind.attention
 
 
 @dataclass
@@ -128,11 +119,11 @@ class BatchRunner:
                 if not rows:
                     break
                 self._step(rows)
-        except t.ShutdownRequested:
+        except ShutdownRequested:
             self._hand_back_all(give_back_first=True)
             raise
         except BaseException:
-            # DatabaseUnavailable, a cold shutdown: the delivered job is the caller's (_execute_job); the
+            # DatabaseUnavailable, a cold shutdown: the delivered job is the caller's (run_delivery); the
             # others go back to the queue if the database lets us, else the sweeper finds them unlisted.
             self._hand_back_all(give_back_first=False)
             raise
@@ -145,55 +136,47 @@ class BatchRunner:
         return [m for m in self.members if m.status is None]
 
     def _advertise(self, extra: list[int] = ()) -> None:
+        """List in this process's heartbeat the jobs it holds (and extra ones it is claiming)."""
         if self.opts.advertise is not None:
             self.opts.advertise([m.job_id for m in self._active()] + list(extra))
 
     # -- members -----------------------------------------------------------------------------------------
 
     def _admit(self, job: Job) -> Member:
-        """Make a claimed job a member: its pending variants, progress and deadlines (or end it at once)."""
-        from shared.completions import openai_rows
-        from shared.schemas import JobRequest
-        from worker.engine import get_engine
-
+        """Make a claimed job a member: its pending rows, progress and deadlines (or end it at once)."""
         now = time.monotonic()
-        m = Member(job.id, job.model, "fast", False, None, dict(job.params), [], now + self.soft, now + self.limit)
+        m = Member(job.id, now + self.soft, now + self.limit)
         self.members.append(m)
         METRICS.job_started(job.id, job.created_at, job.started_at, completion=bool(job.params.get("stream")))
         if job.attempts > self.max_attempts:
-            self._end(m, t._fail(self.opts.db_url, job.id, t.poison_message(job.attempts, self.max_attempts),
-                                 self.budget, worker=self.worker))
+            self._fail(m, poison_message(job.attempts, self.max_attempts), JobErrorCode.poison)
             return m
         try:
-            if openai_rows(job.params) is not None:
-                m.engine = job.params.get("engine") or "fast"
-                variants = openai_rows(job.params)
-            else:
-                m.request = JobRequest.from_params(job.params)
-                m.engine, m.attention = m.request.engine, bool(m.request.attention)
-                variants = m.request.variants()
-            engine = get_engine(job.model, m.engine)
-            for row in variants:  # a prompt that cannot run fails its own job, before it joins a step
-                engine.prompt(m.generation_request(row))
+            m.kind = job_kind(dict(job.params))
+            rows = m.kind.rows()
+            engine = _engine(job.model, m.kind.engine)
+            for row in rows:  # a prompt that cannot run fails its own job, before it joins a step
+                engine.prompt(m.kind.generation_request(row))
         except InstaBoostError as exc:
-            self._end(m, t._fail(self.opts.db_url, job.id, exc.message, self.budget, worker=self.worker))
+            self._fail(m, exc.message, exc.code)
             return m
         except Exception as exc:
             log.exception("job %s: could not be prepared", job.id)
-            self._end(m, t._fail(self.opts.db_url, job.id, f"internal error in the worker: {type(exc).__name__}: "
-                                 f"{exc}", self.budget, worker=self.worker))
+            self._fail(m, internal_error(exc), JobErrorCode.worker_error)
             return m
-        done = t.with_db_retry(self.session, t._stored_variants, job.id, budget=self.budget)
-        name = (lambda r: r) if m.request is None else (lambda r: r.name)
-        m.rows = [r for r in variants if name(r) not in done]  # the rest were stored by an earlier delivery
-        if m.request is not None:
-            t.with_db_retry(self.session, lifecycle.mark_progress, job.id, len(variants) - len(m.rows),
-                            len(variants), worker=self.worker, budget=self.budget)
-        else:
-            m.publish = t._publisher(job, job.attempts)
+        done = with_db_retry(self.session, stored_variants, job.id, budget=self.budget)
+        m.rows = [r for r in rows if m.kind.name(r) not in done]  # the rest were stored by an earlier delivery
+        if m.kind.counts_progress:
+            with_db_retry(self.session, lifecycle.mark_progress, job.id, len(rows) - len(m.rows),
+                          len(rows), worker=self.worker, budget=self.budget)
+        m.publish = m.kind.publisher(job.id, job.attempts)
         if not m.rows:
-            self._end(m, t.with_db_retry(self.session, t._succeed, job.id, self.worker, budget=self.budget))
+            self._end(m, with_db_retry(self.session, succeed, job.id, self.worker, budget=self.budget))
         return m
+
+    def _fail(self, m: Member, message: str, code: str | None) -> None:
+        """Fail a member with message and code (only while it is still this worker's), and end it."""
+        self._end(m, fail(self.opts.db_url, m.job_id, message, self.budget, worker=self.worker, code=code))
 
     def _end(self, m: Member, status: str) -> None:
         m.status, m.rows = status, []
@@ -207,7 +190,7 @@ class BatchRunner:
         """Before a step: end the members cancelled, taken over or past their time limit; stop if asked."""
         active = self._active()
         if active:
-            states = t.with_db_retry(self.session, _states, [m.job_id for m in active], budget=self.budget)
+            states = with_db_retry(self.session, job_states, [m.job_id for m in active], budget=self.budget)
             for m in active:
                 status, worker = states.get(m.job_id, (None, None))
                 if worker != self.worker or status not in (JobStatus.running, JobStatus.cancelling,
@@ -216,14 +199,13 @@ class BatchRunner:
                                 status.value if status else "gone", worker or "-")
                     self._end(m, TAKEN_OVER)
                 elif status is JobStatus.cancelling:
-                    self._end(m, t._finish_cancel(self.session, m.job_id, self.worker, self.budget))
-                elif status is JobStatus.cancelled and worker == self.worker:  # by the step's _Watch
+                    self._end(m, finish_cancel(self.session, m.job_id, self.worker, self.budget))
+                elif status is JobStatus.cancelled and worker == self.worker:  # by the step's Watch
                     self._end(m, JobStatus.cancelled.value)
                 elif time.monotonic() >= m.soft_deadline:
-                    self._end(m, t._fail(self.opts.db_url, m.job_id, self._timeout_message(), self.budget,
-                                         worker=self.worker))
+                    self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
         if self.opts.should_stop():
-            raise t.ShutdownRequested()
+            raise ShutdownRequested()
 
     def _fill(self) -> None:
         """Claim queued jobs of this model into the batch while their rows fit (worker.batch_jobs)."""
@@ -232,50 +214,23 @@ class BatchRunner:
         room = self._room()
         if room <= 0:
             return
-        try:
-            waiting = set(self.opts.candidates(self.model)) - {m.job_id for m in self.members}
-        except Exception as exc:  # Redis away: run what we hold; the next step tries again
-            log.warning("batch: cannot read the queue (%s)", type(exc).__name__)
+        won = claim_waiting(self.session, self.opts.candidates, self.model, self.worker, room=room,
+                            held={m.job_id for m in self.members}, max_rows=self.max_rows,
+                            advertise=self._advertise, budget=self.budget)
+        if won is None:
             return
-        if not waiting:
-            return
-        budget = [room]
-
-        def take(job: Job) -> bool:
-            from shared.completions import openai_rows
-
-            params = job.params or {}
-            if (params.get("engine") or "fast") != "fast":
-                return False  # the reference engine runs one row at a time: leave it to its own delivery
-            n = len(openai_rows(params)) if openai_rows(params) is not None else _variant_count(params)
-            if n is None:
-                return False  # its own delivery fails it with the reason
-            if n > budget[0] and budget[0] < self.max_rows:
-                return False
-            budget[0] -= n
-            return True
-
-        # Listed before the claim commits, so a duplicate delivery elsewhere never takes one of them over.
-        self._advertise(sorted(waiting))
-        try:
-            won = t.with_db_retry(self.session, lifecycle.claim_queued, waiting, self.model, self.worker, take,
-                                  budget=self.budget)
-        except BaseException:
-            self._advertise()  # anything it claimed is found unlisted by the sweeper and sent again
-            raise
-        self._advertise([job.id for job in won])
         for job in won:
             log.info("job %s: joins the batch of job %s's delivery", job.id, self.first.id)
             try:
                 self._admit(job)
-            except (t.DatabaseUnavailable, t.ShutdownRequested):
+            except (DatabaseUnavailable, ShutdownRequested):
                 raise
             except Exception as exc:  # its own error: it ends (or goes back) alone, the batch goes on
                 self.session.rollback()
                 m = next(m for m in self.members if m.job_id == job.id)
                 if m.status is None:
-                    self._end(m, t._settle(self.opts.db_url, job.id, self.worker, exc, self.budget,
-                                           self.opts.hard_exit))
+                    self._end(m, settle(self.opts.db_url, job.id, self.worker, exc, self.budget,
+                                        self.opts.hard_exit))
         self._advertise()
 
     def _gather(self) -> None:
@@ -300,7 +255,7 @@ class BatchRunner:
         if not active:
             return []
         head = active[0]
-        cap = self.max_rows if head.engine == "fast" else 1  # the reference engine runs requests one by one
+        cap = self.max_rows if head.kind.engine == "fast" else 1  # the reference engine runs requests one by one
         pool = [head] if head.job_id in self.isolate else [
             m for m in active if m.key == head.key and m.job_id not in self.isolate]
         return [(m, r) for m in pool for r in m.rows][:cap]
@@ -308,27 +263,24 @@ class BatchRunner:
     # -- one step ----------------------------------------------------------------------------------------
 
     def _step(self, rows: list[tuple[Member, Any]]) -> None:
-        from shared.chat import choice_index
-        from worker.engine import get_engine
-
         members = list(dict.fromkeys(m for m, _ in rows))
         head = members[0]
         log.info("batch: a step of %d rows from jobs %s", len(rows), [m.job_id for m in members])
-        engine = get_engine(self.model, head.engine)
-        requests = [m.generation_request(r) for m, r in rows]
+        engine = _engine(self.model, head.kind.engine)
+        requests = [m.kind.generation_request(r) for m, r in rows]
         streams = {i: m.publish for i, (m, _) in enumerate(rows) if m.publish is not None}
         index = {i: choice_index(r) or 0 for i, (m, r) in enumerate(rows) if m.publish is not None}  # its choice
         now = time.monotonic()
         alarm = max(0.05, min(m.soft_deadline for m in members) - now)
         hard = max(0.05, min(m.hard_deadline for m in members) + grace_seconds(self.limit) - now)
-        watch = _Watch(self.opts.db_url, self.worker, [m.job_id for m in members])
+        watch = Watch(self.opts.db_url, self.worker, [m.job_id for m in members])
         try:
             with contextlib.ExitStack() as stack:
                 if self.opts.hard_exit is not None:
                     stack.enter_context(Watchdog(hard, lambda: self._stuck(members)))
                 stack.enter_context(watch)
-                with t.time_limit(alarm):
-                    faults.inject("variant", self.session)
+                with time_limit(alarm):
+                    faults.inject(faults.STEP, self.session)
                     for publish in streams.values():
                         publish({"type": "start"})
 
@@ -337,19 +289,19 @@ class BatchRunner:
                             METRICS.first_token(rows[i][0].job_id)
                             streams[i]({"type": "delta", "text": delta, "index": index[i]})
 
-                    results = engine.generate(requests, attention=head.attention, on_text=on_text if streams else None,
-                                              halt=lambda i: rows[i][0].job_id in watch.stopped)
+                    results = decode_rows(engine, requests, [m.job_id for m, _ in rows], attention=head.kind.attention,
+                                          on_text=on_text if streams else None,
+                                          halt=lambda i: rows[i][0].job_id in watch.stopped)
                     METRICS.step(len(rows), sum(r.output_tokens for r in results), time.monotonic() - now)
-                    scores = self._score(engine, rows, requests, results)
-        except (t.JobTimeLimit, SoftTimeLimitExceeded):
+                    scores = score_rows(engine, [m.kind for m, _ in rows], requests, results, self.opts.settings)
+        except (JobTimeLimit, SoftTimeLimitExceeded):
             self.session.rollback()
             now = time.monotonic()
             late = [m for m in members if m.soft_deadline <= now + 0.5] or [min(members, key=lambda m: m.soft_deadline)]
             for m in late:
-                self._end(m, t._fail(self.opts.db_url, m.job_id, self._timeout_message(), self.budget,
-                                     worker=self.worker))
+                self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
             return
-        except t.ShutdownRequested:
+        except ShutdownRequested:
             raise
         except Exception as exc:
             self.session.rollback()
@@ -360,79 +312,39 @@ class BatchRunner:
                 self.isolate.update(m.job_id for m in members)
                 return
             if isinstance(exc, InstaBoostError):
-                message = exc.message
+                self._fail(head, exc.message, exc.code)
             else:
                 log.exception("job %s failed", head.job_id)
-                message = f"internal error in the worker: {type(exc).__name__}: {exc}"
-            self._end(head, t._fail(self.opts.db_url, head.job_id, message, self.budget, worker=self.worker))
+                self._fail(head, internal_error(exc), JobErrorCode.worker_error)
             return
         # A job cancelled or taken over during the step stopped there: its partial rows are dropped, and the
         # next _check finishes it (cancelled) or lets it go (taken over).
         self._store(rows, results, scores, engine, [m for m in members if m.job_id not in watch.stopped])
 
-    def _score(self, engine, rows, requests, results) -> list[dict | None]:
-        """Score the step's rows: one pass per (perplexity, judge) choice, however many jobs share it."""
-        scores: list[dict | None] = [None] * len(rows)
-        groups: dict[tuple[bool, bool], list[int]] = {}
-        for i, (m, _) in enumerate(rows):
-            if m.request is not None:  # a chat job stores its text and usage only
-                groups.setdefault((m.request.score_perplexity, m.request.judge), []).append(i)
-        for idx in groups.values():
-            for i, score in zip(idx, t._score(engine, [rows[i][0].request for i in idx], [requests[i] for i in idx],
-                                              [results[i] for i in idx], self.opts.settings)):
-                scores[i] = score
-        return scores
-
     def _store(self, rows, results, scores, engine, members: list[Member]) -> None:
         """Store each row's run and end the members with nothing left; a member's error fails it alone."""
-        from shared.chat import choice_index
-
         for m in members:
             mine = [(r, results[i], scores[i]) for i, (n, r) in enumerate(rows) if n is m]
             try:
                 for row, result, score in mine:
-                    t.with_db_retry(self.session, self._record, m, row, result, score, engine, budget=self.budget)
-                    t.with_db_retry(self.session, t._end_read, budget=self.budget)
+                    with_db_retry(self.session, m.kind.record, m.job_id, row, result, score, engine,
+                                  budget=self.budget)
+                    with_db_retry(self.session, end_read, budget=self.budget)
                     m.rows.remove(row)
-                    if m.request is None and m.publish is not None:
-                        m.publish({"type": "end", "index": choice_index(row) or 0,
-                                   "finish_reason": result.finish_reason, "logprobs": result.logprobs,
-                                   "prompt_tokens": result.prompt_tokens, "completion_tokens": result.output_tokens})
-                    log.info("job %s: variant %s done (%d tokens)", m.job_id, getattr(row, "name", row),
-                             result.output_tokens)
+                    if m.publish is not None:
+                        m.publish(m.kind.end_event(row, result))
+                    log.info("job %s: variant %s done (%d tokens)", m.job_id, m.kind.name(row), result.output_tokens)
                 if not m.rows:
                     # A cancel that arrives after the last variant loses: the job is complete.
-                    self._end(m, t.with_db_retry(self.session, t._succeed, m.job_id, self.worker,
-                                                 budget=self.budget))
-            except t.DatabaseUnavailable:
+                    self._end(m, with_db_retry(self.session, succeed, m.job_id, self.worker, budget=self.budget))
+            except DatabaseUnavailable:
                 raise
             except Exception as exc:
                 self.session.rollback()
                 log.exception("job %s: storing its runs failed", m.job_id)
-                self._end(m, t._fail(self.opts.db_url, m.job_id, f"internal error in the worker: "
-                                     f"{type(exc).__name__}: {exc}", self.budget, worker=self.worker))
-
-    @staticmethod
-    def _record(session, m: Member, row, result, score, engine):
-        if m.request is None:
-            mults = [x for _, _, x in result.spans]
-            return lifecycle.record_run(
-                session, m.job_id, row, multiplier=max(mults, key=lambda x: abs(x - 1)) if mults else 1.0,
-                layers=m.params["layers"] if mults else "none", heads=None, output_text=result.text,
-                prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens, seconds=result.seconds,
-                attention_mass=None, finish_reason=result.finish_reason, logprobs=result.logprobs)
-        return lifecycle.record_run(
-            session, m.job_id, row.name, multiplier=row.multiplier,
-            layers="none" if row.is_original else row.layer_mode, heads=t._heads(m.request, row, engine),
-            output_text=result.text, prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
-            seconds=result.seconds, attention_mass=result.attention_mass, finish_reason=result.finish_reason,
-            scores=score)
+                self._fail(m, internal_error(exc), JobErrorCode.worker_error)
 
     # -- limits and the way out --------------------------------------------------------------------------
-
-    def _timeout_message(self) -> str:
-        return (f"time limit: the job ran longer than {self.soft} s (worker.job_time_limit={self.limit} s); "
-                "the variants finished before it are kept. Ask for fewer variants or max_new_tokens.")
 
     def _stuck(self, members: list[Member]) -> None:
         """The watchdog thread: the step never saw its alarm. Fail the jobs past their hard limit, then exit."""
@@ -446,11 +358,8 @@ class BatchRunner:
         backstop.start()
         for m in late:
             try:
-                t._fail(self.opts.db_url, m.job_id, f"time limit: the job was still running {past:.0f} s after it "
-                        f"started and did not stop at its limit (worker.job_time_limit={self.limit} s; stuck in "
-                        "native code?), so its worker process was ended; the variants finished before it are "
-                        "kept. Ask for fewer variants or max_new_tokens.", min(self.budget, 10.0),
-                        worker=self.worker)
+                fail(self.opts.db_url, m.job_id, stuck_message(past, self.limit), min(self.budget, 10.0),
+                     worker=self.worker, code=JobErrorCode.time_limit)
             except BaseException as exc:  # the sweeper recovers the job once this process is gone
                 log.error("job %s: watchdog could not record the failure (%s)", m.job_id, type(exc).__name__)
         # The other jobs of the step were not past their limit: the sweeper sends them again.
@@ -465,76 +374,19 @@ class BatchRunner:
                 if m.job_id == self.first.id:
                     if give_back_first:  # its message goes back to the queue with it (Reject, requeue)
                         with contextlib.suppress(InstaBoostError):
-                            t.with_db_retry(self.session, t._give_back, m.job_id, self.worker, budget=budget)
+                            with_db_retry(self.session, give_back, m.job_id, self.worker, budget=budget)
                     continue  # otherwise the caller settles the delivered job
                 # Its message may be gone (skipped while it ran here): enqueued_at NULL, the sweeper sends it.
-                m.status = t._hand_back(self.opts.db_url, m.job_id, self.worker, budget, fault=False)
+                m.status = hand_back(self.opts.db_url, m.job_id, self.worker, budget, fault=False)
             except BaseException as exc:  # the sweeper finds it unlisted in this process's heartbeat
                 log.warning("job %s: could not hand it back (%s)", m.job_id, type(exc).__name__)
         with contextlib.suppress(Exception):
             self.session.rollback()
 
 
-class _Watch:
-    """While a step decodes, poll whether its jobs are still this worker's to run (cancel, take-over).
+def _engine(model: str, kind: str):
+    # Imported on first use: worker.engine imports torch, which the Celery app and `instaboost serve` (that
+    # import this module) must not pay for before a job runs.
+    from worker.engine import get_engine
 
-    The jobs it finds cancelled or taken over stop decoding at the next token (Engine.generate's halt),
-    so one job's cancel costs the batch nothing more and stops only that job.
-    """
-
-    INTERVAL = 0.5  # seconds between two polls
-
-    def __init__(self, db_url: str | None, worker: str, job_ids: list[int]):
-        self.db_url, self.worker, self.job_ids = db_url, worker, list(job_ids)
-        self.stopped: set[int] = set()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="instaboost-batch-watch", daemon=True)
-
-    def _run(self) -> None:
-        session = get_sessionmaker(self.db_url)()
-        try:
-            while not self._done.wait(self.INTERVAL):
-                try:
-                    states = _states(session, self.job_ids)
-                except Exception:  # noqa: BLE001 - the database away for a moment: the step goes on
-                    with contextlib.suppress(Exception):
-                        session.rollback()
-                    continue
-                for job_id in self.job_ids:
-                    status, worker = states.get(job_id, (None, None))
-                    if job_id in self.stopped or status is JobStatus.running and worker == self.worker:
-                        continue
-                    if status is JobStatus.cancelling and worker == self.worker:
-                        # Cancelled now, not when the step ends: the user sees it at once.
-                        with contextlib.suppress(Exception):
-                            lifecycle.finish_cancel(session, job_id, worker=self.worker)
-                            log.info("job %s: cancelled during a step; its rows stop here", job_id)
-                        with contextlib.suppress(Exception):
-                            session.rollback()
-                    self.stopped.add(job_id)
-        finally:
-            with contextlib.suppress(Exception):
-                session.close()
-
-    def __enter__(self) -> "_Watch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-
-def _states(session, job_ids: list[int]) -> dict[int, tuple[JobStatus, str | None]]:
-    rows = session.execute(select(Job.id, Job.status, Job.worker).where(Job.id.in_(job_ids))).all()
-    session.commit()  # no transaction (and pooled connection) held open during the next step
-    return {r.id: (r.status, r.worker) for r in rows}
-
-
-def _variant_count(params: Mapping[str, Any]) -> int | None:
-    from shared.schemas import JobRequest
-
-    try:
-        return len(JobRequest.from_params(params).variants())
-    except Exception:  # noqa: BLE001 - stored params it cannot read
-        return None
+    return get_engine(model, kind)
