@@ -139,7 +139,7 @@ def test_sliding_window_rows_past_the_window_equal_alone(tiny):
     reqs = [GenerationRequest("Answer only in French.", LONG_QUERY + " " * k,
                               BoostSpec(multiplier=m, placement="raw", layers=layers),
                               GenerationParams(max_new_tokens=n))
-            for k, m, layers, n in ((0, 50.0, "all", 10), (1, 1.0, "all", 6), (0, 8.0, "middle", 12),
+            for k, m, layers, n in ((0, 50.0, "all", 10), (1, 1.0, "all", 6), (0, 8.0, "1,2", 12),
                                     (2, 0.3, "all", 9))]
     reqs.append(GenerationRequest("Be terse.", "Why?", BoostSpec(multiplier=20.0, placement="raw"),
                                   GenerationParams(max_new_tokens=14)))  # short prompt: shorter than the window

@@ -62,6 +62,7 @@ class Row:
     recorder: StepRecorder | None = None
     streamer: RowStreamer | None = None
     scored: dict | None = None
+    attention: bool = False  # measure its attention mass on the boosted spans once it ends
     joined: float = 0.0
     halted: bool = False
     done: bool = False
@@ -93,10 +94,15 @@ class ContinuousDecoder:
 
     # -- queue ---------------------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, key: Hashable = None, on_text: Callable[[str], None] | None = None,
-               first: bool = False) -> Hashable:
-        """Queue a request (validated now); first=True puts it ahead of every waiting row (interactive work)."""
+               first: bool = False, attention: bool | None = None) -> Hashable:
+        """Queue a request (validated now); first=True puts it ahead of every waiting row (interactive work).
+
+        on_text(delta) receives the row's text as it grows; attention (default: the decoder's) asks for the
+        row's attention mass on its boosted spans.
+        """
         prompt = self.engine.prompt(request)
-        row = Row(key=key if key is not None else object(), request=request, prompt=prompt, on_text=on_text)
+        row = Row(key=key if key is not None else object(), request=request, prompt=prompt, on_text=on_text,
+                  attention=self.attention if attention is None else attention)
         (self.waiting.appendleft if first else self.waiting.append)(row)
         return row.key
 
@@ -306,7 +312,7 @@ class ContinuousDecoder:
             row.streamer.end()
         seconds = time.perf_counter() - row.joined if row.joined else 0.0
         masses = None
-        if self.attention and row.generated:
+        if row.attention and row.generated:
             masses = engine._attention_mass([row.request], batch, seq)
         return engine._finish([row.request], [row.prompt], batch, seq, seconds, masses, None,
                               [row.scored], row.recorder)[0]
