@@ -104,6 +104,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker.batch_jobs", bool, True,
             "Fill a worker's batch with other queued jobs of its model (their messages then find them running "
             "or done and are skipped); off: a worker runs one job at a time."),
+    Setting("worker.continuous", bool, False,
+            "Continuous batching for fast-engine jobs: rows join and leave the batch at every decoding step (a "
+            "finished row is stored and its stream ends at once, a waiting row joins at once, chats ahead of "
+            "queued lines), up to worker.max_batch_rows; off: static steps decoded to their longest row."),
     Setting("worker.batch_wait", float, 0.5,
             "With worker.batch_jobs, at most this many seconds a delivery waits before its first batch while more "
             "jobs keep arriving (it looks every 0.1 s and starts once a look finds none, or the batch is full); "

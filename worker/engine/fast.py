@@ -125,7 +125,19 @@ def register_attention() -> None:
 @contextlib.contextmanager
 def fast_boost(boost: BatchBoost | None, capacity: int = 0):
     """Activate a batch boost for the fast attention function; always deactivates on exit."""
-    token = _ACTIVE.set(_FastState(boost, capacity=capacity))
+    with active_state(boost_state(boost, capacity)):
+        yield
+
+
+def boost_state(boost: BatchBoost | None, capacity: int = 0) -> _FastState:
+    """Return a boost's state for active_state; it keeps its biases across forwards (continuous decoding)."""
+    return _FastState(boost, capacity=capacity)
+
+
+@contextlib.contextmanager
+def active_state(state: _FastState):
+    """Activate a boost state for the fast attention function; always deactivates on exit."""
+    token = _ACTIVE.set(state)
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ from shared.store import lifecycle
 from worker.jobs.endings import DatabaseUnavailable, JobTimeLimit, ShutdownRequested, settle, with_db_retry
 from worker.jobs.followups import job_ended
 from worker.jobs.runner import BatchRunner, Options
+from worker.jobs.scheduler import ContinuousRunner
 
 log = logging.getLogger("instaboost.worker")
 
@@ -70,7 +71,8 @@ def run_delivery(job_id: int, opts: Options, is_alive: Callable[[str], bool] | N
     try:
         # A poison job (more deliveries than worker.max_attempts) is failed by the runner's _admit, like a
         # job its batch takes in.
-        return BatchRunner(job, opts).run()
+        runner = ContinuousRunner if opts.settings["worker.continuous"] else BatchRunner
+        return runner(job, opts).run()
     except (ShutdownRequested, DatabaseUnavailable):
         raise  # handed back already, or the message goes back to the queue
     except BaseException as exc:

@@ -1,0 +1,85 @@
+"""The continuous runner (worker.continuous, worker.jobs.scheduler) in-process on the real model and PostgreSQL.
+
+Its runs must be the static runner's, row for row; twins are decoded once; a cancel ends only its job.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import load_settings
+from shared.store.tables import JobStatus
+from tests.fixtures.store import insert_job
+from tests.fixtures.store import load_job as load
+
+pytestmark = pytest.mark.slow
+
+TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
+        "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"]}
+
+
+def new_job(url: str, **fields) -> int:
+    return insert_job(url, {**TINY, **fields}, JobStatus.queued, attempts=0, enqueued=False)
+
+
+@pytest.fixture
+def run(pg_url):
+    from worker.jobs.delivery import execute_job
+
+    def go(job_id: int, continuous: bool, rows: int, **extra):
+        settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": rows,
+                                            "worker.continuous": continuous, **extra})
+        return execute_job(job_id, "pytest@host", db_url=pg_url, settings=settings)
+
+    return go
+
+
+def test_continuous_runs_equal_static_runs_and_twins_decode_once(pg_url, run, monkeypatch):
+    from worker.engine.continuous import ContinuousDecoder
+
+    submitted = []
+    original = ContinuousDecoder.submit
+    monkeypatch.setattr(ContinuousDecoder, "submit",
+                        lambda self, req, key=None, **kw: submitted.append(key) or original(self, req, key, **kw))
+    fields = {"multipliers": [1, 5, 20], "layer_modes": ["all", "middle"], "max_new_tokens": 10}
+    static, continuous = new_job(pg_url, **fields), new_job(pg_url, **fields)
+    assert run(static, continuous=False, rows=8) == "succeeded"
+    assert run(continuous, continuous=True, rows=3) == "succeeded"  # three slots for 5 decodes: rows wait and join
+    (_, want), (job, got) = load(pg_url, static), load(pg_url, continuous)
+    assert {r.variant: r.output_text for r in got} == {r.variant: r.output_text for r in want}
+    assert {r.variant: r.output_tokens for r in got} == {r.variant: r.output_tokens for r in want}
+    assert len(got) == 7 and job.progress_done == job.progress_total == 7
+    assert len(submitted) == 5  # all_x1 and middle_x1 compute the original: decoded once, stored three times
+    assert min(r.seconds for r in got) > 0
+
+
+def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monkeypatch):
+    """Job A's delivery takes B into its batch (a candidate in its queue); B is cancelled mid-decoding (as the web
+    does, cancelling); A's rows go on and are stored, B ends cancelled with none of its partial rows stored."""
+    from shared.db import session_scope
+    from shared.store import lifecycle
+    from worker.engine.continuous import ContinuousDecoder
+    from worker.jobs import delivery
+
+    a = new_job(pg_url, multipliers=[5, 20], max_new_tokens=12)
+    b = new_job(pg_url, multipliers=[3, 9], max_new_tokens=40, query="Tell me a long story about Rome.")
+    steps = []
+    original = ContinuousDecoder.step
+
+    def step(self):
+        steps.append(len(self.rows))
+        if len(steps) == 4:
+            with session_scope(pg_url) as s:
+                lifecycle.cancel_job(s, b)  # running -> cancelling: the runner finishes it at its next check
+        return original(self)
+
+    monkeypatch.setattr(ContinuousDecoder, "step", step)
+    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 8,
+                                        "worker.continuous": True, "worker.batch_wait": 0})
+    status = delivery.execute_job(a, "pytest@host", db_url=pg_url, settings=settings, candidates=lambda model: {b},
+                                  advertise=lambda ids: None)
+    assert status == "succeeded"
+    (job_a, runs_a), (job_b, runs_b) = load(pg_url, a), load(pg_url, b)
+    assert job_b.status is JobStatus.cancelled and len(runs_a) == 3
+    assert all(r.output_tokens < 40 for r in runs_b)  # none of B's rows ran to its end
+    assert max(steps) == 6  # both jobs' rows shared the steps

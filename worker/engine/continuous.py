@@ -1,0 +1,318 @@
+"""Continuous batching over the fast engine: rows join and leave between decoding steps.
+
+A ``ContinuousDecoder`` holds the running rows' keys and values in ONE packed, left-padded DynamicCache
+(``worker.engine.packed``). Each ``step()``:
+
+1. decodes one token for every running row (one forward of [rows, 1] over the packed cache);
+2. retires the rows that finished (EOS, their own max_new_tokens, a stop string, a halt): their cache rows are
+   dropped and the padding every remaining row shares is trimmed, and their results are returned at once;
+3. admits waiting rows up to ``max_rows``: their prompts are prefilled together (left-padded among
+   themselves, their own boost), their first token is chosen, and their cache is merged into the running one.
+
+Why a packed cache rather than one DynamicCache per row re-padded every step: a decoding step then reads the
+cache as plain generate() does (no copy), and the cache is rebuilt only when a row joins or leaves (a
+concatenation or an index_select, like generate()'s own beam reordering). Per-row caches stacked every step
+would copy every row's whole cache at every token: for SmolLM2-135M at 32 rows of 500 positions about
+0.7 GB a step, more than the step's compute on CPU. A paged cache would avoid padding but needs an attention
+kernel that reads pages; on CPU with SDPA the left padding costs only masked columns, and trimming the shared
+padding whenever a row leaves keeps it to the spread of the running rows' lengths.
+
+Each row keeps everything that makes its tokens its own: its spans with their M (a BatchBoost rebuilt over
+the rows' padded coordinates whenever rows join or leave), layers and heads, its logits processors and
+grammar (fed its own unpadded ids), its seeded generator, its stop strings and budget, its logprob recorder
+and streamer. So a row's tokens equal the same request decoded alone (the tests check greedy and seeded
+sampling, rows joining mid-decoding, and the sliding-window Gemma 3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+from shared.spec import GenerationRequest, GenerationResult
+from worker.engine import packed
+from worker.engine.base import Batch
+from worker.engine.boost import build_batch_boost
+from worker.engine.fast import FastEngine, active_state, boost_state
+from worker.engine.grammar import grammar_rows
+from worker.engine.logits import row_processors, sampling_probs
+from worker.engine.logprobs import StepRecorder, prompt_section
+from worker.engine.prompt import Prompt
+from worker.engine.streaming import RowStreamer
+
+CAPACITY_STEP = 128  # key columns the boost's cached biases cover beyond the current width
+
+
+@dataclass
+class Row:
+    """One request inside the continuous batch: its prompt, tokens so far and per-row decoding state."""
+
+    key: Hashable
+    request: GenerationRequest
+    prompt: Prompt
+    on_text: Callable[[str], None] | None = None
+    generated: list[int] = field(default_factory=list)
+    pad: int = 0  # left padding columns in the packed cache
+    procs: list = field(default_factory=list)
+    generator: torch.Generator | None = None
+    recorder: StepRecorder | None = None
+    streamer: RowStreamer | None = None
+    scored: dict | None = None
+    attention: bool = False  # measure its attention mass on the boosted spans once it ends
+    joined: float = 0.0
+    halted: bool = False
+    done: bool = False
+
+    @property
+    def length(self) -> int:
+        """Positions the row has in the cache once its last token is fed (prompt plus generated)."""
+        return len(self.prompt.input_ids) + len(self.generated)
+
+
+class ContinuousDecoder:
+    """Decode requests in a batch that rows join and leave at every step (see the module docstring)."""
+
+    def __init__(self, engine: FastEngine, max_rows: int = 32, attention: bool = False):
+        if not isinstance(engine, FastEngine):
+            raise TypeError("continuous batching runs over the fast engine")
+        self.engine = engine
+        self.model = engine.loaded.model
+        self.max_rows = max(1, int(max_rows))
+        self.attention = attention
+        self.waiting: deque[Row] = deque()
+        self.rows: list[Row] = []  # running, in cache order
+        self.cache = None
+        self.width = 0  # padded key columns in the cache (the pending tokens not yet included)
+        self._state = None
+        self.steps = 0  # decoding forwards run
+        self.row_steps = 0  # rows decoded, summed over those forwards
+        self.timing = {"decode": 0.0, "prefill": 0.0, "total": 0.0}  # seconds: decoding forwards, prefills, steps
+
+    # -- queue ---------------------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest, key: Hashable = None, on_text: Callable[[str], None] | None = None,
+               first: bool = False, attention: bool | None = None) -> Hashable:
+        """Queue a request (validated now); first=True puts it ahead of every waiting row (interactive work).
+
+        on_text(delta) receives the row's text as it grows; attention (default: the decoder's) asks for the
+        row's attention mass on its boosted spans.
+        """
+        prompt = self.engine.prompt(request)
+        row = Row(key=key if key is not None else object(), request=request, prompt=prompt, on_text=on_text,
+                  attention=self.attention if attention is None else attention)
+        (self.waiting.appendleft if first else self.waiting.append)(row)
+        return row.key
+
+    def halt(self, key: Hashable) -> None:
+        """End a row at the next step with its tokens so far (a cancelled job); a waiting row ends unstarted."""
+        for row in [*self.rows, *self.waiting]:
+            if row.key == key:
+                row.halted = True
+
+    @property
+    def idle(self) -> bool:
+        return not self.rows and not self.waiting
+
+    @property
+    def keys(self) -> list[Hashable]:
+        """Every row held, running then waiting."""
+        return [r.key for r in (*self.rows, *self.waiting)]
+
+    # -- the step ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Hashable, GenerationResult]]:
+        """Decode one token for the running rows, retire finished rows, admit waiting ones; return finished results."""
+        start = time.perf_counter()
+        finished: list[Row] = []
+        if self.rows:
+            self._decode()
+            finished += self._retire()
+        finished += self._admit()
+        out = [(row.key, self._result(row)) for row in finished]
+        self.timing["total"] += time.perf_counter() - start
+        return out
+
+    def run(self, requests: Sequence[GenerationRequest],
+            on_text: Callable[[int, str], None] | None = None) -> list[GenerationResult]:
+        """Decode every request to its end (rows admitted in order as slots free); return results in order."""
+        for i, req in enumerate(requests):
+            self.submit(req, key=i, on_text=None if on_text is None else (lambda d, i=i: on_text(i, d)))
+        out: dict = {}
+        while not self.idle:
+            out.update(self.step())
+        return [out[i] for i in range(len(requests))]
+
+    def _decode(self) -> None:
+        dev = self.engine.device
+        ids = torch.tensor([[r.generated[-1]] for r in self.rows], device=dev)
+        mask = packed.attention_mask([r.pad for r in self.rows], self.width + 1, dev)
+        pos = torch.tensor([[self.width - r.pad] for r in self.rows], device=dev)
+        if self._state is None or self.width + 1 > self._state.capacity:
+            self._state = self._boost_state(self.width + CAPACITY_STEP)
+        start = time.perf_counter()
+        with active_state(self._state):
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
+                                use_cache=True).logits[:, -1]
+        self._sync()
+        self.timing["decode"] += time.perf_counter() - start
+        self.width += 1
+        self.steps += 1
+        self.row_steps += len(self.rows)
+        for row, scores in zip(self.rows, logits):
+            self._choose(row, scores)
+
+    def _retire(self) -> list[Row]:
+        gone = [r for r in self.rows if r.done or r.halted]
+        if not gone:
+            return []
+        keep = [i for i, r in enumerate(self.rows) if not (r.done or r.halted)]
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.cache, self.width = None, 0
+        else:
+            trim = min(r.pad for r in self.rows)  # columns that are padding for every remaining row
+            self.width = packed.select(self.cache, keep, self.width, trim)
+            for r in self.rows:
+                r.pad -= trim
+        self._state = None
+        return gone
+
+    def _admit(self) -> list[Row]:
+        finished = [r for r in self.waiting if r.halted]
+        for r in finished:
+            self.waiting.remove(r)
+        room = self.max_rows - len(self.rows)
+        group = [self.waiting.popleft() for _ in range(min(room, len(self.waiting)))]
+        if not group:
+            return finished
+        cache, width = self._prefill(group)
+        live = [r for r in group if not r.done]
+        if live:
+            keep = [i for i, r in enumerate(group) if not r.done]
+            trim = min(r.pad for r in live)
+            width = packed.select(cache, keep, width, trim) if len(keep) < len(group) or trim else width
+            for r in live:
+                r.pad -= trim
+            if self.cache is None:
+                self.cache, self.width = cache, width
+            else:
+                new = packed.merge(self.cache, self.width, cache, width)
+                for r in self.rows:
+                    r.pad += new - self.width
+                for r in live:
+                    r.pad += new - width
+                self.width = new
+            self.rows += live
+            self._state = None
+        return finished + [r for r in group if r.done]
+
+    def _prefill(self, group: list[Row]):
+        """Run the group's prompts through the model into a fresh packed cache and choose each row's first token."""
+        from transformers import DynamicCache
+
+        engine, dev = self.engine, self.engine.device
+        batch = engine._pad([r.prompt for r in group])
+        width = batch.input_ids.shape[1]
+        for row, pad in zip(group, batch.pads):
+            row.pad, row.joined = pad, time.perf_counter()
+            self._setup(row)
+        boost = self._boost([r.request for r in group], batch.spans, width)
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        every = any(r.request.prompt_logprobs is not None for r in group)
+        cache = DynamicCache(config=self.model.config)
+        start = time.perf_counter()
+        with active_state(boost_state(boost, width)):
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                position_ids=positions, past_key_values=cache, use_cache=True,
+                                logits_to_keep=0 if every else 1).logits
+        self._sync()
+        self.timing["prefill"] += time.perf_counter() - start
+        for i, row in enumerate(group):
+            if row.request.prompt_logprobs is not None:
+                row.scored = prompt_section(engine.tokenizer, logits[i, row.pad:], row.prompt.input_ids,
+                                            row.request.prompt_logprobs)
+            if row.request.params.max_new_tokens == 0 or row.halted:
+                row.done = True
+            else:
+                self._choose(row, logits[i, -1])
+        return cache, width
+
+    def _sync(self) -> None:
+        if self.engine.device.startswith("cuda"):
+            torch.cuda.synchronize()  # so the timing split counts the forward's own time
+
+    def _setup(self, row: Row) -> None:
+        req, n = row.request, len(row.prompt.input_ids)
+        grammar = grammar_rows(self.engine.grammars, [req], [n])[0] if req.grammar else None
+        row.procs = row_processors(req.params, n) + ([grammar] if grammar is not None else [])
+        if not req.params.greedy:
+            row.generator = torch.Generator(device=self.engine.device).manual_seed(req.params.seed)
+        if req.logprobs is not None:
+            row.recorder = StepRecorder([req.logprobs])
+        if row.on_text is not None:
+            relay = row.on_text
+            row.streamer = RowStreamer(self.engine.tokenizer, 1, self.engine._eos_ids(), lambda _, d: relay(d),
+                                       req.params.stop, budgets=[req.params.max_new_tokens],
+                                       strips=[not req.exact_text])
+            row.streamer._prompt_seen = True  # tokens are put one at a time, never the prompt
+
+    def _choose(self, row: Row, scores: torch.Tensor) -> None:
+        """Pick the row's next token from its raw logits, in the static engine's order; mark it done when it ends."""
+        params = row.request.params
+        scores = scores.clone()
+        if row.recorder is not None or row.procs:
+            ids = torch.tensor(row.prompt.input_ids + row.generated, device=scores.device)
+            if row.recorder is not None:
+                row.recorder(ids[None], scores[None])
+            for proc in row.procs:
+                scores = proc(ids, scores)
+        if params.greedy:
+            token = int(scores.argmax(-1))
+        else:
+            token = int(torch.multinomial(sampling_probs(scores, params), 1, generator=row.generator))
+        row.generated.append(token)
+        if row.streamer is not None:
+            row.streamer.put(torch.tensor([token]))
+        eos = self.engine._eos_ids()
+        if token in eos or len(row.generated) >= params.max_new_tokens or self._stopped(row):
+            row.done = True
+
+    def _stopped(self, row: Row) -> bool:
+        stop = row.request.params.stop
+        if not stop:
+            return False
+        # The tail is enough: a stop string that ended earlier would have ended the row then.
+        tail = row.generated[-(max(len(s) for s in stop) + 8):]
+        text = self.engine.tokenizer.decode(tail, skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    def _boost(self, requests: Sequence[GenerationRequest], spans, length: int):
+        if all(r.is_identity for r in requests):
+            return None  # M = 1 everywhere: plain SDPA, as the static engine runs it
+        return build_batch_boost([r.spec for r in requests], spans, length, self.engine.n_layers,
+                                 self.engine.n_heads, self.engine.device)
+
+    def _boost_state(self, capacity: int):
+        spans = [[(a + r.pad, b + r.pad, m) for a, b, m in r.prompt.spans] for r in self.rows]
+        return boost_state(self._boost([r.request for r in self.rows], spans, capacity), capacity)
+
+    # -- results -------------------------------------------------------------------------------------------
+    def _result(self, row: Row) -> GenerationResult:
+        engine, dev = self.engine, self.engine.device
+        ids = row.prompt.input_ids
+        batch = Batch(torch.tensor([ids], device=dev), torch.ones(1, len(ids), dtype=torch.long, device=dev),
+                      [list(row.prompt.spans)], [0])
+        seq = torch.tensor([ids + row.generated], device=dev)
+        if row.recorder is not None and row.generated:
+            row.recorder.finish(seq)
+        if row.streamer is not None:
+            row.streamer.end()
+        seconds = time.perf_counter() - row.joined if row.joined else 0.0
+        masses = None
+        if row.attention and row.generated:
+            masses = engine._attention_mass([row.request], batch, seq)
+        return engine._finish([row.request], [row.prompt], batch, seq, seconds, masses, None,
+                              [row.scored], row.recorder)[0]
