@@ -3,6 +3,10 @@
 The list feeds ``config.yaml`` (``instaboost settings --yaml``), environment overrides and the
 README's settings table (``instaboost settings --markdown``); tests keep all three in step.
 Precedence, lowest first: defaults, ``config.yaml``, ``.env``, the process environment.
+
+Code reads them as typed attributes, one pydantic model per section generated from the table:
+``get_settings().web.workers`` is an int, and a misspelt name raises AttributeError at its first use
+(``tests/unit/test_settings.py`` also checks every ``settings.<section>.<key>`` in the source).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, create_model
 
 from shared.errors import ValidationError
 
@@ -181,6 +187,26 @@ RENAMED = {"testing.num_runs": "evaluation.num_runs", "testing.results_dir": "ev
            "worker.variant_batch": "worker.max_batch_rows"}
 
 
+
+
+def _section_models() -> dict[str, type[BaseModel]]:
+    """Return one frozen pydantic model per section ("web", "worker", ...), its fields typed from SETTINGS."""
+    fields: dict[str, dict[str, Any]] = {}
+    for s in SETTINGS:
+        head, _, key = s.name.rpartition(".")
+        if head:
+            assert "." not in head and key.isidentifier(), f"{s.name}: a section.key name reads as one attribute"
+            fields.setdefault(head, {})[key] = (list[str] if s.type is list else s.type, ...)
+    config = ConfigDict(frozen=True, extra="forbid")
+    return {head: create_model(f"{head.title()}Settings", __config__=config, **f) for head, f in fields.items()}
+
+
+SECTIONS: dict[str, type[BaseModel]] = _section_models()
+# Settings without a section ("random_seed"): attributes of Settings itself.
+TOP_LEVEL: frozenset[str] = frozenset(s.name for s in SETTINGS if "." not in s.name)
+assert not TOP_LEVEL & set(SECTIONS), "a top-level setting shadows a section"
+
+
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
     try:
         if setting.type is bool:
@@ -225,11 +251,32 @@ def _read_dotenv(path: Path) -> dict[str, str]:
 
 
 class Settings(Mapping):
-    """Resolved settings, read like a dict by dotted name: ``settings["model.name"]``."""
+    """Resolved settings, read by typed attribute: ``settings.model.name``, ``settings.random_seed``.
+
+    Still a read-only mapping by dotted name, for code that picks a setting by a name held in data
+    (a field's ``setting``, ``instaboost settings`` listing them all).
+    """
 
     def __init__(self, values: dict[str, Any], sources: dict[str, str]):
         self._values = values
         self.sources = sources
+        sections: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            head, _, key = name.rpartition(".")
+            if head:
+                sections.setdefault(head, {})[key] = value
+        self._sections = {head: SECTIONS[head](**sections.get(head, {})) for head in SECTIONS}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not ordinary attributes: sections and top-level settings.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._sections:
+            return self._sections[name]
+        if name in TOP_LEVEL:
+            return self._values[name]
+        raise AttributeError(f"no setting or section {name!r}; see 'instaboost settings' "
+                             f"(sections: {', '.join(sorted(self._sections))})")
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]

@@ -73,3 +73,56 @@ def test_renamed_testing_settings_are_still_read(tmp_path):
     assert load_settings(cfg, env={}, dotenv=None)["evaluation.num_runs"] == 3
     s = load_settings(cfg, env={"INSTABOOST_TESTING_RESULTS_DIR": "old-dir"}, dotenv=None)
     assert s["evaluation.results_dir"] == "old-dir"
+
+
+def test_settings_are_typed_attributes():
+    s = load_settings(None, env={"INSTABOOST_CONFIG": "", "INSTABOOST_WEB_WORKERS": "3"}, dotenv=None)
+    assert s.web.workers == 3 and type(s.web.workers) is int
+    assert type(s.sweeper.interval) is float and type(s.worker.batch_jobs) is bool
+    assert s.worker.models == ["smollm2-135m-instruct"] and s.random_seed == 42
+    assert all(getattr(getattr(s, name.rpartition(".")[0]), name.rpartition(".")[2]) == s[name]
+               for name in s if "." in name)
+
+
+def test_a_misspelt_setting_fails_at_first_use():
+    s = load_settings(None, env={"INSTABOOST_CONFIG": ""}, dotenv=None)
+    with pytest.raises(AttributeError, match="worker"):
+        s.web.worker
+    with pytest.raises(AttributeError, match="no setting or section 'webb'"):
+        s.webb
+    with pytest.raises(Exception, match="frozen"):
+        s.web.workers = 4
+
+
+def _settings_reads(tree):
+    """Yield (line, receiver, section, key) for every `<...settings>.<section>.<key>` read in a module."""
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            receiver = ast.unparse(node.value.value)
+            if receiver in ("s", "SETTINGS") or receiver.endswith(("settings", "settings()")):
+                yield node.lineno, receiver, node.value.attr, node.attr
+
+
+def test_every_settings_attribute_in_the_source_is_declared():
+    """A typo in a rarely run path fails here, not in production: each settings.<section>.<key> exists."""
+    import ast
+
+    from shared import settings as settings_module
+    from shared.settings import SECTIONS, Settings
+
+    known = set(dir(Settings)) | set(dir(settings_module)) | {"cache_clear"}
+    bad = []
+    for folder in ("shared", "web", "worker", "tests", "bench", "migrations"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path == Path(__file__).resolve():
+                continue  # its misspelt names are on purpose
+            for line, receiver, section, key in _settings_reads(ast.parse(path.read_text())):
+                where = f"{path.relative_to(ROOT)}:{line}: {section}.{key}"
+                if section in SECTIONS:
+                    if key not in SECTIONS[section].model_fields:
+                        bad.append(where)
+                elif receiver != "s" and section not in known and not section[:1].isupper():
+                    bad.append(where)
+    assert bad == [], "settings read that SETTINGS does not declare: " + ", ".join(bad)
