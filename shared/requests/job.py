@@ -20,8 +20,7 @@ from shared.requests import types as t
 from shared.requests.errors import context, fail, not_an_object, problems, raise_problems
 from shared.validation import brief
 
-
-# The values a job shares with the OpenAI requests (shared.requests.chat): one type each, so bounds and messages agree.
+# The values a job shares with the other requests (chat, sweep): one type each, so bounds and messages agree.
 MULTIPLIER_HINT = "1 = no boost, below 1 de-boosts"
 Multiplier = t.number(0, t.MAX_MULTIPLIER, lo_open=True, hint=MULTIPLIER_HINT, optional=True)
 ModelName = t.model_name(True)
@@ -45,11 +44,11 @@ class JobFields(base.Request):
 
     model_config = ConfigDict(frozen=True, title="JobRequest")
 
-    instruction: t.text() = base.meta("Instruction", "Text whose tokens get boosted (a system prompt, a guideline, a "
-                                 "format rule).", cli="--instruction")
+    instruction: t.text() = base.meta("Instruction", "Text whose tokens get boosted (a system prompt, a guideline, "
+                                      "a format rule).", cli="--instruction")
     query: t.text() = base.meta("Query", "The user's message the model answers.", cli="--query")
     model: ModelName = base.meta("Model", "A model a live worker serves (see /api/models): an alias, hub id, "
-                                     "folder or .gguf path.", setting="model.name", cli="--model")
+                                 "folder or .gguf path.", setting="model.name", cli="--model")
     multipliers: t.numbers(0, t.MAX_MULTIPLIER, lo_open=True, hint=MULTIPLIER_HINT, optional=True) = base.meta(
         "Multipliers M", "Attention multipliers M on the instruction tokens; one boosted variant per multiplier and "
         "layer mode (1 = no boost, below 1 de-boosts). The API and form also take 'recommended': the M the latest "

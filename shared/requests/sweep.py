@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 from shared.evaluation import protocol
 from shared.evaluation.cases import PACKS_BY_NAME
