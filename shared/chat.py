@@ -29,6 +29,7 @@ from shared.requests.chat import (BOOST_CLOSE, BOOST_OPEN, ROLE_ALIASES, ChatCom
                                   InstaBoost, split_boost_tags, validate_chat)
 from shared.requests.openai import NEUTRAL  # noqa: F401 (the OpenAPI document's)
 from shared.response_format import grammar
+from shared.spec import BoostSpec, ChatMessage, GenerationParams, GenerationRequest, Segment
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 BOOST_KEYS = InstaBoost.BOOST_KEYS  # what the boost in extra_body may hold: instaboost: {...}
@@ -99,8 +100,6 @@ def is_chat(params: Mapping[str, Any]) -> bool:
 
 def generation_request(params: Mapping[str, Any], choice: int = 0):
     """Return the engine's GenerationRequest for a stored chat job's choice (its own seed, choice_seed)."""
-    from shared.spec import BoostSpec, ChatMessage, GenerationParams, GenerationRequest, Segment
-
     messages = [ChatMessage(m["role"], tuple(Segment(t, mult) for t, mult in m["segments"]))
                 for m in params["messages"]]
     heads = {int(k): tuple(v) for k, v in params["heads"].items()} if params.get("heads") else None
