@@ -17,7 +17,8 @@ Number = int | float
 class Resource(BaseModel):
     """A response body: every field declared (extra ones are refused), dumped as the serializer filled it."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities stay floats, so the JSON written is what the serializers wrote before they had a model.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     def dump(self) -> dict[str, Any]:
         """Return the JSON-able dict; fields the serializer left unset (optional parts) stay out."""
