@@ -20,6 +20,9 @@ from typing import Any, Mapping
 PLACEMENTS = ("system", "prefix", "raw")
 LAYER_MODES = ("all", "middle")
 ENGINES = ("fast", "transformerlens")
+# Which queries a boost applies to: every one, the decoding queries (those that predict an output token: the
+# prompt's last position and each generated token's), or the rest of the prompt's.
+SCOPES = ("all", "generated", "prompt")
 MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
