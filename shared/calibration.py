@@ -196,7 +196,7 @@ def table_csv(summary: Mapping[str, Any]) -> str:
 # -- the sweep request (API body or form) -------------------------------------------------------------
 
 SWEEP_JOB_FIELDS = ("model", "max_new_tokens", "placement", "start_layer", "num_middle_layers", "seed",
-                    "temperature", "top_p", "engine", "score_perplexity")
+                    "temperature", "top_p", "engine", "score_perplexity", "scope", "target_mass")
 # The JSON API takes a pack or a map of cases by name; the form may also upload a case file (cases_text).
 API_SWEEP_KEYS = ("pack", "cases", "grid", "layer_modes", "head_fractions", "fluency_floor", "limit",
                   *SWEEP_JOB_FIELDS)
@@ -385,7 +385,8 @@ def parse_sweep_request(data: Any, settings: Mapping[str, Any], strict: bool = T
     for name in SWEEP_JOB_FIELDS:
         f = BY_NAME[name]
         value = given.get(name)
-        params[name] = v.check(f, f.default_value(settings) if value is None else value)
+        value = f.default_value(settings) if value is None else value
+        params[name] = None if f.nullable and value is None else v.check(f, value)
     if cases and sweep_settings_:
         fractions_ = {s.head_fraction for s in sweep_settings_}
         per_step = len(cases) * len(fractions_)

@@ -47,6 +47,8 @@ class JobField:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False  # lo itself is excluded: (lo, hi]
+    hi_open: bool = False  # hi itself is excluded: [lo, hi)
+    nullable: bool = False  # optional with no default: null (or omitted) means off
     hi_setting: str | None = None  # an upper bound this deployment sets, e.g. limits.max_new_tokens
     choices: tuple[str, ...] = ()
     hint: str = ""  # appended to out-of-range messages, e.g. what a value means
@@ -59,7 +61,7 @@ class JobField:
 
     @property
     def required(self) -> bool:
-        return self.setting is None and self.default is None
+        return self.setting is None and self.default is None and not self.nullable
 
     @property
     def is_list(self) -> bool:
@@ -88,7 +90,7 @@ class JobField:
         hi = self.upper(settings)
         if self.kind == "integer":
             return f"between {int(self.lo)} and {int(hi)}" if hi is not None else f">= {int(self.lo)}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}]"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}{')' if self.hi_open else ']'}"
 
 
 JOB_FIELDS: tuple[JobField, ...] = (
@@ -116,6 +118,13 @@ JOB_FIELDS: tuple[JobField, ...] = (
     JobField("placement", "choice", "Where the instruction goes: the chat system turn, the start of the user "
              "turn, or no template.", "Instruction placement", setting="instaboost.placement", choices=PLACEMENTS,
              advanced=True, cli="--placement"),
+    JobField("scope", "choice", "Which queries the boost acts on: all (the prompt and the generated tokens), generated "
+             "(only the decoding queries: the prompt's last position and each generated token's) or prompt (only the "
+             "prompt's other positions).", "Boost scope", default="all", choices=SCOPES, advanced=True, cli="--scope"),
+    JobField("target_mass", "number", "Instead of (or after) M, raise each boosted head's attention share on the "
+             "instruction to at least this p, per query (null = off). Use with multipliers >= 1; M = 1 gives the "
+             "target alone.", "Target mass p (empty = off)", lo=0, lo_open=True, hi=1, hi_open=True, nullable=True,
+             hint="the share of attention on the instruction", advanced=True, cli="--target-mass"),
     JobField("engine", "choice", "fast (log-M bias inside fused attention) or transformerlens (the hook_pattern "
              "reference).", "Engine", setting="instaboost.engine", choices=ENGINES, advanced=True, cli="--engine"),
     JobField("max_new_tokens", "integer", "New tokens per generation.", "Max new tokens",

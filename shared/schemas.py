@@ -61,6 +61,8 @@ class JobRequest:
     head_boost_percentage: float
     seed: int
     placement: str
+    scope: str
+    target_mass: float | None
     engine: str
     max_new_tokens: int
     temperature: float
@@ -106,7 +108,16 @@ class JobRequest:
             v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(FIELD_NAMES)}")
         given = {k: val for k, val in data.items() if k in FIELD_NAMES and val is not None and (strict or val != "")}
         values = {**cls.defaults(settings), **given}
-        out = {f.name: v.check(f, values.get(f.name) if f.required else values[f.name]) for f in JOB_FIELDS}
+        out = {f.name: None if f.nullable and values.get(f.name) is None else
+               v.check(f, values.get(f.name) if f.required else values[f.name]) for f in JOB_FIELDS}
+        if out["target_mass"] is not None:
+            if "multipliers" not in given:
+                out["multipliers"] = (1.0,)  # a target mass alone: the target-mass mode, no fixed M on top
+            low = [m for m in out["multipliers"] if m < 1.0]
+            if low:
+                v.error("target_mass", f"target_mass raises the instruction's attention share while multipliers "
+                                       f"{', '.join(multiplier_text(m) for m in low)} (below 1) lower it: use "
+                                       "multipliers >= 1 with a target mass, or leave target_mass null")
 
         if out["multipliers"] and out["layer_modes"]:
             count = 1 + len(out["multipliers"]) * len(out["layer_modes"])
@@ -195,7 +206,8 @@ class JobRequest:
                          layers="all" if variant.is_original else variant.layer_mode,
                          start_layer=self.start_layer, num_middle_layers=self.num_middle_layers,
                          head_fraction=self.head_boost_percentage / 100.0, seed=self.seed,
-                         placement=self.placement)
+                         placement=self.placement, scope=self.scope,
+                         target_mass=None if variant.is_original else self.target_mass)
 
     def generation_params(self) -> GenerationParams:
         """Return the decoding settings shared by every variant."""

@@ -157,7 +157,7 @@ class Validator:
     def _in_range(self, spec: "JobField", name: str, x: float) -> bool:
         hi = spec.upper(self.settings)
         below = x <= spec.lo if spec.lo_open else x < spec.lo
-        if below or (hi is not None and x > hi):
+        if below or (hi is not None and (x >= hi if spec.hi_open else x > hi)):
             hint = f" ({spec.hint})" if spec.hint else ""
             got = brief(x) if isinstance(x, int) else format(x, "g")
             self.error(name, f"{name} must be {spec.interval(self.settings)}{hint}, got {got}")

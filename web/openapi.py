@@ -163,7 +163,7 @@ def _number_bounds(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"exclusiveMinimum" if f.lo_open else "minimum": f.lo}
     hi = f.upper(settings)
     if hi is not None:
-        out["maximum"] = hi
+        out["exclusiveMaximum" if f.hi_open else "maximum"] = hi
     return out
 
 
