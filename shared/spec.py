@@ -9,32 +9,11 @@ import math
 import random
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from shared.errors import ValidationError
-from shared.fields import LAYER_MODES, MAX_LOGIT_BIAS, MAX_MULTIPLIER, PLACEMENTS, SCOPES
-from shared.validation import check_values
-
-
-def check_multiplier(value, field_name: str = "multiplier") -> float:
-    """Return a valid multiplier M (0 < M <= 1e6) or raise ValidationError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(str(value).strip())
-        except ValueError:
-            raise ValidationError(f"{field_name} must be a number, got {value!r}", field=field_name) from None
-    try:
-        value = float(value)
-    except OverflowError:  # an integer too large for a float, e.g. 10**400
-        raise ValidationError(f"{field_name} must be <= {MAX_MULTIPLIER:g}", field=field_name) from None
-    if math.isnan(value) or math.isinf(value):
-        raise ValidationError(f"{field_name} must be a finite number, got {value}", field=field_name)
-    if value <= 0:
-        raise ValidationError(
-            f"{field_name} must be > 0 (1 = no boost, below 1 de-boosts), got {value:g}", field=field_name)
-    if value > MAX_MULTIPLIER:
-        raise ValidationError(f"{field_name} must be <= {MAX_MULTIPLIER:g}, got {value:g}", field=field_name)
-    return value
+from shared.fields import MAX_LOGIT_BIAS, PLACEMENTS, SCOPES
+from shared.requests.job import check_multiplier, check_values, parse_layers  # noqa: F401 (the engine's API)
 
 
 def check_target_mass(value, field_name: str = "target_mass") -> float | None:
@@ -65,28 +44,6 @@ def target_log_factor(share: float, target: float) -> float:
         return 0.0
     bias = math.log(target) + math.log1p(-share) - math.log(share) - math.log1p(-target)
     return min(bias, MAX_TARGET_LOG_FACTOR)
-
-
-def parse_layers(value) -> str | tuple[int, ...]:
-    """Parse 'all', 'middle', '0,3,5' or a list of ints into the spec's layers field."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in LAYER_MODES:
-            return text
-        try:
-            value = [int(p) for p in text.replace(" ", "").split(",") if p != ""]
-        except ValueError:
-            raise ValidationError(
-                f"layers must be 'all', 'middle' or comma-separated layer indices like 0,3,5; got {value!r}",
-                field="layers") from None
-    if isinstance(value, Iterable):
-        items = list(value)
-        if not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-            raise ValidationError("layers must list at least one integer layer index", field="layers")
-        if any(i < 0 for i in items):
-            raise ValidationError("layer indices must be >= 0", field="layers")
-        return tuple(sorted(set(items)))
-    raise ValidationError(f"layers must be 'all', 'middle' or a list of indices, got {value!r}", field="layers")
 
 
 @dataclass(frozen=True)

@@ -293,8 +293,8 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
 def sweep_request_schema(settings: Mapping[str, Any], models: list[str],
                          facts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Return the SweepRequest schema: exactly what shared.calibration.parse_sweep_request accepts (JSON API)."""
-    from shared.calibration import (API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES,
-                                    SWEEP_JOB_FIELDS)
+    from shared.calibration import SWEEP_JOB_FIELDS
+    from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES
     from shared.evaluation.cases import PACKS
     from shared.fields import BY_NAME
 
