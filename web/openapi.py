@@ -628,6 +628,9 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
                  "additionalProperties": {"type": "array", "items": layer_index, "minItems": 1},
                  "description": "Explicit heads per layer: {\"layer\": [head indices]}."}]}),
             "placement": _nullable({"type": "string", "enum": list(PLACEMENTS)}),
+            "scope": _nullable({"type": "string", "enum": list(BY_NAME["scope"].choices),
+                                "description": BY_NAME["scope"].help}),
+            "target_mass": _nullable(bounded("target_mass")),
         },
     }
     assert tuple(boost["properties"]) == BOOST_KEYS
