@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from shared.chat_extras import (CHAT_VARIANT, SAMPLING_FIELDS, choice_index, choice_seed,  # noqa: F401
                                 choice_variant, choice_variants)
+from shared.errors import ValidationError
 from shared.logprobs import chat_logprobs
 from shared.requests.chat import (BOOST_CLOSE, BOOST_OPEN, ROLE_ALIASES, ChatCompletionRequest,  # noqa: F401
                                   InstaBoost, split_boost_tags, validate_chat)
@@ -68,6 +69,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
     messages = _segments(r, boost)
     boosted = [t for m in messages for t, mult in m["segments"] if mult is not None]
     mults = [mult for m in messages for _, mult in m["segments"] if mult is not None]
+    check_target(boost, mults)
     last_user = next((m for m in reversed(messages) if m["role"] == "user"), messages[-1])
     layer_mode = boost["layers"] if isinstance(boost["layers"], str) else "all"
     so = r.stream_options
@@ -83,6 +85,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         "temperature": r.temperature, "top_p": r.top_p, "attention": False,
         # Chat only.
         "messages": messages, "layers": boost["layers"], "heads": boost["heads"], "stop": r.stop or [],
+        "scope": boost["scope"], "target_mass": boost["target_mass"],
         "stream": bool(r.stream), "include_usage": bool(so and so.get("include_usage")),
         "logprobs": (r.top_logprobs or 0) if r.logprobs else None,
         "priority": priority if priority in PRIORITIES else "interactive",
@@ -91,6 +94,17 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         # Stored only when the output is constrained, so a plain chat job's params stay as they were.
         **({"response_format": r.response_format} if r.response_format else {}),
     }
+
+
+def check_target(boost: Mapping[str, Any], multipliers) -> None:
+    """Refuse instaboost.target_mass with a span de-boosted (M < 1): the target raises the share M lowers."""
+    low = [m for m in multipliers if m < 1.0]
+    if boost.get("target_mass") is not None and low:
+        message = (f"instaboost.target_mass raises the boosted spans' attention share while M = "
+                   f"{', '.join(format(m, 'g') for m in low)} (below 1) lowers it: boost with M >= 1 or leave "
+                   "target_mass null")
+        raise ValidationError("invalid request: fix instaboost.target_mass", field="instaboost.target_mass",
+                              errors=[{"field": "instaboost.target_mass", "message": message}])
 
 
 def is_chat(params: Mapping[str, Any]) -> bool:
@@ -107,7 +121,8 @@ def generation_request(params: Mapping[str, Any], choice: int = 0):
     spec = BoostSpec(multiplier=1.0, layers=layers, start_layer=params["start_layer"],
                      num_middle_layers=params["num_middle_layers"],
                      head_fraction=params["head_boost_percentage"] / 100.0, heads=heads, seed=params["seed"],
-                     placement=params["placement"])
+                     placement=params["placement"], scope=params.get("scope") or "all",
+                     target_mass=params.get("target_mass"))  # jobs stored before these lack them
     # Jobs stored before the sampling extras lack them: their defaults change nothing.
     extras = {name: params[name] for name in SAMPLING_FIELDS if params.get(name) is not None}
     gen = GenerationParams(max_new_tokens=params["max_new_tokens"], temperature=params["temperature"],
@@ -155,7 +170,8 @@ def completion_body(job, runs) -> dict:
                      "logprobs": chat_logprobs(r.logprobs), "finish_reason": r.finish_reason or "stop"} for r in runs],
         "usage": _usage(runs),
         "instaboost": {"job_id": job.id, "multiplier": run.multiplier, "layers": run.layers,
-                       "placement": job.params.get("placement"), "user": job.params.get("user"),
+                       "placement": job.params.get("placement"), "scope": job.params.get("scope") or "all",
+                       "target_mass": job.params.get("target_mass"), "user": job.params.get("user"),
                        "metadata": job.params.get("metadata")},
     }
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from shared.chat import BOOST_KEYS, PRIORITIES, fingerprint, is_chat, split_boost_tags
+from shared.chat import BOOST_KEYS, PRIORITIES, check_target, fingerprint, is_chat, split_boost_tags
 from shared.chat import generation_request as chat_request
 from shared.chat_extras import choice_index, choice_variants
 from shared.errors import ValidationError
@@ -224,6 +224,7 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
     if v.errors:
         fields = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
         raise ValidationError(f"invalid request: fix {fields}", errors=v.errors)
+    check_target(boost, mults)
     layer_mode = boost["layers"] if isinstance(boost["layers"], str) else "all"
     first = rows[0]
     return {
@@ -238,7 +239,8 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
         "top_p": decoding["top_p"], "attention": False,
         # Completion only.
         "prompts": rows, "n": n, "echo": bool(body.get("echo")), "logprobs": k, "layers": boost["layers"],
-        "heads": boost["heads"], "stop": stop, "stream": stream,
+        "heads": boost["heads"], "stop": stop, "stream": stream, "scope": boost["scope"],
+        "target_mass": boost["target_mass"],
         "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),
         "priority": priority if priority in PRIORITIES else "interactive",
     }

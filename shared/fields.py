@@ -38,6 +38,8 @@ class JobField:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False  # lo itself is excluded: (lo, hi]
+    hi_open: bool = False  # hi itself is excluded: [lo, hi)
+    nullable: bool = False  # optional with no default: null (or omitted) means off
     hi_setting: str | None = None  # an upper bound this deployment sets, e.g. limits.max_new_tokens
     choices: tuple[str, ...] = ()
     hint: str = ""  # appended to out-of-range messages, e.g. what a value means
@@ -50,7 +52,7 @@ class JobField:
 
     @property
     def required(self) -> bool:
-        return self.setting is None and self.default is None
+        return self.setting is None and self.default is None and not self.nullable
 
     @property
     def is_list(self) -> bool:
@@ -79,7 +81,7 @@ class JobField:
         hi = self.upper(settings)
         if self.kind == "integer":
             return f"between {int(self.lo)} and {int(hi)}" if hi is not None else f">= {int(self.lo)}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}]"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}{')' if self.hi_open else ']'}"
 
 
 def _row(name: str, f: Any) -> JobField:
@@ -87,7 +89,8 @@ def _row(name: str, f: Any) -> JobField:
     rule, x = rule_of(f), extra(f)
     return JobField(name, rule.kind, f.description, f.title, setting=x.get("x-setting"),
                     default=None if x.get("x-setting") or f.is_required() else f.default, lo=rule.lo, hi=rule.hi,
-                    lo_open=rule.lo_open, hi_setting=rule.hi_setting, choices=rule.choices, hint=rule.hint,
+                    lo_open=rule.lo_open, hi_open=rule.hi_open, hi_setting=rule.hi_setting, choices=rule.choices,
+                    hint=rule.hint, nullable=not f.is_required() and f.default is None and not x.get("x-setting"),
                     advanced=bool(x.get("x-advanced")), cli=x.get("x-cli"), cli_short=x.get("x-cli-short"))
 
 

@@ -118,7 +118,8 @@ class JobRequest(JobFields):
                          layers="all" if variant.is_original else variant.layer_mode,
                          start_layer=self.start_layer, num_middle_layers=self.num_middle_layers,
                          head_fraction=self.head_boost_percentage / 100.0, seed=self.seed,
-                         placement=self.placement)
+                         placement=self.placement, scope=self.scope,
+                         target_mass=None if variant.is_original else self.target_mass)
 
     def generation_params(self) -> GenerationParams:
         """Return the decoding settings shared by every variant."""

@@ -34,7 +34,7 @@ def _number_bounds(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"exclusiveMinimum" if f.lo_open else "minimum": f.lo}
     hi = f.upper(settings)
     if hi is not None:
-        out["maximum"] = hi
+        out["exclusiveMaximum" if f.hi_open else "maximum"] = hi
     return out
 
 
@@ -235,6 +235,9 @@ def chat_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
                  "additionalProperties": {"type": "array", "items": layer_index, "minItems": 1},
                  "description": "Explicit heads per layer: {\"layer\": [head indices]}."}]}),
             "placement": _nullable({"type": "string", "enum": list(PLACEMENTS)}),
+            "scope": _nullable({"type": "string", "enum": list(BY_NAME["scope"].choices),
+                                "description": BY_NAME["scope"].help}),
+            "target_mass": _nullable(bounded("target_mass")),
         },
     }
     assert tuple(boost["properties"]) == BOOST_KEYS

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 from shared.errors import ValidationError
@@ -90,7 +90,7 @@ class InstaBoost(base.Request):
 
     validate_defaults: ClassVar[bool] = False
     BOOST_KEYS: ClassVar[tuple[str, ...]] = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads",
-                                             "placement")
+                                             "placement", "scope", "target_mass")
 
     multiplier: job.Multiplier = base.meta("M", "The attention multiplier on the boosted spans (1 = no boost).",
                                         setting="instaboost.multiplier")
@@ -105,6 +105,16 @@ class InstaBoost(base.Request):
         None, description="A percentage of heads in (0, 100] boosted per layer, or {\"layer\": [head indices]}.")
     placement: job.Placement = base.meta("Placement", "Where the instruction goes (system, prefix, raw).",
                                       setting="instaboost.placement")
+    scope: job.Scope = job.same("scope")
+    target_mass: job.TargetMass = job.same("target_mass")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_alone(cls, data: Any) -> Any:
+        """A target mass without a multiplier is the target-mass mode: the spans' default M is 1."""
+        if isinstance(data, Mapping) and data.get("target_mass") is not None and data.get("multiplier") is None:
+            return {**data, "multiplier": 1.0}
+        return data
 
     def resolved(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Return the boost's settings as a chat job stores them (layers, head percentage, explicit heads)."""
@@ -113,12 +123,14 @@ class InstaBoost(base.Request):
         pct = self.heads if isinstance(self.heads, float) else settings["instaboost.head_boost_percentage"]
         return {"multiplier": self.multiplier, "layers": layers, "start_layer": self.start_layer,
                 "num_middle_layers": self.num_middle_layers, "head_boost_percentage": pct,
-                "heads": self.heads if isinstance(self.heads, dict) else None, "placement": self.placement}
+                "heads": self.heads if isinstance(self.heads, dict) else None, "placement": self.placement,
+                "scope": self.scope, "target_mass": self.target_mass}
 
 
 def boost_object(value: Any) -> Any:
     if value is not None and not isinstance(value, Mapping):
-        raise fail(f"{F} must be an object: {{multiplier, layers, start_layer, num_middle_layers, heads, placement}}")
+        raise fail(f"{F} must be an object: {{multiplier, layers, start_layer, num_middle_layers, heads, placement, "
+                   "scope, target_mass}")
     return value
 
 

@@ -37,6 +37,9 @@ TopK = t.integer(0, t.MAX_TOP_K, optional=True)
 MinP = t.number(0, 1, optional=True)
 RepetitionPenalty = t.number(0, 10, lo_open=True, optional=True)
 Penalty = t.number(-2, 2, optional=True)
+Scope = t.choice(t.SCOPES, True)
+TargetMass = t.number(0, 1, lo_open=True, hi_open=True, hint="the share of attention on the instruction",
+                      optional=True)
 
 
 class JobFields(base.Request):
@@ -71,6 +74,14 @@ class JobFields(base.Request):
     placement: Placement = base.meta(
         "Instruction placement", "Where the instruction goes: the chat system turn, the start of the user turn, or "
         "no template.", setting="instaboost.placement", advanced=True, cli="--placement")
+    scope: Scope = base.meta(
+        "Boost scope", "Which queries the boost acts on: all (the prompt and the generated tokens), generated (only "
+        "the decoding queries: the prompt's last position and each generated token's) or prompt (only the prompt's "
+        "other positions).", default="all", advanced=True, cli="--scope")
+    target_mass: TargetMass = base.meta(
+        "Target mass p (empty = off)", "Instead of (or after) M, raise each boosted head's attention share on the "
+        "instruction to at least this p, per query (null = off). Use with multipliers >= 1; left out, multipliers "
+        "is [1]: the target alone.", advanced=True, cli="--target-mass", required=False)
     engine: Engine = base.meta(
         "Engine", "fast (log-M bias inside fused attention) or transformerlens (the hook_pattern reference).",
         setting="instaboost.engine", advanced=True, cli="--engine")
@@ -125,6 +136,24 @@ class JobFields(base.Request):
         if value and settings is not None and not str(settings.get("judge.url", "") or "").strip():
             raise fail("judge: no LLM judge is configured on this service (setting judge.url); leave judge off")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_alone(cls, data: Any) -> Any:
+        """A target mass without multipliers is the target-mass mode: multipliers [1], no fixed M on top."""
+        if isinstance(data, Mapping) and data.get("target_mass") not in (None, "") and \
+                data.get("multipliers") in (None, ""):
+            return {**data, "multipliers": [1.0]}
+        return data
+
+    @model_validator(mode="after")
+    def _target_with_multipliers(self) -> "JobFields":
+        low = [m for m in self.multipliers if m < 1.0]
+        if self.target_mass is not None and low:
+            raise fail(f"target_mass raises the instruction's attention share while multipliers "
+                       f"{', '.join(format(m, 'g') for m in low)} (below 1) lower it: use multipliers >= 1 with a "
+                       "target mass, or leave target_mass null", field="target_mass")
+        return self
 
     @model_validator(mode="after")
     def _variant_count(self, info: ValidationInfo) -> "JobFields":

@@ -174,7 +174,7 @@ class SweepRequestBody(base.Request):
     model_config = ConfigDict(title="SweepRequest")
     JOB_FIELDS: ClassVar[tuple[str, ...]] = ("model", "max_new_tokens", "placement", "start_layer",
                                              "num_middle_layers", "seed", "temperature", "top_p", "engine",
-                                             "score_perplexity")
+                                             "score_perplexity", "scope", "target_mass")
 
     pack: Annotated[Optional[str], BeforeValidator(check_pack)] = Field(
         None, description="A built-in case pack: " + ", ".join(PACKS_BY_NAME) + " (or give cases).")
@@ -203,6 +203,8 @@ class SweepRequestBody(base.Request):
     top_p: job.TopP = job.same("top_p")
     engine: job.Engine = job.same("engine")
     score_perplexity: t.boolean(True) = job.same("score_perplexity")
+    scope: job.Scope = job.same("scope")
+    target_mass: job.TargetMass = job.same("target_mass")
 
     def job_params(self) -> dict[str, Any]:
         """Return the job fields every run of the sweep shares."""

@@ -23,6 +23,9 @@ from shared.validation import WHITESPACE, brief
 PLACEMENTS = ("system", "prefix", "raw")
 LAYER_MODES = ("all", "middle")
 ENGINES = ("fast", "transformerlens")
+# Which queries a boost acts on: every one, the decoding queries (those that predict an output token: the prompt's
+# last position and each generated token's), or the prompt's others (shared.spec.BoostSpec.scope).
+SCOPES = ("all", "generated", "prompt")
 MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
 MAX_LAYER = 10_000
 MAX_SEED = 2**32 - 1
@@ -48,6 +51,7 @@ class Rule:
     hi_setting: str | None = None  # an upper bound this deployment sets, e.g. limits.max_new_tokens
     choices: tuple[str, ...] = ()
     hint: str = ""  # appended to out-of-range messages, e.g. what a value means
+    hi_open: bool = False  # hi itself is excluded: (lo, hi)
 
     def upper(self, settings: Mapping[str, Any] | None) -> float | None:
         """Return the upper bound in force: the declared one, or the setting's when it has one."""
@@ -60,7 +64,7 @@ class Rule:
         hi = self.upper(settings)
         if self.kind == "integer":
             return f"between {int(self.lo)} and {int(hi)}" if hi is not None else f">= {int(self.lo)}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}]"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}{')' if self.hi_open else ']'}"
 
 
 def settings_of(info: ValidationInfo) -> Mapping[str, Any] | None:
@@ -79,7 +83,7 @@ def setting(info: ValidationInfo, key: str) -> Any:
 
 def _bounds(rule: Rule) -> Any:
     return Field(**({"gt" if rule.lo_open else "ge": rule.lo} if rule.lo is not None else {}),
-                 **({"le": rule.hi} if rule.hi is not None else {}))
+                 **({"lt" if rule.hi_open else "le": rule.hi} if rule.hi is not None else {}))
 
 
 def _optional(inner: Any, optional: bool) -> Any:
@@ -188,10 +192,10 @@ def in_range(rule: Rule, x: float, info: ValidationInfo) -> None:
     settings = settings_of(info)
     hi = rule.upper(settings) if settings is not None or not rule.hi_setting else None
     below = x <= rule.lo if rule.lo_open else x < rule.lo
-    if below or (hi is not None and x > hi):
+    if below or (hi is not None and (x >= hi if rule.hi_open else x > hi)):
         hint = f" ({rule.hint})" if rule.hint else ""
         got = brief(x) if isinstance(x, int) else format(x, "g")
-        shown = Rule(rule.kind, rule.lo, hi, rule.lo_open, hint=rule.hint)
+        shown = Rule(rule.kind, rule.lo, hi, rule.lo_open, hint=rule.hint, hi_open=rule.hi_open)
         raise fail(f"{F} must be {shown.interval()}{hint}, got {got}")
 
 
@@ -217,9 +221,10 @@ def number_check(rule: Rule):
     return check
 
 
-def number(lo: float, hi: float, *, lo_open: bool = False, hint: str = "", optional: bool = False) -> Any:
-    """A finite number in [lo, hi] (or (lo, hi] when lo_open)."""
-    rule = Rule("number", lo, hi, lo_open, hint=hint)
+def number(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, hint: str = "",
+           optional: bool = False) -> Any:
+    """A finite number in [lo, hi] (open at lo with lo_open, at hi with hi_open)."""
+    rule = Rule("number", lo, hi, lo_open, hint=hint, hi_open=hi_open)
     return Annotated[_optional(Annotated[float, _bounds(rule)], optional), rule, _before(number_check(rule), optional)]
 
 

@@ -19,6 +19,8 @@ class Run(Resource):
     multiplier: Number
     layers: str
     heads: str | None
+    scope: str = Field(description="Which query positions the boost reached: all, generated or prompt")
+    target_mass: Number | None = Field(description="The attention share on the instruction raised to (null: a fixed M)")
     output_text: str = Field(description="The output exactly as generated (NUL characters included, as \\u0000)")
     prompt_tokens: int
     output_tokens: int

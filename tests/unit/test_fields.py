@@ -24,8 +24,8 @@ def _edges(f):
     """Return (accepted, rejected) values at the declared bounds of a numeric field."""
     step = 1 if f.kind == "integer" else 1e-6
     hi = f.upper(SETTINGS)
-    accepted = [hi] + ([] if f.lo_open else [f.lo]) + ([f.lo + step] if f.lo_open else [])
-    rejected = [f.lo - step, hi + step] + ([f.lo] if f.lo_open else [])
+    accepted = [hi - step if f.hi_open else hi] + ([] if f.lo_open else [f.lo]) + ([f.lo + step] if f.lo_open else [])
+    rejected = [f.lo - step, hi + step] + ([f.lo] if f.lo_open else []) + ([hi] if f.hi_open else [])
     cast = int if f.kind == "integer" else float
     return [cast(x) for x in accepted], [cast(x) for x in rejected]
 
@@ -66,7 +66,7 @@ def test_the_openapi_schema_is_the_declaration():
         item = item.get("items", item)
         if f.kind in ("integer", "number", "numbers"):
             assert item["exclusiveMinimum" if f.lo_open else "minimum"] == f.lo
-            assert item["maximum"] == f.upper(SETTINGS)
+            assert item["exclusiveMaximum" if f.hi_open else "maximum"] == f.upper(SETTINGS)
         if f.choices:
             assert [c for c in item["enum"] if c is not None] == list(f.choices)
 

@@ -176,9 +176,13 @@ def _spec_and_params(args, s):
     layers = getattr(args, "layers", None)
     if layers is None:
         layers = "middle" if s["instaboost.boost_middle_layers_only"] else "all"
-    spec = BoostSpec(multiplier=values["multipliers"][0], layers=layers, start_layer=values["start_layer"],
+    target = values.get("target_mass")
+    # A target mass alone is the target-mass mode: no fixed M on top unless --multiplier is given.
+    m = 1.0 if target is not None and getattr(args, "multipliers", None) is None else values["multipliers"][0]
+    spec = BoostSpec(multiplier=m, layers=layers, start_layer=values["start_layer"],
                      num_middle_layers=values["num_middle_layers"], head_fraction=heads, heads=explicit,
-                     seed=values["seed"], placement=values["placement"])
+                     seed=values["seed"], placement=values["placement"], scope=values.get("scope", "all"),
+                     target_mass=target)
     extras = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
     params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
                               top_p=values["top_p"], seed=values["seed"],
@@ -284,7 +288,8 @@ def cmd_calibrate(args) -> int:
     values = field_values(args, s)
     values["engine"] = "fast"  # rows of different M, layers and heads batch together only on the fast engine
     base = BoostSpec(start_layer=values["start_layer"], num_middle_layers=values["num_middle_layers"],
-                     seed=values["seed"], placement=values["placement"])
+                     seed=values["seed"], placement=values["placement"], scope=values.get("scope", "all"),
+                     target_mass=values.get("target_mass"))
     params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
                               top_p=values["top_p"], seed=values["seed"])
     if args.threads:
