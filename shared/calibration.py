@@ -20,9 +20,10 @@ from shared.evaluation import protocol
 from shared.evaluation.cases import Case, load_cases, load_pack, parse_cases, split
 from shared.fields import LAYER_MODES
 
-TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi", "fluency",
-                 "fluency_lo", "fluency_hi", "copy_rate", "repetition", "repetitive_rate", "canned_rate",
-                 "empty_rate", "truncated_rate")
+TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi",
+                 "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
+                 "fluency_lo", "fluency_hi", "copy_rate", "deflection_rate", "repetition", "repetitive_rate",
+                 "canned_rate", "empty_rate", "truncated_rate")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,32 @@ def record(scores: Mapping[str, Any], *, case: str, split_: str, multiplier: flo
             "head_fraction": setting.head_fraction, "job_id": job_id}
 
 
+def rescore_records(records: Sequence[Mapping], cases: Sequence[Case], *, max_new_tokens: int,
+                    copy_words: int = 6) -> list[dict[str, Any]]:
+    """Return records scored again by today's scorers from their stored output text and perplexity.
+
+    For a records file of ``instaboost calibrate --records`` (each record carries ``output``): a scorer added
+    since (deflection) then counts in the table without generating again. Records without text are kept as
+    they were.
+    """
+    from shared.evaluation.scorers import score_output
+
+    by_name = {c.name: c for c in cases}
+    out = []
+    for r in records:
+        case = by_name.get(r.get("case"))
+        if case is None or not isinstance(r.get("output"), str):
+            out.append(dict(r))
+            continue
+        truncated = r.get("truncated")
+        scores = score_output(r["output"], instruction=case.instruction, query=case.query, case=case,
+                              perplexity=r.get("perplexity"), k=copy_words, max_new_tokens=max_new_tokens,
+                              output_tokens=max_new_tokens if truncated else 0,
+                              hit_eos=None if truncated is None else not truncated)
+        out.append({**r, **scores})
+    return out
+
+
 def validation_stats(records: Sequence[Mapping], setting: SweepSetting) -> list[dict[str, Any]]:
     """Return one setting's per-M validation rows (success, fluency), the baseline (M = 1) included."""
     rows = protocol.summarize(records, n_boot=1)
@@ -116,16 +143,22 @@ def still_going(records: Sequence[Mapping], settings: Sequence[SweepSetting], fl
 def result_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """Return protocol.calibrate's result with the recommendation flattened: best setting, M, test success."""
     best = result.get("best")
-    out = {"floor": result["floor"], "table": result["table"], "settings": result["settings"], "best": best,
-           "recommended": None}
+    out = {"floor": result["floor"], "copy_ceiling": result.get("copy_ceiling"), "table": result["table"],
+           "settings": result["settings"], "best": best, "recommended": None}
     if best:
         test, base = best.get("test") or {}, best.get("baseline_test") or {}
         out["recommended"] = {
             "multiplier": best["multiplier"], "layers": best["layers"], "head_fraction": best["head_fraction"],
-            "setting": best["setting"], "validation_success": best["success"], "validation_fluency": best["fluency"],
+            "setting": best["setting"], "validation_success": best["success"],
+            "validation_effective_success": best.get("effective_success"), "validation_fluency": best["fluency"],
+            "validation_copy_rate": best.get("copy_rate"),
             "test_success": test.get("success"), "test_success_ci": [test.get("success_lo"), test.get("success_hi")],
+            "test_effective_success": test.get("effective_success"),
+            "test_effective_success_ci": [test.get("effective_success_lo"), test.get("effective_success_hi")],
             "test_fluency": test.get("fluency"), "test_copy_rate": test.get("copy_rate"),
+            "test_deflection_rate": test.get("deflection_rate"),
             "test_n": test.get("n"), "baseline_test_success": base.get("success"),
+            "baseline_test_effective_success": base.get("effective_success"),
             "reason": best["reason"]}
     return out
 
@@ -151,31 +184,40 @@ def format_table(summary: Mapping[str, Any]) -> str:
     by_key: dict[tuple[str, float], dict[str, dict]] = {}
     for row in summary["table"]:
         by_key.setdefault((row["setting"], row["multiplier"]), {})[row["split"]] = row
-    header = (f"{'setting':<22} {'M':>5} | {'val success':>22} {'val flu':>6} {'copy':>5} {'rep':>5} | "
-              f"{'test success':>22} {'test flu':>8} {'copy':>5} {'rep':>5}")
-    lines += [header, "-" * len(header)]
+
+    def half(r: Mapping) -> str:
+        strict = _fmt(r.get("success"), True) + _ci(r.get("success_lo"), r.get("success_hi"), True)
+        eff = _fmt(r.get("effective_success"), True) + _ci(r.get("effective_success_lo"),
+                                                           r.get("effective_success_hi"), True)
+        return (f"{strict:>16} {eff:>16} {_fmt(r.get('fluency')):>4} {_fmt(r.get('copy_rate'), True):>4} "
+                f"{_fmt(r.get('deflection_rate'), True):>4}")
+
+    cols = f"{'strict':>16} {'effective':>16} {'flu':>4} {'copy':>4} {'defl':>4}"
+    header = f"{'setting':<22} {'M':>5} | {'validation':<{len(cols)}} | test"
+    sub = f"{'':<22} {'':>5} | {cols} | {cols}"
+    lines += [header, sub, "-" * len(sub)]
     for (setting, m), parts in by_key.items():
         v, t = parts.get("validation", {}), parts.get("test", {})
         mark = " *" if best and setting == best.get("setting") and m == best.get("multiplier") else ""
-        lines.append(
-            f"{setting:<22} {m:>5g} | "
-            f"{_fmt(v.get('success'), True) + _ci(v.get('success_lo'), v.get('success_hi'), True):>22} "
-            f"{_fmt(v.get('fluency')):>6} {_fmt(v.get('copy_rate'), True):>5} {_fmt(v.get('repetition')):>5} | "
-            f"{_fmt(t.get('success'), True) + _ci(t.get('success_lo'), t.get('success_hi'), True):>22} "
-            f"{_fmt(t.get('fluency')):>8} {_fmt(t.get('copy_rate'), True):>5} {_fmt(t.get('repetition')):>5}{mark}")
+        lines.append(f"{setting:<22} {m:>5g} | {half(v)} | {half(t)}{mark}")
     lines.append("")
     for s in summary["settings"]:
         lines.append(f"{s['setting']}: {s['reason']}")
     rec = summary.get("recommended")
     if rec:
-        base = rec["baseline_test_success"]
-        gain = (f", {rec['test_success'] / base:.1f}x the unboosted {_fmt(base, True)}"
-                if base and rec["test_success"] is not None else
-                f" (unboosted: {_fmt(base, True)})")
-        lines.append(f"recommended: M={rec['multiplier']:g} on {rec['setting']} layers; test success "
-                     f"{_fmt(rec['test_success'], True)}{_ci(*rec['test_success_ci'], pct=True)}{gain}, test fluency "
-                     f"{_fmt(rec['test_fluency'])}, copy rate {_fmt(rec['test_copy_rate'], True)} "
-                     f"(n={rec['test_n']}, * in the table)")
+        def gain(x: Any, base: Any) -> str:
+            return (f", {x / base:.1f}x the unboosted {_fmt(base, True)}" if base and x is not None else
+                    f" (unboosted: {_fmt(base, True)})")
+
+        lines.append(
+            f"recommended: M={rec['multiplier']:g} on {rec['setting']} layers; test effective success "
+            f"{_fmt(rec.get('test_effective_success'), True)}"
+            f"{_ci(*rec.get('test_effective_success_ci', [None, None]), pct=True)}"
+            f"{gain(rec.get('test_effective_success'), rec.get('baseline_test_effective_success'))}, strict "
+            f"{_fmt(rec['test_success'], True)}{_ci(*rec['test_success_ci'], pct=True)}"
+            f"{gain(rec['test_success'], rec['baseline_test_success'])}; test fluency {_fmt(rec['test_fluency'])}, "
+            f"copy rate {_fmt(rec['test_copy_rate'], True)}, deflection rate "
+            f"{_fmt(rec.get('test_deflection_rate'), True)} (n={rec['test_n']}, * in the table)")
     else:
         lines.append("recommended: none (no setting has an M at or above the fluency floor with a success rate)")
     return "\n".join(lines)
