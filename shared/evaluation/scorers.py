@@ -173,15 +173,20 @@ def is_canned(text: str) -> bool:
     return bool(clauses) and all(_CANNED.fullmatch(c) for c in clauses)
 
 
-# Deflection: sentences about the answer itself, the instruction, or offers of help, not about the query.
-_ABOUT_ANSWER = (r"(response|responses|answer|answers|reply|replies|request|instruction|instructions|text|format|"
-                 r"formatting|letters?|capital|capitals|lowercase|uppercase|words?|sentences?|paragraphs?|"
-                 r"sections?|bullet points?|language|english|french|spanish|german|placeholders?|postscript|"
-                 r"title|quotation marks?|commas?|json|keywords?|phrase|highlighted|markdown)")
+# Deflection: sentences about the answer itself, the instruction or the question, or offers of help, not about
+# the query (each sentence matched whole, casefolded, end punctuation dropped).
+_ABOUT_ANSWER = (r"(response|responses|answer|answers|reply|replies|request|instruction|instructions|question|"
+                 r"text|format|formatting|letters?|capital|capitals|lowercase|uppercase|words?|sentences?|"
+                 r"paragraphs?|sections?|bullet points?|language|english|french|spanish|german|placeholders?|"
+                 r"postscript|title|quotation marks?|commas?|json|keywords?|phrase|highlighted|markdown)")
 _DEFLECT_SENTENCE = re.compile("|".join((
     # "I will provide you with a response in English in all lowercase letters."
-    rf"(i|i'll|i will|i would|i'd|i can|i'm going to|i am going to|i shall|let me|my|this|here is|here's|below is)\b"
-    rf".*\b{_ABOUT_ANSWER}\b.*",
+    rf"(i|i'll|i will|i would|i'd|i can|i'm going to|i am going to|i shall|let me|here is|here's|"
+    rf"below is)\b.*\b{_ABOUT_ANSWER}\b.*",
+    # "The answer to this question is:", "Your answer should contain at least 3 sentences."
+    r"(the|your|my|this) (answer|response|reply|question|request|instruction)s?\b.*",
+    r".*\b(your|the) (answer|response)s? (should|must|will)\b.*",
+    r".*\bplease\b.*\b(your|the) (answer|response)\b.*|.*\b(your|the) (answer|response)\b.*\bplease\b.*",
     # "Please provide the text you would like me to ..."
     r"(please |kindly )?(provide|give|send|share|tell|show) me (the|your|with|what|which|more|a|an|some)\b.*",
     r"(please )?(provide|give|send|share|enter|paste|type)\b.*\b(text|question|query|topic|input|details|"
@@ -193,22 +198,46 @@ _DEFLECT_SENTENCE = re.compile("|".join((
     r"(i|i will|i'll|i can) (help|assist|do that|do this|try|comply|follow)\b.*",
     r"(sure|okay|ok|of course|certainly|absolutely|understood|got it|alright|great)( thing)?\b.*\b(i|i'll|i will|"
     r"here|let me)\b.*",
+    r"(p\.?s\.? )?(i )?hope (this|that|it) helps.*",
 )))
+_VERDICT = re.compile(r".*\b(yes|no|maybe|true|false)")  # "The answer to this question is yes." answers it
 DEFLECTION_ANSWER_WORDS = 12  # words outside such sentences that make an output an answer after all
+# Words that carry no answer: an output made of these and the instruction's own words answers nothing.
+_FUNCTION_WORDS = frozenset(
+    "a an the is are was were be been am it its this that these those and or but of to in on at for with by from "
+    "as into about so if then than here there my your our their his her i you we they he she me us them 0".split())
 
 
 def _sentences(text: str) -> list[str]:
     return [c.strip() for c in re.split(r"(?<=[.!?:;])\s+|\n+", text.casefold().replace("’", "'")) if c.strip()]
 
 
-def is_deflection(text: str) -> bool:
-    """Tell whether text talks about the answer or offers help instead of answering (few words of anything else)."""
+def _format_only(text: str, instruction: str) -> bool:
+    """Tell whether text is a bare scaffold: 1 to 3 distinct words that mean something, all of the instruction."""
+    content = {w for w in words(text) if w not in _FUNCTION_WORDS}
+    # More words than that and it recites the instruction: the copy measure's case, not this one.
+    return 1 <= len(content) <= 3 and content <= set(words(instruction))
+
+
+def is_deflection(text: str, instruction: str = "") -> bool:
+    """Tell whether text talks about the answer or offers help instead of answering the query.
+
+    Deflected: some sentence is such talk (``_DEFLECT_SENTENCE``, or canned) and the other sentences hold fewer
+    than DEFLECTION_ANSWER_WORDS words; or the output is only the instruction's format ("SECTION 1: SECTION 2:",
+    "The answer is:", "P.S."): one to three distinct words besides function words, all of them the
+    instruction's. A sentence the instruction quotes as an answer ("My answer is no.") and one that ends in a
+    verdict ("The answer to this question is yes.") answer.
+    """
     sentences = _sentences(text)
     if not sentences:
         return False
-    flagged = [s for s in sentences if _DEFLECT_SENTENCE.fullmatch(s.rstrip(".!?:;")) or is_canned(s)]
+    # Sentences the instruction offers as answers ("My answer is no."): quoted, of three words or more.
+    if " ".join(words(text)) in {" ".join(words(q)) for q in _QUOTED.findall(instruction) if len(words(q)) >= 3}:
+        return False
+    flagged = [s for s in sentences if not _VERDICT.fullmatch(s.rstrip(".!?:;"))
+               and (_DEFLECT_SENTENCE.fullmatch(s.rstrip(".!?:;")) or is_canned(s))]
     rest = sum(len(words(s)) for s in sentences if s not in flagged)
-    return bool(flagged) and rest < DEFLECTION_ANSWER_WORDS
+    return (bool(flagged) and rest < DEFLECTION_ANSWER_WORDS) or (bool(instruction) and _format_only(text, instruction))
 
 
 def is_truncated(output_tokens: int | None, max_new_tokens: int | None, hit_eos: bool | None) -> bool | None:
@@ -251,7 +280,7 @@ def score_output(text: str, *, instruction: str, query: str, output_tokens: int 
     rep = repeated_ngram_share(ws)
     run = copy_run(text, instruction)
     canned = not empty and is_canned(text)
-    deflected = canned or (not empty and is_deflection(text))
+    deflected = canned or (not empty and is_deflection(text, instruction))
     truncated = is_truncated(output_tokens, max_new_tokens, hit_eos)
     out: dict[str, Any] = dict.fromkeys(COLUMNS)
     if case is not None:
