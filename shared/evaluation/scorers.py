@@ -186,6 +186,7 @@ _DEFLECT_SENTENCE = re.compile("|".join((
     # "The answer to this question is:", "Your answer should contain at least 3 sentences."
     r"(the|your|my|this) (answer|response|reply|question|request|instruction)s?\b.*",
     r".*\b(your|the) (answer|response)s? (should|must|will)\b.*",
+    r".*\b(in|of|to|for|with) your (answer|response)\b.*",
     r".*\bplease\b.*\b(your|the) (answer|response)\b.*|.*\b(your|the) (answer|response)\b.*\bplease\b.*",
     # "Please provide the text you would like me to ..."
     r"(please |kindly )?(provide|give|send|share|tell|show) me (the|your|with|what|which|more|a|an|some)\b.*",
@@ -219,14 +220,15 @@ def _format_only(text: str, instruction: str) -> bool:
     return 1 <= len(content) <= 3 and content <= set(words(instruction))
 
 
-def is_deflection(text: str, instruction: str = "") -> bool:
+def is_deflection(text: str, instruction: str = "", k: int = 6) -> bool:
     """Tell whether text talks about the answer or offers help instead of answering the query.
 
     Deflected: some sentence is such talk (``_DEFLECT_SENTENCE``, or canned) and the other sentences hold fewer
     than DEFLECTION_ANSWER_WORDS words; or the output is only the instruction's format ("SECTION 1: SECTION 2:",
     "The answer is:", "P.S."): one to three distinct words besides function words, all of them the
     instruction's. A sentence the instruction quotes as an answer ("My answer is no.") and one that ends in a
-    verdict ("The answer to this question is yes.") answer.
+    verdict ("The answer to this question is yes.") answer. A sentence that recites k or more instruction words
+    in a row is the copy measure's, so it counts for neither side.
     """
     sentences = _sentences(text)
     if not sentences:
@@ -234,10 +236,14 @@ def is_deflection(text: str, instruction: str = "") -> bool:
     # Sentences the instruction offers as answers ("My answer is no."): quoted, of three words or more.
     if " ".join(words(text)) in {" ".join(words(q)) for q in _QUOTED.findall(instruction) if len(words(q)) >= 3}:
         return False
-    flagged = [s for s in sentences if not _VERDICT.fullmatch(s.rstrip(".!?:;"))
+    own = [s for s in sentences if not instruction or copy_run(s, instruction) < k]
+    flagged = [s for s in own if not _VERDICT.fullmatch(s.rstrip(".!?:;"))
                and (_DEFLECT_SENTENCE.fullmatch(s.rstrip(".!?:;")) or is_canned(s))]
-    rest = sum(len(words(s)) for s in sentences if s not in flagged)
-    return (bool(flagged) and rest < DEFLECTION_ANSWER_WORDS) or (bool(instruction) and _format_only(text, instruction))
+    rest = sum(len(words(s)) for s in own if s not in flagged)
+    if flagged and rest < DEFLECTION_ANSWER_WORDS:
+        return True
+    return (bool(instruction) and not _VERDICT.fullmatch(sentences[-1].rstrip(".!?:;"))
+            and _format_only(text, instruction))
 
 
 def is_truncated(output_tokens: int | None, max_new_tokens: int | None, hit_eos: bool | None) -> bool | None:
@@ -280,7 +286,7 @@ def score_output(text: str, *, instruction: str, query: str, output_tokens: int 
     rep = repeated_ngram_share(ws)
     run = copy_run(text, instruction)
     canned = not empty and is_canned(text)
-    deflected = canned or (not empty and is_deflection(text, instruction))
+    deflected = canned or (not empty and is_deflection(text, instruction, k))
     truncated = is_truncated(output_tokens, max_new_tokens, hit_eos)
     out: dict[str, Any] = dict.fromkeys(COLUMNS)
     if case is not None:
