@@ -200,9 +200,15 @@ _DEFLECT_SENTENCE = re.compile("|".join((
     r"(sure|okay|ok|of course|certainly|absolutely|understood|got it|alright|great)( thing)?\b.*\b(i|i'll|i will|"
     r"here|let me)\b.*",
     r"(p\.?s\.? )?(i )?hope (this|that|it) helps.*",
+    # Apologies, refusals, self-descriptions and offers: "I'm sorry for the confusion, but I can help with that."
+    r"(i'm|i am) sorry\b.*",
+    r".*\b(i|i'll|i will|i can) (help|assist)( you)? with (that|this|it|anything)\b.*",
+    r".*\b(i'm|i am) (unable|not able) to\b.*",
+    r"(i'm|i am) (a|an|your) .*",
+    r"(i|i'll|i will|i can) (provide|give|offer) you\b.*",
 )))
 _VERDICT = re.compile(r".*\b(yes|no|maybe|true|false)")  # "The answer to this question is yes." answers it
-DEFLECTION_ANSWER_WORDS = 12  # words outside such sentences that make an output an answer after all
+DEFLECTION_ANSWER_WORDS = 6  # answer words (not function or instruction words) outside such talk that make an answer
 # Words that carry no answer: an output made of these and the instruction's own words answers nothing.
 _FUNCTION_WORDS = frozenset(
     "a an the is are was were be been am it its this that these those and or but of to in on at for with by from "
@@ -239,7 +245,9 @@ def is_deflection(text: str, instruction: str = "", k: int = 6) -> bool:
     own = [s for s in sentences if not instruction or copy_run(s, instruction) < k]
     flagged = [s for s in own if not _VERDICT.fullmatch(s.rstrip(".!?:;"))
                and (_DEFLECT_SENTENCE.fullmatch(s.rstrip(".!?:;")) or is_canned(s))]
-    rest = sum(len(words(s)) for s in own if s not in flagged)
+    # Words that could answer: neither function words nor the instruction's (a JSON or section scaffold has none).
+    mine = set(words(instruction)) | _FUNCTION_WORDS
+    rest = sum(w not in mine for s in own if s not in flagged for w in words(s))
     if flagged and rest < DEFLECTION_ANSWER_WORDS:
         return True
     return (bool(instruction) and not _VERDICT.fullmatch(sentences[-1].rstrip(".!?:;"))
