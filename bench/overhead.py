@@ -1,12 +1,14 @@
 """Time per generated token: plain HF generate vs the fast engine vs the TransformerLens engine.
 
 One run, same prompt, greedy, a fixed number of new tokens after a warm-up; rounds are interleaved
-so drift hits every contender alike. Prints medians and the ratios to plain. Then the cost of the
+so drift hits every contender alike. Prints medians and the ratios to plain. The fast engine also runs
+with scope "generated" and with a target mass (--target-mass p, alone and after M), printed as ratios to
+the plain fast boost (scope all, fixed M) measured in the same rounds, for both engines. Then the cost of the
 per-layer attention analysis (a job's ``attention`` option): the fast engine with it off and on, at the
 short prompt and at a prompt of about --long-prompt tokens, as ratios to "off" at the same length.
 
     python bench/overhead.py [--tokens 64] [--rounds 5] [--batch 1] [--device auto] [--dtype auto]
-                             [--long-prompt 1000] [--no-analysis]
+                             [--long-prompt 1000] [--no-analysis] [--target-mass 0.5]
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--multiplier", type=float, default=5.0)
+    ap.add_argument("--target-mass", type=float, default=0.5, help="p of the target-mass contenders")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--long-prompt", type=int, default=1000, help="tokens of the long prompt in the analysis part")
     ap.add_argument("--no-analysis", action="store_true", help="skip the attention-analysis part")
@@ -81,16 +84,30 @@ def main() -> None:
                                  min_new_tokens=args.tokens, do_sample=False,
                                  pad_token_id=plain.tokenizer.pad_token_id)
 
+    def variant(**spec):
+        return [GenerationRequest(INSTRUCTION, QUERY, BoostSpec(**{"multiplier": args.multiplier, "layers": "all",
+                                                                    **spec}), params)] * args.batch
+
+    # The new knobs, each against the fixed-M boost (scope all) of the same engine in the same rounds.
+    knobs = {"scope=generated": variant(scope="generated"),
+             f"target p={args.target_mass:g}": variant(multiplier=1.0, target_mass=args.target_mass),
+             f"M+target p={args.target_mass:g}": variant(target_mass=args.target_mass)}
     contenders = {"plain": run_plain, "fast": lambda: fast.generate(batch), "transformerlens": lambda: tl.generate(batch)}
+    for label, reqs in knobs.items():
+        contenders[f"fast {label}"] = lambda reqs=reqs: fast.generate(reqs)
+        contenders[f"tl {label}"] = lambda reqs=reqs: tl.generate(reqs)
     times = {k: [t / args.tokens for t in ts]
              for k, ts in interleaved(contenders, args.rounds, lambda: sync(plain.device)).items()}
     dev = torch.cuda.get_device_name() if plain.device.startswith("cuda") else plain.device
     print(f"model={args.model} device={dev} dtype={plain.dtype} batch={args.batch} new_tokens={args.tokens} "
           f"rounds={args.rounds} M={args.multiplier} layers=all")
     base = statistics.median(times["plain"])
+    boost = {"fast": statistics.median(times["fast"]), "tl": statistics.median(times["transformerlens"])}
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:>16}: {med * 1000:8.3f} ms/token   ratio to plain {med / base:6.3f}")
+        engine = name.split()[0] if " " in name else None
+        versus = f"   ratio to {engine} fixed M {med / boost[engine]:6.3f}" if engine else ""
+        print(f"{name:>26}: {med * 1000:8.3f} ms/token   ratio to plain {med / base:6.3f}{versus}")
     if not args.no_analysis:
         analysis_cost(fast, args, params)
 

@@ -17,8 +17,11 @@ from typing import Any, Iterable, Mapping, Sequence
 from shared.csvsafe import neutralize
 from shared.errors import ValidationError
 from shared.evaluation import protocol
-from shared.evaluation.cases import Case, load_cases, load_pack, parse_cases, split
+from shared.evaluation.cases import PACKS_BY_NAME, Case, load_cases, load_pack, parse_cases, split
+from shared.evaluation.checks import Check, IfevalCheck
 from shared.fields import LAYER_MODES
+from shared.requests.errors import raise_problems
+from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, validate_sweep  # noqa: F401
 
 TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi",
                  "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
@@ -235,68 +238,11 @@ def table_csv(summary: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-# -- the sweep request (API body or form) -------------------------------------------------------------
+# -- the sweep request (API body or form): declared in shared.requests.sweep -------------------------------------
 
-SWEEP_JOB_FIELDS = ("model", "max_new_tokens", "placement", "start_layer", "num_middle_layers", "seed",
-                    "temperature", "top_p", "engine", "score_perplexity")
-# The JSON API takes a pack or a map of cases by name; the form may also upload a case file (cases_text).
-API_SWEEP_KEYS = ("pack", "cases", "grid", "layer_modes", "head_fractions", "fluency_floor", "limit",
-                  *SWEEP_JOB_FIELDS)
-SWEEP_KEYS = (*API_SWEEP_KEYS, "cases_text", "cases_format")
-CASE_FORMATS = ("yaml", "json", "jsonl")
-API_CASE_NAME = r"[A-Za-z0-9][A-Za-z0-9 _.:()-]{0,99}"
-API_CASE_KEYS = ("instruction", "query", "description", "checks", "ifeval", "split")
-MAX_API_CASES = 100
-MAX_SETTINGS_VALUES = 8
-MAX_DESCRIPTION = 2000
-
-
-def _api_cases(raw: Any, v) -> list[Case]:
-    """Read the JSON API's cases, a map {name: {instruction, query, description?, checks?, ifeval?, split?}}."""
-    import re
-
-    from shared.evaluation.checks import Check, IfevalCheck
-    from shared.fields import BY_NAME
-    from shared.validation import brief
-
-    if not isinstance(raw, Mapping) or not 2 <= len(raw) <= MAX_API_CASES:
-        v.error("cases", f"cases must be an object of 2 to {MAX_API_CASES} cases keyed by name, got {brief(raw)}")
-        return []
-    out = []
-    for name, case in raw.items():
-        where = f"cases.{str(name)[:64]}"
-        if not re.fullmatch(API_CASE_NAME, name):
-            v.error(where, f"case name {brief(name)} must be 1-100 letters, digits, spaces or _ . : ( ) -, "
-                           "starting with a letter or digit")
-            continue
-        if not isinstance(case, Mapping):
-            v.error(where, f"case {name!r} must be an object with instruction and query")
-            continue
-        extra = [str(k) for k in case if k not in API_CASE_KEYS]
-        if extra:
-            v.error(where, f"case {name!r} has unknown keys {extra[:5]}; a case takes {', '.join(API_CASE_KEYS)}")
-            continue
-        before = len(v.errors)
-        instruction = v.text(BY_NAME["instruction"], case.get("instruction"))
-        query = v.text(BY_NAME["query"], case.get("query"))
-        description = case.get("description")
-        if description is not None and (not isinstance(description, str) or "\x00" in description
-                                        or len(description) > MAX_DESCRIPTION):
-            v.error(where, f"case {name!r}: description must be text of at most {MAX_DESCRIPTION} characters "
-                           "without NUL")
-        checks = v.checks(BY_NAME["checks"], case.get("checks") if case.get("checks") is not None else [])
-        ifeval = v.ifeval(BY_NAME["ifeval"], case.get("ifeval") if case.get("ifeval") is not None else [])
-        split_ = case.get("split")
-        if split_ not in (None, "validation", "test"):
-            v.error(where, f"case {name!r}: split must be validation or test (or null), got {brief(split_)}")
-        for e in v.errors[before:]:  # name the case in the errors its fields raised
-            if not e["field"].startswith("cases."):
-                e["field"], e["message"] = f"{where}.{e['field']}", f"case {name!r}: {e['message']}"
-        if len(v.errors) == before:
-            out.append(Case(name, instruction, query, description or "",
-                            tuple(Check(c["type"], c.get("value")) for c in checks),
-                            tuple(IfevalCheck(c["id"], c["kwargs"]) for c in ifeval), split_))
-    return out
+SWEEP_JOB_FIELDS = SweepRequestBody.JOB_FIELDS
+API_SWEEP_KEYS = tuple(SweepRequestBody.model_fields)
+SWEEP_KEYS = tuple(SweepForm.model_fields)
 
 
 @dataclass(frozen=True)
@@ -309,133 +255,41 @@ class SweepRequest:
     params: dict
 
 
+def _cases(req: SweepRequestBody, settings: Mapping[str, Any]) -> list[Case]:
+    """Return the request's cases: its pack's, its own, or the uploaded file's (raises ValidationError)."""
+    if req.pack is not None:
+        return load_case_set(pack=req.pack)
+    if req.cases is not None:
+        return [Case(name, c.instruction, c.query, c.description or "",
+                     tuple(Check(x["type"], x.get("value")) for x in c.checks),
+                     tuple(IfevalCheck(x["id"], x["kwargs"]) for x in c.ifeval), c.split)
+                for name, c in req.cases.items()]
+    return parse_cases(req.cases_text, req.cases_format, source="cases_text",
+                       max_text_chars=settings["limits.max_text_chars"])
+
+
 def parse_sweep_request(data: Any, settings: Mapping[str, Any], strict: bool = True) -> SweepRequest:
     """Validate a sweep request (JSON body or form); raise one ValidationError listing every problem."""
-    from shared.evaluation.cases import PACKS_BY_NAME
-    from shared.fields import BY_NAME
-    from shared.validation import Validator, brief
-
-    if not isinstance(data, Mapping):
-        raise ValidationError("the request body must be a JSON object naming a pack or holding cases",
-                              errors=[{"field": "body", "message": "expected a JSON object"}])
-    v = Validator(settings, strict)
-    allowed = API_SWEEP_KEYS if strict else SWEEP_KEYS
-    for key in [str(k) for k in data if k not in allowed][:10]:
-        v.error(key[:64], f"unknown field {brief(key)}; allowed fields: {', '.join(allowed)}")
-    given = {k: val for k, val in data.items() if k in allowed and val is not None and (strict or val != "")}
-    sources = [k for k in ("pack", "cases", "cases_text") if k in given]
+    req, errors = validate_sweep(data, settings, strict)
+    given = [k for k in ("pack", "cases", "cases_text") if isinstance(data, Mapping) and data.get(k) is not None
+             and (strict or data.get(k) != "") and (k != "cases_text" or not strict)]
+    if len(given) != 1:
+        errors.insert(len([e for e in errors if e["message"].startswith("unknown field")]), {
+            "field": "pack", "message": "give exactly one case set: pack (a built-in pack: " + ", ".join(PACKS_BY_NAME)
+            + "), cases (a list of case objects) or cases_text (a YAML, JSON or JSONL case file)"})
     cases: list[Case] = []
-    pack = None
-    if len(sources) != 1:
-        v.error("pack", "give exactly one case set: pack (a built-in pack: " + ", ".join(PACKS_BY_NAME) +
-                "), cases (a list of case objects) or cases_text (a YAML, JSON or JSONL case file)")
-    else:
+    if req is not None and len(given) == 1:
         try:
-            if sources == ["pack"]:
-                if not isinstance(given["pack"], str) or given["pack"] not in PACKS_BY_NAME:
-                    raise ValidationError(f"pack must be one of {', '.join(PACKS_BY_NAME)}; got "
-                                          f"{brief(given['pack'])}", field="pack")
-                pack = given["pack"]
-                cases = load_case_set(pack=pack)
-            elif sources == ["cases"]:
-                cases = _api_cases(given["cases"], v)
-            else:
-                fmt = given.get("cases_format", "yaml")
-                if fmt not in CASE_FORMATS:
-                    raise ValidationError(f"cases_format must be one of {', '.join(CASE_FORMATS)}; got {brief(fmt)}",
-                                          field="cases_format")
-                if not isinstance(given["cases_text"], str):
-                    raise ValidationError("cases_text must be the text of a case file", field="cases_text")
-                cases = parse_cases(given["cases_text"], fmt, source="cases_text",
-                                    max_text_chars=settings["limits.max_text_chars"])
+            cases = _cases(req, settings)[:req.limit]
         except ValidationError as exc:
-            for e in exc.errors or [{"field": exc.field or "cases", "message": exc.message}]:
-                v.error(e["field"], e["message"])
-    limit = given.get("limit")
-    if limit is not None:
-        try:
-            from shared.validation import as_int
-
-            n = as_int(limit) if not (strict and isinstance(limit, str)) else None
-        except (TypeError, ValueError, OverflowError):
-            n = None
-        if n is None or n < 2:
-            v.error("limit", f"limit must be an integer >= 2 (a validation and a test case), got {brief(limit)}")
-        else:
-            cases = cases[:n]
-    if cases and len(cases) < 2:
-        v.error("cases", "a sweep needs at least 2 cases (a validation and a test half)")
-    grid: tuple[float, ...] = ()
-    raw_grid = given.get("grid", "paper")
-    if isinstance(raw_grid, str) and not strict and raw_grid not in protocol.GRIDS:
-        raw_grid = [p.strip() for p in raw_grid.split(",") if p.strip()]
-        try:
-            raw_grid = [float(p) for p in raw_grid]
-        except ValueError:
-            pass
-    try:
-        if not isinstance(raw_grid, (str, list)):
-            raise ValidationError(f"grid must be paper, log or a list of multipliers, got {brief(raw_grid)}",
-                                  field="grid")
-        grid = protocol.get_grid(raw_grid)
-        if any(m > 1e6 for m in grid):
-            raise ValidationError("grid multipliers must be <= 1e6", field="grid")
-        if len(grid) > 40:
-            raise ValidationError("a grid holds at most 40 multipliers", field="grid")
-        if not boosted_grid(grid):
-            raise ValidationError("the grid needs at least one M other than 1", field="grid")
-    except ValidationError as exc:
-        v.error("grid", exc.message)
-
-    def listed(key: str, default: list) -> list:
-        value = given.get(key, default)
-        if isinstance(value, str) and not strict:
-            value = [p.strip() for p in value.split(",") if p.strip()]
-        if not isinstance(value, list) or not value or len(value) > MAX_SETTINGS_VALUES:
-            v.error(key, f"{key} must be a non-empty array of at most {MAX_SETTINGS_VALUES} values, got "
-                         f"{brief(value)}")
-            return []
-        return value
-
-    modes = listed("layer_modes", ["all"])
-    fractions = listed("head_fractions", [1.0])
-    if not strict:
-        try:
-            fractions = [float(f) for f in fractions]
-        except (TypeError, ValueError):
-            pass
-    bad = [f for f in fractions if isinstance(f, bool) or not isinstance(f, (int, float))]
-    sweep_settings_: list[SweepSetting] = []
-    if bad:
-        v.error("head_fractions", f"head_fractions are numbers in (0, 1]; got {brief(bad[0])}")
-    elif modes and fractions:
-        try:
-            sweep_settings_ = sweep_settings(modes, fractions)
-        except ValidationError as exc:
-            for e in exc.errors:
-                v.error(e["field"], e["message"])
-    floor = given.get("fluency_floor", protocol.FLOOR)
-    if not strict and isinstance(floor, str):
-        try:
-            floor = float(floor)
-        except ValueError:
-            pass
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 2:
-        v.error("fluency_floor", f"fluency_floor is a number in [0, 2] (the fluency scale), got {brief(floor)}")
-        floor = protocol.FLOOR
-    params = {}
-    for name in SWEEP_JOB_FIELDS:
-        f = BY_NAME[name]
-        value = given.get(name)
-        params[name] = v.check(f, f.default_value(settings) if value is None else value)
-    if cases and sweep_settings_:
-        fractions_ = {s.head_fraction for s in sweep_settings_}
-        per_step = len(cases) * len(fractions_)
+            errors += exc.errors or [{"field": exc.field or "cases", "message": exc.message}]
+        if cases and len(cases) < 2:
+            errors.append({"field": "cases", "message": "a sweep needs at least 2 cases (a validation and a test half)"})
+        per_step = len(cases) * len(req.head_fractions)
         cap = settings["limits.max_queued_jobs"]
-        if per_step > cap:
-            v.error("cases", f"one step of this sweep is {per_step} jobs ({len(cases)} cases x {len(fractions_)} "
-                             f"head fractions); at most {cap} may wait in the queue: use limit")
-    if v.errors:
-        fields_ = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
-        raise ValidationError(f"invalid sweep request: fix {fields_}", errors=v.errors)
-    return SweepRequest(tuple(cases), pack, grid, tuple(sweep_settings_), float(floor), params)
+        if cases and per_step > cap:
+            errors.append({"field": "cases", "message": f"one step of this sweep is {per_step} jobs ({len(cases)} cases "
+                           f"x {len(req.head_fractions)} head fractions); at most {cap} may wait in the queue: use limit"})
+    raise_problems(errors, "invalid sweep request")
+    return SweepRequest(tuple(cases), req.pack, req.grid, tuple(sweep_settings(req.layer_modes, req.head_fractions)),
+                        req.fluency_floor, req.job_params())

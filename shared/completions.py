@@ -21,13 +21,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from shared.chat import (BOOST_KEYS, PRIORITIES, _boost, _stop, check_neutral, fingerprint, is_chat,
-                         split_boost_tags)
+from shared.chat import BOOST_KEYS, PRIORITIES, check_target, fingerprint, is_chat, split_boost_tags
 from shared.chat import generation_request as chat_request
 from shared.chat_extras import choice_index, choice_variants
 from shared.errors import ValidationError
-from shared.fields import BY_NAME, CHAT_BY_NAME
 from shared.logprobs import MAX_TOP_LOGPROBS, completion_logprobs
+from shared.requests.chat import ChatCompletionRequest, InstaBoost, unknown_chat_field
+from shared.requests.job import check_field, multiplier_problems
+from shared.requests.openai import neutral_problems
 from shared.validation import Validator, brief
 
 COMPLETIONS_ENDPOINT = "/v1/completions"
@@ -43,6 +44,13 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
 def _error(v: Validator, field: str, message: str) -> None:
     v.error(field, message)
+
+
+def _field(v: Validator, name: str, value: Any) -> Any:
+    """Return value validated as the chat request's field name (its default when None), collecting errors in v."""
+    got, problems = check_field(name, value, v.settings, model=ChatCompletionRequest, unknown=unknown_chat_field)
+    v.errors.extend(problems)
+    return got
 
 
 def _prompts(v: Validator, value: Any) -> list[str | list[int]]:
@@ -100,8 +108,9 @@ def _spans(v: Validator, value: Any) -> list[list] | None:
             break
         m = None
         if len(s) == 3:
-            m = v.number(BY_NAME["multipliers"], s[2], "instaboost.spans")
-            if m is None:
+            m, problems = multiplier_problems(s[2], "instaboost.spans", v.settings)
+            if problems:
+                v.errors.extend(problems)
                 return None
         spans.append([s[0], s[1], m])
     if not ok:
@@ -152,10 +161,10 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
     v = Validator(settings, strict=True)
     for key in [k for k in body if k not in USED_KEYS and k not in NEUTRAL][:10]:
         _error(v, str(key)[:64], f"unrecognized request argument {brief(key)}")
-    check_neutral(v, body, NEUTRAL)
-    model = v.check(BY_NAME["model"], body.get("model")) if "model" in body else \
+    v.errors.extend(neutral_problems(body, NEUTRAL))
+    model = _field(v, "model", body.get("model")) if "model" in body else \
         _error(v, "model", "model is required: a model a live worker serves (see GET /v1/models)")
-    n = v.check(CHAT_BY_NAME["n"], body["n"]) if body.get("n") is not None else 1
+    n = _field(v, "n", body["n"]) if body.get("n") is not None else 1
     for name in ("stream", "echo"):
         if body.get(name) is not None and not isinstance(body[name], bool):
             _error(v, name, f"{name} must be a boolean, got {brief(body[name])}")
@@ -174,19 +183,18 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
             max_new = 0  # scores the prompt only
         else:
             before = len(v.errors)
-            max_new = v.check(BY_NAME["max_new_tokens"], mt)
+            max_new = _field(v, "max_tokens", mt)
             for e in v.errors[before:]:
-                e["field"] = "max_tokens"
-                e["message"] = e["message"].replace("max_new_tokens", "max_tokens", 1).replace(">= 1", ">= 0")
-    decoding = {name: v.check(BY_NAME[name], body[name]) if body.get(name) is not None else
-                BY_NAME[name].default_value(settings) for name in ("temperature", "top_p", "seed")}
+                e["message"] = e["message"].replace(">= 1", ">= 0")
+    decoding = {name: _field(v, name, body.get(name)) for name in ("temperature", "top_p", "seed")}
     raw = body.get("instaboost") if body.get("instaboost") is not None else header_boost
     spans = None
     if isinstance(raw, Mapping):
         spans = _spans(v, raw.get("spans"))
         raw = {key: value for key, value in raw.items() if key != "spans"}
-    boost = _boost(v, raw, settings)
-    stop = _stop(v, body.get("stop"))
+    boost = _field(v, "instaboost", raw) or InstaBoost.model_validate({}, context={"settings": settings})
+    boost = boost.resolved(settings) if isinstance(boost, InstaBoost) else boost
+    stop = _field(v, "stop", body.get("stop")) or []
     prompts = _prompts(v, body.get("prompt")) if "prompt" in body else \
         _error(v, "prompt", "prompt is required: a string, a list of strings or token ids") or []
     stream = bool(body.get("stream"))
@@ -216,6 +224,7 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
     if v.errors:
         fields = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
         raise ValidationError(f"invalid request: fix {fields}", errors=v.errors)
+    check_target(boost, mults)
     layer_mode = boost["layers"] if isinstance(boost["layers"], str) else "all"
     first = rows[0]
     return {
@@ -230,7 +239,8 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
         "top_p": decoding["top_p"], "attention": False,
         # Completion only.
         "prompts": rows, "n": n, "echo": bool(body.get("echo")), "logprobs": k, "layers": boost["layers"],
-        "heads": boost["heads"], "stop": stop, "stream": stream,
+        "heads": boost["heads"], "stop": stop, "stream": stream, "scope": boost["scope"],
+        "target_mass": boost["target_mass"],
         "include_usage": bool(isinstance(so, Mapping) and so.get("include_usage")),
         "priority": priority if priority in PRIORITIES else "interactive",
     }

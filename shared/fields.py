@@ -1,9 +1,9 @@
-"""Every job-request field, declared once: name, kind, bounds, default, help and where it appears.
+"""The job request's fields as rows for the form, the CLI and the OpenAPI document: name, kind, bounds, default, help.
 
-``JOB_FIELDS`` generates the validator (``shared.schemas.JobRequest.from_dict``), the OpenAPI schema
-(``web.openapi``), the submit form (``web.pages`` and ``index.html``) and the command-line options
-(``worker.cli.main``); ``tests/unit/test_fields.py`` fails if any of them drifts from it. Adding a field
-takes one row here plus its use.
+``JOB_FIELDS`` is read from the one declaration, the pydantic model ``shared.requests.job.JobFields`` (which also
+validates); it generates the OpenAPI schema (``web.openapi``), the submit form (``web.pages`` and ``index.html``)
+and the command-line options (``worker.cli.main``); ``tests/unit/test_fields.py`` fails if any of them drifts
+from it. Adding a field takes one field in ``JobFields`` plus its use.
 
 Kinds: ``text`` (required, not blank), ``model`` (a model name), ``integer``, ``number``, ``choice``
 (one of ``choices``), ``numbers`` (a non-empty list of distinct numbers), ``choices`` (a non-empty
@@ -17,15 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-PLACEMENTS = ("system", "prefix", "raw")
-LAYER_MODES = ("all", "middle")
-ENGINES = ("fast", "transformerlens")
-MAX_MULTIPLIER = 1e6  # log(1e6) ~ 13.8: past this the span takes all the mass and M no longer matters
-MAX_LAYER = 10_000
-MAX_SEED = 2**32 - 1
-MAX_TOP_K = 1_000_000  # past any vocabulary: as good as off
-MAX_LOGIT_BIAS = 300  # logit_bias entries, as OpenAI allows
-MAX_CHECKS = 20  # simple checks or IFEval instructions per job
+from shared.requests import job
+from shared.requests.base import extra
+from shared.requests.types import (ENGINES, LAYER_MODES, MAX_CHECKS, MAX_LAYER, MAX_LOGIT_BIAS,  # noqa: F401
+                                   MAX_MULTIPLIER, MAX_SEED, MAX_TOP_K, PLACEMENTS, SCOPES, rule_of)
+
 KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval",
          # Chat jobs only (CHAT_FIELDS; validated by shared.chat): OpenAI-shaped values.
          "messages", "strings", "object")
@@ -44,6 +40,8 @@ class JobField:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False  # lo itself is excluded: (lo, hi]
+    hi_open: bool = False  # hi itself is excluded: [lo, hi)
+    nullable: bool = False  # optional with no default: null (or omitted) means off
     hi_setting: str | None = None  # an upper bound this deployment sets, e.g. limits.max_new_tokens
     choices: tuple[str, ...] = ()
     hint: str = ""  # appended to out-of-range messages, e.g. what a value means
@@ -56,7 +54,7 @@ class JobField:
 
     @property
     def required(self) -> bool:
-        return self.setting is None and self.default is None
+        return self.setting is None and self.default is None and not self.nullable
 
     @property
     def is_list(self) -> bool:
@@ -85,74 +83,20 @@ class JobField:
         hi = self.upper(settings)
         if self.kind == "integer":
             return f"between {int(self.lo)} and {int(hi)}" if hi is not None else f">= {int(self.lo)}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}]"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi:g}{')' if self.hi_open else ']'}"
 
 
-JOB_FIELDS: tuple[JobField, ...] = (
-    JobField("instruction", "text", "Text whose tokens get boosted (a system prompt, a guideline, a format rule).",
-             "Instruction", cli="--instruction"),
-    JobField("query", "text", "The user's message the model answers.", "Query", cli="--query"),
-    JobField("model", "model", "A model a live worker serves (see /api/models): an alias, hub id, folder or "
-             ".gguf path.", "Model", setting="model.name", cli="--model"),
-    JobField("multipliers", "numbers", "Attention multipliers M on the instruction tokens; one boosted variant "
-             "per multiplier and layer mode (1 = no boost, below 1 de-boosts). The API and form also take 'recommended': "
-             "the M the latest finished calibration sweep of the model recommends.", "Multipliers M",
-             setting="instaboost.multiplier", lo=0, lo_open=True, hi=MAX_MULTIPLIER,
-             hint="1 = no boost, below 1 de-boosts", cli="--multiplier", cli_short="-m"),
-    JobField("layer_modes", "choices", "Which layers each multiplier boosts: all layers, the middle block, or both "
-             "(one variant each).", "Boost layers", default=LAYER_MODES, choices=LAYER_MODES),
-    JobField("start_layer", "integer", "First layer of the middle block.", "Start layer (middle block)",
-             setting="instaboost.start_layer", lo=0, hi=MAX_LAYER, advanced=True, cli="--start-layer"),
-    JobField("num_middle_layers", "integer", "How many layers the middle block spans.", "Middle layers",
-             setting="instaboost.num_middle_layers", lo=1, hi=MAX_LAYER, advanced=True, cli="--num-middle-layers"),
-    JobField("head_boost_percentage", "number", "Percentage of heads boosted in each boosted layer, chosen with "
-             "the seed.", "Heads boosted (%)", setting="instaboost.head_boost_percentage", lo=0, lo_open=True,
-             hi=100, advanced=True),
-    JobField("seed", "integer", "Seed for head selection and sampling.", "Seed", setting="random_seed", lo=0,
-             hi=MAX_SEED, advanced=True, cli="--seed"),
-    JobField("placement", "choice", "Where the instruction goes: the chat system turn, the start of the user "
-             "turn, or no template.", "Instruction placement", setting="instaboost.placement", choices=PLACEMENTS,
-             advanced=True, cli="--placement"),
-    JobField("engine", "choice", "fast (log-M bias inside fused attention) or transformerlens (the hook_pattern "
-             "reference).", "Engine", setting="instaboost.engine", choices=ENGINES, advanced=True, cli="--engine"),
-    JobField("max_new_tokens", "integer", "New tokens per generation.", "Max new tokens",
-             setting="generation.max_new_tokens", lo=1, hi_setting="limits.max_new_tokens", advanced=True,
-             cli="--max-new-tokens"),
-    JobField("temperature", "number", "Sampling temperature; 0 means greedy decoding.", "Temperature (0 = greedy)",
-             setting="generation.temperature", lo=0, hi=10, advanced=True, cli="--temperature"),
-    JobField("top_p", "number", "Nucleus sampling threshold (used when temperature > 0).", "Top p",
-             setting="generation.top_p", lo=0, lo_open=True, hi=1, advanced=True, cli="--top-p"),
-    JobField("attention", "boolean", "Also measure the attention mass on the instruction per layer, unboosted "
-             "and boosted (two extra forward passes over each output).", "Attention analysis", default=False,
-             advanced=True, cli="--attention"),
-    JobField("checks", "checks", "Pass/fail checks scored on every output: a JSON list of {type, value}, e.g. "
-             '[{"type": "lowercase"}, {"type": "max_words", "value": 50}] (types: regex, not_contains_regex, '
-             "contains, not_contains, json, lowercase, uppercase, max_words).", "Checks", default=(),
-             advanced=True),
-    JobField("ifeval", "ifeval", "IFEval instructions verified on every output (Google's checkers): a JSON list of "
-             'ids or {id, kwargs}, e.g. ["change_case:english_lowercase", {"id": "length_constraints:number_words", '
-             '"kwargs": {"num_words": 50, "relation": "less than"}}].', "IFEval checks", default=(),
-             advanced=True),
-    JobField("score_perplexity", "boolean", "Score each output's perplexity under the same model without the boost "
-             "(one extra batched forward pass); it feeds the 0-2 fluency score.", "Score perplexity",
-             default=True, advanced=True),
-    JobField("judge", "boolean", "Ask the LLM judge (settings judge.url, judge.model) whether each output follows the "
-             "instruction and how fluent it is; off by default.", "LLM judge", default=False, advanced=True),
-    # Sampling extras (worker.engine.logits), also on /v1/chat/completions; each default changes nothing.
-    JobField("top_k", "integer", "Sample only from the k most likely tokens (0 = off; used when temperature > 0).",
-             "Top k (0 = off)", default=0, lo=0, hi=MAX_TOP_K, advanced=True, cli="--top-k"),
-    JobField("min_p", "number", "Drop tokens less likely than min_p times the most likely one (0 = off; used when "
-             "temperature > 0).", "Min p (0 = off)", default=0.0, lo=0, hi=1, advanced=True, cli="--min-p"),
-    JobField("repetition_penalty", "number", "CTRL's repetition penalty over the prompt and the output: above 1 "
-             "discourages repeating a token, below 1 encourages it (1 = off).", "Repetition penalty (1 = off)",
-             default=1.0, lo=0, lo_open=True, hi=10, advanced=True, cli="--repetition-penalty"),
-    JobField("presence_penalty", "number", "OpenAI's presence penalty: subtracted from the logit of every token "
-             "already generated (0 = off).", "Presence penalty", default=0.0, lo=-2, hi=2, advanced=True,
-             cli="--presence-penalty"),
-    JobField("frequency_penalty", "number", "OpenAI's frequency penalty: subtracted once per time a token was "
-             "already generated (0 = off).", "Frequency penalty", default=0.0, lo=-2, hi=2, advanced=True,
-             cli="--frequency-penalty"),
-)
+def _row(name: str, f: Any) -> JobField:
+    """Return the form/CLI row of one field of the job request's declaration."""
+    rule, x = rule_of(f), extra(f)
+    return JobField(name, rule.kind, f.description, f.title, setting=x.get("x-setting"),
+                    default=None if x.get("x-setting") or f.is_required() else f.default, lo=rule.lo, hi=rule.hi,
+                    lo_open=rule.lo_open, hi_open=rule.hi_open, hi_setting=rule.hi_setting, choices=rule.choices,
+                    hint=rule.hint, nullable=not f.is_required() and f.default is None and not x.get("x-setting"),
+                    advanced=bool(x.get("x-advanced")), cli=x.get("x-cli"), cli_short=x.get("x-cli-short"))
+
+
+JOB_FIELDS: tuple[JobField, ...] = tuple(_row(name, f) for name, f in job.JobFields.model_fields.items())
 
 BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}
 

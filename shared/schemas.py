@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
-from shared.fields import FIELD_NAMES, JOB_FIELDS
+from shared.requests.fit import fit_problems
+from shared.requests.job import JobFields, validate_job
+from shared.requests.base import default_value
+from shared.settings import get_settings
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
-from shared.validation import Validator, brief
 
-MAX_REPORTED_UNKNOWN = 10  # a body of thousands of stray keys gets a short answer, not thousands of errors
-# No tokenizer we know has a token longer than this (SmolLM2's longest is 81 bytes, a run of spaces), so
-# ceil(utf8_bytes / MAX_BYTES_PER_TOKEN) is a safe lower bound on a text's token count at submit time.
-MAX_BYTES_PER_TOKEN = 128
 
 
 @dataclass(frozen=True)
@@ -47,41 +45,15 @@ def variant_name(multiplier: float, layer_mode: str) -> str:
 ORIGINAL = Variant("original", 1.0, "none")
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """A validated job: what to generate and how to boost it."""
-
-    instruction: str
-    query: str
-    model: str
-    multipliers: tuple[float, ...]
-    layer_modes: tuple[str, ...]
-    start_layer: int
-    num_middle_layers: int
-    head_boost_percentage: float
-    seed: int
-    placement: str
-    engine: str
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    attention: bool
-    checks: tuple[dict, ...] = ()
-    ifeval: tuple[dict, ...] = ()
-    score_perplexity: bool = True
-    judge: bool = False
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+class JobRequest(JobFields):
+    """A validated job: what to generate and how to boost it (fields: shared.requests.job.JobFields)."""
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
     def defaults(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Return the value each optional field takes when omitted."""
-        return {f.name: f.default_value(settings) for f in JOB_FIELDS if not f.required}
+        return {name: default_value(f, settings) for name, f in cls.model_fields.items() if not f.is_required()}
 
     @classmethod
     def from_dict(cls, data: Any, settings: Mapping[str, Any] | None = None, strict: bool = False) -> "JobRequest":
@@ -91,73 +63,25 @@ class JobRequest:
         numbers as numbers, lists as arrays, and null (not "") for "use the default". Forms send
         text, so without strict "5" is a number, "2, 10" a list and "" the default.
         """
-        if settings is None:
-            from shared.settings import get_settings
-
-            settings = get_settings()
-        if not isinstance(data, Mapping):
-            raise ValidationError("the request body must be a JSON object with at least instruction and query",
-                                  errors=[{"field": "body", "message": "expected a JSON object"}])
-        v = Validator(settings, strict)
-        unknown = [str(k) for k in data if k not in FIELD_NAMES]
-        for key in unknown[:MAX_REPORTED_UNKNOWN]:
-            v.error(key[:64], f"unknown field {brief(key)}; allowed fields: {', '.join(FIELD_NAMES)}")
-        if len(unknown) > MAX_REPORTED_UNKNOWN:
-            v.error("body", f"{len(unknown)} unknown fields in all; send only: {', '.join(FIELD_NAMES)}")
-        given = {k: val for k, val in data.items() if k in FIELD_NAMES and val is not None and (strict or val != "")}
-        values = {**cls.defaults(settings), **given}
-        out = {f.name: v.check(f, values.get(f.name) if f.required else values[f.name]) for f in JOB_FIELDS}
-
-        if out["multipliers"] and out["layer_modes"]:
-            count = 1 + len(out["multipliers"]) * len(out["layer_modes"])
-            limit = settings["limits.max_variants"]
-            if count > limit:
-                v.error("multipliers", f"{count} variants requested (1 original + {len(out['multipliers'])} "
-                                       f"multipliers x {len(out['layer_modes'])} layer modes); at most {limit} "
-                                       "are allowed: drop some multipliers or layer modes")
-        if out.get("judge") and not str(settings.get("judge.url", "") or "").strip():
-            v.error("judge", "judge: no LLM judge is configured on this service (setting judge.url); leave judge off")
-        if v.errors:
-            fields_ = ", ".join(dict.fromkeys(e["field"] for e in v.errors))
-            raise ValidationError(f"invalid job request: fix {fields_}", errors=v.errors)
-        return cls(**out)
+        return validate_job(cls, data, get_settings() if settings is None else settings, strict)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "JobRequest":
         """Rebuild a request from stored Job.params (already validated when submitted)."""
         # Jobs stored before a field was added lack it: they take its declared default.
-        data = {f.name: params.get(f.name, f.default) for f in JOB_FIELDS}
+        data = {name: params.get(name, default_value(f, None)) for name, f in cls.model_fields.items()}
         data["multipliers"] = tuple(float(m) for m in data["multipliers"])
         data["layer_modes"] = tuple(data["layer_modes"])
         data["checks"] = tuple(dict(c) for c in data["checks"] or ())
         data["ifeval"] = tuple(dict(c) for c in data["ifeval"] or ())
-        return cls(**data)
+        return cls.model_construct(**data)
 
     def check_model(self, facts: Mapping[str, Any]) -> None:
-        """Raise ValidationError when the request cannot run on a model with these facts.
-
-        facts come from worker heartbeats ({"n_layers", "max_context"}, each optional). The prompt
-        check is a lower bound (ceil(utf8 bytes / MAX_BYTES_PER_TOKEN) tokens, template excluded): it
-        only refuses prompts that cannot fit; the worker counts tokens exactly before generating.
-        """
-        errors: list[dict] = []
-        n_layers = facts.get("n_layers")
-        # Refused in any layer mode: a start_layer past the model is a mistake even when unused.
-        if isinstance(n_layers, int) and self.start_layer >= n_layers:
-            errors.append({"field": "start_layer", "message": f"start_layer {self.start_layer} is out of range: "
-                           f"{self.model} has {n_layers} layers (0..{n_layers - 1})"})
-        context = facts.get("max_context")
-        if isinstance(context, int):
-            if self.max_new_tokens >= context:
-                errors.append({"field": "max_new_tokens", "message": f"max_new_tokens {self.max_new_tokens} does "
-                               f"not fit {self.model}'s context of {context} tokens; ask for fewer"})
-            else:
-                nbytes = len(self.instruction.encode("utf-8")) + len(self.query.encode("utf-8"))
-                at_least = -(-nbytes // MAX_BYTES_PER_TOKEN)
-                if at_least + self.max_new_tokens > context:
-                    errors.append({"field": "query", "message": f"the prompt is at least {at_least} tokens; with "
-                                   f"max_new_tokens {self.max_new_tokens} it exceeds {self.model}'s context of "
-                                   f"{context} tokens: shorten the instruction or query"})
+        """Raise ValidationError when the request cannot run on a model with these facts (shared.requests.fit)."""
+        # start_layer is refused in any layer mode: a start_layer past the model is a mistake even when unused.
+        errors = fit_problems(facts, self.model, start_layer=self.start_layer, max_new_tokens=self.max_new_tokens,
+                              tokens_field="max_new_tokens", prompt_field="query",
+                              prompt_bytes=len(self.instruction.encode("utf-8")) + len(self.query.encode("utf-8")))
         if errors:
             fields_ = ", ".join(e["field"] for e in errors)
             raise ValidationError(f"the job does not fit model {self.model}: fix {fields_}", errors=errors)
@@ -166,7 +90,7 @@ class JobRequest:
 
     def to_params(self) -> dict[str, Any]:
         """Return the JSON-able parameters stored on the job."""
-        d = asdict(self)
+        d = self.model_dump()
         d["multipliers"] = list(self.multipliers)
         d["layer_modes"] = list(self.layer_modes)
         d["checks"] = [dict(c) for c in self.checks]
@@ -195,7 +119,8 @@ class JobRequest:
                          layers="all" if variant.is_original else variant.layer_mode,
                          start_layer=self.start_layer, num_middle_layers=self.num_middle_layers,
                          head_fraction=self.head_boost_percentage / 100.0, seed=self.seed,
-                         placement=self.placement)
+                         placement=self.placement, scope=self.scope,
+                         target_mass=None if variant.is_original else self.target_mass)
 
     def generation_params(self) -> GenerationParams:
         """Return the decoding settings shared by every variant."""

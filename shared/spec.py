@@ -9,54 +9,41 @@ import math
 import random
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from shared.errors import ValidationError
-from shared.fields import LAYER_MODES, MAX_LOGIT_BIAS, MAX_MULTIPLIER, PLACEMENTS
-from shared.validation import check_values
+from shared.fields import MAX_LOGIT_BIAS, PLACEMENTS, SCOPES
+from shared.requests.job import check_multiplier, check_values, parse_layers  # noqa: F401 (the engine's API)
 
 
-def check_multiplier(value, field_name: str = "multiplier") -> float:
-    """Return a valid multiplier M (0 < M <= 1e6) or raise ValidationError naming the field."""
+def check_target_mass(value, field_name: str = "target_mass") -> float | None:
+    """Return a valid target mass p (0 < p < 1) or None (off), or raise ValidationError naming the field."""
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(str(value).strip())
-        except ValueError:
-            raise ValidationError(f"{field_name} must be a number, got {value!r}", field=field_name) from None
-    try:
-        value = float(value)
-    except OverflowError:  # an integer too large for a float, e.g. 10**400
-        raise ValidationError(f"{field_name} must be <= {MAX_MULTIPLIER:g}", field=field_name) from None
-    if math.isnan(value) or math.isinf(value):
-        raise ValidationError(f"{field_name} must be a finite number, got {value}", field=field_name)
-    if value <= 0:
-        raise ValidationError(
-            f"{field_name} must be > 0 (1 = no boost, below 1 de-boosts), got {value:g}", field=field_name)
-    if value > MAX_MULTIPLIER:
-        raise ValidationError(f"{field_name} must be <= {MAX_MULTIPLIER:g}, got {value:g}", field=field_name)
+        raise ValidationError(f"{field_name} must be a number in (0, 1) or null, got {value!r}", field=field_name)
+    value = float(value)
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise ValidationError(f"{field_name} must be in (0, 1): the attention share on the instruction each boosted "
+                              f"head is raised to at least; got {value:g}", field=field_name)
     return value
 
 
-def parse_layers(value) -> str | tuple[int, ...]:
-    """Parse 'all', 'middle', '0,3,5' or a list of ints into the spec's layers field."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in LAYER_MODES:
-            return text
-        try:
-            value = [int(p) for p in text.replace(" ", "").split(",") if p != ""]
-        except ValueError:
-            raise ValidationError(
-                f"layers must be 'all', 'middle' or comma-separated layer indices like 0,3,5; got {value!r}",
-                field="layers") from None
-    if isinstance(value, Iterable):
-        items = list(value)
-        if not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-            raise ValidationError("layers must list at least one integer layer index", field="layers")
-        if any(i < 0 for i in items):
-            raise ValidationError("layer indices must be >= 0", field="layers")
-        return tuple(sorted(set(items)))
-    raise ValidationError(f"layers must be 'all', 'middle' or a list of indices, got {value!r}", field="layers")
+# Target mass: the bias is clamped here so its factor e^bias stays finite in float32 in both engines; a share
+# below p * e^-60 (~1e-26 p) is raised by e^60 only.
+MAX_TARGET_LOG_FACTOR = 60.0
+
+
+def target_log_factor(share: float, target: float) -> float:
+    """Return the target-mass bias for a head whose instruction share is `share`: log(p(1-a)/(a(1-p))) below p, else 0.
+
+    Adding it to every instruction key's score makes the share exactly p (a share of 0, no instruction key in
+    view, has nothing to raise). The engines compute the same on tensors (worker.engine.boost).
+    """
+    if not 0.0 < share < target:
+        return 0.0
+    bias = math.log(target) + math.log1p(-share) - math.log(share) - math.log1p(-target)
+    return min(bias, MAX_TARGET_LOG_FACTOR)
 
 
 @dataclass(frozen=True)
@@ -68,6 +55,11 @@ class BoostSpec:
     head_fraction: share of heads boosted in each boosted layer, chosen per layer with ``seed``.
     heads: explicit heads per layer; overrides head_fraction for the layers it names.
     placement: where the instruction sits in the prompt (system, prefix, raw).
+    scope: which queries are boosted: "all", "generated" (the decoding queries: the prompt's last position and
+        each generated token's, i.e. those that predict an output token) or "prompt" (the prompt's others).
+    target_mass: p in (0, 1) or None. After M, each boosted head's attention share on the boosted keys is raised
+        to at least p, per query: a bias log(p(1-a)/(a(1-p))) on those keys when the share a is below p. With
+        M = 1 this is the target-mass mode alone; it cannot be combined with M < 1 (which lowers the share).
     """
 
     multiplier: float = 1.0
@@ -78,9 +70,16 @@ class BoostSpec:
     heads: Mapping[int, tuple[int, ...]] | None = None
     seed: int = 42
     placement: str = "system"
+    scope: str = "all"
+    target_mass: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
+        if self.scope not in SCOPES:
+            raise ValidationError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}", field="scope")
+        object.__setattr__(self, "target_mass", check_target_mass(self.target_mass))
+        if self.target_mass is not None:
+            check_target_with(self.multiplier, self.target_mass)
         object.__setattr__(self, "layers", parse_layers(self.layers))
         check_values({"start_layer": self.start_layer, "num_middle_layers": self.num_middle_layers,
                       "seed": self.seed})
@@ -106,7 +105,7 @@ class BoostSpec:
 
     @property
     def is_identity(self) -> bool:
-        return self.multiplier == 1.0
+        return self.multiplier == 1.0 and self.target_mass is None
 
     def with_(self, **changes) -> "BoostSpec":
         """Return a copy with some fields changed (and validated again)."""
@@ -137,6 +136,14 @@ class BoostSpec:
     def resolve_heads(self, n_layers: int, n_heads: int) -> dict[int, tuple[int, ...]]:
         """Return {layer: boosted head indices} for every boosted layer."""
         return select_heads(self.resolve_layers(n_layers), n_heads, self.head_fraction, self.seed, self.heads)
+
+
+def check_target_with(multiplier: float, target_mass: float | None, field_name: str = "target_mass") -> None:
+    """Refuse a target mass together with a multiplier below 1: one lowers the share, the other raises it."""
+    if target_mass is not None and multiplier < 1.0:
+        raise ValidationError(f"{field_name} raises the instruction's attention share while multiplier {multiplier:g} "
+                              "(below 1) lowers it: use multiplier >= 1 with a target mass, or leave target_mass "
+                              "null", field=field_name)
 
 
 def select_heads(layers: Sequence[int], n_heads: int, fraction: float, seed: int,
@@ -267,6 +274,13 @@ class GenerationRequest:
     exact_text: bool = False  # a completion: the text as decoded, its whitespace kept (chat answers are stripped)
 
     def __post_init__(self):
+        self._check_shape()
+        if self.spec.target_mass is not None:
+            for m in self.multipliers:
+                check_target_with(m, self.spec.target_mass)
+
+    def _check_shape(self) -> None:
+        """Check that the request holds exactly one of: prompt ids, messages, or an instruction and a query."""
         if self.prompt_ids is not None:
             object.__setattr__(self, "prompt_ids", tuple(self.prompt_ids))
             object.__setattr__(self, "prompt_spans", tuple(tuple(s) for s in self.prompt_spans))
@@ -303,8 +317,8 @@ class GenerationRequest:
 
     @property
     def is_identity(self) -> bool:
-        """Return True when nothing is boosted (every M is 1, or no span at all)."""
-        return all(m == 1.0 for m in self.multipliers)
+        """Return True when nothing is boosted (every M is 1, or no span at all, and no target mass)."""
+        return self.spec.target_mass is None and all(m == 1.0 for m in self.multipliers)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from shared.errors import ValidationError
@@ -157,7 +157,7 @@ class Validator:
     def _in_range(self, spec: "JobField", name: str, x: float) -> bool:
         hi = spec.upper(self.settings)
         below = x <= spec.lo if spec.lo_open else x < spec.lo
-        if below or (hi is not None and x > hi):
+        if below or (hi is not None and (x >= hi if spec.hi_open else x > hi)):
             hint = f" ({spec.hint})" if spec.hint else ""
             got = brief(x) if isinstance(x, int) else format(x, "g")
             self.error(name, f"{name} must be {spec.interval(self.settings)}{hint}, got {got}")
@@ -294,31 +294,3 @@ class Validator:
             if check is not None:
                 out.append({"id": check.id, "kwargs": dict(check.kwargs)})
         return tuple(out)
-
-
-
-def check_values(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> None:
-    """Raise one ValidationError listing every bad value among these job fields (typed values, no defaults).
-
-    For code that builds requests directly (the engine's dataclasses, the CLI): the same bounds and
-    messages as the API. Without settings, bounds that a setting sets (limits.max_new_tokens) are skipped.
-    """
-    from shared.fields import BY_NAME
-
-    v = Validator(settings if settings is not None else _NoLimits(), strict=True)
-    for name, value in values.items():
-        spec = BY_NAME[name]
-        if settings is None and spec.hi_setting:
-            spec = replace(spec, hi_setting=None)
-        v.check(spec, value)
-    if v.errors:
-        raise ValidationError(v.errors[0]["message"] if len(v.errors) == 1 else
-                              "invalid values: " + "; ".join(e["message"] for e in v.errors),
-                              field=v.errors[0]["field"], errors=v.errors)
-
-
-class _NoLimits(dict):
-    """Settings stand-in for check_values without settings: every limit is unbounded."""
-
-    def __missing__(self, key: str) -> Any:
-        return 2**63

@@ -80,7 +80,7 @@ def cancel(job_id):
 def list_runs():
     """Return a page of runs, newest first."""
     rows, nxt = queries.list_runs(db(), request.args, request.args.get("limit"), request.args.get("cursor"))
-    items = [{**serialize.run_to_dict(r), "model": j.model, "job_status": j.status.value} for r, j in rows]
+    items = [{**serialize.run_to_dict(r, j.params), "model": j.model, "job_status": j.status.value} for r, j in rows]
     return _page(items, nxt, "api.list_runs", queries.RUN_FILTERS)
 
 

@@ -163,7 +163,7 @@ def _number_bounds(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"exclusiveMinimum" if f.lo_open else "minimum": f.lo}
     hi = f.upper(settings)
     if hi is not None:
-        out["maximum"] = hi
+        out["exclusiveMaximum" if f.hi_open else "maximum"] = hi
     return out
 
 
@@ -293,8 +293,8 @@ def job_request_schema(settings: Mapping[str, Any], models: list[str],
 def sweep_request_schema(settings: Mapping[str, Any], models: list[str],
                          facts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Return the SweepRequest schema: exactly what shared.calibration.parse_sweep_request accepts (JSON API)."""
-    from shared.calibration import (API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES,
-                                    SWEEP_JOB_FIELDS)
+    from shared.calibration import SWEEP_JOB_FIELDS
+    from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES
     from shared.evaluation.cases import PACKS
     from shared.fields import BY_NAME
 
@@ -628,6 +628,9 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
                  "additionalProperties": {"type": "array", "items": layer_index, "minItems": 1},
                  "description": "Explicit heads per layer: {\"layer\": [head indices]}."}]}),
             "placement": _nullable({"type": "string", "enum": list(PLACEMENTS)}),
+            "scope": _nullable({"type": "string", "enum": list(BY_NAME["scope"].choices),
+                                "description": BY_NAME["scope"].help}),
+            "target_mass": _nullable(bounded("target_mass")),
         },
     }
     assert tuple(boost["properties"]) == BOOST_KEYS

@@ -44,7 +44,7 @@ def _model_choices() -> tuple[list[str], str | None]:
 def _form_defaults() -> dict[str, Any]:
     d = JobRequest.defaults(services().settings)
     for f in JOB_FIELDS:
-        if f.required:
+        if f.required or (f.nullable and d[f.name] is None):
             d[f.name] = ""
         elif f.kind == "numbers":  # one text input, comma-separated
             d[f.name] = ", ".join(multiplier_text(m) for m in d[f.name])

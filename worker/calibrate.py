@@ -20,8 +20,9 @@ from worker.scoring import score_results
 
 
 def _requests(cases: Sequence[Case], m: float, setting: SweepSetting, base: BoostSpec,
-              params: GenerationParams) -> list[GenerationRequest]:
-    spec = base.with_(multiplier=m, layers=setting.layers, head_fraction=setting.head_fraction)
+              params: GenerationParams, baseline: bool = False) -> list[GenerationRequest]:
+    spec = base.with_(multiplier=m, layers=setting.layers, head_fraction=setting.head_fraction,
+                      **({"target_mass": None} if baseline else {}))  # the baseline is unboosted
     return [GenerationRequest(c.instruction, c.query, spec, params) for c in cases]
 
 
@@ -63,10 +64,10 @@ def calibrate_local(engine, cases: Sequence[Case], *, grid: Sequence[float], set
     validation = [c for c in cases if splits[c.name] == "validation"]
     test = [c for c in cases if splits[c.name] == "test"]
 
-    def run(m: float, group: Sequence[SweepSetting], subset: Sequence[Case] = cases) -> None:
+    def run(m: float, group: Sequence[SweepSetting], subset: Sequence[Case] = cases, baseline: bool = False) -> None:
         reqs, cs, where = [], [], []
         for setting in group:
-            reqs += _requests(subset, m, setting, base, params)
+            reqs += _requests(subset, m, setting, base, params, baseline)
             cs += subset
             where += [setting] * len(subset)
         for (result, scores), case, setting in zip(run_rows(engine, reqs, cs, batch_size, perplexity, copy_words),
@@ -77,7 +78,7 @@ def calibrate_local(engine, cases: Sequence[Case], *, grid: Sequence[float], set
             if on_record is not None:
                 on_record(records[-1])
 
-    run(1.0, [settings[0]])  # the unboosted baseline, shared by every setting (protocol._by_setting)
+    run(1.0, [settings[0]], baseline=True)  # the unboosted baseline, shared by every setting (protocol._by_setting)
     done = [1.0]
     log(f"M=1: {len(cases)} cases in {time.perf_counter() - t0:.0f} s")
     # A baseline below the floor ends every setting's walk at M = 1 (they share it).

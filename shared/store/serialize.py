@@ -12,10 +12,17 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def run_to_dict(run: Run) -> dict[str, Any]:
-    """Return a run as JSON-able data."""
+def run_boost(variant: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a run's scope and target mass, from its job's params (the original variant boosts nothing)."""
+    params = params or {}
+    original = variant == "original"
+    return {"scope": params.get("scope") or "all", "target_mass": None if original else params.get("target_mass")}
+
+
+def run_to_dict(run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return a run as JSON-able data; params: its job's, for the boost's scope and target mass."""
     return {"id": run.id, "job_id": run.job_id, "variant": run.variant, "multiplier": run.multiplier,
-            "layers": run.layers, "heads": run.heads,
+            "layers": run.layers, "heads": run.heads, **run_boost(run.variant, params),
             # As produced, NUL characters included (JSON writes them as \u0000); see Run.output_nul_offsets.
             "output_text": run.produced_text,
             "prompt_tokens": run.prompt_tokens, "output_tokens": run.output_tokens, "seconds": run.seconds,
@@ -33,5 +40,5 @@ def job_to_dict(job: Job, runs: bool = True) -> dict[str, Any]:
          "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
          "sweep_id": job.sweep_id, "case_name": job.case_name}
     if runs:
-        d["runs"] = [run_to_dict(r) for r in job.runs]
+        d["runs"] = [run_to_dict(r, job.params) for r in job.runs]
     return d

@@ -13,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import deployment
-from shared.errors import ModelError, TooManyJobs, Unavailable
+from shared.errors import ModelError, TooManyJobs, Unavailable, ValidationError
+from shared.requests.fit import fit_problems
 from shared.schemas import JobRequest
 from shared.store import idempotency
 from shared.store.lifecycle import transition
@@ -258,31 +259,10 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
 
 
 def check_chat_fits(params: Mapping[str, Any], facts: Mapping[str, int]) -> None:
-    """Raise ValidationError when a chat job cannot fit the model the workers advertise (layers, context)."""
-    from shared.errors import ValidationError
-
-    errors = []
-    n_layers, context = facts.get("n_layers"), facts.get("max_context")
-    if isinstance(n_layers, int):
-        if params["layers"] == "middle" and params["start_layer"] >= n_layers:
-            errors.append({"field": "instaboost.start_layer", "message": f"instaboost.start_layer "
-                           f"{params['start_layer']} is out of range: {params['model']} has {n_layers} layers "
-                           f"(0..{n_layers - 1})"})
-        if isinstance(params["layers"], list) and max(params["layers"]) >= n_layers:
-            errors.append({"field": "instaboost.layers", "message": f"instaboost.layers {max(params['layers'])} is "
-                           f"out of range: {params['model']} has {n_layers} layers (0..{n_layers - 1})"})
-    n_heads = facts.get("n_heads")
-    if isinstance(n_heads, int) and params.get("heads"):
-        top = max(h for hs in params["heads"].values() for h in hs)
-        if top >= n_heads:
-            errors.append({"field": "instaboost.heads", "message": f"instaboost.heads names head {top}: "
-                           f"{params['model']} has {n_heads} heads per layer (0..{n_heads - 1})"})
-        if isinstance(n_layers, int) and max(int(k) for k in params["heads"]) >= n_layers:
-            errors.append({"field": "instaboost.heads", "message": f"instaboost.heads names layer "
-                           f"{max(int(k) for k in params['heads'])}: {params['model']} has {n_layers} layers"})
-    if isinstance(context, int) and params["max_new_tokens"] >= context:
-        errors.append({"field": "max_tokens", "message": f"max_tokens {params['max_new_tokens']} does not fit "
-                       f"{params['model']}'s context of {context} tokens; ask for fewer"})
+    """Raise ValidationError when a chat job cannot fit the model the workers advertise (shared.requests.fit)."""
+    errors = fit_problems(facts, params["model"], max_new_tokens=params["max_new_tokens"], tokens_field="max_tokens",
+                          start_layer=params["start_layer"] if params["layers"] == "middle" else None,
+                          layers=params["layers"], heads=params.get("heads"), boost="instaboost.")
     if errors:
         raise ValidationError(errors[0]["message"], errors=errors)
 

@@ -45,7 +45,7 @@ log = logging.getLogger("instaboost.sweeps")
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 # Job fields a sweep passes to every job it creates (the rest are set per cell).
 BASE_FIELDS = ("model", "start_layer", "num_middle_layers", "seed", "placement", "engine", "max_new_tokens",
-               "temperature", "top_p", "score_perplexity")
+               "temperature", "top_p", "score_perplexity", "scope", "target_mass")
 Sender = Callable[[int, str], None]  # (job id, model) -> publish the job's message
 
 

@@ -363,3 +363,83 @@ def test_result_reports_the_placement_used(fast_engine, monkeypatch):
     with pytest.warns(UserWarning, match="falls back to 'raw'"):
         res = fast_engine.generate([make_request(2.0, placement="system", max_new_tokens=2)])[0]
     assert res.placement == "raw" and res.to_dict()["placement"] == "raw" and res.span_text == INSTRUCTION
+
+
+# -- scope and target mass (issue 21) -------------------------------------------------------------------------
+
+SCOPED = [
+    dict(multiplier=6.0, scope="generated"),
+    dict(multiplier=6.0, scope="prompt", layers="middle"),
+    dict(target_mass=0.3),
+    dict(target_mass=0.6, scope="generated", head_fraction=0.5),
+    dict(target_mass=0.4, scope="prompt"),
+    dict(multiplier=3.0, target_mass=0.5, layers=(2, 9, 10), heads={9: (0, 3), 10: (1,)}),
+]
+
+
+def _continuation(engine):
+    """Token ids that stand for generated ones: logits over prompt + these exercise the decoding queries."""
+    return engine.tokenizer(" Berlin est la capitale de l'Allemagne.", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("spec", SCOPED, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_engines_agree_on_scope_and_target_mass_logits(fast_engine, tl_engine, spec):
+    req, cont = make_request(**spec), _continuation(fast_engine)
+    got = fast_engine.logits(req, cont)
+    diff = (got - tl_engine.logits(req, cont)).abs().max().item()
+    assert diff <= 1e-4, f"fast and transformerlens logits differ by {diff:.3g}"
+    assert (got - fast_engine.logits(make_request(1.0), cont)).abs().max().item() > 0.5  # it does boost
+
+
+def test_scope_all_is_todays_boost_and_scopes_split_the_queries(fast_engine):
+    cont = _continuation(fast_engine)
+    today = fast_engine.logits(make_request(6.0), cont)
+    assert torch.equal(fast_engine.logits(make_request(6.0, scope="all"), cont), today)
+    plain = fast_engine.logits(make_request(1.0), cont)
+    n = len(fast_engine.prompt(make_request(6.0)).input_ids)
+    # Boosting only the decoding queries leaves every earlier prompt position exactly as unboosted.
+    generated = fast_engine.logits(make_request(6.0, scope="generated"), cont)
+    assert torch.equal(generated[:n - 1], plain[:n - 1])
+    assert (generated[n - 1:] - plain[n - 1:]).abs().max().item() > 0.5
+    # Boosting only the prompt's other queries changes the prompt's positions like today's boost.
+    prompt = fast_engine.logits(make_request(6.0, scope="prompt"), cont)
+    assert torch.equal(prompt[:n - 1], today[:n - 1])
+
+
+@pytest.mark.parametrize("which", ["fast", "transformerlens"])
+@pytest.mark.parametrize("scope", ["all", "generated", "prompt"])
+def test_multiplier_one_in_every_scope_equals_plain_hf_greedy(fast_engine, tl_engine, plain_model, which, scope):
+    engine = fast_engine if which == "fast" else tl_engine
+    req = make_request(1.0, scope=scope, max_new_tokens=16)
+    want_text, want_n = _plain_greedy(plain_model, req, engine)
+    got = engine.generate([req])[0]
+    assert (got.text, got.output_tokens) == (want_text, want_n)
+
+
+@pytest.mark.parametrize("which", ["fast", "transformerlens"])
+def test_target_mass_raises_every_boosted_heads_share_to_the_target(fast_engine, tl_engine, which):
+    engine = fast_engine if which == "fast" else tl_engine
+    res = engine.generate([make_request(target_mass=0.4, max_new_tokens=8)], attention=True)[0]
+    # Every head's share on every generated query is max(a, p), so the mean is at least p in every layer.
+    assert min(res.attention_mass["boosted"]) >= 0.4 - 1e-4, res.attention_mass["boosted"]
+    assert min(res.attention_mass["unboosted"]) < 0.4
+
+
+def test_engines_agree_on_target_mass_generation(fast_engine, tl_engine):
+    req = make_request(target_mass=0.5, scope="generated", head_fraction=0.5, max_new_tokens=10)
+    a = fast_engine.generate([req], attention=True)[0]
+    b = tl_engine.generate([req], attention=True)[0]
+    assert a.text == b.text
+    for label in ("unboosted", "boosted"):
+        assert a.attention_mass[label] == pytest.approx(b.attention_mass[label], abs=1e-4)
+
+
+def test_fast_batch_rows_keep_their_own_scope_and_target(fast_engine):
+    reqs = [make_request(8.0, scope="generated", max_new_tokens=12),
+            make_request(target_mass=0.5, max_new_tokens=12, instruction="Reply in all capital letters."),
+            make_request(8.0, scope="prompt", layers="middle", max_new_tokens=12),
+            make_request(4.0, target_mass=0.7, scope="generated", max_new_tokens=12),
+            make_request(1.0, max_new_tokens=12, query="Why do cats purr?")]
+    batched = fast_engine.generate(reqs)
+    alone = [fast_engine.generate([r])[0] for r in reqs]
+    assert [b.text for b in batched] == [a.text for a in alone]

@@ -142,3 +142,83 @@ def test_pattern_hook_reads_the_window_offset_at_each_call():
     out = hook(pattern)[0, 0, 0]
     assert out.tolist() == pytest.approx([4 / 6, 1 / 6, 1 / 6])
     assert boost_math.make_pattern_hook(boost, 0)(pattern)[0, 0, 0].tolist() == pytest.approx([4 / 9, 4 / 9, 1 / 9])
+
+
+# -- scope and target mass (issue 21) -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [dict(scope="decode"), dict(scope=""), dict(target_mass=0), dict(target_mass=1),
+                                 dict(target_mass=1.5), dict(target_mass=-0.2), dict(target_mass=True),
+                                 dict(target_mass="0.3"), dict(target_mass=float("nan")),
+                                 dict(target_mass=0.3, multiplier=0.5)])
+def test_bad_scope_and_target_mass_are_refused(bad):
+    with pytest.raises(ValidationError) as err:
+        BoostSpec(**bad)
+    assert err.value.field == ("scope" if "scope" in bad else "target_mass")
+
+
+def test_target_mass_with_a_deboosted_span_is_refused():
+    from shared.spec import ChatMessage, GenerationRequest, Segment
+
+    msgs = [ChatMessage("system", (Segment("Be brief.", 0.5),)), ChatMessage.plain("user", "Hi")]
+    GenerationRequest.chat(msgs, BoostSpec())  # a de-boost alone is fine
+    with pytest.raises(ValidationError, match="lowers it"):
+        GenerationRequest.chat(msgs, BoostSpec(target_mass=0.4))
+
+
+def test_identity_needs_m_one_and_no_target():
+    assert BoostSpec(scope="prompt").is_identity
+    assert not BoostSpec(target_mass=0.2).is_identity
+
+
+@pytest.mark.parametrize("a", [1e-6, 0.05, 0.29, 0.3, 0.9, 0.0])
+def test_target_factor_math_and_tensor_forms_agree_and_reach_the_target(a):
+    from shared.spec import target_log_factor
+
+    p = 0.3
+    scalar = target_log_factor(a, p)
+    tensor = boost_math.target_log_factors(torch.tensor([[[a]]], dtype=torch.float32), torch.tensor([p]))
+    assert float(tensor) == pytest.approx(scalar, rel=1e-5, abs=1e-6)
+    if 0 < a < p:
+        f = math.exp(scalar)
+        assert a * f / (a * f + 1 - a) == pytest.approx(p)  # the new share is exactly p
+    else:
+        assert scalar == 0.0  # already at or above p, or nothing to raise
+    nan = boost_math.target_log_factors(torch.tensor([[[a]]]), torch.tensor([float("nan")]))
+    assert float(nan) == 0.0  # a row without a target
+
+
+def test_target_mass_hook_and_bias_give_the_target_share_after_m():
+    scores = _scores(b=2, h=3, q=5, k=7, seed=3).float()
+    specs = [BoostSpec(target_mass=0.6), BoostSpec(multiplier=2.0, target_mass=0.5, layers=(0,))]
+    boost = boost_math.build_batch_boost(specs, [(1, 3), (2, 5)], 7, n_layers=2, n_heads=3)
+    base = torch.softmax(scores, -1)
+    hooked = boost_math.boost_pattern(base, boost_math.pattern_factors(boost, 0, base))
+    spans = [(1, 3), (2, 5)]
+    m_only = boost_math.boost_pattern(base, boost_math.boost_factors(boost, 0, 7))
+    for row, (s, e) in enumerate(spans):
+        before, after = m_only[row, ..., s:e].sum(-1), hooked[row, ..., s:e].sum(-1)
+        p = specs[row].target_mass
+        assert torch.allclose(after, torch.clamp(before, min=p), atol=1e-5)
+    # The same as a pre-softmax bias: log M, plus log F from the share after M.
+    share = (m_only * boost.key_mask[:, None, None, :]).sum(-1)
+    bias = boost_math.bias_for_layer(boost, 0, 7) + torch.where(
+        boost_math.boost_cells(boost, 0, 7), boost_math.target_log_factors(share, boost.target)[..., None],
+        torch.zeros(()))
+    assert torch.allclose(torch.softmax(scores + bias, -1), hooked, atol=1e-6)
+
+
+def test_scope_gates_queries_by_position():
+    specs = [BoostSpec(multiplier=4.0), BoostSpec(multiplier=4.0, scope="generated"),
+             BoostSpec(multiplier=4.0, scope="prompt")]
+    boost = boost_math.build_batch_boost(specs, [(0, 2)] * 3, 6, n_layers=1, n_heads=2, prompt_len=4)
+    # A forward over all 6 positions: queries 3, 4, 5 decode (3 is the prompt's last, its output is generated).
+    gate = boost_math.query_gate(boost, 6, 6)
+    assert gate.tolist() == [[True] * 6, [False] * 3 + [True] * 3, [True] * 3 + [False] * 3]
+    assert boost_math.query_gate(boost, 1, 6).tolist() == [[True], [True], [False]]  # one decoding step
+    assert boost_math.query_gate(boost, 3, 3).tolist() == [[True], [False], [True]]  # a prefill before the last
+    only_all = boost_math.build_batch_boost(specs[:1], [(0, 2)], 6, n_layers=1, n_heads=2)
+    assert boost_math.query_gate(only_all, 6, 6) is None
+    base = torch.softmax(_scores(b=3, h=2, q=6, k=6).float(), -1)
+    factors = boost_math.pattern_factors(boost, 0, base)
+    assert torch.all(factors[1, :, :3] == 1) and torch.all(factors[1, :, 3:, :2] == 4)
+    assert torch.all(factors[2, :, 3:] == 1) and torch.all(factors[2, :, :3, :2] == 4)

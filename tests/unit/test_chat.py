@@ -98,3 +98,34 @@ def test_openai_fields_refused_say_why(field, why):
     with pytest.raises(ValidationError) as exc:
         params(**{field: ["audio"] if field == "modalities" else [{"type": "function"}]})
     assert exc.value.errors[0]["field"] == field and why in exc.value.errors[0]["message"]
+
+
+# -- scope and target mass in instaboost (issue 21) ---------------------------------------------------------------
+
+def test_instaboost_scope_and_target_mass_reach_the_engine_request():
+    from shared.chat import chat_params, generation_request
+    from shared.settings import load_settings
+
+    settings = load_settings(env={"INSTABOOST_CONFIG": ""}, dotenv=None)
+    body = {"model": settings["model.name"], "messages": [{"role": "system", "content": "Be brief."},
+                                                          {"role": "user", "content": "Hi"}],
+            "instaboost": {"target_mass": 0.4, "scope": "generated"}}
+    params = chat_params(body, settings)
+    req = generation_request(params)
+    assert (req.spec.scope, req.spec.target_mass, req.multipliers) == ("generated", 0.4, (1.0,))
+    old = {k: v for k, v in params.items() if k not in ("scope", "target_mass")}  # a job stored before them
+    assert (generation_request(old).spec.scope, generation_request(old).spec.target_mass) == ("all", None)
+
+
+@pytest.mark.parametrize("boost, message", [({"target_mass": 0.4, "multiplier": 0.5}, "below 1"),
+                                            ({"target_mass": 1.2}, "in (0, 1)"), ({"scope": "gen"}, "one of")])
+def test_bad_instaboost_scope_and_target_mass_are_refused(boost, message):
+    from shared.chat import chat_params
+    from shared.settings import load_settings
+
+    settings = load_settings(env={"INSTABOOST_CONFIG": ""}, dotenv=None)
+    body = {"model": settings["model.name"], "instaboost": boost,
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+    with pytest.raises(ValidationError) as err:
+        chat_params(body, settings)
+    assert err.value.errors[0]["field"].startswith("instaboost.") and message in err.value.errors[0]["message"]

@@ -141,3 +141,34 @@ def test_every_accepted_list_has_unique_variant_names(multipliers):
     # And the name gives back its multiplier exactly.
     for v in req.variants()[1:]:
         assert float(v.name.split("_x", 1)[1]) == v.multiplier
+
+
+# -- scope and target mass (issue 21) -------------------------------------------------------------------------
+
+def test_scope_and_target_mass_reach_the_boost_spec_and_the_original_stays_unboosted():
+    from shared.settings import load_settings
+
+    settings = load_settings(env={"INSTABOOST_CONFIG": ""}, dotenv=None)
+    req = JobRequest.from_dict({"instruction": "Answer in French.", "query": "Hi", "target_mass": 0.4,
+                                "scope": "generated", "layer_modes": ["all"]}, settings, strict=True)
+    assert req.multipliers == (1.0,)  # a target mass alone: no fixed M on top
+    original, boosted = req.variants()
+    assert req.boost_spec(original).is_identity
+    spec = req.boost_spec(boosted)
+    assert (spec.scope, spec.target_mass, spec.multiplier) == ("generated", 0.4, 1.0)
+    again = JobRequest.from_params(req.to_params())
+    assert (again.scope, again.target_mass) == ("generated", 0.4)
+    old = {k: v for k, v in req.to_params().items() if k not in ("scope", "target_mass")}
+    assert (JobRequest.from_params(old).scope, JobRequest.from_params(old).target_mass) == ("all", None)
+
+
+@pytest.mark.parametrize("bad, field", [({"target_mass": 1}, "target_mass"), ({"target_mass": 0}, "target_mass"),
+                                        ({"target_mass": "0.3"}, "target_mass"), ({"scope": "decode"}, "scope"),
+                                        ({"target_mass": 0.3, "multipliers": [0.5, 4]}, "target_mass")])
+def test_bad_scope_and_target_mass_are_refused_naming_the_field(bad, field):
+    from shared.settings import load_settings
+
+    settings = load_settings(env={"INSTABOOST_CONFIG": ""}, dotenv=None)
+    with pytest.raises(ValidationError) as err:
+        JobRequest.from_dict({"instruction": "Answer in French.", "query": "Hi", **bad}, settings, strict=True)
+    assert [e["field"] for e in err.value.errors] == [field]

@@ -131,7 +131,7 @@ def field_values(args: argparse.Namespace, settings) -> dict:
             continue
         given = getattr(args, f.name)
         value = f.default_value(settings) if given is None else given
-        out[f.name] = v.check(f, value)
+        out[f.name] = None if f.nullable and value is None else v.check(f, value)
         if f.is_list and isinstance(out[f.name], tuple) and len(out[f.name]) > 1:
             v.error(f.name, f"{f.name} takes one value here, got {given!r}")
     if v.errors:
@@ -182,9 +182,13 @@ def _spec_and_params(args, s):
     layers = getattr(args, "layers", None)
     if layers is None:
         layers = "middle" if s["instaboost.boost_middle_layers_only"] else "all"
-    spec = BoostSpec(multiplier=values["multipliers"][0], layers=layers, start_layer=values["start_layer"],
+    target = values.get("target_mass")
+    # A target mass alone is the target-mass mode: no fixed M on top unless --multiplier is given.
+    m = 1.0 if target is not None and getattr(args, "multipliers", None) is None else values["multipliers"][0]
+    spec = BoostSpec(multiplier=m, layers=layers, start_layer=values["start_layer"],
                      num_middle_layers=values["num_middle_layers"], head_fraction=heads, heads=explicit,
-                     seed=values["seed"], placement=values["placement"])
+                     seed=values["seed"], placement=values["placement"], scope=values.get("scope", "all"),
+                     target_mass=target)
     extras = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
     params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
                               top_p=values["top_p"], seed=values["seed"],
@@ -295,7 +299,8 @@ def cmd_calibrate(args) -> int:
         return _calibrate_from_records(args, cases, floor, ceiling, values["max_new_tokens"], s)
     values["engine"] = "fast"  # rows of different M, layers and heads batch together only on the fast engine
     base = BoostSpec(start_layer=values["start_layer"], num_middle_layers=values["num_middle_layers"],
-                     seed=values["seed"], placement=values["placement"])
+                     seed=values["seed"], placement=values["placement"], scope=values.get("scope", "all"),
+                     target_mass=values.get("target_mass"))
     params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
                               top_p=values["top_p"], seed=values["seed"])
     if args.threads:

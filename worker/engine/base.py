@@ -322,9 +322,16 @@ class Engine:
             q_sel[row, width - 1:width + n - 1] = True
         return mask, q_sel
 
-    def logits(self, request: GenerationRequest) -> torch.Tensor:
-        """Return the boosted next-token logits for every prompt position, as float32 [L, V]."""
+    def logits(self, request: GenerationRequest, continuation: Sequence[int] = ()) -> torch.Tensor:
+        """Return the boosted next-token logits for every position of the prompt and then continuation, as float32
+        [L, V]; the continuation's tokens count as generated ones (the boost's scope)."""
         raise NotImplementedError
+
+    def _with_continuation(self, input_ids: torch.Tensor, continuation: Sequence[int]) -> torch.Tensor:
+        """Return [1, L] prompt ids followed by the continuation's token ids."""
+        if not continuation:
+            return input_ids
+        return torch.cat([input_ids, torch.tensor([list(continuation)], device=input_ids.device)], dim=1)
 
 
 class StepClock:

@@ -6,6 +6,12 @@ softmax(s + log f)_k, so the same operation is an additive bias of log M on the 
 A row may boost several spans, each with its own M: f is M_i on span i's keys and 1 elsewhere.
 The hook form (``boost_pattern``) is the reference; the bias form (``bias_for_layer``) runs inside
 fused attention.
+
+Two more knobs per row. Scope gates the boost by query position (``query_gate``): all queries, only the
+decoding ones (positions >= prompt_len - 1, whose outputs are generated tokens) or only the prompt's others.
+Target mass p raises, after M, each boosted head's share a on the boosted keys to at least p: one more
+factor F = p(1-a)/(a(1-p)) on those keys per (head, query) when a < p (``target_log_factors``); the hook
+multiplies by it, the fast engine adds log F, which needs a first measured by a cheap extra SDPA pass.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from shared.spec import BoostSpec  # the spec lives in shared/ so the web app can validate without torch
+from shared.spec import MAX_TARGET_LOG_FACTOR, BoostSpec  # in shared/ so the web app validates without torch
 
 
 # One row's boosted spans: [start, end) key positions and M (None: the row's spec.multiplier).
@@ -30,11 +36,20 @@ class BatchBoost:
     key_factors: [B, K] float64, the factor f per key: M_i on span i's keys, 1 elsewhere (a key inside
         two spans gets the product).
     heads: {layer: [B, H] bool}, True where the row boosts that head in that layer.
+    prompt_len: query positions from prompt_len - 1 on are decoding queries (their outputs are generated
+        tokens); the ones before are the prompt's (scope).
+    boost_prompt, boost_generated: [B] bool, whether the row boosts those queries; None when every row
+        boosts every query (scope "all").
+    target: [B] float32 target mass p per row (NaN: none); None when no row has one.
     """
 
     key_mask: torch.Tensor
     key_factors: torch.Tensor
     heads: dict[int, torch.Tensor]
+    prompt_len: int = 0
+    boost_prompt: torch.Tensor | None = None
+    boost_generated: torch.Tensor | None = None
+    target: torch.Tensor | None = None
 
 
 def key_mask_from_spans(spans: Sequence[tuple[int, int]], length: int, device=None) -> torch.Tensor:
@@ -53,12 +68,13 @@ def row_spans(spec: BoostSpec, entry) -> list[tuple[int, int, float]]:
 
 
 def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
-                      n_layers: int, n_heads: int, device=None, keep_identity: bool = False) -> BatchBoost:
-    """Resolve each row's spec and spans into key factors and per-layer head masks.
+                      n_layers: int, n_heads: int, device=None, keep_identity: bool = False,
+                      prompt_len: int | None = None) -> BatchBoost:
+    """Resolve each row's spec and spans into key factors, per-layer head masks, scopes and target masses.
 
     spans[row] is either one (start, end) pair, boosted by the spec's multiplier, or a list of
-    (start, end, M) spans, each with its own M (None: the spec's). Rows whose every M is 1 boost
-    nothing unless kept.
+    (start, end, M) spans, each with its own M (None: the spec's). Rows whose every M is 1 and that have
+    no target mass boost nothing unless kept. prompt_len: the (padded) prompt's length, default length.
     """
     heads: dict[int, torch.Tensor] = {}
     mask = torch.zeros(len(specs), length, dtype=torch.bool, device=device)
@@ -68,13 +84,54 @@ def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
         for start, end, m in resolved:
             mask[row, start:end] = True
             factors[row, start:end] *= m
-        if all(m == 1.0 for _, _, m in resolved) and not keep_identity:
+        if all(m == 1.0 for _, _, m in resolved) and spec.target_mass is None and not keep_identity:
             continue
         for layer, hs in spec.resolve_heads(n_layers, n_heads).items():
             if layer not in heads:
                 heads[layer] = torch.zeros(len(specs), n_heads, dtype=torch.bool, device=device)
             heads[layer][row, list(hs)] = True
-    return BatchBoost(key_mask=mask, key_factors=factors, heads=heads)
+    scopes = [s.scope for s in specs]
+    gates = {}
+    if any(sc != "all" for sc in scopes):
+        gates = {"boost_prompt": torch.tensor([sc != "generated" for sc in scopes], device=device),
+                 "boost_generated": torch.tensor([sc != "prompt" for sc in scopes], device=device)}
+    targets = [s.target_mass for s in specs]
+    target = None
+    if any(t is not None for t in targets):
+        target = torch.tensor([float("nan") if t is None else t for t in targets], dtype=torch.float32,
+                              device=device)
+    return BatchBoost(key_mask=mask, key_factors=factors, heads=heads,
+                      prompt_len=length if prompt_len is None else int(prompt_len), target=target, **gates)
+
+
+def query_gate(boost: BatchBoost, q_len: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
+    """Return [B, Q] bool: which of this forward's q_len queries each row boosts (its scope); None: all of them.
+
+    The queries are the last q_len positions processed (total, else kv_len); a gate that does not vary over
+    the queries (a prefill before the last position, a decoding step) comes back as [B, 1].
+    """
+    if boost.boost_prompt is None:
+        return None
+    end = kv_len if total is None else int(total)
+    pos = torch.arange(end - q_len, end, device=boost.boost_prompt.device)
+    decoding = pos >= boost.prompt_len - 1
+    if bool(decoding.all()) or not bool(decoding.any()):
+        decoding = decoding[:1]
+    return torch.where(decoding[None, :], boost.boost_generated[:, None], boost.boost_prompt[:, None])
+
+
+def target_log_factors(share: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return log F per (row, head, query): log(p(1-a)/(a(1-p))) where 0 < a < p, else 0 (shared.spec.target_log_factor).
+
+    share: [B, H, Q] the boosted keys' share a; target: [B] p per row (NaN: none). Computed in float32.
+    """
+    a = share.float()
+    p = target.float()[:, None, None].to(a.device)
+    raise_ = (a > 0) & (a < p)  # NaN p compares False: rows without a target stay unchanged
+    a_safe = torch.where(raise_, a, torch.full_like(a, 0.5))
+    p_safe = torch.where(torch.isnan(p), torch.full_like(p, 0.5), p)
+    log_f = torch.log(p_safe) + torch.log1p(-a_safe) - torch.log(a_safe) - torch.log1p(-p_safe)
+    return torch.where(raise_, log_f.clamp(max=MAX_TARGET_LOG_FACTOR), torch.zeros((), device=a.device))
 
 
 def key_offset(kv_len: int, total: int | None) -> int:
@@ -95,7 +152,7 @@ def key_window(mask: torch.Tensor, kv_len: int, total: int | None = None, fill=F
     return _fit(mask, start + kv_len, fill=fill)[..., start:]
 
 
-def _cells(boost: BatchBoost, layer: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
+def boost_cells(boost: BatchBoost, layer: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
     """Return [B, H, 1, kv_len] bool: the (row, head, key) cells this layer boosts, or None."""
     heads = boost.heads.get(layer)
     if heads is None:
@@ -109,7 +166,7 @@ def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float3
 
     total: positions processed so far (see key_offset); None when the keys are positions 0 .. kv_len - 1.
     """
-    cells = _cells(boost, layer, kv_len, total)
+    cells = boost_cells(boost, layer, kv_len, total)
     if cells is None:
         return None
     f = key_window(boost.key_factors, kv_len, total, fill=1.0).to(dtype)[:, None, None, :]
@@ -122,7 +179,7 @@ def bias_for_layer(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float
 
     total: positions processed so far (see key_offset); None when the keys are positions 0 .. kv_len - 1.
     """
-    cells = _cells(boost, layer, kv_len, total)
+    cells = boost_cells(boost, layer, kv_len, total)
     if cells is None:
         return None
     # log in float64, then cast: one span's bias is exactly what a single M gave before.
@@ -145,13 +202,36 @@ def make_pattern_hook(boost: BatchBoost, layer: int, total=None):
     """
 
     def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
-        factors = boost_factors(boost, layer, pattern.shape[-1], dtype=torch.float32,
-                                total=total() if total is not None else None)
+        factors = pattern_factors(boost, layer, pattern.float(), total() if total is not None else None)
         if factors is None:
             return pattern
-        return boost_pattern(pattern.float(), factors.to(pattern.device)).to(pattern.dtype)
+        return boost_pattern(pattern.float(), factors).to(pattern.dtype)
 
     return hook
+
+
+def pattern_factors(boost: BatchBoost, layer: int, pattern: torch.Tensor,
+                    total: int | None = None) -> torch.Tensor | None:
+    """Return the factors the hook multiplies a [B, H, Q, K] post-softmax pattern by, or None (layer not boosted).
+
+    M on the boosted cells; then, for target-mass rows, F from the share a after M on those cells; both only
+    on the queries the row's scope boosts. [B, H, 1, K] unless target or scope make them vary per query.
+    """
+    kv_len, q_len = pattern.shape[-1], pattern.shape[-2]
+    factors = boost_factors(boost, layer, kv_len, dtype=torch.float32, total=total)
+    if factors is None:
+        return None
+    factors = factors.to(pattern.device)
+    one = torch.ones((), dtype=factors.dtype, device=factors.device)
+    if boost.target is not None:
+        cells = boost_cells(boost, layer, kv_len, total).to(pattern.device)
+        share = (boost_pattern(pattern, factors) * cells).sum(-1)  # [B, H, Q] after M
+        f = torch.exp(target_log_factors(share, boost.target))[..., None]
+        factors = factors * torch.where(cells, f, one)
+    gate = query_gate(boost, q_len, kv_len, total)
+    if gate is not None:
+        factors = torch.where(gate.to(pattern.device)[:, None, :, None], factors, one)
+    return factors
 
 
 def instruction_mass(weights: torch.Tensor, key_mask: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:

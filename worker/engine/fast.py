@@ -13,13 +13,15 @@ import contextvars
 import functools
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
 from worker.engine.base import Batch, Engine, StepClock, processed_length
-from worker.engine.boost import BatchBoost, bias_for_layer, build_batch_boost, instruction_mass_sum, key_offset
+from worker.engine.boost import (BatchBoost, boost_cells, bias_for_layer, build_batch_boost, instruction_mass_sum,
+                                 key_offset, key_window, query_gate, target_log_factors)
 from worker.engine.loading import LoadedModel
 from worker.engine.logprobs import decode
 
@@ -55,14 +57,52 @@ class _FastState:
 _ACTIVE: contextvars.ContextVar[_FastState | None] = contextvars.ContextVar("instaboost_fast", default=None)
 
 
+SHARE_CHANNELS = 8  # the share pass's value width: an indicator repeated, a size every SDPA kernel takes
+
+
+def _effective_bias(module, query, key, attention_mask, state: _FastState, **kwargs) -> torch.Tensor | None:
+    """Return this forward's bias: log M on the boosted cells, plus log F for target-mass rows, on the queries
+    each row's scope boosts; None when nothing here is boosted.
+
+    The target needs each head's share a on the boosted keys after M: one extra SDPA over the same queries,
+    keys, mask and M bias, whose values are the boosted keys' indicator, so its output is a itself.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    layer, kv_len, q_len = module.layer_idx, key.shape[2], query.shape[2]
+    bias = state.bias(layer, kv_len, query.dtype)
+    boost = state.boost
+    if bias is None:
+        return None
+    gate = query_gate(boost, q_len, kv_len, state.total)
+    if gate is not None:
+        gate = gate.to(query.device)
+        if not bool(gate.any()):
+            return None  # no row's scope boosts these queries (e.g. scope "prompt" while decoding)
+    zero = torch.zeros((), dtype=query.dtype, device=query.device)
+    targeted = boost.target is not None and ~torch.isnan(boost.target)
+    if targeted is not False and gate is not None:
+        targeted = targeted & gate.any(-1).to(targeted.device)  # rows the scope boosts in this forward
+    if targeted is not False and bool(targeted.any()):
+        ind = key_window(boost.key_mask, kv_len, state.total).to(query.device, query.dtype)
+        values = ind[:, None, :, None].expand(key.shape[0], key.shape[1], kv_len, SHARE_CHANNELS)
+        share, _ = sdpa_attention_forward(module, query, key, values, attention_mask, position_bias=bias, **kwargs)
+        log_f = target_log_factors(share[..., 0].transpose(1, 2), boost.target).to(query.dtype)  # [B, H, Q]
+        cells = boost_cells(boost, layer, kv_len, state.total).to(query.device)
+        bias = bias + torch.where(cells, log_f[..., None], zero)
+    if gate is not None:
+        bias = torch.where(gate[:, None, :, None], bias, zero)
+    return bias
+
+
 def _instaboost_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA with the active row-wise log-M bias added to the instruction keys' scores."""
+    """SDPA with the active row-wise bias (log M, and log F for a target mass) added to the boosted keys' scores."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     state = _ACTIVE.get()
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    bias = state.bias(module.layer_idx, key.shape[2], query.dtype)
+    bias = _effective_bias(module, query, key, attention_mask, state, **kwargs)
     if state.record is not None:
         return _sdpa_with_record(module, query, key, value, attention_mask, bias, state, **kwargs)
     if bias is None:
@@ -98,7 +138,7 @@ def _sdpa_with_record(module, query, key, value, attention_mask, bias, state, sc
             mask = attention_mask if attention_mask.shape[2] == 1 else attention_mask[:, :, a:b]
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
         if bias is not None:
-            scores = scores + bias.float()
+            scores = scores + (bias[:, :, a:b] if bias.shape[2] > 1 else bias).float()
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         total += instruction_mass_sum(weights, state.keys, sel[:, a:b])
     state.record[module.layer_idx] = total / sel.sum(-1).clamp_min(1)
@@ -158,7 +198,7 @@ class FastEngine(Engine):
         if all(r.is_identity for r in requests):
             return None  # M = 1 everywhere: run SDPA exactly as plain generation does
         return build_batch_boost([r.spec for r in requests], batch.spans, length, self.n_layers,
-                                 self.n_heads, self.device)
+                                 self.n_heads, self.device, prompt_len=batch.input_ids.shape[1])
 
     @torch.inference_mode()
     def _generate_group(self, requests, prompts, attention, on_text=None, halt=None):
@@ -178,7 +218,7 @@ class FastEngine(Engine):
     def _attention_mass(self, requests, batch, seq):
         mask, q_sel = self._analysis_inputs(batch, seq, [r.params.max_new_tokens for r in requests])
         boost = build_batch_boost([r.spec for r in requests], batch.spans, seq.shape[1], self.n_layers,
-                                  self.n_heads, self.device)
+                                  self.n_heads, self.device, prompt_len=batch.input_ids.shape[1])
         out = {}
         for label, b in (("unboosted", None), ("boosted", boost)):
             state = _FastState(b, record={}, q_sel=q_sel, keys=boost.key_mask)
@@ -191,8 +231,9 @@ class FastEngine(Engine):
         return [{k: [round(float(x), 6) for x in v[row]] for k, v in out.items()} for row in range(seq.shape[0])]
 
     @torch.inference_mode()
-    def logits(self, request: GenerationRequest) -> torch.Tensor:
+    def logits(self, request: GenerationRequest, continuation: Sequence[int] = ()) -> torch.Tensor:
         p = self.prompt(request)
         batch = self._pad([p])
-        with fast_boost(self._boost_for([request], batch, batch.input_ids.shape[1])):
-            return self.loaded.model(input_ids=batch.input_ids).logits[0].float()
+        ids = self._with_continuation(batch.input_ids, continuation)
+        with fast_boost(self._boost_for([request], batch, ids.shape[1])):
+            return self.loaded.model(input_ids=ids).logits[0].float()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Sequence
 
 import torch
 
@@ -60,7 +61,7 @@ class TransformerLensEngine(Engine):
     def _boost_for(self, request, prompt, length):
         # M = 1 still runs through the hook: the reference shows the hook itself is the identity.
         return build_batch_boost([request.spec], [list(prompt.spans)], length, self.n_layers, self.n_heads,
-                                 self.device, keep_identity=True)
+                                 self.device, keep_identity=True, prompt_len=len(prompt.input_ids))
 
     @torch.inference_mode()
     def _generate_group(self, requests, prompts, attention, on_text=None, halt=None):
@@ -82,7 +83,7 @@ class TransformerLensEngine(Engine):
     def _attention_mass(self, req, p, batch, seq):
         mask, q_sel = self._analysis_inputs(batch, seq, [req.params.max_new_tokens])
         boost = build_batch_boost([req.spec], batch.spans, seq.shape[1], self.n_layers, self.n_heads,
-                                  self.device)
+                                  self.device, prompt_len=batch.input_ids.shape[1])
         res = {}
         for label, b in (("unboosted", None), ("boosted", boost)):
             record: dict = {}
@@ -92,11 +93,12 @@ class TransformerLensEngine(Engine):
         return [res]
 
     @torch.inference_mode()
-    def logits(self, request: GenerationRequest) -> torch.Tensor:
+    def logits(self, request: GenerationRequest, continuation: Sequence[int] = ()) -> torch.Tensor:
         p = self.prompt(request)
         batch = self._pad([p])
-        with self.hooked(self._boost_for(request, p, batch.input_ids.shape[1])):
-            return self.bridge.original_model(input_ids=batch.input_ids).logits[0].float()
+        ids = self._with_continuation(batch.input_ids, continuation)
+        with self.hooked(self._boost_for(request, p, ids.shape[1])):
+            return self.bridge.original_model(input_ids=ids).logits[0].float()
 
     @torch.inference_mode()
     def generate_uncached(self, request: GenerationRequest) -> list[int]:
