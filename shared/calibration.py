@@ -19,7 +19,7 @@ from shared.errors import ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import PACKS_BY_NAME, Case, load_cases, load_pack, parse_cases, split
 from shared.evaluation.checks import Check, IfevalCheck
-from shared.fields import LAYER_MODES
+from shared.fields import LAYER_MODES, SCOPES
 from shared.requests.errors import raise_problems
 from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, validate_sweep  # noqa: F401
 
@@ -31,24 +31,39 @@ TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo",
 
 @dataclass(frozen=True)
 class SweepSetting:
-    """One boost setting a sweep calibrates: a layer mode and the share of heads boosted per layer."""
+    """One boost setting a sweep calibrates: a layer mode, the share of heads boosted per layer, the scope and
+    the target mass (None: a fixed M only)."""
 
     layers: str
     head_fraction: float = 1.0
+    scope: str = "all"
+    target_mass: float | None = None
 
     @property
     def label(self) -> str:
-        return protocol.setting_label(self.layers, self.head_fraction)
+        return protocol.setting_label(self.layers, self.head_fraction, self.scope, self.target_mass)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "head_fraction": self.head_fraction}
+        return {"layers": self.layers, "head_fraction": self.head_fraction, "scope": self.scope,
+                "target_mass": self.target_mass}
 
 
-def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,)
+def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,),
+                   scopes: Iterable[str] = ("all",), target_masses: Iterable[float | None] = (None,)
                    ) -> list[SweepSetting]:
-    """Return every layer mode x head fraction, validated (modes in LAYER_MODES, fractions in (0, 1])."""
+    """Return every layer mode x head fraction x scope x target mass, validated (modes in LAYER_MODES,
+    fractions in (0, 1], scopes in SCOPES, target masses in (0, 1) or None)."""
     layer_modes, head_fractions = list(layer_modes), list(head_fractions)
+    scopes, target_masses = list(scopes), list(target_masses)
     errors = []
+    for i, sc in enumerate(scopes):
+        if sc not in SCOPES:
+            errors.append({"field": f"scopes[{i}]", "message": f"scope must be one of {', '.join(SCOPES)}; "
+                           f"got {str(sc)[:40]!r}"})
+    for i, p in enumerate(target_masses):
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1):
+            errors.append({"field": f"target_masses[{i}]", "message": f"a target mass is a number in (0, 1) or "
+                           f"none; got {str(p)[:40]!r}"})
     for i, m in enumerate(layer_modes):
         if not isinstance(m, str) or m not in LAYER_MODES:
             errors.append({"field": f"layer_modes[{i}]", "message": f"layer mode must be one of "
@@ -65,7 +80,9 @@ def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterab
         errors.append({"field": "head_fractions", "message": "give at least one head fraction"})
     if errors:
         raise ValidationError("; ".join(e["message"] for e in errors), errors=errors)
-    return [SweepSetting(m, f) for f in fractions for m in modes]
+    scopes_ = list(dict.fromkeys(sc for sc in scopes if sc in SCOPES)) or ["all"]
+    targets = list(dict.fromkeys(None if p is None else float(p) for p in target_masses)) or [None]
+    return [SweepSetting(m, f, sc, p) for p in targets for sc in scopes_ for f in fractions for m in modes]
 
 
 def boosted_grid(grid: Sequence[float]) -> list[float]:
@@ -97,7 +114,8 @@ def record(scores: Mapping[str, Any], *, case: str, split_: str, multiplier: flo
            job_id: int | None = None) -> dict[str, Any]:
     """Return one protocol record: a run's scores plus where it sits in the sweep."""
     return {**scores, "case": case, "split": split_, "multiplier": float(multiplier), "layers": setting.layers,
-            "head_fraction": setting.head_fraction, "job_id": job_id}
+            "head_fraction": setting.head_fraction, "scope": setting.scope, "target_mass": setting.target_mass,
+            "job_id": job_id}
 
 
 def rescore_records(records: Sequence[Mapping], cases: Sequence[Case], *, max_new_tokens: int,
@@ -152,6 +170,7 @@ def result_summary(result: Mapping[str, Any]) -> dict[str, Any]:
         test, base = best.get("test") or {}, best.get("baseline_test") or {}
         out["recommended"] = {
             "multiplier": best["multiplier"], "layers": best["layers"], "head_fraction": best["head_fraction"],
+            "scope": best.get("scope", "all"), "target_mass": best.get("target_mass"),
             "setting": best["setting"], "validation_success": best["success"],
             "validation_effective_success": best.get("effective_success"), "validation_fluency": best["fluency"],
             "validation_copy_rate": best.get("copy_rate"),
@@ -213,7 +232,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
                     f" (unboosted: {_fmt(base, True)})")
 
         lines.append(
-            f"recommended: M={rec['multiplier']:g} on {rec['setting']} layers; test effective success "
+            f"recommended: M={rec['multiplier']:g}, setting {rec['setting']}; test effective success "
             f"{_fmt(rec.get('test_effective_success'), True)}"
             f"{_ci(*rec.get('test_effective_success_ci', [None, None]), pct=True)}"
             f"{gain(rec.get('test_effective_success'), rec.get('baseline_test_effective_success'))}, strict "

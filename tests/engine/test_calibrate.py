@@ -62,6 +62,22 @@ def test_the_local_sweep_walks_the_grid_and_the_stop_rule_ends_it(fast_engine):
     assert sum(r["recommended"] == "True" for r in rows) >= 1
 
 
+def test_scope_and_target_mass_are_swept_as_settings(fast_engine):
+    from worker.calibrate import calibrate_local
+
+    cases = parse_cases(CASES, "yaml")
+    settings = sweep_settings(["all"], [1], ["all", "generated"], [None, 0.5])
+    out = calibrate_local(fast_engine, cases, grid=(1, 3), settings=settings, floor=0.0,
+                          params=GenerationParams(max_new_tokens=4), n_boot=20, log=lambda m: None)
+    assert len(out["records"]) == 3 + 4 * 3  # one shared baseline, then every setting at M = 3
+    got = {(r["scope"], r["target_mass"]) for r in out["records"] if r["multiplier"] == 3}
+    assert got == {("all", None), ("generated", None), ("all", 0.5), ("generated", 0.5)}
+    labels = [s["setting"] for s in out["summary"]["settings"]]
+    assert labels == ["all", "all, generated", "all, target 0.5", "all, generated, target 0.5"]
+    rec = out["summary"]["recommended"]
+    assert rec["scope"] in ("all", "generated") and rec["target_mass"] in (None, 0.5)
+
+
 def test_the_calibrate_command_prints_the_table_and_writes_the_csv(tmp_path, capsys, fast_engine):
     from worker.cli.main import main
 
@@ -97,6 +113,8 @@ def test_the_calibrate_command_prints_the_table_and_writes_the_csv(tmp_path, cap
     (["calibrate", "--pack", "default", "--fluency-floor", "3"], "0-2"),
     (["calibrate", "--pack", "default", "--limit", "1"], "--limit"),
     (["calibrate", "--pack", "default", "--copy-ceiling", "1.5"], "--copy-ceiling"),
+    (["calibrate", "--pack", "default", "--scopes", "all,sideways"], "scope must be one of"),
+    (["calibrate", "--pack", "default", "--target-masses", "none,1.5"], "target mass"),
     (["calibrate", "--pack", "default", "--from-records", "/nonexistent/records.jsonl"], "--from-records"),
 ])
 def test_the_calibrate_command_refuses_bad_input_with_a_message(argv, message, capsys):

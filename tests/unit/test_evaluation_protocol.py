@@ -171,3 +171,22 @@ def test_the_copy_ceiling_passes_over_an_m_that_copies_too_often():
 
 def test_recommend_without_effective_rows_ranks_by_strict_success():
     assert recommend(stats((1, 0.2, 1.9), (3, 0.5, 1.5)), copy_ceiling=0.05)["multiplier"] == 3
+
+
+def test_scope_and_target_mass_are_settings_of_their_own():
+    from shared.calibration import result_summary, sweep_settings
+
+    runs = records("all", {1: (0.1, 1.9), 5: (0.4, 1.6)})
+    for r in records("all", {5: (0.6, 1.5)}):
+        runs.append({**r, "scope": "generated", "target_mass": 0.3})
+    result = calibrate(runs, n_boot=50)
+    assert [s["setting"] for s in result["settings"]] == ["all", "all, generated, target 0.3"]
+    best = result_summary(result)["recommended"]
+    assert (best["setting"], best["scope"], best["target_mass"], best["multiplier"]) == \
+        ("all, generated, target 0.3", "generated", 0.3, 5)
+    assert result["settings"][1]["baseline_test"]["success"] == 0.1  # the shared unboosted runs
+    labels = [s.label for s in sweep_settings(["all"], [1], ["all", "generated"], [None, 0.5])]
+    assert labels == ["all", "all, generated", "all, target 0.5", "all, generated, target 0.5"]
+    with pytest.raises(ValidationError) as exc:
+        sweep_settings(["all"], [1], ["sideways"], [1.5])
+    assert {e["field"] for e in exc.value.errors} == {"scopes[0]", "target_masses[0]"}

@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layer-modes", dest="sweep_layer_modes", default="all", help="comma-separated layer modes to calibrate: all, middle")
     c.add_argument("--head-fractions", default="1",
                    help="comma-separated shares of heads boosted per layer, each in (0, 1] (default 1)")
+    c.add_argument("--scopes", help="comma-separated scopes to calibrate as settings: all, generated, prompt "
+                   "(default: --scope)")
+    c.add_argument("--target-masses", help="comma-separated target masses to calibrate as settings, each in "
+                   "(0, 1) or none (default: --target-mass)")
     c.add_argument("--fluency-floor", type=float, default=None, help="stop going up once mean validation "
                    "fluency (0-2) falls below this (default 1.0)")
     c.add_argument("--copy-ceiling", type=float, default=None, help="pass over an M whose validation copy rate "
@@ -284,8 +288,6 @@ def cmd_calibrate(args) -> int:
         cases = cases[:args.limit]
     grid = protocol.get_grid(_csv_numbers(args.grid_multipliers, "--multipliers") if args.grid_multipliers else
                              (args.grid or "paper"))
-    settings = sweep_settings([m.strip() for m in args.sweep_layer_modes.split(",") if m.strip()],
-                              _csv_numbers(args.head_fractions, "--head-fractions"))
     floor = protocol.FLOOR if args.fluency_floor is None else args.fluency_floor
     if not 0 <= floor <= 2:
         raise ValidationError("--fluency-floor is on the 0-2 scale", field="--fluency-floor")
@@ -295,6 +297,15 @@ def cmd_calibrate(args) -> int:
     if args.batch_size < 1:
         raise ValidationError("--batch-size must be >= 1", field="--batch-size")
     values = field_values(args, s)
+    # Scope and target mass are sweep dimensions like layer modes; --scope / --target-mass give the single value.
+    targets: list[float | None] = [values.get("target_mass")]
+    if args.target_masses:
+        targets = [None if p.strip().lower() == "none" else _csv_numbers(p, "--target-masses")[0]
+                   for p in args.target_masses.split(",") if p.strip()]
+    settings = sweep_settings([m.strip() for m in args.sweep_layer_modes.split(",") if m.strip()],
+                              _csv_numbers(args.head_fractions, "--head-fractions"),
+                              [x.strip() for x in args.scopes.split(",") if x.strip()] if args.scopes else
+                              [values.get("scope") or "all"], targets)
     if args.from_records:
         return _calibrate_from_records(args, cases, floor, ceiling, values["max_new_tokens"], s)
     values["engine"] = "fast"  # rows of different M, layers and heads batch together only on the fast engine
