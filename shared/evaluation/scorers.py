@@ -24,7 +24,11 @@ numbered list that repeats its item ("14. Stay healthy", "15. Stay healthy", ...
   help you today?"), an answer that ignores the query.
 - ``deflected``: the output talks about the instruction or offers help instead of answering the query
   ("I am ready to assist you. I will provide you with a response in English in all lowercase letters."):
-  canned, or its sentences are mostly such talk and the rest too short to be an answer (``is_deflection``).
+  canned; or some sentence is such talk (about the answer or the question, an offer, an apology, a request
+  for input) and the other sentences hold fewer than 6 words that could answer (neither function words nor
+  the instruction's); or the output is a bare scaffold of the instruction ("SECTION 1: SECTION 2:", "P.S.",
+  "The answer is:") (``is_deflection``). English only. On 192 real outputs of SmolLM2-135M-Instruct at
+  M = 5..11, labelled by reading (tests/unit/data/deflection_labels.jsonl): precision 1.00, recall 0.79.
 - ``effective``: ``follows`` and neither ``copied`` nor ``deflected`` (None when the case has no checks):
   the success a user would count.
 - ``perplexity``: given by the worker: exp of the mean negative log-likelihood of the output tokens,
@@ -230,7 +234,7 @@ def is_deflection(text: str, instruction: str = "", k: int = 6) -> bool:
     """Tell whether text talks about the answer or offers help instead of answering the query.
 
     Deflected: some sentence is such talk (``_DEFLECT_SENTENCE``, or canned) and the other sentences hold fewer
-    than DEFLECTION_ANSWER_WORDS words; or the output is only the instruction's format ("SECTION 1: SECTION 2:",
+    than DEFLECTION_ANSWER_WORDS words that could answer (not function words, not the instruction's); or the output is only the instruction's format ("SECTION 1: SECTION 2:",
     "The answer is:", "P.S."): one to three distinct words besides function words, all of them the
     instruction's. A sentence the instruction quotes as an answer ("My answer is no.") and one that ends in a
     verdict ("The answer to this question is yes.") answer. A sentence that recites k or more instruction words
