@@ -1,13 +1,18 @@
 """Calibrate the default model on the built-in IFEval-style pack with the paper's protocol; print the table.
 
     python bench/calibrate.py [--max-new-tokens 64] [--layer-modes all,middle] [--head-fractions 1]
-                              [--grid paper] [--test-at recommended] [--limit N] [--csv results/calibrate_ifeval.csv]
+                              [--grid paper | --multipliers 1,3,5,7] [--test-at recommended] [--limit N]
+                              [--cases FILE] [--copy-ceiling 0.05] [--from-records FILE]
+                              [--csv results/calibrate_ifeval.csv]
 
 The same code path as ``instaboost calibrate --pack ifeval``: every case unboosted once, then M = 3, 5, ...
 on the validation half for every setting still above the fluency floor (1.0 of 2), the test half at each
-setting's recommended M; rows batched through the fast engine, scored with the unboosted model's
-perplexity. Targets (test half): success at the recommended M >= 3x success at M = 1, mean fluency >= 1.0,
-copy rate <= 5%. Prints PASS or MISS per target.
+setting's recommended M (or at every M with --test-at all); rows batched through the fast engine, scored
+with the unboosted model's perplexity. The recommendation maximizes validation effective success (follows
+the checks, no instruction copy, no deflection) among the Ms whose copy rate is at most the ceiling.
+--from-records scores a records file of an earlier run again (no generation).
+Targets (test half, at the recommendation): effective success >= 4x effective success at M = 1, copy rate
+<= 3%, deflection rate <= 3%, mean fluency >= 1.2. Prints PASS or MISS per target.
 """
 
 from __future__ import annotations
@@ -26,17 +31,23 @@ warnings.filterwarnings("ignore")
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pack", default="ifeval")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--pack", default=None, help="built-in pack (default ifeval)")
+    src.add_argument("--cases", help="a case file instead of a pack")
     ap.add_argument("--model", default=None)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--layer-modes", default="all,middle")
     ap.add_argument("--head-fractions", default="1")
-    ap.add_argument("--grid", default="paper")
+    grid = ap.add_mutually_exclusive_group()
+    grid.add_argument("--grid", default=None, help="paper (default) or log")
+    grid.add_argument("--multipliers", help="comma-separated Ms instead of a named grid")
     ap.add_argument("--test-at", default="recommended", choices=("all", "recommended"))
+    ap.add_argument("--copy-ceiling", type=float)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--from-records", help="score this records file again instead of generating")
     ap.add_argument("--csv", default="results/calibrate_ifeval.csv")
     ap.add_argument("--records", default="results/calibrate_ifeval_records.jsonl")
     a = ap.parse_args()
@@ -47,10 +58,17 @@ def main() -> int:
     from worker.cli.main import main as cli
 
     Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-    argv = ["calibrate", "--pack", a.pack, "--grid", a.grid, "--layer-modes", a.layer_modes,
-            "--head-fractions", a.head_fractions, "--max-new-tokens", str(a.max_new_tokens),
-            "--batch-size", str(a.batch_size), "--threads", str(a.threads), "--test-at", a.test_at,
-            "--device", a.device, "--dtype", "float32", "--csv", a.csv, "--records", a.records]
+    argv = ["calibrate", *(["--cases", a.cases] if a.cases else ["--pack", a.pack or "ifeval"]),
+            *(["--multipliers", a.multipliers] if a.multipliers else ["--grid", a.grid or "paper"]),
+            "--layer-modes", a.layer_modes, "--head-fractions", a.head_fractions,
+            "--max-new-tokens", str(a.max_new_tokens), "--batch-size", str(a.batch_size), "--threads", str(a.threads),
+            "--test-at", a.test_at, "--device", a.device, "--dtype", "float32", "--csv", a.csv]
+    if a.from_records:
+        argv += ["--from-records", a.from_records]
+    else:
+        argv += ["--records", a.records]
+    if a.copy_ceiling is not None:
+        argv += ["--copy-ceiling", str(a.copy_ceiling)]
     if a.model:
         argv += ["--model", a.model]
     if a.limit:
@@ -69,12 +87,18 @@ def main() -> int:
     if best is None or base is None:
         print("targets: MISS (no recommendation with a test row)")
         return 0
-    s, s1 = float(best["success"] or 0), float(base["success"] or 0)
-    flu, copy = float(best["fluency"] or 0), float(best["copy_rate"] or 0)
-    print(f"targets (test half, {best['setting']} M={float(best['multiplier']):g}):")
-    print(f"  success {s:.3f} vs 3 x M=1 {3 * s1:.3f}: {'PASS' if s >= 3 * s1 and s > 0 else 'MISS'}")
-    print(f"  mean fluency {flu:.2f} >= 1.0: {'PASS' if flu >= 1.0 else 'MISS'}")
-    print(f"  copy rate {copy:.1%} <= 5%: {'PASS' if copy <= 0.05 else 'MISS'}")
+
+    def num(row, key):
+        return float(row[key] or 0)
+
+    eff, eff1 = num(best, "effective_success"), num(base, "effective_success")
+    flu, copy, defl = num(best, "fluency"), num(best, "copy_rate"), num(best, "deflection_rate")
+    print(f"targets (test half, {best['setting']} M={float(best['multiplier']):g}; strict success "
+          f"{num(best, 'success'):.3f} vs {num(base, 'success'):.3f} unboosted):")
+    print(f"  effective success {eff:.3f} vs 4 x M=1 {4 * eff1:.3f}: {'PASS' if eff >= 4 * eff1 and eff > 0 else 'MISS'}")
+    print(f"  copy rate {copy:.1%} <= 3%: {'PASS' if copy <= 0.03 else 'MISS'}")
+    print(f"  deflection rate {defl:.1%} <= 3%: {'PASS' if defl <= 0.03 else 'MISS'}")
+    print(f"  mean fluency {flu:.2f} >= 1.2: {'PASS' if flu >= 1.2 else 'MISS'}")
     return 0
 
 

@@ -19,36 +19,52 @@ from shared.errors import ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import PACKS_BY_NAME, Case, load_cases, load_pack, parse_cases, split
 from shared.evaluation.checks import Check, IfevalCheck
-from shared.fields import LAYER_MODES
+from shared.fields import LAYER_MODES, SCOPES
 from shared.requests.errors import raise_problems
 from shared.requests.job import check_field
 from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, validate_sweep  # noqa: F401
 
-TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi", "fluency",
-                 "fluency_lo", "fluency_hi", "copy_rate", "repetition", "repetitive_rate", "canned_rate",
-                 "empty_rate", "truncated_rate")
+TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi",
+                 "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
+                 "fluency_lo", "fluency_hi", "copy_rate", "deflection_rate", "repetition", "repetitive_rate",
+                 "canned_rate", "empty_rate", "truncated_rate")
 
 
 @dataclass(frozen=True)
 class SweepSetting:
-    """One boost setting a sweep calibrates: a layer mode and the share of heads boosted per layer."""
+    """One boost setting a sweep calibrates: a layer mode, the share of heads boosted per layer, the scope and
+    the target mass (None: a fixed M only)."""
 
     layers: str
     head_fraction: float = 1.0
+    scope: str = "all"
+    target_mass: float | None = None
 
     @property
     def label(self) -> str:
-        return protocol.setting_label(self.layers, self.head_fraction)
+        return protocol.setting_label(self.layers, self.head_fraction, self.scope, self.target_mass)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "head_fraction": self.head_fraction}
+        return {"layers": self.layers, "head_fraction": self.head_fraction, "scope": self.scope,
+                "target_mass": self.target_mass}
 
 
-def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,)
+def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,),
+                   scopes: Iterable[str] = ("all",), target_masses: Iterable[float | None] = (None,)
                    ) -> list[SweepSetting]:
-    """Return every layer mode x head fraction, validated (modes in LAYER_MODES, fractions in (0, 1])."""
+    """Return every layer mode x head fraction x scope x target mass, validated (modes in LAYER_MODES,
+    fractions in (0, 1], scopes in SCOPES, target masses in (0, 1) or None)."""
     layer_modes, head_fractions = list(layer_modes), list(head_fractions)
+    scopes, target_masses = list(scopes), list(target_masses)
     errors = []
+    for i, sc in enumerate(scopes):
+        if sc not in SCOPES:
+            errors.append({"field": f"scopes[{i}]", "message": f"scope must be one of {', '.join(SCOPES)}; "
+                           f"got {str(sc)[:40]!r}"})
+    for i, p in enumerate(target_masses):
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1):
+            errors.append({"field": f"target_masses[{i}]", "message": f"a target mass is a number in (0, 1) or "
+                           f"none; got {str(p)[:40]!r}"})
     for i, m in enumerate(layer_modes):
         if not isinstance(m, str) or m not in LAYER_MODES:
             errors.append({"field": f"layer_modes[{i}]", "message": f"layer mode must be one of "
@@ -65,7 +81,9 @@ def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterab
         errors.append({"field": "head_fractions", "message": "give at least one head fraction"})
     if errors:
         raise ValidationError("; ".join(e["message"] for e in errors), errors=errors)
-    return [SweepSetting(m, f) for f in fractions for m in modes]
+    scopes_ = list(dict.fromkeys(sc for sc in scopes if sc in SCOPES)) or ["all"]
+    targets = list(dict.fromkeys(None if p is None else float(p) for p in target_masses)) or [None]
+    return [SweepSetting(m, f, sc, p) for p in targets for sc in scopes_ for f in fractions for m in modes]
 
 
 def boosted_grid(grid: Sequence[float]) -> list[float]:
@@ -97,7 +115,34 @@ def record(scores: Mapping[str, Any], *, case: str, split_: str, multiplier: flo
            job_id: int | None = None) -> dict[str, Any]:
     """Return one protocol record: a run's scores plus where it sits in the sweep."""
     return {**scores, "case": case, "split": split_, "multiplier": float(multiplier), "layers": setting.layers,
-            "head_fraction": setting.head_fraction, "job_id": job_id}
+            "head_fraction": setting.head_fraction, "scope": setting.scope, "target_mass": setting.target_mass,
+            "job_id": job_id}
+
+
+def rescore_records(records: Sequence[Mapping], cases: Sequence[Case], *, max_new_tokens: int,
+                    copy_words: int = 6) -> list[dict[str, Any]]:
+    """Return records scored again by today's scorers from their stored output text and perplexity.
+
+    For a records file of ``instaboost calibrate --records`` (each record carries ``output``): a scorer added
+    since (deflection) then counts in the table without generating again. Records without text are kept as
+    they were.
+    """
+    from shared.evaluation.scorers import score_output
+
+    by_name = {c.name: c for c in cases}
+    out = []
+    for r in records:
+        case = by_name.get(r.get("case"))
+        if case is None or not isinstance(r.get("output"), str):
+            out.append(dict(r))
+            continue
+        truncated = r.get("truncated")
+        scores = score_output(r["output"], instruction=case.instruction, query=case.query, case=case,
+                              perplexity=r.get("perplexity"), k=copy_words, max_new_tokens=max_new_tokens,
+                              output_tokens=max_new_tokens if truncated else 0,
+                              hit_eos=None if truncated is None else not truncated)
+        out.append({**r, **scores})
+    return out
 
 
 def validation_stats(records: Sequence[Mapping], setting: SweepSetting) -> list[dict[str, Any]]:
@@ -120,16 +165,23 @@ def still_going(records: Sequence[Mapping], settings: Sequence[SweepSetting], fl
 def result_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """Return protocol.calibrate's result with the recommendation flattened: best setting, M, test success."""
     best = result.get("best")
-    out = {"floor": result["floor"], "table": result["table"], "settings": result["settings"], "best": best,
-           "recommended": None}
+    out = {"floor": result["floor"], "copy_ceiling": result.get("copy_ceiling"), "table": result["table"],
+           "settings": result["settings"], "best": best, "recommended": None}
     if best:
         test, base = best.get("test") or {}, best.get("baseline_test") or {}
         out["recommended"] = {
             "multiplier": best["multiplier"], "layers": best["layers"], "head_fraction": best["head_fraction"],
-            "setting": best["setting"], "validation_success": best["success"], "validation_fluency": best["fluency"],
+            "scope": best.get("scope", "all"), "target_mass": best.get("target_mass"),
+            "setting": best["setting"], "validation_success": best["success"],
+            "validation_effective_success": best.get("effective_success"), "validation_fluency": best["fluency"],
+            "validation_copy_rate": best.get("copy_rate"),
             "test_success": test.get("success"), "test_success_ci": [test.get("success_lo"), test.get("success_hi")],
+            "test_effective_success": test.get("effective_success"),
+            "test_effective_success_ci": [test.get("effective_success_lo"), test.get("effective_success_hi")],
             "test_fluency": test.get("fluency"), "test_copy_rate": test.get("copy_rate"),
+            "test_deflection_rate": test.get("deflection_rate"),
             "test_n": test.get("n"), "baseline_test_success": base.get("success"),
+            "baseline_test_effective_success": base.get("effective_success"),
             "reason": best["reason"]}
     return out
 
@@ -155,31 +207,40 @@ def format_table(summary: Mapping[str, Any]) -> str:
     by_key: dict[tuple[str, float], dict[str, dict]] = {}
     for row in summary["table"]:
         by_key.setdefault((row["setting"], row["multiplier"]), {})[row["split"]] = row
-    header = (f"{'setting':<22} {'M':>5} | {'val success':>22} {'val flu':>6} {'copy':>5} {'rep':>5} | "
-              f"{'test success':>22} {'test flu':>8} {'copy':>5} {'rep':>5}")
-    lines += [header, "-" * len(header)]
+
+    def half(r: Mapping) -> str:
+        strict = _fmt(r.get("success"), True) + _ci(r.get("success_lo"), r.get("success_hi"), True)
+        eff = _fmt(r.get("effective_success"), True) + _ci(r.get("effective_success_lo"),
+                                                           r.get("effective_success_hi"), True)
+        return (f"{strict:>16} {eff:>16} {_fmt(r.get('fluency')):>4} {_fmt(r.get('copy_rate'), True):>4} "
+                f"{_fmt(r.get('deflection_rate'), True):>4}")
+
+    cols = f"{'strict':>16} {'effective':>16} {'flu':>4} {'copy':>4} {'defl':>4}"
+    header = f"{'setting':<22} {'M':>5} | {'validation':<{len(cols)}} | test"
+    sub = f"{'':<22} {'':>5} | {cols} | {cols}"
+    lines += [header, sub, "-" * len(sub)]
     for (setting, m), parts in by_key.items():
         v, t = parts.get("validation", {}), parts.get("test", {})
         mark = " *" if best and setting == best.get("setting") and m == best.get("multiplier") else ""
-        lines.append(
-            f"{setting:<22} {m:>5g} | "
-            f"{_fmt(v.get('success'), True) + _ci(v.get('success_lo'), v.get('success_hi'), True):>22} "
-            f"{_fmt(v.get('fluency')):>6} {_fmt(v.get('copy_rate'), True):>5} {_fmt(v.get('repetition')):>5} | "
-            f"{_fmt(t.get('success'), True) + _ci(t.get('success_lo'), t.get('success_hi'), True):>22} "
-            f"{_fmt(t.get('fluency')):>8} {_fmt(t.get('copy_rate'), True):>5} {_fmt(t.get('repetition')):>5}{mark}")
+        lines.append(f"{setting:<22} {m:>5g} | {half(v)} | {half(t)}{mark}")
     lines.append("")
     for s in summary["settings"]:
         lines.append(f"{s['setting']}: {s['reason']}")
     rec = summary.get("recommended")
     if rec:
-        base = rec["baseline_test_success"]
-        gain = (f", {rec['test_success'] / base:.1f}x the unboosted {_fmt(base, True)}"
-                if base and rec["test_success"] is not None else
-                f" (unboosted: {_fmt(base, True)})")
-        lines.append(f"recommended: M={rec['multiplier']:g} on {rec['setting']} layers; test success "
-                     f"{_fmt(rec['test_success'], True)}{_ci(*rec['test_success_ci'], pct=True)}{gain}, test fluency "
-                     f"{_fmt(rec['test_fluency'])}, copy rate {_fmt(rec['test_copy_rate'], True)} "
-                     f"(n={rec['test_n']}, * in the table)")
+        def gain(x: Any, base: Any) -> str:
+            return (f", {x / base:.1f}x the unboosted {_fmt(base, True)}" if base and x is not None else
+                    f" (unboosted: {_fmt(base, True)})")
+
+        lines.append(
+            f"recommended: M={rec['multiplier']:g}, setting {rec['setting']}; test effective success "
+            f"{_fmt(rec.get('test_effective_success'), True)}"
+            f"{_ci(*rec.get('test_effective_success_ci', [None, None]), pct=True)}"
+            f"{gain(rec.get('test_effective_success'), rec.get('baseline_test_effective_success'))}, strict "
+            f"{_fmt(rec['test_success'], True)}{_ci(*rec['test_success_ci'], pct=True)}"
+            f"{gain(rec['test_success'], rec['baseline_test_success'])}; test fluency {_fmt(rec['test_fluency'])}, "
+            f"copy rate {_fmt(rec['test_copy_rate'], True)}, deflection rate "
+            f"{_fmt(rec.get('test_deflection_rate'), True)} (n={rec['test_n']}, * in the table)")
     else:
         lines.append("recommended: none (no setting has an M at or above the fluency floor with a success rate)")
     return "\n".join(lines)

@@ -170,6 +170,9 @@ SETTINGS: tuple[Setting, ...] = (
             "when serving an open instance on another address (serve --host 0.0.0.0)."),
     Setting("scoring.copy_words", int, 6,
             "Words in a row an output must reproduce from the instruction to count as copying it (scores)."),
+    Setting("scoring.copy_ceiling", float, 0.05,
+            "Largest validation copy rate (share of outputs copying the instruction) a calibration sweep may "
+            "recommend; an M above it is passed over."),
     Setting("judge.url", str, "",
             "OpenAI-compatible endpoint of the optional LLM judge, e.g. http://127.0.0.1:8000/v1; empty: no judge."),
     Setting("judge.model", str, "", "Model name the judge endpoint serves."),

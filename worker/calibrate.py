@@ -21,8 +21,8 @@ from worker.scoring import score_results
 
 def _requests(cases: Sequence[Case], m: float, setting: SweepSetting, base: BoostSpec,
               params: GenerationParams, baseline: bool = False) -> list[GenerationRequest]:
-    spec = base.with_(multiplier=m, layers=setting.layers, head_fraction=setting.head_fraction,
-                      **({"target_mass": None} if baseline else {}))  # the baseline is unboosted
+    spec = base.with_(multiplier=m, layers=setting.layers, head_fraction=setting.head_fraction, scope=setting.scope,
+                      target_mass=None if baseline else setting.target_mass)  # the baseline is unboosted
     return [GenerationRequest(c.instruction, c.query, spec, params) for c in cases]
 
 
@@ -39,14 +39,17 @@ def run_rows(engine, requests: list[GenerationRequest], cases: list[Case], batch
 
 
 def calibrate_local(engine, cases: Sequence[Case], *, grid: Sequence[float], settings: Sequence[SweepSetting],
-                    floor: float = protocol.FLOOR, base: BoostSpec | None = None,
+                    floor: float = protocol.FLOOR, copy_ceiling: float | None = protocol.COPY_CEILING,
+                    base: BoostSpec | None = None,
                     params: GenerationParams | None = None, batch_size: int = 16, perplexity: bool = True,
                     copy_words: int = 6, n_boot: int = protocol.N_BOOT, test_at: str = "all",
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None,
+                    on_record: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run the sweep; return {"records", "summary", "multipliers_run", "seconds"}.
 
     test_at "all" runs the test half at every M the walk reaches (the full table); "recommended" runs it
-    only unboosted and at each setting's recommended M, as the paper does (half the cost).
+    only unboosted and at each setting's recommended M, as the paper does (half the cost). on_record is
+    called with each record as its batch finishes, so a long sweep that is stopped keeps what it ran.
     """
     if test_at not in ("all", "recommended"):
         raise ValueError(f"test_at must be all or recommended, got {test_at!r}")
@@ -69,7 +72,11 @@ def calibrate_local(engine, cases: Sequence[Case], *, grid: Sequence[float], set
             where += [setting] * len(subset)
         for (result, scores), case, setting in zip(run_rows(engine, reqs, cs, batch_size, perplexity, copy_words),
                                                    cs, where):
-            records.append(record(scores, case=case.name, split_=splits[case.name], multiplier=m, setting=setting))
+            # The text rides along so a records file can be read and rescored later (--records).
+            records.append({**record(scores, case=case.name, split_=splits[case.name], multiplier=m,
+                                     setting=setting), "output": result.text})
+            if on_record is not None:
+                on_record(records[-1])
 
     run(1.0, [settings[0]], baseline=True)  # the unboosted baseline, shared by every setting (protocol._by_setting)
     done = [1.0]
@@ -83,17 +90,18 @@ def calibrate_local(engine, cases: Sequence[Case], *, grid: Sequence[float], set
         subset = cases if test_at == "all" else validation
         run(m, going, subset)
         done.append(m)
-        stats = ", ".join(f"{x['setting']}: success {x['success']}, fluency {x['fluency']}"
+        stats = ", ".join(f"{x['setting']}: success {x['success']}, effective {x['effective_success']}, "
+                          f"fluency {x['fluency']}"
                           for s_ in going for x in validation_stats(records, s_) if x["multiplier"] == m)
         log(f"M={m:g}: {len(going)} setting(s) x {len(subset)} cases in {time.perf_counter() - t:.0f} s ({stats})")
         going = still_going(records, going, floor)
     if test_at == "recommended":
         for setting in settings:
-            pick = protocol.recommend(validation_stats(records, setting), floor)["multiplier"]
+            pick = protocol.recommend(validation_stats(records, setting), floor, copy_ceiling)["multiplier"]
             if pick is not None and pick != 1.0:
                 t = time.perf_counter()
                 run(pick, [setting], test)
                 log(f"test half at M={pick:g} ({setting.label}): {len(test)} cases in {time.perf_counter() - t:.0f} s")
-    result = protocol.calibrate(records, floor=floor, n_boot=n_boot)
+    result = protocol.calibrate(records, floor=floor, copy_ceiling=copy_ceiling, n_boot=n_boot)
     return {"records": records, "summary": result_summary(result), "multipliers_run": done,
             "seconds": time.perf_counter() - t0}

@@ -7,9 +7,15 @@ Protocol (Guardieiro et al., 2025), the default here:
    without M = 1 runs of its own shares another setting's.
 2. On the validation half, walk the grid upward and stop going up at the first M whose mean fluency
    is below the floor (default 1.0 of 2): that M and every larger one are out, even if fluency recovers.
-3. Recommend the M with the highest validation success among the Ms before the stop (ties: the smaller M);
-   across settings, the highest validation success again (ties: smaller M, then the setting listed first).
-4. Report that M's success on the test half with a bootstrap 95% confidence interval.
+3. Recommend the M with the highest validation *effective* success among the Ms before the stop whose
+   validation copy rate is at most the copy ceiling (default 5%; M = 1 is always eligible), ties to the
+   smaller M; across settings, the highest again (ties: smaller M, then the setting listed first).
+   Effective success counts a run that follows the checks and neither copies the instruction (``copied``)
+   nor deflects (``deflected``, or ``canned`` in records scored before deflections were); strict success
+   counts every run that follows the checks. The paper recommends by strict success: a boost that makes
+   the model recite or talk about the instruction passes many checks ("answer in lowercase") without
+   answering the query, so strict success rewards exactly the harm a large M does.
+4. Report that M's strict and effective success on the test half with bootstrap 95% confidence intervals.
 
 Records are plain dicts, one per run: a run's score dict (``score_output``) plus ``multiplier``,
 ``layers`` ("all", "middle" or any label), ``split`` ("validation" or "test") and optionally
@@ -29,6 +35,7 @@ from shared.errors import ValidationError
 
 SPLITS = ("validation", "test")
 FLOOR = 1.0
+COPY_CEILING = 0.05
 LEVEL = 0.95
 N_BOOT = 2000
 PAPER_GRID: tuple[float, ...] = tuple(float(m) for m in range(1, 20, 2))
@@ -77,13 +84,17 @@ def bootstrap_ci(values: Iterable[float | bool], *, level: float = LEVEL, n_boot
     return lo, hi
 
 
-def _setting(r: Mapping) -> tuple[str, float]:
-    return str(r["layers"]), float(r.get("head_fraction", 1.0))
+def _setting(r: Mapping) -> tuple[str, float, str, float | None]:
+    target = r.get("target_mass")
+    return (str(r["layers"]), float(r.get("head_fraction", 1.0)), str(r.get("scope") or "all"),
+            None if target is None else float(target))
 
 
-def setting_label(layers: str, head_fraction: float = 1.0) -> str:
-    """Return a setting's display name, e.g. 'middle' or 'middle, 50% heads'."""
-    return layers if head_fraction == 1.0 else f"{layers}, {head_fraction * 100:g}% heads"
+def setting_label(layers: str, head_fraction: float = 1.0, scope: str = "all", target_mass: float | None = None) -> str:
+    """Return a setting's display name, e.g. 'middle', 'middle, 50% heads' or 'all, generated, target 0.3'."""
+    parts = [layers, *([f"{head_fraction * 100:g}% heads"] if head_fraction != 1.0 else []),
+             *([scope] if scope != "all" else []), *([f"target {target_mass:g}"] if target_mass is not None else [])]
+    return ", ".join(parts)
 
 
 def _check_records(records: Sequence[Mapping]) -> None:
@@ -101,9 +112,9 @@ def _check_records(records: Sequence[Mapping]) -> None:
                               errors=errors)
 
 
-def _by_setting(records: Sequence[Mapping]) -> dict[tuple[str, float], list[Mapping]]:
+def _by_setting(records: Sequence[Mapping]) -> dict[tuple[str, float, str, float | None], list[Mapping]]:
     """Group records by setting, in first-seen order; settings without M = 1 runs share the first setting's."""
-    groups: dict[tuple[str, float], list[Mapping]] = defaultdict(list)
+    groups: dict[tuple[str, float, str, float | None], list[Mapping]] = defaultdict(list)
     for r in records:
         groups[_setting(r)].append(r)
     boosted = [s for s, rs in groups.items() if any(r["multiplier"] != 1 for r in rs)] or list(groups)
@@ -120,47 +131,80 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
+def deflected(r: Mapping) -> bool | None:
+    """Tell whether a record deflected (records scored before the deflection scorer: canned)."""
+    return r["deflected"] if r.get("deflected") is not None else r.get("canned")
+
+
+def effective(r: Mapping, success: str = "follows") -> bool | None:
+    """Return a record's effective success: success and neither copied nor deflected (None without success)."""
+    if r.get(success) is None:
+        return None
+    return bool(r[success]) and not r.get("copied") and not deflected(r)
+
+
 def summarize(records: Sequence[Mapping], *, success: str = "follows", fluency: str = "fluency",
               level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
-    """Return one row per (setting, M, split): n, success and fluency with CIs, copy, repetition and other rates."""
+    """Return one row per (setting, M, split): n, strict and effective success and fluency with CIs, rates."""
     _check_records(records)
     rows = []
-    for (layers, hf), rs in _by_setting(records).items():
+    for (layers, hf, scope, target), rs in _by_setting(records).items():
         cells: dict[tuple[float, str], list[Mapping]] = defaultdict(list)
         for r in rs:
             cells[(float(r["multiplier"]), r["split"])].append(r)
         for (m, part) in sorted(cells, key=lambda key: (key[0], SPLITS.index(key[1]))):
             cell = cells[(m, part)]
             ok = [bool(r[success]) for r in cell if r.get(success) is not None]
+            eff = [e for e in (effective(r, success) for r in cell) if e is not None]
+            defl = [bool(d) for d in (deflected(r) for r in cell) if d is not None]
             flu = [float(r[fluency]) for r in cell if r.get(fluency) is not None]
 
             def rate(key: str) -> float | None:
                 return _round(_mean([bool(r[key]) for r in cell if r.get(key) is not None]))
 
             s_lo, s_hi = bootstrap_ci(ok, level=level, n_boot=n_boot, seed=seed)
+            e_lo, e_hi = bootstrap_ci(eff, level=level, n_boot=n_boot, seed=seed)
             f_lo, f_hi = bootstrap_ci(flu, level=level, n_boot=n_boot, seed=seed)
             rows.append({
-                "setting": setting_label(layers, hf), "layers": layers, "head_fraction": hf, "multiplier": m,
+                "setting": setting_label(layers, hf, scope, target), "layers": layers, "head_fraction": hf,
+                "scope": scope, "target_mass": target, "multiplier": m,
                 "split": part, "n": len(cell), "success": _round(_mean(ok)), "success_lo": _round(s_lo),
-                "success_hi": _round(s_hi), "fluency": _round(_mean(flu)), "fluency_lo": _round(f_lo),
+                "success_hi": _round(s_hi), "effective_success": _round(_mean(eff)),
+                "effective_success_lo": _round(e_lo), "effective_success_hi": _round(e_hi),
+                "fluency": _round(_mean(flu)), "fluency_lo": _round(f_lo),
                 "fluency_hi": _round(f_hi), "copy_rate": rate("copied"), "repetitive_rate": rate("repetitive"),
                 "repetition": _round(_mean([float(r["repeated_ngram_share"]) for r in cell
                                             if r.get("repeated_ngram_share") is not None])),
+                "deflection_rate": _round(_mean(defl)),
                 "canned_rate": rate("canned"), "empty_rate": rate("empty"), "truncated_rate": rate("truncated"),
             })
     return rows
 
 
-def recommend(stats: Sequence[Mapping], floor: float = FLOOR) -> dict[str, Any]:
-    """Apply the stop rule and choice to one setting's per-M validation stats ({multiplier, success, fluency})."""
-    considered, stopped_at, stop_fluency = [], None, None
+def _score(row: Mapping) -> float | None:
+    """Return the success a recommendation ranks by: effective where the row has it, else strict."""
+    return row["effective_success"] if "effective_success" in row else row.get("success")
+
+
+def recommend(stats: Sequence[Mapping], floor: float = FLOOR, copy_ceiling: float | None = None) -> dict[str, Any]:
+    """Apply the stop rule and choice to one setting's per-M validation stats.
+
+    stats: {multiplier, success, fluency} and optionally effective_success and copy_rate (summarize's rows).
+    Ranks by effective success where given (else strict); with copy_ceiling, an M > 1 whose copy rate is
+    above it is passed over (the walk goes on: copying is not a fluency stop).
+    """
+    considered, stopped_at, stop_fluency, too_copied = [], None, None, []
     for row in sorted(stats, key=lambda r: r["multiplier"]):
         if row.get("fluency") is None or row["fluency"] < floor:
             stopped_at, stop_fluency = row["multiplier"], row.get("fluency")
             break
+        if (copy_ceiling is not None and row["multiplier"] != 1 and row.get("copy_rate") is not None
+                and row["copy_rate"] > copy_ceiling):
+            too_copied.append(row)
+            continue
         considered.append(row)
-    ranked = [r for r in considered if r.get("success") is not None]
-    best = min(ranked, key=lambda r: (-r["success"], r["multiplier"])) if ranked else None
+    ranked = [r for r in considered if _score(r) is not None]
+    best = min(ranked, key=lambda r: (-_score(r), r["multiplier"])) if ranked else None
     if stopped_at is None:
         stop = "fluency stayed at or above the floor on the whole grid"
     elif stop_fluency is None:
@@ -168,16 +212,22 @@ def recommend(stats: Sequence[Mapping], floor: float = FLOOR) -> dict[str, Any]:
     else:
         stop = (f"M={stopped_at:g} fell below the fluency floor ({stop_fluency:.3g} < {floor:g}), so the walk "
                 f"stops there")
+    if too_copied:
+        over = ", ".join(f"{r['multiplier']:g}" for r in too_copied)
+        stop += f"; M={over} copied the instruction too often (copy rate above {copy_ceiling:.0%})"
+    kind = "effective" if best is not None and "effective_success" in best else "validation"
     if best is None:
         why = "no M before the stop has a success rate" if considered else "no M is at or above the fluency floor"
         reason = f"no recommendation: {why}; {stop}"
     else:
         tried = ", ".join(f"{r['multiplier']:g}" for r in considered)
-        reason = (f"M={best['multiplier']:g} has the highest validation success ({best['success']:.3g}) among "
-                  f"M={tried}; {stop}")
+        what = "validation effective success" if kind == "effective" else "validation success"
+        reason = f"M={best['multiplier']:g} has the highest {what} ({_score(best):.3g}) among M={tried}; {stop}"
     return {"multiplier": best["multiplier"] if best else None, "success": best["success"] if best else None,
-            "fluency": best["fluency"] if best else None, "considered": [r["multiplier"] for r in considered],
-            "stopped_at": stopped_at, "reason": reason}
+            "effective_success": best.get("effective_success") if best else None,
+            "fluency": best["fluency"] if best else None, "copy_rate": best.get("copy_rate") if best else None,
+            "considered": [r["multiplier"] for r in considered],
+            "over_copy_ceiling": [r["multiplier"] for r in too_copied], "stopped_at": stopped_at, "reason": reason}
 
 
 def next_multiplier(grid: Sequence[float], validation_stats: Sequence[Mapping], floor: float = FLOOR) -> float | None:
@@ -188,8 +238,8 @@ def next_multiplier(grid: Sequence[float], validation_stats: Sequence[Mapping], 
     return next((float(m) for m in sorted(grid) if float(m) not in done), None)
 
 
-def calibrate(records: Sequence[Mapping], *, floor: float = FLOOR, success: str = "follows",
-              fluency: str = "fluency", level: float = LEVEL, n_boot: int = N_BOOT,
+def calibrate(records: Sequence[Mapping], *, floor: float = FLOOR, copy_ceiling: float | None = COPY_CEILING,
+              success: str = "follows", fluency: str = "fluency", level: float = LEVEL, n_boot: int = N_BOOT,
               seed: int = 0) -> dict[str, Any]:
     """Run the protocol on stored runs: the summary table, a recommendation per setting and overall, test results."""
     table = summarize(records, success=success, fluency=fluency, level=level, n_boot=n_boot, seed=seed)
@@ -198,11 +248,12 @@ def calibrate(records: Sequence[Mapping], *, floor: float = FLOOR, success: str 
         by_setting[row["setting"]].append(row)
     settings = []
     for label, rows in by_setting.items():
-        pick = recommend([r for r in rows if r["split"] == "validation"], floor)
+        pick = recommend([r for r in rows if r["split"] == "validation"], floor, copy_ceiling)
         test = {r["multiplier"]: r for r in rows if r["split"] == "test"}
         settings.append({"setting": label, "layers": rows[0]["layers"], "head_fraction": rows[0]["head_fraction"],
+                         "scope": rows[0]["scope"], "target_mass": rows[0]["target_mass"],
                          **pick, "test": test.get(pick["multiplier"]), "baseline_test": test.get(1.0)})
     picked = [s for s in settings if s["multiplier"] is not None]
-    best = min(picked, key=lambda s: (-s["success"], s["multiplier"], settings.index(s))) if picked else None
-    return {"floor": floor, "success_key": success, "fluency_key": fluency, "level": level, "table": table,
+    best = min(picked, key=lambda s: (-_score(s), s["multiplier"], settings.index(s))) if picked else None
+    return {"floor": floor, "copy_ceiling": copy_ceiling, "success_key": success, "fluency_key": fluency, "level": level, "table": table,
             "settings": settings, "best": best}

@@ -1,5 +1,5 @@
-"""``multipliers: "recommended"``: a job takes the M, layer mode and head fraction its model's latest finished
-calibration sweep recommends (shared.store.sweeps)."""
+"""``multipliers: "recommended"``: a job takes the whole boost setting its model's latest finished calibration
+sweep recommends (shared.store.sweeps): M, layer mode, head fraction, and the sweep's scope and target mass."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def wants_recommended(value: Any) -> bool:
 def resolve_recommended(session: Session, data: Any, settings: Mapping[str, Any]) -> Any:
     """Replace ``multipliers: "recommended"`` by the latest finished sweep's recommended M for the job's model.
 
-    Its layer mode and head fraction fill layer_modes and head_boost_percentage when the job leaves them out.
+    Its layer mode and head fraction fill layer_modes and head_boost_percentage, and the sweep's scope and
+    target mass (its job parameters) fill scope and target_mass, when the job leaves them out.
     A ValidationError (422) says so when no finished sweep for that model has a recommendation.
     """
     if not isinstance(data, Mapping) or not wants_recommended(data.get("multipliers")):
@@ -54,6 +55,10 @@ def resolve_recommended(session: Session, data: Any, settings: Mapping[str, Any]
         out["layer_modes"] = [sweep.recommended_layers]
     if out.get("head_boost_percentage") in (None, ""):
         out["head_boost_percentage"] = (sweep.recommended_head_fraction or 1.0) * 100.0
+    params = (sweep.config or {}).get("params") or {}
+    for key in ("scope", "target_mass"):  # the M was chosen with these: a job gets the setting it was chosen in
+        if out.get(key) in (None, "") and params.get(key) is not None:
+            out[key] = params[key]
     return out
 
 

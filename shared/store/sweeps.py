@@ -84,7 +84,9 @@ def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, g
                               "run with every step)", field="grid")
     splits = assign_splits(cases)
     config = {"cases": [case_to_dict(c, splits[c.name]) for c in cases], "grid": [float(m) for m in grid],
-              "settings": [s.to_dict() for s in settings_], "floor": float(floor), "params": dict(params)}
+              "settings": [s.to_dict() for s in settings_], "floor": float(floor),
+              "copy_ceiling": float(settings.get("scoring.copy_ceiling", protocol.COPY_CEILING)),
+              "params": dict(params)}
     errors = []
     modes = list(dict.fromkeys(s.layers for s in settings_))
     for i, case in enumerate(config["cases"]):  # head fractions and modes are valid already (sweep_settings)
@@ -173,7 +175,9 @@ def summarize_sweep(session: Session, sweep: Sweep, n_boot: int = protocol.N_BOO
     records = records_of(session, sweep)
     if not records:
         return {"floor": sweep.config["floor"], "table": [], "settings": [], "best": None, "recommended": None}
-    return result_summary(protocol.calibrate(records, floor=sweep.config["floor"], n_boot=n_boot))
+    # A sweep stored before the copy ceiling existed has none (None), so its recommendation stays as it was.
+    return result_summary(protocol.calibrate(records, floor=sweep.config["floor"],
+                                             copy_ceiling=sweep.config.get("copy_ceiling"), n_boot=n_boot))
 
 
 def _start_step(session: Session, sweep: Sweep, m: float, going: Sequence[SweepSetting],
@@ -370,11 +374,13 @@ def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False,
     result = sweep.result or {}
     d = {"id": sweep.id, "status": sweep.status, "finished": sweep.status != RUNNING, "model": sweep.model,
          "pack": sweep.pack, "grid": cfg["grid"], "settings": cfg["settings"], "fluency_floor": cfg["floor"],
+         "copy_ceiling": cfg.get("copy_ceiling"),
          "params": cfg["params"], "cases": len(cfg["cases"]), "step": sweep.step_index,
          "current_multiplier": sweep.current_multiplier, "jobs": job_counts(session, sweep.id),
          "table": result.get("table", []),
          "choices": [{k: s.get(k) for k in ("setting", "layers", "head_fraction", "multiplier", "success",
-                                             "fluency", "considered", "stopped_at", "reason")}
+                                             "effective_success", "fluency", "copy_rate", "considered",
+                                             "over_copy_ceiling", "stopped_at", "reason")}
                      for s in result.get("settings", [])],
          "recommendation": result.get("recommended"), "error": sweep.error,
          "created_at": _iso(sweep.created_at), "updated_at": _iso(sweep.updated_at),

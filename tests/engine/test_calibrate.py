@@ -57,9 +57,25 @@ def test_the_local_sweep_walks_the_grid_and_the_stop_rule_ends_it(fast_engine):
     rec = out["summary"]["recommended"]
     assert rec["multiplier"] in (1.0, 3.0, 5.0) and rec["layers"] in ("all", "middle")
     text = format_table(out["summary"])
-    assert "recommended: M=" in text and "val success" in text
+    assert "recommended: M=" in text and "effective" in text and "strict" in text and "defl" in text
     rows = list(csv.DictReader(table_csv(out["summary"]).splitlines()))
     assert sum(r["recommended"] == "True" for r in rows) >= 1
+
+
+def test_scope_and_target_mass_are_swept_as_settings(fast_engine):
+    from worker.calibrate import calibrate_local
+
+    cases = parse_cases(CASES, "yaml")
+    settings = sweep_settings(["all"], [1], ["all", "generated"], [None, 0.5])
+    out = calibrate_local(fast_engine, cases, grid=(1, 3), settings=settings, floor=0.0,
+                          params=GenerationParams(max_new_tokens=4), n_boot=20, log=lambda m: None)
+    assert len(out["records"]) == 3 + 4 * 3  # one shared baseline, then every setting at M = 3
+    got = {(r["scope"], r["target_mass"]) for r in out["records"] if r["multiplier"] == 3}
+    assert got == {("all", None), ("generated", None), ("all", 0.5), ("generated", 0.5)}
+    labels = [s["setting"] for s in out["summary"]["settings"]]
+    assert labels == ["all", "all, generated", "all, target 0.5", "all, generated, target 0.5"]
+    rec = out["summary"]["recommended"]
+    assert rec["scope"] in ("all", "generated") and rec["target_mass"] in (None, 0.5)
 
 
 def test_the_calibrate_command_prints_the_table_and_writes_the_csv(tmp_path, capsys, fast_engine):
@@ -73,11 +89,21 @@ def test_the_calibrate_command_prints_the_table_and_writes_the_csv(tmp_path, cap
                "--csv", str(out_csv), "--records", str(records)])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
-    assert "recommended: M=" in printed.out and "test success" in printed.out
+    assert "recommended: M=" in printed.out and "test effective success" in printed.out
     rows = list(csv.DictReader(out_csv.open(encoding="utf-8")))
     assert {r["split"] for r in rows} == {"validation", "test"}
+    assert {"success", "effective_success", "effective_success_lo", "copy_rate", "deflection_rate"} <= set(rows[0])
     lines = [json.loads(x) for x in records.read_text(encoding="utf-8").splitlines()]
-    assert all({"case", "split", "multiplier", "fluency", "follows", "perplexity"} <= set(r) for r in lines)
+    assert all({"case", "split", "multiplier", "fluency", "follows", "effective", "deflected", "perplexity",
+                "output"} <= set(r) for r in lines)
+
+    # --from-records scores the stored outputs again (no model): the same scorers give the same table.
+    again = tmp_path / "again.csv"
+    rc = main(["calibrate", "--cases", str(cases), "--multipliers", "1,4", "--max-new-tokens", "4",
+               "--fluency-floor", "0", "--from-records", str(records), "--csv", str(again)])
+    assert rc == 0
+    assert capsys.readouterr().out == printed.out
+    assert again.read_text(encoding="utf-8") == out_csv.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -86,6 +112,10 @@ def test_the_calibrate_command_prints_the_table_and_writes_the_csv(tmp_path, cap
     (["calibrate", "--pack", "default", "--layer-modes", "sideways"], "layer mode"),
     (["calibrate", "--pack", "default", "--fluency-floor", "3"], "0-2"),
     (["calibrate", "--pack", "default", "--limit", "1"], "--limit"),
+    (["calibrate", "--pack", "default", "--copy-ceiling", "1.5"], "--copy-ceiling"),
+    (["calibrate", "--pack", "default", "--scopes", "all,sideways"], "scope must be one of"),
+    (["calibrate", "--pack", "default", "--target-masses", "none,1.5"], "target mass"),
+    (["calibrate", "--pack", "default", "--from-records", "/nonexistent/records.jsonl"], "--from-records"),
 ])
 def test_the_calibrate_command_refuses_bad_input_with_a_message(argv, message, capsys):
     from worker.cli.main import main

@@ -72,14 +72,16 @@ def test_bootstrap_ci_is_seeded_and_contains_the_estimate():
     assert lo <= narrow[0] <= narrow[1] <= hi
 
 
-def records(setting, table, n=10, head_fraction=1.0):
-    """Make n validation and n test records per M: success rate s, fluency f."""
+def records(setting, table, n=10, head_fraction=1.0, copied=0, deflected=0):
+    """Make n validation and n test records per M: success rate s, fluency f; the first copied + deflected
+    of them (passing the checks) copy the instruction or deflect."""
     out = []
     for m, (s, f) in table.items():
         for part in ("validation", "test"):
             for i in range(n):
                 out.append({"multiplier": m, "layers": setting, "head_fraction": head_fraction, "split": part,
-                            "case": f"c{i}", "follows": i < round(s * n), "fluency": f, "copied": i == 0,
+                            "case": f"c{i}", "follows": i < round(s * n), "fluency": f, "copied": i < copied,
+                            "deflected": copied <= i < copied + deflected,
                             "repetitive": False, "repeated_ngram_share": 0.05, "truncated": None})
     return out
 
@@ -89,7 +91,7 @@ def test_summarize_rows_per_setting_m_and_split():
     assert [(r["multiplier"], r["split"]) for r in rows] == [(1, "validation"), (1, "test"), (3, "validation"),
                                                              (3, "test")]
     r = rows[2]
-    assert (r["setting"], r["n"], r["success"], r["fluency"], r["copy_rate"]) == ("all", 10, 0.5, 1.6, 0.1)
+    assert (r["setting"], r["n"], r["success"], r["fluency"], r["copy_rate"]) == ("all", 10, 0.5, 1.6, 0.0)
     assert r["success_lo"] <= r["success"] <= r["success_hi"]
     assert r["repetitive_rate"] == 0.0 and r["truncated_rate"] is None and r["repetition"] == 0.05
 
@@ -128,3 +130,63 @@ def test_bad_records_are_reported_together():
                    {"multiplier": 3, "layers": None, "split": "train"}])
     assert [e["field"] for e in err.value.errors] == ["records[0].multiplier", "records[1].split",
                                                       "records[1].layers"]
+
+
+def test_effective_success_leaves_out_copies_and_deflections():
+    rows = summarize(records("all", {1: (0.2, 1.9), 5: (0.6, 1.5)}, copied=1, deflected=2), n_boot=200)
+    r = next(r for r in rows if r["multiplier"] == 5 and r["split"] == "validation")
+    assert (r["success"], r["effective_success"], r["copy_rate"], r["deflection_rate"]) == (0.6, 0.3, 0.1, 0.2)
+    assert r["effective_success_lo"] <= r["effective_success"] <= r["effective_success_hi"]
+    # Records scored before the deflection scorer count a canned reply as a deflection.
+    old = [{k: v for k, v in x.items() if k != "deflected"} | {"canned": x["deflected"]}
+           for x in records("all", {1: (0.5, 1.9)}, deflected=3)]
+    assert summarize(old, n_boot=10)[0]["effective_success"] == 0.2
+
+
+def test_the_recommendation_ranks_by_effective_success():
+    # M = 7 passes the most checks, but a third of its outputs talk about the instruction instead.
+    runs = records("all", {1: (0.1, 1.9), 5: (0.4, 1.6)}) + records("all", {7: (0.5, 1.5)}, deflected=3)
+    result = calibrate(runs, n_boot=100)
+    best = result["best"]
+    assert (best["multiplier"], best["success"], best["effective_success"]) == (5, 0.4, 0.4)
+    assert "highest validation effective success (0.4)" in best["reason"]
+    strict_best = max((r for r in result["table"] if r["split"] == "validation"), key=lambda r: r["success"])
+    assert strict_best["multiplier"] == 7 and strict_best["effective_success"] == 0.2
+
+
+def test_the_copy_ceiling_passes_over_an_m_that_copies_too_often():
+    runs = records("all", {1: (0.1, 1.9), 5: (0.4, 1.6)}) + records("all", {7: (0.6, 1.5)}, n=20, copied=2)
+    # M = 7 copies in 10% of its outputs: effective 0.5 beats 0.4, but it is over a 5% ceiling.
+    assert calibrate(runs, copy_ceiling=0.05, n_boot=50)["best"]["multiplier"] == 5
+    pick = calibrate(runs, copy_ceiling=0.05, n_boot=50)["settings"][0]
+    assert pick["over_copy_ceiling"] == [7] and pick["considered"] == [1, 5] and pick["stopped_at"] is None
+    assert "M=7 copied the instruction too often (copy rate above 5%)" in pick["reason"]
+    assert calibrate(runs, copy_ceiling=0.1, n_boot=50)["best"]["multiplier"] == 7
+    assert calibrate(runs, copy_ceiling=None, n_boot=50)["best"]["multiplier"] == 7
+    # The unboosted baseline is always a candidate, whatever it copies.
+    base = records("all", {1: (0.5, 1.9)}, copied=1) + records("all", {3: (0.2, 1.8)})
+    assert calibrate(base, copy_ceiling=0.05, n_boot=50)["settings"][0]["considered"] == [1, 3]
+    assert calibrate(base, copy_ceiling=0.05, n_boot=50)["best"]["multiplier"] == 1
+
+
+def test_recommend_without_effective_rows_ranks_by_strict_success():
+    assert recommend(stats((1, 0.2, 1.9), (3, 0.5, 1.5)), copy_ceiling=0.05)["multiplier"] == 3
+
+
+def test_scope_and_target_mass_are_settings_of_their_own():
+    from shared.calibration import result_summary, sweep_settings
+
+    runs = records("all", {1: (0.1, 1.9), 5: (0.4, 1.6)})
+    for r in records("all", {5: (0.6, 1.5)}):
+        runs.append({**r, "scope": "generated", "target_mass": 0.3})
+    result = calibrate(runs, n_boot=50)
+    assert [s["setting"] for s in result["settings"]] == ["all", "all, generated, target 0.3"]
+    best = result_summary(result)["recommended"]
+    assert (best["setting"], best["scope"], best["target_mass"], best["multiplier"]) == \
+        ("all, generated, target 0.3", "generated", 0.3, 5)
+    assert result["settings"][1]["baseline_test"]["success"] == 0.1  # the shared unboosted runs
+    labels = [s.label for s in sweep_settings(["all"], [1], ["all", "generated"], [None, 0.5])]
+    assert labels == ["all", "all, generated", "all, target 0.5", "all, generated, target 0.5"]
+    with pytest.raises(ValidationError) as exc:
+        sweep_settings(["all"], [1], ["sideways"], [1.5])
+    assert {e["field"] for e in exc.value.errors} == {"scopes[0]", "target_masses[0]"}

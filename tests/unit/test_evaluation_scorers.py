@@ -1,4 +1,4 @@
-"""Scorers on hand-made outputs: repetition, instruction copying, empty, truncated, canned, fluency."""
+"""Scorers on hand-made outputs: repetition, instruction copying, empty, truncated, canned, deflection, fluency."""
 
 import json
 
@@ -6,8 +6,8 @@ import pytest
 
 from shared.evaluation.cases import Case
 from shared.evaluation.checks import Check
-from shared.evaluation.scorers import (COLUMNS, SCORERS, copy_run, fluency_score, is_canned, is_truncated,
-                                       repeated_ngram_share, score_output, words)
+from shared.evaluation.scorers import (COLUMNS, SCORERS, copy_run, effective, fluency_score, is_canned,
+                                       is_deflection, is_truncated, repeated_ngram_share, score_output, words)
 
 INSTRUCTION = "Write everything in lowercase letters only. Never use capital letters."
 QUERY = "Tell me about the city of Paris in two sentences."
@@ -162,3 +162,46 @@ def test_score_output_runs_the_case_checks():
     out = score("Paris is lovely.", case=case)
     assert (out["follows"], out["follows_loose"], out["checks_passed"], out["checks_total"]) == (False, False, 0, 1)
     assert out["failed_checks"] == "lowercase"
+
+
+@pytest.mark.parametrize("text", [
+    "I am ready to assist you. I will provide you with a response in English in all lowercase letters.",
+    "Sure! I'll write my answer in lowercase letters only.",
+    "Please provide the text you would like me to rewrite.",
+    "I understand. You want me to answer in French. What would you like to know?",
+    "I'm ready to help.",
+])
+def test_deflections_are_caught(text):
+    out = score(text, perplexity=4.0)
+    assert is_deflection(text) or is_canned(text)
+    assert out["deflected"] and out["fluency"] <= 0.5
+
+
+@pytest.mark.parametrize("text", [
+    FLUENT,
+    "paris is the capital of france. it is known for the eiffel tower, the louvre and its many cafes.",
+    "Sure! Here is my answer in lowercase: paris is the capital of france, known for art, food and fashion.",
+    "Tell me about the city of Paris in two sentences. Paris is the capital of France.",
+    FLUENT + " Let me know if you have other questions.",
+    "No. A tomato is a fruit.",
+])
+def test_answers_are_not_deflections(text):
+    assert not score(text)["deflected"]
+
+
+def test_effective_success_needs_the_checks_and_no_copy_or_deflection():
+    case = Case("lower", INSTRUCTION, QUERY, checks=(Check("lowercase"),))
+    assert score("paris is lovely and old.", case=case)["effective"] is True
+    deflects = score("i will write my whole answer in lowercase letters.", case=case)
+    assert deflects["follows"] and deflects["deflected"] and deflects["effective"] is False
+    copies = score("write everything in lowercase letters only. never use capitals. paris is old.", case=case)
+    assert copies["follows"] and copies["copied"] and copies["effective"] is False
+    assert score("paris is lovely.")["effective"] is None  # no checks, no success to count
+    assert effective(None, copied=False, deflected=False) is None
+    assert effective(True, copied=None, deflected=None) is True
+
+
+def test_a_deflection_costs_the_canned_factor_once():
+    base = dict(empty=False, perplexity=4.0, rep=0.0, copied=False, copy_words=0, n_words=12, truncated=False)
+    assert fluency_score(**base, canned=False, deflected=True) == fluency_score(**base, canned=True) == 0.5
+    assert fluency_score(**base, canned=True, deflected=True) == 0.5

@@ -205,16 +205,19 @@ def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_i
     from shared.store.tables import utcnow
 
     with session_scope(clean_db) as s:
-        for m, layers, hf in ((3.0, "all", 1.0), (7.0, "middle", 0.5)):  # the later one wins
-            s.add(Sweep(status="succeeded", model="smollm2-135m-instruct", pack="ifeval", config={}, step_index=3,
+        for m, layers, hf, cfg in ((3.0, "all", 1.0, {}),  # the later one wins, with its scope
+                                   (7.0, "middle", 0.5, {"params": {"scope": "generated", "target_mass": None}})):
+            s.add(Sweep(status="succeeded", model="smollm2-135m-instruct", pack="ifeval", config=cfg, step_index=3,
                         recommended_multiplier=m, recommended_layers=layers, recommended_head_fraction=hf,
                         finished_at=utcnow()))
             s.commit()
     job = client.post("/api/jobs", json={**base, "multipliers": "recommended"}).get_json()
     assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["middle"]
-    assert job["params"]["head_boost_percentage"] == 50.0
-    job = client.post("/api/jobs", json={**base, "multipliers": ["recommended"], "layer_modes": ["all"]}).get_json()
+    assert job["params"]["head_boost_percentage"] == 50.0 and job["params"]["scope"] == "generated"
+    job = client.post("/api/jobs", json={**base, "multipliers": ["recommended"], "layer_modes": ["all"],
+                                         "scope": "all"}).get_json()
     assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["all"]
+    assert job["params"]["scope"] == "all"
     assert client.get("/api/models").get_json()["models"][0]["recommended"] is True
     schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
     assert {"const": "recommended"} in schema["properties"]["multipliers"]["anyOf"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -53,8 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layer-modes", dest="sweep_layer_modes", default="all", help="comma-separated layer modes to calibrate: all, middle")
     c.add_argument("--head-fractions", default="1",
                    help="comma-separated shares of heads boosted per layer, each in (0, 1] (default 1)")
+    c.add_argument("--scopes", help="comma-separated scopes to calibrate as settings: all, generated, prompt "
+                   "(default: --scope)")
+    c.add_argument("--target-masses", help="comma-separated target masses to calibrate as settings, each in "
+                   "(0, 1) or none (default: --target-mass)")
     c.add_argument("--fluency-floor", type=float, default=None, help="stop going up once mean validation "
                    "fluency (0-2) falls below this (default 1.0)")
+    c.add_argument("--copy-ceiling", type=float, default=None, help="pass over an M whose validation copy rate "
+                   "is above this share (default: setting scoring.copy_ceiling, 0.05)")
     c.add_argument("--limit", type=int, help="use only the first N cases of the set")
     c.add_argument("--batch-size", type=int, default=16, help="rows generated together (default 16)")
     c.add_argument("--no-perplexity", action="store_true",
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     c.add_argument("--csv", help="also write the per-M table here as CSV")
     c.add_argument("--records", help="also write every scored run here as JSON lines")
+    c.add_argument("--from-records", metavar="FILE", help="generate nothing: score the outputs of a --records file "
+                   "of this case set again with today's scorers and print its table and recommendation")
     add_field_options(c, skip=CALIBRATE_SKIP)
     _runtime_args(c)
 
@@ -278,14 +287,26 @@ def cmd_calibrate(args) -> int:
         cases = cases[:args.limit]
     grid = protocol.get_grid(_csv_numbers(args.grid_multipliers, "--multipliers") if args.grid_multipliers else
                              (args.grid or "paper"))
-    settings = sweep_settings([m.strip() for m in args.sweep_layer_modes.split(",") if m.strip()],
-                              _csv_numbers(args.head_fractions, "--head-fractions"))
     floor = protocol.FLOOR if args.fluency_floor is None else args.fluency_floor
     if not 0 <= floor <= 2:
         raise ValidationError("--fluency-floor is on the 0-2 scale", field="--fluency-floor")
+    ceiling = float(s["scoring.copy_ceiling"]) if args.copy_ceiling is None else args.copy_ceiling
+    if not 0 <= ceiling <= 1:
+        raise ValidationError("--copy-ceiling is a share of outputs, 0 to 1", field="--copy-ceiling")
     if args.batch_size < 1:
         raise ValidationError("--batch-size must be >= 1", field="--batch-size")
     values = field_values(args, s)
+    # Scope and target mass are sweep dimensions like layer modes; --scope / --target-mass give the single value.
+    targets: list[float | None] = [values.get("target_mass")]
+    if args.target_masses:
+        targets = [None if p.strip().lower() == "none" else _csv_numbers(p, "--target-masses")[0]
+                   for p in args.target_masses.split(",") if p.strip()]
+    settings = sweep_settings([m.strip() for m in args.sweep_layer_modes.split(",") if m.strip()],
+                              _csv_numbers(args.head_fractions, "--head-fractions"),
+                              [x.strip() for x in args.scopes.split(",") if x.strip()] if args.scopes else
+                              [values.get("scope") or "all"], targets)
+    if args.from_records:
+        return _calibrate_from_records(args, cases, floor, ceiling, values["max_new_tokens"], s)
     values["engine"] = "fast"  # rows of different M, layers and heads batch together only on the fast engine
     base = BoostSpec(start_layer=values["start_layer"], num_middle_layers=values["num_middle_layers"],
                      seed=values["seed"], placement=values["placement"], scope=values.get("scope", "all"),
@@ -298,18 +319,51 @@ def cmd_calibrate(args) -> int:
         torch.set_num_threads(max(1, args.threads))
     engine = _engine(args, s, values)
     print(f"calibrating {engine.model_name}: {len(cases)} cases, grid {', '.join(f'{m:g}' for m in grid)}, "
-          f"settings {', '.join(x.label for x in settings)}, floor {floor:g}, max_new_tokens {params.max_new_tokens}",
+          f"settings {', '.join(x.label for x in settings)}, floor {floor:g}, copy ceiling {ceiling:g}, "
+          f"max_new_tokens {params.max_new_tokens}",
           file=sys.stderr)
-    out = calibrate_local(engine, cases, grid=grid, settings=settings, floor=floor, base=base, params=params,
-                          batch_size=args.batch_size, perplexity=not args.no_perplexity,
-                          copy_words=int(s["scoring.copy_words"]), test_at=args.test_at)
+    # Records are written as they are scored, so a sweep stopped part way keeps the rows it ran.
+    with (open(args.records, "w", encoding="utf-8") if args.records else contextlib.nullcontext()) as fh:
+        def write(r: dict) -> None:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            fh.flush()
+
+        out = calibrate_local(engine, cases, grid=grid, settings=settings, floor=floor, copy_ceiling=ceiling,
+                              base=base, params=params,
+                              batch_size=args.batch_size, perplexity=not args.no_perplexity,
+                              copy_words=int(s["scoring.copy_words"]), test_at=args.test_at,
+                              on_record=write if fh is not None else None)
     print(format_table(out["summary"]))
     if args.csv:
         Path(args.csv).write_text(table_csv(out["summary"]), encoding="utf-8")
         print(f"wrote {args.csv}", file=sys.stderr)
     if args.records:
+        print(f"wrote {args.records}", file=sys.stderr)
+    return 0
+
+
+def _calibrate_from_records(args, cases, floor: float, ceiling: float, max_new: int, s) -> int:
+    """Score a records file's outputs again and print (and write) its table: calibrate --from-records."""
+    from pathlib import Path
+
+    from shared.calibration import format_table, rescore_records, result_summary, table_csv
+    from shared.errors import ValidationError
+    from shared.evaluation import protocol
+
+    try:
+        with open(args.from_records, encoding="utf-8") as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"cannot read --from-records {args.from_records}: {exc}", field="--from-records")
+    records = rescore_records(records, cases, max_new_tokens=max_new, copy_words=int(s["scoring.copy_words"]))
+    summary = result_summary(protocol.calibrate(records, floor=floor, copy_ceiling=ceiling))
+    print(format_table(summary))
+    if args.csv:
+        Path(args.csv).write_text(table_csv(summary), encoding="utf-8")
+        print(f"wrote {args.csv}", file=sys.stderr)
+    if args.records:
         with open(args.records, "w", encoding="utf-8") as fh:
-            for r in out["records"]:
+            for r in records:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
         print(f"wrote {args.records}", file=sys.stderr)
     return 0
