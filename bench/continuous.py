@@ -77,10 +77,11 @@ class Continuous:
 
 def compare(engine, name: str, lengths: list[int], rows: int, rounds: int) -> None:
     requests = workload(engine, lengths)
-    cont = Continuous(engine, rows)
-    times = interleaved({"static": lambda: static_run(engine, requests, rows), "continuous": lambda: cont(requests)},
+    cont, got = Continuous(engine, rows), {}
+    times = interleaved({"static": lambda: got.__setitem__("static", static_run(engine, requests, rows)),
+                         "continuous": lambda: got.__setitem__("continuous", cont(requests))},
                         rounds, sync=lambda: sync(engine.device))
-    a, b = static_run(engine, requests, rows), cont(requests)
+    a, b = got["static"], got["continuous"]  # the last round's results: compared, not run again
     same = sum(x.text == y.text for x, y in zip(a, b))
     static_steps, useful = bound(lengths, rows)
     limit = static_steps / useful

@@ -161,8 +161,9 @@ class ContinuousDecoder:
         self.width += 1
         self.steps += 1
         self.row_steps += len(self.rows)
-        for row, scores in zip(self.rows, logits):
-            self._choose(row, scores)
+        top = logits.argmax(-1).tolist()  # one read for every plain greedy row (no per-row device sync)
+        for row, scores, best in zip(self.rows, logits, top):
+            self._choose(row, scores, best)
 
     def _retire(self) -> list[Row]:
         gone = [r for r in self.rows if r.done or r.halted]
@@ -259,11 +260,18 @@ class ContinuousDecoder:
                                        strips=[not req.exact_text])
             row.streamer._prompt_seen = True  # tokens are put one at a time, never the prompt
 
-    def _choose(self, row: Row, scores: torch.Tensor) -> None:
-        """Pick the row's next token from its raw logits, in the static engine's order; mark it done when it ends."""
+    def _choose(self, row: Row, scores: torch.Tensor, best: int | None = None) -> None:
+        """Pick the row's next token from its raw logits, in the static engine's order; mark it done when it ends.
+
+        best: the raw logits' argmax, already read (used when nothing reshapes a greedy row's scores).
+        """
         params = row.request.params
+        plain = row.recorder is None and not row.procs
+        if plain and params.greedy and best is not None:
+            self._take(row, best)
+            return
         scores = scores.clone()
-        if row.recorder is not None or row.procs:
+        if not plain:
             ids = torch.tensor(row.prompt.input_ids + row.generated, device=scores.device)
             if row.recorder is not None:
                 row.recorder(ids[None], scores[None])
@@ -273,6 +281,11 @@ class ContinuousDecoder:
             token = int(scores.argmax(-1))
         else:
             token = int(torch.multinomial(sampling_probs(scores, params), 1, generator=row.generator))
+        self._take(row, token)
+
+    def _take(self, row: Row, token: int) -> None:
+        """Append the row's token, stream it, and mark the row done at its EOS, budget or stop string."""
+        params = row.request.params
         row.generated.append(token)
         if row.streamer is not None:
             row.streamer.put(torch.tensor([token]))
