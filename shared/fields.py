@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from shared.requests import job
 from shared.requests.base import extra
 from shared.requests.types import (ENGINES, LAYER_MODES, MAX_CHECKS, MAX_LAYER, MAX_LOGIT_BIAS,  # noqa: F401
-                                   MAX_MULTIPLIER, MAX_SEED, MAX_TOP_K, PLACEMENTS, rule_of)
+                                   MAX_MULTIPLIER, MAX_SEED, MAX_TOP_K, PLACEMENTS, SCOPES, rule_of)
 
 KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval")
 
