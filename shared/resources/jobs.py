@@ -90,6 +90,8 @@ class Sweep(Resource):
     grid: list[Number]
     settings: list[Any]
     fluency_floor: Number
+    copy_ceiling: Number | None = Field(description="The largest share of answers copying the instruction that a "
+                                        "recommended setting may have (null: sweeps stored before the ceiling).")
     params: Object
     cases: int
     step: int
