@@ -9,6 +9,7 @@ short prompt and at a prompt of about --long-prompt tokens, as ratios to "off" a
 
     python bench/overhead.py [--tokens 64] [--rounds 5] [--batch 1] [--device auto] [--dtype auto]
                              [--long-prompt 1000] [--no-analysis] [--target-mass 0.5]
+                             [--knob-engines fast,transformerlens]
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--multiplier", type=float, default=5.0)
     ap.add_argument("--target-mass", type=float, default=0.5, help="p of the target-mass contenders")
+    ap.add_argument("--knob-engines", default="fast,transformerlens",
+                    help="engines that run the scope and target-mass contenders (comma-separated)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--long-prompt", type=int, default=1000, help="tokens of the long prompt in the analysis part")
     ap.add_argument("--no-analysis", action="store_true", help="skip the attention-analysis part")
@@ -93,9 +96,12 @@ def main() -> None:
              f"target p={args.target_mass:g}": variant(multiplier=1.0, target_mass=args.target_mass),
              f"M+target p={args.target_mass:g}": variant(target_mass=args.target_mass)}
     contenders = {"plain": run_plain, "fast": lambda: fast.generate(batch), "transformerlens": lambda: tl.generate(batch)}
+    engines = args.knob_engines.split(",")
     for label, reqs in knobs.items():
-        contenders[f"fast {label}"] = lambda reqs=reqs: fast.generate(reqs)
-        contenders[f"tl {label}"] = lambda reqs=reqs: tl.generate(reqs)
+        if "fast" in engines:
+            contenders[f"fast {label}"] = lambda reqs=reqs: fast.generate(reqs)
+        if "transformerlens" in engines:
+            contenders[f"tl {label}"] = lambda reqs=reqs: tl.generate(reqs)
     times = {k: [t / args.tokens for t in ts]
              for k, ts in interleaved(contenders, args.rounds, lambda: sync(plain.device)).items()}
     dev = torch.cuda.get_device_name() if plain.device.startswith("cuda") else plain.device

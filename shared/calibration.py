@@ -21,6 +21,7 @@ from shared.evaluation.cases import PACKS_BY_NAME, Case, load_cases, load_pack, 
 from shared.evaluation.checks import Check, IfevalCheck
 from shared.fields import LAYER_MODES, SCOPES
 from shared.requests.errors import raise_problems
+from shared.requests.job import check_field
 from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, validate_sweep  # noqa: F401
 
 TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi",
@@ -262,6 +263,7 @@ def table_csv(summary: Mapping[str, Any]) -> str:
 SWEEP_JOB_FIELDS = SweepRequestBody.JOB_FIELDS
 API_SWEEP_KEYS = tuple(SweepRequestBody.model_fields)
 SWEEP_KEYS = tuple(SweepForm.model_fields)
+SOURCE_KEYS = ("pack", "cases", "cases_text", "cases_format", "limit")
 
 
 @dataclass(frozen=True)
@@ -274,17 +276,26 @@ class SweepRequest:
     params: dict
 
 
-def _cases(req: SweepRequestBody, settings: Mapping[str, Any]) -> list[Case]:
-    """Return the request's cases: its pack's, its own, or the uploaded file's (raises ValidationError)."""
-    if req.pack is not None:
-        return load_case_set(pack=req.pack)
-    if req.cases is not None:
+def _cases(source: Mapping[str, Any], settings: Mapping[str, Any]) -> list[Case]:
+    """Return a validated case set's cases: its pack's, its own, or the uploaded file's (raises ValidationError)."""
+    if source.get("pack") is not None:
+        return load_case_set(pack=source["pack"])
+    if source.get("cases") is not None:
         return [Case(name, c.instruction, c.query, c.description or "",
                      tuple(Check(x["type"], x.get("value")) for x in c.checks),
                      tuple(IfevalCheck(x["id"], x["kwargs"]) for x in c.ifeval), c.split)
-                for name, c in req.cases.items()]
-    return parse_cases(req.cases_text, req.cases_format, source="cases_text",
+                for name, c in source["cases"].items()]
+    return parse_cases(source["cases_text"], source.get("cases_format") or "yaml", source="cases_text",
                        max_text_chars=settings["limits.max_text_chars"])
+
+
+def _load_errors(source: Mapping[str, Any], settings: Mapping[str, Any]) -> list[dict]:
+    """Return the problems of reading a validated case set."""
+    try:
+        _cases(source, settings)
+    except ValidationError as exc:
+        return exc.errors or [{"field": exc.field or "cases", "message": exc.message}]
+    return []
 
 
 def parse_sweep_request(data: Any, settings: Mapping[str, Any], strict: bool = True) -> SweepRequest:
@@ -297,9 +308,15 @@ def parse_sweep_request(data: Any, settings: Mapping[str, Any], strict: bool = T
             "field": "pack", "message": "give exactly one case set: pack (a built-in pack: " + ", ".join(PACKS_BY_NAME)
             + "), cases (a list of case objects) or cases_text (a YAML, JSON or JSONL case file)"})
     cases: list[Case] = []
+    if req is None and len(given) == 1 and not any(e["field"].split(".")[0].split("[")[0] in SOURCE_KEYS
+                                                   for e in errors):
+        # Another field is wrong: still read the case set, so one answer lists its problems too.
+        model = SweepRequestBody if strict else SweepForm
+        errors += _load_errors({k: check_field(k, data.get(k), settings, strict, model=model)[0]
+                                for k in SOURCE_KEYS if k in model.model_fields}, settings)
     if req is not None and len(given) == 1:
         try:
-            cases = _cases(req, settings)[:req.limit]
+            cases = _cases({k: getattr(req, k, None) for k in SOURCE_KEYS}, settings)[:req.limit]
         except ValidationError as exc:
             errors += exc.errors or [{"field": exc.field or "cases", "message": exc.message}]
         if cases and len(cases) < 2:

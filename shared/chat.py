@@ -24,13 +24,13 @@ from typing import Any, Mapping
 
 from shared.chat_extras import (CHAT_VARIANT, SAMPLING_FIELDS, choice_index, choice_seed,  # noqa: F401
                                 choice_variant, choice_variants)
-from shared.fields import CHAT_BY_NAME  # noqa: F401
 from shared.errors import ValidationError
 from shared.logprobs import chat_logprobs
 from shared.requests.chat import (BOOST_CLOSE, BOOST_OPEN, ROLE_ALIASES, ChatCompletionRequest,  # noqa: F401
                                   InstaBoost, split_boost_tags, validate_chat)
 from shared.requests.openai import NEUTRAL  # noqa: F401 (the OpenAPI document's)
 from shared.response_format import grammar
+from shared.spec import BoostSpec, ChatMessage, GenerationParams, GenerationRequest, Segment
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 BOOST_KEYS = InstaBoost.BOOST_KEYS  # what the boost in extra_body may hold: instaboost: {...}
@@ -114,8 +114,6 @@ def is_chat(params: Mapping[str, Any]) -> bool:
 
 def generation_request(params: Mapping[str, Any], choice: int = 0):
     """Return the engine's GenerationRequest for a stored chat job's choice (its own seed, choice_seed)."""
-    from shared.spec import BoostSpec, ChatMessage, GenerationParams, GenerationRequest, Segment
-
     messages = [ChatMessage(m["role"], tuple(Segment(t, mult) for t, mult in m["segments"]))
                 for m in params["messages"]]
     heads = {int(k): tuple(v) for k, v in params["heads"].items()} if params.get("heads") else None
@@ -179,4 +177,4 @@ def completion_body(job, runs) -> dict:
 
 
 __all__ = ["chat_params", "is_chat", "generation_request", "choice_variant", "choice_index", "choice_variants", "split_boost_tags", "CHAT_VARIANT", "CHAT_ENDPOINT",
-           "CHAT_BY_NAME", "completion_body", "fingerprint"]
+           "completion_body", "fingerprint"]

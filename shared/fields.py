@@ -20,11 +20,9 @@ from typing import Any, Mapping
 from shared.requests import job
 from shared.requests.base import extra
 from shared.requests.types import (ENGINES, LAYER_MODES, MAX_CHECKS, MAX_LAYER, MAX_LOGIT_BIAS,  # noqa: F401
-                                   MAX_MULTIPLIER, MAX_SEED, MAX_TOP_K, PLACEMENTS, SCOPES, rule_of)
+                                   MAX_MULTIPLIER, MAX_SEED, MAX_TOP_K, PLACEMENTS, rule_of)
 
-KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval",
-         # Chat jobs only (CHAT_FIELDS; validated by shared.chat): OpenAI-shaped values.
-         "messages", "strings", "object")
+KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval")
 
 
 @dataclass(frozen=True)
@@ -100,30 +98,4 @@ JOB_FIELDS: tuple[JobField, ...] = tuple(_row(name, f) for name, f in job.JobFie
 
 BY_NAME: dict[str, JobField] = {f.name: f for f in JOB_FIELDS}
 
-# Fields a chat job (POST /v1/chat/completions, and each line of a batch) stores besides the rows above, which
-# it reuses for the model, the boost's numbers and the decoding settings (shared.chat validates with them).
-CHAT_FIELDS: tuple[JobField, ...] = (
-    JobField("kind", "choice", "What the job runs: instaboost (an instruction and a query, several variants) or "
-             "chat (OpenAI chat messages, one generation) or completion (OpenAI completions: one generation or "
-             "prompt scoring per prompt).", "Kind", default="instaboost",
-             choices=("instaboost", "chat", "completion")),
-    JobField("messages", "messages", "OpenAI chat messages; boosted spans are marked <boost>…</boost> in any "
-             "message, by a message's own \"boost\": M, or default to the system message(s).", "Messages"),
-    JobField("stop", "strings", "Up to 4 stop strings; generation ends at the first, which the text omits.",
-             "Stop strings", default=()),
-    JobField("stream", "boolean", "Stream the text as server-sent events as it is generated.", "Stream",
-             default=False),
-    JobField("instaboost", "object", "The boost: {multiplier, layers, start_layer, num_middle_layers, heads, "
-             "placement}; without it nothing is boosted unless a message marks spans.", "InstaBoost"),
-    JobField("n", "integer", "How many choices to generate (each a row of the job, sampled with seed + i).",
-             "Choices", default=1, lo=1, hi_setting="v1.max_n"),
-    JobField("logit_bias", "object", "{token id: bias in [-100, 100]} added to those tokens' logits, at most "
-             f"{MAX_LOGIT_BIAS} entries (-100 in effect bans a token, 100 forces it).", "Logit bias"),
-    JobField("user", "text", "The end user's id, as OpenAI takes it: stored with the job, changes nothing.", "User"),
-    JobField("metadata", "object", "Up to 16 string pairs (keys <= 64, values <= 512 characters) stored with the "
-             "job and returned.", "Metadata"),
-    JobField("priority", "choice", "interactive (chat completions: sent ahead of other work) or batch (lines of "
-             "a batch).", "Priority", default="interactive", choices=("interactive", "batch")),
-)
-CHAT_BY_NAME: dict[str, JobField] = {f.name: f for f in CHAT_FIELDS}
 FIELD_NAMES: tuple[str, ...] = tuple(BY_NAME)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from shared.errors import ValidationError
+from shared.evaluation.cases import Case
+from shared.evaluation.checks import parse_checks
 from shared.requests.fit import fit_problems
 from shared.requests.job import JobFields, validate_job
 from shared.requests.base import default_value
@@ -99,9 +101,6 @@ class JobRequest(JobFields):
 
     def case(self, name: str = "job"):
         """Return the evaluation Case the job's outputs are checked against (checks and IFEval instructions)."""
-        from shared.evaluation.cases import Case
-        from shared.evaluation.checks import parse_checks
-
         checks, ifevals = parse_checks(list(self.checks) or None, list(self.ifeval) or None)
         return Case(name, self.instruction, self.query, checks=checks, ifeval=ifevals)
 

@@ -12,21 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from shared.errors import ValidationError
-from shared.fields import MAX_LOGIT_BIAS, PLACEMENTS, SCOPES
+from shared.fields import MAX_LOGIT_BIAS, PLACEMENTS
 from shared.requests.job import check_multiplier, check_values, parse_layers  # noqa: F401 (the engine's API)
-
-
-def check_target_mass(value, field_name: str = "target_mass") -> float | None:
-    """Return a valid target mass p (0 < p < 1) or None (off), or raise ValidationError naming the field."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError(f"{field_name} must be a number in (0, 1) or null, got {value!r}", field=field_name)
-    value = float(value)
-    if not 0.0 < value < 1.0:  # NaN fails too
-        raise ValidationError(f"{field_name} must be in (0, 1): the attention share on the instruction each boosted "
-                              f"head is raised to at least; got {value:g}", field=field_name)
-    return value
 
 
 # Target mass: the bias is clamped here so its factor e^bias stays finite in float32 in both engines; a share
@@ -75,10 +62,9 @@ class BoostSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
-        if self.scope not in SCOPES:
-            raise ValidationError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}", field="scope")
-        object.__setattr__(self, "target_mass", check_target_mass(self.target_mass))
+        check_values({"scope": self.scope, "target_mass": self.target_mass})  # the API's bounds and messages
         if self.target_mass is not None:
+            object.__setattr__(self, "target_mass", float(self.target_mass))
             check_target_with(self.multiplier, self.target_mass)
         object.__setattr__(self, "layers", parse_layers(self.layers))
         check_values({"start_layer": self.start_layer, "num_middle_layers": self.num_middle_layers,

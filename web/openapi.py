@@ -602,8 +602,11 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
     """Return the POST /v1/chat/completions body's schema, its bounds taken from the job fields (shared.fields)."""
     from shared.chat import BOOST_KEYS, NEUTRAL
     from shared.chat_extras import MAX_METADATA, MAX_USER_CHARS, SAMPLING_FIELDS
-    from shared.fields import BY_NAME, CHAT_BY_NAME, MAX_LOGIT_BIAS, PLACEMENTS
+    from shared.fields import BY_NAME, MAX_LOGIT_BIAS, PLACEMENTS
+    from shared.requests.chat import ChatCompletionRequest
     from shared.spec import MAX_STOP
+
+    chat_help = {name: f.description for name, f in ChatCompletionRequest.model_fields.items()}
 
     def bounded(name: str) -> dict:
         f = BY_NAME[name]
@@ -612,7 +615,7 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
     text = {"type": "string", "pattern": "^[^\\u0000]*$"}
     layer_index = {"type": "integer", "minimum": 0, "maximum": 10_000}
     boost = {
-        "type": "object", "additionalProperties": False, "description": CHAT_BY_NAME["instaboost"].help,
+        "type": "object", "additionalProperties": False, "description": chat_help["instaboost"],
         "properties": {
             "multiplier": _nullable({"type": "number", **_number_bounds(BY_NAME["multipliers"], settings),
                                      "description": "M on the boosted tokens (1 = no boost, below 1 de-boosts)."}),
@@ -656,27 +659,27 @@ def chat_request_schema(settings: Mapping[str, Any], models: list[str]) -> dict[
         "properties": {
             "model": {"type": "string", "enum": models, "description": "A model a live worker serves."},
             "messages": {"type": "array", "minItems": 1, "items": message,
-                         "description": CHAT_BY_NAME["messages"].help},
+                         "description": chat_help["messages"]},
             "max_tokens": _nullable(tokens), "max_completion_tokens": _nullable(tokens),
             "temperature": _nullable(bounded("temperature")), "top_p": _nullable(bounded("top_p")),
             "seed": _nullable(bounded("seed")),
             "n": _nullable({"type": "integer", "minimum": 1, "maximum": settings["v1.max_n"],
-                            "description": CHAT_BY_NAME["n"].help}),
+                            "description": chat_help["n"]}),
             **{name: _nullable(bounded(name)) for name in SAMPLING_FIELDS},
             "logit_bias": _nullable({"type": "object", "maxProperties": MAX_LOGIT_BIAS,
                                      "propertyNames": {"pattern": "^[0-9]{1,9}$"},
                                      "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
-                                     "description": CHAT_BY_NAME["logit_bias"].help}),
+                                     "description": chat_help["logit_bias"]}),
             "user": _nullable({"type": "string", "maxLength": MAX_USER_CHARS, "pattern": "^[^\\u0000]*$",
-                               "description": CHAT_BY_NAME["user"].help}),
+                               "description": chat_help["user"]}),
             "metadata": _nullable({"type": "object", "maxProperties": MAX_METADATA,
                                    "propertyNames": {"maxLength": 64, "pattern": "^[^\\u0000]*$"},
                                    "additionalProperties": {"type": "string", "maxLength": 512,
                                                             "pattern": "^[^\\u0000]*$"},
-                                   "description": CHAT_BY_NAME["metadata"].help}),
+                                   "description": chat_help["metadata"]}),
             "stop": _nullable({"anyOf": [stop_item, {"type": "array", "items": stop_item, "maxItems": MAX_STOP}],
-                               "description": CHAT_BY_NAME["stop"].help}),
-            "stream": _nullable({"type": "boolean", "description": CHAT_BY_NAME["stream"].help}),
+                               "description": chat_help["stop"]}),
+            "stream": _nullable({"type": "boolean", "description": chat_help["stream"]}),
             "stream_options": _nullable({"type": "object", "additionalProperties": False,
                                          "properties": {"include_usage": {}}}),
             "instaboost": _nullable(boost),

@@ -45,6 +45,9 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Required fields whose absence has its own message (errors.problems' missing): left absent, not None.
     own_missing: ClassVar[tuple[str, ...]] = ()
+    # Whether a default is validated like a given value (the job API: a deployment's limits bound its defaults
+    # too); when not, defaults are filled in after validation (the OpenAI API: an omitted field never fails).
+    validate_defaults: ClassVar[bool] = True
 
     @model_validator(mode="before")
     @classmethod
@@ -59,7 +62,17 @@ class Request(BaseModel):
             value = out.get(name)
             if value is None or (not strict and isinstance(value, str) and value == ""):
                 if not f.is_required():
-                    out[name] = default_value(f, settings)
+                    out[name] = default_value(f, settings) if cls.validate_defaults else None
                 elif name in out or name not in cls.own_missing:
                     out[name] = None  # its validator says it is required, in its own words
         return out
+
+    @model_validator(mode="after")
+    def _late_defaults(self, info: ValidationInfo) -> "Request":
+        """Fill the defaults left out of validation (validate_defaults False) from this deployment's settings."""
+        if not self.validate_defaults:
+            settings = (info.context or {}).get("settings")
+            for name, f in type(self).model_fields.items():
+                if getattr(self, name) is None and not f.is_required():
+                    setattr(self, name, default_value(f, settings))
+        return self

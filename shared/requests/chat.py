@@ -88,6 +88,7 @@ def check_heads(value: Any, info: ValidationInfo) -> float | dict[str, list[int]
 class InstaBoost(base.Request):
     """The boost (extra_body instaboost): without it nothing is boosted unless a message marks spans."""
 
+    validate_defaults: ClassVar[bool] = False
     BOOST_KEYS: ClassVar[tuple[str, ...]] = ("multiplier", "layers", "start_layer", "num_middle_layers", "heads",
                                              "placement", "scope", "target_mass")
 
@@ -227,6 +228,7 @@ class ChatCompletionRequest(base.Request):
     """An OpenAI chat-completions body (the fields this server uses, and the ones accepted at neutral values)."""
 
     own_missing: ClassVar[tuple[str, ...]] = ("model",)
+    validate_defaults: ClassVar[bool] = False
     MISSING: ClassVar[dict[str, str]] = {"model": "model is required: a model a live worker serves (see GET /v1/models)"}
 
     # Accepted only at the value that changes nothing here (README, "/v1 fields").
@@ -242,7 +244,7 @@ class ChatCompletionRequest(base.Request):
     safety_identifier: neutral("safety_identifier")
     verbosity: neutral("verbosity")
 
-    model: job.ModelName = base.meta("Model", "A model a live worker serves (see GET /v1/models).", required=True)
+    model: t.model_name() = base.meta("Model", "A model a live worker serves (see GET /v1/models).", required=True)
     n: t.integer(1, hi_setting="v1.max_n", optional=True) = base.meta(
         "Choices", "How many choices to generate (each a row of the job, sampled with seed + i).", default=1)
     stream: Flag = Field(False, description="Stream the text as server-sent events as it is generated.")
@@ -264,7 +266,8 @@ class ChatCompletionRequest(base.Request):
     user: Annotated[Optional[str], BeforeValidator(check_user)] = Field(
         None, description="The end user's id, as OpenAI takes it: stored with the job, changes nothing.")
     metadata: Annotated[Optional[dict[str, str]], BeforeValidator(check_metadata)] = Field(
-        None, description="Up to 16 string pairs (keys <= 64, values <= 512 characters) stored with the job.")
+        None, description="Up to 16 string pairs (keys <= 64, values <= 512 characters) stored with the job and "
+        "returned.")
     logprobs: Flag = Field(None, description="Return each output token's log probability.")
     top_logprobs: Annotated[Optional[int], BeforeValidator(check_top_logprobs)] = Field(
         None, description=f"0 to {MAX_TOP_LOGPROBS} most likely tokens per position (needs logprobs: true).")

@@ -226,6 +226,7 @@ def check_format(value: Any) -> str:
 class SweepForm(SweepRequestBody):
     """The sweep form: the API's fields, and a case file uploaded as text."""
 
+    model_config = ConfigDict(title="SweepForm")
     cases_text: Annotated[Optional[str], BeforeValidator(check_cases_text)] = Field(None, description="A case file.")
     cases_format: Annotated[str, BeforeValidator(check_format)] = Field("yaml", description="yaml, json or jsonl.")
 

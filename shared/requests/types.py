@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 
@@ -235,8 +235,8 @@ def choice(choices: tuple[str, ...], optional: bool = False) -> Any:
             raise fail(f"{F} must be one of {', '.join(choices)}; got {brief(value)}")
         return value
 
-    return Annotated[_optional(str, optional), Field(json_schema_extra={"enum": list(choices)}),
-                     Rule("choice", choices=choices), _before(_info(check), optional)]
+    return Annotated[_optional(Literal[choices], optional), Rule("choice", choices=choices),
+                     _before(_info(check), optional)]
 
 
 def _index(i: Any) -> bool:
@@ -333,7 +333,7 @@ def choices(allowed: tuple[str, ...], optional: bool = False) -> Any:
             raise fail(f"choose at least one of {', '.join(allowed)} in {F}")
         return tuple(items)
 
-    items_type = tuple[Annotated[str, Field(json_schema_extra={"enum": list(allowed)}), BeforeValidator(item)], ...]
+    items_type = tuple[Annotated[Literal[allowed], BeforeValidator(item)], ...]
     return Annotated[_optional(Annotated[items_type, Field(json_schema_extra=LIST_SCHEMA), AfterValidator(_unique("choices"))],
                                optional), Rule("choices", choices=allowed), _before(check, optional)]
 

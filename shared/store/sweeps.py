@@ -24,7 +24,6 @@ sweep started) fails the sweep with that message.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
@@ -195,8 +194,8 @@ def _start_step(session: Session, sweep: Sweep, m: float, going: Sequence[SweepS
         for hf, modes in by_fraction.items():
             # Validated once per case; the other cells differ only in head fraction and layer modes.
             first = first or cell_request(sweep.config, case, m, hf, modes, settings)
-            cells.append((case["name"], hf, dataclasses.replace(first, head_boost_percentage=hf * 100.0,
-                                                                layer_modes=tuple(modes))))
+            cells.append((case["name"], hf, first.model_copy(update={"head_boost_percentage": hf * 100.0,
+                                                                     "layer_modes": tuple(modes)})))
     submission.lock_queue(session)
     submission.check_room(session, len(cells), settings["limits.max_queued_jobs"],
                           hint=f"this sweep's step M={m:g} waits for room (retry, or give fewer cases with limit)")

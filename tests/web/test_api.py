@@ -396,3 +396,26 @@ def test_openapi_document_is_valid_and_matches_responses(client, heartbeat):
     check(submit(client, query=""), "/api/jobs", "post")
     check(client.get("/api/jobs/999"), "/api/jobs/{job_id}", "get")
     check(client.get("/api/jobs?cursor=zz"), "/api/jobs", "get")
+
+
+def test_scope_and_target_mass_are_stored_and_shown_on_runs(client, heartbeat, db_session):
+    """Issue 21: the two knobs are job fields; the runs show them (the original boosts nothing)."""
+    heartbeat(DEFAULT_MODEL)
+    resp = submit(client, target_mass=0.4, scope="generated", layer_modes=["all"])
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert job["params"]["target_mass"] == 0.4 and job["params"]["scope"] == "generated"
+    assert job["params"]["multipliers"] == [1.0]  # a target alone: no fixed M on top
+    lifecycle.record_run(db_session, job["id"], "original", multiplier=1.0, layers="none", output_text="a")
+    lifecycle.record_run(db_session, job["id"], "all_x1", multiplier=1.0, layers="all", output_text="b")
+    runs = {r["variant"]: r for r in client.get(f"/api/jobs/{job['id']}").get_json()["runs"]}
+    assert (runs["all_x1"]["scope"], runs["all_x1"]["target_mass"]) == ("generated", 0.4)
+    assert runs["original"]["target_mass"] is None
+
+
+def test_bad_scope_and_target_mass_are_422_naming_the_field(client, heartbeat):
+    heartbeat()
+    assert_problem(submit(client, target_mass=1.0), 422, "target_mass")
+    assert_problem(submit(client, scope="decode"), 422, "scope")
+    body = assert_problem(submit(client, target_mass=0.5, multipliers=[0.5]), 422, "target_mass")
+    assert "below 1" in body["errors"][0]["message"]

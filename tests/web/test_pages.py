@@ -198,3 +198,17 @@ def test_web_never_imports_the_ml_stack(pg_url, redis_namespace):
             "bad = [m for m in ('torch', 'transformers', 'transformer_lens', 'worker') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_form_takes_scope_and_an_empty_target_mass(client, heartbeat, db_session):
+    heartbeat()
+    page = client.get("/").get_data(as_text=True)
+    assert 'name="target_mass"' in page and 'name="scope"' in page
+    resp = form(client, scope="prompt", target_mass="")
+    assert resp.status_code == 303
+    job_id = int(resp.headers["Location"].rsplit("/", 1)[1])
+    params = db_session.get(Job, job_id).params
+    assert (params["scope"], params["target_mass"], params["multipliers"]) == ("prompt", None, [10.0])
+    resp = form(client, target_mass="0.3")
+    params = db_session.get(Job, int(resp.headers["Location"].rsplit("/", 1)[1])).params
+    assert (params["target_mass"], params["multipliers"]) == (0.3, [10.0])  # M given: the target comes after it

@@ -54,6 +54,8 @@ def drive(db_url: str, sweep_id: int, limit: int = 20) -> list[int]:
     ({"pack": "default", "fluency_floor": 3}, "fluency_floor"),
     ({"pack": "default", "limit": 1}, "limit"),
     ({"pack": "default", "colour": "blue"}, "colour"),
+    ({"pack": "default", "target_mass": 1.5}, "target_mass"),
+    ({"pack": "default", "scope": "decode"}, "scope"),
     ({"cases": {"only": CASES["lower"]}}, "cases"),
     ({"cases": {"bad name!": CASES["lower"], "b": CASES["short"]}}, "cases.bad name!"),
     ({"cases": {"a": {"instruction": " ", "query": "q"}, "b": CASES["short"]}}, "cases.a.instruction"),
@@ -318,3 +320,12 @@ def test_one_broken_batch_holds_up_neither_the_other_batches_nor_the_sweeps(clie
     done = Sweeper(settings, db_url=clean_db).sweep()
     assert done["batches"] == ["batch_ok"] and done["sweeps"] == [sweep["id"]], done
     assert client.get(f"/api/sweeps/{sweep['id']}").get_json()["current_multiplier"] == 5.0
+
+
+def test_a_sweep_runs_its_jobs_with_its_scope_and_target_mass(client, heartbeat, db_session):
+    """Issue 21: a sweep passes scope and target_mass to every job; each job's original stays unboosted."""
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json={**SMALL, "scope": "generated", "target_mass": 0.3}).get_json()
+    jobs = list(db_session.scalars(select(Job).where(Job.sweep_id == sweep["id"])))
+    assert jobs and all((j.params["scope"], j.params["target_mass"]) == ("generated", 0.3) for j in jobs)
+    client.post(f"/api/sweeps/{sweep['id']}/cancel", json={})

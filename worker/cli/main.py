@@ -10,8 +10,9 @@ import os
 import sys
 import warnings
 
-from shared.errors import InstaBoostError
+from shared.errors import InstaBoostError, ValidationError
 from shared.fields import JOB_FIELDS
+from shared.requests.job import check_field
 from shared.settings import get_settings, to_markdown, to_yaml
 
 
@@ -125,27 +126,25 @@ def field_values(args: argparse.Namespace, settings) -> dict:
 
     Errors name the flag (--max-new-tokens), not the field, since that is what the user typed.
     """
-    from shared.errors import ValidationError
-    from shared.validation import Validator
-
-    v = Validator(settings)
+    errors: list[dict] = []
     out = {}
     for f in JOB_FIELDS:
         if f.cli is None or not hasattr(args, f.name):
             continue
         given = getattr(args, f.name)
         value = f.default_value(settings) if given is None else given
-        out[f.name] = None if f.nullable and value is None else v.check(f, value)
+        out[f.name], problems = check_field(f.name, value, settings, strict=False)
+        errors += problems
         if f.is_list and isinstance(out[f.name], tuple) and len(out[f.name]) > 1:
-            v.error(f.name, f"{f.name} takes one value here, got {given!r}")
-    if v.errors:
+            errors.append({"field": f.name, "message": f"{f.name} takes one value here, got {given!r}"})
+    if errors:
         flags = {f.name: f.cli for f in JOB_FIELDS if f.cli}
-        errors = []
-        for e in v.errors:
+        named = []
+        for e in errors:
             name = e["field"].split("[")[0]
             flag = flags.get(name, e["field"])
-            errors.append({"field": flag, "message": e["message"].replace(e["field"], flag, 1)})
-        raise ValidationError("; ".join(e["message"] for e in errors), field=errors[0]["field"], errors=errors)
+            named.append({"field": flag, "message": e["message"].replace(e["field"], flag, 1)})
+        raise ValidationError("; ".join(e["message"] for e in named), field=named[0]["field"], errors=named)
     return out
 
 

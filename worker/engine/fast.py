@@ -4,6 +4,10 @@
 transformers' SDPA path (registered as ``instaboost_sdpa``) with the KV cache on and, per batch row,
 its own spans, each with its own M. The bias is active only inside ``fast_boost``, a context variable
 that is always reset, so a failed generation never leaves the model boosted.
+
+Per row, a scope zeroes the bias on the queries it leaves alone, and a target mass p adds log F per
+(head, query) from the share a that an extra SDPA pass measures (``_effective_bias``): that pass runs only in
+forwards where some row has a target, and costs one attention with an 8-wide value per boosted layer.
 """
 
 from __future__ import annotations
