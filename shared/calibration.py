@@ -19,10 +19,11 @@ from shared.errors import ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import PACKS_BY_NAME, Case, load_cases, load_pack, parse_cases, split
 from shared.evaluation.checks import Check, IfevalCheck
-from shared.fields import LAYER_MODES, SCOPES
+from shared.fields import LAYER_MODES
 from shared.requests.errors import raise_problems
 from shared.requests.job import check_field
 from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, validate_sweep  # noqa: F401
+from shared.requests.types import SCOPES
 
 TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi",
                  "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
