@@ -9,7 +9,7 @@ short prompt and at a prompt of about --long-prompt tokens, as ratios to "off" a
 
     python bench/overhead.py [--tokens 64] [--rounds 5] [--batch 1] [--device auto] [--dtype auto]
                              [--long-prompt 1000] [--no-analysis] [--target-mass 0.5]
-                             [--knob-engines fast,transformerlens]
+                             [--knob-engines fast,transformerlens] [--no-transformerlens]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--target-mass", type=float, default=0.5, help="p of the target-mass contenders")
     ap.add_argument("--knob-engines", default="fast,transformerlens",
                     help="engines that run the scope and target-mass contenders (comma-separated)")
+    ap.add_argument("--no-transformerlens", action="store_true", help="leave the TransformerLens engine out")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--long-prompt", type=int, default=1000, help="tokens of the long prompt in the analysis part")
     ap.add_argument("--no-analysis", action="store_true", help="skip the attention-analysis part")
@@ -73,9 +74,10 @@ def main() -> None:
 
     plain = load_model(args.model, args.device, args.dtype)
     fast = FastEngine(load_model(args.model, args.device, args.dtype))
-    tl = TransformerLensEngine(load_model(args.model, args.device, args.dtype))
+    tl = None if args.no_transformerlens else TransformerLensEngine(load_model(args.model, args.device, args.dtype))
     for e in (fast, tl):
-        fixed_length(e, args.tokens)
+        if e is not None:
+            fixed_length(e, args.tokens)
     params = GenerationParams(max_new_tokens=args.tokens)
     req = GenerationRequest(INSTRUCTION, QUERY, BoostSpec(multiplier=args.multiplier, layers="all"), params)
     batch = [req] * args.batch
@@ -95,8 +97,10 @@ def main() -> None:
     knobs = {"scope=generated": variant(scope="generated"),
              f"target p={args.target_mass:g}": variant(multiplier=1.0, target_mass=args.target_mass),
              f"M+target p={args.target_mass:g}": variant(target_mass=args.target_mass)}
-    contenders = {"plain": run_plain, "fast": lambda: fast.generate(batch), "transformerlens": lambda: tl.generate(batch)}
-    engines = args.knob_engines.split(",")
+    contenders = {"plain": run_plain, "fast": lambda: fast.generate(batch)}
+    if tl is not None:
+        contenders["transformerlens"] = lambda: tl.generate(batch)
+    engines = args.knob_engines.split(",") if tl is not None else ["fast"]
     for label, reqs in knobs.items():
         if "fast" in engines:
             contenders[f"fast {label}"] = lambda reqs=reqs: fast.generate(reqs)
@@ -108,7 +112,9 @@ def main() -> None:
     print(f"model={args.model} device={dev} dtype={plain.dtype} batch={args.batch} new_tokens={args.tokens} "
           f"rounds={args.rounds} M={args.multiplier} layers=all")
     base = statistics.median(times["plain"])
-    boost = {"fast": statistics.median(times["fast"]), "tl": statistics.median(times["transformerlens"])}
+    boost = {"fast": statistics.median(times["fast"])}
+    if tl is not None:
+        boost["tl"] = statistics.median(times["transformerlens"])
     for name, ts in times.items():
         med = statistics.median(ts)
         engine = name.split()[0] if " " in name else None
