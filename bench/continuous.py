@@ -13,7 +13,7 @@ alone can gain. Printed per workload: jobs/min each way, their ratio, the bound,
 share of the continuous decoder's time spent outside decoding forwards (prefill, joins and leaves, token choice).
 
     python bench/continuous.py [--jobs 24] [--rows 8] [--min-tokens 16] [--max-tokens 256] [--uniform 64]
-                               [--rounds 1] [--seed 0] [--device auto] [--dtype auto]
+                               [--rounds 1] [--seed 0] [--device auto] [--dtype auto] [--schedule-only]
 """
 
 from __future__ import annotations
@@ -57,6 +57,26 @@ def bound(lengths: list[int], rows: int) -> tuple[int, int]:
     return static, sum(lengths)
 
 
+def schedule(lengths: list[int], rows: int) -> tuple[int, int]:
+    """Return (static forwards, continuous forwards) the lengths need, counted as the two schedulers run them.
+
+    Static: each batch of rows runs as many forwards as its longest row has tokens (a prefill, then decodes).
+    Continuous (ContinuousDecoder.step): the running rows decode one token; those done leave; waiting rows
+    join with one prefill forward that gives their first token.
+    """
+    static = sum(max(lengths[i:i + rows]) for i in range(0, len(lengths), rows))
+    waiting, running, forwards = list(lengths), [], 0
+    while waiting or running:
+        if running:
+            forwards += 1
+            running = [n - 1 for n in running if n > 1]
+        if waiting and len(running) < rows:
+            joined, waiting = waiting[:rows - len(running)], waiting[rows - len(running):]
+            forwards += 1
+            running += [n - 1 for n in joined if n > 1]
+    return static, forwards
+
+
 def static_run(engine, requests, rows: int):
     out = []
     for i in range(0, len(requests), rows):
@@ -84,6 +104,7 @@ def compare(engine, name: str, lengths: list[int], rows: int, rounds: int) -> No
     a, b = got["static"], got["continuous"]  # the last round's results: compared, not run again
     same = sum(x.text == y.text for x, y in zip(a, b))
     static_steps, useful = bound(lengths, rows)
+    forwards = schedule(lengths, rows)
     limit = static_steps / useful
     s, c = (statistics.median(times[k]) for k in ("static", "continuous"))
     jpm_s, jpm_c = 60 * len(lengths) / s, 60 * len(lengths) / c
@@ -92,7 +113,8 @@ def compare(engine, name: str, lengths: list[int], rows: int, rounds: int) -> No
     print(f"{name:9s} jobs={len(lengths)} rows={rows} tokens={min(lengths)}..{max(lengths)} | "
           f"static {jpm_s:7.2f} jobs/min ({s:6.1f} s) | continuous {jpm_c:7.2f} jobs/min ({c:6.1f} s) | "
           f"ratio {jpm_c / jpm_s:4.2f} | bound {limit:4.2f} (static row-steps {static_steps} / useful {useful}) | "
-          f"ratio/bound {jpm_c / jpm_s / limit:4.2f} | continuous steps {d.steps}, rows/step "
+          f"ratio/bound {jpm_c / jpm_s / limit:4.2f} | forwards static {forwards[0]} continuous {forwards[1]} "
+          f"(decoder counted {d.steps} decoding steps), rows/step "
           f"{d.row_steps / max(d.steps, 1):4.1f}, time outside decoding forwards {outside:4.1%} | "
           f"identical texts {same}/{len(lengths)}")
 
@@ -109,10 +131,19 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--schedule-only", action="store_true", help="print the workloads' counts without the model")
     args = ap.parse_args()
-    engine = FastEngine(load_model(args.model, args.device, args.dtype))
     rng = random.Random(args.seed)
     mixed = [rng.randint(args.min_tokens, args.max_tokens) for _ in range(args.jobs)]
+    if args.schedule_only:
+        for name, lengths in (("mixed", mixed), ("uniform", [args.uniform] * args.jobs)):
+            static_steps, useful = bound(lengths, args.rows)
+            forwards = schedule(lengths, args.rows)
+            print(f"{name:9s} jobs={args.jobs} rows={args.rows} tokens={min(lengths)}..{max(lengths)} | bound "
+                  f"{static_steps / useful:4.2f} (static row-steps {static_steps} / useful {useful}) | forwards "
+                  f"static {forwards[0]} continuous {forwards[1]} (ratio {forwards[0] / forwards[1]:4.2f})")
+        return
+    engine = FastEngine(load_model(args.model, args.device, args.dtype))
     print(f"model={args.model} device={engine.device} dtype={engine.loaded.dtype} seed={args.seed} "
           f"rounds={args.rounds} (median), started {time.strftime('%H:%M:%S')}")
     compare(engine, "mixed", mixed, args.rows, args.rounds)
