@@ -20,17 +20,17 @@ try:
     _settings = get_settings()
 except InstaBoostError as exc:
     sys.exit(f"instaboost: error: {exc.message}")
-if _settings["web.threads"] <= RESERVED_THREADS:
+if _settings.web.threads <= RESERVED_THREADS:
     sys.exit(f"instaboost: error: web.threads must be at least {RESERVED_THREADS + 1} (got "
-             f"{_settings['web.threads']}): {RESERVED_THREADS} per process stay free for requests that do not wait")
-if _settings["web.workers"] < 1:
-    sys.exit(f"instaboost: error: web.workers must be at least 1 (got {_settings['web.workers']})")
+             f"{_settings.web.threads}): {RESERVED_THREADS} per process stay free for requests that do not wait")
+if _settings.web.workers < 1:
+    sys.exit(f"instaboost: error: web.workers must be at least 1 (got {_settings.web.workers})")
 
 wsgi_app = "web:create_app()"
 worker_class = "gthread"
-workers = _settings["web.workers"]
-threads = _settings["web.threads"]
-timeout = _settings["web.timeout"]
-graceful_timeout = _settings["web.graceful_timeout"]
+workers = _settings.web.workers
+threads = _settings.web.threads
+timeout = _settings.web.timeout
+graceful_timeout = _settings.web.graceful_timeout
 keepalive = 5
 accesslog = "-"

@@ -59,7 +59,7 @@ def cached_and_full(engine, req: GenerationRequest, steps: int = 3) -> tuple[tor
     p = engine.prompt(req)
     ids = torch.tensor([p.input_ids], device=engine.device)
     n = ids.shape[1]
-    boost = boost_math.build_batch_boost([req.spec], [p.span], n, engine.n_layers, engine.n_heads, engine.device,
+    boost = boost_math.build_padded_boost([req.spec], [p.span], n, engine.n_layers, engine.n_heads, engine.device,
                                          keep_identity=True)
     if engine.kind == "fast":
         model, ctx = engine.loaded.model, fast_boost(boost, capacity=n)

@@ -5,7 +5,7 @@ succeeded with every variant stored, lost (accepted but never succeeded), duplic
 logs say were generated and stored twice), and three times counted from the moment the fault ended: until the
 first job submitted after it finished, until the queue was back to its normal pace (from that job on, every job
 finished within 1.25x + 1 s of the slowest job of a fault-free stream, Stack.calibrate) and until every job
-accepted before the fault's end had finished (the backlog: jobs whose messages the fault lost wait for the sweeper).
+accepted before the fault's end had finished (the backlog: jobs whose messages the fault lost wait for the recovery loop).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def redis_restart(stack: Stack) -> Result:
 
 
 def redis_empty(stack: Stack) -> Result:
-    """Redis killed and replaced by an empty one: queued messages and heartbeats gone, the sweeper re-sends."""
+    """Redis killed and replaced by an empty one: queued messages and heartbeats gone, the recovery loop re-sends."""
     def inject():
         stack.redis.stop(kill=True)
         stack.redis.wipe()
@@ -165,7 +165,7 @@ def _kill_worker(stack: Stack, name: str, sig: signal.Signals) -> Result:
 
 
 def worker_kill9(stack: Stack) -> Result:
-    """The worker killed (-9) mid-batch: serve restarts it, its sweeper re-sends the interrupted jobs."""
+    """The worker killed (-9) mid-batch: serve restarts it, its recovery loop re-sends the interrupted jobs."""
     return _kill_worker(stack, "worker_kill9", signal.SIGKILL)
 
 
@@ -180,7 +180,7 @@ def port_in_use(stack: Stack) -> Result:
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
-    # A database and namespace of its own: its worker and sweeper must not touch the stack's jobs.
+    # A database and namespace of its own: its worker and recovery loop must not touch the stack's jobs.
     env = stack.child_env(f"sqlite:///{stack.folder / 'port_in_use.db'}", namespace=f"{stack.namespace}_port")
     other = Serve(stack.folder, env, port=port, name="serve_port_in_use")
     t0 = time.time()
@@ -227,7 +227,7 @@ def two_deployments(stack: Stack) -> Result:
 
 
 def _beats(stack: Stack) -> list[dict]:
-    from shared.workers import live_workers, redis_client
+    from shared.worker_registry import live_workers, redis_client
 
     client = redis_client(stack.redis.url)
     try:
@@ -266,14 +266,14 @@ class Fault:
 
 FAULTS = [
     Fault("redis_restart", redis_restart, "SIGTERM Redis (AOF written), start it on the same data", "automatic", "fast"),
-    Fault("redis_empty", redis_empty, "SIGKILL Redis, delete its data, start an empty one", "sweeper re-sends",
+    Fault("redis_empty", redis_empty, "SIGKILL Redis, delete its data, start an empty one", "recovery loop re-sends",
           "fast"),
     Fault("redis_down_5min", redis_down_5min, "stop Redis for 310 s", "start it again", "slow"),
     Fault("pg_restart", pg_restart, "pg_ctl stop -m fast, start 5 s later", "automatic", "fast"),
     Fault("web_kill_upload", web_kill_upload, "kill -9 gunicorn (all) mid file upload", "serve restarts it", "fast"),
     Fault("web_kill_stream", web_kill_stream, "kill -9 gunicorn (all) mid streamed completion", "serve restarts it",
           "fast"),
-    Fault("worker_kill9", worker_kill9, "kill -9 serve's worker mid-batch", "serve restarts it; sweeper", "fast"),
+    Fault("worker_kill9", worker_kill9, "kill -9 serve's worker mid-batch", "serve restarts it; recovery loop", "fast"),
     Fault("worker_sigterm", worker_sigterm, "SIGTERM serve's worker mid-batch", "serve restarts it", "fast"),
     Fault("port_in_use", port_in_use, "a second serve on a port in use", "must exit naming the port", "fast"),
     Fault("two_deployments", two_deployments, "a worker of another database on the same Redis prefix",

@@ -283,7 +283,7 @@ class Worker:
 
 def ready_worker(redis_url: str, namespace: str, not_pid: int | None = None) -> dict | None:
     """Return the heartbeat of a worker whose model is loaded (other than pid not_pid), or None."""
-    from shared.workers import live_workers, redis_client
+    from shared.worker_registry import live_workers, redis_client
 
     client = redis_client(redis_url)
     try:

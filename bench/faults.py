@@ -12,7 +12,7 @@ count; 0 = no answer) and whether the row's own checks held. Seconds are measure
 
 The stack runs with short heartbeats and sweeps (bench/fault_stack.py FAST_ENV, as the fault tests do: a dead
 worker or a lost message is noticed in seconds); ``--default-settings`` runs it with the shipped settings instead
-(heartbeat 10 s / TTL 30 s, sweeper every 15 s, a lost message re-sent after 60 s), what an operator meets.
+(heartbeat 10 s / TTL 30 s, recovery loop every 15 s, a lost message re-sent after 60 s), what an operator meets.
 
     python bench/faults.py [--rows fast|slow|all|NAME ...] [--json out.json] [--default-settings] [--keep]
 

@@ -5,8 +5,8 @@ on the CPU unless --device says otherwise) is started once with that configurati
 (its heartbeat says "ready") and reused for every N. For each N of --jobs, N small jobs are submitted at once
 through the Flask app's JSON API (``POST /api/jobs`` on a test client: the same validation, store insert and
 Celery message as a user's request), then the database is polled (every 0.1 s) until all are final. Each job is
-one case of the built-in default pack (the seed's test cases, in turn: job i gets case i mod 12) with the default
-variants, the seed's trio (original, all layers and middle layers at ``instaboost.multiplier``), at most --tokens
+one case of the built-in default pack (the prototype's test cases, in turn: job i gets case i mod 12) with the default
+variants, the prototype's trio (original, all layers and middle layers at ``instaboost.multiplier``), at most --tokens
 new tokens, greedy. A run ends at the model's end of turn, so work per job varies with its case (french_only stops
 near 8 tokens, pirate_persona uses all 48); every configuration gets the same jobs in the same order, so the same
 work. Reported per configuration and N: wall time (first submission to the last job's ``finished_at``), jobs per
@@ -165,7 +165,7 @@ def run_round(lane: Lane, n: int, args) -> dict:
     from sqlalchemy import func, select
 
     from shared.db import session_scope
-    from shared.schemas import JobRequest
+    from shared.job_request import JobRequest
     from shared.store.tables import FINAL, Job, JobStatus, Run
 
     bodies = job_bodies(n, args.tokens, args.model)

@@ -108,7 +108,7 @@ def detokenization(tokenizer, lengths: list[int], rounds: int) -> None:
 
 
 def transport(url: str, events: int, gap: float, idle: float) -> None:
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
 
     print(f"2. transport through Redis: {idle:g} s idle, then {events} events, one every {gap * 1000:.0f} ms")
     print(f"{'reader':>24} {'idle CPU ms/s':>14} {'median ms':>10} {'p95 ms':>8} {'CPU ms/event':>13}")

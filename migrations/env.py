@@ -23,7 +23,7 @@ def database_url() -> str:
         return url
     from shared.settings import get_settings
 
-    return get_settings()["database.url"]
+    return get_settings().database.url
 
 
 def _configure(**kw) -> None:

@@ -24,6 +24,7 @@ from shared.requests.errors import raise_problems
 from shared.requests.job import check_field
 from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, validate_sweep  # noqa: F401
 from shared.requests.types import SCOPES
+from shared.settings import Settings
 
 TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi",
                  "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
@@ -277,7 +278,7 @@ class SweepRequest:
     params: dict
 
 
-def _cases(source: Mapping[str, Any], settings: Mapping[str, Any]) -> list[Case]:
+def _cases(source: Mapping[str, Any], settings: Settings) -> list[Case]:
     """Return a validated case set's cases: its pack's, its own, or the uploaded file's (raises ValidationError)."""
     if source.get("pack") is not None:
         return load_case_set(pack=source["pack"])
@@ -287,10 +288,10 @@ def _cases(source: Mapping[str, Any], settings: Mapping[str, Any]) -> list[Case]
                      tuple(IfevalCheck(x["id"], x["kwargs"]) for x in c.ifeval), c.split)
                 for name, c in source["cases"].items()]
     return parse_cases(source["cases_text"], source.get("cases_format") or "yaml", source="cases_text",
-                       max_text_chars=settings["limits.max_text_chars"])
+                       max_text_chars=settings.limits.max_text_chars)
 
 
-def _load_errors(source: Mapping[str, Any], settings: Mapping[str, Any]) -> list[dict]:
+def _load_errors(source: Mapping[str, Any], settings: Settings) -> list[dict]:
     """Return the problems of reading a validated case set."""
     try:
         _cases(source, settings)
@@ -299,7 +300,7 @@ def _load_errors(source: Mapping[str, Any], settings: Mapping[str, Any]) -> list
     return []
 
 
-def parse_sweep_request(data: Any, settings: Mapping[str, Any], strict: bool = True) -> SweepRequest:
+def parse_sweep_request(data: Any, settings: Settings, strict: bool = True) -> SweepRequest:
     """Validate a sweep request (JSON body or form); raise one ValidationError listing every problem."""
     req, errors = validate_sweep(data, settings, strict)
     given = [k for k in ("pack", "cases", "cases_text") if isinstance(data, Mapping) and data.get(k) is not None
@@ -322,10 +323,10 @@ def parse_sweep_request(data: Any, settings: Mapping[str, Any], strict: bool = T
             errors += exc.errors or [{"field": exc.field or "cases", "message": exc.message}]
         if cases and len(cases) < 2:
             errors.append({"field": "cases", "message": "a sweep needs at least 2 cases (a validation and a test half)"})
-        per_step = len(cases) * len(req.head_fractions)
-        cap = settings["limits.max_queued_jobs"]
-        if cases and per_step > cap:
-            errors.append({"field": "cases", "message": f"one step of this sweep is {per_step} jobs ({len(cases)} cases "
+        per_stage = len(cases) * len(req.head_fractions)
+        cap = settings.limits.max_queued_jobs
+        if cases and per_stage > cap:
+            errors.append({"field": "cases", "message": f"one step of this sweep is {per_stage} jobs ({len(cases)} cases "
                            f"x {len(req.head_fractions)} head fractions); at most {cap} may wait in the queue: use limit"})
     raise_problems(errors, "invalid sweep request")
     return SweepRequest(tuple(cases), req.pack, req.grid, tuple(sweep_settings(req.layer_modes, req.head_fractions)),

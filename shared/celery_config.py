@@ -4,7 +4,7 @@ Torch-free: the web app builds its Celery app here and enqueues ``instaboost.run
 only ``worker/`` registers the task body. Redis keys of one deployment share ``redis.namespace``,
 so separate deployments or test runs can share one Redis server without seeing each other's jobs; every
 ``instaboost.run_job`` message carries its sender's deployment id (``shared.deployment``) in a header.
-What live workers advertise, and what waits in their queues, is read in ``shared.workers``.
+What live workers advertise, and what waits in their queues, is read in ``shared.worker_registry``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import Any, Mapping
+from typing import Any
 
 from celery import Celery
 
 from shared import deployment
 from shared.errors import ValidationError
+from shared.settings import Settings
 
 TASK_NAME = "instaboost.run_job"
 
@@ -52,10 +53,10 @@ def soft_time_limit(job_time_limit: int) -> int:
     return max(1, job_time_limit - margin)
 
 
-def celery_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+def celery_config(settings: Settings) -> dict[str, Any]:
     """Return the Celery settings for this deployment; raise ValidationError on inconsistent limits."""
-    limit = int(settings["worker.job_time_limit"])
-    visibility = int(settings["worker.visibility_timeout"])
+    limit = settings.worker.job_time_limit
+    visibility = settings.worker.visibility_timeout
     if limit < 1:
         raise ValidationError("worker.job_time_limit must be >= 1 second", field="worker.job_time_limit")
     if visibility <= limit:
@@ -64,16 +65,16 @@ def celery_config(settings: Mapping[str, Any]) -> dict[str, Any]:
         raise ValidationError(
             f"worker.visibility_timeout ({visibility} s) must exceed worker.job_time_limit ({limit} s); "
             "raise INSTABOOST_WORKER_VISIBILITY_TIMEOUT", field="worker.visibility_timeout")
-    interval = float(settings["worker.heartbeat_interval"])
-    ttl = float(settings["worker.heartbeat_ttl"])
+    interval = settings.worker.heartbeat_interval
+    ttl = settings.worker.heartbeat_ttl
     if not 0 < interval < ttl:
-        # A heartbeat that expires before its refresh would make the sweeper requeue live workers' jobs.
+        # A heartbeat that expires before its refresh would make the recovery loop requeue live workers' jobs.
         raise ValidationError(
             f"worker.heartbeat_ttl ({ttl} s) must exceed worker.heartbeat_interval ({interval} s) > 0",
             field="worker.heartbeat_ttl")
-    ns = settings["redis.namespace"]
+    ns = settings.redis.namespace
     return {
-        "broker_url": settings["redis.url"],
+        "broker_url": settings.redis.url,
         "broker_connection_retry_on_startup": True,
         # An overnight worker waits out a Redis restart of any length instead of exiting after 100 tries.
         "broker_connection_max_retries": None,
@@ -102,7 +103,7 @@ def celery_config(settings: Mapping[str, Any]) -> dict[str, Any]:
 class InstaBoostCelery(Celery):
     """A Celery app whose ``instaboost.run_job`` messages carry the sender's deployment id (header "deployment").
 
-    Every sender (submission, sweeps, the sweeper) goes through send_task, so none can forget it; a worker
+    Every sender (submission, sweeps, the recovery loop) goes through send_task, so none can forget it; a worker
     hands a message of another deployment back to the queue (worker/jobs/tasks.py).
     """
 
@@ -116,14 +117,14 @@ class InstaBoostCelery(Celery):
         return super().send_task(name, args, kwargs, **options)
 
 
-def make_celery(settings: Mapping[str, Any] | None = None, main: str = "instaboost"):
+def make_celery(settings: Settings | None = None, main: str = "instaboost"):
     """Return a Celery app configured from settings (tasks are registered by worker/ only)."""
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
     app = InstaBoostCelery(main)
-    app.database_url = settings["database.url"]
+    app.database_url = settings.database.url
     app.conf.update(celery_config(settings))
     return app
 

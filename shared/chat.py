@@ -30,6 +30,7 @@ from shared.requests.chat import (BOOST_CLOSE, BOOST_OPEN, ROLE_ALIASES, ChatCom
                                   InstaBoost, split_boost_tags, validate_chat)
 from shared.requests.openai import NEUTRAL  # noqa: F401 (the OpenAPI document's)
 from shared.response_format import grammar
+from shared.settings import Settings
 from shared.spec import BoostSpec, ChatMessage, GenerationParams, GenerationRequest, Segment
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -62,7 +63,7 @@ def _segments(request: ChatCompletionRequest, boost: dict[str, Any]) -> list[dic
     return out
 
 
-def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "interactive") -> dict[str, Any]:
+def chat_params(body: Any, settings: Settings, *, priority: str = "interactive") -> dict[str, Any]:
     """Validate an OpenAI chat-completions body; return the params a chat job stores (ValidationError lists all)."""
     r = validate_chat(body, settings)
     boost = (r.instaboost or InstaBoost.model_validate({}, context={"settings": settings})).resolved(settings)
@@ -80,7 +81,7 @@ def chat_params(body: Any, settings: Mapping[str, Any], *, priority: str = "inte
         "multipliers": [max(mults, key=lambda x: abs(x - 1)) if mults else 1.0], "layer_modes": [layer_mode],
         "start_layer": boost["start_layer"], "num_middle_layers": boost["num_middle_layers"],
         "head_boost_percentage": boost["head_boost_percentage"], "seed": r.seed,
-        "placement": boost["placement"], "engine": settings["instaboost.engine"],
+        "placement": boost["placement"], "engine": settings.instaboost.engine,
         "max_new_tokens": r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens,
         "temperature": r.temperature, "top_p": r.top_p, "attention": False,
         # Chat only.

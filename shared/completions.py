@@ -29,6 +29,7 @@ from shared.logprobs import MAX_TOP_LOGPROBS, completion_logprobs
 from shared.requests.chat import ChatCompletionRequest, InstaBoost, unknown_chat_field
 from shared.requests.job import check_field, multiplier_problems
 from shared.requests.openai import neutral_problems
+from shared.settings import Settings
 from shared.validation import Validator, brief
 
 COMPLETIONS_ENDPOINT = "/v1/completions"
@@ -88,8 +89,8 @@ def _prompts(v: Validator, value: Any) -> list[str | list[int]]:
             _error(v, f, f"{f} must be non-empty text or a non-empty list of token ids (integers >= 0); got {brief(p)}")
             continue
         out.append(p)
-    if chars > v.settings["limits.max_text_chars"]:
-        _error(v, "prompt", f"the prompts hold {chars} characters; at most {v.settings['limits.max_text_chars']}")
+    if chars > v.settings.limits.max_text_chars:
+        _error(v, "prompt", f"the prompts hold {chars} characters; at most {v.settings.limits.max_text_chars}")
     if tokens > MAX_PROMPT_TOKENS:
         _error(v, "prompt", f"the prompts hold {tokens} token ids; at most {MAX_PROMPT_TOKENS}")
     return out
@@ -152,7 +153,7 @@ def _segments(v: Validator, f: str, text: str, spans: list[list] | None, m: floa
     return out
 
 
-def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: Any = None,
+def completion_params(body: Any, settings: Settings, *, header_boost: Any = None,
                       priority: str = "interactive") -> dict[str, Any]:
     """Validate an OpenAI completions body; return the params a completion job stores (ValidationError lists all)."""
     if not isinstance(body, Mapping):
@@ -235,7 +236,7 @@ def completion_params(body: Any, settings: Mapping[str, Any], *, header_boost: A
         "multipliers": [max(mults, key=lambda x: abs(x - 1)) if mults else 1.0], "layer_modes": [layer_mode],
         "start_layer": boost["start_layer"], "num_middle_layers": boost["num_middle_layers"],
         "head_boost_percentage": boost["head_boost_percentage"], "seed": decoding["seed"], "placement": "raw",
-        "engine": settings["instaboost.engine"], "max_new_tokens": max_new, "temperature": decoding["temperature"],
+        "engine": settings.instaboost.engine, "max_new_tokens": max_new, "temperature": decoding["temperature"],
         "top_p": decoding["top_p"], "attention": False,
         # Completion only.
         "prompts": rows, "n": n, "echo": bool(body.get("echo")), "logprobs": k, "layers": boost["layers"],

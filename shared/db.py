@@ -21,7 +21,7 @@ _makers: dict[str, sessionmaker] = {}
 def _default_url() -> str:
     from shared.settings import get_settings
 
-    return get_settings()["database.url"]
+    return get_settings().database.url
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

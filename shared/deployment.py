@@ -6,7 +6,7 @@ database's URL (password masked) under ``<namespace>:deployment`` with SET NX; a
 has another id refuses to start (DeploymentConflict), naming both databases. Task messages carry the
 sender's id in their ``deployment`` header (``shared.celery_config``) and worker heartbeats in their
 ``deployment`` field: a worker hands a message of another deployment back to the queue instead of running
-it, and the lists of live workers and waiting messages (``shared.workers``) leave other deployments out.
+it, and the lists of live workers and waiting messages (``shared.worker_registry``) leave other deployments out.
 """
 
 from __future__ import annotations

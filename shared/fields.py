@@ -15,12 +15,13 @@ instruction ids or ``{id, kwargs}``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from shared.requests import job
 from shared.requests.base import extra
 from shared.requests.types import (ENGINES, LAYER_MODES, MAX_CHECKS, MAX_LAYER, MAX_LOGIT_BIAS,  # noqa: F401
                                    MAX_MULTIPLIER, MAX_SEED, MAX_TOP_K, PLACEMENTS, SCOPES, rule_of)
+from shared.settings import Settings
 
 KINDS = ("text", "model", "integer", "number", "choice", "numbers", "choices", "boolean", "checks", "ifeval")
 
@@ -63,20 +64,20 @@ class JobField:
         """A list of checks (simple or IFEval), given as JSON."""
         return self.kind in ("checks", "ifeval")
 
-    def upper(self, settings: Mapping[str, Any] | None) -> float | None:
+    def upper(self, settings: Settings | None) -> float | None:
         """Return the upper bound in force: the declared one, or the setting's when it has one."""
         if self.hi_setting and settings is not None:
             return settings[self.hi_setting]
         return self.hi
 
-    def default_value(self, settings: Mapping[str, Any]) -> Any:
+    def default_value(self, settings: Settings) -> Any:
         """Return the value an omitted field takes under these settings."""
         if self.setting is None:
             return list(self.default) if isinstance(self.default, tuple) else self.default
         value = settings[self.setting]
         return [value] if self.is_list else value
 
-    def interval(self, settings: Mapping[str, Any] | None = None) -> str:
+    def interval(self, settings: Settings | None = None) -> str:
         """Return the allowed range as text, e.g. "in (0, 100]" or "between 1 and 1024"."""
         hi = self.upper(settings)
         if self.kind == "integer":

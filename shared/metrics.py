@@ -76,7 +76,7 @@ class WorkerMetrics:
             self.queue_wait.observe(started.timestamp() - created)
             self._held.pop(job_id, None)
             self._held[job_id] = (created, time.monotonic())
-            while len(self._held) > MAX_HELD:  # handed back or settled outside the batch: never ended here
+            while len(self._held) > MAX_HELD:  # handed back or settled outside the cohort: never ended here
                 self._first_token_pending.discard(next(iter(self._held)))
                 del self._held[next(iter(self._held))]
             if completion:
@@ -104,7 +104,7 @@ class WorkerMetrics:
                 self.run_time.observe(time.monotonic() - held[1])
 
     def step(self, rows: int, tokens: int, seconds: float) -> None:
-        """Record one decoding step: its rows, the tokens they generated and its wall time."""
+        """Record one decoding round (one generate() call): its rows, the tokens they generated and its wall time."""
         with self._lock:
             self.steps += 1
             self.rows += rows
@@ -124,5 +124,5 @@ class WorkerMetrics:
                     "run_time": self.run_time.snapshot(), "ttft": self.ttft.snapshot()}
 
 
-# This process's numbers: the batch runner records into it, the heartbeat publishes it.
+# This process's numbers: the cohort runner records into it, the heartbeat publishes it.
 METRICS = WorkerMetrics()

@@ -8,15 +8,16 @@ Torch-free.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.celery_config import model_queue
+from shared.settings import Settings
 from shared.store import stats
 from shared.store.tables import Job
-from shared.workers import live_workers, queued_messages, starting_in
+from shared.worker_registry import live_workers, queued_messages, starting_in
 
 MAX_LISTED_JOBS = 200  # jobs looked up in the store for the workers' "running now" (a batch holds up to its rows)
 ACTIVE = ("running", "cancelling")
@@ -69,10 +70,10 @@ def worker_view(beat: dict, held: dict[int, dict], now: datetime) -> dict:
             "metrics": numbers}
 
 
-def overview(session: Session, client, settings: Mapping[str, Any], now: datetime | None = None) -> dict:
+def overview(session: Session, client, settings: Settings, now: datetime | None = None) -> dict:
     """Return {"workers": [...], "models": [...]}: live workers and, per model, its queue and a rough wait."""
     now = now or datetime.now(timezone.utc)
-    ns = settings["redis.namespace"]
+    ns = settings.redis.namespace
     beats = sorted(live_workers(client, ns), key=lambda b: (str(b.get("hostname")), str(b.get("worker"))))
     counts = stats.jobs_by_status(session)
     rates = stats.recent_throughput(session, now)
@@ -84,7 +85,7 @@ def overview(session: Session, client, settings: Mapping[str, Any], now: datetim
         by_status.setdefault(model, {})[status] = n
     waiting = {m for m, s in by_status.items() if any(s.get(k) for k in ("queued", *ACTIVE))}
     names = ({m for b in beats for m in b["models"]} | {m for b in beats for m in starting_in(b)} | waiting
-             | {settings["model.name"]})
+             | {settings.model.name})
     models = []
     for model in sorted(names):
         serving = [b for b in beats if model in b["models"]]

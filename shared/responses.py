@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from shared.chat import chat_params, fingerprint
 from shared.errors import BadRequest, Conflict, ValidationError
+from shared.settings import Settings
 from shared.validation import brief
 
 API = "responses"
@@ -168,7 +169,7 @@ def conversation(previous: Mapping[str, Any] | None) -> list[dict]:
     return [*previous["conversation"], {"role": "assistant", "text": previous["output"]}]
 
 
-def responses_params(body: Any, settings: Mapping[str, Any], previous: Mapping[str, Any] | None = None
+def responses_params(body: Any, settings: Settings, previous: Mapping[str, Any] | None = None
                      ) -> dict[str, Any]:
     """Validate a Responses API body; return the chat job params it runs as (ValidationError names every field).
 
@@ -214,8 +215,8 @@ def responses_params(body: Any, settings: Mapping[str, Any], previous: Mapping[s
     history = conversation(previous)
     new = params["messages"][len(lead):]
     total = sum(len(m["text"]) for m in history) + sum(len(t) for m in params["messages"] for t, _ in m["segments"])
-    if total > settings["limits.max_text_chars"]:
-        raise ValidationError(f"the conversation holds {total} characters; at most {settings['limits.max_text_chars']}"
+    if total > settings.limits.max_text_chars:
+        raise ValidationError(f"the conversation holds {total} characters; at most {settings.limits.max_text_chars}"
                               " are allowed: start a new one", field="previous_response_id" if history else "input")
     params["messages"] = (params["messages"][:len(lead)] + [{"role": m["role"], "segments": [[m["text"], None]]
                                                               if m["text"] else []} for m in history] + new)

@@ -69,11 +69,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.max_variants", int, 12, "Most variants (multipliers x layer modes, plus the original) per job."),
     Setting("limits.max_text_chars", int, 20000, "Longest instruction or query, in characters."),
     Setting("limits.max_queued_jobs", int, 1000,
-            "Submissions beyond this many queued jobs get HTTP 429; a sweep's next step waits until it fits."),
+            "Submissions beyond this many queued jobs get HTTP 429; a sweep's next stage waits until it fits."),
     Setting("limits.max_running_sweeps", int, 4,
             "Calibration sweeps that may run at once; starting one more gets HTTP 429."),
     Setting("limits.queued_without_worker_seconds", float, 3600.0,
-            "Seconds a queued job may wait while no live worker serves (or loads) its model before the sweeper fails "
+            "Seconds a queued job may wait while no live worker serves (or loads) its model before the recovery loop fails "
             "it, saying to start a worker for that model (such jobs would otherwise wait forever and count against "
             "limits.max_queued_jobs); 0 keeps them queued for ever."),
     Setting("limits.max_request_bytes", int, 1_000_000, "Largest HTTP request body the web app accepts."),
@@ -86,7 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
             "HTTP 429."),
     Setting("v1.file_expiry_hours", float, 720.0,
             "Hours a stored file lives (uploads without expires_after, and batch output/error files); then it "
-            "answers 404 and the sweeper deletes it. 0 keeps files until deleted."),
+            "answers 404 and the recovery loop deletes it. 0 keeps files until deleted."),
     Setting("v1.wait_seconds", float, 120.0,
             "Seconds POST /v1/chat/completions waits for its job before answering 504 with the job's id to poll; "
             "a stream waits as long for its first text and for each next piece (a stall bound, not a total)."),
@@ -97,7 +97,7 @@ SETTINGS: tuple[Setting, ...] = (
             "deployments sharing one Redis each need their own, or the second refuses to start."),
     Setting("redis.reconnect_max_seconds", float, 2.0,
             "Longest pause between two attempts to reach Redis again: caps the worker's reconnect backoff (Celery's "
-            "own grows to 30 s) and paces the sweeper's passes while Redis is unreachable, so work resumes within "
+            "own grows to 30 s) and paces the recovery loop's passes while Redis is unreachable, so work resumes within "
             "about this long after Redis returns, whatever the outage length."),
     Setting("worker.models", list, ["smollm2-135m-instruct"],
             "Models each worker preloads and serves (comma-separated in the environment)."),
@@ -127,10 +127,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker.db_retry_seconds", float, 60.0,
             "How long a worker retries (with backoff) a database write that failed because the database was unreachable."),
     Setting("sweeper.enabled", bool, True,
-            "Run the sweeper thread in each worker: re-enqueue jobs whose message or worker was lost."),
-    Setting("sweeper.interval", float, 15.0, "Seconds between two sweeps."),
+            "Run the recovery loop thread in each worker: re-enqueue jobs whose message or worker was lost."),
+    Setting("sweeper.interval", float, 15.0, "Seconds between two recovery passes."),
     Setting("sweeper.outbox_grace", float, 30.0,
-            "Seconds a queued job may wait for the broker to accept its message before the sweeper sends it again."),
+            "Seconds a queued job may wait for the broker to accept its message before the recovery loop sends it again."),
     Setting("sweeper.lost_after", float, 60.0,
             "Seconds a queued job's message must be missing from Redis (e.g. a restart without persistence) before it is sent again."),
     Setting("v1.max_n", int, 8,

@@ -7,9 +7,10 @@ what checks a request across fields, so one answer lists all that needs fixing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from shared.errors import ValidationError
+from shared.settings import Settings
 
 # What counts as blank text: ECMAScript's \s, spelled out so the OpenAPI pattern (JSON Schema regexes are
 # ECMAScript) and this validator agree character for character.
@@ -61,7 +62,7 @@ def parse_int(name: str, value: Any, lo: int | None = None, hi: int | None = Non
 class Validator:
     """Collects field errors instead of stopping at the first one (the requests' own rules: shared.requests)."""
 
-    settings: Mapping[str, Any]
+    settings: Settings
     strict: bool = True
     errors: list[dict] = field(default_factory=list)
 

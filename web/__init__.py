@@ -1,6 +1,6 @@
 """The InstaBoost web app: a JSON API, server-rendered pages and CSV export.
 
-Never imports torch: jobs are validated with shared.schemas and enqueued to workers by task name.
+Never imports torch: jobs are validated with shared.job_request and enqueued to workers by task name.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from shared.schemas import multiplier_text
+from shared.job_request import multiplier_text
 from web.charts import attention_chart, sweep_chart
 from web.context import csrf
 
@@ -44,7 +44,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from shared import deployment
     from shared.celery_config import make_celery
     from shared.db import get_sessionmaker
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
     from web import (api, auth, context, errors, export, health, monitoring, pages, queue, v1, v1_completions,
                      v1_responses)
 
@@ -52,8 +52,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
         # A random key per process still works for one gunicorn worker; set web.secret_key for more.
-        SECRET_KEY=settings["web.secret_key"] or secrets.token_hex(32),
-        MAX_CONTENT_LENGTH=settings["limits.max_request_bytes"],
+        SECRET_KEY=settings.web.secret_key or secrets.token_hex(32),
+        MAX_CONTENT_LENGTH=settings.limits.max_request_bytes,
         JSON_SORT_KEYS=False,
         WTF_CSRF_TIME_LIMIT=None,
     )
@@ -62,13 +62,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.extensions["instaboost"] = context.Services(
         settings=settings,
-        sessionmaker=get_sessionmaker(settings["database.url"]),
+        sessionmaker=get_sessionmaker(settings.database.url),
         celery=make_celery(settings),
-        redis=redis_client(settings["redis.url"]),
+        redis=redis_client(settings.redis.url),
     )
     # Refuse to start next to another deployment's workers; with the database or Redis down, submit checks it.
-    deployment.claim_if_reachable(app.extensions["instaboost"].redis, settings["redis.namespace"],
-                                  settings["database.url"])
+    deployment.claim_if_reachable(app.extensions["instaboost"].redis, settings.redis.namespace,
+                                  settings.database.url)
     # Before anything else sees a request: the token on every route, the cross-site rules, CSRF for forms.
     auth.configure(app, settings)
     csrf.init_app(app)

@@ -6,11 +6,11 @@ from flask import Blueprint, jsonify, request, url_for
 
 from shared.errors import Unavailable
 from shared.resources import jobs as res
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
 from shared.store import idempotency, lifecycle, queries, serialize, submission
 from shared.store.export import EXPORT_COLUMNS, WIDE_COLUMNS
 from shared.store.recommended import models_with_recommendation
-from shared.workers import live_workers, starting_in
+from shared.worker_registry import live_workers, starting_in
 from web import openapi_params as params
 from web.apidoc import COMMON, CROSS_SITE, LOCATION, RETRY_AFTER, Reply, document, operation, problem
 from web.context import db, paging_args, services, submit_kwargs
@@ -112,13 +112,13 @@ def runs_csv():
     "jobs one M at a time with the paper's stop rule; the recommendation is the M with the best validation success "
     "among fluent settings.")
 def create_sweep():
-    """Validate a calibration sweep (a built-in pack or uploaded cases), store it and queue its first step."""
+    """Validate a calibration sweep (a built-in pack or uploaded cases), store it and queue its first stage."""
     from shared.calibration import parse_sweep_request
     from shared.store import sweeps
 
     s = services()
     req = parse_sweep_request(json_body(), s.settings, strict=True)
-    facts = submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
+    facts = submission.served_model_facts(req.params["model"], s.redis, s.settings.redis.namespace)
     sweep = sweeps.create_sweep(db(), cases=req.cases, pack=req.pack, grid=req.grid, settings_=req.settings,
                                 floor=req.floor, params=req.params, settings=s.settings,
                                 sender=sweeps.celery_sender(s.celery), facts=facts)
@@ -184,7 +184,7 @@ def cancel_sweep(sweep_id):
                        "<variant>_follows for every further variant. Cells starting with = + - @ tab or CR are "
                        "prefixed with '.")
 def jobs_csv():
-    """Stream one row per job (filters: status, model, sweep_id) with the seed's comparison columns."""
+    """Stream one row per job (filters: status, model, sweep_id) with the prototype's comparison columns."""
     from web.export import jobs_csv_response
 
     return jobs_csv_response(request.args)
@@ -197,7 +197,7 @@ def models():
     """Return the models live workers hold or are loading, and how many workers do each."""
     s = services()
     try:
-        workers = live_workers(s.redis, s.settings["redis.namespace"])
+        workers = live_workers(s.redis, s.settings.redis.namespace)
     except Exception as exc:  # redis-py connection errors
         raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
     ready: dict[str, int] = {}
@@ -214,7 +214,7 @@ def models():
         db().rollback()
         recommended = None
     return jsonify(res.Models(
-        default=s.settings["model.name"],
+        default=s.settings.model.name,
         models=[res.ServedModel(name=m, workers=ready.get(m, 0), starting=loading.get(m, 0),
                                 status="ready" if ready.get(m) else "starting", **submission.model_facts(workers, m),
                                 recommended=None if recommended is None else m in recommended) for m in names],
@@ -228,4 +228,4 @@ def models():
 def openapi():
     """This document (what the running workers serve is in GET /api/models)."""
     s = services()
-    return jsonify(document(s.settings, token_required=bool(s.settings["web.api_token"])))
+    return jsonify(document(s.settings, token_required=bool(s.settings.web.api_token)))

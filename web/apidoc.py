@@ -20,6 +20,7 @@ from spectree import Response, SpecTree
 from spectree.plugins.flask_plugin import FlaskPlugin
 
 from shared.resources.base import OpenAIError, Problem
+from shared.settings import Settings
 
 
 class DocumentOnly(FlaskPlugin):
@@ -174,7 +175,7 @@ def _drop_unused(doc: dict[str, Any]) -> None:
         del schemas[name]
 
 
-def document(settings: Mapping[str, Any], token_required: bool) -> dict[str, Any]:
+def document(settings: Settings, token_required: bool) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document of this app's routes under this deployment's settings."""
     doc = copy.deepcopy(SPEC.spec)  # spectree builds it once, from current_app's routes
     for ops in doc["paths"].values():

@@ -150,9 +150,9 @@ def host_name(host: str) -> str:
 
 def allowed_hosts(settings) -> list[str] | None:
     """Return the host names this service answers (web.allowed_hosts, or its default), None for any."""
-    configured = [h.strip() for h in settings["web.allowed_hosts"] if h.strip()]
+    configured = [h.strip() for h in settings.web.allowed_hosts if h.strip()]
     if not configured:
-        return None if settings["web.api_token"] else list(LOOPBACK_HOSTS)
+        return None if settings.web.api_token else list(LOOPBACK_HOSTS)
     return None if "*" in configured else [("." + host_name(h[1:])) if h.startswith(".") else host_name(h)
                                            for h in configured]
 
@@ -172,7 +172,7 @@ def _refuse_foreign_host(settings) -> None:
     host = request.headers.get("Host") or request.environ.get("SERVER_NAME", "")
     if request.endpoint in ANY_HOST_ENDPOINTS or host_allowed(host, allowed):
         return
-    why = ("without web.api_token only the loopback names are answered" if not settings["web.allowed_hosts"]
+    why = ("without web.api_token only the loopback names are answered" if not settings.web.allowed_hosts
            else "it is not in web.allowed_hosts")
     raise BadRequest(f"host {brief(host)} is not served here ({why}: {', '.join(allowed)}); reach the service "
                      "by an allowed name, or add this one to web.allowed_hosts (INSTABOOST_WEB_ALLOWED_HOSTS)",
@@ -183,14 +183,14 @@ def guard():
     """Check every request: the Host, the token (when set), then the cross-site rules for state-changing ones."""
     settings = _settings()
     _refuse_foreign_host(settings)
-    token = settings["web.api_token"]
+    token = settings.web.api_token
     bearer = _bearer(token) if token else None
     # endpoint None: no route matched; its 404/405 says nothing about jobs.
     if token and request.endpoint is not None and request.endpoint not in OPEN_ENDPOINTS:
         if not (bearer or (bearer is None and _logged_in(token))):
             return _refuse_anonymous()
     if request.method in STATE_CHANGING and request.endpoint is not None:
-        _refuse_cross_site(settings["web.trusted_origins"])
+        _refuse_cross_site(settings.web.trusted_origins)
         if request.path.startswith(API_PREFIXES):
             _require_preflighted()
         elif not bearer and current_app.config.get("WTF_CSRF_ENABLED", True):
@@ -212,7 +212,7 @@ def _safe_next(value: str | None) -> str:
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """Show the login form; check the token (constant time) and start a signed session."""
-    token = _settings()["web.api_token"]
+    token = _settings().web.api_token
     target = _safe_next(request.values.get("next"))
     if not token:
         return redirect(target)  # open mode: nothing to log in to
@@ -236,12 +236,12 @@ def login():
 def logout():
     """End the browser's session."""
     session.clear()
-    return redirect(url_for("auth.login") if _settings()["web.api_token"] else "/", code=303)
+    return redirect(url_for("auth.login") if _settings().web.api_token else "/", code=303)
 
 
 def template_context() -> dict:
     """Tell templates whether a login is in force (to show the logout button)."""
-    token = _settings()["web.api_token"]
+    token = _settings().web.api_token
     return {"login_required": bool(token), "logged_in": bool(token) and _logged_in(token)}
 
 
@@ -257,18 +257,18 @@ def configure(app, settings) -> None:
     """Install the session cookie settings, the guard, the login routes and the open-mode warning."""
     from datetime import timedelta
 
-    mode = str(settings["web.session_cookie_secure"]).strip().lower()
+    mode = settings.web.session_cookie_secure.strip().lower()
     if mode not in COOKIE_SECURE_MODES:
         raise ValidationError(f"web.session_cookie_secure must be one of {', '.join(COOKIE_SECURE_MODES)}, "
-                              f"got {brief(settings['web.session_cookie_secure'])}", field="web.session_cookie_secure")
-    if settings["web.session_hours"] <= 0:
+                              f"got {brief(settings.web.session_cookie_secure)}", field="web.session_cookie_secure")
+    if settings.web.session_hours <= 0:
         raise ValidationError("web.session_hours must be > 0", field="web.session_hours")
-    for origin in settings["web.trusted_origins"]:
+    for origin in settings.web.trusted_origins:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ValidationError(f"web.trusted_origins: {brief(origin)} is not an origin like "
                                   "https://host[:port]", field="web.trusted_origins")
-    for host in settings["web.allowed_hosts"]:
+    for host in settings.web.allowed_hosts:
         if "/" in host or not host.strip() or any(c.isspace() for c in host.strip()):
             raise ValidationError(f"web.allowed_hosts: {brief(host)} is not a host name like boost.example.com, "
                                   ".example.com (with subdomains), 10.0.0.7 or *", field="web.allowed_hosts")
@@ -276,15 +276,15 @@ def configure(app, settings) -> None:
         INSTABOOST_SESSION_COOKIE_SECURE=mode,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings["web.session_hours"]),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.web.session_hours),
         WTF_CSRF_CHECK_DEFAULT=False,  # guard() calls csrf.protect() itself, after the token check
     )
     app.session_interface = SessionInterface()
     app.before_request(guard)
     app.context_processor(template_context)
     app.register_blueprint(bp)
-    if not settings["web.api_token"]:
+    if not settings.web.api_token:
         log.warning("%s (set it to require a login or 'Authorization: Bearer')", OPEN_MODE_MESSAGE)
-    elif not settings["web.secret_key"]:
+    elif not settings.web.secret_key:
         log.warning("web.api_token is set but web.secret_key is empty: logins hold only in this process and only "
                     "until it restarts; set web.secret_key when running several web processes")

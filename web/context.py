@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from flask import current_app, g
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session, sessionmaker
+from shared.settings import Settings
 
 csrf = CSRFProtect()  # one per process; web.create_app binds it to the app, web.auth calls its protect()
 
@@ -16,7 +17,7 @@ csrf = CSRFProtect()  # one per process; web.create_app binds it to the app, web
 class Services:
     """What views need: settings, a sessionmaker, a Celery producer and a Redis client."""
 
-    settings: Mapping[str, Any]
+    settings: Settings
     sessionmaker: sessionmaker
     celery: Any
     redis: Any

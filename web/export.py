@@ -50,7 +50,7 @@ def csv_response(filters: Mapping[str, Any]) -> Response:
 
 
 def jobs_csv_response(filters: Mapping[str, Any]) -> Response:
-    """Return the wide CSV: one row per job with the seed's comparison columns (validated before the first byte).
+    """Return the wide CSV: one row per job with the prototype's comparison columns (validated before the first byte).
 
     The header (every extra variant's columns) and the rows come from one snapshot of the database, so a run
     stored meanwhile cannot show up in a row without its column; rows are read WIDE_BATCH jobs at a time.

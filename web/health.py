@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify
 from sqlalchemy import text
 
 from shared.resources.jobs import Health, Ready
-from shared.workers import live_workers, starting_in
+from shared.worker_registry import live_workers, starting_in
 from web.apidoc import RETRY_AFTER, Reply, operation
 from web.context import db, services
 
@@ -58,12 +58,12 @@ def readyz():
     """
     s = services()
     checks = _checks()
-    model = s.settings["model.name"]
+    model = s.settings.model.name
     status = "unavailable"
     beats = None
     if checks["broker"] == "ok":
         try:
-            beats = live_workers(s.redis, s.settings["redis.namespace"])
+            beats = live_workers(s.redis, s.settings.redis.namespace)
         except Exception as exc:  # Redis went away since the ping
             checks["broker"] = f"unreachable: {type(exc).__name__}"
     if beats is None:

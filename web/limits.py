@@ -39,13 +39,13 @@ class WaitSlots:
         held = [True]
         lock = threading.Lock()
 
-        def give_back() -> None:
+        def release_slot() -> None:
             with lock:
                 if held[0]:
                     held[0] = False
                     self._free.release()
 
-        return give_back
+        return release_slot
 
 
 def wait_slots() -> WaitSlots:
@@ -57,6 +57,6 @@ def wait_slots() -> WaitSlots:
             if slots is None:
                 from web.context import services
 
-                threads = int(services().settings["web.threads"])
+                threads = services().settings.web.threads
                 slots = current_app.extensions["instaboost_wait_slots"] = WaitSlots(max(1, threads - RESERVED_THREADS))
     return slots

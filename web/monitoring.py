@@ -31,13 +31,13 @@ bp = Blueprint("monitoring", __name__)
 
 # Worker counters in the heartbeat's "metrics" -> (family name, help).
 WORKER_COUNTERS = {
-    "steps": ("instaboost_worker_steps", "Decoding steps (batches of rows) this worker process ran."),
+    "steps": ("instaboost_worker_steps", "Decoding rounds (generate() calls over a cohort's rows) this worker process ran."),
     "rows": ("instaboost_worker_rows", "Rows (job variants) this worker process decoded; rate() is rows per second."),
     "tokens": ("instaboost_worker_tokens", "Tokens this worker process generated; rate() is tokens per second."),
     "busy_seconds": ("instaboost_worker_busy_seconds", "Seconds this worker process spent decoding steps."),
 }
 WORKER_HISTOGRAMS = {
-    "step_rows": ("instaboost_worker_step_rows", "Rows per decoding step (the batch size of each step)."),
+    "step_rows": ("instaboost_worker_step_rows", "Rows per decoding round."),
     "queue_wait": ("instaboost_job_queue_wait_seconds", "Jobs' time from submission to a worker's claim "
                    "(queued -> running), observed by the worker that claimed them."),
     "run_time": ("instaboost_job_run_seconds", "Jobs' time from a worker's claim to their end (running -> done)."),
@@ -137,7 +137,7 @@ class Collector:
                                 labels=["worker"])
         started = GaugeMetricFamily("instaboost_worker_start_time_seconds", "When the worker process started (Unix time).",
                                     labels=["worker"])
-        running = GaugeMetricFamily("instaboost_worker_running_jobs", "Jobs the worker runs now (its batch).",
+        running = GaugeMetricFamily("instaboost_worker_running_jobs", "Jobs the worker runs now (its cohort).",
                                     labels=["worker"])
         tps = GaugeMetricFamily("instaboost_worker_tokens_per_second", "Tokens per second of the worker's last "
                                 "decoding step (all its rows together).", labels=["worker"])

@@ -21,6 +21,7 @@ from shared.requests.openai import MAX_METADATA, MAX_USER_CHARS
 from shared.requests.openai import NEUTRAL as CHAT_NEUTRAL
 from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES, SweepRequestBody
 from shared.requests.types import MAX_MODEL_NAME
+from shared.settings import Settings
 from shared.spec import MAX_STOP
 from shared.validation import WHITESPACE
 from web.apidoc import body
@@ -30,7 +31,7 @@ def _pattern_class(chars: str) -> str:
     return "".join(f"\\u{ord(c):04x}" for c in chars)
 
 
-def _number_bounds(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
+def _number_bounds(f: JobField, settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {"exclusiveMinimum" if f.lo_open else "minimum": f.lo}
     hi = f.upper(settings)
     if hi is not None:
@@ -86,12 +87,12 @@ def ifeval_item_schema() -> dict[str, Any]:
     return {"oneOf": options}
 
 
-def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
+def field_schema(f: JobField, settings: Settings) -> dict[str, Any]:
     """Return the JSON Schema of one job field, with the same bounds the validator applies."""
     if f.kind == "text":
         # Not blank: at least one character that is neither NUL nor whitespace (shared.validation.WHITESPACE).
         ws = _pattern_class(WHITESPACE + "\x00")
-        schema = {"type": "string", "minLength": 1, "maxLength": settings["limits.max_text_chars"],
+        schema = {"type": "string", "minLength": 1, "maxLength": settings.limits.max_text_chars,
                   "pattern": f"^[^\\u0000]*[^{ws}][^\\u0000]*$"}
     elif f.kind == "model":  # which models are served now is live: GET /api/models
         schema = {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME}
@@ -101,7 +102,7 @@ def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
         schema = {"type": "string", "enum": list(f.choices)}
     elif f.kind == "boolean":
         schema = {"type": "boolean"}
-        if f.name == "judge" and not str(settings.get("judge.url", "") or "").strip():
+        if f.name == "judge" and not str(settings.judge.url or "").strip():
             schema["enum"] = [False]  # this deployment has no judge (setting judge.url): true is refused
     elif f.kind == "numbers":
         schema = {"type": "array", "items": {"type": "number", **_number_bounds(f, settings)}, "minItems": 1,
@@ -117,7 +118,7 @@ def field_schema(f: JobField, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 
-def job_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
+def job_request_schema(settings: Settings) -> dict[str, Any]:
     """Return the JobRequest schema (generated from shared.fields) with this deployment's limits.
 
     The bounds match the server's exactly (tests fuzz both sides). What the running workers add (the served
@@ -128,7 +129,7 @@ def job_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "required": [f.name for f in JOB_FIELDS if f.required],
                               "additionalProperties": False, "properties": props}
     # 1 original + multipliers x layer modes <= max_variants; layer_modes defaults to both.
-    limit = settings["limits.max_variants"] - 1
+    limit = settings.limits.max_variants - 1
     schema["if"] = {"required": ["layer_modes"], "properties": {"layer_modes": {"type": "array", "maxItems": 1}}}
     schema["then"] = {"properties": {"multipliers": {"maxItems": limit}}}
     schema["else"] = {"properties": {"multipliers": {"maxItems": limit // 2}}}
@@ -147,7 +148,7 @@ def job_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def sweep_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
+def sweep_request_schema(settings: Settings) -> dict[str, Any]:
     """Return the SweepRequest schema: exactly what shared.calibration.parse_sweep_request accepts (JSON API)."""
     job = job_request_schema(settings)["properties"]
     text = {k: v for k, v in job["instruction"].items() if k != "description"}
@@ -208,7 +209,7 @@ def _nullable(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def chat_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
+def chat_request_schema(settings: Settings) -> dict[str, Any]:
     """Return the POST /v1/chat/completions body's schema, its bounds taken from the job fields (shared.fields)."""
     chat_help = {name: f.description for name, f in ChatCompletionRequest.model_fields.items()}
 
@@ -267,7 +268,7 @@ def chat_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
             "max_tokens": _nullable(tokens), "max_completion_tokens": _nullable(tokens),
             "temperature": _nullable(bounded("temperature")), "top_p": _nullable(bounded("top_p")),
             "seed": _nullable(bounded("seed")),
-            "n": _nullable({"type": "integer", "minimum": 1, "maximum": settings["v1.max_n"],
+            "n": _nullable({"type": "integer", "minimum": 1, "maximum": settings.v1.max_n,
                             "description": chat_help["n"]}),
             **{name: _nullable(bounded(name)) for name in SAMPLING_FIELDS},
             "logit_bias": _nullable({"type": "object", "maxProperties": MAX_LOGIT_BIAS,

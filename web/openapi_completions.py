@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from shared.completions import MAX_PROMPTS, NEUTRAL
 from shared.logprobs import MAX_TOP_LOGPROBS
+from shared.settings import Settings
 from web.apidoc import body
 from web.openapi import chat_request_schema
 
 
-def completion_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
+def completion_request_schema(settings: Settings) -> dict[str, Any]:
     """Return the POST /v1/completions body's schema; the decoding fields and the boost as chat's."""
     chat = chat_request_schema(settings)["properties"]
     text = {"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$"}
@@ -38,7 +39,7 @@ def completion_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
             "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TOP_LOGPROBS,
                          "description": "The top tokens' logprobs per position (raw: before temperature and top_p)."},
             "temperature": chat["temperature"], "top_p": chat["top_p"], "seed": chat["seed"],
-            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": settings["v1.max_n"],
+            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": settings.v1.max_n,
                   "description": "Choices per prompt, each a row of the job sampled with seed + i; choices come "
                                  "prompt by prompt (index = prompt * n + choice); stream takes n = 1."},
             "stop": chat["stop"], "stream": chat["stream"], "stream_options": chat["stream_options"],

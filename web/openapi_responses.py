@@ -5,16 +5,17 @@ Everything the body schema refuses, shared.responses refuses too (the Schemathes
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from shared.responses import ID_PATTERN, INCLUDABLE, MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_USER, NEUTRAL
+from shared.settings import Settings
 from web.apidoc import body
 from web.openapi import _nullable, chat_request_schema
 
 TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
 
 
-def responses_request_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
+def responses_request_schema(settings: Settings) -> dict[str, Any]:
     """Return the POST /v1/responses body's schema; numbers and the boost as chat's (web.openapi)."""
     chat = chat_request_schema(settings)["properties"]
     part = {"type": "object", "required": ["type", "text"],

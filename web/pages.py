@@ -10,10 +10,10 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 
 from shared.errors import Conflict, InstaBoostError
 from shared.fields import FIELD_NAMES, JOB_FIELDS
-from shared.schemas import JobRequest, Variant, multiplier_text
+from shared.job_request import JobRequest, Variant, multiplier_text
 from shared.store import lifecycle, queries, serialize, submission
 from shared.store.tables import JobStatus
-from shared.workers import live_workers, starting_in
+from shared.worker_registry import live_workers, starting_in
 from web.context import db, paging_args, services, submit_kwargs
 from web.export import sweep_csv_response
 
@@ -26,9 +26,9 @@ PLACEHOLDERS = {"instruction": "Answer only in French.", "query": "What is the c
 
 def _model_choices() -> tuple[list[str], str | None]:
     s = services()
-    default = s.settings["model.name"]
+    default = s.settings.model.name
     try:
-        beats = live_workers(s.redis, s.settings["redis.namespace"])
+        beats = live_workers(s.redis, s.settings.redis.namespace)
     except Exception:  # Redis down: still render the form
         return [default], "The broker (Redis) is unreachable: jobs cannot be submitted right now."
     served = {m for b in beats for m in b["models"]}
@@ -213,7 +213,7 @@ def start_sweep():
     s = services()
     try:
         req = parse_sweep_request(data, s.settings, strict=False)
-        facts = submission.served_model_facts(req.params["model"], s.redis, s.settings["redis.namespace"])
+        facts = submission.served_model_facts(req.params["model"], s.redis, s.settings.redis.namespace)
         sweep = store.create_sweep(db(), cases=req.cases, pack=req.pack, grid=req.grid, settings_=req.settings,
                                    floor=req.floor, params=req.params, settings=s.settings,
                                    sender=store.celery_sender(s.celery), facts=facts)

@@ -1,7 +1,7 @@
 """The OpenAI-compatible API under /v1: models, chat completions (plain and streamed), files and batches.
 
 Every chat completion is an ordinary stored job (kind "chat"): listed on the pages, exported in the CSV,
-recovered by the sweeper. Its id is the job's id. The route enqueues it ahead of other work (see
+recovered by the recovery loop. Its id is the job's id. The route enqueues it ahead of other work (see
 shared.celery_config.PRIORITY) and waits up to v1.wait_seconds for it; on timeout it answers 504 naming
 the job, which GET /v1/chat/completions/<id> (or /api/jobs/<id>) answers once it is done. A streamed
 completion relays the text deltas the worker appends to a Redis stream (web/v1_stream.py). Completions are
@@ -18,7 +18,7 @@ from shared.errors import ModelError, NotFound, UnsupportedMediaType
 from shared.resources import openai as resources
 from shared.store import idempotency, queries, submission
 from shared.store.tables import Job, JobStatus
-from shared.workers import live_workers
+from shared.worker_registry import live_workers
 from web import openapi_params as params
 from web.apidoc import RETRY_AFTER, V1_COMMON, V1_CROSS_SITE, Reply, oai_error, operation
 from web.context import db, services, submit_kwargs
@@ -41,7 +41,7 @@ def _served() -> list[dict]:
 
     s = services()
     try:
-        return live_workers(s.redis, s.settings["redis.namespace"])
+        return live_workers(s.redis, s.settings.redis.namespace)
     except Exception as exc:  # redis-py connection errors
         raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
 
@@ -114,25 +114,25 @@ def chat_completions():
     s = services()
     params = chat_params(json_body(), s.settings)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
-    give_back = wait_slots().take()
+    release_slot = wait_slots().take()
     try:
         job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=sdk_retry(), **submit_kwargs())
     except idempotency.KeyReused as exc:
-        give_back()
+        release_slot()
         return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
     except BaseException:
-        give_back()
+        release_slot()
         raise
     job_id = job.id
-    wait = float(s.settings["v1.wait_seconds"])
+    wait = s.settings.v1.wait_seconds
     if params["stream"]:
-        return sse_response(job_id, params, wait, give_back)
+        return sse_response(job_id, params, wait, release_slot)
     try:
         session = db()
         job = wait_for_job(session, job_id, wait)
         return job if isinstance(job, Response) else _finished(session, job)
     finally:
-        give_back()
+        release_slot()
 
 
 def _finished(session, job: Job) -> Response:
@@ -183,7 +183,7 @@ def upload_file():
     from shared.store import files
 
     s = services()
-    request.max_content_length = int(s.settings["limits.max_file_bytes"]) + 64 * 1024  # the form's other parts
+    request.max_content_length = s.settings.limits.max_file_bytes + 64 * 1024  # the form's other parts
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType(f"send the file as multipart/form-data with fields file and purpose (got "
                                    f"{request.mimetype or 'no content type'!r})", field="Content-Type")
@@ -195,7 +195,7 @@ def upload_file():
         raise BadRequest("file is required: the JSONL file as a multipart part named file", field="file")
     expires = files.expires_after_seconds(request.form.get("expires_after[anchor]"),
                                           request.form.get("expires_after[seconds]"))
-    limit = int(s.settings["limits.max_file_bytes"])
+    limit = s.settings.limits.max_file_bytes
     stream = upload.stream
     stream.seek(0, 2)
     if stream.tell() > limit:

@@ -101,25 +101,25 @@ def completions():
     s = services()
     params = completion_params(json_body(), s.settings, header_boost=_header_boost())
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
-    give_back = wait_slots().take()
+    release_slot = wait_slots().take()
     try:
         job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=sdk_retry(), **submit_kwargs())
     except idempotency.KeyReused as exc:
-        give_back()
+        release_slot()
         return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
     except BaseException:
-        give_back()
+        release_slot()
         raise
     job_id = job.id
-    wait = float(s.settings["v1.wait_seconds"])
+    wait = s.settings.v1.wait_seconds
     if params["stream"]:
-        return sse_response(job_id, params, wait, give_back, CompletionFrames(job_id, params))
+        return sse_response(job_id, params, wait, release_slot, CompletionFrames(job_id, params))
     try:
         session = db()
         job = wait_for_job(session, job_id, wait, f"/v1/completions/cmpl-{job_id}")
         return job if isinstance(job, Response) else _finished(session, job)
     finally:
-        give_back()
+        release_slot()
 
 
 def _finished(session, job: Job) -> Response:

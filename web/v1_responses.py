@@ -111,22 +111,22 @@ def create_response():
     previous = load_previous(db(), prev) if job_id_of(prev) is not None else None  # a malformed id: params says
     params = responses_params(body, s.settings, previous)
     key = idempotency.check_key(request.headers.get("Idempotency-Key"))
-    give_back = wait_slots().take()
+    release_slot = wait_slots().take()
     try:
         job = submission.submit_chat(db(), params, idempotency_key=key, is_retry=sdk_retry(), **submit_kwargs())
     except idempotency.KeyReused as exc:
-        give_back()
+        release_slot()
         return openai_error(409, exc.message, param="Idempotency-Key", code="idempotency_key_reused", retry=False)
     except ValidationError as exc:  # the model's limits (chat's field names): say them as this request does
-        give_back()
+        release_slot()
         raise renamed(exc) from None
     except BaseException:
-        give_back()
+        release_slot()
         raise
     job_id = job.id
-    wait = float(s.settings["v1.wait_seconds"])
+    wait = s.settings.v1.wait_seconds
     if params["stream"]:
-        return sse_response(job_id, params, wait, give_back, ResponsesFrames(job_id, params))
+        return sse_response(job_id, params, wait, release_slot, ResponsesFrames(job_id, params))
     try:
         session = db()
         job = wait_for_job(session, job_id, wait, f"/v1/responses/{response_id(job_id)}")
@@ -139,7 +139,7 @@ def create_response():
         resp.headers["X-InstaBoost-Job-Id"] = str(job.id)
         return resp
     finally:
-        give_back()
+        release_slot()
 
 
 @bp.get("/responses/<response_id>")

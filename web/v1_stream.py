@@ -25,7 +25,7 @@ from shared.errors import Conflict
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus, Run
 from shared.streaming import read_events
-from shared.workers import redis_client, stream_key
+from shared.worker_registry import redis_client, stream_key
 from web.context import services
 from web.v1_errors import job_failure, openai_error, timeout_error
 
@@ -132,9 +132,9 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
     generator) and its job is cancelled.
     """
     s = services()
-    redis = redis_client(s.settings["redis.url"])
-    key = stream_key(s.settings["redis.namespace"], job_id)
-    listeners = _listeners_key(s.settings["redis.namespace"], job_id)
+    redis = redis_client(s.settings.redis.url)
+    key = stream_key(s.settings.redis.namespace, job_id)
+    listeners = _listeners_key(s.settings.redis.namespace, job_id)
     frames = frames or ChatFrames(job_id, params)
     done = False  # the job ended (or the stream gave up on it): closing now cancels nothing
     abandoned = False
@@ -245,12 +245,12 @@ def stream_completion(job_id: int, params: dict, wait: float, on_end: Callable[[
         on_end()
 
 
-def sse_response(job_id: int, params: dict, wait: float, give_back: Callable[[], None], frames=None) -> Response:
+def sse_response(job_id: int, params: dict, wait: float, release_slot: Callable[[], None], frames=None) -> Response:
     """Return job_id's answer as a server-sent event stream that holds its wait slot until the response closes."""
-    resp = Response(stream_with_context(stream_completion(job_id, params, wait, give_back, frames)),
+    resp = Response(stream_with_context(stream_completion(job_id, params, wait, release_slot, frames)),
                     mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                                            "X-InstaBoost-Job-Id": str(job_id)})
-    resp.call_on_close(give_back)  # also when the stream never started: the server closes every response
+    resp.call_on_close(release_slot)  # also when the stream never started: the server closes every response
     return resp
 
 

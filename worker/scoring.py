@@ -12,18 +12,19 @@ from typing import Any, Mapping, Sequence
 
 from shared.evaluation.judge import JudgeError, judge_output
 from shared.evaluation.scorers import score_output
+from shared.settings import Settings
 from shared.spec import GenerationRequest, GenerationResult
 
 log = logging.getLogger("instaboost.scoring")
 
 
-def judge_config(settings: Mapping[str, Any]) -> dict[str, Any] | None:
+def judge_config(settings: Settings) -> dict[str, Any] | None:
     """Return the judge's connection settings, or None when no judge is configured."""
-    url = str(settings.get("judge.url") or "").strip()
+    url = str(settings.judge.url or "").strip()
     if not url:
         return None
-    return {"url": url, "model": str(settings.get("judge.model") or ""), "api_key": settings.get("judge.api_key") or "",
-            "timeout": float(settings.get("judge.timeout") or 60.0)}
+    return {"url": url, "model": str(settings.judge.model or ""), "api_key": settings.judge.api_key or "",
+            "timeout": float(settings.judge.timeout or 60.0)}
 
 
 def score_results(engine, requests: Sequence[GenerationRequest], results: Sequence[GenerationResult], *,

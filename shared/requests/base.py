@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from shared.requests.types import rule_of
+from shared.settings import Settings
 
 
 def meta(title: str, description: str, *, setting: str | None = None, default: Any = None, cli: str | None = None,
@@ -30,7 +31,7 @@ def extra(f: Any) -> dict[str, Any]:
     return f.json_schema_extra or {}
 
 
-def default_value(f: Any, settings: Mapping[str, Any] | None) -> Any:
+def default_value(f: Any, settings: Settings | None) -> Any:
     """Return the value an omitted field takes under these settings (a list field wraps a setting in a list)."""
     key = extra(f).get("x-setting")
     if key is None or settings is None:

@@ -23,6 +23,7 @@ from shared.requests.errors import FIELD as F, context, fail, not_an_object, pro
 from shared.requests.openai import (REFUSED_WHY, Flag, Stop, check_logit_bias, check_metadata,
                                     check_response_format, check_stream_options, check_top_logprobs, check_user,
                                     neutral)
+from shared.settings import Settings
 from shared.spec import CHAT_ROLES
 from shared.validation import brief
 
@@ -116,11 +117,11 @@ class InstaBoost(base.Request):
             return {**data, "multiplier": 1.0}
         return data
 
-    def resolved(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+    def resolved(self, settings: Settings) -> dict[str, Any]:
         """Return the boost's settings as a chat job stores them (layers, head percentage, explicit heads)."""
         layers = self.layers if self.layers is not None else \
-            "middle" if settings["instaboost.boost_middle_layers_only"] else "all"
-        pct = self.heads if isinstance(self.heads, float) else settings["instaboost.head_boost_percentage"]
+            "middle" if settings.instaboost.boost_middle_layers_only else "all"
+        pct = self.heads if isinstance(self.heads, float) else settings.instaboost.head_boost_percentage
         return {"multiplier": self.multiplier, "layers": layers, "start_layer": self.start_layer,
                 "num_middle_layers": self.num_middle_layers, "head_boost_percentage": pct,
                 "heads": self.heads if isinstance(self.heads, dict) else None, "placement": self.placement,
@@ -290,7 +291,7 @@ def unknown_chat_field(key: str, where: str) -> str:
     return f"{key}: {REFUSED_WHY[key]}" if key in REFUSED_WHY else f"unrecognized request argument {brief(key)}"
 
 
-def validate_chat(body: Any, settings: Mapping[str, Any]) -> ChatCompletionRequest:
+def validate_chat(body: Any, settings: Settings) -> ChatCompletionRequest:
     """Return the validated chat request; raise one ValidationError listing every problem, in today's words.
 
     The messages' problems are reported once the rest is valid (their boost defaults depend on a valid boost).

@@ -14,6 +14,7 @@ import pydantic
 from pydantic_core import PydanticCustomError
 
 from shared.errors import ValidationError
+from shared.settings import Settings
 
 FIELD = "\x1f"  # where a message names its field; repr() escapes it, so no echoed input can hold it
 MAX_REPORTED_UNKNOWN = 10  # a body of thousands of stray keys gets a short answer, not thousands of errors
@@ -89,6 +90,6 @@ def not_an_object(what: str) -> ValidationError:
                            errors=[{"field": "body", "message": "expected a JSON object"}])
 
 
-def context(settings: Mapping[str, Any] | None, strict: bool, **extra: Any) -> dict[str, Any]:
+def context(settings: Settings | None, strict: bool, **extra: Any) -> dict[str, Any]:
     """Return the validation context: this deployment's limits (settings) and whether JSON types are required."""
     return {"settings": settings, "strict": strict, **extra}

@@ -3,7 +3,7 @@
 ``JobFields`` is the declaration: each field's type and bounds (shared.requests.types), its help
 (``description``), its form label (``title``) and, as ``json_schema_extra``, where its default comes from
 (``x-setting``), its command-line flag (``x-cli``) and whether the form shows it under "Advanced settings".
-shared.fields reads the form and CLI rows from it, shared.schemas.JobRequest adds what a job does with them,
+shared.fields reads the form and CLI rows from it, shared.job_request.JobRequest adds what a job does with them,
 and web.openapi documents it. Adding a job field is one field here (plus its use).
 """
 
@@ -18,6 +18,7 @@ from shared.errors import ValidationError
 from shared.requests import base
 from shared.requests import types as t
 from shared.requests.errors import context, fail, not_an_object, problems, raise_problems
+from shared.settings import Settings
 from shared.validation import brief
 
 # The values a job shares with the other requests (chat, sweep): one type each, so bounds and messages agree.
@@ -133,7 +134,7 @@ class JobFields(base.Request):
     @classmethod
     def _judge_configured(cls, value: bool, info: ValidationInfo) -> bool:
         settings = (info.context or {}).get("settings")
-        if value and settings is not None and not str(settings.get("judge.url", "") or "").strip():
+        if value and settings is not None and not str(settings.judge.url or "").strip():
             raise fail("judge: no LLM judge is configured on this service (setting judge.url); leave judge off")
         return value
 
@@ -159,7 +160,7 @@ class JobFields(base.Request):
     def _variant_count(self, info: ValidationInfo) -> "JobFields":
         settings = (info.context or {}).get("settings")
         count = 1 + len(self.multipliers) * len(self.layer_modes)
-        limit = settings["limits.max_variants"] if settings is not None else count
+        limit = settings.limits.max_variants if settings is not None else count
         if count > limit:
             raise fail(f"{count} variants requested (1 original + {len(self.multipliers)} multipliers x "
                        f"{len(self.layer_modes)} layer modes); at most {limit} are allowed: drop some multipliers "
@@ -180,7 +181,7 @@ def unknown_job_field(key: str, where: str = "") -> str:
     return f"unknown field {brief(key)}; allowed fields: {', '.join(FIELD_NAMES)}"
 
 
-def validate_job(model: type[JobFields], data: Any, settings: Mapping[str, Any] | None, strict: bool) -> JobFields:
+def validate_job(model: type[JobFields], data: Any, settings: Settings | None, strict: bool) -> JobFields:
     """Return the validated job model; raise one ValidationError listing every bad field, in today's words."""
     if not isinstance(data, Mapping):
         raise not_an_object("at least instruction and query")
@@ -196,7 +197,7 @@ def validate_job(model: type[JobFields], data: Any, settings: Mapping[str, Any] 
 _ADAPTERS: dict[str, pydantic.TypeAdapter] = {}
 
 
-def check_field(name: str, value: Any, settings: Mapping[str, Any] | None, strict: bool = True,
+def check_field(name: str, value: Any, settings: Settings | None, strict: bool = True,
                 model: type[BaseModel] = JobFields, unknown: Any = None) -> tuple[Any, list[dict]]:
     """Return (value validated as model's field name, []) or (None, its problems): one field alone.
 
@@ -220,7 +221,7 @@ _MULTIPLIER = pydantic.TypeAdapter(t.number(0, t.MAX_MULTIPLIER, lo_open=True, h
 _LAYERS = pydantic.TypeAdapter(t.Layers)
 
 
-def multiplier_problems(value: Any, name: str, settings: Mapping[str, Any] | None,
+def multiplier_problems(value: Any, name: str, settings: Settings | None,
                         strict: bool = True) -> tuple[float | None, list[dict]]:
     """Return (value as a multiplier M, []) or (None, its problems named name): M anywhere in a request."""
     try:
@@ -248,7 +249,7 @@ def parse_layers(value: Any) -> str | tuple[int, ...]:
     return got if isinstance(got, str) else tuple(got)
 
 
-def check_values(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> None:
+def check_values(values: Mapping[str, Any], settings: Settings | None = None) -> None:
     """Raise one ValidationError listing every bad value among these job fields (typed values, no defaults).
 
     For code that builds requests directly (the engine's dataclasses, the CLI): the same bounds and messages

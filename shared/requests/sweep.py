@@ -21,6 +21,7 @@ from shared.requests import job
 from shared.requests import base
 from shared.requests import types as t
 from shared.requests.errors import FIELD as F, context, fail, not_an_object, path, problems, raise_problems
+from shared.settings import Settings
 from shared.validation import as_int, brief
 
 CASE_FORMATS = ("yaml", "json", "jsonl")
@@ -246,7 +247,7 @@ def _case_error(loc: tuple, e: dict) -> dict:
     return {"field": f"{where}.{leaf}", "message": f"case {name!r}: " + e["message"].replace(e["field"], leaf)}
 
 
-def validate_sweep(data: Any, settings: Mapping[str, Any], strict: bool) -> tuple[SweepRequestBody | None,
+def validate_sweep(data: Any, settings: Settings, strict: bool) -> tuple[SweepRequestBody | None,
                                                                                      list[dict]]:
     """Return (the validated sweep request, []) or (None, every field's problem in today's words)."""
     if not isinstance(data, Mapping):

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 
 from shared.evaluation.checks import parse_check, parse_ifeval
 from shared.requests.errors import FIELD, fail
+from shared.settings import Settings
 from shared.validation import WHITESPACE, brief
 
 PLACEMENTS = ("system", "prefix", "raw")
@@ -53,13 +54,13 @@ class Rule:
     hint: str = ""  # appended to out-of-range messages, e.g. what a value means
     hi_open: bool = False  # hi itself is excluded: (lo, hi)
 
-    def upper(self, settings: Mapping[str, Any] | None) -> float | None:
+    def upper(self, settings: Settings | None) -> float | None:
         """Return the upper bound in force: the declared one, or the setting's when it has one."""
         if self.hi_setting and settings is not None:
             return settings[self.hi_setting]
         return self.hi
 
-    def interval(self, settings: Mapping[str, Any] | None = None) -> str:
+    def interval(self, settings: Settings | None = None) -> str:
         """Return the allowed range as text, e.g. "in (0, 100]" or "between 1 and 1024"."""
         hi = self.upper(settings)
         if self.kind == "integer":

@@ -10,12 +10,13 @@ only when no line is valid (its ``errors`` list the lines).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from shared.chat import chat_params
 from shared.errors import ValidationError
 from shared.requests.batch import (CHAT_ENDPOINT, COMPLETION_WINDOWS, MAX_CUSTOM_ID,  # noqa: F401
                                    create_request, read_line)
+from shared.settings import Settings
 from shared.store import files, submission
 from shared.validation import brief
 
@@ -25,7 +26,7 @@ def _line_error(n: int, custom_id: Any, message: str, param: str | None = None, 
             "param": param, "code": code, "status": status}
 
 
-def parse_lines(content: bytes, endpoint: str, settings: Mapping[str, Any], served: set[str],
+def parse_lines(content: bytes, endpoint: str, settings: Settings, served: set[str],
                 beats: list[dict] | None = None) -> tuple[list[tuple[str, dict]], list[dict], int]:
     """Return (valid (custom_id, chat params) lines, refused lines' errors, line count) of a batch input.
 

@@ -2,14 +2,14 @@
 
 A create stores the batch and all its jobs in one transaction (a create that dies stores nothing, so no batch is
 left ``validating``), then enqueues each job; a message the broker refuses waits in the outbox (enqueued_at NULL)
-and the sweeper sends it. A create that repeats an earlier one returns the batch that one stored: same
+and the recovery loop sends it. A create that repeats an earlier one returns the batch that one stored: same
 ``Idempotency-Key`` header (the same key with another request is 400), or, without a key, a retry of the openai
 SDK (``x-stainless-retry-count`` > 0) of the same request within RETRY_WINDOW.
 
 A batch goes in_progress (its lines are queued jobs, behind interactive work) -> finalizing (every job ended: the
 output and error files are written) -> completed; or failed (no line was valid), cancelling -> cancelled
 (POST .../cancel cancels its unfinished jobs), expired (past its completion window). ``refresh_batch``
-moves a batch on once its jobs have ended; the worker calls it when a batch's job ends, the sweeper and the
+moves a batch on once its jobs have ended; the worker calls it when a batch's job ends, the recovery loop and the
 web's reads call it too, and a conditional UPDATE lets exactly one of them finalize. The files list one line
 per input line, by custom_id: the output file the succeeded requests, the error file every other one.
 
@@ -35,7 +35,7 @@ from shared.errors import BadRequest, Conflict, NotFound, ValidationError
 from shared.resources import openai as resources
 from shared.store import batch_input, files, lifecycle, submission
 from shared.store.files import key as _key
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.store.tables import BATCH_FINAL, Batch, Job, JobStatus, Run, utcnow
 from shared.validation import brief
 
@@ -78,12 +78,12 @@ def _idempotency_key(value: Any) -> str | None:
     return value
 
 
-def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], celery_app, redis,
+def create_batch(session: Session, body: Any, *, settings: Settings, celery_app, redis,
                  idempotency_key: str | None = None, retry: bool = False) -> Batch:
     """Validate a POST /v1/batches body, store the batch and one queued chat job per valid line; return it.
 
     The batch and all its jobs are stored in one transaction (a create that dies stores nothing), then each job is
-    enqueued (a message the broker refuses is sent again by the sweeper's outbox). A create repeating an earlier
+    enqueued (a message the broker refuses is sent again by the recovery loop's outbox). A create repeating an earlier
     one (same Idempotency-Key, or a keyless retry of the openai SDK) returns the batch that one stored.
     """
     req = batch_input.create_request(body)
@@ -127,7 +127,7 @@ def create_batch(session: Session, body: Any, *, settings: Mapping[str, Any], ce
 
 
 def recover_validating(session: Session) -> list[str]:
-    """Move on the batches a create left validating for STALE_VALIDATING (for the sweeper); return their ids.
+    """Move on the batches a create left validating for STALE_VALIDATING (for the recovery loop); return their ids.
 
     Creates are atomic now; a batch a create of an earlier version left validating goes in_progress when its jobs
     were stored (they are stored together), else failed with an error that says to create it again.
@@ -206,7 +206,7 @@ def refresh_batch(session: Session, batch_id: str) -> Batch:
 
 
 def _write_files(session: Session, batch: Batch, stop_code: str | None = None, *, commit: bool = True,
-                 settings: Mapping[str, Any] | None = None) -> None:
+                 settings: Settings | None = None) -> None:
     """Write the output file (succeeded lines) and the error file (every other line), in input order."""
     jobs = list(session.scalars(select(Job).where(Job.batch_id == batch.id).order_by(Job.id)))
     runs: dict[int, list[Run]] = {}
@@ -281,7 +281,7 @@ def cancel_batch(session: Session, batch_id: str) -> Batch:
 
 
 def open_batch_ids(session: Session) -> list[str]:
-    """Return the batches that may need moving on (for the sweeper)."""
+    """Return the batches that may need moving on (for the recovery loop)."""
     ids = list(session.scalars(select(Batch.id).where(Batch.status.in_(["in_progress", "cancelling", "finalizing"]))))
     session.commit()
     return ids

@@ -63,13 +63,13 @@ def iter_runs_for_export(session: Session, filters: Mapping[str, Any] | None = N
         yield export_row(run, job)
 
 
-# -- the wide export: one row per job, the seed's run-tests comparison columns ------------------------------
+# -- the wide export: one row per job, the prototype's run-tests comparison columns ------------------------------
 
-SEED_COLUMNS = ("test_case", "run_index", "original_length", "all_layers_length", "middle_layers_length",
+PROTOTYPE_COLUMNS = ("test_case", "run_index", "original_length", "all_layers_length", "middle_layers_length",
                 "original_output", "all_layers_output", "middle_layers_output")
 WIDE_VARIANTS = ("original", "all_layers", "middle_layers")
 WIDE_SCORES = ("fluency", "follows", "perplexity", "repetitive", "copied")
-WIDE_COLUMNS = (*SEED_COLUMNS, "job_id", "job_status", "sweep_id", "model", "engine", "multiplier", "start_layer",
+WIDE_COLUMNS = (*PROTOTYPE_COLUMNS, "job_id", "job_status", "sweep_id", "model", "engine", "multiplier", "start_layer",
                 "num_middle_layers", "head_boost_percentage", "placement", "seed", "max_new_tokens",
                 "instruction", "query",
                 *(f"{v}_{c}" for v in WIDE_VARIANTS for c in ("tokens", "pass", *WIDE_SCORES)))
@@ -100,7 +100,7 @@ def _wide_jobs(filters: Mapping[str, Any]):
 
 
 def _main_variants(runs: list) -> dict[str, Any]:
-    """Map the seed's three columns to a job's runs (or run rows with variant and layers, in id order): the
+    """Map the prototype's three columns to a job's runs (or run rows with variant and layers, in id order): the
     original, its first all-layers and middle-layers variant."""
     out: dict[str, Any] = {}
     for r in runs:
@@ -123,7 +123,7 @@ def snapshot(session: Session) -> None:
 
 
 def wide_columns(session: Session, filters: Mapping[str, Any]) -> list[str]:
-    """Return the wide export's header: the seed's columns, then an output and score columns per extra variant.
+    """Return the wide export's header: the prototype's columns, then an output and score columns per extra variant.
 
     Reads only (job id, run id, variant, layers) of the filtered jobs' runs, streamed: no output text is loaded.
     """

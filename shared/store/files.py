@@ -8,7 +8,7 @@ Bounds, per deployment (one database): at most ``limits.max_files`` files and ``
 bytes stored at once, counting uploads and the files batches write; an upload past either is refused (HTTP 429,
 ``storage_limit_exceeded``, not retried), a batch's own output/error file never is (its work is done). Each file
 expires: ``expires_after`` on upload (OpenAI's ``{"anchor": "created_at", "seconds": 3600..2592000}``), else
-``v1.file_expiry_hours`` (0: never); an expired file answers 404, is not listed nor counted, and the sweeper
+``v1.file_expiry_hours`` (0: never); an expired file answers 404, is not listed nor counted, and the recovery loop
 deletes it. Listings never load a file's content (the column is deferred).
 """
 
@@ -18,13 +18,14 @@ import io
 import json
 import uuid
 from datetime import timedelta
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any, Iterator
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from shared.errors import BadRequest, InstaBoostError, NotFound
 from shared.resources import openai as resources
+from shared.settings import Settings
 from shared.store.tables import File, utcnow
 from shared.validation import brief
 
@@ -123,10 +124,10 @@ def expires_after_seconds(anchor: str | None, seconds: str | None) -> int | None
     return value
 
 
-def check_room(session: Session, size: int, settings: Mapping[str, Any]) -> None:
+def check_room(session: Session, size: int, settings: Settings) -> None:
     """Raise StorageFull when one more file of size bytes would pass the deployment's file bounds."""
     count, total = session.execute(select(func.count(), func.coalesce(func.sum(File.bytes), 0)).where(_alive())).one()
-    max_files, max_bytes = int(settings["limits.max_files"]), int(settings["limits.max_file_storage_bytes"])
+    max_files, max_bytes = settings.limits.max_files, settings.limits.max_file_storage_bytes
     if count + 1 > max_files:
         raise StorageFull(f"{count} files are stored, the limit (limits.max_files) is {max_files}: delete files you "
                           "no longer need (DELETE /v1/files/<id>), or upload again once older files expire",
@@ -137,7 +138,7 @@ def check_room(session: Session, size: int, settings: Mapping[str, Any]) -> None
                           "(DELETE /v1/files/<id>), or upload again once older files expire", field="file")
 
 
-def create_file(session: Session, purpose: str, filename: str, stream: IO[bytes], *, settings: Mapping[str, Any],
+def create_file(session: Session, purpose: str, filename: str, stream: IO[bytes], *, settings: Settings,
                 expires_after: int | None = None) -> File:
     """Store an uploaded file (purpose "batch": JSONL checked line by line as it streams); commit and return it."""
     if purpose not in FILE_PURPOSES:
@@ -148,17 +149,17 @@ def create_file(session: Session, purpose: str, filename: str, stream: IO[bytes]
     stream.seek(0)
     check_room(session, size, settings)
     session.commit()
-    check_jsonl(stream, int(settings["limits.max_queued_jobs"]))
+    check_jsonl(stream, settings.limits.max_queued_jobs)
     stream.seek(0)
     return store_file(session, purpose, filename, stream.read(), settings=settings, expires_after=expires_after)
 
 
-def store_file(session: Session, purpose: str, filename: str, content: bytes, *, settings: Mapping[str, Any],
+def store_file(session: Session, purpose: str, filename: str, content: bytes, *, settings: Settings,
                expires_after: int | None = None, commit: bool = True) -> File:
     """Add a file (expiring after expires_after seconds, else v1.file_expiry_hours); commit unless told not to."""
     name = "".join(c for c in (filename or "upload.jsonl") if c.isprintable())[:255] or "upload.jsonl"
     now = utcnow()
-    hours = float(settings["v1.file_expiry_hours"])
+    hours = settings.v1.file_expiry_hours
     expires = now + timedelta(seconds=expires_after) if expires_after else \
         now + timedelta(hours=hours) if hours > 0 else None
     f = File(id=new_id("file-"), purpose=purpose, filename=name, bytes=len(content), content=content, created_at=now,
@@ -199,7 +200,7 @@ def delete_file(session: Session, file_id: str) -> dict[str, Any]:
 
 
 def delete_expired(session: Session) -> list[str]:
-    """Delete the files past their expiry (for the sweeper); return their ids."""
+    """Delete the files past their expiry (for the recovery loop); return their ids."""
     ids = list(session.scalars(delete(File).where(File.expires_at <= utcnow()).returning(File.id)))
     session.commit()
     return ids

@@ -22,6 +22,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import BadRequest, Conflict
+from shared.settings import Settings
 from shared.store.tables import Job, JobStatus, utcnow
 
 MAX_KEY_CHARS = 255
@@ -48,13 +49,13 @@ def check_key(key: str | None) -> str | None:
     return key
 
 
-def by_key(session: Session, key: str, digest: str, settings: Mapping[str, Any]) -> Job | None:
+def by_key(session: Session, key: str, digest: str, settings: Settings) -> Job | None:
     """Return the reusable job holding key, releasing the key of one that expired or failed; KeyReused (409) when
     it was sent with another body."""
     job = session.execute(select(Job).where(Job.idempotency_key == key)).scalar_one_or_none()
     if job is None:
         return None
-    expired = job.created_at < utcnow() - timedelta(hours=float(settings["v1.idempotency_hours"]))
+    expired = job.created_at < utcnow() - timedelta(hours=settings.v1.idempotency_hours)
     if expired or job.status not in REUSABLE:
         session.execute(update(Job).where(Job.id == job.id, Job.idempotency_key == key)
                         .values(idempotency_key=None).execution_options(synchronize_session=False))
@@ -67,11 +68,11 @@ def by_key(session: Session, key: str, digest: str, settings: Mapping[str, Any])
     return job
 
 
-def by_retry(session: Session, digest: str, settings: Mapping[str, Any]) -> Job | None:
+def by_retry(session: Session, digest: str, settings: Settings) -> Job | None:
     """Return the newest job an SDK retry of this request belongs to (unfinished, or finished just now)."""
     now = utcnow()
-    since = now - timedelta(seconds=float(settings["v1.wait_seconds"]) + RETRY_GRACE)
-    oldest = now - timedelta(hours=float(settings["v1.idempotency_hours"]))
+    since = now - timedelta(seconds=settings.v1.wait_seconds + RETRY_GRACE)
+    oldest = now - timedelta(hours=settings.v1.idempotency_hours)
     job = session.execute(
         select(Job).where(Job.request_hash == digest, Job.status.in_(REUSABLE), Job.created_at >= oldest,
                           or_(Job.finished_at.is_(None), Job.finished_at >= since))

@@ -152,7 +152,7 @@ def claim_queued(session: Session, job_ids: Iterable[int], model: str, worker: s
 
 def _owner(worker: str | None) -> dict[str, str] | None:
     # A worker finalizing its job names itself: the UPDATE then only matches while the row still names it,
-    # so a worker whose job was taken over (requeued by the sweeper, claimed by another) changes nothing.
+    # so a worker whose job was taken over (requeued by the recovery loop, claimed by another) changes nothing.
     return {"worker": worker} if worker is not None else None
 
 

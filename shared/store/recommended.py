@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.errors import ValidationError
+from shared.settings import Settings
 from shared.store.sweeps import SUCCEEDED
 from shared.store.tables import Sweep
 
@@ -32,7 +33,7 @@ def wants_recommended(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == RECOMMENDED
 
 
-def resolve_recommended(session: Session, data: Any, settings: Mapping[str, Any]) -> Any:
+def resolve_recommended(session: Session, data: Any, settings: Settings) -> Any:
     """Replace ``multipliers: "recommended"`` by the latest finished sweep's recommended M for the job's model.
 
     Its layer mode and head fraction fill layer_modes and head_boost_percentage, and the sweep's scope and
@@ -41,7 +42,7 @@ def resolve_recommended(session: Session, data: Any, settings: Mapping[str, Any]
     """
     if not isinstance(data, Mapping) or not wants_recommended(data.get("multipliers")):
         return data
-    model = data.get("model") or settings["model.name"]
+    model = data.get("model") or settings.model.name
     if not isinstance(model, str):
         return data  # the validator reports the model
     sweep = latest_recommendation(session, model.strip())

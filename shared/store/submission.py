@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from shared import deployment
 from shared.errors import ModelError, TooManyJobs, Unavailable, ValidationError
 from shared.requests.fit import fit_problems
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
+from shared.settings import Settings
 from shared.store import idempotency
 from shared.store.lifecycle import transition
 from shared.store.tables import Job, JobStatus, utcnow
@@ -80,7 +81,7 @@ def _begin_immediate(session: Session) -> None:
 def lock_queue(session: Session) -> None:
     """Take the admission lock in the session's transaction (PostgreSQL; on SQLite the caller holds the write lock).
 
-    Whoever counts queued jobs before adding some (submissions, batches, sweep steps) holds it until commit or
+    Whoever counts queued jobs before adding some (submissions, batches, sweep stages) holds it until commit or
     rollback, so two of them cannot both see room for the last slot.
     """
     if session.get_bind().dialect.name == "postgresql":
@@ -114,12 +115,12 @@ def _insert_queued(session: Session, rows: list[dict], limit: int, with_rows: tu
     return jobs
 
 
-def _insert_once(session: Session, row: dict, settings: Mapping[str, Any], key: str | None,
+def _insert_once(session: Session, row: dict, settings: Settings, key: str | None,
                  digest: str) -> tuple[Job, bool]:
     """Insert one queued job and return (it, True); (its job, False) when a concurrent try with the same
     idempotency key inserted first."""
     try:
-        job, = _insert_queued(session, [row], settings["limits.max_queued_jobs"])
+        job, = _insert_queued(session, [row], settings.limits.max_queued_jobs)
         return job, True
     except IntegrityError:
         session.rollback()
@@ -135,13 +136,13 @@ def _served(redis, namespace: str, database_url: str | None = None) -> tuple[lis
     With database_url: DeploymentConflict (503) when the Redis prefix belongs to another deployment, whose
     workers would take the job (the prefix is claimed for this one when nobody owns it, e.g. an emptied Redis).
     """
-    from shared import workers
+    from shared import worker_registry
 
     own = deployment.identity_or_none(database_url)  # unknown while the database is down: its insert fails anyway
     try:
         if own is not None:
             deployment.claim(redis, namespace, database_url)
-        beats = workers.live_workers(redis, namespace)
+        beats = worker_registry.live_workers(redis, namespace)
     except deployment.DeploymentConflict:
         raise
     except Exception as exc:  # redis-py raises ConnectionError/TimeoutError subclasses
@@ -149,7 +150,7 @@ def _served(redis, namespace: str, database_url: str | None = None) -> tuple[lis
         raise Unavailable(f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly") from None
     served = {m for beat in beats for m in beat["models"]}
     # A worker that is loading the model will run the job once loaded: it waits in the queue meanwhile.
-    starting = {m for beat in beats for m in workers.starting_in(beat)} - served
+    starting = {m for beat in beats for m in worker_registry.starting_in(beat)} - served
     return beats, served, starting
 
 
@@ -164,7 +165,7 @@ def check_served(model: str, beats: list[dict], served: set[str], starting: set[
     """
     if model in served | starting:
         return
-    from shared.workers import HEARTBEAT_INTERVAL
+    from shared.worker_registry import HEARTBEAT_INTERVAL
 
     wait = max(1, math.ceil(HEARTBEAT_INTERVAL if retry_after is None else retry_after))
     fix = f"if this lasts, start a worker with INSTABOOST_WORKER_MODELS={model}"
@@ -195,7 +196,7 @@ def unserved_error(model: str, served: set[str], starting: set[str]) -> ModelErr
 
 def _enqueue(session: Session, job: Job, celery_app, *, fail_on_error: bool = True) -> bool:
     """Send the job's message (at its priority) and stamp enqueued_at; on a broker error fail the job (or leave
-    it to the sweeper's outbox when fail_on_error is False) and return False."""
+    it to the recovery loop's outbox when fail_on_error is False) and return False."""
     from shared import celery_config
 
     try:
@@ -217,18 +218,18 @@ def _enqueue(session: Session, job: Job, celery_app, *, fail_on_error: bool = Tr
 
 
 def _defaults(settings, celery_app, redis):
-    from shared import celery_config, workers
+    from shared import celery_config, worker_registry
 
     if settings is None:
         from shared.settings import get_settings
 
         settings = get_settings()
-    redis = redis if redis is not None else workers.redis_client(settings["redis.url"])
+    redis = redis if redis is not None else worker_registry.redis_client(settings.redis.url)
     celery_app = celery_app if celery_app is not None else celery_config.get_celery()
     return settings, celery_app, redis
 
 
-def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, Any] | None = None,
+def submit_job(session: Session, request: JobRequest, *, settings: Settings | None = None,
                celery_app=None, redis=None, idempotency_key: str | None = None) -> Job:
     """Store a queued job, then enqueue ``instaboost.run_job`` on the model's queue; return the job.
 
@@ -245,8 +246,8 @@ def submit_job(session: Session, request: JobRequest, *, settings: Mapping[str, 
         earlier = idempotency.by_key(session, idempotency_key, digest, settings)
         if earlier is not None:
             return earlier
-    beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
-    check_served(request.model, beats, served, starting, settings["worker.heartbeat_interval"], session)
+    beats, served, starting = _served(redis, settings.redis.namespace, settings.database.url)
+    check_served(request.model, beats, served, starting, settings.worker.heartbeat_interval, session)
     request.check_model(model_facts(beats, request.model))
     row = dict(model=request.model, params=params, progress_total=len(request.variants()),
                idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None)
@@ -267,7 +268,7 @@ def check_chat_fits(params: Mapping[str, Any], facts: Mapping[str, int]) -> None
         raise ValidationError(errors[0]["message"], errors=errors)
 
 
-def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mapping[str, Any] | None = None,
+def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Settings | None = None,
                 celery_app=None, redis=None, idempotency_key: str | None = None, is_retry: bool = False) -> Job:
     """Store a queued chat or completion job (shared.chat.chat_params, shared.completions.completion_params) and
     enqueue it ahead of other work; return the job.
@@ -283,8 +284,8 @@ def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mappin
         earlier = idempotency.by_retry(session, digest, settings) if is_retry else None
     if earlier is not None:
         return earlier
-    beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
-    check_served(params["model"], beats, served, starting, settings["worker.heartbeat_interval"], session)
+    beats, served, starting = _served(redis, settings.redis.namespace, settings.database.url)
+    check_served(params["model"], beats, served, starting, settings.worker.heartbeat_interval, session)
     check_chat_fits(params, model_facts(beats, params["model"]))
     row = dict(model=params["model"], params=dict(params), progress_total=len(params.get("prompts") or [None]),
                kind=params.get("kind", "chat"), idempotency_key=idempotency_key, request_hash=digest)
@@ -297,28 +298,28 @@ def submit_chat(session: Session, params: Mapping[str, Any], *, settings: Mappin
 
 
 def submit_batch_jobs(session: Session, batch, lines: list[tuple[str, Mapping[str, Any]]], *,
-                      settings: Mapping[str, Any] | None = None, celery_app=None) -> list[int]:
+                      settings: Settings | None = None, celery_app=None) -> list[int]:
     """Store a batch row with one queued chat job per (custom_id, params) line in one transaction, then enqueue each
     behind other work; return the job ids.
 
-    A message the broker refuses leaves its job in the outbox (enqueued_at NULL): the sweeper sends it.
+    A message the broker refuses leaves its job in the outbox (enqueued_at NULL): the recovery loop sends it.
     """
     settings, celery_app, _ = _defaults(settings, celery_app, object())
     rows = [dict(model=p["model"], params=dict(p), progress_total=1, kind="chat", batch_id=batch.id, custom_id=cid)
             for cid, p in lines]
-    jobs = _insert_queued(session, rows, settings["limits.max_queued_jobs"], with_rows=(batch,))
+    jobs = _insert_queued(session, rows, settings.limits.max_queued_jobs, with_rows=(batch,))
     ids = [j.id for j in jobs]
     for job in jobs:
         _enqueue(session, job, celery_app, fail_on_error=False)
     return ids
 
 
-def served_models(settings: Mapping[str, Any], redis) -> tuple[list[dict], set[str], set[str]]:
+def served_models(settings: Settings, redis) -> tuple[list[dict], set[str], set[str]]:
     """Return (live heartbeats, models served, models starting) for a batch's per-line model checks; Unavailable
     while no worker has a heartbeat (a transient state: see check_served)."""
-    beats, served, starting = _served(redis, settings["redis.namespace"], settings["database.url"])
+    beats, served, starting = _served(redis, settings.redis.namespace, settings.database.url)
     if not beats:
-        wait = max(1, math.ceil(settings["worker.heartbeat_interval"]))
+        wait = max(1, math.ceil(settings.worker.heartbeat_interval))
         raise Unavailable(f"no live worker has sent a heartbeat (workers starting, or Redis just restarted); retry in "
                           f"{wait} s; if this lasts, start a worker", retry_after=wait)
     return beats, served, starting

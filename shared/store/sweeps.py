@@ -1,24 +1,24 @@
-"""Calibration sweeps in the service: create one, advance it step by step with the paper's stop rule, read it.
+"""Calibration sweeps in the service: create one, advance it stage by stage with the paper's stop rule, read it.
 
 A sweep is a case set x a grid of M x settings (layer modes x head fractions) run as ordinary jobs, one per
 (case, M, head fraction) with its layer modes as variants, linked to the sweep by ``jobs.sweep_id``
-(``case_name``, ``sweep_step``, ``sweep_head_fraction``). Each job's original variant is the unboosted
-baseline (M = 1, shared by every setting; the first step's is used).
+(``case_name``, ``sweep_multiplier``, ``sweep_head_fraction``). Each job's original variant is the unboosted
+baseline (M = 1, shared by every setting; the first stage's is used).
 
-``advance`` moves a sweep on: once every job of the current step is finished it reads all the sweep's
+``advance`` moves a sweep on: once every job of the current stage is finished it reads all the sweep's
 scored runs, recomputes the summary (``shared.evaluation.protocol.calibrate``) and, while some setting's
-validation fluency stays at or above the floor, creates the next step's jobs; otherwise it finishes the
-sweep with its recommendation. It is called by the worker when a sweep job ends, and by the sweeper on
+validation fluency stays at or above the floor, creates the next stage's jobs; otherwise it finishes the
+sweep with its recommendation. It is called by the worker when a sweep job ends, and by the recovery loop on
 every pass (so a worker killed between finishing a job and advancing loses nothing). It is idempotent and
 safe to run concurrently: the sweep row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL, the write lock
-on SQLite), a step's jobs are unique per (sweep, case, M, head fraction), and the new jobs are committed
-before their messages are sent (unsent ones stay in the sweeper's outbox, ``enqueued_at`` NULL).
+on SQLite), a stage's jobs are unique per (sweep, case, M, head fraction), and the new jobs are committed
+before their messages are sent (unsent ones stay in the recovery loop's outbox, ``enqueued_at`` NULL).
 
-Admission: a step's jobs pass the same queued-job cap as submissions (``limits.max_queued_jobs``, under the
-same lock, ``shared.store.submission.lock_queue``). A new sweep whose first step does not fit, or one beyond
-``limits.max_running_sweeps`` running sweeps, is refused (429) and nothing is stored. A later step that does not
-fit *waits*: the sweep stays ``running`` at its current step and the next ``advance`` (the sweeper's pass, every
-``sweeper.interval`` seconds) tries again. A next step that fails validation (e.g. a limit lowered since the
+Admission: a stage's jobs pass the same queued-job cap as submissions (``limits.max_queued_jobs``, under the
+same lock, ``shared.store.submission.lock_queue``). A new sweep whose first stage does not fit, or one beyond
+``limits.max_running_sweeps`` running sweeps, is refused (429) and nothing is stored. A later stage that does not
+fit *waits*: the sweep stays ``running`` at its current stage and the next ``advance`` (the recovery loop's pass, every
+``sweeper.interval`` seconds) tries again. A next stage that fails validation (e.g. a limit lowered since the
 sweep started) fails the sweep with that message.
 """
 
@@ -36,7 +36,8 @@ from shared.errors import Conflict, NotFound, TooManyJobs, TooManySweeps, Valida
 from shared.evaluation import protocol
 from shared.evaluation.cases import Case
 from shared.resources import jobs as resources
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
+from shared.settings import Settings
 from shared.store import submission
 from shared.store.tables import FINAL, Job, JobStatus, Run, Sweep, utcnow
 
@@ -63,7 +64,7 @@ def settings_of(sweep: Sweep) -> list[SweepSetting]:
 
 
 def cell_request(sweep_config: Mapping[str, Any], case: Mapping[str, Any], m: float, head_fraction: float,
-                 layer_modes: Sequence[str], settings: Mapping[str, Any]) -> JobRequest:
+                 layer_modes: Sequence[str], settings: Settings) -> JobRequest:
     """Return the job request of one (case, M, head fraction) cell."""
     return JobRequest.from_dict({**sweep_config["params"], "instruction": case["instruction"], "query": case["query"],
                                  "multipliers": [m], "layer_modes": list(layer_modes),
@@ -73,7 +74,7 @@ def cell_request(sweep_config: Mapping[str, Any], case: Mapping[str, Any], m: fl
 
 def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, grid: Sequence[float],
                  settings_: Sequence[SweepSetting], floor: float, params: Mapping[str, Any],
-                 settings: Mapping[str, Any], sender: Sender | None = None,
+                 settings: Settings, sender: Sender | None = None,
                  facts: Mapping[str, Any] | None = None) -> Sweep:
     """Store a running sweep (validating every cell's job request first) and start its first step.
 
@@ -85,7 +86,7 @@ def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, g
     splits = assign_splits(cases)
     config = {"cases": [case_to_dict(c, splits[c.name]) for c in cases], "grid": [float(m) for m in grid],
               "settings": [s.to_dict() for s in settings_], "floor": float(floor),
-              "copy_ceiling": float(settings.get("scoring.copy_ceiling", protocol.COPY_CEILING)),
+              "copy_ceiling": settings.scoring.copy_ceiling,
               "params": dict(params)}
     errors = []
     modes = list(dict.fromkeys(s.layers for s in settings_))
@@ -100,22 +101,22 @@ def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, g
     if errors:
         raise ValidationError(f"{len(errors)} problems in the sweep's cases: " +
                               "; ".join(e["message"] for e in errors[:5]), errors=errors)
-    sweep = Sweep(status=RUNNING, model=params["model"], pack=pack, config=config, step_index=0,
+    sweep = Sweep(status=RUNNING, model=params["model"], pack=pack, config=config, stage_index=0,
                   current_multiplier=None, created_at=utcnow(), updated_at=utcnow())
     _begin(session)
     submission.lock_queue(session)
     running = session.execute(select(func.count()).select_from(Sweep).where(Sweep.status == RUNNING)).scalar_one()
-    limit = settings["limits.max_running_sweeps"]
+    limit = settings.limits.max_running_sweeps
     if running >= limit:
         session.rollback()
         raise TooManySweeps(f"{running} calibration sweeps are running, the most limits.max_running_sweeps allows "
                           f"({limit}); retry when one has finished, or cancel one", retry_after=60)
     first = boosted_grid(grid)[0]
-    try:  # refused as a whole (429, nothing stored) when its first step does not fit under the queued-job cap
+    try:  # refused as a whole (429, nothing stored) when its first stage does not fit under the queued-job cap
         session.add(sweep)
         session.flush()
-        created = _start_step(session, sweep, first, settings_, settings)
-        sweep.step_index, sweep.current_multiplier = 1, first
+        created = _start_stage(session, sweep, first, settings_, settings)
+        sweep.stage_index, sweep.current_multiplier = 1, first
         sweep_id = sweep.id
         session.commit()
     except Exception:
@@ -180,11 +181,11 @@ def summarize_sweep(session: Session, sweep: Sweep, n_boot: int = protocol.N_BOO
                                              copy_ceiling=sweep.config.get("copy_ceiling"), n_boot=n_boot))
 
 
-def _start_step(session: Session, sweep: Sweep, m: float, going: Sequence[SweepSetting],
-                settings: Mapping[str, Any]) -> list[tuple[int, str]]:
-    """Insert the step's jobs (queued, not yet sent) if they fit under the queued-job cap; return [(job id, model)].
+def _start_stage(session: Session, sweep: Sweep, m: float, going: Sequence[SweepSetting],
+                settings: Settings) -> list[tuple[int, str]]:
+    """Insert the stage's jobs (queued, not yet sent) if they fit under the queued-job cap; return [(job id, model)].
 
-    Raises ValidationError (a cell's job request is invalid) or TooManyJobs (after a rollback: the step does not fit).
+    Raises ValidationError (a cell's job request is invalid) or TooManyJobs (after a rollback: the stage does not fit).
     """
     cells = []
     by_fraction: dict[float, list[str]] = {}
@@ -198,13 +199,13 @@ def _start_step(session: Session, sweep: Sweep, m: float, going: Sequence[SweepS
             cells.append((case["name"], hf, first.model_copy(update={"head_boost_percentage": hf * 100.0,
                                                                      "layer_modes": tuple(modes)})))
     submission.lock_queue(session)
-    submission.check_room(session, len(cells), settings["limits.max_queued_jobs"],
+    submission.check_room(session, len(cells), settings.limits.max_queued_jobs,
                           hint=f"this sweep's step M={m:g} waits for room (retry, or give fewer cases with limit)")
     created = []
     for case_name, hf, req in cells:
         job = Job(status=JobStatus.queued, model=req.model, params=req.to_params(), progress_done=0,
                   progress_total=len(req.variants()), sweep_id=sweep.id, case_name=case_name,
-                  sweep_step=m, sweep_head_fraction=hf, created_at=utcnow())
+                  sweep_multiplier=m, sweep_head_fraction=hf, created_at=utcnow())
         try:
             with session.begin_nested():
                 session.add(job)
@@ -220,8 +221,8 @@ def _send_all(session: Session, created: Sequence[tuple[int, str]], sender: Send
             send_job(session, job_id, model, sender)
 
 
-def advance(session: Session, sweep_id: int, settings: Mapping[str, Any], sender: Sender | None = None) -> str:
-    """Move the sweep on if its current step is done; return its status (see the module docstring)."""
+def advance(session: Session, sweep_id: int, settings: Settings, sender: Sender | None = None) -> str:
+    """Move the sweep on if its current stage is done; return its status (see the module docstring)."""
     sweep = _lock(session, sweep_id)
     if sweep is None:
         session.rollback()
@@ -231,7 +232,7 @@ def advance(session: Session, sweep_id: int, settings: Mapping[str, Any], sender
         return sweep.status
     current = sweep.current_multiplier
     if current is not None:
-        pending = session.execute(select(Job.id).where(Job.sweep_id == sweep.id, Job.sweep_step == current,
+        pending = session.execute(select(Job.id).where(Job.sweep_id == sweep.id, Job.sweep_multiplier == current,
                                                        Job.status.not_in(list(FINAL)))).first()
         if pending is not None:
             session.rollback()
@@ -250,14 +251,14 @@ def advance(session: Session, sweep_id: int, settings: Mapping[str, Any], sender
     created: list[tuple[int, str]] = []
     if nxt is not None:
         try:
-            created = _start_step(session, sweep, nxt, going, settings)
-        except TooManyJobs:  # rolled back: the sweep stays at its step, and the next advance tries again
+            created = _start_stage(session, sweep, nxt, going, settings)
+        except TooManyJobs:  # rolled back: the sweep stays at its stage, and the next advance tries again
             log.info("sweep %s: step M=%g waits for room under limits.max_queued_jobs", sweep_id, nxt)
             return RUNNING
         except ValidationError as exc:
             session.rollback()
             return _fail(session, sweep_id, f"step M={nxt:g} cannot run: {exc.message}")
-        sweep.step_index += 1
+        sweep.stage_index += 1
         sweep.current_multiplier = nxt
         sweep.result = summarize_sweep(session, sweep, n_boot=200) if records else None
         sweep.updated_at = utcnow()
@@ -272,7 +273,7 @@ def advance(session: Session, sweep_id: int, settings: Mapping[str, Any], sender
 
 
 def _fail(session: Session, sweep_id: int, message: str) -> str:
-    """Fail a running sweep with message (its current step is done, so no job of it is left to cancel)."""
+    """Fail a running sweep with message (its current stage is done, so no job of it is left to cancel)."""
     sweep = _lock(session, sweep_id)
     if sweep is None or sweep.status != RUNNING:
         session.rollback()
@@ -307,7 +308,7 @@ def send_job(session: Session, job_id: int, model: str, sender: Sender) -> bool:
     try:
         sender(job_id, model)
     except Exception as exc:
-        log.warning("sweep job %s not sent (%s); the sweeper's outbox sends it", job_id, type(exc).__name__)
+        log.warning("sweep job %s not sent (%s); the recovery loop's outbox sends it", job_id, type(exc).__name__)
         session.execute(update(Job).where(Job.id == job_id, Job.enqueued_at == stamp).values(enqueued_at=None)
                         .execution_options(synchronize_session=False))
         session.commit()
@@ -375,7 +376,7 @@ def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False,
     d = {"id": sweep.id, "status": sweep.status, "finished": sweep.status != RUNNING, "model": sweep.model,
          "pack": sweep.pack, "grid": cfg["grid"], "settings": cfg["settings"], "fluency_floor": cfg["floor"],
          "copy_ceiling": cfg.get("copy_ceiling"),
-         "params": cfg["params"], "cases": len(cfg["cases"]), "step": sweep.step_index,
+         "params": cfg["params"], "cases": len(cfg["cases"]), "step": sweep.stage_index,
          "current_multiplier": sweep.current_multiplier, "jobs": job_counts(session, sweep.id),
          "table": result.get("table", []),
          "choices": [{k: s.get(k) for k in ("setting", "layers", "head_fraction", "multiplier", "success",

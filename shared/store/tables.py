@@ -73,7 +73,7 @@ class JobStatus(str, enum.Enum):
       (broker refused it, too many deliveries, or no worker served its model for
       limits.queued_without_worker_seconds)
     - running    -> succeeded | failed | cancelling (cancel requested; the worker stops at the next
-      batch step, or at the next token) | queued (redelivery after a worker died mid-job)
+      round, or at the next token) | queued (redelivery after a worker died mid-job)
     - cancelling -> cancelled (the worker stopped) | failed | succeeded (the last variant finished first)
     - succeeded, failed, cancelled: final.
     """
@@ -114,7 +114,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     # A sweep creates each (case, M, head fraction) job once, however often its advance runs.
-    __table_args__ = (UniqueConstraint("sweep_id", "case_name", "sweep_step", "sweep_head_fraction",
+    __table_args__ = (UniqueConstraint("sweep_id", "case_name", "sweep_multiplier", "sweep_head_fraction",
                                        name="uq_jobs_sweep_cell"),
                       UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"))
 
@@ -133,13 +133,13 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # Set once the broker accepted the message: rows left NULL are re-enqueued by the sweeper.
+    # Set once the broker accepted the message: rows left NULL are re-enqueued by the recovery loop.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # A job a sweep created: the sweep, the case it runs and the sweep step (grid M) it belongs to.
+    # A job a sweep created: the sweep, the case it runs and the sweep stage (grid M) it belongs to.
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), nullable=True,
                                                  index=True)
     case_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    sweep_step: Mapped[float | None] = mapped_column(Float, nullable=True)  # the grid M of this job
+    sweep_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)  # the grid M of this job
     sweep_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
     # "chat" for OpenAI chat completions (and batch lines), "completion" for /v1/completions; NULL or "instaboost" for the job API's jobs.
     kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -203,7 +203,7 @@ SWEEP_STATUSES = ("running", "succeeded", "failed", "cancelled")
 class Sweep(Base):
     """A calibration sweep: a case set x a grid of M x layer modes (x head fractions), run as ordinary jobs.
 
-    The sweep advances one grid step (one M) at a time: when every job of the current step is finished,
+    The sweep advances one grid stage (one M) at a time: when every job of the current stage is finished,
     the paper's stop rule on the validation half decides the next M or the end (shared.store.sweeps).
     """
 
@@ -214,7 +214,7 @@ class Sweep(Base):
     pack: Mapped[str | None] = mapped_column(String(255), nullable=True)  # built-in pack name, None if uploaded
     # The sweep's request: cases (with their split), grid, layer modes, head fractions, floor, job params.
     config: Mapped[dict] = mapped_column(JSON)
-    step_index: Mapped[int] = mapped_column(Integer, default=0)  # grid steps enqueued so far
+    stage_index: Mapped[int] = mapped_column(Integer, default=0)  # grid stages enqueued so far
     current_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The last computed summary (protocol.calibrate's dict without the raw records) and recommendation.
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
@@ -242,7 +242,7 @@ class File(Base):
     # Deferred: loaded only when read (GET .../content, a batch's creation), never by listings.
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # Past this the file answers 404 and the sweeper deletes it (v1.file_expiry_hours, or expires_after).
+    # Past this the file answers 404 and the recovery loop deletes it (v1.file_expiry_hours, or expires_after).
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
 

@@ -215,7 +215,7 @@ def test_transformerlens_hook_fires_during_cached_generation(tl_engine):
     assert len(fired) >= 2
 
 
-def test_seed_library_api_still_works():
+def test_prototype_library_api_still_works():
     from worker import InstaBoostTransformerLens
 
     model = InstaBoostTransformerLens(model_name="smollm2-135m-instruct", boost_middle_layers_only=True,

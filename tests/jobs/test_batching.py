@@ -26,7 +26,7 @@ BATCHED = {"max_batch_rows": 32, "batch_jobs": 1}  # the defaults, over test_fau
 
 @pytest.fixture(scope="module")
 def batch_db():
-    """A migrated database of its own: these workers' sweepers act on every row they see."""
+    """A migrated database of its own: these workers' recovery loops act on every row they see."""
     yield from migrated_pg_database("instaboost_test_batching")
 
 
@@ -104,7 +104,7 @@ def test_kill_9_mid_batch_every_job_resumes_with_exactly_one_run_per_variant(h):
                      120, "shared a batch")
     held = [v.id for v in views if v.status == "running" and v.worker == w.worker_id]
     w.kill()
-    w2 = h.worker(**BATCHED)  # its sweeper finds every job of the dead worker's batch and sends it again
+    w2 = h.worker(**BATCHED)  # its recovery loop finds every job of the dead worker's batch and sends it again
     finals = [h.wait_finished(i, 240) for i in ids]
     counts = [h.counts(i, variants_of(b)) for i, b in zip(ids, bodies)]
     record_fault("kill -9 worker mid-batch", injected=1, survived=all(f.status == "succeeded" for f in finals),
@@ -112,7 +112,7 @@ def test_kill_9_mid_batch_every_job_resumes_with_exactly_one_run_per_variant(h):
     for final in finals:
         assert final.status == "succeeded" and final.worker == w2.worker_id and final.error is None, final
     assert counts == [(0, 0)] * len(ids)
-    # Each job of the dead batch was claimed once more: by the sweeper's resend, or by its own message
+    # Each job of the dead batch was claimed once more: by the recovery loop's resend, or by its own message
     # still waiting in the queue (a job that joined a batch keeps it), whichever reached the new worker first.
     assert [h.job(i).attempts for i in held] == [2] * len(held)
 
@@ -169,12 +169,12 @@ def test_poison_job_fails_alone_when_it_joins_a_batch(h):
         assert view.status == "succeeded" and sorted(view.variants) == sorted(variants_of(body)), view
 
 
-def test_sweeper_sends_again_a_job_its_live_worker_no_longer_lists(h):
+def test_recovery_loop_sends_again_a_job_its_live_worker_no_longer_lists(h):
     # A batch that ended on an error it could not record leaves jobs running under a live worker; the
-    # worker's heartbeat lists the jobs it holds, so the sweeper can tell and send them again.
+    # worker's heartbeat lists the jobs it holds, so the recovery loop can tell and send them again.
     from tests.fixtures.store import insert_job
     from worker.jobs.heartbeat import Heartbeat
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
 
     settings = h.settings(**{"worker.heartbeat_interval": 0.2, "worker.heartbeat_ttl": 5})
     beat = Heartbeat("batcher@host", ["smollm2-135m-instruct"], h.redis_url, h.namespace, interval=0.2, ttl=5,
@@ -183,11 +183,11 @@ def test_sweeper_sends_again_a_job_its_live_worker_no_longer_lists(h):
         held = insert_job(h.db_url, job("Held.", 4), lifecycle.JobStatus.running, worker=beat.worker_id, attempts=1)
         lost = insert_job(h.db_url, job("Lost.", 4), lifecycle.JobStatus.running, worker=beat.worker_id, attempts=1)
         beat.set_jobs([held])
-        sweeper = Sweeper(settings, db_url=h.db_url, redis=None)
+        recovery = JobRecovery(settings, db_url=h.db_url, redis=None)
         deadline = time.monotonic() + 60
         while h.job(lost).status == "running":  # unlisted for two heartbeat intervals before it counts
-            assert time.monotonic() < deadline, "the sweeper never sent the unlisted job again"
-            sweeper.sweep()
+            assert time.monotonic() < deadline, "the recovery loop never sent the unlisted job again"
+            recovery.run_pass()
             time.sleep(0.1)
         lost_view, held_view = h.job(lost), h.job(held)
         assert lost_view.status == "queued" and "lost track of the job" in lost_view.error, lost_view

@@ -120,7 +120,7 @@ def test_concurrent_submissions_to_several_processes_respect_the_cap_and_none_is
     heartbeat(DEFAULT_MODEL)
     engine = get_db_engine(store)
     from shared.celery_config import PRIORITY
-    from shared.workers import queue_key
+    from shared.worker_registry import queue_key
 
     queue = queue_key(model_queue(DEFAULT_MODEL), PRIORITY["default"], redis_namespace)
     start = time.monotonic()

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from shared import deployment
 from shared.celery_config import PRIORITY_STEPS, TASK_NAME, make_celery, model_queue
 from shared.settings import load_settings
-from shared.workers import queue_key, redis_client
+from shared.worker_registry import queue_key, redis_client
 from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL, insert_job, load_job
 from tests.fixtures.worker import WorkerProcess
 

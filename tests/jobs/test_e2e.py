@@ -184,7 +184,7 @@ def test_job_waits_visibly_when_no_worker_holds_its_model(web, celery_worker, re
     # Another (pretend) worker advertises a model ours does not hold: the job is accepted, routed to
     # that model's queue, and our worker must not take it.
     from shared.celery_config import PRIORITY
-    from shared.workers import queue_key
+    from shared.worker_registry import queue_key
 
     ns = celery_worker.namespace
     key = f"{ns}:worker:pretend@elsewhere"

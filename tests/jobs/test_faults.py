@@ -4,8 +4,8 @@ Every test counts, per job, the variants lost (expected but never stored) and du
 or generated and recorded twice according to the workers' logs); both must be 0. The counts are printed
 (``-s``) and summarised at the end of the run ("fault injection" section; also in .pytest_cache).
 
-The workers here run the sweeper with short intervals (``FAST``) on a database and Redis namespace of
-their own: the sweeper acts on every row of its database.
+The workers here run the recovery loop with short intervals (``FAST``) on a database and Redis namespace of
+their own: the recovery loop acts on every row of its database.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from sqlalchemy import text
 from shared.celery_config import TASK_NAME, celery_config, make_celery, model_queue
 from shared.db import session_scope
 from shared.errors import ValidationError
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
 from shared.settings import load_settings
 from shared.store import lifecycle, submission
 from shared.store.tables import FINAL, Job, JobStatus, Run
-from shared.workers import redis_client
+from shared.worker_registry import redis_client
 from tests.fixtures.store import TEST_REDIS_URL, make_test_app, migrated_pg_database
 from tests.fixtures.worker import WorkerProcess, purge_namespace, record_fault
 
@@ -54,7 +54,7 @@ SMALL = {**BASE, "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"
 
 @pytest.fixture(scope="module")
 def fault_db():
-    """A migrated database of its own: the sweepers of these tests act on every row they see."""
+    """A migrated database of its own: the recovery loops of these tests act on every row they see."""
     yield from migrated_pg_database("instaboost_test_faults")
 
 
@@ -90,7 +90,7 @@ class Harness:
                                         "worker.visibility_timeout": 600, **overrides})
 
     def worker(self, db_url: str | None = None, wait: bool = True, fault: str | None = None, **env) -> WorkerProcess:
-        """Start a worker (FAST sweeper settings, overridden by env) and wait for its heartbeat.
+        """Start a worker (FAST recovery loop settings, overridden by env) and wait for its heartbeat.
 
         fault: INSTABOOST_TEST_FAULT for it (worker/jobs/faults.py), e.g. "variant:hang_c".
         """
@@ -143,9 +143,9 @@ class Harness:
         pattern = re.compile(rf"job {job_id}: variant (\S+) done")
         return [m.group(1) for w in self.workers for m in pattern.finditer(w.log_tail(10**7))]
 
-    def sweeps(self, kind: str, job_id: int) -> int:
-        """Return how many sweeper passes (in all workers' logs) acted on job_id as kind (orphaned, lost...)."""
-        found = re.findall(rf"sweeper: {kind} jobs \[([\d, ]+)\]", "".join(w.log_tail(10**7) for w in self.workers))
+    def recovery_passes(self, kind: str, job_id: int) -> int:
+        """Return how many recovery loop passes (in all workers' logs) acted on job_id as kind (orphaned, lost...)."""
+        found = re.findall(rf"recovery: {kind} jobs \[([\d, ]+)\]", "".join(w.log_tail(10**7) for w in self.workers))
         return sum(str(job_id) in [x.strip() for x in ids.split(",")] for ids in found)
 
     def counts(self, job_id: int, expected: list[str]) -> tuple[int, int]:
@@ -214,7 +214,7 @@ def test_kill_9_mid_variant_five_times_then_exactly_one_run_per_variant(h):
         assert view.status == "running" and view.worker == w.worker_id and view.done < view.total, view
         w.kill()
         kills.append(view.done)
-        w = h.worker(fault=SLOW_VARIANTS)  # its sweeper finds the dead worker's job and sends it again
+        w = h.worker(fault=SLOW_VARIANTS)  # its recovery loop finds the dead worker's job and sends it again
     final = h.wait_finished(job_id)
     lost, duplicated = h.counts(job_id, expected)
     record_fault("kill -9 worker mid-variant", injected=len(kills), survived=final.status == "succeeded",
@@ -224,7 +224,7 @@ def test_kill_9_mid_variant_five_times_then_exactly_one_run_per_variant(h):
     assert final.attempts == len(plan) + 1 and final.worker == w.worker_id and final.error is None
     assert (lost, duplicated) == (0, 0)
     assert max(kills) > 0  # some kills came after stored variants, which the next delivery resumed from
-    assert h.sweeps("orphaned", job_id) == len(plan)  # each time the sweeper, not Redis' timeout, sent it again
+    assert h.recovery_passes("orphaned", job_id) == len(plan)  # each time the recovery loop, not Redis' timeout, sent it again
 
 
 # -- 2. Redis stops mid-queue, and comes back empty ---------------------------------------------------
@@ -277,7 +277,7 @@ def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis
         before.append(resp.get_json()["id"])
     h.wait_running_on(before[0], w)
     from shared.celery_config import PRIORITY
-    from shared.workers import queue_key
+    from shared.worker_registry import queue_key
 
     queue = queue_key(model_queue('smollm2-135m-instruct'), PRIORITY["default"], h.namespace)
     assert redis_client(h.redis_url).llen(queue) == 2  # two jobs wait in Redis behind the running one
@@ -317,7 +317,7 @@ def test_redis_outage_and_restart_without_persistence_lose_nothing(private_redis
     assert w.alive() and all(v.worker == w.worker_id for v in finals)  # the worker rode out the outage
     # Heartbeats vanished with Redis, yet the job running through the outage was never taken from its worker.
     assert [v.attempts for v in finals] == [1] * len(finals)
-    assert h.sweeps("lost", before[1]) == h.sweeps("lost", before[2]) == 1 and h.sweeps("outbox", outbox) == 1
+    assert h.recovery_passes("lost", before[1]) == h.recovery_passes("lost", before[2]) == 1 and h.recovery_passes("outbox", outbox) == 1
     # Re-sent by the first pass after Redis returned (its marker key gone), not sweeper.lost_after later.
     assert "Redis came back without its data" in w.log_tail(10**7)
 
@@ -518,7 +518,7 @@ def test_poison_job_fails_after_max_attempts_and_does_not_block_the_queue(h):
     assert p.attempts == max_attempts == kills
     assert good.status == "succeeded" and good.attempts == 1 and late.status == "succeeded"
     assert (lost + l2, duplicated + d2 + d3) == (0, 0)
-    assert h.sweeps("orphaned", poison) == max_attempts - 1 and h.sweeps("poisoned", poison) == 1
+    assert h.recovery_passes("orphaned", poison) == max_attempts - 1 and h.recovery_passes("poisoned", poison) == 1
 
 
 # -- 5. a job overruns the time limit; the same worker process goes on ---------------------------------

@@ -1,5 +1,5 @@
 """Fault injection on OpenAI batches: kill -9 of the worker mid-batch, twice; the batch still completes with one
-output line per input line, none duplicated. Real workers (FAST sweeper), the real model, Redis and PostgreSQL.
+output line per input line, none duplicated. Real workers (FAST recovery loop), the real model, Redis and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_kill_9_during_a_batch_then_one_output_line_per_input_line(h):  # noqa: 
         # Read after the kill: what the dead worker held then is what it was killed in, however long this
         # process took between its look and the kill on a busy machine.
         killed += running_batch_jobs(h.db_url, batch["id"], w.worker_id)
-        w = h.worker(fault=SLOW_VARIANTS)  # its sweeper finds the dead worker's job and sends it again
+        w = h.worker(fault=SLOW_VARIANTS)  # its recovery loop finds the dead worker's job and sends it again
     deadline = time.monotonic() + 300
     while (b := web.get(f"/v1/batches/{batch['id']}").get_json())["status"] not in ("completed", "failed",
                                                                                      "cancelled", "expired"):

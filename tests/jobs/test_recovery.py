@@ -1,5 +1,5 @@
 """Issue 18: a restarted worker takes its dead predecessor's jobs back at once, and queued jobs of a model no
-worker serves expire. In-process on real PostgreSQL and Redis: the sweeper and the takeover act on rows and
+worker serves expire. In-process on real PostgreSQL and Redis: the recovery loop and the takeover act on rows and
 heartbeats written here; the end-to-end kill under `instaboost serve` is in tests/system/test_serve.py.
 """
 
@@ -21,10 +21,10 @@ from shared.db import session_scope
 from shared.settings import load_settings
 from shared.store.submission import queued_count
 from shared.store.tables import Job, JobStatus, utcnow
-from shared.workers import waiting_job_ids
+from shared.worker_registry import waiting_job_ids
 from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL, insert_job, migrated_pg_database, write_heartbeat
 from tests.fixtures.worker import purge_namespace
-from worker.jobs.sweeper import Sweeper
+from worker.jobs.recovery import JobRecovery
 from worker.jobs.takeover import Takeover, process_facts, process_start
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 4,
@@ -35,7 +35,7 @@ INTERVAL, TTL = 0.5, 3.0  # a live heartbeat here is refreshed every 0.5 s and l
 
 @pytest.fixture(scope="module")
 def db():
-    """A database of its own: these sweepers act on every row they see."""
+    """A database of its own: these recovery loops act on every row they see."""
     yield from migrated_pg_database("instaboost_test_recovery")
 
 
@@ -50,11 +50,11 @@ def ns(db, redis_namespace):
     purge_namespace(namespace)
 
 
-def sweeper(db: str, namespace: str, own: str | None = None, **overrides) -> Sweeper:
+def recovery(db: str, namespace: str, own: str | None = None, **overrides) -> JobRecovery:
     settings = load_settings(overrides={"database.url": db, "redis.url": TEST_REDIS_URL, "redis.namespace": namespace,
                                         "worker.heartbeat_interval": INTERVAL, "worker.heartbeat_ttl": TTL,
                                         **overrides})
-    return Sweeper(settings, own_worker=own)
+    return JobRecovery(settings, own_worker=own)
 
 
 def job(db: str, job_id: int) -> Job:
@@ -70,7 +70,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def takeover(sw: Sweeper, own: str) -> Takeover:
+def takeover(sw: JobRecovery, own: str) -> Takeover:
     return Takeover(sw, NODE, own, INTERVAL, TTL, poll=0.1)
 
 
@@ -84,7 +84,7 @@ def test_a_dead_predecessor_on_this_machine_is_known_dead_at_once(db, ns, redis_
     cancelling = insert_job(db, TINY, JobStatus.cancelling, old, attempts=1)
     other = insert_job(db, TINY, JobStatus.running, f"worker@elsewhere:{pid}:bb", attempts=1)  # not its name
     own = f"{NODE}:{os.getpid()}:cc"
-    assert sorted(takeover(sweeper(db, ns, own), own).run()) == [running, cancelling]
+    assert sorted(takeover(recovery(db, ns, own), own).run()) == [running, cancelling]
     back = job(db, running)
     assert back.status is JobStatus.queued and back.attempts == 1 and "took over" in back.error
     assert back.enqueued_at is not None  # sent again: its message waits on the model's queue
@@ -103,12 +103,12 @@ def test_a_live_worker_sharing_the_name_by_mistake_keeps_its_jobs(db, ns, redis_
         write_heartbeat(redis_client, ns, alive, [DEFAULT_MODEL], ttl=600, **facts)
         job_id = insert_job(db, TINY, JobStatus.running, alive, attempts=1)
         own = f"{NODE}:{os.getpid()}:ee"
-        assert takeover(sweeper(db, ns, own), own).run() == []
+        assert takeover(recovery(db, ns, own), own).run() == []
         assert job(db, job_id).status is JobStatus.running
         assert "two workers share one name" in caplog.text
         # A heartbeat whose pid is now another process (reused) counts as dead.
         write_heartbeat(redis_client, ns, alive, [DEFAULT_MODEL], ttl=600, **{**facts, "pid_start": "1"})
-        assert takeover(sweeper(db, ns, own), own).run() == [job_id]
+        assert takeover(recovery(db, ns, own), own).run() == [job_id]
     finally:
         other.kill()
         other.wait()
@@ -133,7 +133,7 @@ def test_a_predecessor_elsewhere_is_dead_once_its_heartbeat_misses_two_beats(db,
         time.sleep(0.1)
         kept = insert_job(db, TINY, JobStatus.running, live, attempts=1)
         own = f"{NODE}:9:hh"
-        assert takeover(sweeper(db, ns, own), own).run() == [stale]
+        assert takeover(recovery(db, ns, own), own).run() == [stale]
     finally:
         stop.set()
         thread.join()
@@ -148,10 +148,10 @@ def test_queued_jobs_of_a_model_no_worker_serves_expire_with_a_clear_error(db, n
     served = insert_job(db, TINY)
     with session_scope(db) as s:  # both have waited an hour
         s.execute(update(Job).where(Job.id.in_([orphan, served])).values(created_at=utcnow() - timedelta(hours=1)))
-    sw = sweeper(db, ns, **{"limits.queued_without_worker_seconds": 3})
-    assert sw.sweep()["expired"] == []  # the sweeper has not yet seen the model unserved for 3 s
+    sw = recovery(db, ns, **{"limits.queued_without_worker_seconds": 3})
+    assert sw.run_pass()["expired"] == []  # the recovery loop has not yet seen the model unserved for 3 s
     deadline = time.monotonic() + 60
-    while not (expired := sw.sweep()["expired"]):
+    while not (expired := sw.run_pass()["expired"]):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert expired == [orphan]
@@ -163,8 +163,8 @@ def test_queued_jobs_of_a_model_no_worker_serves_expire_with_a_clear_error(db, n
     with session_scope(db) as s:
         assert queued_count(s) == 1  # no longer counted against the cap
     fresh = insert_job(db, {**TINY, "model": "HuggingFaceTB/SmolLM2-360M-Instruct"})
-    assert sw.sweep()["expired"] == [] and job(db, fresh).status is JobStatus.queued  # not waited 3 s itself yet
-    never = sweeper(db, ns, **{"limits.queued_without_worker_seconds": 0})
+    assert sw.run_pass()["expired"] == [] and job(db, fresh).status is JobStatus.queued  # not waited 3 s itself yet
+    never = recovery(db, ns, **{"limits.queued_without_worker_seconds": 0})
     with session_scope(db) as s:
         s.execute(update(Job).where(Job.id == fresh).values(created_at=utcnow() - timedelta(hours=2)))
-    assert never.sweep()["expired"] == [] and never.sweep()["expired"] == []  # 0: never
+    assert never.run_pass()["expired"] == [] and never.run_pass()["expired"] == []  # 0: never

@@ -53,7 +53,7 @@ def fault(monkeypatch):
 
 
 def take_over(url: str, job_id: int) -> None:
-    """What the sweeper and another worker do to a job whose worker looked dead: it runs under OTHER now."""
+    """What the recovery loop and another worker do to a job whose worker looked dead: it runs under OTHER now."""
     with session_scope(url) as s:
         s.execute(update(Job).where(Job.id == job_id).values(worker=OTHER, attempts=Job.attempts + 1))
 
@@ -114,7 +114,7 @@ def test_a_failure_that_cannot_be_recorded_hands_the_job_back(pg_url, run, fault
     job_id = new_job(pg_url)
     assert run(job_id) == "queued"
     job, _ = load(pg_url, job_id)
-    # Back in the queue for the sweeper's outbox (enqueued_at NULL), the delivery counted towards poison.
+    # Back in the queue for the recovery loop's outbox (enqueued_at NULL), the delivery counted towards poison.
     assert job.status is JobStatus.queued and job.enqueued_at is None and job.attempts == 1
     fault("")
     assert run(job_id) == "succeeded"

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.evaluation.scorers import COLUMNS, score_output
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
 from shared.settings import load_settings
 from shared.store.tables import Job, Run
 from tests.fixtures.model import make_request

@@ -1,5 +1,5 @@
 """A calibration sweep through real worker processes: it ends with a recommendation, and survives `kill -9`
-of its worker mid-job with nothing lost or duplicated (the sweeper requeues the job and advances the sweep)."""
+of its worker mid-job with nothing lost or duplicated (the recovery loop requeues the job and advances the sweep)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_a_sweep_survives_kill_9_of_its_worker_and_ends_with_a_recommendation(sw
             time.sleep(0.2)
         status, m, jobs = state()
         with session_scope(sweep_db) as s:
-            cells = s.execute(select(Job.case_name, Job.sweep_step)).all()
+            cells = s.execute(select(Job.case_name, Job.sweep_multiplier)).all()
             runs = s.execute(select(Run.job_id, Run.variant)).all()
             sw = s.get(Sweep, sweep_id)
             rec = (sw.result or {}).get("recommended")

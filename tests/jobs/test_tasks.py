@@ -19,7 +19,7 @@ from shared.store import lifecycle
 from tests.fixtures.store import insert_job
 from tests.fixtures.store import load_job as load
 from shared.store.tables import Job, JobStatus, Run
-from shared.workers import live_workers, served_models
+from shared.worker_registry import live_workers, served_models
 from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
@@ -247,7 +247,7 @@ def test_a_failure_the_worker_raises_stores_its_code_for_v1_to_answer(pg_url, ru
     from web.v1_errors import job_failure
 
     settings = load_settings(overrides={"database.url": pg_url})
-    params = chat_params({"model": settings["model.name"], "messages": [{"role": "user", "content": "Hi"}],
+    params = chat_params({"model": settings.model.name, "messages": [{"role": "user", "content": "Hi"}],
                           "max_tokens": 4}, settings)
     params["max_new_tokens"] = 10**6  # past the model's context: the worker's engine refuses it
     with session_scope(pg_url) as s:

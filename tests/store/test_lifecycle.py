@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from shared.db import get_sessionmaker
 from shared.errors import Conflict, NotFound
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
 from shared.settings import load_settings
 from shared.store import lifecycle, queries, serialize
 from shared.store.tables import ALLOWED, FINAL, Job, JobStatus, Run

@@ -101,7 +101,7 @@ def test_racing_finalizers_write_the_files_once(clean_db, redis_namespace, heart
     assert len(finals) == 4 and set(finals) <= {"finalizing", "completed"}  # a loser may see the winner at work
 
 
-# -- creation: atomic, idempotent, recovered by the sweeper --------------------------------------------------
+# -- creation: atomic, idempotent, recovered by the recovery loop --------------------------------------------------
 
 
 BODY = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
@@ -172,10 +172,10 @@ def test_a_keyless_sdk_retry_returns_the_batch_its_first_try_stored(clean_db, re
     assert counts(clean_db) == (["in_progress", "in_progress"], 4)
 
 
-def test_the_sweeper_moves_on_a_batch_a_dead_create_left_validating(clean_db, redis_namespace):
+def test_the_recovery_loop_moves_on_a_batch_a_dead_create_left_validating(clean_db, redis_namespace):
     """Batches an interrupted create of an earlier version left validating: failed (no jobs) or in progress."""
     from shared.settings import load_settings
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
 
     old = utcnow() - batches.STALE_VALIDATING - timedelta(seconds=5)
     with session_scope(clean_db) as s:
@@ -186,7 +186,7 @@ def test_the_sweeper_moves_on_a_batch_a_dead_create_left_validating(clean_db, re
         s.add(Job(status=JobStatus.queued, model=DEFAULT_MODEL, params={}, kind="chat", batch_id="batch_withjobs",
                   custom_id="a", enqueued_at=utcnow()))
     settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace})
-    done = Sweeper(settings, db_url=clean_db).sweep()
+    done = JobRecovery(settings, db_url=clean_db).run_pass()
     assert sorted(done["validating"]) == ["batch_nojobs", "batch_withjobs"]
     with session_scope(clean_db) as s:
         status = dict(s.execute(select(Batch.id, Batch.status)).all())
@@ -195,12 +195,12 @@ def test_the_sweeper_moves_on_a_batch_a_dead_create_left_validating(clean_db, re
     assert error["code"] == "creation_interrupted" and "create the batch again" in error["message"]
 
 
-def test_lines_the_broker_refused_after_the_commit_are_sent_by_the_sweeper(clean_db, redis_namespace, heartbeat):
+def test_lines_the_broker_refused_after_the_commit_are_sent_by_the_recovery_loop(clean_db, redis_namespace, heartbeat):
     """The batch and its jobs are committed before their messages go out: a broker that refuses them leaves the
-    jobs in the outbox (enqueued_at NULL), never a half-created batch, and the sweeper's outbox sends them."""
+    jobs in the outbox (enqueued_at NULL), never a half-created batch, and the recovery loop's outbox sends them."""
     from shared.celery_config import make_celery
     from shared.settings import load_settings
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
 
     heartbeat(DEFAULT_MODEL)
     services = make_test_app(clean_db, redis_namespace).extensions["instaboost"]
@@ -214,7 +214,7 @@ def test_lines_the_broker_refused_after_the_commit_are_sent_by_the_sweeper(clean
         assert list(s.scalars(select(Job.enqueued_at).where(Job.batch_id == b.id))) == [None, None]
     settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace,
                                         "sweeper.outbox_grace": 0})
-    assert len(Sweeper(settings, db_url=clean_db).sweep()["outbox"]) == 2
+    assert len(JobRecovery(settings, db_url=clean_db).run_pass()["outbox"]) == 2
     with session_scope(clean_db) as s:
         assert None not in list(s.scalars(select(Job.enqueued_at).where(Job.batch_id == b.id)))
 

@@ -211,7 +211,7 @@ def test_chat_messages_go_ahead_of_other_work(clean_db, redis_namespace, heartbe
     from shared.celery_config import PRIORITY, model_queue
     from shared.chat import chat_params
     from shared.db import session_scope
-    from shared.schemas import JobRequest
+    from shared.job_request import JobRequest
     from shared.store import submission
     from shared.store.tables import Batch
     from tests.fixtures.store import make_test_app
@@ -229,12 +229,12 @@ def test_chat_messages_go_ahead_of_other_work(clean_db, redis_namespace, heartbe
         line, = submission.submit_batch_jobs(session, batch, [("c1", chat_params(
             {"model": MODEL, "messages": MESSAGES}, s.settings, priority="batch"))],
             settings=s.settings, celery_app=s.celery)
-    from shared.workers import waiting_job_ids
+    from shared.worker_registry import waiting_job_ids
 
     queue = f"{redis_namespace}:{model_queue(MODEL)}"
 
     def ids_in(priority: int) -> set[int]:
-        from shared.workers import message_job_id
+        from shared.worker_registry import message_job_id
 
         key = queue + ("" if priority == 0 else f"\x06\x16{priority}")
         return {message_job_id(raw) for raw in redis_client.lrange(key, 0, -1)}

@@ -52,7 +52,7 @@ def test_serve_without_redis_says_what_is_missing(tmp_path):
 @contextmanager
 def running_serve(tmp_path, port: int, namespace: str, log, **env):
     """Run `instaboost serve` on port in namespace; yield (process, Redis client); always clean up after."""
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
 
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli.serve", "--port", str(port)], cwd=tmp_path,
                             env=serve_env(REDIS_URL=TEST_REDIS_URL, INSTABOOST_REDIS_NAMESPACE=namespace, **env),
@@ -74,7 +74,7 @@ def running_serve(tmp_path, port: int, namespace: str, log, **env):
 
 
 def test_serve_runs_web_and_worker_and_stops_cleanly(tmp_path, redis_namespace):
-    from shared.workers import live_workers
+    from shared.worker_registry import live_workers
 
     namespace = f"{redis_namespace}_serve"
     port = free_port()
@@ -162,7 +162,7 @@ def test_serve_restarts_a_killed_worker_and_the_job_resumes(tmp_path, redis_name
     Issue 18: the job then waited for the dead worker's heartbeat to expire before it was sent again. The
     heartbeat here lives 900 s, far past this test's waits: only the restarted worker's takeover can hand it back.
     """
-    from shared.workers import live_workers
+    from shared.worker_registry import live_workers
 
     namespace = f"{redis_namespace}_serve_restart"
     port = free_port()
@@ -290,7 +290,7 @@ def test_serve_whose_worker_cannot_load_its_model_exits_with_the_workers_message
 def test_serve_on_a_redis_prefix_another_database_owns_refuses_naming_both(tmp_path, redis_namespace):
     from shared import deployment
     from shared.db import upgrade
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
 
     namespace = f"{redis_namespace}_owned"
     first = f"sqlite:///{tmp_path / 'first.db'}"

@@ -18,7 +18,7 @@ def _scores(b=2, h=3, q=4, k=6, seed=0):
 def test_bias_equals_multiply_and_renormalize():
     scores = _scores()
     specs = [BoostSpec(multiplier=7.0), BoostSpec(multiplier=0.25, layers=(0,))]
-    boost = boost_math.build_batch_boost(specs, [(1, 3), (2, 5)], 6, n_layers=2, n_heads=3)
+    boost = boost_math.build_padded_boost(specs, [(1, 3), (2, 5)], 6, n_layers=2, n_heads=3)
     factors = boost_math.boost_factors(boost, 0, 6, torch.float64)
     hooked = boost_math.boost_pattern(torch.softmax(scores, -1), factors)
     biased = torch.softmax(scores + boost_math.bias_for_layer(boost, 0, 6, torch.float64), -1)
@@ -31,7 +31,7 @@ def test_bias_equals_multiply_and_renormalize():
 
 
 def test_unboosted_layer_and_identity_have_no_bias():
-    boost = boost_math.build_batch_boost([BoostSpec(multiplier=1.0), BoostSpec(multiplier=5.0, layers=(1,))],
+    boost = boost_math.build_padded_boost([BoostSpec(multiplier=1.0), BoostSpec(multiplier=5.0, layers=(1,))],
                                 [(0, 2), (0, 2)], 4, n_layers=3, n_heads=2)
     assert boost_math.bias_for_layer(boost, 0, 4) is None
     bias = boost_math.bias_for_layer(boost, 1, 4)
@@ -41,7 +41,7 @@ def test_unboosted_layer_and_identity_have_no_bias():
 
 
 def test_bias_extends_past_prompt_for_generated_keys():
-    boost = boost_math.build_batch_boost([BoostSpec(multiplier=2.0)], [(1, 2)], 3, n_layers=1, n_heads=1)
+    boost = boost_math.build_padded_boost([BoostSpec(multiplier=2.0)], [(1, 2)], 3, n_layers=1, n_heads=1)
     bias = boost_math.bias_for_layer(boost, 0, 5)
     assert bias.shape == (1, 1, 1, 5)
     assert bias[0, 0, 0].tolist() == [0, pytest.approx(math.log(2)), 0, 0, 0]
@@ -53,7 +53,7 @@ def test_head_fraction_is_seeded_and_reproducible():
     c = select_heads(range(30), 9, 0.2, seed=7)
     assert a == b and a != c
     assert all(len(h) == 2 for h in a.values())
-    bias = boost_math.bias_for_layer(boost_math.build_batch_boost([BoostSpec(multiplier=3, head_fraction=0.2)], [(0, 1)], 2, 30, 9), 4, 2)
+    bias = boost_math.bias_for_layer(boost_math.build_padded_boost([BoostSpec(multiplier=3, head_fraction=0.2)], [(0, 1)], 2, 30, 9), 4, 2)
     boosted_heads = [h for h in range(9) if bias[0, h, 0, 0] != 0]
     assert tuple(boosted_heads) == a[4]
 
@@ -79,7 +79,7 @@ def test_bad_multipliers_are_refused(bad):
 
 def test_pattern_hook_leaves_fully_masked_rows_at_zero():
     pattern = torch.zeros(1, 1, 1, 3)
-    boost = boost_math.build_batch_boost([BoostSpec(multiplier=4)], [(0, 1)], 3, 1, 1)
+    boost = boost_math.build_padded_boost([BoostSpec(multiplier=4)], [(0, 1)], 3, 1, 1)
     out = boost_math.make_pattern_hook(boost, 0)(pattern)
     assert torch.all(out == 0) and not torch.isnan(out).any()
 
@@ -88,7 +88,7 @@ def test_several_spans_each_with_its_own_multiplier():
     scores = _scores(b=2, k=8)
     specs = [BoostSpec(layers=(0,)), BoostSpec(multiplier=3.0)]
     # Row 0: keys 1..2 by 4, keys 5..6 by 0.5; row 1: one span in the old (start, end) form, M from its spec.
-    boost = boost_math.build_batch_boost(specs, [[(1, 3, 4.0), (5, 7, 0.5)], (2, 4)], 8, n_layers=1, n_heads=3)
+    boost = boost_math.build_padded_boost(specs, [[(1, 3, 4.0), (5, 7, 0.5)], (2, 4)], 8, n_layers=1, n_heads=3)
     assert boost.key_factors[0].tolist() == [1, 4, 4, 1, 1, 0.5, 0.5, 1]
     assert boost.key_factors[1].tolist() == [1, 1, 3, 3, 1, 1, 1, 1]
     assert boost.key_mask[0].tolist() == [False, True, True, False, False, True, True, False]
@@ -102,26 +102,26 @@ def test_several_spans_each_with_its_own_multiplier():
 
 def test_one_span_list_equals_the_single_span_form():
     spec = [BoostSpec(multiplier=6.0, head_fraction=0.5)]
-    a = boost_math.build_batch_boost(spec, [(2, 5)], 7, n_layers=3, n_heads=4)
-    b = boost_math.build_batch_boost(spec, [[(2, 5, 6.0)]], 7, n_layers=3, n_heads=4)
-    c = boost_math.build_batch_boost(spec, [[(2, 5, None)]], 7, n_layers=3, n_heads=4)
+    a = boost_math.build_padded_boost(spec, [(2, 5)], 7, n_layers=3, n_heads=4)
+    b = boost_math.build_padded_boost(spec, [[(2, 5, 6.0)]], 7, n_layers=3, n_heads=4)
+    c = boost_math.build_padded_boost(spec, [[(2, 5, None)]], 7, n_layers=3, n_heads=4)
     for layer in range(3):
         assert torch.equal(boost_math.bias_for_layer(a, layer, 9), boost_math.bias_for_layer(b, layer, 9))
         assert torch.equal(boost_math.bias_for_layer(a, layer, 9), boost_math.bias_for_layer(c, layer, 9))
 
 
 def test_overlapping_spans_multiply_and_all_ones_boost_nothing():
-    boost = boost_math.build_batch_boost([BoostSpec()], [[(0, 3, 2.0), (2, 4, 5.0)]], 5, n_layers=1, n_heads=1)
+    boost = boost_math.build_padded_boost([BoostSpec()], [[(0, 3, 2.0), (2, 4, 5.0)]], 5, n_layers=1, n_heads=1)
     assert boost.key_factors[0].tolist() == [2, 2, 10, 5, 1]
-    ones = boost_math.build_batch_boost([BoostSpec(multiplier=7.0)], [[(0, 2, 1.0), (3, 4, 1.0)]], 5, 1, 1)
+    ones = boost_math.build_padded_boost([BoostSpec(multiplier=7.0)], [[(0, 2, 1.0), (3, 4, 1.0)]], 5, 1, 1)
     assert ones.heads == {} and boost_math.bias_for_layer(ones, 0, 5) is None
-    none = boost_math.build_batch_boost([BoostSpec(multiplier=7.0)], [[]], 5, 1, 1)
+    none = boost_math.build_padded_boost([BoostSpec(multiplier=7.0)], [[]], 5, 1, 1)
     assert none.heads == {} and not none.key_mask.any()
 
 
 def test_keys_of_a_sliding_window_cache_are_the_last_positions():
     # 10 positions processed; a sliding-window cache hands attention the last 4 keys: positions 6..9.
-    boost = boost_math.build_batch_boost([BoostSpec(multiplier=3.0)], [(1, 3)], 8, n_layers=1, n_heads=1)
+    boost = boost_math.build_padded_boost([BoostSpec(multiplier=3.0)], [(1, 3)], 8, n_layers=1, n_heads=1)
     assert boost_math.key_offset(4, 10) == 6 and boost_math.key_offset(10, 10) == 0
     assert boost_math.key_offset(16, 10) == 0
     assert boost_math.bias_for_layer(boost, 0, 4, total=10)[0, 0, 0].tolist() == [0, 0, 0, 0]  # span left the window
@@ -133,7 +133,7 @@ def test_keys_of_a_sliding_window_cache_are_the_last_positions():
 
 
 def test_pattern_hook_reads_the_window_offset_at_each_call():
-    boost = boost_math.build_batch_boost([BoostSpec(multiplier=4.0)], [(0, 2)], 6, 1, 1)
+    boost = boost_math.build_padded_boost([BoostSpec(multiplier=4.0)], [(0, 2)], 6, 1, 1)
     seen = {"total": 6}
     hook = boost_math.make_pattern_hook(boost, 0, total=lambda: seen["total"])
     pattern = torch.full((1, 1, 1, 3), 1 / 3)
@@ -190,7 +190,7 @@ def test_target_factor_math_and_tensor_forms_agree_and_reach_the_target(a):
 def test_target_mass_hook_and_bias_give_the_target_share_after_m():
     scores = _scores(b=2, h=3, q=5, k=7, seed=3).float()
     specs = [BoostSpec(target_mass=0.6), BoostSpec(multiplier=2.0, target_mass=0.5, layers=(0,))]
-    boost = boost_math.build_batch_boost(specs, [(1, 3), (2, 5)], 7, n_layers=2, n_heads=3)
+    boost = boost_math.build_padded_boost(specs, [(1, 3), (2, 5)], 7, n_layers=2, n_heads=3)
     base = torch.softmax(scores, -1)
     hooked = boost_math.boost_pattern(base, boost_math.pattern_factors(boost, 0, base))
     spans = [(1, 3), (2, 5)]
@@ -210,13 +210,13 @@ def test_target_mass_hook_and_bias_give_the_target_share_after_m():
 def test_scope_gates_queries_by_position():
     specs = [BoostSpec(multiplier=4.0), BoostSpec(multiplier=4.0, scope="generated"),
              BoostSpec(multiplier=4.0, scope="prompt")]
-    boost = boost_math.build_batch_boost(specs, [(0, 2)] * 3, 6, n_layers=1, n_heads=2, prompt_len=4)
+    boost = boost_math.build_padded_boost(specs, [(0, 2)] * 3, 6, n_layers=1, n_heads=2, prompt_len=4)
     # A forward over all 6 positions: queries 3, 4, 5 decode (3 is the prompt's last, its output is generated).
     gate = boost_math.query_gate(boost, 6, 6)
     assert gate.tolist() == [[True] * 6, [False] * 3 + [True] * 3, [True] * 3 + [False] * 3]
     assert boost_math.query_gate(boost, 1, 6).tolist() == [[True], [True], [False]]  # one decoding step
     assert boost_math.query_gate(boost, 3, 3).tolist() == [[True], [False], [True]]  # a prefill before the last
-    only_all = boost_math.build_batch_boost(specs[:1], [(0, 2)], 6, n_layers=1, n_heads=2)
+    only_all = boost_math.build_padded_boost(specs[:1], [(0, 2)], 6, n_layers=1, n_heads=2)
     assert boost_math.query_gate(only_all, 6, 6) is None
     base = torch.softmax(_scores(b=3, h=2, q=6, k=6).float(), -1)
     factors = boost_math.pattern_factors(boost, 0, base)

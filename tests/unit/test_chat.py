@@ -107,7 +107,7 @@ def test_instaboost_scope_and_target_mass_reach_the_engine_request():
     from shared.settings import load_settings
 
     settings = load_settings(env={"INSTABOOST_CONFIG": ""}, dotenv=None)
-    body = {"model": settings["model.name"], "messages": [{"role": "system", "content": "Be brief."},
+    body = {"model": settings.model.name, "messages": [{"role": "system", "content": "Be brief."},
                                                           {"role": "user", "content": "Hi"}],
             "instaboost": {"target_mass": 0.4, "scope": "generated"}}
     params = chat_params(body, settings)
@@ -124,7 +124,7 @@ def test_bad_instaboost_scope_and_target_mass_are_refused(boost, message):
     from shared.settings import load_settings
 
     settings = load_settings(env={"INSTABOOST_CONFIG": ""}, dotenv=None)
-    body = {"model": settings["model.name"], "instaboost": boost,
+    body = {"model": settings.model.name, "instaboost": boost,
             "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
     with pytest.raises(ValidationError) as err:
         chat_params(body, settings)

@@ -12,7 +12,7 @@ import pytest
 
 from shared.errors import ValidationError
 from shared.fields import FIELD_NAMES, JOB_FIELDS
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
 from shared.settings import load_settings
 
 SETTINGS = load_settings(env={"INSTABOOST_CONFIG": ""}, dotenv=None)  # defaults (plus ./config.yaml, which holds them)
@@ -37,8 +37,8 @@ def test_the_request_model_has_exactly_the_declared_fields_in_order():
 def test_defaults_come_from_the_declared_settings():
     defaults = JobRequest.defaults(SETTINGS)
     assert set(defaults) == {f.name for f in JOB_FIELDS if not f.required}
-    assert defaults["max_new_tokens"] == SETTINGS["generation.max_new_tokens"]
-    assert defaults["multipliers"] == [SETTINGS["instaboost.multiplier"]]
+    assert defaults["max_new_tokens"] == SETTINGS.generation.max_new_tokens
+    assert defaults["multipliers"] == [SETTINGS.instaboost.multiplier]
 
 
 @pytest.mark.parametrize("f", NUMERIC, ids=lambda f: f.name)

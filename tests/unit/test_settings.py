@@ -18,7 +18,7 @@ def test_readme_settings_table_is_current():
     assert to_markdown() in (ROOT / "README.md").read_text(), "run: instaboost settings --markdown, paste into README"
 
 
-def test_seed_keys_are_present():
+def test_prototype_keys_are_present():
     names = {s.name for s in SETTINGS}
     for key in ["random_seed", "model.name", "model.device", "instaboost.multiplier",
                 "instaboost.boost_middle_layers_only", "instaboost.num_middle_layers", "instaboost.start_layer",
@@ -33,11 +33,11 @@ def test_precedence_default_file_dotenv_environment(tmp_path):
     dot = tmp_path / ".env"
     dot.write_text("INSTABOOST_START_LAYER=6\nHUGGINGFACE_TOKEN=hf_secret\n")
     s = load_settings(cfg, env={"INSTABOOST_GENERATION_TOP_P": "0.8"}, dotenv=dot)
-    assert s["instaboost.multiplier"] == 4.0          # file
-    assert s["instaboost.start_layer"] == 6           # .env beats file
-    assert s["generation.top_p"] == 0.8               # environment beats all
-    assert s["instaboost.num_middle_layers"] == 5     # default
-    assert s["hf.token"] == "hf_secret"               # alias variable
+    assert s.instaboost.multiplier == 4.0          # file
+    assert s.instaboost.start_layer == 6           # .env beats file
+    assert s.generation.top_p == 0.8               # environment beats all
+    assert s.instaboost.num_middle_layers == 5     # default
+    assert s.hf.token == "hf_secret"               # alias variable
     assert s.public()["hf.token"] == "***"
     assert "hf_secret" not in to_yaml() + to_markdown()
 
@@ -63,8 +63,8 @@ def test_config_yaml_refuses_aliases(tmp_path):
 def test_list_and_bool_settings_parse_from_environment():
     s = load_settings(None, env={"INSTABOOST_WORKER_MODELS": "a, b", "INSTABOOST_BOOST_MIDDLE_LAYERS_ONLY": "yes"},
                       dotenv=None)
-    assert s["worker.models"] == ["a", "b"]
-    assert s["instaboost.boost_middle_layers_only"] is True
+    assert s.worker.models == ["a", "b"]
+    assert s.instaboost.boost_middle_layers_only is True
 
 
 def test_renamed_testing_settings_are_still_read(tmp_path):
@@ -72,7 +72,7 @@ def test_renamed_testing_settings_are_still_read(tmp_path):
     cfg.write_text("testing:\n  num_runs: 3\n")
     assert load_settings(cfg, env={}, dotenv=None)["evaluation.num_runs"] == 3
     s = load_settings(cfg, env={"INSTABOOST_TESTING_RESULTS_DIR": "old-dir"}, dotenv=None)
-    assert s["evaluation.results_dir"] == "old-dir"
+    assert s.evaluation.results_dir == "old-dir"
 
 
 def test_settings_are_typed_attributes():

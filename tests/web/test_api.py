@@ -33,7 +33,7 @@ def test_submit_enqueues_and_answers_202(client, heartbeat, redis_client, redis_
     assert job["params"]["multipliers"] == [2.0, 10.0] and job["params"]["instruction"] == BODY["instruction"]
     # The real Celery producer put exactly one message for this job on the model's queue.
     from shared.celery_config import PRIORITY
-    from shared.workers import queue_key
+    from shared.worker_registry import queue_key
 
     raw = redis_client.lrange(queue_key(model_queue(DEFAULT_MODEL), PRIORITY["default"], redis_namespace), 0, -1)
     assert len(raw) == 1
@@ -121,7 +121,7 @@ def test_unreachable_broker_is_503(clean_db, redis_namespace):
 
 
 def test_near_equal_multipliers_are_accepted_as_distinct_variants(client, heartbeat, db_session):
-    from shared.schemas import JobRequest
+    from shared.job_request import JobRequest
 
     heartbeat()
     resp = submit(client, multipliers=[2.0000001, 2.0000002], layer_modes=["all"])

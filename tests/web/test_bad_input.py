@@ -188,7 +188,7 @@ def bad_app(pg_url, redis_namespace):
 def counts(pg_url, redis_namespace):
     """Return a function giving (jobs rows, runs rows, messages in this session's queues)."""
     from shared.db import get_db_engine
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
 
     engine = get_db_engine(pg_url)
     client = redis_client()

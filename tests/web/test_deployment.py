@@ -14,7 +14,7 @@ import pytest
 from shared import deployment
 from shared.celery_config import TASK_NAME, make_celery, model_queue
 from shared.settings import load_settings
-from shared.workers import live_workers, waiting_job_ids
+from shared.worker_registry import live_workers, waiting_job_ids
 from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL, make_test_app, write_heartbeat
 from tests.fixtures.worker import purge_namespace
 from tests.helpers import assert_problem

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.db import session_scope
-from shared.schemas import JobRequest
+from shared.job_request import JobRequest
 from shared.store import lifecycle
 from shared.store.tables import NUL_MARK, Job, JobStatus
 

@@ -84,9 +84,9 @@ def test_the_file_store_is_bounded_and_says_how_to_make_room(clean_db, redis_nam
     assert [f["id"] for f in web.get("/v1/files").get_json()["data"]][-1] == first
 
 
-def test_files_expire_answer_404_and_the_sweeper_deletes_them(clean_db, redis_namespace):
+def test_files_expire_answer_404_and_the_recovery_loop_deletes_them(clean_db, redis_namespace):
     from shared.settings import load_settings
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
 
     web = make_test_app(clean_db, redis_namespace).test_client()
     default = upload(web, jsonl(1)).get_json()
@@ -105,6 +105,6 @@ def test_files_expire_answer_404_and_the_sweeper_deletes_them(clean_db, redis_na
                                           "completion_window": "24h"})
     assert batch.status_code == 404 and batch.get_json()["error"]["param"] == "input_file_id"
     settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace})
-    assert Sweeper(settings, db_url=clean_db).sweep()["files"] == [gone]
+    assert JobRecovery(settings, db_url=clean_db).run_pass()["files"] == [gone]
     with session_scope(clean_db) as s:
         assert list(s.scalars(select(File.id))) == [default["id"]]

@@ -427,7 +427,7 @@ def test_configured_secrets_never_leak(clean_db, redis_namespace, heartbeat, mon
     # Trust authentication ignores the password; it still travels through every setting and engine.
     db_url = clean_db.replace("postgresql+psycopg://postgres@", f"postgresql+psycopg://postgres:{secrets['password']}@")
     app = make_test_app(db_url, redis_namespace, API_TOKEN=secrets["api"], SETTINGS={"web.secret_key": secrets["key"]})
-    assert app.extensions["instaboost"].settings["hf.token"] == secrets["hf"]
+    assert app.extensions["instaboost"].settings.hf.token == secrets["hf"]
     auth = {"Authorization": f"Bearer {secrets['api']}"}
     client = app.test_client()
     seen = []

@@ -105,7 +105,7 @@ def test_a_small_sweep_walks_the_grid_step_by_step_and_recommends(client, heartb
     rec = done["recommendation"]
     assert rec["multiplier"] in (1.0, 3.0, 5.0) and rec["layers"] == "all" and rec["reason"]
     with __import__("shared.db", fromlist=["session_scope"]).session_scope(clean_db) as s:
-        cells = s.execute(select(Job.case_name, Job.sweep_step)).all()
+        cells = s.execute(select(Job.case_name, Job.sweep_multiplier)).all()
         assert sorted(cells) == sorted((c, m) for c in CASES for m in (3.0, 5.0))  # each cell once
         assert all(r.scores and r.scores.get("fluency") is not None for r in s.scalars(select(Run)))
         row = s.get(Sweep, sweep["id"])
@@ -157,9 +157,9 @@ def test_the_sweep_form_starts_a_sweep_and_shows_errors(client, heartbeat):
     assert ok.status_code == 303 and "/sweeps/" in ok.headers["Location"]
 
 
-def test_the_sweeper_advances_a_sweep_whose_worker_died_before_advancing_it(client, heartbeat, clean_db,
+def test_the_recovery_loop_advances_a_sweep_whose_worker_died_before_advancing_it(client, heartbeat, clean_db,
                                                                              redis_namespace):
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
     from worker.jobs.delivery import run_delivery
     from worker.jobs.runner import Options
 
@@ -173,13 +173,13 @@ def test_the_sweeper_advances_a_sweep_whose_worker_died_before_advancing_it(clie
     for job_id in step1:  # the jobs finish, but their worker "dies" before advancing the sweep
         assert run_delivery(job_id, Options(worker="gone@host", settings=settings, db_url=clean_db)) == "succeeded"
     assert client.get(f"/api/sweeps/{sweep['id']}").get_json()["current_multiplier"] == 3.0
-    done = Sweeper(settings, db_url=clean_db).sweep()
+    done = JobRecovery(settings, db_url=clean_db).run_pass()
     assert done["sweeps"] == [sweep["id"]]
     after = client.get(f"/api/sweeps/{sweep['id']}").get_json()
     assert after["current_multiplier"] == 5.0 and after["jobs"]["total"] == 4
-    assert Sweeper(settings, db_url=clean_db).sweep()["sweeps"] == []  # nothing to do until step 2 ends
+    assert JobRecovery(settings, db_url=clean_db).run_pass()["sweeps"] == []  # nothing to do until step 2 ends
     with session_scope(clean_db) as s:
-        assert s.scalar(select(Job.enqueued_at).where(Job.sweep_id == sweep["id"], Job.sweep_step == 5.0)
+        assert s.scalar(select(Job.enqueued_at).where(Job.sweep_id == sweep["id"], Job.sweep_multiplier == 5.0)
                         .limit(1)) is not None  # the new step's messages were sent
 
 
@@ -207,7 +207,7 @@ def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_i
     with session_scope(clean_db) as s:
         for m, layers, hf, cfg in ((3.0, "all", 1.0, {}),  # the later one wins, with its scope
                                    (7.0, "middle", 0.5, {"params": {"scope": "generated", "target_mass": None}})):
-            s.add(Sweep(status="succeeded", model="smollm2-135m-instruct", pack="ifeval", config=cfg, step_index=3,
+            s.add(Sweep(status="succeeded", model="smollm2-135m-instruct", pack="ifeval", config=cfg, stage_index=3,
                         recommended_multiplier=m, recommended_layers=layers, recommended_head_fraction=hf,
                         finished_at=utcnow()))
             s.commit()
@@ -278,7 +278,7 @@ def cancel_step(client, sweep_id: int) -> None:
     from shared.db import session_scope
     from shared.store import lifecycle
 
-    db_url = client.application.extensions["instaboost"].settings["database.url"]
+    db_url = client.application.extensions["instaboost"].settings.database.url
     with session_scope(db_url) as s:
         for job_id in list(s.scalars(select(Job.id).where(Job.sweep_id == sweep_id,
                                                           Job.status == JobStatus.queued))):
@@ -286,7 +286,7 @@ def cancel_step(client, sweep_id: int) -> None:
 
 
 def test_a_step_that_fails_validation_fails_the_sweep_with_its_message(client, heartbeat, clean_db, redis_namespace):
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
 
     heartbeat("smollm2-135m-instruct")
     sweep = client.post("/api/sweeps", json=SMALL).get_json()
@@ -294,7 +294,7 @@ def test_a_step_that_fails_validation_fails_the_sweep_with_its_message(client, h
     # A limit lowered since the sweep started: its next step's jobs (max_new_tokens 4) are no longer valid.
     settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace,
                                         "limits.max_new_tokens": 2})
-    assert Sweeper(settings, db_url=clean_db).sweep()["sweeps"] == [sweep["id"]]
+    assert JobRecovery(settings, db_url=clean_db).run_pass()["sweeps"] == [sweep["id"]]
     failed = client.get(f"/api/sweeps/{sweep['id']}").get_json()
     assert failed["status"] == "failed" and failed["finished_at"], failed
     assert failed["error"].startswith("step M=5 cannot run: ") and "max_new_tokens" in failed["error"], failed["error"]
@@ -304,7 +304,7 @@ def test_one_broken_batch_holds_up_neither_the_other_batches_nor_the_sweeps(clie
                                                                           redis_namespace):
     from shared.db import session_scope
     from shared.store.tables import Batch
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
 
     heartbeat("smollm2-135m-instruct")
     sweep = client.post("/api/sweeps", json=SMALL).get_json()
@@ -318,7 +318,7 @@ def test_one_broken_batch_holds_up_neither_the_other_batches_nor_the_sweeps(clie
                         created_at=utcnow()))
         s.commit()
     settings = load_settings(overrides={"database.url": clean_db, "redis.namespace": redis_namespace})
-    done = Sweeper(settings, db_url=clean_db).sweep()
+    done = JobRecovery(settings, db_url=clean_db).run_pass()
     assert done["batches"] == ["batch_ok"] and done["sweeps"] == [sweep["id"]], done
     assert client.get(f"/api/sweeps/{sweep['id']}").get_json()["current_multiplier"] == 5.0
 

@@ -20,7 +20,7 @@ from shared.db import session_scope
 from shared.store import lifecycle
 from shared.store.tables import Job, JobStatus
 from shared.streaming import publish_event
-from shared.workers import stream_key
+from shared.worker_registry import stream_key
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
 
 BODY = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "What is the capital of Italy?"}],
@@ -180,7 +180,7 @@ def test_sdk_retries_never_duplicate_jobs_when_many_arrive_at_once(v1, clean_db)
 
 def test_the_job_api_honours_an_idempotency_key_too(v1, clean_db, redis_client, redis_namespace):
     from shared.celery_config import PRIORITY, model_queue
-    from shared.workers import queue_key
+    from shared.worker_registry import queue_key
 
     job = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?", "max_new_tokens": 8}
     first = v1.post("/api/jobs", json=job, headers={"Idempotency-Key": "api-1"})

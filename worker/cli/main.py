@@ -181,10 +181,10 @@ def _spec_and_params(args, s):
 
     values = field_values(args, s)
     fraction, explicit = parse_heads(args.heads)
-    heads = fraction if fraction is not None else s["instaboost.head_boost_percentage"] / 100.0
+    heads = fraction if fraction is not None else s.instaboost.head_boost_percentage / 100.0
     layers = getattr(args, "layers", None)
     if layers is None:
-        layers = "middle" if s["instaboost.boost_middle_layers_only"] else "all"
+        layers = "middle" if s.instaboost.boost_middle_layers_only else "all"
     target = values.get("target_mass")
     # A target mass alone is the target-mass mode: no fixed M on top unless --multiplier is given.
     m = 1.0 if target is not None and getattr(args, "multipliers", None) is None else values["multipliers"][0]
@@ -207,8 +207,8 @@ def _engine(args, s, values):
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
-    return get_engine(values["model"], values["engine"], device=_pick(args.device, s["model.device"]),
-                      dtype=_pick(args.dtype, s["model.dtype"]))
+    return get_engine(values["model"], values["engine"], device=_pick(args.device, s.model.device),
+                      dtype=_pick(args.dtype, s.model.dtype))
 
 
 def cmd_generate(args) -> int:
@@ -237,14 +237,14 @@ def cmd_run_tests(args) -> int:
     from worker.cli.run_tests import default_output, read_cases, run_cases
 
     s = get_settings()
-    cases = read_cases(args.cases, s["limits.max_text_chars"])
+    cases = read_cases(args.cases, s.limits.max_text_chars)
     spec, params, values = _spec_and_params(args, s)
-    num_runs = _pick(args.num_runs, s["evaluation.num_runs"])
+    num_runs = _pick(args.num_runs, s.evaluation.num_runs)
     if num_runs < 1:
         from shared.errors import ValidationError
 
         raise ValidationError("--num-runs must be >= 1", field="num_runs")
-    output = Path(args.output) if args.output else default_output(s["evaluation.results_dir"])
+    output = Path(args.output) if args.output else default_output(s.evaluation.results_dir)
     engine = _engine(args, s, values)
     report = run_cases(engine, cases, spec, params, num_runs, output, progress=not args.no_progress)
     print(f"wrote {output} ({report.rows} rows)")
@@ -280,7 +280,7 @@ def cmd_calibrate(args) -> int:
     from worker.calibrate import calibrate_local
 
     s = get_settings()
-    cases = load_case_set(args.pack, args.cases, max_text_chars=s["limits.max_text_chars"])
+    cases = load_case_set(args.pack, args.cases, max_text_chars=s.limits.max_text_chars)
     if args.limit is not None:
         if args.limit < 2:
             raise ValidationError("--limit must be >= 2 (a validation and a test case)", field="--limit")
@@ -290,7 +290,7 @@ def cmd_calibrate(args) -> int:
     floor = protocol.FLOOR if args.fluency_floor is None else args.fluency_floor
     if not 0 <= floor <= 2:
         raise ValidationError("--fluency-floor is on the 0-2 scale", field="--fluency-floor")
-    ceiling = float(s["scoring.copy_ceiling"]) if args.copy_ceiling is None else args.copy_ceiling
+    ceiling = s.scoring.copy_ceiling if args.copy_ceiling is None else args.copy_ceiling
     if not 0 <= ceiling <= 1:
         raise ValidationError("--copy-ceiling is a share of outputs, 0 to 1", field="--copy-ceiling")
     if args.batch_size < 1:
@@ -331,7 +331,7 @@ def cmd_calibrate(args) -> int:
         out = calibrate_local(engine, cases, grid=grid, settings=settings, floor=floor, copy_ceiling=ceiling,
                               base=base, params=params,
                               batch_size=args.batch_size, perplexity=not args.no_perplexity,
-                              copy_words=int(s["scoring.copy_words"]), test_at=args.test_at,
+                              copy_words=s.scoring.copy_words, test_at=args.test_at,
                               on_record=write if fh is not None else None)
     print(format_table(out["summary"]))
     if args.csv:
@@ -355,7 +355,7 @@ def _calibrate_from_records(args, cases, floor: float, ceiling: float, max_new: 
             records = [json.loads(line) for line in fh if line.strip()]
     except (OSError, ValueError) as exc:
         raise ValidationError(f"cannot read --from-records {args.from_records}: {exc}", field="--from-records")
-    records = rescore_records(records, cases, max_new_tokens=max_new, copy_words=int(s["scoring.copy_words"]))
+    records = rescore_records(records, cases, max_new_tokens=max_new, copy_words=s.scoring.copy_words)
     summary = result_summary(protocol.calibrate(records, floor=floor, copy_ceiling=ceiling))
     print(format_table(summary))
     if args.csv:

@@ -52,7 +52,7 @@ class RunReport:
 
 
 def variant_specs(base: BoostSpec) -> dict[str, BoostSpec]:
-    """Return the seed's three variants of a boost: unboosted, all layers, middle layers."""
+    """Return the prototype's three variants of a boost: unboosted, all layers, middle layers."""
     return {"original": base.with_(multiplier=1.0, layers="all"), "all_layers": base.with_(layers="all"),
             "middle_layers": base.with_(layers="middle")}
 

@@ -11,7 +11,7 @@ once its heartbeat says its models are loaded. Like compose's ``restart: unless-
 after it was ready (a worker killed, out of memory, or ended by its time-limit watchdog) is started again,
 with a growing delay (``RESTART_DELAYS``) while it keeps dying quickly and a clear message once it has crashed
 ``CRASH_WARN_AFTER`` times in a row; the other child keeps running meanwhile (the web app stays up, jobs wait
-in the queue), and the job the dead worker was running is sent again by the new worker's sweeper.
+in the queue), and the job the dead worker was running is sent again by the new worker's recovery loop.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _say(msg: str) -> None:
 
 def check_redis(url: str) -> str | None:
     """Return None if Redis answers PING at url, else what is wrong and how to fix it."""
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
 
     try:
         redis_client(url).ping()
@@ -92,10 +92,10 @@ def check_port(host: str, port: int) -> str | None:
 def _child_env(settings) -> dict[str, str]:
     env = dict(os.environ)
     # Children resolve the same settings even when they came from config.yaml or .env.
-    env["DATABASE_URL"] = settings["database.url"]
-    env["REDIS_URL"] = settings["redis.url"]
-    env["INSTABOOST_REDIS_NAMESPACE"] = settings["redis.namespace"]
-    if not settings["web.secret_key"]:
+    env["DATABASE_URL"] = settings.database.url
+    env["REDIS_URL"] = settings.redis.url
+    env["INSTABOOST_REDIS_NAMESPACE"] = settings.redis.namespace
+    if not settings.web.secret_key:
         # gunicorn's workers must share one key, or a form served by one fails CSRF at another.
         env["INSTABOOST_WEB_SECRET_KEY"] = secrets.token_hex(32)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -243,7 +243,7 @@ def _port_open(host: str, port: int) -> bool:
 
 def _worker_ready(redis, namespace: str) -> Callable[[subprocess.Popen], bool]:
     """Return a probe: has the worker process's heartbeat announced its models as loaded?"""
-    from shared.workers import live_workers
+    from shared.worker_registry import live_workers
 
     def ready(proc: subprocess.Popen) -> bool:
         try:
@@ -259,19 +259,19 @@ def _preflight(host: str, port: int, settings) -> str | None:
     """Return why serve cannot start (port, Redis, database, another deployment on the prefix), else None."""
     from shared.db import upgrade
     from shared.deployment import DeploymentConflict, claim_if_reachable, mask_url
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
 
-    problem = check_port(host, port) or check_redis(settings["redis.url"])
+    problem = check_port(host, port) or check_redis(settings.redis.url)
     if problem:
         return problem
     try:
-        upgrade(settings["database.url"])
+        upgrade(settings.database.url)
     except Exception as exc:
-        return (f"cannot migrate the database {mask_url(settings['database.url'])} "
+        return (f"cannot migrate the database {mask_url(settings.database.url)} "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
                 "  Check DATABASE_URL (the default is a SQLite file instaboost.db in the current folder).")
     try:
-        claim_if_reachable(redis_client(settings["redis.url"]), settings["redis.namespace"], settings["database.url"])
+        claim_if_reachable(redis_client(settings.redis.url), settings.redis.namespace, settings.database.url)
     except DeploymentConflict as exc:
         return exc.message
     return None
@@ -281,14 +281,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int | None 
           ready_timeout: float = 120.0) -> int:
     """Check, migrate, start the web app and one worker, print the URL and run until interrupted."""
     from shared.settings import get_settings
-    from shared.workers import redis_client
+    from shared.worker_registry import redis_client
 
     settings = get_settings()
-    if not settings["web.api_token"]:
+    if not settings.web.api_token:
         from shared.settings import OPEN_MODE_MESSAGE
 
         _say(f"{OPEN_MODE_MESSAGE} (fine on 127.0.0.1; set INSTABOOST_WEB_API_TOKEN before exposing it)")
-        if host not in ("127.0.0.1", "localhost", "::1") and not settings["web.allowed_hosts"]:
+        if host not in ("127.0.0.1", "localhost", "::1") and not settings.web.allowed_hosts:
             # Without a token the web app answers only loopback Host names (web/auth.py: DNS rebinding).
             _say(f"--host {host} without a token: the web app answers only requests for localhost, 127.0.0.1 and "
                  "[::1]; set INSTABOOST_WEB_ALLOWED_HOSTS to the names clients use to reach it (web.allowed_hosts), "
@@ -319,7 +319,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, web_workers: int | None 
             children["worker"] = _Child("worker", [
                 sys.executable, "-m", "celery", "-A", "worker.jobs.app", "worker", "--pool", "solo",
                 "--loglevel", "INFO", "--without-mingle", "--without-gossip", "-n", f"serve@{socket.gethostname()}"],
-                env, ready=_worker_ready(redis_client(settings["redis.url"]), settings["redis.namespace"]))
+                env, ready=_worker_ready(redis_client(settings.redis.url), settings.redis.namespace))
             children["worker"].start()
         deadline = time.monotonic() + ready_timeout
         announced = False

@@ -32,9 +32,9 @@ def get_engine(model_name: str | None = None, engine: str = "fast", device: str 
     from worker.engine.loading import load_model, resolve_model
 
     s = get_settings()
-    model_name = model_name or s["model.name"]
-    device = device or s["model.device"]
-    dtype = dtype or s["model.dtype"]
+    model_name = model_name or s.model.name
+    device = device or s.model.device
+    dtype = dtype or s.model.dtype
     if engine not in ENGINES:
         raise ValidationError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}", field="engine")
     key = (resolve_model(model_name).name, engine, device, dtype)

@@ -1,6 +1,6 @@
 """The engines' common interface: prompt building, left padding, decoding settings and result assembly.
 
-An engine takes a batch of GenerationRequests and returns GenerationResults; ``fast`` and ``lens``
+An engine takes GenerationRequests (padded together) and returns GenerationResults; ``fast`` and ``lens``
 differ only in how they apply the boost inside attention.
 """
 
@@ -26,7 +26,7 @@ from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
 
 
 @dataclass
-class Batch:
+class PaddedRows:
     """Left-padded token ids for a group of prompts, with each row's (start, end, M) spans in padded coordinates."""
 
     input_ids: torch.Tensor
@@ -110,7 +110,7 @@ class Engine:
         """Return the prompt's length in tokens for this model."""
         return len(build_prompt(self.tokenizer, instruction, query, placement).input_ids)
 
-    def _pad(self, prompts: Sequence[Prompt]) -> Batch:
+    def _pad(self, prompts: Sequence[Prompt]) -> PaddedRows:
         width = max(len(p.input_ids) for p in prompts)
         pad_id = self.tokenizer.pad_token_id
         ids, mask, spans, pads = [], [], [], []
@@ -121,7 +121,7 @@ class Engine:
             spans.append([(a + n, b + n, m) for a, b, m in p.spans])
             pads.append(n)
         dev = self.device
-        return Batch(torch.tensor(ids, device=dev), torch.tensor(mask, device=dev), spans, pads)
+        return PaddedRows(torch.tensor(ids, device=dev), torch.tensor(mask, device=dev), spans, pads)
 
     def _gen_kwargs(self, params: GenerationParams) -> dict:
         from transformers import GenerationConfig
@@ -173,7 +173,7 @@ class Engine:
         return kwargs
 
     def _row_processors(self, requests: Sequence[GenerationRequest], width: int, pads: Sequence[int]) -> list:
-        """Return the batch's per-row processors (the seam other concerns extend), or [] when no row has one."""
+        """Return the per-row processors (the seam other concerns extend), or [] when no row has one."""
         lens = [width - pad for pad in pads]  # each row's prompt without its padding (RowProcessors strips it)
         grammars = grammar_rows(self.grammars, requests, lens)
         procs = RowProcessors([row_processors(r.params, n) + ([g] if g is not None else [])
@@ -215,10 +215,10 @@ class Engine:
                            budgets=[r.params.max_new_tokens for r in requests],
                            strips=[not r.exact_text for r in requests])
 
-    def _finish(self, requests, prompts, batch: Batch, sequences: torch.Tensor, seconds: float,
+    def _finish(self, requests, prompts, padded: PaddedRows, sequences: torch.Tensor, seconds: float,
                 masses, clock: "StepClock | None" = None, scored: Sequence[dict | None] = (),
                 recorder: StepRecorder | None = None) -> list[GenerationResult]:
-        width = batch.input_ids.shape[1]
+        width = padded.input_ids.shape[1]
         eos = self._eos_ids()
         out = []
         for row, (req, p) in enumerate(zip(requests, prompts)):
@@ -226,7 +226,7 @@ class Engine:
             # A row a stop string ended is padded afterwards; the pad token does not count as generated.
             n = content_length(gen, eos | ({self.tokenizer.pad_token_id} if req.params.stop else set()))
             if clock is not None:
-                # In a batch a row costs until its own last token (its EOS counts), not the batch's whole time.
+                # In a padded group a row costs until its own last token (its EOS counts), not the group's whole time.
                 seconds = clock.until_step(min(n + 1, len(gen)))
             decoded = self.tokenizer.decode(gen[:n], skip_special_tokens=True)
             text, stopped = final_text(decoded, req.params.stop, strip=not req.exact_text)
@@ -256,7 +256,7 @@ class Engine:
 
         exp of the mean negative log-likelihood of the output's tokens (re-encoded from the text), given
         the same prompt (chat template, placement, instruction and query). The requests' boosts are
-        ignored: this scores how natural the text is to the plain model. One forward pass per batch of
+        ignored: this scores how natural the text is to the plain model. One forward pass per group of
         rows (right-padded, no cache); None for an output without tokens.
         """
         if len(requests) != len(outputs):
@@ -278,7 +278,7 @@ class Engine:
             rows.append((i, prompt_ids, list(out_ids)[:room]))
         model = self.plain_model
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # Longest rows together, so a batch pads little; rows left-padded so every output ends at the last
+        # Longest rows together, so a padded group pads little; rows left-padded so every output ends at the last
         # position and only the last `keep` positions need logits (the vocabulary projection dominates).
         rows.sort(key=lambda r: len(r[1]) + len(r[2]), reverse=True)
         for start in range(0, len(rows), max(1, batch_size)):
@@ -308,12 +308,12 @@ class Engine:
             eos = self.tokenizer.eos_token_id
         return set(eos if isinstance(eos, (list, tuple)) else [eos])
 
-    def _analysis_inputs(self, batch: Batch, sequences: torch.Tensor, budgets: Sequence[int]):
+    def _analysis_inputs(self, padded: PaddedRows, sequences: torch.Tensor, budgets: Sequence[int]):
         """Return (attention mask, query selector) for re-reading a finished generation."""
-        width = batch.input_ids.shape[1]
+        width = padded.input_ids.shape[1]
         eos = self._eos_ids()
         mask = torch.ones_like(sequences)
-        mask[:, :width] = batch.attention_mask
+        mask[:, :width] = padded.attention_mask
         q_sel = torch.zeros_like(sequences, dtype=torch.bool)
         for row in range(sequences.shape[0]):
             gen = sequences[row, width:width + budgets[row]].tolist()
@@ -338,7 +338,7 @@ class Engine:
 class StepClock:
     """A stopping criterion that stops nothing: it records when each decoding step ends.
 
-    Passed to generate() so every row of a batch can report the time to its own last token.
+    Passed to generate() so every row of a padded group can report the time to its own last token.
     """
 
     def __init__(self):
@@ -368,8 +368,8 @@ def content_length(generated: list[int], eos: set[int]) -> int:
 
 
 def params_key(p: GenerationParams):
-    # Rows with different lengths, temperatures, top-p and seeds share a batch (RowSampler, RowBudget);
-    # generate() matches stop strings for the whole batch, so those still split it.
+    # Rows with different lengths, temperatures, top-p and seeds share a padded group (RowSampler, RowBudget);
+    # generate() matches stop strings for the whole padded group, so those still split it.
     return (p.stop,)
 
 
@@ -394,7 +394,7 @@ class RowSampler:
 
     The drawn token is left as the row's only finite logit, so generate()'s greedy step picks it; greedy
     rows are untouched. A row's draws therefore depend on its own seed and logits alone, not on which
-    rows share its batch (global-RNG sampling repeated only for the same batch).
+    rows share its padded group (global-RNG sampling repeated only for the same padded group).
     """
 
     def __init__(self, params: Sequence[GenerationParams], device: str):

@@ -29,8 +29,8 @@ Span = tuple[int, int, "float | None"]
 
 
 @dataclass
-class BatchBoost:
-    """Per-batch boost state: which keys, heads and factors apply to each row in each layer.
+class PaddedBoost:
+    """Per-group boost state: which keys, heads and factors apply to each row in each layer.
 
     key_mask: [B, K] bool, True on boosted keys (the union of the row's spans; K covers prompt + generated).
     key_factors: [B, K] float64, the factor f per key: M_i on span i's keys, 1 elsewhere (a key inside
@@ -67,9 +67,9 @@ def row_spans(spec: BoostSpec, entry) -> list[tuple[int, int, float]]:
     return [(int(s), int(e), spec.multiplier if m is None else float(m)) for s, e, m in entry]
 
 
-def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
+def build_padded_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
                       n_layers: int, n_heads: int, device=None, keep_identity: bool = False,
-                      prompt_len: int | None = None) -> BatchBoost:
+                      prompt_len: int | None = None) -> PaddedBoost:
     """Resolve each row's spec and spans into key factors, per-layer head masks, scopes and target masses.
 
     spans[row] is either one (start, end) pair, boosted by the spec's multiplier, or a list of
@@ -100,11 +100,11 @@ def build_batch_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
     if any(t is not None for t in targets):
         target = torch.tensor([float("nan") if t is None else t for t in targets], dtype=torch.float32,
                               device=device)
-    return BatchBoost(key_mask=mask, key_factors=factors, heads=heads,
+    return PaddedBoost(key_mask=mask, key_factors=factors, heads=heads,
                       prompt_len=length if prompt_len is None else int(prompt_len), target=target, **gates)
 
 
-def query_gate(boost: BatchBoost, q_len: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
+def query_gate(boost: PaddedBoost, q_len: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
     """Return [B, Q] bool: which of this forward's q_len queries each row boosts (its scope); None: all of them.
 
     The queries are the last q_len positions processed (total, else kv_len); a gate that does not vary over
@@ -152,7 +152,7 @@ def key_window(mask: torch.Tensor, kv_len: int, total: int | None = None, fill=F
     return _fit(mask, start + kv_len, fill=fill)[..., start:]
 
 
-def boost_cells(boost: BatchBoost, layer: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
+def boost_cells(boost: PaddedBoost, layer: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
     """Return [B, H, 1, kv_len] bool: the (row, head, key) cells this layer boosts, or None."""
     heads = boost.heads.get(layer)
     if heads is None:
@@ -160,7 +160,7 @@ def boost_cells(boost: BatchBoost, layer: int, kv_len: int, total: int | None = 
     return heads[:, :, None, None] & key_window(boost.key_mask, kv_len, total)[:, None, None, :]
 
 
-def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32,
+def boost_factors(boost: PaddedBoost, layer: int, kv_len: int, dtype=torch.float32,
                   total: int | None = None) -> torch.Tensor | None:
     """Return [B, H, 1, kv_len] multiplicative factors (each span's M on boosted cells, 1 elsewhere), or None.
 
@@ -173,7 +173,7 @@ def boost_factors(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float3
     return torch.where(cells, f, torch.ones((), dtype=dtype, device=f.device))
 
 
-def bias_for_layer(boost: BatchBoost, layer: int, kv_len: int, dtype=torch.float32,
+def bias_for_layer(boost: PaddedBoost, layer: int, kv_len: int, dtype=torch.float32,
                    total: int | None = None) -> torch.Tensor | None:
     """Return the [B, H, 1, kv_len] additive pre-softmax bias (log M_i on span i's cells), or None.
 
@@ -194,7 +194,7 @@ def boost_pattern(pattern: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return scaled / scaled.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(pattern.dtype).tiny)
 
 
-def make_pattern_hook(boost: BatchBoost, layer: int, total=None):
+def make_pattern_hook(boost: PaddedBoost, layer: int, total=None):
     """Return a TransformerLens hook for blocks.{layer}.attn.hook_pattern that applies the boost.
 
     total: a callable returning the positions the model has processed so far (see key_offset), read at each
@@ -210,7 +210,7 @@ def make_pattern_hook(boost: BatchBoost, layer: int, total=None):
     return hook
 
 
-def pattern_factors(boost: BatchBoost, layer: int, pattern: torch.Tensor,
+def pattern_factors(boost: PaddedBoost, layer: int, pattern: torch.Tensor,
                     total: int | None = None) -> torch.Tensor | None:
     """Return the factors the hook multiplies a [B, H, Q, K] post-softmax pattern by, or None (layer not boosted).
 

@@ -17,7 +17,7 @@ would copy every row's whole cache at every token: for SmolLM2-135M at 32 rows o
 kernel that reads pages; on CPU with SDPA the left padding costs only masked columns, and trimming the shared
 padding whenever a row leaves keeps it to the spread of the running rows' lengths.
 
-Each row keeps everything that makes its tokens its own: its spans with their M (a BatchBoost rebuilt over
+Each row keeps everything that makes its tokens its own: its spans with their M (a PaddedBoost rebuilt over
 the rows' padded coordinates whenever rows join or leave), layers and heads, its logits processors and
 grammar (fed its own unpadded ids), its seeded generator, its stop strings and budget, its logprob recorder
 and streamer. So a row's tokens equal the same request decoded alone (the tests check greedy and seeded
@@ -35,8 +35,8 @@ import torch
 
 from shared.spec import GenerationRequest, GenerationResult
 from worker.engine import packed
-from worker.engine.base import Batch
-from worker.engine.boost import build_batch_boost
+from worker.engine.base import PaddedRows
+from worker.engine.boost import build_padded_boost
 from worker.engine.fast import FastEngine, active_state, boost_state
 from worker.engine.grammar import grammar_rows
 from worker.engine.logits import row_processors, sampling_probs
@@ -49,7 +49,7 @@ CAPACITY_STEP = 128  # key columns the boost's cached biases cover beyond the cu
 
 @dataclass
 class Row:
-    """One request inside the continuous batch: its prompt, tokens so far and per-row decoding state."""
+    """One request inside the continuous padded group: its prompt, tokens so far and per-row decoding state."""
 
     key: Hashable
     request: GenerationRequest
@@ -74,7 +74,7 @@ class Row:
 
 
 class ContinuousDecoder:
-    """Decode requests in a batch that rows join and leave at every step (see the module docstring)."""
+    """Decode requests in a padded group that rows join and leave at every step (see the module docstring)."""
 
     def __init__(self, engine: FastEngine, max_rows: int = 32, attention: bool = False):
         if not isinstance(engine, FastEngine):
@@ -215,18 +215,18 @@ class ContinuousDecoder:
         from transformers import DynamicCache
 
         engine, dev = self.engine, self.engine.device
-        batch = engine._pad([r.prompt for r in group])
-        width = batch.input_ids.shape[1]
-        for row, pad in zip(group, batch.pads):
+        padded = engine._pad([r.prompt for r in group])
+        width = padded.input_ids.shape[1]
+        for row, pad in zip(group, padded.pads):
             row.pad, row.joined = pad, time.perf_counter()
             self._setup(row)
-        boost = self._boost([r.request for r in group], batch.spans, width)
-        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        boost = self._boost([r.request for r in group], padded.spans, width)
+        positions = (padded.attention_mask.cumsum(-1) - 1).clamp(min=0)
         every = any(r.request.prompt_logprobs is not None for r in group)
         cache = DynamicCache(config=self.model.config)
         start = time.perf_counter()
         with active_state(boost_state(boost, width)):
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            logits = self.model(input_ids=padded.input_ids, attention_mask=padded.attention_mask,
                                 position_ids=positions, past_key_values=cache, use_cache=True,
                                 logits_to_keep=0 if every else 1).logits
         self._sync()
@@ -305,7 +305,7 @@ class ContinuousDecoder:
     def _boost(self, requests: Sequence[GenerationRequest], spans, length: int):
         if all(r.is_identity for r in requests):
             return None  # M = 1 everywhere: plain SDPA, as the static engine runs it
-        return build_batch_boost([r.spec for r in requests], spans, length, self.engine.n_layers,
+        return build_padded_boost([r.spec for r in requests], spans, length, self.engine.n_layers,
                                  self.engine.n_heads, self.engine.device)
 
     def _boost_state(self, capacity: int):
@@ -316,7 +316,7 @@ class ContinuousDecoder:
     def _result(self, row: Row) -> GenerationResult:
         engine, dev = self.engine, self.engine.device
         ids = row.prompt.input_ids
-        batch = Batch(torch.tensor([ids], device=dev), torch.ones(1, len(ids), dtype=torch.long, device=dev),
+        padded = PaddedRows(torch.tensor([ids], device=dev), torch.ones(1, len(ids), dtype=torch.long, device=dev),
                       [list(row.prompt.spans)], [0])
         seq = torch.tensor([ids + row.generated], device=dev)
         if row.recorder is not None and row.generated:
@@ -326,6 +326,6 @@ class ContinuousDecoder:
         seconds = time.perf_counter() - row.joined if row.joined else 0.0
         masses = None
         if row.attention and row.generated:
-            masses = engine._attention_mass([row.request], batch, seq)
-        return engine._finish([row.request], [row.prompt], batch, seq, seconds, masses, None,
+            masses = engine._attention_mass([row.request], padded, seq)
+        return engine._finish([row.request], [row.prompt], padded, seq, seconds, masses, None,
                               [row.scored], row.recorder)[0]

@@ -1,7 +1,7 @@
 """The fast engine: InstaBoost as an additive log-M bias on the boosted keys inside fused attention.
 
 ``softmax(s + log f)`` equals the hook's multiply-and-renormalize, so the same boost runs inside
-transformers' SDPA path (registered as ``instaboost_sdpa``) with the KV cache on and, per batch row,
+transformers' SDPA path (registered as ``instaboost_sdpa``) with the KV cache on and, per row,
 its own spans, each with its own M. The bias is active only inside ``fast_boost``, a context variable
 that is always reset, so a failed generation never leaves the model boosted.
 
@@ -23,8 +23,8 @@ import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
-from worker.engine.base import Batch, Engine, StepClock, processed_length
-from worker.engine.boost import (BatchBoost, boost_cells, bias_for_layer, build_batch_boost, instruction_mass_sum,
+from worker.engine.base import PaddedRows, Engine, StepClock, processed_length
+from worker.engine.boost import (PaddedBoost, boost_cells, bias_for_layer, build_padded_boost, instruction_mass_sum,
                                  key_offset, key_window, query_gate, target_log_factors)
 from worker.engine.loading import LoadedModel
 from worker.engine.logprobs import decode
@@ -35,7 +35,7 @@ ANALYSIS_BLOCK = 128  # queries measured at once by the attention analysis: B x 
 
 @dataclass
 class _FastState:
-    boost: BatchBoost | None
+    boost: PaddedBoost | None
     record: dict | None = None  # layer -> [B] mass, filled during an analysis pass
     q_sel: torch.Tensor | None = None
     keys: torch.Tensor | None = None
@@ -167,13 +167,13 @@ def register_attention() -> None:
 
 
 @contextlib.contextmanager
-def fast_boost(boost: BatchBoost | None, capacity: int = 0):
-    """Activate a batch boost for the fast attention function; always deactivates on exit."""
+def fast_boost(boost: PaddedBoost | None, capacity: int = 0):
+    """Activate a padded group boost for the fast attention function; always deactivates on exit."""
     with active_state(boost_state(boost, capacity)):
         yield
 
 
-def boost_state(boost: BatchBoost | None, capacity: int = 0) -> _FastState:
+def boost_state(boost: PaddedBoost | None, capacity: int = 0) -> _FastState:
     """Return a boost's state for active_state; it keeps its biases across forwards (continuous decoding)."""
     return _FastState(boost, capacity=capacity)
 
@@ -210,31 +210,31 @@ class FastEngine(Engine):
             loaded.model.register_forward_pre_hook(_track_total, with_kwargs=True)
             loaded.model._instaboost_tracks_total = True
 
-    def _boost_for(self, requests, batch: Batch, length: int) -> BatchBoost | None:
+    def _boost_for(self, requests, padded: PaddedRows, length: int) -> PaddedBoost | None:
         if all(r.is_identity for r in requests):
             return None  # M = 1 everywhere: run SDPA exactly as plain generation does
-        return build_batch_boost([r.spec for r in requests], batch.spans, length, self.n_layers,
-                                 self.n_heads, self.device, prompt_len=batch.input_ids.shape[1])
+        return build_padded_boost([r.spec for r in requests], padded.spans, length, self.n_layers,
+                                 self.n_heads, self.device, prompt_len=padded.input_ids.shape[1])
 
     @torch.inference_mode()
     def _generate_group(self, requests, prompts, attention, on_text=None, halt=None):
-        batch = self._pad(prompts)
-        width = batch.input_ids.shape[1]
-        boost = self._boost_for(requests, batch, width)
+        padded = self._pad(prompts)
+        width = padded.input_ids.shape[1]
+        boost = self._boost_for(requests, padded, width)
         clock = StepClock()
         with fast_boost(boost, capacity=width + max(r.params.max_new_tokens for r in requests)):
-            seq, scored, recorder = decode(self, self.loaded.model, requests, prompts, batch, clock, on_text, halt)
+            seq, scored, recorder = decode(self, self.loaded.model, requests, prompts, padded, clock, on_text, halt)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - clock.start
-        masses = self._attention_mass(requests, batch, seq) if attention else None
-        return self._finish(requests, prompts, batch, seq, seconds, masses, clock if len(requests) > 1 else None,
+        masses = self._attention_mass(requests, padded, seq) if attention else None
+        return self._finish(requests, prompts, padded, seq, seconds, masses, clock if len(requests) > 1 else None,
                             scored, recorder)
 
-    def _attention_mass(self, requests, batch, seq):
-        mask, q_sel = self._analysis_inputs(batch, seq, [r.params.max_new_tokens for r in requests])
-        boost = build_batch_boost([r.spec for r in requests], batch.spans, seq.shape[1], self.n_layers,
-                                  self.n_heads, self.device, prompt_len=batch.input_ids.shape[1])
+    def _attention_mass(self, requests, padded, seq):
+        mask, q_sel = self._analysis_inputs(padded, seq, [r.params.max_new_tokens for r in requests])
+        boost = build_padded_boost([r.spec for r in requests], padded.spans, seq.shape[1], self.n_layers,
+                                  self.n_heads, self.device, prompt_len=padded.input_ids.shape[1])
         out = {}
         for label, b in (("unboosted", None), ("boosted", boost)):
             state = _FastState(b, record={}, q_sel=q_sel, keys=boost.key_mask)
@@ -249,7 +249,7 @@ class FastEngine(Engine):
     @torch.inference_mode()
     def logits(self, request: GenerationRequest, continuation: Sequence[int] = ()) -> torch.Tensor:
         p = self.prompt(request)
-        batch = self._pad([p])
-        ids = self._with_continuation(batch.input_ids, continuation)
-        with fast_boost(self._boost_for([request], batch, ids.shape[1])):
+        padded = self._pad([p])
+        ids = self._with_continuation(padded.input_ids, continuation)
+        with fast_boost(self._boost_for([request], padded, ids.shape[1])):
             return self.loaded.model(input_ids=ids).logits[0].float()

@@ -11,8 +11,8 @@ finished it is the only token allowed, so the row ends there. A row whose max_ne
 with finish_reason "length" and an incomplete value, as OpenAI's API does.
 
 ``GrammarRow`` has the per-row processor shape ``(ids, scores) -> scores`` (the row's ids without padding,
-1-D scores), so it joins a row's list of logits processors; ``GrammarBatch`` applies the rows' processors to
-a whole [batch, vocab] step for generate().
+1-D scores), so it joins a row's list of logits processors; ``GrammarRows`` applies the rows' processors to
+a whole [rows, vocab] step for generate().
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ class GrammarRow:
         return scores.masked_fill(torch.from_numpy(~allowed).to(scores.device), float("-inf"))
 
 
-class GrammarBatch:
-    """generate()'s processor for a batch: each row with a grammar masks its own scores (rows share the width)."""
+class GrammarRows:
+    """generate()'s processor for padded rows: each row with a grammar masks its own scores (rows share the width)."""
 
     def __init__(self, rows: Sequence[GrammarRow | None]):
         self.rows = list(rows)

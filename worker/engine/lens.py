@@ -15,7 +15,7 @@ import torch
 
 from shared.spec import GenerationRequest
 from worker.engine.base import Engine, StepClock, processed_length
-from worker.engine.boost import BatchBoost, build_batch_boost, instruction_mass, make_pattern_hook
+from worker.engine.boost import PaddedBoost, build_padded_boost, instruction_mass, make_pattern_hook
 from worker.engine.loading import LoadedModel
 from worker.engine.logprobs import decode
 
@@ -37,7 +37,7 @@ class TransformerLensEngine(Engine):
         return self.bridge.original_model  # the hooks run only inside hooked()
 
     @contextlib.contextmanager
-    def hooked(self, boost: BatchBoost | None, record: dict | None = None, keys=None, q_sel=None):
+    def hooked(self, boost: PaddedBoost | None, record: dict | None = None, keys=None, q_sel=None):
         """Attach the pattern hooks (boost, optionally record) for a block; always removes them."""
         seen: dict = {}  # positions processed once the running forward ends, for sliding-window caches
 
@@ -60,7 +60,7 @@ class TransformerLensEngine(Engine):
 
     def _boost_for(self, request, prompt, length):
         # M = 1 still runs through the hook: the reference shows the hook itself is the identity.
-        return build_batch_boost([request.spec], [list(prompt.spans)], length, self.n_layers, self.n_heads,
+        return build_padded_boost([request.spec], [list(prompt.spans)], length, self.n_layers, self.n_heads,
                                  self.device, keep_identity=True, prompt_len=len(prompt.input_ids))
 
     @torch.inference_mode()
@@ -68,22 +68,22 @@ class TransformerLensEngine(Engine):
         # The reference runs one request at a time: no padding, nothing to get wrong.
         out = []
         for row, (req, p) in enumerate(zip(requests, prompts)):
-            batch = self._pad([p])
-            boost = self._boost_for(req, p, batch.input_ids.shape[1])
+            padded = self._pad([p])
+            boost = self._boost_for(req, p, padded.input_ids.shape[1])
             relay = None if on_text is None else (lambda _r, delta, row=row: on_text(row, delta))
             stop = None if halt is None else (lambda _r, row=row: halt(row))
             clock = StepClock()
             with self.hooked(boost):
-                seq, scored, recorder = decode(self, self.bridge.original_model, [req], [p], batch, clock, relay, stop)
+                seq, scored, recorder = decode(self, self.bridge.original_model, [req], [p], padded, clock, relay, stop)
             seconds = time.perf_counter() - clock.start
-            masses = self._attention_mass(req, p, batch, seq) if attention else None
-            out.extend(self._finish([req], [p], batch, seq, seconds, masses, None, scored, recorder))
+            masses = self._attention_mass(req, p, padded, seq) if attention else None
+            out.extend(self._finish([req], [p], padded, seq, seconds, masses, None, scored, recorder))
         return out
 
-    def _attention_mass(self, req, p, batch, seq):
-        mask, q_sel = self._analysis_inputs(batch, seq, [req.params.max_new_tokens])
-        boost = build_batch_boost([req.spec], batch.spans, seq.shape[1], self.n_layers, self.n_heads,
-                                  self.device, prompt_len=batch.input_ids.shape[1])
+    def _attention_mass(self, req, p, padded, seq):
+        mask, q_sel = self._analysis_inputs(padded, seq, [req.params.max_new_tokens])
+        boost = build_padded_boost([req.spec], padded.spans, seq.shape[1], self.n_layers, self.n_heads,
+                                  self.device, prompt_len=padded.input_ids.shape[1])
         res = {}
         for label, b in (("unboosted", None), ("boosted", boost)):
             record: dict = {}
@@ -95,8 +95,8 @@ class TransformerLensEngine(Engine):
     @torch.inference_mode()
     def logits(self, request: GenerationRequest, continuation: Sequence[int] = ()) -> torch.Tensor:
         p = self.prompt(request)
-        batch = self._pad([p])
-        ids = self._with_continuation(batch.input_ids, continuation)
+        padded = self._pad([p])
+        ids = self._with_continuation(padded.input_ids, continuation)
         with self.hooked(self._boost_for(request, p, ids.shape[1])):
             return self.bridge.original_model(input_ids=ids).logits[0].float()
 
@@ -104,13 +104,13 @@ class TransformerLensEngine(Engine):
     def generate_uncached(self, request: GenerationRequest) -> list[int]:
         """Greedy-decode without the KV cache (a check on cached decoding); return the new token ids."""
         p = self.prompt(request)
-        batch = self._pad([p])
+        padded = self._pad([p])
         kwargs = self._gen_kwargs(request.params)
         kwargs["generation_config"].use_cache = False
-        with self.hooked(self._boost_for(request, p, batch.input_ids.shape[1])):
-            seq = self.bridge.original_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        with self.hooked(self._boost_for(request, p, padded.input_ids.shape[1])):
+            seq = self.bridge.original_model.generate(input_ids=padded.input_ids, attention_mask=padded.attention_mask,
                                                       **kwargs)
-        return seq[0, batch.input_ids.shape[1]:].tolist()
+        return seq[0, padded.input_ids.shape[1]:].tolist()
 
 
 def _chain(boost_hook, record, layer, keys, q_sel):

@@ -137,7 +137,7 @@ def pick_dtype(requested: str, device: str):
 def _hf_token() -> str | None:
     from shared.settings import get_settings
 
-    return get_settings()["hf.token"] or None
+    return get_settings().hf.token or None
 
 
 def _file_digest(path: Path) -> str:
@@ -151,7 +151,7 @@ def _file_digest(path: Path) -> str:
 def _cache_root() -> Path:
     from shared.settings import get_settings
 
-    return Path(get_settings()["model.cache_dir"]).expanduser()
+    return Path(get_settings().model.cache_dir).expanduser()
 
 
 def _gguf_to_folder(src: ModelSource) -> Path:

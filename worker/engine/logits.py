@@ -4,7 +4,7 @@ Every decoding step, before a token is chosen (argmax for greedy rows, a seeded 
 ``base.RowSampler``), each row's scores pass through that row's list of processors, in order. A processor
 is a ``RowProcessor``: ``(ids, scores) -> scores`` where
 
-- ``ids`` is the row's tokens so far, prompt then generated, WITHOUT the batch's left padding (1-D long);
+- ``ids`` is the row's tokens so far, prompt then generated, WITHOUT the padded group's left padding (1-D long);
 - ``scores`` is the row's next-token logits (1-D float, the model's vocabulary), raw: before temperature;
 - it returns the new scores (it may change them in place). Setting a logit to ``-inf`` forbids the token.
 
@@ -100,7 +100,7 @@ def sampling_probs(scores: torch.Tensor, params: GenerationParams) -> torch.Tens
 
 
 class RowProcessors:
-    """A batch-level logits processor for generate(): applies each row's own processor list to its row."""
+    """A padded group-level logits processor for generate(): applies each row's own processor list to its row."""
 
     def __init__(self, rows: list[list[RowProcessor]], pads: list[int]):
         self.rows = [(i, procs, pads[i]) for i, procs in enumerate(rows) if procs]

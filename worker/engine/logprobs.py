@@ -119,39 +119,39 @@ def trim_section(section: dict, length: int) -> dict:
     return {key: value[:keep] for key, value in section.items()}
 
 
-def decode(engine, model, requests, prompts, batch, clock, on_text=None, halt=None):
+def decode(engine, model, requests, prompts, padded, clock, on_text=None, halt=None):
     """Run an engine group's prefill (for prompt logprobs) and decoding inside the engine's boost; return
     (sequences, each row's prompt logprobs section or None, the StepRecorder or None).
 
     Prompt scoring is one forward over the padded batch. When it already answers every row (greedy, at
     most one new token, nothing streamed: lm-eval's echo requests) generate() is skipped.
     """
-    width = batch.input_ids.shape[1]
+    width = padded.input_ids.shape[1]
     ks = [r.logprobs for r in requests]
     recorder = StepRecorder(ks) if any(k is not None for k in ks) else None
     scored: list[dict | None] = [None] * len(requests)
     if any(r.prompt_logprobs is not None for r in requests) or all(r.params.max_new_tokens == 0 for r in requests):
-        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+        positions = (padded.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=padded.input_ids, attention_mask=padded.attention_mask, position_ids=positions,
                        use_cache=False).logits
         cache: dict = {}
         for row, (req, p) in enumerate(zip(requests, prompts)):
             if req.prompt_logprobs is not None:
-                scored[row] = prompt_section(engine.tokenizer, logits[row, batch.pads[row]:], p.input_ids,
+                scored[row] = prompt_section(engine.tokenizer, logits[row, padded.pads[row]:], p.input_ids,
                                              req.prompt_logprobs, cache)
         # Only where no row has logits processors (a bias or grammar must shape even a single token).
         if on_text is None and all(r.params.greedy and r.params.max_new_tokens <= 1 for r in requests) \
-                and not engine._row_processors(requests, width, batch.pads):
+                and not engine._row_processors(requests, width, padded.pads):
             last = logits[:, -1].float()
             if recorder is not None:
-                recorder(batch.input_ids, last)
-            seq = torch.cat([batch.input_ids, last.argmax(-1, keepdim=True)], dim=1)
+                recorder(padded.input_ids, last)
+            seq = torch.cat([padded.input_ids, last.argmax(-1, keepdim=True)], dim=1)
             if recorder is not None:
                 recorder.finish(seq)
             return seq, scored, recorder
-    seq = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+    seq = model.generate(input_ids=padded.input_ids, attention_mask=padded.attention_mask,
                          streamer=engine._streamer(requests, on_text),
-                         **engine._decode_kwargs(requests, width, clock, halt, batch.pads, recorder))
+                         **engine._decode_kwargs(requests, width, clock, halt, padded.pads, recorder))
     if recorder is not None:
         recorder.finish(seq)
     return seq, scored, recorder

@@ -65,7 +65,7 @@ class IncrementalDetokenizer:
 
 
 class RowStreamer:
-    """A transformers streamer (put / end) for a batch: calls on_text(row, delta) as each row's text grows.
+    """A transformers streamer (put / end) for padded rows: calls on_text(row, delta) as each row's text grows.
 
     The deltas of a row join up to the text the engine returns for it (see shared.streaming); a row
     stops streaming at its first end-of-sequence token or stop string.

@@ -1,5 +1,5 @@
 """The Celery side of the worker: the app (``celery -A worker.jobs.app worker``), the ``instaboost.run_job``
-task and the job runner under it, the heartbeat that advertises this process, and the sweeper that recovers lost
+task and the job runner under it, the heartbeat that advertises this process, and the recovery loop that recovers lost
 jobs.
 
 Dependencies run one way: ``tasks`` (the Celery shim) -> ``delivery`` (claim, run, settle) -> ``followups``

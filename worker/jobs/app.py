@@ -4,7 +4,7 @@ Models named in ``worker.models`` are loaded once per worker process, in ``worke
 (sent by the solo pool in the worker itself and by prefork in each child after the fork), so a
 CUDA context never exists in a parent that forks. The worker consumes only its models' queues; its
 heartbeat lists them as "starting" while they load and as served once loaded. Each process also runs
-the sweeper thread (worker/jobs/sweeper.py) that re-sends jobs whose message or worker was lost.
+the recovery loop thread (worker/jobs/recovery.py) that re-sends jobs whose message or worker was lost.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ log = logging.getLogger("instaboost.worker")
 settings = get_settings()
 app = make_celery(settings, main="instaboost-worker")
 # A bare `celery -A worker.jobs.app worker` consumes exactly the queues of the models it holds.
-app.conf.task_queues = [Queue(model_queue(m)) for m in dict.fromkeys(settings["worker.models"])]
-app.conf.task_default_queue = model_queue(settings["worker.models"][0]) if settings["worker.models"] else "models"
+app.conf.task_queues = [Queue(model_queue(m)) for m in dict.fromkeys(settings.worker.models)]
+app.conf.task_default_queue = model_queue(settings.worker.models[0]) if settings.worker.models else "models"
 # Reconnects to Redis with a backoff capped at redis.reconnect_max_seconds (Celery's own grows to 30 s).
 app.conf.worker_consumer = "worker.jobs.reconnect:Consumer"
 
@@ -48,15 +48,15 @@ def preload_models(hostname: str | None = None) -> list[str]:
     from worker.jobs.takeover import process_facts
 
     s = get_settings()
-    models = list(dict.fromkeys(s["worker.models"]))
+    models = list(dict.fromkeys(s.worker.models))
     if not models:
         raise SystemExit("instaboost worker: worker.models is empty; set INSTABOOST_WORKER_MODELS")
     host = hostname or f"worker@{socket.gethostname()}"
     own = start_check(s)  # before the first beat: a worker on another deployment's Redis prefix never advertises
     # One id per process (prefork children too): the heartbeat key and the jobs' worker column. The first
     # beat comes before loading (seconds to minutes), so the web app queues jobs for these models meanwhile.
-    _heartbeat = Heartbeat(host, [], s["redis.url"], s["redis.namespace"], interval=s["worker.heartbeat_interval"],
-                           ttl=s["worker.heartbeat_ttl"], worker_id=new_worker_id(host),
+    _heartbeat = Heartbeat(host, [], s.redis.url, s.redis.namespace, interval=s.worker.heartbeat_interval,
+                           ttl=s.worker.heartbeat_ttl, worker_id=new_worker_id(host),
                            extra={"starting": models, HEADER: own, **process_facts()}, owner=owner_entry(own, s)).start()
     atexit.register(_heartbeat.stop)
     start_takeover(_heartbeat.worker_id, host)  # a predecessor's jobs go back while the models load
@@ -65,7 +65,7 @@ def preload_models(hostname: str | None = None) -> list[str]:
     model_info = {}
     for name in models:
         try:
-            engine = get_engine(name, s["instaboost.engine"])
+            engine = get_engine(name, s.instaboost.engine)
         except InstaBoostError as exc:
             # Fail fast: a worker that consumes a model's queue but cannot run it would fail every job.
             _heartbeat.stop()  # no longer "starting": the web app refuses these models again
@@ -75,43 +75,43 @@ def preload_models(hostname: str | None = None) -> list[str]:
                             "max_context": engine.max_context}
         log.info("loaded model %s", name)
     _heartbeat.ready(models, model_info=model_info)
-    start_sweeper(_heartbeat.worker_id)
+    start_recovery(_heartbeat.worker_id)
     return models
 
 
-_sweeper = None
+_recovery = None
 _takeover = None
 
 
 def start_takeover(own_worker: str, node: str):
     """Hand back, in a thread, the jobs a dead earlier worker of this node name left running (jobs/takeover.py)."""
     global _takeover
-    from worker.jobs.sweeper import Sweeper
+    from worker.jobs.recovery import JobRecovery
     from worker.jobs.takeover import Takeover
 
     s = get_settings()
-    _takeover = Takeover(Sweeper(s, own_worker=own_worker), node, own_worker, s["worker.heartbeat_interval"],
-                         s["worker.heartbeat_ttl"]).start()
+    _takeover = Takeover(JobRecovery(s, own_worker=own_worker), node, own_worker, s.worker.heartbeat_interval,
+                         s.worker.heartbeat_ttl).start()
     return _takeover
 
 
-def start_sweeper(own_worker: str | None = None):
-    """Start this process's sweeper thread unless sweeper.enabled is off (see worker/jobs/sweeper.py)."""
-    global _sweeper
+def start_recovery(own_worker: str | None = None):
+    """Start this process's recovery loop thread unless sweeper.enabled is off (see worker/jobs/recovery.py)."""
+    global _recovery
     s = get_settings()
-    if _sweeper is None and s["sweeper.enabled"]:
-        from worker.jobs.sweeper import Sweeper
+    if _recovery is None and s.sweeper.enabled:
+        from worker.jobs.recovery import JobRecovery
 
-        _sweeper = Sweeper(s, own_worker=own_worker).start()
-    return _sweeper
+        _recovery = JobRecovery(s, own_worker=own_worker).start()
+    return _recovery
 
 
 def stop_heartbeat(**_kw) -> None:
-    """Stop the sweeper and remove this process's heartbeat (clean shutdown)."""
+    """Stop the recovery loop and remove this process's heartbeat (clean shutdown)."""
     if _takeover is not None:
         _takeover.stop()
-    if _sweeper is not None:
-        _sweeper.stop()
+    if _recovery is not None:
+        _recovery.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
 

@@ -12,20 +12,20 @@ ends moves its OpenAI batch and calibration sweep on (``worker.jobs.followups``)
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from shared.db import session_scope
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.store import lifecycle
 from worker.jobs.endings import DatabaseUnavailable, JobTimeLimit, ShutdownRequested, settle, with_db_retry
 from worker.jobs.followups import job_ended
-from worker.jobs.runner import BatchRunner, Options
+from worker.jobs.runner import CohortRunner, Options
 from worker.jobs.scheduler import ContinuousRunner
 
 log = logging.getLogger("instaboost.worker")
 
 
-def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[str, Any] | None = None,
+def execute_job(job_id: int, worker_name: str = "inline", *, settings: Settings | None = None,
                 db_url: str | None = None, should_stop: Callable[[], bool] = lambda: False,
                 is_alive: Callable[[str], bool] | None = None,
                 hard_exit: Callable[[str], None] | None = None,
@@ -61,7 +61,7 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Mapping[s
 
 def run_delivery(job_id: int, opts: Options, is_alive: Callable[[str], bool] | None = None) -> str:
     """Claim the job and run it with its batch; return its status. Raises ShutdownRequested, DatabaseUnavailable."""
-    budget = float(opts.settings["worker.db_retry_seconds"])
+    budget = opts.settings.worker.db_retry_seconds
     with session_scope(opts.db_url) as session:
         job = with_db_retry(session, lifecycle.mark_running, job_id, opts.worker, is_alive, budget=budget)
     if job is None:
@@ -71,7 +71,7 @@ def run_delivery(job_id: int, opts: Options, is_alive: Callable[[str], bool] | N
     try:
         # A poison job (more deliveries than worker.max_attempts) is failed by the runner's _admit, like a
         # job its batch takes in.
-        runner = ContinuousRunner if opts.settings["worker.continuous"] else BatchRunner
+        runner = ContinuousRunner if opts.settings.worker.continuous else CohortRunner
         return runner(job, opts).run()
     except (ShutdownRequested, DatabaseUnavailable):
         raise  # handed back already, or the message goes back to the queue

@@ -35,7 +35,7 @@ class JobTimeLimit(BaseException):
 
 
 class ShutdownRequested(Exception):
-    """The worker is stopping: hand the jobs back to the queue between two batch steps."""
+    """The worker is stopping: hand the jobs back to the queue between two rounds."""
 
 
 class DatabaseUnavailable(Exception):
@@ -149,7 +149,7 @@ def give_back(session, job_id: int, worker: str) -> None:
 
 
 def hand_back(db_url: str | None, job_id: int, worker: str, budget: float, fault: bool) -> str:
-    """Put a job this worker cannot finish back to queued for the sweeper to send again (its outbox).
+    """Put a job this worker cannot finish back to queued for the recovery loop to send again (its outbox).
 
     fault: the delivery counts as an attempt (poison handling applies); else it is given back.
     A cancelling job is finished as cancelled instead. Returns the status the job is in.
@@ -161,7 +161,7 @@ def hand_back(db_url: str | None, job_id: int, worker: str, budget: float, fault
                 lifecycle.finish_cancel(session, job_id, worker=worker)
             else:
                 extra = {} if fault else {"attempts": Job.attempts - 1}
-                # enqueued_at NULL: the sweeper's outbox sends it again (this delivery's message is done).
+                # enqueued_at NULL: the recovery loop's outbox sends it again (this delivery's message is done).
                 lifecycle.transition(session, job_id, JobStatus.queued, expect={"worker": worker}, enqueued_at=None,
                                      **extra)
                 session.commit()
@@ -218,7 +218,7 @@ def settle(db_url: str | None, job_id: int, worker: str, exc: BaseException, bud
 
     An Exception fails the job (with a shorter message if the first cannot be stored); a BaseException
     (a cold shutdown, Ctrl-C) hands it back. If neither can be recorded while the database answers, the
-    worker process ends (hard_exit) so the sweeper recovers the job; without hard_exit the error propagates.
+    worker process ends (hard_exit) so the recovery loop recovers the job; without hard_exit the error propagates.
     """
     code = JobErrorCode.worker_error
     if isinstance(exc, JobTimeLimit):  # went off outside the usual handler: still the job's time limit
@@ -246,5 +246,5 @@ def settle(db_url: str | None, job_id: int, worker: str, exc: BaseException, bud
         reason = f"job {job_id}: cannot record its end nor hand it back ({type(again).__name__}: {again})"
         if hard_exit is None:
             raise
-        hard_exit(reason)  # the sweeper sees this worker gone and sends the job again
+        hard_exit(reason)  # the recovery loop sees this worker gone and sends the job again
         raise

@@ -10,7 +10,7 @@ to make a fault happen at a deterministic point, independent of how fast the mac
 
 Points:
 
-- ``variant`` (``STEP``): in ``worker.jobs.runner.BatchRunner._step``, once per batch step, before its rows
+- ``variant`` (``STEP``): in ``worker.jobs.runner.CohortRunner._step``, once per round, before its rows
   are generated, inside the step's soft time limit, watchdog and cancel watch (the jobs' ownership was
   checked just before the step);
 - ``fail`` (``RECORD_FAILURE``): in ``worker.jobs.endings.fail``, in the fresh session that records a

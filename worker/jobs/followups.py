@@ -1,17 +1,18 @@
 """What moves on when a job ends: the OpenAI batch it is a line of, the calibration sweep it is a job of.
 
-Both are best effort: a failure here is logged, never changes how the job ended, and the sweeper (and, for a
+Both are best effort: a failure here is logged, never changes how the job ended, and the recovery loop (and, for a
 batch, the web's reads) move the batch or sweep on later.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from sqlalchemy import select
 
 from shared.db import session_scope
+from shared.settings import Settings
 from shared.store import batches, sweeps
 from shared.store.tables import Job, JobStatus
 
@@ -20,7 +21,7 @@ log = logging.getLogger("instaboost.worker")
 ENDED = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
 
 
-def job_ended(db_url: str | None, job_id: int, status: str, settings: Mapping[str, Any],
+def job_ended(db_url: str | None, job_id: int, status: str, settings: Settings,
               sender: Callable[[int, str], None] | None) -> None:
     """Move on what waits for the job, given how its delivery left it (a status, "skipped", "taken over")."""
     if status in ENDED:
@@ -37,11 +38,11 @@ def _move_batch(db_url: str | None, job_id: int) -> None:
             session.commit()
             if batch_id:
                 batches.refresh_batch(session, batch_id)
-    except Exception as exc:  # the sweeper and the web's reads finalize it later
+    except Exception as exc:  # the recovery loop and the web's reads finalize it later
         log.warning("job %s: could not move its batch on (%s: %s)", job_id, type(exc).__name__, exc)
 
 
-def _advance_sweep(db_url: str | None, job_id: int, settings: Mapping[str, Any], sender) -> None:
+def _advance_sweep(db_url: str | None, job_id: int, settings: Settings, sender) -> None:
     """Advance the job's sweep (sending its next jobs through sender), if it has one."""
     try:
         with session_scope(db_url) as session:
@@ -49,5 +50,5 @@ def _advance_sweep(db_url: str | None, job_id: int, settings: Mapping[str, Any],
             session.commit()
             if sweep_id is not None:
                 sweeps.advance(session, sweep_id, settings, sender)
-    except Exception as exc:  # the sweeper advances it on its next pass
-        log.warning("job %s: could not advance its sweep (%s: %s); the sweeper will", job_id, type(exc).__name__, exc)
+    except Exception as exc:  # the recovery loop advances it on its next pass
+        log.warning("job %s: could not advance its sweep (%s: %s); the recovery loop will", job_id, type(exc).__name__, exc)

@@ -1,8 +1,8 @@
-"""Worker heartbeat: a daemon thread that tells the web app and the sweeper this process is alive.
+"""Worker heartbeat: a daemon thread that tells the web app and the recovery loop this process is alive.
 
 A worker process is named by one id, ``<celery node name>:<pid>:<random>``: its heartbeat key is
 ``<namespace>:worker:<id>`` and every job it claims stores the same id in its ``worker`` column, so the
-sweeper can tell from a job alone whether the process running it still lives. The random part keeps a
+recovery loop can tell from a job alone whether the process running it still lives. The random part keeps a
 restarted worker (same node name, and in a container often the same pid) from looking like the dead one.
 """
 
@@ -16,7 +16,7 @@ import threading
 from datetime import datetime, timezone
 
 from shared.metrics import METRICS
-from shared.workers import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_key, redis_client
+from shared.worker_registry import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, heartbeat_key, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class Heartbeat:
         self.set_jobs([] if job_id is None else [job_id])
 
     def set_jobs(self, job_ids: list[int]) -> None:
-        """Advertise every job this process runs now (its batch; [] when idle), at once.
+        """Advertise every job this process runs now (its cohort; [] when idle), at once.
 
-        Duplicate deliveries elsewhere leave a listed job alone, and the sweeper sends again a job that
+        Duplicate deliveries elsewhere leave a listed job alone, and the recovery loop sends again a job that
         names this live process but is not listed (the process lost track of it).
         """
         ids = [int(j) for j in job_ids]
@@ -108,7 +108,7 @@ class Heartbeat:
         self.payload = {**self.payload, "job": ids[0] if ids else None, "jobs": ids}
         try:
             self.beat()
-        except Exception as exc:  # the loop retries; the sweeper decides nothing while Redis is away
+        except Exception as exc:  # the loop retries; the recovery loop decides nothing while Redis is away
             log.warning("heartbeat %s failed: %s", self.key, type(exc).__name__)
 
     def stop(self) -> None:

@@ -53,7 +53,7 @@ def claim_waiting(session, candidates: Callable[[str], set[int]], model: str, wo
     try:
         won = with_db_retry(session, lifecycle.claim_queued, waiting, model, worker, take, budget=budget)
     except BaseException:
-        advertise([])  # anything it claimed is found unlisted by the sweeper and sent again
+        advertise([])  # anything it claimed is found unlisted by the recovery loop and sent again
         raise
     advertise([job.id for job in won])
     return won

@@ -20,12 +20,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.chat import choice_index
 from shared.completions import openai_request, openai_rows
-from shared.schemas import JobRequest, Variant
-from shared.settings import get_settings
+from shared.job_request import JobRequest, Variant
+from shared.settings import Settings, get_settings
 from shared.store import lifecycle
 from shared.store.tables import Run
 from shared.streaming import publish_event
-from shared.workers import redis_client, stream_key
+from shared.worker_registry import redis_client, stream_key
 from worker.jobs.endings import ShutdownRequested
 from worker.scoring import judge_config, score_results
 
@@ -113,7 +113,7 @@ class OpenAIJob:
         if not self.params.get("stream"):
             return None
         settings = get_settings()
-        redis, key = _redis(settings["redis.url"]), stream_key(settings["redis.namespace"], job_id)
+        redis, key = _redis(settings.redis.url), stream_key(settings.redis.namespace, job_id)
 
         seq = itertools.count()  # numbers this delivery's events, so a reader sees a gap
 
@@ -159,7 +159,7 @@ def row_count(params: Mapping[str, Any]) -> int | None:
 
 
 def score_rows(engine, kinds: list[JobKind], requests: list, results: list,
-               settings: Mapping[str, Any]) -> list[dict | None]:
+               settings: Settings) -> list[dict | None]:
     """Score rows' outputs (worker.scoring), row i being of kinds[i]: one pass per scoring choice, whatever the job.
 
     A kind that is not scored gets None. One perplexity pass serves every row of a choice, whichever job it
@@ -179,13 +179,13 @@ def score_rows(engine, kinds: list[JobKind], requests: list, results: list,
     return scores
 
 
-def _score(engine, jobs: list[JobRequest], gen_requests, results, settings: Mapping[str, Any]) -> list[dict | None]:
+def _score(engine, jobs: list[JobRequest], gen_requests, results, settings: Settings) -> list[dict | None]:
     first = jobs[0]
     try:
         judge = judge_config(settings) if first.judge else None
         scores = score_results(engine, gen_requests, results, cases=[j.case() for j in jobs],
                                perplexity=first.score_perplexity, judge=judge,
-                               copy_words=int(settings.get("scoring.copy_words", 6)))
+                               copy_words=settings.scoring.copy_words)
         if first.judge and judge is None:
             for s in scores:
                 s["judge_reason"] = "no judge configured on this worker (judge.url is empty)"

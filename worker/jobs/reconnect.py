@@ -10,16 +10,15 @@ Installed by ``worker.jobs.app`` through Celery's ``worker_consumer`` setting.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 
-def reconnect_backoff(settings: Mapping[str, Any]) -> dict[str, float]:
+def reconnect_backoff(settings: Settings) -> dict[str, float]:
     """Return kombu's retry intervals for a broker reconnect: 1 s, then 1 s more each try, at most the cap."""
-    cap = max(0.1, float(settings["redis.reconnect_max_seconds"]))
+    cap = max(0.1, settings.redis.reconnect_max_seconds)
     step = min(1.0, cap)
     return {"interval_start": step, "interval_step": step, "interval_max": cap}
 

@@ -13,10 +13,10 @@ Every job in the batch keeps the guarantees of a job run alone:
 - progress counts the job's stored variants;
 - the time limit runs from the job's own claim: a step's alarm is its earliest deadline and only the jobs
   past theirs fail (the others' rows run again in the next step); the watchdog fails the jobs past their
-  hard limit and ends the process, and the sweeper sends the rest again, as after ``kill -9``;
+  hard limit and ends the process, and the recovery loop sends the rest again, as after ``kill -9``;
 - a step that raises is run again one job at a time, so the job that causes the error fails alone;
 - a warm shutdown hands every job back; ``kill -9`` leaves them running under a dead worker and the
-  sweeper sends each one again; the runs already stored are kept (unique per job and variant).
+  recovery loop sends each one again; the runs already stored are kept (unique per job and variant).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -36,6 +36,7 @@ from shared.errors import InstaBoostError, JobErrorCode
 from shared.metrics import METRICS
 from shared.store import lifecycle
 from shared.chat import choice_index
+from shared.settings import Settings
 from shared.store.tables import Job, JobStatus
 from worker.jobs import faults
 from worker.jobs.decode import decode_rows
@@ -75,7 +76,7 @@ class Options:
     """What a batch runner needs from the worker around it."""
 
     worker: str
-    settings: Mapping[str, Any]
+    settings: Settings
     db_url: str | None = None
     should_stop: Callable[[], bool] = lambda: False
     hard_exit: Callable[[str], None] | None = None
@@ -85,20 +86,20 @@ class Options:
     on_end: Callable[[int, str], None] | None = None  # a job ended (succeeded, failed, cancelled)
 
 
-class BatchRunner:
+class CohortRunner:
     """Run a delivered job, and the jobs it takes into its batch, until none has rows left."""
 
     def __init__(self, first: Job, opts: Options):
         s = opts.settings
         self.opts = opts
         self.worker = opts.worker
-        self.max_rows = max(1, int(s["worker.max_batch_rows"]))
-        self.batch_jobs = bool(s["worker.batch_jobs"]) and opts.candidates is not None
-        self.wait = float(s["worker.batch_wait"])
-        self.limit = int(s["worker.job_time_limit"])
+        self.max_rows = max(1, s.worker.max_batch_rows)
+        self.batch_jobs = s.worker.batch_jobs and opts.candidates is not None
+        self.wait = s.worker.batch_wait
+        self.limit = s.worker.job_time_limit
         self.soft = soft_time_limit(self.limit)
-        self.budget = float(s["worker.db_retry_seconds"])
-        self.max_attempts = int(s["worker.max_attempts"])
+        self.budget = s.worker.db_retry_seconds
+        self.max_attempts = s.worker.max_attempts
         self.first = first
         self.model = first.model
         self.members: list[Member] = []
@@ -120,12 +121,12 @@ class BatchRunner:
                     break
                 self._step(rows)
         except ShutdownRequested:
-            self._hand_back_all(give_back_first=True)
+            self._requeue_all(redelivery_first=True)
             raise
         except BaseException:
             # DatabaseUnavailable, a cold shutdown: the delivered job is the caller's (run_delivery); the
-            # others go back to the queue if the database lets us, else the sweeper finds them unlisted.
-            self._hand_back_all(give_back_first=False)
+            # others go back to the queue if the database lets us, else the recovery loop finds them unlisted.
+            self._requeue_all(redelivery_first=False)
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -360,25 +361,25 @@ class BatchRunner:
             try:
                 fail(self.opts.db_url, m.job_id, stuck_message(past, self.limit), min(self.budget, 10.0),
                      worker=self.worker, code=JobErrorCode.time_limit)
-            except BaseException as exc:  # the sweeper recovers the job once this process is gone
+            except BaseException as exc:  # the recovery loop recovers the job once this process is gone
                 log.error("job %s: watchdog could not record the failure (%s)", m.job_id, type(exc).__name__)
-        # The other jobs of the step were not past their limit: the sweeper sends them again.
+        # The other jobs of the step were not past their limit: the recovery loop sends them again.
         self.opts.hard_exit(reason)
 
-    def _hand_back_all(self, give_back_first: bool) -> None:
+    def _requeue_all(self, redelivery_first: bool) -> None:
         """Give every job still held back to the queue (a warm shutdown, or an error that stops the batch)."""
-        # After an error (the database gone, say) try briefly: the sweeper sends back what stays unlisted.
-        budget = self.budget if give_back_first else min(self.budget, 5.0)
+        # After an error (the database gone, say) try briefly: the recovery loop sends back what stays unlisted.
+        budget = self.budget if redelivery_first else min(self.budget, 5.0)
         for m in self._active():
             try:
                 if m.job_id == self.first.id:
-                    if give_back_first:  # its message goes back to the queue with it (Reject, requeue)
+                    if redelivery_first:  # its message goes back to the queue with it (Reject, requeue)
                         with contextlib.suppress(InstaBoostError):
                             with_db_retry(self.session, give_back, m.job_id, self.worker, budget=budget)
                     continue  # otherwise the caller settles the delivered job
-                # Its message may be gone (skipped while it ran here): enqueued_at NULL, the sweeper sends it.
+                # Its message may be gone (skipped while it ran here): enqueued_at NULL, the recovery loop sends it.
                 m.status = hand_back(self.opts.db_url, m.job_id, self.worker, budget, fault=False)
-            except BaseException as exc:  # the sweeper finds it unlisted in this process's heartbeat
+            except BaseException as exc:  # the recovery loop finds it unlisted in this process's heartbeat
                 log.warning("job %s: could not hand it back (%s)", m.job_id, type(exc).__name__)
         with contextlib.suppress(Exception):
             self.session.rollback()

@@ -40,7 +40,7 @@ from worker.jobs import faults
 from worker.jobs.decode import twins
 from worker.jobs.endings import JobTimeLimit, ShutdownRequested, internal_error, timeout_message
 from worker.jobs.kinds import score_rows
-from worker.jobs.runner import TAKEN_OVER, BatchRunner, Member, _engine
+from worker.jobs.runner import TAKEN_OVER, CohortRunner, Member, _engine
 from worker.jobs.watchdog import Watchdog, grace_seconds, time_limit
 
 log = logging.getLogger("instaboost.worker")
@@ -48,7 +48,7 @@ log = logging.getLogger("instaboost.worker")
 CHECK_INTERVAL = 0.5  # seconds between two reads of the held jobs' states (the static step's Watch polls as often)
 
 
-class ContinuousRunner(BatchRunner):
+class ContinuousRunner(CohortRunner):
     """Run a delivered job and the jobs its batch takes in, rows joining and leaving at every decoding step."""
 
     def __init__(self, first: Job, opts):
@@ -76,10 +76,10 @@ class ContinuousRunner(BatchRunner):
                     break
                 self._step(rows)
         except ShutdownRequested:
-            self._hand_back_all(give_back_first=True)
+            self._requeue_all(redelivery_first=True)
             raise
         except BaseException:
-            self._hand_back_all(give_back_first=False)
+            self._requeue_all(redelivery_first=False)
             raise
         finally:
             with contextlib.suppress(Exception):

@@ -4,7 +4,7 @@ A worker process's id is ``<node name>:<pid>:<random>`` (worker/jobs/heartbeat.p
 keeps its node name: ``instaboost serve`` names its worker ``serve@<host>``, and compose's worker container
 keeps its hostname across restarts (``-n worker@%h``). A job ``running`` under another id with this node name
 was left by an earlier process of this name that died without handing it back (kill -9, out of memory).
-The sweeper would send it again only once that process's heartbeat expired (``worker.heartbeat_ttl``) and
+The recovery loop would send it again only once that process's heartbeat expired (``worker.heartbeat_ttl``) and
 stayed missing for two beats: a minute with the defaults. At startup, before loading its models, a worker
 judges each such predecessor and hands its jobs back as soon as it is known dead:
 
@@ -17,7 +17,7 @@ judges each such predecessor and hands its jobs back as soon as it is known dead
   this name by mistake, whose jobs are left alone (a warning says so).
 
 A dead predecessor's heartbeat is removed (the web app stops counting it) and its jobs go back through the
-sweeper's path (``Sweeper.hand_back``): queued and sent again, poisoned after ``worker.max_attempts``
+recovery loop's path (``JobRecovery.recover_orphan``): queued and sent again, poisoned after ``worker.max_attempts``
 deliveries, a ``cancelling`` one cancelled. Every change is conditional on the job's ``worker`` column.
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from shared import workers
+from shared import worker_registry
 from shared.db import session_scope
 from shared.store.tables import Job, JobStatus
 
@@ -97,10 +97,10 @@ def local_verdict(beat: dict, here: dict[str, str]) -> str | None:
 class Takeover:
     """Judge this worker's predecessors (same node name) and hand their jobs back (see the module docstring)."""
 
-    def __init__(self, sweeper, node: str, own_id: str, interval: float, ttl: float, poll: float = 0.5):
-        self.sweeper = sweeper
-        self.redis = sweeper.redis
-        self.namespace = sweeper.namespace
+    def __init__(self, recovery, node: str, own_id: str, interval: float, ttl: float, poll: float = 0.5):
+        self.recovery = recovery
+        self.redis = recovery.redis
+        self.namespace = recovery.namespace
         self.node = node
         self.own_id = own_id
         self.interval = float(interval)
@@ -111,7 +111,7 @@ class Takeover:
 
     def predecessors(self) -> dict[str, list]:
         """Return {worker id: its jobs running or cancelling} for the other ids with this node name."""
-        with session_scope(self.sweeper.db_url) as s:
+        with session_scope(self.recovery.db_url) as s:
             rows = s.execute(select(Job.id, Job.status, Job.worker, Job.attempts, Job.model, Job.kind, Job.batch_id)
                              .where(Job.status.in_([JobStatus.running, JobStatus.cancelling]))).all()
         out: dict[str, list] = {}
@@ -122,7 +122,7 @@ class Takeover:
 
     def _judge(self, worker_id: str, last_ttl: dict[str, int]) -> str | None:
         """Return "dead", "alive" or None (not known yet) for one predecessor."""
-        key = workers.heartbeat_key(worker_id, self.namespace)
+        key = worker_registry.heartbeat_key(worker_id, self.namespace)
         raw, remaining = self.redis.get(key), self.redis.pttl(key)
         if raw is None or remaining == -2:
             return "dead"
@@ -137,7 +137,7 @@ class Takeover:
             return "alive"  # refreshed while we watched
         last_ttl[worker_id] = remaining
         # A live worker refreshes every interval, so its remaining TTL stays above ttl - interval; below
-        # ttl - 2 intervals it has missed two beats (the sweeper's own confirmation).
+        # ttl - 2 intervals it has missed two beats (the recovery loop's own confirmation).
         if 0 <= remaining < 1000 * (self.ttl - 2 * self.interval):
             return "dead"
         return None
@@ -159,25 +159,25 @@ class Takeover:
                                 worker_id, self.node, [r.id for r in pending[worker_id]])
                     del pending[worker_id]
                 elif verdict == "dead":
-                    self.redis.delete(workers.heartbeat_key(worker_id, self.namespace))
+                    self.redis.delete(worker_registry.heartbeat_key(worker_id, self.namespace))
                     jobs = pending.pop(worker_id)
-                    done = {r.id: self.sweeper.hand_back(r, f"died (its successor {self.own_id} took over)")
+                    done = {r.id: self.recovery.recover_orphan(r, f"died (its successor {self.own_id} took over)")
                             for r in jobs}
                     handed += [job_id for job_id, kind in done.items() if kind]
                     log.warning("takeover: predecessor %s is dead; its jobs %s handed back at once (%s)", worker_id,
                                 [r.id for r in jobs], ", ".join(f"{j}: {k or 'already moved on'}"
                                                                 for j, k in done.items()))
             if pending and (time.monotonic() > deadline or self._stop.wait(self.poll)):
-                break  # past one TTL its heartbeat is gone or refreshed: the sweeper's ordinary pass decides
+                break  # past one TTL its heartbeat is gone or refreshed: the recovery loop's ordinary pass decides
         return handed
 
     def start(self) -> "Takeover":
-        """Run in a daemon thread (the worker loads its models meanwhile); errors are logged, the sweeper remains."""
+        """Run in a daemon thread (the worker loads its models meanwhile); errors are logged, the recovery loop remains."""
         def guarded():
             try:
                 self.run()
             except Exception as exc:
-                log.warning("takeover: failed (%s: %s); the sweeper will hand the jobs back instead",
+                log.warning("takeover: failed (%s: %s); the recovery loop will hand the jobs back instead",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
 
         threading.Thread(target=guarded, name="instaboost-takeover", daemon=True).start()

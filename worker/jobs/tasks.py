@@ -17,7 +17,7 @@ from celery.worker import state
 from shared.celery_config import TASK_NAME, model_queue
 from shared.settings import get_settings
 from shared.store.sweeps import celery_sender
-from shared.workers import redis_client, waiting_job_ids, worker_runs
+from shared.worker_registry import redis_client, waiting_job_ids, worker_runs
 from worker.jobs import identity
 from worker.jobs.delivery import execute_job
 from worker.jobs.endings import DatabaseUnavailable, ShutdownRequested
@@ -31,8 +31,8 @@ log = logging.getLogger("instaboost.worker")
 def run_job(self, job_id: int) -> str:
     """Run the job with this id (delivered at least once; safe to run again)."""
     settings = get_settings()
-    redis = _redis(settings["redis.url"])
-    namespace = settings["redis.namespace"]
+    redis = _redis(settings.redis.url)
+    namespace = settings.redis.namespace
     job_id = int(job_id)
     identity.refuse_foreign(self.request, job_id, settings)  # a job id of another database: never run it here
 
@@ -40,12 +40,12 @@ def run_job(self, job_id: int) -> str:
         # Another process claimed it: leave it alone while that process lives and still runs it.
         try:
             return worker_runs(redis, worker, job_id, namespace)
-        except Exception:  # cannot tell: leave the job to its worker; the sweeper decides once Redis answers
+        except Exception:  # cannot tell: leave the job to its worker; the recovery loop decides once Redis answers
             return True
 
     def waiting(model: str) -> set[int]:
         # The next messages of the model's queue: jobs this worker would be sent anyway (this deployment's).
-        rows = int(settings["worker.max_batch_rows"])
+        rows = settings.worker.max_batch_rows
         return waiting_job_ids(redis, model_queue(model), namespace, oldest=4 * rows)
 
     beat = current_heartbeat()

@@ -8,7 +8,7 @@ pool the worker runs. So each delivery also arms a ``Watchdog``: if the job is s
 the job (owner-checked, so only while this worker still holds it) with a message that says so, removes
 the process's heartbeat and ends the process with ``WATCHDOG_EXIT``. ``instaboost serve`` (and compose's
 ``restart: unless-stopped``) start a fresh worker. Should the failure not be recorded (database
-unreachable), the sweeper finds the job's worker dead and sends the job again, as after ``kill -9``; a
+unreachable), the recovery loop finds the job's worker dead and sends the job again, as after ``kill -9``; a
 job that always hangs then ends failed as poison after ``worker.max_attempts`` deliveries.
 """
 
@@ -85,7 +85,7 @@ class Watchdog:
 
 
 def end_process(reason: str, code: int = WATCHDOG_EXIT) -> None:
-    """Remove this process's heartbeat (so the sweeper and web stop counting on it) and exit at once.
+    """Remove this process's heartbeat (so the recovery loop and web stop counting on it) and exit at once.
 
     ``os._exit``: the main thread is stuck, so neither atexit handlers nor Celery's shutdown could run.
     """

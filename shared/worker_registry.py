@@ -1,7 +1,7 @@
 """Who serves what: worker heartbeats and the jobs waiting in each model's queue, read from Redis.
 
 A worker process refreshes ``<namespace>:worker:<worker id>`` with a TTL (``worker.jobs.heartbeat``); the
-web app reads them to list served models and refuse jobs nobody can run, and the sweeper reads them, and
+web app reads them to list served models and refuse jobs nobody can run, and the recovery loop reads them, and
 the queues, to find jobs whose worker or message was lost. A worker beats before it loads its models, with
 ``"models": []`` and ``"starting": [the models it is loading]``, so jobs for those queue meanwhile. Workers and
 messages of a deployment other than the one that owns the prefix (``shared.deployment``) are left out. Torch-free.
@@ -26,7 +26,7 @@ def _namespace(namespace: str | None) -> str:
         return namespace
     from shared.settings import get_settings
 
-    return get_settings()["redis.namespace"]
+    return get_settings().redis.namespace
 
 
 def stream_key(namespace: str, job_id: int) -> str:
@@ -41,7 +41,7 @@ def redis_client(url: str | None = None):
     if url is None:
         from shared.settings import get_settings
 
-        url = get_settings()["redis.url"]
+        url = get_settings().redis.url
     return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5, decode_responses=True)
 
 

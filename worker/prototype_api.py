@@ -1,4 +1,4 @@
-"""The seed's library API, kept working on top of the engines."""
+"""The prototype's library API, kept working on top of the engines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 
 
 class InstaBoostTransformerLens:
-    """Boosted generation with the seed's constructor and ``generate`` signature (TransformerLens engine)."""
+    """Boosted generation with the prototype's constructor and ``generate`` signature (TransformerLens engine)."""
 
     def __init__(self, model_name: str = "smollm2-135m-instruct", boost_middle_layers_only: bool = False,
                  num_middle_layers: int = 5, start_layer: int = 8, head_boost_percentage: float = 100.0,

@@ -11,7 +11,7 @@ from shared.evaluation.checks import parse_checks
 from shared.requests.fit import fit_problems
 from shared.requests.job import JobFields, validate_job
 from shared.requests.base import default_value
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.spec import BoostSpec, GenerationParams, GenerationRequest
 
 
@@ -53,12 +53,12 @@ class JobRequest(JobFields):
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def defaults(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+    def defaults(cls, settings: Settings) -> dict[str, Any]:
         """Return the value each optional field takes when omitted."""
         return {name: default_value(f, settings) for name, f in cls.model_fields.items() if not f.is_required()}
 
     @classmethod
-    def from_dict(cls, data: Any, settings: Mapping[str, Any] | None = None, strict: bool = False) -> "JobRequest":
+    def from_dict(cls, data: Any, settings: Settings | None = None, strict: bool = False) -> "JobRequest":
         """Validate a JSON body, form or CLI fields; raise one ValidationError listing every bad field.
 
         strict (the JSON API) takes each field only in its JSON type, as the OpenAPI document says:

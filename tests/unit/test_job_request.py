@@ -8,7 +8,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from shared.errors import ValidationError
-from shared.schemas import JobRequest, variant_name
+from shared.job_request import JobRequest, variant_name
 from shared.settings import load_settings
 from shared.spec import BoostSpec, GenerationParams
 
@@ -33,7 +33,7 @@ def error_fields(settings, body) -> list[str]:
 def test_defaults_give_the_original_all_middle_trio(settings):
     req = make(settings)
     assert [v.name for v in req.variants()] == ["original", "all_x10", "middle_x10"]
-    assert req.model == settings["model.name"] and req.max_new_tokens == 32
+    assert req.model == settings.model.name and req.max_new_tokens == 32
     assert req.variants()[0].multiplier == 1.0 and req.variants()[0].layer_mode == "none"
 
 
