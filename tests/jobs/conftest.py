@@ -13,4 +13,5 @@ pytest_collection_modifyitems = mark_folder(__file__, "services", modules={
     "test_scoring.py": ["slow"],
     "test_sweep_faults.py": ["slow"],
     "test_openai_faults.py": ["slow"],
+    "test_continuous_runner.py": ["slow"],
 })

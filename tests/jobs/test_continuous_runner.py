@@ -12,7 +12,6 @@ from shared.store.tables import JobStatus
 from tests.fixtures.store import insert_job
 from tests.fixtures.store import load_job as load
 
-pytestmark = pytest.mark.slow
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
         "max_new_tokens": 8, "multipliers": [10], "layer_modes": ["all"]}
