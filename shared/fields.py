@@ -2,7 +2,7 @@
 
 ``JOB_FIELDS`` is read from the one declaration, the pydantic model ``shared.requests.job.JobFields`` (which also
 validates); it generates the OpenAPI schema (``web.openapi``), the submit form (``web.pages`` and ``index.html``)
-and the command-line options (``worker.cli.main``); ``tests/unit/test_fields.py`` fails if any of them drifts
+and the command-line options (``worker.cli.options``); ``tests/unit/test_fields.py`` fails if any of them drifts
 from it. Adding a field takes one field in ``JobFields`` plus its use.
 
 Kinds: ``text`` (required, not blank), ``model`` (a model name), ``integer``, ``number``, ``choice``

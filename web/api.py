@@ -129,9 +129,9 @@ def create_sweep():
 
 
 def _sweep_json(sweep) -> dict:
-    from shared.store import sweeps
+    from shared.store import sweep_views
 
-    return sweeps.sweep_to_dict(db(), sweep, links={
+    return sweep_views.sweep_to_dict(db(), sweep, links={
         "self": url_for("api.get_sweep", sweep_id=sweep.id), "csv": url_for("api.sweep_csv", sweep_id=sweep.id),
         "page": url_for("pages.sweep", sweep_id=sweep.id), "jobs_csv": url_for("api.jobs_csv", sweep_id=sweep.id)})
 
@@ -161,9 +161,9 @@ def sweep_csv(sweep_id):
            path={"sweep_id": params.ID_PATH})
 def get_sweep(sweep_id):
     """Return a sweep: status, step, per-M table (validation and test) and the recommendation."""
-    from shared.store import sweeps
+    from shared.store import sweep_views
 
-    return jsonify(_sweep_json(sweeps.get_sweep(db(), sweep_id)))
+    return jsonify(_sweep_json(sweep_views.get_sweep(db(), sweep_id)))
 
 
 @bp.post("/sweeps/<sweep_id>/cancel")
@@ -172,9 +172,9 @@ def get_sweep(sweep_id):
            json=IGNORED, path={"sweep_id": params.ID_PATH}, description=CANCEL)
 def cancel_sweep(sweep_id):
     """Cancel a running sweep and its unfinished jobs."""
-    from shared.store import sweeps
+    from shared.store import sweep_views, sweeps
 
-    sweep = sweeps.get_sweep(db(), sweep_id)
+    sweep = sweep_views.get_sweep(db(), sweep_id)
     return jsonify(_sweep_json(sweeps.cancel_sweep(db(), sweep.id)))
 
 

@@ -93,9 +93,9 @@ def sweep_csv_response(sweep_id):
     from flask import Response
 
     from shared.calibration import table_csv
-    from shared.store import sweeps
+    from shared.store import sweep_views
 
-    sweep = sweeps.get_sweep(db(), sweep_id)
+    sweep = sweep_views.get_sweep(db(), sweep_id)
     resp = Response(table_csv(sweep.result or {"table": [], "best": None}), mimetype="text/csv")
     resp.headers["Content-Disposition"] = f'attachment; filename="instaboost-sweep-{sweep.id}.csv"'
     return resp

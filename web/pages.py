@@ -174,11 +174,11 @@ def _render_sweeps(values: dict[str, Any], errors: dict[str, list[str]] | None =
 
     from shared.evaluation.cases import PACKS
     from shared.fields import LAYER_MODES
-    from shared.store import sweeps as store
+    from shared.store import sweep_views
     from shared.store.tables import Sweep
 
     rows = db().scalars(select(Sweep).order_by(Sweep.id.desc()).limit(50)).all()
-    return render_template("sweeps.html", sweeps=[store.sweep_to_dict(db(), s) for s in rows], values=values,
+    return render_template("sweeps.html", sweeps=[sweep_views.sweep_to_dict(db(), s) for s in rows], values=values,
                            errors=errors or {}, message=message, packs=PACKS, layer_modes=LAYER_MODES), status
 
 
@@ -228,11 +228,11 @@ def start_sweep():
 @bp.get("/sweeps/<sweep_id>")
 def sweep(sweep_id):
     """Show a sweep: status, success and fluency against M, the table, the recommendation, per-case drill-down."""
-    from shared.store import sweeps as store
+    from shared.store import sweep_views
 
-    sw = store.get_sweep(db(), sweep_id)
-    data = store.sweep_to_dict(db(), sw)
-    return render_template("sweep.html", sweep=data, drill=store.drilldown(db(), sw))
+    sw = sweep_views.get_sweep(db(), sweep_id)
+    data = sweep_views.sweep_to_dict(db(), sw)
+    return render_template("sweep.html", sweep=data, drill=sweep_views.drilldown(db(), sw))
 
 
 @bp.get("/sweeps/<sweep_id>.csv")
@@ -244,9 +244,9 @@ def sweep_csv(sweep_id):
 @bp.post("/sweeps/<sweep_id>/cancel")
 def cancel_sweep(sweep_id):
     """Cancel a sweep from its page."""
-    from shared.store import sweeps as store
+    from shared.store import sweep_views, sweeps as store
 
-    sw = store.get_sweep(db(), sweep_id)
+    sw = sweep_views.get_sweep(db(), sweep_id)
     try:
         store.cancel_sweep(db(), sw.id)
         flash("Sweep cancelled.", "info")

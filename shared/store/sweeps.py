@@ -1,4 +1,4 @@
-"""Calibration sweeps in the service: create one, advance it stage by stage with the paper's stop rule, read it.
+"""Calibration sweeps in the service: create one, advance it stage by stage with the paper's stop rule, cancel it.
 
 A sweep is a case set x a grid of M x settings (layer modes x head fractions) run as ordinary jobs, one per
 (case, M, head fraction) with its layer modes as variants, linked to the sweep by ``jobs.sweep_id``
@@ -35,7 +35,6 @@ from shared.calibration import SweepSetting, assign_splits, boosted_grid, record
 from shared.errors import Conflict, NotFound, TooManyJobs, TooManySweeps, ValidationError
 from shared.evaluation import protocol
 from shared.evaluation.cases import Case
-from shared.resources import jobs as resources
 from shared.job_request import JobRequest
 from shared.settings import Settings
 from shared.store import submission
@@ -348,61 +347,3 @@ def cancel_sweep(session: Session, sweep_id: int) -> Sweep:
         except Conflict:
             session.rollback()
     return session.get(Sweep, sweep_id, populate_existing=True)
-
-
-def get_sweep(session: Session, sweep_id: Any) -> Sweep:
-    """Return a sweep or raise NotFound."""
-    from shared.store.queries import get_row
-
-    return get_row(session, Sweep, sweep_id, "sweep")
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def job_counts(session: Session, sweep_id: int) -> dict[str, int]:
-    rows = session.execute(select(Job.status, func.count()).where(Job.sweep_id == sweep_id)
-                           .group_by(Job.status)).all()
-    counts = {status.value: n for status, n in rows}
-    return {"total": sum(counts.values()), **counts}
-
-
-def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False,
-                  links: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Return a sweep as JSON-able data: status, configuration, per-M table and recommendation (and its URLs)."""
-    cfg = sweep.config
-    result = sweep.result or {}
-    d = {"id": sweep.id, "status": sweep.status, "finished": sweep.status != RUNNING, "model": sweep.model,
-         "pack": sweep.pack, "grid": cfg["grid"], "settings": cfg["settings"], "fluency_floor": cfg["floor"],
-         "copy_ceiling": cfg.get("copy_ceiling"),
-         "params": cfg["params"], "cases": len(cfg["cases"]), "step": sweep.stage_index,
-         "current_multiplier": sweep.current_multiplier, "jobs": job_counts(session, sweep.id),
-         "table": result.get("table", []),
-         "choices": [{k: s.get(k) for k in ("setting", "layers", "head_fraction", "multiplier", "success",
-                                             "effective_success", "fluency", "copy_rate", "considered",
-                                             "over_copy_ceiling", "stopped_at", "reason")}
-                     for s in result.get("settings", [])],
-         "recommendation": result.get("recommended"), "error": sweep.error,
-         "created_at": _iso(sweep.created_at), "updated_at": _iso(sweep.updated_at),
-         "finished_at": _iso(sweep.finished_at)}
-    if cases:
-        d["case_list"] = [{k: c[k] for k in ("name", "split", "instruction", "query")} for c in cfg["cases"]]
-    if links is not None:
-        d["links"] = links
-    return resources.Sweep(**d).dump()
-
-
-def drilldown(session: Session, sweep: Sweep) -> dict[str, Any]:
-    """Return per-case rows for the sweep page: each case's jobs and scores by (setting, M)."""
-    jobs = sweep_jobs(session, sweep.id)
-    records = records_of(session, sweep)
-    by_case: dict[str, dict[str, Any]] = {c["name"]: {"case": c, "cells": {}, "jobs": []} for c in sweep.config["cases"]}
-    for job in jobs:
-        if job.case_name in by_case:
-            by_case[job.case_name]["jobs"].append(job)
-    for r in records:
-        label = protocol.setting_label(r["layers"], r["head_fraction"])
-        by_case[r["case"]]["cells"][(label, r["multiplier"])] = r
-    columns = sorted({key for row in by_case.values() for key in row["cells"]}, key=lambda k: (k[1], k[0]))
-    return {"rows": list(by_case.values()), "columns": columns}

@@ -86,9 +86,9 @@ def test_lm_eval_local_chat_completions_scores_ifeval_with_a_boost(live_server, 
     monkeypatch.setenv("OPENAI_API_KEY", TOKEN)  # local-chat-completions sends it as the bearer token
     import nltk
 
-    from shared.evaluation.checks import _install_punkt
+    from shared.evaluation.verifiers import install_punkt
 
-    _install_punkt(nltk)  # lm-eval's IFEval module would try to download punkt_tab otherwise
+    install_punkt(nltk)  # lm-eval's IFEval module would try to download punkt_tab otherwise
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

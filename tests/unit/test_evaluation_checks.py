@@ -8,6 +8,7 @@ from shared.errors import ValidationError
 from shared.evaluation import checks as ch
 from shared.evaluation.checks import (IFEVAL, LANGUAGES, Check, IfevalCheck, parse_check, parse_checks,
                                       parse_ifeval, run_checks)
+from shared.evaluation.verifiers import ifeval_backend
 
 SIMPLE = [
     (Check("regex", r"^\W*Yes"), "Yes, it is round.", True),
@@ -163,7 +164,7 @@ def test_a_verifier_that_raises_is_a_fail_with_its_error(monkeypatch):
         def check_following(self, value):
             raise RuntimeError("boom")
 
-    registry = ch._ifeval_backend()[0]
+    registry = ifeval_backend()[0]
     monkeypatch.setitem(registry, "punctuation:no_comma", Broken)
     result = run_checks([IfevalCheck("punctuation:no_comma"), Check("lowercase")], "fine text")
     assert result["results"][0] == {"check": "ifeval:punctuation:no_comma", "pass": False, "loose": False,

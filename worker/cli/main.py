@@ -11,9 +11,8 @@ import sys
 import warnings
 
 from shared.errors import InstaBoostError, ValidationError
-from shared.fields import JOB_FIELDS
-from shared.requests.job import check_field
 from shared.settings import get_settings, to_markdown, to_yaml
+from worker.cli.options import HEADS_HELP, add_field_options, add_runtime_args, field_values, parse_heads, pick
 
 
 # run-tests takes instruction and query from its cases, and its CSV has no attention columns.
@@ -28,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="run one generation, no services needed")
     add_field_options(g, required=("instruction", "query"))
-    _runtime_args(g)
+    add_runtime_args(g)
     g.add_argument("--layers", help="all | middle | comma-separated indices like 0,3,5")
     g.add_argument("--heads", help=HEADS_HELP)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
@@ -38,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", help="CSV path (default: results/instaboost_results_<time>.csv)")
     t.add_argument("--num-runs", type=int)
     add_field_options(t, skip=RUN_TESTS_SKIP)
-    _runtime_args(t)
+    add_runtime_args(t)
     t.add_argument("--heads", help=HEADS_HELP)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -75,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--from-records", metavar="FILE", help="generate nothing: score the outputs of a --records file "
                    "of this case set again with today's scorers and print its table and recommendation")
     add_field_options(c, skip=CALIBRATE_SKIP)
-    _runtime_args(c)
+    add_runtime_args(c)
 
     s = sub.add_parser("serve", help="start the web app and one worker on this machine")
     try:
@@ -94,86 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 CALIBRATE_SKIP = ("instruction", "query", "multipliers", "layer_modes", "head_boost_percentage", "engine",
                   "attention")
-HEADS_HELP = ("fraction of heads boosted per layer, in (0, 1], or explicit heads per layer like '8:0,3;9:1' "
-              "(layers not named boost all their heads)")
-
-
-def add_field_options(p: argparse.ArgumentParser, required: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
-    """Add an option for every job field with a command-line flag (shared.fields), help and choices included.
-
-    Values stay text: the same validator as the API and the form parses them, so bounds and messages agree.
-    """
-    for f in JOB_FIELDS:
-        if f.cli is None or f.name in skip:
-            continue
-        flags = [f.cli, *([f.cli_short] if f.cli_short else [])]
-        kwargs = {"dest": f.name, "help": f.help + (" One value here." if f.is_list else ""),
-                  "required": f.name in required, "metavar": f.name.upper().rstrip("S") if f.is_list else None}
-        if f.kind == "choice":
-            kwargs.update(choices=f.choices, metavar=None)
-        elif f.kind == "boolean":
-            kwargs = {"dest": f.name, "help": f.help, "action": "store_true", "default": None}
-        p.add_argument(*flags, **kwargs)
-
-
-def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
-
-
-def field_values(args: argparse.Namespace, settings) -> dict:
-    """Return every command-line job field, validated as the API validates it (defaults from settings).
-
-    Errors name the flag (--max-new-tokens), not the field, since that is what the user typed.
-    """
-    errors: list[dict] = []
-    out = {}
-    for f in JOB_FIELDS:
-        if f.cli is None or not hasattr(args, f.name):
-            continue
-        given = getattr(args, f.name)
-        value = f.default_value(settings) if given is None else given
-        out[f.name], problems = check_field(f.name, value, settings, strict=False)
-        errors += problems
-        if f.is_list and isinstance(out[f.name], tuple) and len(out[f.name]) > 1:
-            errors.append({"field": f.name, "message": f"{f.name} takes one value here, got {given!r}"})
-    if errors:
-        flags = {f.name: f.cli for f in JOB_FIELDS if f.cli}
-        named = []
-        for e in errors:
-            name = e["field"].split("[")[0]
-            flag = flags.get(name, e["field"])
-            named.append({"field": flag, "message": e["message"].replace(e["field"], flag, 1)})
-        raise ValidationError("; ".join(e["message"] for e in named), field=named[0]["field"], errors=named)
-    return out
-
-
-def _pick(value, default):
-    return default if value is None else value
-
-
-def parse_heads(text) -> tuple[float | None, dict[int, tuple[int, ...]] | None]:
-    """Parse --heads: a fraction like 0.2, or explicit heads per layer like '8:0,3;9:1'."""
-    from shared.errors import ValidationError
-
-    if text is None:
-        return None, None
-    text = str(text).strip()
-    if ":" not in text:
-        try:
-            return float(text), None
-        except ValueError:
-            raise ValidationError(f"--heads must be a fraction like 0.2 or per-layer heads like '8:0,3;9:1'; "
-                                  f"got {text!r}", field="head_fraction") from None
-    heads: dict[int, tuple[int, ...]] = {}
-    try:
-        for part in filter(None, (p.strip() for p in text.split(";"))):
-            layer, _, hs = part.partition(":")
-            heads[int(layer)] = tuple(int(h) for h in hs.split(",") if h.strip())
-    except ValueError:
-        raise ValidationError(f"--heads {text!r}: write layer:head,head;layer:head, e.g. '8:0,3;9:1'",
-                              field="heads") from None
-    return None, heads
 
 
 def _spec_and_params(args, s):
@@ -207,8 +126,8 @@ def _engine(args, s, values):
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
-    return get_engine(values["model"], values["engine"], device=_pick(args.device, s.model.device),
-                      dtype=_pick(args.dtype, s.model.dtype))
+    return get_engine(values["model"], values["engine"], device=pick(args.device, s.model.device),
+                      dtype=pick(args.dtype, s.model.dtype))
 
 
 def cmd_generate(args) -> int:
@@ -239,10 +158,8 @@ def cmd_run_tests(args) -> int:
     s = get_settings()
     cases = read_cases(args.cases, s.limits.max_text_chars)
     spec, params, values = _spec_and_params(args, s)
-    num_runs = _pick(args.num_runs, s.evaluation.num_runs)
+    num_runs = pick(args.num_runs, s.evaluation.num_runs)
     if num_runs < 1:
-        from shared.errors import ValidationError
-
         raise ValidationError("--num-runs must be >= 1", field="num_runs")
     output = Path(args.output) if args.output else default_output(s.evaluation.results_dir)
     engine = _engine(args, s, values)
@@ -258,8 +175,6 @@ def cmd_run_tests(args) -> int:
 
 
 def _csv_numbers(text: str, flag: str) -> list[float]:
-    from shared.errors import ValidationError
-
     try:
         values = [float(p) for p in str(text).split(",") if p.strip()]
     except ValueError:
@@ -274,7 +189,6 @@ def cmd_calibrate(args) -> int:
     from pathlib import Path
 
     from shared.calibration import format_table, load_case_set, sweep_settings, table_csv
-    from shared.errors import ValidationError
     from shared.evaluation import protocol
     from shared.spec import BoostSpec, GenerationParams
     from worker.calibrate import calibrate_local
@@ -347,7 +261,6 @@ def _calibrate_from_records(args, cases, floor: float, ceiling: float, max_new: 
     from pathlib import Path
 
     from shared.calibration import format_table, rescore_records, result_summary, table_csv
-    from shared.errors import ValidationError
     from shared.evaluation import protocol
 
     try:

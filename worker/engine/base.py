@@ -6,7 +6,6 @@ differ only in how they apply the boost inside attention.
 
 from __future__ import annotations
 
-import time
 import math
 import functools
 from dataclasses import dataclass, replace
@@ -20,9 +19,10 @@ from shared.spec import GenerationParams, GenerationRequest, GenerationResult
 from shared.streaming import cut_at_stop, final_text
 from worker.engine.grammar import Grammars, grammar_rows
 from worker.engine.loading import LoadedModel
-from worker.engine.logits import RowProcessors, row_processors, sampling_probs
+from worker.engine.logits import RowProcessors, row_processors
 from worker.engine.logprobs import StepRecorder, trim_section
 from worker.engine.prompt import Prompt, build_chat_prompt, build_prompt
+from worker.engine.steps import RowBudget, RowHalt, RowSampler, StepClock, as_hook
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Engine:
             kwargs["tokenizer"] = self.tokenizer  # generate() needs it to match stop strings
         return kwargs
 
-    def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: "StepClock",
+    def _decode_kwargs(self, requests: Sequence[GenerationRequest], width: int, clock: StepClock,
                        halt: Callable[[int], bool] | None = None, pads: Sequence[int] | None = None,
                        recorder: StepRecorder | None = None) -> dict:
         """Return generate()'s arguments for rows that share stop strings but maybe nothing else.
@@ -162,14 +162,14 @@ class Engine:
         criteria = [clock] + ([RowBudget(width, budgets)] if len(set(budgets)) > 1 else [])
         if halt is not None:
             criteria.append(RowHalt(halt))
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_wrap(StoppingCriteria, c) for c in criteria])
+        kwargs["stopping_criteria"] = StoppingCriteriaList([as_hook(StoppingCriteria, c) for c in criteria])
         pads = list(pads) if pads is not None else [0] * len(params)
         processors = [recorder] if recorder is not None else []  # first: it reads the raw logits
         processors += self._row_processors(requests, width, pads)
         if any(not p.greedy for p in params):
             processors.append(RowSampler(params, self.device))
         if processors:
-            kwargs["logits_processor"] = LogitsProcessorList([_wrap(LogitsProcessor, p) for p in processors])
+            kwargs["logits_processor"] = LogitsProcessorList([as_hook(LogitsProcessor, p) for p in processors])
         return kwargs
 
     def _row_processors(self, requests: Sequence[GenerationRequest], width: int, pads: Sequence[int]) -> list:
@@ -216,7 +216,7 @@ class Engine:
                            strips=[not r.exact_text for r in requests])
 
     def _finish(self, requests, prompts, padded: PaddedRows, sequences: torch.Tensor, seconds: float,
-                masses, clock: "StepClock | None" = None, scored: Sequence[dict | None] = (),
+                masses, clock: StepClock | None = None, scored: Sequence[dict | None] = (),
                 recorder: StepRecorder | None = None) -> list[GenerationResult]:
         width = padded.input_ids.shape[1]
         eos = self._eos_ids()
@@ -335,33 +335,6 @@ class Engine:
         return torch.cat([input_ids, torch.tensor([list(continuation)], device=input_ids.device)], dim=1)
 
 
-class StepClock:
-    """A stopping criterion that stops nothing: it records when each decoding step ends.
-
-    Passed to generate() so every row of a padded group can report the time to its own last token.
-    """
-
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.steps: list[float] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        self.steps.append(time.perf_counter())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-    def until_step(self, n: int) -> float:
-        """Return the seconds from the start to the end of decoding step n (1-based; clamped to those seen)."""
-        if not self.steps:
-            return time.perf_counter() - self.start
-        return self.steps[max(1, min(n, len(self.steps))) - 1] - self.start
-
-
-
-def _wrap(base: type, fn):
-    """Return fn as an instance of transformers' base class (generate() checks the type)."""
-    return type(type(fn).__name__, (base,), {"__call__": lambda self, *a, **kw: fn(*a, **kw)})()
-
-
 def content_length(generated: list[int], eos: set[int]) -> int:
     """Return how many generated tokens come before the first end-of-sequence token."""
     return next((k for k, t in enumerate(generated) if t in eos), len(generated))
@@ -387,45 +360,3 @@ def processed_length(args, kwargs) -> int | None:
     past = kwargs.get("past_key_values")
     seen = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
     return int(seen) + int(x.shape[1])
-
-
-class RowSampler:
-    """A logits processor that samples each sampling row with a generator of its own, seeded by the row's seed.
-
-    The drawn token is left as the row's only finite logit, so generate()'s greedy step picks it; greedy
-    rows are untouched. A row's draws therefore depend on its own seed and logits alone, not on which
-    rows share its padded group (global-RNG sampling repeated only for the same padded group).
-    """
-
-    def __init__(self, params: Sequence[GenerationParams], device: str):
-        self.rows = [(i, p, torch.Generator(device=device).manual_seed(p.seed))
-                     for i, p in enumerate(params) if not p.greedy]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for i, p, gen in self.rows:
-            probs = sampling_probs(scores[i], p)
-            token = torch.multinomial(probs, 1, generator=gen)
-            scores[i] = float("-inf")
-            scores[i, token] = 0.0
-        return scores
-
-
-class RowHalt:
-    """A stopping criterion that ends the rows halt(row) names (asked once per decoding step)."""
-
-    def __init__(self, halt: Callable[[int], bool]):
-        self.halt = halt
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.tensor([bool(self.halt(i)) for i in range(input_ids.shape[0])], device=input_ids.device)
-
-
-class RowBudget:
-    """A stopping criterion that ends each row at its own max_new_tokens (generate() pads it afterwards)."""
-
-    def __init__(self, width: int, budgets: Sequence[int]):
-        self.width = width
-        self.budgets = torch.tensor(list(budgets))
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return (input_ids.shape[1] - self.width >= self.budgets).to(input_ids.device)

@@ -23,11 +23,12 @@ import torch
 
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
-from worker.engine.base import PaddedRows, Engine, StepClock, processed_length
+from worker.engine.base import PaddedRows, Engine, processed_length
 from worker.engine.boost import (PaddedBoost, boost_cells, bias_for_layer, build_padded_boost, instruction_mass_sum,
                                  key_offset, key_window, query_gate, target_log_factors)
 from worker.engine.loading import LoadedModel
 from worker.engine.logprobs import decode
+from worker.engine.steps import StepClock
 
 ATTN_NAME = "instaboost_sdpa"
 ANALYSIS_BLOCK = 128  # queries measured at once by the attention analysis: B x H x 128 x K floats

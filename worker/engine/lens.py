@@ -14,10 +14,11 @@ from typing import Sequence
 import torch
 
 from shared.spec import GenerationRequest
-from worker.engine.base import Engine, StepClock, processed_length
+from worker.engine.base import Engine, processed_length
 from worker.engine.boost import PaddedBoost, build_padded_boost, instruction_mass, make_pattern_hook
 from worker.engine.loading import LoadedModel
 from worker.engine.logprobs import decode
+from worker.engine.steps import StepClock
 
 
 class TransformerLensEngine(Engine):

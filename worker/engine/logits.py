@@ -1,7 +1,7 @@
 """Per-row logits processors: the seam where a row's own settings reshape its next-token scores.
 
 Every decoding step, before a token is chosen (argmax for greedy rows, a seeded draw for sampling rows,
-``base.RowSampler``), each row's scores pass through that row's list of processors, in order. A processor
+``steps.RowSampler``), each row's scores pass through that row's list of processors, in order. A processor
 is a ``RowProcessor``: ``(ids, scores) -> scores`` where
 
 - ``ids`` is the row's tokens so far, prompt then generated, WITHOUT the padded group's left padding (1-D long);
