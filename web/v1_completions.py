@@ -19,10 +19,10 @@ from shared.store import idempotency, queries, submission
 from shared.store.tables import Job, JobStatus, Run
 from web.apidoc import RETRY_AFTER, V1_COMMON, V1_CROSS_SITE, Reply, oai_error, operation
 from web.context import db, services, submit_kwargs
+from web.inputs import json_body, sdk_retry
 from web.limits import wait_slots
 from web.openapi_completions import COMPLETION_REQUEST
 from web.openapi_params import CompletionHeaders
-from web.inputs import json_body, sdk_retry
 from web.v1_errors import job_failure, openai_error, register
 from web.v1_stream import ChatFrames, sse, sse_response, wait_for_job
 

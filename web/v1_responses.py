@@ -23,10 +23,10 @@ from shared.store import idempotency, submission
 from shared.store.tables import Job, JobStatus
 from web.apidoc import RETRY_AFTER, V1_COMMON, V1_CROSS_SITE, Reply, oai_error, operation
 from web.context import db, services, submit_kwargs
+from web.inputs import json_body, sdk_retry
 from web.limits import wait_slots
 from web.openapi_params import IdempotencyHeaders
 from web.openapi_responses import RESPONSE_REQUEST
-from web.inputs import json_body, sdk_retry
 from web.v1_errors import job_failure, openai_error, register
 from web.v1_stream import chat_run, sse_response, wait_for_job
 
