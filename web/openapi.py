@@ -118,6 +118,13 @@ def field_schema(f: JobField, settings: Settings) -> dict[str, Any]:
 
 
 
+def _target_needs_boost(name: str) -> dict[str, Any]:
+    """Return the rule that a target mass takes no M below 1 (one raises the share, the other lowers it)."""
+    return {"if": {"required": ["target_mass"], "properties": {"target_mass": {"type": "number"}}},
+            "then": {"properties": {name: {"anyOf": [{"not": {"type": "array"}},
+                                                     {"type": "array", "items": {"minimum": 1}}]}}}}
+
+
 def job_request_schema(settings: Settings) -> dict[str, Any]:
     """Return the JobRequest schema (generated from shared.fields) with this deployment's limits.
 
@@ -133,6 +140,7 @@ def job_request_schema(settings: Settings) -> dict[str, Any]:
     schema["if"] = {"required": ["layer_modes"], "properties": {"layer_modes": {"type": "array", "maxItems": 1}}}
     schema["then"] = {"properties": {"multipliers": {"maxItems": limit}}}
     schema["else"] = {"properties": {"multipliers": {"maxItems": limit // 2}}}
+    schema["allOf"] = [_target_needs_boost("multipliers")]
     # Every optional field may be null: "use the default".
     for name, prop in props.items():
         if name in schema["required"]:
@@ -193,7 +201,7 @@ def sweep_request_schema(settings: Settings) -> dict[str, Any]:
             prop["enum"] = [*prop["enum"], None]
     sources = ("pack", "cases")
     return {"type": "object", "additionalProperties": False, "properties": props,
-            "description": "Give exactly one of pack and cases.",
+            "description": "Give exactly one of pack and cases.", "allOf": [_target_needs_boost("grid")],
             "oneOf": [{"required": [src], "properties": {src: {"not": {"type": "null"}},
                                                          **{o: {"type": "null"} for o in sources if o != src}}}
                       for src in sources]}

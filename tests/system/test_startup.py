@@ -49,7 +49,8 @@ def test_jobs_submitted_while_the_worker_loads_are_accepted_and_run(pg_url, redi
         assert ready.status_code == 503 and ready.get_json()["status"] == "starting", ready.get_json()
         assert "starting" in ready.get_json()["model"]
         models = client.get("/api/models").get_json()
-        assert models["models"] == [{"name": DEFAULT_MODEL, "workers": 0, "starting": 1, "status": "starting"}]
+        assert models["models"] == [{"name": DEFAULT_MODEL, "workers": 0, "starting": 1, "status": "starting",
+                                     "recommended": False}]
         page = client.get("/").get_data(as_text=True)
         assert 'id="workers-warning"' in page and "starting" in page
         api_job = client.post("/api/jobs", json=TINY)

@@ -205,12 +205,18 @@ class CohortRunner:
                     self._end(m, JobStatus.cancelled.value)
                 elif time.monotonic() >= m.soft_deadline:
                     self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
-        if self.opts.should_stop():
+        self._stop_if_asked()
+
+    def _stop_if_asked(self) -> None:
+        """Hand back the jobs still held when the worker is asked to stop (with none left, end normally)."""
+        # A stop asked for right after the last row was stored is not a hand-back: the delivery ends as
+        # succeeded, and no job is taken in any more (_fill).
+        if self.opts.should_stop() and self._active():
             raise ShutdownRequested()
 
     def _fill(self) -> None:
         """Claim queued jobs of this model into the batch while their rows fit (worker.batch_jobs)."""
-        if not self.batch_jobs:
+        if not self.batch_jobs or self.opts.should_stop():
             return
         room = self._room()
         if room <= 0:

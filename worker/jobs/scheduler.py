@@ -110,8 +110,7 @@ class ContinuousRunner(CohortRunner):
         for m in self._active():
             if now >= m.soft_deadline:
                 self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
-        if self.opts.should_stop():
-            raise ShutdownRequested()
+        self._stop_if_asked()
 
     def _decodable(self, m: Member) -> bool:
         return m.kind is not None and m.kind.engine == "fast" and m.job_id not in self.isolate
