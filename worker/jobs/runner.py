@@ -5,9 +5,8 @@ step first fills the batch up to ``worker.max_batch_rows`` rows with other queue
 (``worker.jobs.intake``). Each job's kind (``worker.jobs.kinds``) gives its rows, requests, runs and scores;
 every way a job ends goes through ``worker.jobs.endings``.
 
-The batch is refilled between steps, not inside one: a step decodes its rows to the end (a row that
-ends early stops costing compute: its own budget, EOS), stores every run, then the next step fills up.
-Every job in the batch keeps the guarantees of a job run alone:
+The batch is refilled between steps: a step decodes its rows to the end (a row that ends early, at its budget
+or EOS, stops costing compute), stores every run, then the next step fills up. Every job keeps its guarantees:
 
 - cancel and take-over are checked before every step; a cancelled job's rows leave the batch;
 - progress counts the job's stored variants;
@@ -15,8 +14,8 @@ Every job in the batch keeps the guarantees of a job run alone:
   past theirs fail (the others' rows run again in the next step); the watchdog fails the jobs past their
   hard limit and ends the process, and the recovery loop sends the rest again, as after ``kill -9``;
 - a step that raises is run again one job at a time, so the job that causes the error fails alone;
-- a warm shutdown hands every job back; ``kill -9`` leaves them running under a dead worker and the
-  recovery loop sends each one again; the runs already stored are kept (unique per job and variant).
+- a warm shutdown hands every held job back; ``kill -9`` leaves them under a dead worker and the recovery
+  loop sends each one again; the runs already stored are kept (unique per job and variant).
 """
 
 from __future__ import annotations
@@ -113,13 +112,7 @@ class CohortRunner:
         try:
             self._admit(self.first)
             self._gather()
-            while True:
-                self._check()
-                self._fill()
-                rows = self._next_rows()
-                if not rows:
-                    break
-                self._step(rows)
+            self._loop()
         except ShutdownRequested:
             self._requeue_all(redelivery_first=True)
             raise
@@ -132,6 +125,15 @@ class CohortRunner:
             with contextlib.suppress(Exception):
                 self.session.close()
         return next((m.status for m in self.members if m.job_id == self.first.id), None) or TAKEN_OVER
+
+    def _loop(self) -> None:
+        """Run rounds until no held job has rows left."""
+        while True:
+            self._check()
+            self._fill()
+            if not (rows := self._next_rows()):
+                break
+            self._step(rows)
 
     def _active(self) -> list[Member]:
         return [m for m in self.members if m.status is None]
@@ -208,9 +210,7 @@ class CohortRunner:
         self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:
-        """Hand back the jobs still held when the worker is asked to stop (with none left, end normally)."""
-        # A stop asked for right after the last row was stored is not a hand-back: the delivery ends as
-        # succeeded, and no job is taken in any more (_fill).
+        """Hand back the held jobs if asked to stop; with none held (the last row stored) the delivery just ends."""
         if self.opts.should_stop() and self._active():
             raise ShutdownRequested()
 

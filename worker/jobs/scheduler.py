@@ -40,7 +40,7 @@ from worker.jobs import faults
 from worker.jobs.decode import twins
 from worker.jobs.endings import JobTimeLimit, ShutdownRequested, internal_error, timeout_message
 from worker.jobs.kinds import score_rows
-from worker.jobs.runner import TAKEN_OVER, CohortRunner, Member, _engine
+from worker.jobs.runner import CohortRunner, Member, _engine
 from worker.jobs.watchdog import Watchdog, grace_seconds, time_limit
 
 log = logging.getLogger("instaboost.worker")
@@ -59,32 +59,19 @@ class ContinuousRunner(CohortRunner):
         self.urgent: set[int] = set()  # interactive jobs: their rows join ahead of waiting ones
         self.checked = 0.0
 
-    def run(self) -> str:
-        """Run until no claimed job has rows left; return the delivered job's status."""
-        try:
-            self._admit(self.first)
-            self._gather()
-            while True:
-                self._check()
-                self._fill()
-                self._feed()
-                if self.held:
-                    self._tick()
-                    continue
-                rows = self._next_rows()  # rows the decoder does not take: the reference engine, isolated jobs
-                if not rows:
-                    break
-                self._step(rows)
-        except ShutdownRequested:
-            self._requeue_all(redelivery_first=True)
-            raise
-        except BaseException:
-            self._requeue_all(redelivery_first=False)
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                self.session.close()
-        return next((m.status for m in self.members if m.job_id == self.first.id), None) or TAKEN_OVER
+    def _loop(self) -> None:
+        """Decode held rows step by step; rows the decoder does not take run in static rounds."""
+        while True:
+            self._check()
+            self._fill()
+            self._feed()
+            if self.held:
+                self._tick()
+                continue
+            rows = self._next_rows()  # rows the decoder does not take: the reference engine, isolated jobs
+            if not rows:
+                break
+            self._step(rows)
 
     # -- members -----------------------------------------------------------------------------------------
 
