@@ -15,7 +15,8 @@ or EOS, stops costing compute), stores every run, then the next step fills up. E
   hard limit and ends the process, and the recovery loop sends the rest again, as after ``kill -9``;
 - a step that raises is run again one job at a time, so the job that causes the error fails alone;
 - a warm shutdown hands every held job back; ``kill -9`` leaves them under a dead worker and the recovery
-  loop sends each one again; the runs already stored are kept (unique per job and variant).
+  loop sends each one again; the runs already stored are kept (unique per job and variant);
+- a stream's end events are published after the runs (and the job's success) are stored.
 """
 
 from __future__ import annotations
@@ -90,17 +91,14 @@ class CohortRunner:
 
     def __init__(self, first: Job, opts: Options):
         s = opts.settings
-        self.opts = opts
-        self.worker = opts.worker
+        self.opts, self.worker = opts, opts.worker
         self.max_rows = max(1, s.worker.max_batch_rows)
         self.batch_jobs = s.worker.batch_jobs and opts.candidates is not None
         self.wait = s.worker.batch_wait
-        self.limit = s.worker.job_time_limit
-        self.soft = soft_time_limit(self.limit)
+        self.limit, self.soft = s.worker.job_time_limit, soft_time_limit(s.worker.job_time_limit)
         self.budget = s.worker.db_retry_seconds
         self.max_attempts = s.worker.max_attempts
-        self.first = first
-        self.model = first.model
+        self.first, self.model = first, first.model
         self.members: list[Member] = []
         self.isolate: set[int] = set()  # jobs that run one per step (a shared step raised)
         self.session = get_sessionmaker(opts.db_url)()
@@ -333,17 +331,19 @@ class CohortRunner:
         for m in members:
             mine = [(r, results[i], scores[i]) for i, (n, r) in enumerate(rows) if n is m]
             try:
+                ends = []
                 for row, result, score in mine:
                     with_db_retry(self.session, m.kind.record, m.job_id, row, result, score, engine,
                                   budget=self.budget)
                     with_db_retry(self.session, end_read, budget=self.budget)
                     m.rows.remove(row)
-                    if m.publish is not None:
-                        m.publish(m.kind.end_event(row, result))
+                    ends.append(m.kind.end_event(row, result))
                     log.info("job %s: variant %s done (%d tokens)", m.job_id, m.kind.name(row), result.output_tokens)
                 if not m.rows:
                     # A cancel that arrives after the last variant loses: the job is complete.
                     self._end(m, with_db_retry(self.session, succeed, m.job_id, self.worker, budget=self.budget))
+                for event in ends if m.publish is not None else ():  # once stored: a reader then sees them
+                    m.publish(event)
             except DatabaseUnavailable:
                 raise
             except Exception as exc:
