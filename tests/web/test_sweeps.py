@@ -396,6 +396,7 @@ def test_a_sweep_over_scopes_recommends_a_whole_setting_and_shows_it_side_by_sid
         row = s.get(Sweep, sweep["id"])
         assert (row.recommended_multiplier, row.recommended_scope) == (rec["multiplier"], rec["scope"])
 
+    heartbeat("smollm2-135m-instruct")  # again: driving the sweep took longer than a heartbeat lives
     models = client.get("/api/models").get_json()["models"]
     assert models[0]["recommendation"] == {"sweep_id": sweep["id"], "multiplier": rec["multiplier"],
                                            "layers": "all", "head_fraction": 1.0, "scope": rec["scope"],

@@ -337,8 +337,7 @@ class CohortRunner:
                                   budget=self.budget)
                     with_db_retry(self.session, end_read, budget=self.budget)
                     m.rows.remove(row)
-                    if m.publish is not None:  # only a streaming kind has end events (BoostJob has none)
-                        ends.append(m.kind.end_event(row, result))
+                    ends += [m.kind.end_event(row, result)] if m.publish is not None else []  # streaming kinds
                     log.info("job %s: variant %s done (%d tokens)", m.job_id, m.kind.name(row), result.output_tokens)
                 if not m.rows:
                     # A cancel that arrives after the last variant loses: the job is complete.
