@@ -108,9 +108,10 @@ def runs_csv():
     202: Reply("Started.", res.Sweep, headers=(LOCATION,)), **NOT_JSON, **UNSERVED,
     429: problem("The first step would pass limits.max_queued_jobs, or limits.max_running_sweeps sweeps are "
                  "running; nothing was stored.", RETRY_AFTER), **COMMON, 403: CROSS_SITE[403]},
-    json=SWEEP_REQUEST, description="A case set x a grid of M x layer modes (x head fractions), run as ordinary "
-    "jobs one M at a time with the paper's stop rule; the recommendation is the M with the best validation success "
-    "among fluent settings.")
+    json=SWEEP_REQUEST, description="A case set x a grid of M x settings (layer modes x head fractions x scopes "
+    "x target masses), run as ordinary jobs one M at a time with the paper's stop rule per setting; the "
+    "recommendation is the setting and M with the best validation effective success among fluent ones under the "
+    "copy ceiling, and multipliers 'recommended' then takes that whole setting.")
 def create_sweep():
     """Validate a calibration sweep (a built-in pack or uploaded cases), store it and queue its first stage."""
     from shared.calibration import parse_sweep_request

@@ -18,9 +18,11 @@ OLD_CELL = ["sweep_id", "case_name", "sweep_multiplier", "sweep_head_fraction"]
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("sweep_setting", sa.String(64), nullable=False, server_default=""))
+        batch.add_column(sa.Column("sweep_setting", sa.String(64), nullable=True))
         batch.drop_constraint("uq_jobs_sweep_cell", type_="unique")
         batch.create_unique_constraint("uq_jobs_sweep_cell", [*OLD_CELL, "sweep_setting"])
+    # A sweep's jobs so far ran its one scope and target mass: one cell each, as before.
+    op.execute("UPDATE jobs SET sweep_setting = '' WHERE sweep_id IS NOT NULL")
     with op.batch_alter_table("sweeps") as batch:
         batch.add_column(sa.Column("recommended_scope", sa.String(16), nullable=True))
         batch.add_column(sa.Column("recommended_target_mass", sa.Float(), nullable=True))

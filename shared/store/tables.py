@@ -141,9 +141,9 @@ class Job(Base):
     case_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     sweep_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)  # the grid M of this job
     sweep_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # The job's scope and target mass in a sweep that varies them (shared.calibration.cell_key; "" before
-    # they were sweep dimensions). Not NULL, so the unique cell constraint holds (NULLs never collide).
-    sweep_setting: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # A sweep job's scope and target mass (shared.calibration.cell_key: "" for all and none, and for jobs stored
+    # before they were sweep dimensions). Never NULL on a sweep's job, so its unique cell holds (NULLs never collide).
+    sweep_setting: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # "chat" for OpenAI chat completions (and batch lines), "completion" for /v1/completions; NULL or "instaboost" for the job API's jobs.
     kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # The batch a chat job is a line of, and that line's custom_id.
