@@ -26,7 +26,7 @@ from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, val
 from shared.requests.types import SCOPES
 from shared.settings import Settings
 
-TABLE_COLUMNS = ("setting", "layers", "head_fraction", "scope", "target_mass", "multiplier", "split", "n",
+TABLE_COLUMNS = ("setting", "multiplier", "split", "layers", "head_fraction", "scope", "target_mass", "n",
                  "success", "success_lo", "success_hi",
                  "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
                  "fluency_lo", "fluency_hi", "copy_rate", "deflection_rate", "repetition", "repetitive_rate",

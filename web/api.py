@@ -219,7 +219,8 @@ def models():
         models=[res.ServedModel(name=m, workers=ready.get(m, 0), starting=loading.get(m, 0),
                                 status="ready" if ready.get(m) else "starting", **submission.model_facts(workers, m),
                                 recommended=None if recommended is None else m in recommended,
-                                recommendation=(recommended or {}).get(m)) for m in names],
+                                **({"recommendation": recommended[m]} if recommended and m in recommended else {}))
+                for m in names],
         workers=[res.WorkerInfo(hostname=w.get("hostname"), models=w.get("models"), starting=starting_in(w),
                                 **{k: w.get(k) for k in ("pid", "started_at", "seen_at")}) for w in workers],
     ).dump())

@@ -130,7 +130,7 @@ class ServedModel(Resource):
                                                        "database did not answer).")
     recommendation: Object | None = Field(None, description="The setting multipliers 'recommended' takes: its "
                                           "sweep_id, multiplier, layers, head_fraction, scope and target_mass "
-                                          "(null: none, or the database did not answer).")
+                                          "(left out: none, or the database did not answer).")
 
 
 class WorkerInfo(Resource):
