@@ -26,7 +26,8 @@ from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, val
 from shared.requests.types import SCOPES
 from shared.settings import Settings
 
-TABLE_COLUMNS = ("setting", "multiplier", "split", "n", "success", "success_lo", "success_hi",
+TABLE_COLUMNS = ("setting", "multiplier", "split", "layers", "head_fraction", "scope", "target_mass", "n",
+                 "success", "success_lo", "success_hi",
                  "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
                  "fluency_lo", "fluency_hi", "copy_rate", "deflection_rate", "repetition", "repetitive_rate",
                  "canned_rate", "empty_rate", "truncated_rate")
@@ -49,6 +50,42 @@ class SweepSetting:
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "head_fraction": self.head_fraction, "scope": self.scope,
                 "target_mass": self.target_mass}
+
+    @property
+    def cell_key(self) -> str:
+        """Return what, besides M and head fraction, tells this setting's sweep jobs apart (jobs.sweep_setting)."""
+        return cell_key(self.scope, self.target_mass)
+
+
+def cell_key(scope: str, target_mass: float | None) -> str:
+    """Return a sweep job's scope and target mass as one key: "" for today's boost (all, no target)."""
+    if scope == "all" and target_mass is None:
+        return ""
+    return f"{scope}|{'' if target_mass is None else format(float(target_mass), 'g')}"
+
+
+# The dimensions a sweep varies, in the order its table and CSV show them: (key, heading).
+DIMENSIONS = (("layers", "Layers"), ("head_fraction", "Head fraction"), ("scope", "Scope"),
+              ("target_mass", "Target mass"))
+
+
+def varying(settings: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Return the dimensions (key, heading) whose value differs between these settings (or table rows)."""
+    rows = list(settings)
+    return [(k, h) for k, h in DIMENSIONS if len({r.get(k, DEFAULTS[k]) for r in rows}) > 1]
+
+
+DEFAULTS = {"layers": "all", "head_fraction": 1.0, "scope": "all", "target_mass": None}
+
+
+def dimension_text(value: Any, key: str) -> str:
+    """Return a setting dimension's value as the sweep page shows it (its default where a row lacks it)."""
+    value = DEFAULTS.get(key) if value is None and key != "target_mass" else value
+    if key == "head_fraction":
+        return f"{float(value) * 100:g}%"
+    if key == "target_mass":
+        return "none (fixed M)" if value is None else f"{float(value):g}"
+    return str(value)
 
 
 def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,),
@@ -249,13 +286,15 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 
 def table_csv(summary: Mapping[str, Any]) -> str:
-    """Return the per-(setting, M, split) table as CSV text, with a recommended column (formulas neutralized)."""
+    """Return the per-(setting, M, split) table as CSV text: a column per setting dimension (layers, head fraction,
+    scope, target mass; empty target mass: a fixed M only) and a recommended column (formulas neutralized)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([*TABLE_COLUMNS, "recommended"])
     best = summary.get("best") or {}
     for row in summary["table"]:
         rec = bool(best) and row["setting"] == best.get("setting") and row["multiplier"] == best.get("multiplier")
+        row = {"head_fraction": 1.0, "scope": "all", **row}  # rows stored before scope was a dimension
         w.writerow([neutralize(c) for c in (*(row.get(c) for c in TABLE_COLUMNS), rec)])
     return buf.getvalue()
 
@@ -323,11 +362,16 @@ def parse_sweep_request(data: Any, settings: Settings, strict: bool = True) -> S
             errors += exc.errors or [{"field": exc.field or "cases", "message": exc.message}]
         if cases and len(cases) < 2:
             errors.append({"field": "cases", "message": "a sweep needs at least 2 cases (a validation and a test half)"})
-        per_stage = len(cases) * len(req.head_fractions)
+        errors += req.dimension_problems(data)
+        groups = len(req.head_fractions) * len(req.swept_scopes()) * len(req.swept_target_masses())
+        per_stage = len(cases) * groups
         cap = settings.limits.max_queued_jobs
         if cases and per_stage > cap:
             errors.append({"field": "cases", "message": f"one step of this sweep is {per_stage} jobs ({len(cases)} cases "
-                           f"x {len(req.head_fractions)} head fractions); at most {cap} may wait in the queue: use limit"})
+                           f"x {groups} head fraction, scope and target mass settings); at most {cap} may wait in the "
+                           "queue: use limit, or sweep fewer values"})
     raise_problems(errors, "invalid sweep request")
-    return SweepRequest(tuple(cases), req.pack, req.grid, tuple(sweep_settings(req.layer_modes, req.head_fractions)),
+    return SweepRequest(tuple(cases), req.pack, req.grid,
+                        tuple(sweep_settings(req.layer_modes, req.head_fractions, req.swept_scopes(),
+                                             req.swept_target_masses())),
                         req.fluency_floor, req.job_params())

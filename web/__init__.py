@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
+from shared.calibration import dimension_text
 from shared.job_request import multiplier_text
 from web.charts import attention_chart, sweep_chart
 from web.context import csrf
@@ -88,6 +89,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.filters["attention_chart"] = attention_chart
     app.jinja_env.filters["sweep_chart"] = sweep_chart
     app.jinja_env.filters["multiplier"] = multiplier_text
+    app.jinja_env.filters["dimension"] = dimension_text
 
     @app.after_request
     def security_headers(resp):

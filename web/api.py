@@ -9,7 +9,7 @@ from shared.resources import jobs as res
 from shared.job_request import JobRequest
 from shared.store import idempotency, lifecycle, queries, serialize, submission
 from shared.store.export import EXPORT_COLUMNS, WIDE_COLUMNS
-from shared.store.recommended import models_with_recommendation
+from shared.store.recommended import recommendations
 from shared.worker_registry import live_workers, starting_in
 from web import openapi_params as params
 from web.apidoc import COMMON, CROSS_SITE, LOCATION, RETRY_AFTER, Reply, document, operation, problem
@@ -108,9 +108,10 @@ def runs_csv():
     202: Reply("Started.", res.Sweep, headers=(LOCATION,)), **NOT_JSON, **UNSERVED,
     429: problem("The first step would pass limits.max_queued_jobs, or limits.max_running_sweeps sweeps are "
                  "running; nothing was stored.", RETRY_AFTER), **COMMON, 403: CROSS_SITE[403]},
-    json=SWEEP_REQUEST, description="A case set x a grid of M x layer modes (x head fractions), run as ordinary "
-    "jobs one M at a time with the paper's stop rule; the recommendation is the M with the best validation success "
-    "among fluent settings.")
+    json=SWEEP_REQUEST, description="A case set x a grid of M x settings (layer modes x head fractions x scopes "
+    "x target masses), run as ordinary jobs one M at a time with the paper's stop rule per setting; the "
+    "recommendation is the setting and M with the best validation effective success among fluent ones under the "
+    "copy ceiling, and multipliers 'recommended' then takes that whole setting.")
 def create_sweep():
     """Validate a calibration sweep (a built-in pack or uploaded cases), store it and queue its first stage."""
     from shared.calibration import parse_sweep_request
@@ -209,7 +210,7 @@ def models():
             loading[m] = loading.get(m, 0) + 1
     names = sorted(ready.keys() | loading.keys())
     try:  # "recommended" is a valid multipliers value for a model with a finished calibration sweep
-        recommended: set[str] | None = models_with_recommendation(db(), names)
+        recommended: dict[str, dict] | None = recommendations(db(), names)
     except Exception:  # the database is down: unknown
         db().rollback()
         recommended = None
@@ -217,7 +218,9 @@ def models():
         default=s.settings.model.name,
         models=[res.ServedModel(name=m, workers=ready.get(m, 0), starting=loading.get(m, 0),
                                 status="ready" if ready.get(m) else "starting", **submission.model_facts(workers, m),
-                                recommended=None if recommended is None else m in recommended) for m in names],
+                                recommended=None if recommended is None else m in recommended,
+                                **({"recommendation": recommended[m]} if recommended and m in recommended else {}))
+                for m in names],
         workers=[res.WorkerInfo(hostname=w.get("hostname"), models=w.get("models"), starting=starting_in(w),
                                 **{k: w.get(k) for k in ("pid", "started_at", "seen_at")}) for w in workers],
     ).dump())

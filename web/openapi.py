@@ -17,6 +17,7 @@ from shared.fields import BY_NAME, JOB_FIELDS, LAYER_MODES, MAX_CHECKS, MAX_LOGI
 from shared.requests.batch import BatchCreate
 from shared.requests.chat import ChatCompletionRequest
 from shared.requests.job import JobFields
+from shared.requests.types import SCOPES
 from shared.requests.openai import MAX_METADATA, MAX_USER_CHARS
 from shared.requests.openai import NEUTRAL as CHAT_NEUTRAL
 from shared.requests.sweep import API_CASE_NAME, MAX_API_CASES, MAX_DESCRIPTION, MAX_SETTINGS_VALUES, SweepRequestBody
@@ -125,6 +126,14 @@ def _target_needs_boost(name: str) -> dict[str, Any]:
                                                      {"type": "array", "items": {"minimum": 1}}]}}}}
 
 
+def _targets_need_boost() -> dict[str, Any]:
+    """Return the rule that swept target masses take no grid M below 1."""
+    return {"if": {"required": ["target_masses"],
+                   "properties": {"target_masses": {"type": "array", "contains": {"type": "number"}}}},
+            "then": {"properties": {"grid": {"anyOf": [{"not": {"type": "array"}},
+                                                       {"type": "array", "items": {"minimum": 1}}]}}}}
+
+
 def job_request_schema(settings: Settings) -> dict[str, Any]:
     """Return the JobRequest schema (generated from shared.fields) with this deployment's limits.
 
@@ -185,6 +194,13 @@ def sweep_request_schema(settings: Settings) -> dict[str, Any]:
         "head_fractions": {"type": "array", "minItems": 1, "maxItems": MAX_SETTINGS_VALUES,
                            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                            "description": "Shares of heads boosted per layer; default [1]."},
+        "scopes": {"type": "array", "minItems": 1, "maxItems": MAX_SETTINGS_VALUES,
+                   "items": {"type": "string", "enum": list(SCOPES)},
+                   "description": "Boost scopes swept (default: [scope]); give scope or scopes, not both."},
+        "target_masses": {"type": "array", "minItems": 1, "maxItems": MAX_SETTINGS_VALUES,
+                          "items": {"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                          "description": "Target masses swept, null: a fixed M only (default: [target_mass]); give "
+                                         "target_mass or target_masses, not both. A target mass takes no M below 1."},
         "fluency_floor": {"type": "number", "minimum": 0, "maximum": 2,
                           "description": "Stop going up once mean validation fluency (0-2) is below; default 1."},
         "limit": {"type": "integer", "minimum": 2, "description": "Use only the first N cases."},
@@ -201,7 +217,11 @@ def sweep_request_schema(settings: Settings) -> dict[str, Any]:
             prop["enum"] = [*prop["enum"], None]
     sources = ("pack", "cases")
     return {"type": "object", "additionalProperties": False, "properties": props,
-            "description": "Give exactly one of pack and cases.", "allOf": [_target_needs_boost("grid")],
+            "description": "Give exactly one of pack and cases.",
+            "allOf": [_target_needs_boost("grid"), _targets_need_boost(),
+                      *({"not": {"required": [one, many], "properties": {one: {"not": {"type": "null"}},
+                                                                          many: {"not": {"type": "null"}}}}}
+                        for one, many in (("scope", "scopes"), ("target_mass", "target_masses")))],
             "oneOf": [{"required": [src], "properties": {src: {"not": {"type": "null"}},
                                                          **{o: {"type": "null"} for o in sources if o != src}}}
                       for src in sources]}

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
+from shared.calibration import DIMENSIONS
 from shared.errors import Conflict, InstaBoostError
 from shared.fields import FIELD_NAMES, JOB_FIELDS
 from shared.job_request import JobRequest, Variant, multiplier_text
@@ -84,7 +85,9 @@ def submit():
     try:
         from shared.store.recommended import resolve_recommended
 
-        req = JobRequest.from_dict(resolve_recommended(db(), data, services().settings), services().settings)
+        # The form sends every field: "recommended" there takes the whole recommended setting.
+        req = JobRequest.from_dict(resolve_recommended(db(), data, services().settings, whole=True),
+                                   services().settings)
         job = submission.submit_job(db(), req, **submit_kwargs())
     except InstaBoostError as exc:
         errors: dict[str, list[str]] = {}
@@ -164,8 +167,9 @@ def runs():
 # -- calibration sweeps ---------------------------------------------------------------------------------
 
 SWEEP_FORM_DEFAULTS = {"pack": "default", "grid": "paper", "layer_modes": ["all"], "head_fractions": "1",
-                       "fluency_floor": "1", "limit": "", "max_new_tokens": "64", "cases_text": "",
-                       "cases_format": "yaml"}
+                       "scopes": ["all"], "target_masses": "none", "fluency_floor": "1", "limit": "",
+                       "max_new_tokens": "64", "cases_text": "", "cases_format": "yaml"}
+SWEEP_FORM_LISTS = ("layer_modes", "scopes")  # checkboxes: the form sends each ticked one
 
 
 def _render_sweeps(values: dict[str, Any], errors: dict[str, list[str]] | None = None, status: int = 200,
@@ -174,12 +178,14 @@ def _render_sweeps(values: dict[str, Any], errors: dict[str, list[str]] | None =
 
     from shared.evaluation.cases import PACKS
     from shared.fields import LAYER_MODES
+    from shared.requests.types import SCOPES
     from shared.store import sweep_views
     from shared.store.tables import Sweep
 
     rows = db().scalars(select(Sweep).order_by(Sweep.id.desc()).limit(50)).all()
     return render_template("sweeps.html", sweeps=[sweep_views.sweep_to_dict(db(), s) for s in rows], values=values,
-                           errors=errors or {}, message=message, packs=PACKS, layer_modes=LAYER_MODES), status
+                           errors=errors or {}, message=message, packs=PACKS, layer_modes=LAYER_MODES,
+                           scopes=SCOPES), status
 
 
 @bp.get("/sweeps")
@@ -195,11 +201,12 @@ def start_sweep():
     from shared.store import sweeps as store
 
     form = request.form
-    values = {k: form.get(k, "") for k in SWEEP_FORM_DEFAULTS if k != "layer_modes"}
-    values["layer_modes"] = form.getlist("layer_modes")
-    data: dict[str, Any] = {k: values[k] for k in ("grid", "head_fractions", "fluency_floor", "limit",
-                                                   "max_new_tokens") if values[k] != ""}
+    values = {k: form.getlist(k) if k in SWEEP_FORM_LISTS else form.get(k, "") for k in SWEEP_FORM_DEFAULTS}
+    data: dict[str, Any] = {k: values[k] for k in ("grid", "head_fractions", "target_masses", "fluency_floor",
+                                                   "limit", "max_new_tokens") if values[k] != ""}
     data["layer_modes"] = values["layer_modes"] or ""
+    if values["scopes"]:  # none ticked: the default scope (all), today's boost
+        data["scopes"] = values["scopes"]
     upload = request.files.get("cases_file")
     source = form.get("source", "pack")
     if source == "upload" and upload is not None and upload.filename:
@@ -232,7 +239,8 @@ def sweep(sweep_id):
 
     sw = sweep_views.get_sweep(db(), sweep_id)
     data = sweep_views.sweep_to_dict(db(), sw)
-    return render_template("sweep.html", sweep=data, drill=sweep_views.drilldown(db(), sw))
+    return render_template("sweep.html", sweep=data, drill=sweep_views.drilldown(db(), sw),
+                           DIMENSION_HEADINGS=dict(DIMENSIONS))
 
 
 @bp.get("/sweeps/<sweep_id>.csv")

@@ -142,6 +142,44 @@ def check_fraction(f: float) -> float:
     return float(f)
 
 
+def check_scope(sc: Any) -> str:
+    if not isinstance(sc, str) or sc not in t.SCOPES:
+        raise fail(f"scope must be one of {', '.join(t.SCOPES)}; got {str(sc)[:40]!r}")
+    return sc
+
+
+NONE_WORDS = ("none", "null", "off", "-")  # a form's word for "no target mass" (a fixed M only)
+
+
+def check_targets(value: Any, info: ValidationInfo) -> Any:
+    if value is None:
+        return None
+    items = listed(value, info)
+    if not t.is_strict(info):
+        out = []
+        for p in items:
+            if isinstance(p, str) and p.strip().lower() in NONE_WORDS:
+                out.append(None)
+                continue
+            try:
+                out.append(float(p))
+            except (TypeError, ValueError):
+                out.append(p)
+        items = out
+    return items
+
+
+def check_target(p: Any) -> float | None:
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1):
+        raise fail(f"a target mass is a number in (0, 1), or null for a fixed M only; got {str(p)[:40]!r}")
+    return None if p is None else float(p)
+
+
+def optional_listed(value: Any, info: ValidationInfo) -> Any:
+    """Return a swept list, or None (left out: the single job field's value is swept)."""
+    return None if value is None else listed(value, info)
+
+
 def check_floor(value: Any, info: ValidationInfo) -> float:
     if not t.is_strict(info) and isinstance(value, str):
         try:
@@ -169,6 +207,10 @@ def _unique(items: list) -> list:
     return list(dict.fromkeys(items))
 
 
+def _unique_or_none(items: list | None) -> list | None:
+    return None if items is None else _unique(items)
+
+
 class SweepRequestBody(base.Request):
     """A calibration sweep (JSON API): the paper's protocol for choosing M over a case set."""
 
@@ -190,6 +232,13 @@ class SweepRequestBody(base.Request):
     head_fractions: Annotated[list[Annotated[float, BeforeValidator(check_fraction)]],
                               BeforeValidator(check_fractions), AfterValidator(_unique)] = Field(
         [1.0], description="Fractions of heads boosted per layer, each in (0, 1].")
+    scopes: Annotated[Optional[list[Annotated[str, BeforeValidator(check_scope)]]],
+                      BeforeValidator(optional_listed), AfterValidator(_unique_or_none)] = Field(
+        None, description="Boost scopes swept: all, generated, prompt (default: [scope]).")
+    target_masses: Annotated[Optional[list[Annotated[Optional[float], BeforeValidator(check_target)]]],
+                             BeforeValidator(check_targets), AfterValidator(_unique_or_none)] = Field(
+        None, description="Target masses swept, each in (0, 1), null for a fixed M only (default: [target_mass]); "
+                          "a target mass takes no M below 1.")
     fluency_floor: Annotated[float, BeforeValidator(check_floor)] = Field(
         protocol.FLOOR, description="The fluency (0-2) a recommended M must keep.")
     limit: Annotated[Optional[int], BeforeValidator(check_limit)] = Field(
@@ -210,6 +259,30 @@ class SweepRequestBody(base.Request):
     def job_params(self) -> dict[str, Any]:
         """Return the job fields every run of the sweep shares."""
         return {name: getattr(self, name) for name in self.JOB_FIELDS}
+
+    def swept_scopes(self) -> list[str]:
+        """Return the scopes swept: scopes, or the one scope."""
+        return list(self.scopes) if self.scopes is not None else [self.scope]
+
+    def swept_target_masses(self) -> list[float | None]:
+        """Return the target masses swept: target_masses, or the one target_mass."""
+        return list(self.target_masses) if self.target_masses is not None else [self.target_mass]
+
+    def dimension_problems(self, given: Mapping[str, Any]) -> list[dict]:
+        """Return the problems between dimensions: a list given with its single field, a target under M < 1."""
+        errors = []
+        for one, many in (("scope", "scopes"), ("target_mass", "target_masses")):
+            if given.get(one) not in (None, "") and getattr(self, many) is not None:
+                errors.append({"field": many, "message": f"give {one} (one value) or {many} (a list swept), not "
+                               f"both: put {one}'s value into {many}"})
+        targets = [p for p in self.swept_target_masses() if p is not None]
+        below = [m for m in self.grid if m < 1]
+        if targets and below:
+            where = "target_masses" if self.target_masses is not None else "target_mass"
+            errors.append({"field": where, "message": f"a target mass raises the instruction's attention share "
+                           f"and M < 1 lowers it: drop the grid's M below 1 ({', '.join(f'{m:g}' for m in below)}) "
+                           f"or sweep target masses on a grid of M >= 1"})
+        return errors
 
 
 def check_cases_text(value: Any) -> Any:

@@ -88,7 +88,10 @@ class Sweep(Resource):
     model: str
     pack: str | None
     grid: list[Number]
-    settings: list[Any]
+    settings: list[Any] = Field(description="The settings swept: layers, head_fraction, scope, target_mass "
+                                "(null: a fixed M only) and label.")
+    dimensions: list[str] = Field(description="The setting dimensions whose value varies between the settings "
+                                  "(layers, head_fraction, scope, target_mass): the sweep page's columns.")
     fluency_floor: Number
     copy_ceiling: Number | None = Field(description="The largest share of answers copying the instruction that a "
                                         "recommended setting may have (null: sweeps stored before the ceiling).")
@@ -125,6 +128,9 @@ class ServedModel(Resource):
     recommended: bool | None = Field(None, description="Whether a finished calibration sweep recommends a boost, "
                                                        "so multipliers 'recommended' is accepted (null: the "
                                                        "database did not answer).")
+    recommendation: Object | None = Field(None, description="The setting multipliers 'recommended' takes: its "
+                                          "sweep_id, multiplier, layers, head_fraction, scope and target_mass "
+                                          "(left out: none, or the database did not answer).")
 
 
 class WorkerInfo(Resource):

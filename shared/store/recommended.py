@@ -1,5 +1,5 @@
 """``multipliers: "recommended"``: a job takes the whole boost setting its model's latest finished calibration
-sweep recommends (shared.store.sweeps): M, layer mode, head fraction, and the sweep's scope and target mass."""
+sweep recommends (shared.store.sweeps): M, layer mode, head fraction, scope and target mass."""
 
 from __future__ import annotations
 
@@ -33,12 +33,27 @@ def wants_recommended(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == RECOMMENDED
 
 
-def resolve_recommended(session: Session, data: Any, settings: Settings) -> Any:
-    """Replace ``multipliers: "recommended"`` by the latest finished sweep's recommended M for the job's model.
+def recommended_setting(sweep: Sweep) -> dict[str, Any]:
+    """Return a sweep's recommended setting: M, layer mode, head fraction, scope and target mass."""
+    # A sweep finished before the scope and target mass were stored with it: its one scope and target mass.
+    params = (sweep.config or {}).get("params") or {}
+    old = sweep.recommended_scope is None
+    return {"sweep_id": sweep.id, "multiplier": sweep.recommended_multiplier, "layers": sweep.recommended_layers,
+            "head_fraction": sweep.recommended_head_fraction or 1.0,
+            "scope": (params.get("scope") or "all") if old else sweep.recommended_scope,
+            "target_mass": params.get("target_mass") if old else sweep.recommended_target_mass}
 
-    Its layer mode and head fraction fill layer_modes and head_boost_percentage, and the sweep's scope and
-    target mass (its job parameters) fill scope and target_mass, when the job leaves them out.
-    A ValidationError (422) says so when no finished sweep for that model has a recommendation.
+
+SETTING_FIELDS = ("layer_modes", "head_boost_percentage", "scope", "target_mass")
+
+
+def resolve_recommended(session: Session, data: Any, settings: Settings, whole: bool = False) -> Any:
+    """Replace ``multipliers: "recommended"`` by the latest finished sweep's recommended setting for the job's model.
+
+    The setting's M fills multipliers; its layer mode, head fraction, scope and target mass fill layer_modes,
+    head_boost_percentage, scope and target_mass when the job leaves them out (always, with whole: the form,
+    whose fields are never left out). A ValidationError (422) says so when no finished sweep for that model has
+    a recommendation.
     """
     if not isinstance(data, Mapping) or not wants_recommended(data.get("multipliers")):
         return data
@@ -50,16 +65,14 @@ def resolve_recommended(session: Session, data: Any, settings: Settings) -> Any:
         raise ValidationError(f'multipliers "recommended" needs a finished calibration sweep of model {model!r} '
                               "with a recommendation, and there is none: start one (POST /api/sweeps or the "
                               "Sweeps page) or give multipliers as numbers", field="multipliers")
+    rec = recommended_setting(sweep)
+    given = {"layer_modes": [rec["layers"]], "head_boost_percentage": rec["head_fraction"] * 100.0,
+             "scope": rec["scope"], "target_mass": rec["target_mass"]}
     out = dict(data)
-    out["multipliers"] = [sweep.recommended_multiplier]
-    if out.get("layer_modes") in (None, "", []):
-        out["layer_modes"] = [sweep.recommended_layers]
-    if out.get("head_boost_percentage") in (None, ""):
-        out["head_boost_percentage"] = (sweep.recommended_head_fraction or 1.0) * 100.0
-    params = (sweep.config or {}).get("params") or {}
-    for key in ("scope", "target_mass"):  # the M was chosen with these: a job gets the setting it was chosen in
-        if out.get(key) in (None, "") and params.get(key) is not None:
-            out[key] = params[key]
+    out["multipliers"] = [rec["multiplier"]]
+    for key in SETTING_FIELDS:  # the M was chosen with these: a job gets the setting it was chosen in
+        if whole or out.get(key) in (None, "", []):
+            out[key] = given[key]
     return out
 
 
@@ -70,3 +83,13 @@ def models_with_recommendation(session: Session, models: Sequence[str]) -> set[s
     rows = session.scalars(select(Sweep.model).where(Sweep.model.in_(list(models)), Sweep.status == SUCCEEDED,
                                                      Sweep.recommended_multiplier.is_not(None)).distinct())
     return set(rows)
+
+
+def recommendations(session: Session, models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Return {model: its recommended setting} for the models among these that have one."""
+    out = {}
+    for model in models_with_recommendation(session, models):
+        sweep = latest_recommendation(session, model)
+        if sweep is not None:
+            out[model] = recommended_setting(sweep)
+    return out

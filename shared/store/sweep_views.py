@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 from shared.evaluation import protocol
 from shared.resources import jobs as resources
 from shared.store.queries import get_row
-from shared.store.sweeps import RUNNING, records_of, sweep_jobs
+from shared.calibration import varying
+from shared.store.sweeps import RUNNING, records_of, settings_of, sweep_jobs
 from shared.store.tables import Job, Sweep
 
 
@@ -36,13 +37,16 @@ def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False,
     """Return a sweep as JSON-able data: status, configuration, per-M table and recommendation (and its URLs)."""
     cfg = sweep.config
     result = sweep.result or {}
+    settings_ = [{**s.to_dict(), "label": s.label} for s in settings_of(sweep)]
     d = {"id": sweep.id, "status": sweep.status, "finished": sweep.status != RUNNING, "model": sweep.model,
-         "pack": sweep.pack, "grid": cfg["grid"], "settings": cfg["settings"], "fluency_floor": cfg["floor"],
+         "pack": sweep.pack, "grid": cfg["grid"], "settings": settings_,
+         "dimensions": [k for k, _ in varying(settings_)], "fluency_floor": cfg["floor"],
          "copy_ceiling": cfg.get("copy_ceiling"),
          "params": cfg["params"], "cases": len(cfg["cases"]), "step": sweep.stage_index,
          "current_multiplier": sweep.current_multiplier, "jobs": job_counts(session, sweep.id),
          "table": result.get("table", []),
-         "choices": [{k: s.get(k) for k in ("setting", "layers", "head_fraction", "multiplier", "success",
+         "choices": [{k: s.get(k) for k in ("setting", "layers", "head_fraction", "scope", "target_mass",
+                                             "multiplier", "success",
                                              "effective_success", "fluency", "copy_rate", "considered",
                                              "over_copy_ceiling", "stopped_at", "reason")}
                      for s in result.get("settings", [])],
@@ -65,7 +69,7 @@ def drilldown(session: Session, sweep: Sweep) -> dict[str, Any]:
         if job.case_name in by_case:
             by_case[job.case_name]["jobs"].append(job)
     for r in records:
-        label = protocol.setting_label(r["layers"], r["head_fraction"])
+        label = protocol.setting_label(r["layers"], r["head_fraction"], r["scope"], r["target_mass"])
         by_case[r["case"]]["cells"][(label, r["multiplier"])] = r
     columns = sorted({key for row in by_case.values() for key in row["cells"]}, key=lambda k: (k[1], k[0]))
     return {"rows": list(by_case.values()), "columns": columns}

@@ -1,9 +1,10 @@
 """Calibration sweeps in the service: create one, advance it stage by stage with the paper's stop rule, cancel it.
 
-A sweep is a case set x a grid of M x settings (layer modes x head fractions) run as ordinary jobs, one per
-(case, M, head fraction) with its layer modes as variants, linked to the sweep by ``jobs.sweep_id``
-(``case_name``, ``sweep_multiplier``, ``sweep_head_fraction``). Each job's original variant is the unboosted
-baseline (M = 1, shared by every setting; the first stage's is used).
+A sweep is a case set x a grid of M x settings (layer modes x head fractions x scopes x target masses) run as
+ordinary jobs, one per (case, M, head fraction, scope, target mass) with its layer modes as variants, linked to the
+sweep by ``jobs.sweep_id`` (``case_name``, ``sweep_multiplier``, ``sweep_head_fraction``, ``sweep_setting``: the
+scope and target mass). Each job's original variant is the unboosted baseline (M = 1, shared by every setting; the
+first stage's is used).
 
 ``advance`` moves a sweep on: once every job of the current stage is finished it reads all the sweep's
 scored runs, recomputes the summary (``shared.evaluation.protocol.calibrate``) and, while some setting's
@@ -59,15 +60,19 @@ def case_to_dict(case: Case, split_: str) -> dict[str, Any]:
 
 
 def settings_of(sweep: Sweep) -> list[SweepSetting]:
-    return [SweepSetting(s["layers"], float(s["head_fraction"])) for s in sweep.config["settings"]]
+    # Settings stored before scope and target mass were sweep dimensions take the sweep's one value of each.
+    params = sweep.config.get("params") or {}
+    return [SweepSetting(s["layers"], float(s["head_fraction"]), s.get("scope") or params.get("scope") or "all",
+                         s.get("target_mass", params.get("target_mass"))) for s in sweep.config["settings"]]
 
 
-def cell_request(sweep_config: Mapping[str, Any], case: Mapping[str, Any], m: float, head_fraction: float,
+def cell_request(sweep_config: Mapping[str, Any], case: Mapping[str, Any], m: float, setting: SweepSetting,
                  layer_modes: Sequence[str], settings: Settings) -> JobRequest:
-    """Return the job request of one (case, M, head fraction) cell."""
+    """Return the job request of one (case, M, head fraction, scope, target mass) cell."""
     return JobRequest.from_dict({**sweep_config["params"], "instruction": case["instruction"], "query": case["query"],
                                  "multipliers": [m], "layer_modes": list(layer_modes),
-                                 "head_boost_percentage": head_fraction * 100.0, "checks": case["checks"],
+                                 "head_boost_percentage": setting.head_fraction * 100.0, "scope": setting.scope,
+                                 "target_mass": setting.target_mass, "checks": case["checks"],
                                  "ifeval": case["ifeval"], "attention": False}, settings, strict=True)
 
 
@@ -89,9 +94,9 @@ def create_sweep(session: Session, *, cases: Sequence[Case], pack: str | None, g
               "params": dict(params)}
     errors = []
     modes = list(dict.fromkeys(s.layers for s in settings_))
-    for i, case in enumerate(config["cases"]):  # head fractions and modes are valid already (sweep_settings)
+    for i, case in enumerate(config["cases"]):  # the dimensions' values are valid already (sweep_settings)
         try:
-            req = cell_request(config, case, boosted_grid(grid)[0], settings_[0].head_fraction, modes, settings)
+            req = cell_request(config, case, boosted_grid(grid)[0], settings_[0], modes, settings)
             if facts:
                 req.check_model(facts)
         except ValidationError as exc:
@@ -163,7 +168,9 @@ def records_of(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
             baseline_seen.add(job.case_name)
             setting, m = settings_[0], 1.0
         else:
-            setting = SweepSetting(run.layers, float(job.sweep_head_fraction or 1.0))
+            params = job.params or {}
+            setting = SweepSetting(run.layers, float(job.sweep_head_fraction or 1.0), params.get("scope") or "all",
+                                   params.get("target_mass"))
             m = float(run.multiplier)
         out.append(record(scores, case=job.case_name, split_=splits[job.case_name], multiplier=m, setting=setting,
                           job_id=job.id))
@@ -187,24 +194,21 @@ def _start_stage(session: Session, sweep: Sweep, m: float, going: Sequence[Sweep
     Raises ValidationError (a cell's job request is invalid) or TooManyJobs (after a rollback: the stage does not fit).
     """
     cells = []
-    by_fraction: dict[float, list[str]] = {}
+    groups: dict[SweepSetting, list[str]] = {}  # one job per head fraction, scope and target mass; modes: variants
     for s in going:
-        by_fraction.setdefault(s.head_fraction, []).append(s.layers)
+        groups.setdefault(SweepSetting("all", s.head_fraction, s.scope, s.target_mass), []).append(s.layers)
     for case in sweep.config["cases"]:
-        first = None
-        for hf, modes in by_fraction.items():
-            # Validated once per case; the other cells differ only in head fraction and layer modes.
-            first = first or cell_request(sweep.config, case, m, hf, modes, settings)
-            cells.append((case["name"], hf, first.model_copy(update={"head_boost_percentage": hf * 100.0,
-                                                                     "layer_modes": tuple(modes)})))
+        for group, modes in groups.items():
+            cells.append((case["name"], group, cell_request(sweep.config, case, m, group, modes, settings)))
     submission.lock_queue(session)
     submission.check_room(session, len(cells), settings.limits.max_queued_jobs,
                           hint=f"this sweep's step M={m:g} waits for room (retry, or give fewer cases with limit)")
     created = []
-    for case_name, hf, req in cells:
+    for case_name, group, req in cells:
         job = Job(status=JobStatus.queued, model=req.model, params=req.to_params(), progress_done=0,
                   progress_total=len(req.variants()), sweep_id=sweep.id, case_name=case_name,
-                  sweep_multiplier=m, sweep_head_fraction=hf, created_at=utcnow())
+                  sweep_multiplier=m, sweep_head_fraction=group.head_fraction, sweep_setting=group.cell_key,
+                  created_at=utcnow())
         try:
             with session.begin_nested():
                 session.add(job)
@@ -292,6 +296,8 @@ def _finish(session: Session, sweep: Sweep) -> None:
     sweep.recommended_multiplier = rec["multiplier"] if rec else None
     sweep.recommended_layers = rec["layers"] if rec else None
     sweep.recommended_head_fraction = rec["head_fraction"] if rec else None
+    sweep.recommended_scope = rec.get("scope", "all") if rec else None
+    sweep.recommended_target_mass = rec.get("target_mass") if rec else None
     sweep.finished_at = sweep.updated_at = utcnow()
 
 

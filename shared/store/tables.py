@@ -113,9 +113,9 @@ class Job(Base):
     """One submission: an instruction, a query, a model and the variants to generate."""
 
     __tablename__ = "jobs"
-    # A sweep creates each (case, M, head fraction) job once, however often its advance runs.
+    # A sweep creates each (case, M, head fraction, scope and target mass) job once, however often its advance runs.
     __table_args__ = (UniqueConstraint("sweep_id", "case_name", "sweep_multiplier", "sweep_head_fraction",
-                                       name="uq_jobs_sweep_cell"),
+                                       "sweep_setting", name="uq_jobs_sweep_cell"),
                       UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -141,6 +141,9 @@ class Job(Base):
     case_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     sweep_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)  # the grid M of this job
     sweep_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A sweep job's scope and target mass (shared.calibration.cell_key: "" for all and none, and for jobs stored
+    # before they were sweep dimensions). Never NULL on a sweep's job, so its unique cell holds (NULLs never collide).
+    sweep_setting: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # "chat" for OpenAI chat completions (and batch lines), "completion" for /v1/completions; NULL or "instaboost" for the job API's jobs.
     kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # The batch a chat job is a line of, and that line's custom_id.
@@ -221,6 +224,9 @@ class Sweep(Base):
     recommended_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
     recommended_layers: Mapped[str | None] = mapped_column(String(64), nullable=True)
     recommended_head_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The rest of the recommended setting (NULL scope: a sweep stored before they were recorded here).
+    recommended_scope: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    recommended_target_mass: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -36,9 +36,10 @@ def with_live_facts(case) -> None:
         body["model"] = DEFAULT_MODEL
     if body.get("multipliers") == "recommended":  # no sweep has finished here (/api/models: recommended false)
         body["multipliers"] = [3]
-    if isinstance(body.get("start_layer"), int):
+    # JSON Schema's integers include 262.0: a float with no fraction is fitted too.
+    if isinstance(body.get("start_layer"), (int, float)) and not isinstance(body["start_layer"], bool):
         body["start_layer"] = min(body["start_layer"], MODEL_INFO["n_layers"] - 1)
-    if isinstance(body.get("max_new_tokens"), int):
+    if isinstance(body.get("max_new_tokens"), (int, float)) and not isinstance(body["max_new_tokens"], bool):
         body["max_new_tokens"] = min(body["max_new_tokens"], MODEL_INFO["max_context"] - 1)
 
 

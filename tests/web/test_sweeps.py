@@ -56,6 +56,14 @@ def drive(db_url: str, sweep_id: int, limit: int = 20) -> list[int]:
     ({"pack": "default", "colour": "blue"}, "colour"),
     ({"pack": "default", "target_mass": 1.5}, "target_mass"),
     ({"pack": "default", "scope": "decode"}, "scope"),
+    ({"pack": "default", "scopes": ["all", "decode"]}, "scopes[1]"),
+    ({"pack": "default", "scopes": "generated"}, "scopes"),
+    ({"pack": "default", "scopes": []}, "scopes"),
+    ({"pack": "default", "scope": "prompt", "scopes": ["generated"]}, "scopes"),
+    ({"pack": "default", "target_masses": [0.3, 1.5]}, "target_masses[1]"),
+    ({"pack": "default", "target_masses": ["0.3"]}, "target_masses[0]"),
+    ({"pack": "default", "target_masses": [None, 0.3], "grid": [0.5, 3]}, "target_masses"),
+    ({"pack": "default", "target_mass": 0.3, "target_masses": [0.5]}, "target_masses"),
     ({"cases": {"only": CASES["lower"]}}, "cases"),
     ({"cases": {"bad name!": CASES["lower"], "b": CASES["short"]}}, "cases.bad name!"),
     ({"cases": {"a": {"instruction": " ", "query": "q"}, "b": CASES["short"]}}, "cases.a.instruction"),
@@ -68,6 +76,18 @@ def test_bad_sweep_requests_get_a_problem_body_naming_the_field(client, heartbea
     problem = resp.get_json()
     assert resp.mimetype == "application/problem+json" and problem["status"] == 422
     assert field in [e["field"] for e in problem["errors"]], problem
+
+
+def test_bad_dimension_values_say_how_to_fix_them(client, heartbeat):
+    heartbeat("smollm2-135m-instruct")
+    problem = client.post("/api/sweeps", json={"pack": "default", "scopes": ["decode"], "target_masses": [2],
+                                               "head_fractions": [0]}).get_json()
+    by_field = {e["field"]: e["message"] for e in problem["errors"]}
+    assert {"scopes[0]", "target_masses[0]", "head_fractions[0]"} <= set(by_field), problem
+    assert "all, generated, prompt" in by_field["scopes[0]"] and "(0, 1)" in by_field["target_masses[0]"]
+    problem = client.post("/api/sweeps", json={"pack": "default", "target_masses": [0.3],
+                                               "grid": [0.5, 3]}).get_json()
+    assert "drop the grid's M below 1 (0.5)" in problem["errors"][0]["message"], problem
 
 
 def test_unknown_sweeps_are_404_and_the_api_document_describes_sweeps(client):
@@ -219,14 +239,30 @@ def test_multipliers_recommended_takes_the_latest_finished_sweep_or_says_there_i
     assert job["params"]["multipliers"] == [7.0] and job["params"]["layer_modes"] == ["all"]
     assert job["params"]["scope"] == "all"
     assert client.get("/api/models").get_json()["models"][0]["recommended"] is True
+    with session_scope(clean_db) as s:  # a sweep that stored its whole setting (scope and target mass columns)
+        s.add(Sweep(status="succeeded", model="smollm2-135m-instruct", pack="ifeval", config={}, stage_index=3,
+                    recommended_multiplier=5.0, recommended_layers="middle", recommended_head_fraction=0.5,
+                    recommended_scope="prompt", recommended_target_mass=0.4, finished_at=utcnow()))
+        s.commit()
+    job = client.post("/api/jobs", json={**base, "multipliers": "recommended"}).get_json()
+    assert {k: job["params"][k] for k in ("multipliers", "layer_modes", "head_boost_percentage", "scope",
+                                          "target_mass")} == {"multipliers": [5.0], "layer_modes": ["middle"],
+                                                              "head_boost_percentage": 50.0, "scope": "prompt",
+                                                              "target_mass": 0.4}
+    assert client.get("/api/models").get_json()["models"][0]["recommendation"]["target_mass"] == 0.4
     schema = client.get("/api/openapi.json").get_json()["components"]["schemas"]["JobRequest"]
     assert {"const": "recommended"} in schema["properties"]["multipliers"]["anyOf"]
     # The form takes it too.
     page = client.get("/").get_data(as_text=True)
     token = page.split('name="csrf_token" value="')[1].split('"')[0]
     resp = client.post("/", data={"csrf_token": token, **base, "max_new_tokens": "4", "multipliers": "recommended",
-                                  "layer_modes": ["all"]})
+                                  "layer_modes": ["all"], "head_boost_percentage": "100", "scope": "all",
+                                  "target_mass": ""})
     assert resp.status_code == 303
+    job = client.get("/api/jobs/" + resp.headers["Location"].rsplit("/", 1)[1]).get_json()
+    # The form sends every field at its default: "recommended" takes the whole setting there.
+    assert (job["params"]["multipliers"], job["params"]["layer_modes"], job["params"]["head_boost_percentage"],
+            job["params"]["scope"], job["params"]["target_mass"]) == ([5.0], ["middle"], 50.0, "prompt", 0.4)
 
 
 def test_sweeps_pass_the_queued_job_cap_and_the_running_sweeps_bound(clean_db, redis_namespace, heartbeat):
@@ -330,3 +366,77 @@ def test_a_sweep_runs_its_jobs_with_its_scope_and_target_mass(client, heartbeat,
     jobs = list(db_session.scalars(select(Job).where(Job.sweep_id == sweep["id"])))
     assert jobs and all((j.params["scope"], j.params["target_mass"]) == ("generated", 0.3) for j in jobs)
     client.post(f"/api/sweeps/{sweep['id']}/cancel", json={})
+
+
+def test_a_sweep_over_scopes_recommends_a_whole_setting_and_shows_it_side_by_side(client, heartbeat, clean_db):
+    """Issue 21: scopes are a sweep dimension; each (case, M, scope) is one job, each scope walks the grid with the
+    stop rule, the recommendation names its scope (stored on the sweep), and the page and CSV show a column per
+    dimension that varies."""
+    from shared.db import session_scope
+
+    heartbeat("smollm2-135m-instruct")
+    resp = client.post("/api/sweeps", json={**SMALL, "scopes": ["all", "generated"]})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    sweep = resp.get_json()
+    assert sweep["jobs"]["total"] == 4 and sweep["dimensions"] == ["scope"]  # 2 cases x 2 scopes at M = 3
+    assert [s["scope"] for s in sweep["settings"]] == ["all", "generated"]
+    drive(clean_db, sweep["id"])
+    done = client.get(f"/api/sweeps/{sweep['id']}").get_json()
+    assert done["status"] == "succeeded" and done["jobs"] == {"total": 8, "succeeded": 8}
+    assert {(r["scope"], r["multiplier"]) for r in done["table"] if r["multiplier"] != 1} == {
+        (sc, m) for sc in ("all", "generated") for m in (3.0, 5.0)}
+    assert {c["scope"] for c in done["choices"]} == {"all", "generated"}
+    rec = done["recommendation"]
+    assert rec and rec["scope"] in ("all", "generated") and rec["multiplier"] in (1.0, 3.0, 5.0)
+    with session_scope(clean_db) as s:
+        cells = s.execute(select(Job.case_name, Job.sweep_multiplier, Job.sweep_setting, Job.params)).all()
+        assert sorted((c, m, key) for c, m, key, _ in cells) == sorted(
+            (c, m, key) for c in CASES for m in (3.0, 5.0) for key in ("", "generated|"))
+        assert all(p["scope"] == ("generated" if key else "all") for _, _, key, p in cells)
+        row = s.get(Sweep, sweep["id"])
+        assert (row.recommended_multiplier, row.recommended_scope) == (rec["multiplier"], rec["scope"])
+
+    heartbeat("smollm2-135m-instruct")  # again: driving the sweep took longer than a heartbeat lives
+    models = client.get("/api/models").get_json()["models"]
+    assert models[0]["recommendation"] == {"sweep_id": sweep["id"], "multiplier": rec["multiplier"],
+                                           "layers": "all", "head_fraction": 1.0, "scope": rec["scope"],
+                                           "target_mass": None}
+    job = client.post("/api/jobs", json={"instruction": "Be brief.", "query": "Hi?", "max_new_tokens": 4,
+                                         "multipliers": "recommended"}).get_json()
+    assert (job["params"]["multipliers"], job["params"]["scope"]) == ([rec["multiplier"]], rec["scope"])
+
+    table = list(csv.DictReader(io.StringIO(client.get(f"/api/sweeps/{sweep['id']}.csv").get_data(as_text=True))))
+    assert {"layers", "head_fraction", "scope", "target_mass"} <= set(table[0])
+    assert {r["scope"] for r in table} == {"all", "generated"}
+    page = client.get(f"/sweeps/{sweep['id']}").get_data(as_text=True)
+    head = page.split('id="sweep-table"')[1].split("</thead>")[0]
+    assert '<th class="dim-scope">Scope</th>' in head and "Target mass" not in head  # only what varies
+    assert page.count('<td class="dim-scope">generated</td>') >= 4
+    assert f"scope {rec['scope']}" in page.split('id="recommendation"')[1].split("</p>")[0]
+
+
+def test_a_sweep_over_target_masses_runs_one_job_per_target_and_the_form_takes_them(client, heartbeat, clean_db):
+    from shared.db import session_scope
+
+    heartbeat("smollm2-135m-instruct")
+    sweep = client.post("/api/sweeps", json={**SMALL, "target_masses": [None, 0.3]}).get_json()
+    assert sweep["jobs"]["total"] == 4 and sweep["dimensions"] == ["target_mass"]
+    with session_scope(clean_db) as s:
+        targets = sorted((j.params["target_mass"] or 0, j.sweep_setting) for j in
+                         s.scalars(select(Job).where(Job.sweep_id == sweep["id"])))
+    assert targets == [(0, ""), (0, ""), (0.3, "all|0.3"), (0.3, "all|0.3")]
+    client.post(f"/api/sweeps/{sweep['id']}/cancel", json={})
+    page = client.get("/sweeps").get_data(as_text=True)
+    assert 'id="scopes-generated"' in page and 'name="target_masses"' in page
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    form = {"csrf_token": token, "source": "pack", "pack": "default", "grid": "1, 3", "layer_modes": "all",
+            "head_fractions": "1", "fluency_floor": "1", "max_new_tokens": "4", "limit": "2"}
+    bad = client.post("/sweeps", data={**form, "scopes": ["all", "prompt"], "target_masses": "none, 1.5"})
+    assert bad.status_code == 422 and "a target mass is a number in (0, 1)" in bad.get_data(as_text=True)
+    ok = client.post("/sweeps", data={**form, "scopes": ["all", "prompt"], "target_masses": "none, 0.4"})
+    assert ok.status_code == 303, ok.get_data(as_text=True)
+    made = client.get("/api/sweeps/" + ok.headers["Location"].rsplit("/", 1)[1]).get_json()
+    assert [(s["scope"], s["target_mass"]) for s in made["settings"]] == [
+        ("all", None), ("prompt", None), ("all", 0.4), ("prompt", 0.4)]
+    assert made["jobs"]["total"] == 8 and made["dimensions"] == ["scope", "target_mass"]
+    client.post(f"/api/sweeps/{made['id']}/cancel", json={})

@@ -184,11 +184,32 @@ def _csv_numbers(text: str, flag: str) -> list[float]:
     return values
 
 
+CALIBRATE_FLAGS = {"layer_modes": "--layer-modes", "head_fractions": "--head-fractions", "scopes": "--scopes",
+                   "target_masses": "--target-masses", "grid": "--multipliers"}
+
+
+def _sweep_dimensions(args, values: dict, grid, s) -> list:
+    """Return the settings calibrated, read by the sweep request's own fields (as the API and the form read them)."""
+    from shared.calibration import sweep_settings
+    from shared.requests.sweep import validate_sweep
+
+    # Scope and target mass are sweep dimensions like layer modes; --scope / --target-mass give the single value.
+    dims = {"layer_modes": args.sweep_layer_modes, "head_fractions": args.head_fractions, "grid": list(grid),
+            "scopes": args.scopes or [values.get("scope") or "all"],
+            "target_masses": args.target_masses or [values.get("target_mass")]}
+    req, errors = validate_sweep(dims, s, strict=False)
+    errors = errors or req.dimension_problems({})
+    if errors:
+        flags = [CALIBRATE_FLAGS.get(e["field"].split("[")[0], e["field"]) for e in errors]
+        raise ValidationError("; ".join(f"{f}: {e['message']}" for f, e in zip(flags, errors)), field=flags[0])
+    return sweep_settings(req.layer_modes, req.head_fractions, req.swept_scopes(), req.swept_target_masses())
+
+
 def cmd_calibrate(args) -> int:
     """Sweep M over a case set locally (fast engine, batched rows); print the table and the recommendation."""
     from pathlib import Path
 
-    from shared.calibration import format_table, load_case_set, sweep_settings, table_csv
+    from shared.calibration import format_table, load_case_set, table_csv
     from shared.evaluation import protocol
     from shared.spec import BoostSpec, GenerationParams
     from worker.calibrate import calibrate_local
@@ -210,15 +231,7 @@ def cmd_calibrate(args) -> int:
     if args.batch_size < 1:
         raise ValidationError("--batch-size must be >= 1", field="--batch-size")
     values = field_values(args, s)
-    # Scope and target mass are sweep dimensions like layer modes; --scope / --target-mass give the single value.
-    targets: list[float | None] = [values.get("target_mass")]
-    if args.target_masses:
-        targets = [None if p.strip().lower() == "none" else _csv_numbers(p, "--target-masses")[0]
-                   for p in args.target_masses.split(",") if p.strip()]
-    settings = sweep_settings([m.strip() for m in args.sweep_layer_modes.split(",") if m.strip()],
-                              _csv_numbers(args.head_fractions, "--head-fractions"),
-                              [x.strip() for x in args.scopes.split(",") if x.strip()] if args.scopes else
-                              [values.get("scope") or "all"], targets)
+    settings = _sweep_dimensions(args, values, grid, s)
     if args.from_records:
         return _calibrate_from_records(args, cases, floor, ceiling, values["max_new_tokens"], s)
     values["engine"] = "fast"  # rows of different M, layers and heads batch together only on the fast engine
