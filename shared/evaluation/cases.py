@@ -21,6 +21,7 @@ made to it are dropping a UTF-8 byte order mark and storing check values as thei
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -257,7 +258,15 @@ def load_pack(name: str) -> list[Case]:
     pack = PACKS_BY_NAME.get(name)
     if pack is None:
         raise NotFound(f"no built-in case pack {name!r}; the packs are {', '.join(PACKS_BY_NAME)}", field="pack")
-    return load_cases(PACKS_DIR / pack.file)
+    return list(_pack_cases(pack.file))
+
+
+@functools.cache
+def _pack_cases(file: str) -> tuple[Case, ...]:
+    """Return a pack file's cases, parsed once per process."""
+    # A pack ships with the code and its cases are frozen; parsing ifeval.yaml takes 0.3 s of CPU, which every
+    # POST /api/sweeps naming it paid before.
+    return tuple(load_cases(PACKS_DIR / file))
 
 
 def _rank(seed: int, name: str) -> str:

@@ -83,8 +83,9 @@ def test_a_message_of_another_deployment_is_handed_back_not_run(celery_worker, o
     job_id = _same_id_in([w.db_url, other_db])
     settings = load_settings(overrides={"database.url": other_db, "redis.url": TEST_REDIS_URL,
                                         "redis.namespace": w.namespace})
-    # Sent as the other deployment's web app would; it expires so the bouncing message goes away after the test.
-    task = make_celery(settings).send_task(TASK_NAME, args=[job_id], queue=model_queue(DEFAULT_MODEL), expires=20)
+    # Sent as the other deployment's web app would; it expires so the bouncing message goes away after the test (the
+    # test waits for that): 10 s leave room for the two hand-backs asserted below (worker FOREIGN_PAUSE, 2 s each).
+    task = make_celery(settings).send_task(TASK_NAME, args=[job_id], queue=model_queue(DEFAULT_MODEL), expires=10)
     line = f"job {job_id}: message of another deployment ({deployment.local_identity(other_db)}) handed back"
     try:
         deadline = time.monotonic() + 120
