@@ -23,7 +23,8 @@ from tests.fixtures.worker import WorkerProcess, record_fault
 from tests.jobs.test_batching import enqueue, job, wait_all
 from tests.jobs.test_faults import Harness, harness_for, variants_of
 
-CONTINUOUS = {"continuous": 1, "max_batch_rows": 4, "batch_jobs": 1}  # two jobs of two rows at a time
+# Two jobs of two rows at a time; a time limit no busy machine reaches (these tests are not about limits).
+CONTINUOUS = {"continuous": 1, "max_batch_rows": 4, "batch_jobs": 1, "job_time_limit": 900, "visibility_timeout": 1800}
 STORY = "Tell me a long story about {}."
 
 
@@ -106,8 +107,8 @@ def test_cancel_while_rows_join_and_leave_stops_only_that_job(h):
 
 
 def test_warm_shutdown_while_rows_join_and_leave_hands_the_jobs_back_and_they_finish(h):
-    bodies = [job(f"Tell me about {t}.", n) for t, n in (("cats", 8), (STORY.format("rain"), 160),
-                                                         ("dragons", 16), (STORY.format("the sea"), 160))]
+    bodies = [job(f"Tell me about {t}.", n) for t, n in (("cats", 8), (STORY.format("rain"), 96),
+                                                         ("dragons", 16), (STORY.format("the sea"), 96))]
     ids = [enqueue(h, b) for b in bodies]
     w = h.worker(fault="variant:sleep=1", **CONTINUOUS)
     deadline = time.monotonic() + 240
