@@ -103,11 +103,15 @@ class WorkerMetrics:
             if held is not None:
                 self.run_time.observe(time.monotonic() - held[1])
 
-    def step(self, rows: int, tokens: int, seconds: float) -> None:
-        """Record one decoding round (one generate() call): its rows, the tokens they generated and its wall time."""
+    def step(self, rows: int, tokens: int, seconds: float, finished: int | None = None) -> None:
+        """Record one decoding round: its rows, the tokens they generated, its wall time and the rows it completed.
+
+        finished defaults to rows (a static round decodes each of its rows to the end); a continuous step decodes
+        one token per row, so the rows counter (rows generated) takes only the rows it completed.
+        """
         with self._lock:
             self.steps += 1
-            self.rows += rows
+            self.rows += rows if finished is None else finished
             self.tokens += tokens
             self.busy_seconds += seconds
             self.step_rows.observe(rows)

@@ -14,4 +14,5 @@ pytest_collection_modifyitems = mark_folder(__file__, "services", modules={
     "test_sweep_faults.py": ["slow"],
     "test_openai_faults.py": ["slow"],
     "test_continuous_runner.py": ["slow"],
+    "test_continuous_faults.py": ["slow"],
 })

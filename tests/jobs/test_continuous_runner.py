@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.metrics import METRICS
 from shared.settings import load_settings
 from shared.store.tables import JobStatus
 from tests.fixtures.store import insert_job
@@ -43,13 +44,20 @@ def test_continuous_runs_equal_static_runs_and_twins_decode_once(pg_url, run, mo
     fields = {"multipliers": [1, 5, 20], "layer_modes": ["all", "middle"], "max_new_tokens": 10}
     static, continuous = new_job(pg_url, **fields), new_job(pg_url, **fields)
     assert run(static, continuous=False, rows=8) == "succeeded"
+    before = METRICS.snapshot()
     assert run(continuous, continuous=True, rows=3) == "succeeded"  # three slots for 5 decodes: rows wait and join
+    after = METRICS.snapshot()
     (_, want), (job, got) = load(pg_url, static), load(pg_url, continuous)
     assert {r.variant: r.output_text for r in got} == {r.variant: r.output_text for r in want}
     assert {r.variant: r.output_tokens for r in got} == {r.variant: r.output_tokens for r in want}
     assert len(got) == 7 and job.progress_done == job.progress_total == 7
     assert len(submitted) == 5  # all_x1 and middle_x1 compute the original: decoded once, stored three times
     assert min(r.seconds for r in got) > 0
+    # The worker's counters count rows decoded and their tokens, not row-steps (one per row and token).
+    decoded = [r for r in got if not r.variant.endswith("_x1")]
+    assert after["rows"] - before["rows"] == 5 and after["steps"] - before["steps"] > 5
+    ended_early = sum(r.output_tokens < 10 for r in decoded)  # their EOS was decoded, not kept in output_tokens
+    assert after["tokens"] - before["tokens"] == sum(r.output_tokens for r in decoded) + ended_early
 
 
 def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monkeypatch):

@@ -168,9 +168,10 @@ class ContinuousRunner(CohortRunner):
                 with time_limit(alarm):
                     if self.decoder.waiting:
                         faults.inject(faults.STEP, self.session)  # once per step that rows join
-                    rows = len(self.decoder.rows)
+                    running = {row.key for row in self.decoder.rows}
                     finished = self.decoder.step()
-                    METRICS.step(rows, rows, time.monotonic() - now)
+                    METRICS.step(len(running), _step_tokens(running, self.decoder, finished), time.monotonic() - now,
+                                 finished=len(finished))
         except (JobTimeLimit, SoftTimeLimitExceeded):
             self.session.rollback()
             self._reset()
@@ -211,3 +212,9 @@ class ContinuousRunner(CohortRunner):
         results = [result] + [replace(result) for _ in rows[1:]]
         scores = score_rows(engine, [m.kind for m, _ in rows], requests, results, self.opts.settings)
         self._store(rows, results, scores, engine, list(dict.fromkeys(m for m, _ in rows)))
+
+
+def _step_tokens(running: set, decoder, finished) -> int:
+    """Tokens one step made: one per row that was running, the first token of each row that joined."""
+    joined = sum(row.key not in running for row in decoder.rows)
+    return len(running) + joined + sum(result.output_tokens for key, result in finished if key not in running)
