@@ -337,13 +337,13 @@ class CohortRunner:
                                   budget=self.budget)
                     with_db_retry(self.session, end_read, budget=self.budget)
                     m.rows.remove(row)
-                    ends.append(m.kind.end_event(row, result))
+                    ends.append((row, result))  # only a streaming kind (publish set) has end events
                     log.info("job %s: variant %s done (%d tokens)", m.job_id, m.kind.name(row), result.output_tokens)
                 if not m.rows:
                     # A cancel that arrives after the last variant loses: the job is complete.
                     self._end(m, with_db_retry(self.session, succeed, m.job_id, self.worker, budget=self.budget))
-                for event in ends if m.publish is not None else ():  # once stored: a reader then sees them
-                    m.publish(event)
+                for row, result in ends if m.publish is not None else ():  # once stored: a reader sees them
+                    m.publish(m.kind.end_event(row, result))
             except DatabaseUnavailable:
                 raise
             except Exception as exc:
