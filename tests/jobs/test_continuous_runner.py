@@ -82,3 +82,18 @@ def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monk
     assert job_b.status is JobStatus.cancelled and len(runs_a) == 3
     assert all(r.output_tokens < 40 for r in runs_b)  # none of B's rows ran to its end
     assert max(steps) == 6  # both jobs' rows shared the steps
+
+
+def test_rows_that_end_in_the_same_step_are_scored_in_one_pass(pg_url, run, monkeypatch):
+    from worker.jobs import scheduler
+
+    scored = []
+    original = scheduler.score_rows
+    monkeypatch.setattr(scheduler, "score_rows", lambda engine, kinds, *a: scored.append(len(kinds)) or
+                        original(engine, kinds, *a))
+    job = new_job(pg_url, multipliers=[2, 4], max_new_tokens=6, query="Tell me a long story about Rome.")
+    assert run(job, continuous=True, rows=8) == "succeeded"
+    _, runs = load(pg_url, job)
+    assert [r.output_tokens for r in runs] == [6, 6, 6]  # the three rows joined together and ended together
+    assert scored == [3]  # one scoring call (one perplexity pass) for the step's three rows, not one per row
+    assert all(r.scores and r.scores.get("perplexity") for r in runs)
