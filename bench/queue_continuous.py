@@ -22,7 +22,8 @@ Scenarios, in this order on each lane:
 - mixed: --mixed-jobs jobs of two rows each (the original and ``all`` at M=4: boosts on half the rows) with
   ``max_new_tokens`` drawn from --min-tokens..--max-tokens (--seed): jobs/min; the bound the workload's own lengths
   allow is static row-steps (rows taken --max-rows at a time in submission order, each group as long as its
-  longest row) over useful row-steps (the sum of the rows' stored lengths), as bench/continuous.py counts it;
+  longest row) over useful row-steps (the sum of the rows' stored lengths), and the forwards each scheduler
+  needs for those lengths (on a CPU a forward costs about the same at 1 or 16 rows), both from bench/continuous.py;
 - uniform: --uniform-jobs such jobs, all with --tokens new tokens: jobs/min (continuous must not fall below static).
 
 Every job must succeed with one run per variant in one delivery, and each job's texts must be the same on both
@@ -32,7 +33,14 @@ continuous/static >= 0.9x the bound; uniform >= 1x.
 
     nice -n 5 python bench/queue_continuous.py [--max-rows 16] [--load-jobs 16] [--tokens 48] [--chat-tokens 32]
         [--mixed-jobs 16] [--min-tokens 16] [--max-tokens 64] [--uniform-jobs 16] [--lone-rounds 2] [--seed 0]
-        [--threads 1] [--device auto] [--model smollm2-135m-instruct] [--timeout 900] [--json FILE] [--keep-logs]
+        [--threads 1] [--device auto] [--model smollm2-135m-instruct] [--timeout 900] [--peer] [--json FILE]
+        [--keep-logs]
+
+--peer then times transformers' ``generate_batch`` (its default attention, ``max_requests_per_batch`` = --max-rows)
+on the uniform workload's rows, the same prompt ids unboosted, in this process once the workers are stopped, and
+prints its tokens per second beside ours (the uniform jobs' stored tokens over their wall time, through the queue,
+scoring and storing included, half the rows boosted). On a busy shared machine absolute times swing by 50%
+between two scenarios; read the ratios of one run with that in mind, and repeat.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench import queue_throughput  # noqa: E402
+from bench.continuous import bound, schedule  # noqa: E402
 
 TOPICS = ["a lighthouse keeper", "the history of Rome", "how bread is baked", "a journey to Mars",
           "the life of a honeybee", "a detective in Paris", "how rivers shape valleys", "a robot learning to paint"]
@@ -62,12 +71,6 @@ INSTRUCTIONS = ["Answer only in French.", "Use all lowercase letters.", "Answer 
                 "End every sentence with an exclamation mark."]
 CHAT = [{"role": "system", "content": "Answer only in French."},
         {"role": "user", "content": "What is the capital of Italy?"}]
-
-
-def bound(lengths: list[int], rows: int) -> tuple[int, int]:
-    """Return (static row-steps, useful row-steps) for the lengths decoded rows at a time, in order."""
-    static = sum(len(lengths[i:i + rows]) * max(lengths[i:i + rows]) for i in range(0, len(lengths), rows))
-    return static, sum(lengths)
 
 
 class Lane(queue_throughput.Lane):
@@ -228,6 +231,39 @@ def chat_under_load(lane: Lane, bodies: list[dict], args) -> dict:
     return {"chat": chat, "load": load}
 
 
+def peer(args, bodies: list[dict], settings) -> dict:
+    """Decode the jobs' rows (the same prompt ids, unboosted) with transformers' generate_batch in this process."""
+    # Imported here: only --peer loads torch and the model into the driver, which otherwise only submits and reads.
+    import torch
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from shared.job_request import JobRequest
+    from worker.engine.loading import load_model
+    from worker.engine.prompt import build_prompt
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, args.device, "auto")
+    prompts = []
+    for body in bodies:
+        request = JobRequest.from_dict(body, settings)
+        for variant in request.variants():
+            g = request.generation_request(variant)
+            prompts.append(build_prompt(loaded.tokenizer, g.instruction, g.query, g.spec.placement).input_ids)
+    config = GenerationConfig(max_new_tokens=args.tokens, do_sample=False,
+                              eos_token_id=loaded.model.generation_config.eos_token_id,
+                              pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id)
+    # A cache sized for the rows: left to infer it on a CPU, one 2-row call took 84 s for 12 tokens.
+    batching = ContinuousBatchingConfig(max_requests_per_batch=args.max_rows, num_blocks=64, max_batch_tokens=512)
+    loaded.model.generate_batch(prompts[:2], generation_config=config, continuous_batching_config=batching)
+    t0 = time.perf_counter()
+    out = loaded.model.generate_batch(prompts, generation_config=config, continuous_batching_config=batching)
+    wall = time.perf_counter() - t0
+    tokens = sum(len(o.generated_tokens) for o in out.values())
+    return {"rows": len(prompts), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "attn": getattr(loaded.model.config, "_attn_implementation", None)}
+
+
 def scenarios(lanes: list[Lane], args) -> dict:
     """Run every scenario on each lane in turn; return {scenario: {lane: result}}."""
     rng = random.Random(args.seed)
@@ -250,9 +286,13 @@ def scenarios(lanes: list[Lane], args) -> dict:
                                                      for i in range(args.load_jobs)], args))
     each("mixed", lambda lane: run_jobs(lane, [job(i, n, args.model, **two_rows)
                                                for i, n in enumerate(mixed_tokens)], args))
-    each("uniform", lambda lane: run_jobs(lane, [job(i, args.tokens, args.model, **two_rows)
-                                                 for i in range(args.uniform_jobs)], args))
+    each("uniform", lambda lane: run_jobs(lane, uniform(args), args))
     return out
+
+
+def uniform(args) -> list[dict]:
+    """Return the uniform workload: two rows per job (the original and all layers at M=4), --tokens each."""
+    return [job(i, args.tokens, args.model, multipliers=[4.0], layer_modes=["all"]) for i in range(args.uniform_jobs)]
 
 
 def summary(name: str, r) -> str:
@@ -275,6 +315,8 @@ def report(res: dict, args) -> tuple[list[str], bool]:
     s, c = "static", "continuous"
     problems = []
     for name, by in res.items():
+        if name == "peer":
+            continue
         for lane, r in by.items():
             for x in r if isinstance(r, list) else [r.get("load", r)]:
                 problems += [f"[{name} {lane}] {p}" for p in x.get("problems", ())]
@@ -328,12 +370,24 @@ def report(res: dict, args) -> tuple[list[str], bool]:
           f"stored; bound = static row-steps {static_steps} / useful {useful} = {mixed_bound:.2f} at "
           f"{args.max_rows} rows; continuous/static {mixed_ratio:.2f}")
     print(f"uniform workload: bound {u_steps / u_useful:.2f} (row-steps {u_steps} / useful {u_useful})")
+    for name in ("mixed", "uniform"):  # on a CPU a forward costs about the same at 1 or 16 rows: this ratio counts
+        f_static, f_cont = schedule(res[name][s]["lengths"], args.max_rows)
+        print(f"{name} workload: forwards static {f_static}, continuous {f_cont} (static/continuous "
+              f"{f_static / f_cont:.2f}, counted as bench/continuous.py schedules them)")
     print(f"multipliers [1.0]: {len(x1['texts'][0])} runs stored, {len(set(x1['texts'][0].values()))} distinct "
           f"text(s), {tokens} tokens; continuous worker counted {x1['counted']['rows']} decoded row-steps in "
           f"{x1['counted']['steps']} steps = {x1['counted']['rows'] / max(1, tokens - 1):.2f} row(s) decoded (a row "
           f"decodes tokens - 1 steps after the prefill that gives its first token); static "
           f"worker counted {res['x1'][s]['counted']['rows']} rows in {res['x1'][s]['counted']['steps']} step(s) "
           "(its counter counts rows stored, twins included)")
+    if "peer" in res:
+        p = res["peer"]
+        ours = {k: sum(res["uniform"][k]["lengths"]) / res["uniform"][k]["wall_s"] for k in (s, c)}
+        print(f"peer: transformers generate_batch ({p['attn']}, max_requests_per_batch {args.max_rows}), the uniform "
+              f"rows unboosted: {p['rows']} rows, {p['tokens']} tokens in {p['wall_s']:.1f} s = "
+              f"{p['tokens_per_s']:.1f} tokens/s (in this process, workers stopped); ours through the queue, half the "
+              f"rows boosted, scoring and storing included: static {ours[s]:.1f}, continuous {ours[c]:.1f} tokens/s")
+        checks.append(("tokens/s ours (continuous, queue) / generate_batch", ours[c] / p["tokens_per_s"], ">=", 1.5))
     met_all = True
     for what, value, sign, target in checks:
         met = value <= target if sign == "<=" else value >= target
@@ -360,6 +414,7 @@ def main() -> int:
     ap.add_argument("--model", default=queue_throughput.DEFAULT_MODEL)
     ap.add_argument("--database", default="postgres", choices=("postgres", "sqlite"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds one scenario's jobs may take")
+    ap.add_argument("--peer", action="store_true", help="also time transformers' generate_batch on the uniform rows")
     ap.add_argument("--json", help="also write the results here as JSON")
     ap.add_argument("--keep-logs", action="store_true")
     args = ap.parse_args()
@@ -381,6 +436,7 @@ def main() -> int:
             if warm["problems"]:
                 raise RuntimeError(f"[{lane.name}] warm-up failed: {warm['problems']}")
         res = scenarios(lanes, args)
+        settings = lanes[0].settings
     except Exception:
         args.keep_logs = True
         raise
@@ -391,6 +447,11 @@ def main() -> int:
             print(f"worker logs kept in {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if args.peer:
+        try:
+            res["peer"] = peer(args, uniform(args), settings)
+        except Exception as exc:  # the queue's table still prints
+            print(f"peer failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     problems, met = report(res, args)
     for p in problems:
         print(f"ERROR {p}", file=sys.stderr)
