@@ -164,3 +164,18 @@ def test_a_warm_shutdown_stores_every_row_handed_to_the_storer_before_handing_ba
     (job_a, runs_a), (job_b, runs_b) = load(pg_url, a), load(pg_url, b)
     assert job_a.status is JobStatus.succeeded and len(runs_a) == 3  # drained: nothing handed over was lost
     assert job_b.status is JobStatus.queued and runs_b == []  # handed back: its next delivery decodes it
+
+
+def test_rows_that_end_in_the_same_step_are_scored_in_one_pass(pg_url, run, monkeypatch):
+    from worker.jobs import storer
+
+    scored = []
+    original = storer.score_rows
+    monkeypatch.setattr(storer, "score_rows", lambda engine, kinds, *a: scored.append(len(kinds)) or
+                        original(engine, kinds, *a))
+    job = new_job(pg_url, multipliers=[2, 4], max_new_tokens=6, query="Tell me a long story about Rome.")
+    assert run(job, continuous=True, rows=8) == "succeeded"
+    _, runs = load(pg_url, job)
+    assert [r.output_tokens for r in runs] == [6, 6, 6]  # the three rows joined together and ended together
+    assert scored == [3]  # one scoring call (one perplexity pass) for the step's three rows, not one per row
+    assert all(r.scores and r.scores.get("perplexity") for r in runs)
