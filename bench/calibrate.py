@@ -47,6 +47,7 @@ def main() -> int:
     grid.add_argument("--multipliers", help="comma-separated Ms instead of a named grid")
     ap.add_argument("--test-at", default="recommended", choices=("all", "recommended"))
     ap.add_argument("--copy-ceiling", type=float)
+    ap.add_argument("--fluency-floor", type=float)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--limit", type=int)
@@ -72,6 +73,8 @@ def main() -> int:
     argv += ["--records", a.records]  # with --from-records: the outputs scored again
     if a.from_records:
         argv += ["--from-records", a.from_records]
+    if a.fluency_floor is not None:
+        argv += ["--fluency-floor", str(a.fluency_floor)]
     if a.copy_ceiling is not None:
         argv += ["--copy-ceiling", str(a.copy_ceiling)]
     if a.model:
