@@ -137,10 +137,10 @@ def deflected(r: Mapping) -> bool | None:
 
 
 def effective(r: Mapping, success: str = "follows") -> bool | None:
-    """Return a record's effective success: success and neither copied nor deflected (None without success)."""
+    """Return a record's effective success: success, not copied, not deflected, not a loop (None without success)."""
     if r.get(success) is None:
         return None
-    return bool(r[success]) and not r.get("copied") and not deflected(r)
+    return bool(r[success]) and not r.get("copied") and not deflected(r) and not r.get("repetitive")
 
 
 def summarize(records: Sequence[Mapping], *, success: str = "follows", fluency: str = "fluency",

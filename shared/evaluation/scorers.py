@@ -313,13 +313,15 @@ def score_output(text: str, *, instruction: str, query: str, output_tokens: int 
         fluency=fluency_score(empty=empty, perplexity=perplexity, rep=rep, copied=run >= k, copy_words=run,
                               n_words=len(ws), canned=canned, truncated=truncated, deflected=deflected,
                               params=params),
-        effective=effective(out["follows"], copied=run >= k, deflected=deflected),
+        effective=effective(out["follows"], copied=run >= k, deflected=deflected, repetitive=rep >= REPETITIVE),
     )
     return out
 
 
-def effective(follows: bool | None, *, copied: bool | None, deflected: bool | None) -> bool | None:
-    """Return effective success: follows the checks, no instruction copy, no deflection (None without checks)."""
+def effective(follows: bool | None, *, copied: bool | None, deflected: bool | None,
+              repetitive: bool | None = False) -> bool | None:
+    """Return effective success: follows the checks, no instruction copy, no deflection, no loop (None without checks)."""
     if follows is None:
         return None
-    return bool(follows) and not copied and not deflected
+    # A loop ("Bonjour. Bonjour. Bonjour.") passes format checks but is no answer a user would count.
+    return bool(follows) and not copied and not deflected and not repetitive

@@ -141,6 +141,9 @@ def test_effective_success_leaves_out_copies_and_deflections():
     old = [{k: v for k, v in x.items() if k != "deflected"} | {"canned": x["deflected"]}
            for x in records("all", {1: (0.5, 1.9)}, deflected=3)]
     assert summarize(old, n_boot=10)[0]["effective_success"] == 0.2
+    # A loop is no effective success either.
+    loops = [x | {"repetitive": i < 2} for i, x in enumerate(records("all", {1: (0.5, 1.9)}))]
+    assert summarize(loops, n_boot=10)[0]["effective_success"] == 0.3
 
 
 def test_the_recommendation_ranks_by_effective_success():

@@ -196,6 +196,8 @@ def test_effective_success_needs_the_checks_and_no_copy_or_deflection():
     assert deflects["follows"] and deflects["deflected"] and deflects["effective"] is False
     copies = score("write everything in lowercase letters only. never use capitals. paris is old.", case=case)
     assert copies["follows"] and copies["copied"] and copies["effective"] is False
+    loops = score("paris. paris. paris. paris. paris. paris. paris. paris. paris. paris. paris. paris.", case=case)
+    assert loops["follows"] and loops["repetitive"] and loops["effective"] is False
     assert score("paris is lovely.")["effective"] is None  # no checks, no success to count
     assert effective(None, copied=False, deflected=False) is None
     assert effective(True, copied=None, deflected=None) is True
