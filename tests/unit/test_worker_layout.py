@@ -8,7 +8,7 @@ from tests.helpers import ROOT
 
 JOBS = ROOT / "worker" / "jobs"
 # Who may import whom, top down: a module imports only modules listed after it (faults, watch: leaves).
-ORDER = ["app", "tasks", "delivery", "followups", "scheduler", "runner", "intake", "decode", "kinds", "watchdog", "heartbeat",
+ORDER = ["app", "tasks", "delivery", "followups", "scheduler", "storer", "runner", "intake", "decode", "kinds", "watchdog", "heartbeat",
          "watch", "endings", "faults"]
 MAX_LINES = 400
 

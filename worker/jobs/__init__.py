@@ -3,6 +3,6 @@ task and the job runner under it, the heartbeat that advertises this process, an
 jobs.
 
 Dependencies run one way: ``tasks`` (the Celery shim) -> ``delivery`` (claim, run, settle) -> ``followups``
-and ``scheduler`` (the continuous loop, ``worker.continuous``) -> ``runner`` (the batch loop) -> ``intake``, ``decode``, ``kinds``, ``watch``, ``watchdog`` -> ``endings``
+and ``scheduler`` (the continuous loop, ``worker.continuous``) -> ``storer`` (its scoring and storing thread) -> ``runner`` (the batch loop) -> ``intake``, ``decode``, ``kinds``, ``watch``, ``watchdog`` -> ``endings``
 (exceptions, retries, the writes that end a job) -> ``faults`` (the test seam).
 """

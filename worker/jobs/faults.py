@@ -1,6 +1,6 @@
 """The worker's one test seam: faults made to happen at fixed points of a job, switched on by one variable.
 
-Production code calls ``inject(point, session)`` at exactly three points, named by the constants below;
+Production code calls ``inject(point, session)`` at exactly four points, named by the constants below;
 nothing else in the worker knows about tests. ``INSTABOOST_TEST_FAULT`` is unset in every deployment, and
 then ``inject`` only reads it and returns. Tests set it on their own process for in-process runs
 (``tests/jobs/test_reliability.py``, ``test_tasks.py``) or on a worker subprocess (``tests/jobs/test_faults.py``)
@@ -16,7 +16,9 @@ Points:
 - ``fail`` (``RECORD_FAILURE``): in ``worker.jobs.endings.fail``, in the fresh session that records a
   failure, before the UPDATE;
 - ``cancel`` (``FINISH_CANCEL``): in ``worker.jobs.endings.finish_cancel``, before a cancel that the runner
-  found between two steps is recorded as finished.
+  found between two steps is recorded as finished;
+- ``store`` (``STORE``): in ``worker.jobs.storer.Storer``, the continuous runner's storer thread, in its own
+  session, before each row's run is recorded.
 
 Actions:
 
@@ -45,6 +47,7 @@ ENV = "INSTABOOST_TEST_FAULT"
 STEP = "variant"  # the names tests write in ENV; see the module docstring for where each is called
 RECORD_FAILURE = "fail"
 FINISH_CANCEL = "cancel"
+STORE = "store"
 
 _fired: dict[str, int] = {}
 _lock = threading.Lock()

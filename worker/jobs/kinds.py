@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
 from typing import Any, Callable, Mapping
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -116,10 +117,13 @@ class OpenAIJob:
         redis, key = _redis(settings.redis.url), stream_key(settings.redis.namespace, job_id)
 
         seq = itertools.count()  # numbers this delivery's events, so a reader sees a gap
+        # Deltas come from the decoding loop, end events from the storer thread: one at a time, in seq order.
+        lock = threading.Lock()
 
         def publish(event: dict) -> None:
             try:
-                publish_event(redis, key, {**event, "attempt": attempt, "seq": next(seq)})
+                with lock:
+                    publish_event(redis, key, {**event, "attempt": attempt, "seq": next(seq)})
             except Exception as exc:  # streaming is best effort: the stored result is the answer
                 log.warning("job %s: could not publish a stream event (%s)", job_id, type(exc).__name__)
 

@@ -20,6 +20,16 @@ stored are decoded again from their prompts (after an error, one job at a time t
 the culprit fails alone). Runs are stored row by row, unique per job and variant, so ``kill -9`` loses only
 rows still decoding and duplicates nothing; the heartbeat lists every held job (the runner's ``_advertise``).
 Jobs of the reference engine keep the static step.
+
+Scoring and storing run beside the decoding loop (``worker.jobs.storer``): a row that ends goes to the storer
+thread, which scores it, stores its run, succeeds its job after the job's last row and then ends its stream;
+the loop applies what the storer did between two steps. A row handed over is not decoded again (``pending``)
+until the storer reports it stored or its job ended. Every guarantee holds across the hand-over: a job
+succeeds only once all its rows are stored; a storer error fails only its job (``DatabaseUnavailable`` is
+raised in the loop, which hands its jobs back as before); a warm shutdown first waits for the storer to store
+every row handed over, then hands back the rest; the held jobs stay in the heartbeat until the storer is
+done with them; the storer's queue is bounded (``max_batch_rows`` items) so a slow database slows decoding
+instead of growing memory.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from worker.jobs.decode import twins
 from worker.jobs.endings import JobTimeLimit, ShutdownRequested, internal_error, timeout_message
 from worker.jobs.kinds import score_rows
 from worker.jobs.runner import CohortRunner, Member, _engine
+from worker.jobs.storer import Item, Storer
 from worker.jobs.watchdog import Watchdog, grace_seconds, time_limit
 
 log = logging.getLogger("instaboost.worker")
@@ -51,17 +62,30 @@ CHECK_INTERVAL = 0.5  # seconds between two reads of the held jobs' states (the 
 class ContinuousRunner(CohortRunner):
     """Run a delivered job and the jobs its batch takes in, rows joining and leaving at every decoding step."""
 
+    beside = True  # score and store in the storer thread; False: in the loop, between two steps (bench/store_beside.py)
+
     def __init__(self, first: Job, opts):
         super().__init__(first, opts)
+        self.storer: Storer | None = None  # started on the first row handed over
+        self.pending: set[tuple[int, str]] = set()  # (job id, run name) of rows handed to the storer, not stored yet
         self.decoder = None  # made on first use (it needs the engine, which loads the model)
         self.held: dict[tuple, list[tuple[Member, object]]] = {}  # decoding key -> the rows it stands for
         self.fed: set[tuple[int, str]] = set()  # (job id, run name) of rows in the decoder
         self.urgent: set[int] = set()  # interactive jobs: their rows join ahead of waiting ones
         self.checked = 0.0
 
+    def run(self) -> str:
+        """Run until no claimed job has rows left (the storer's included); return the delivered job's status."""
+        try:
+            return super().run()
+        finally:
+            if self.storer is not None:
+                self.storer.stop(timeout=5.0)
+
     def _loop(self) -> None:
         """Decode held rows step by step; rows the decoder does not take run in static rounds."""
         while True:
+            self._collect()
             self._check()
             self._fill()
             self._feed()
@@ -69,9 +93,12 @@ class ContinuousRunner(CohortRunner):
                 self._tick()
                 continue
             rows = self._next_rows()  # rows the decoder does not take: the reference engine, isolated jobs
-            if not rows:
+            if rows:
+                self._step(rows)
+            elif any(self._key(m, r) in self.pending for m in self._active() for r in m.rows):
+                self._collect(wait=CHECK_INTERVAL)  # only the storer has work left: wait for it, checking meanwhile
+            else:
                 break
-            self._step(rows)
 
     # -- members -----------------------------------------------------------------------------------------
 
@@ -102,15 +129,23 @@ class ContinuousRunner(CohortRunner):
     def _decodable(self, m: Member) -> bool:
         return m.kind is not None and m.kind.engine == "fast" and m.job_id not in self.isolate
 
+    @staticmethod
+    def _key(m: Member, row) -> tuple[int, str]:
+        return m.job_id, m.kind.name(row)
+
+    def _open(self, m: Member) -> list:
+        """Return a member's rows not handed to the storer."""
+        return [r for r in m.rows if self._key(m, r) not in self.pending]
+
     def _next_rows(self):
         """Pick a static step's rows among the jobs the decoder does not take."""
-        active = [m for m in self._active() if m.rows and not self._decodable(m)]
+        active = [m for m in self._active() if self._open(m) and not self._decodable(m)]
         if not active:
             return []
         head = active[0]
         cap = self.max_rows if head.kind.engine == "fast" else 1
         pool = [head] if head.job_id in self.isolate else [m for m in active if m.key == head.key]
-        return [(m, r) for m in pool for r in m.rows][:cap]
+        return [(m, r) for m in pool for r in self._open(m)][:cap]
 
     # -- the decoder -------------------------------------------------------------------------------------
 
@@ -119,7 +154,7 @@ class ContinuousRunner(CohortRunner):
         for m in self._active():
             if not self._decodable(m):
                 continue
-            fresh = [r for r in m.rows if (m.job_id, m.kind.name(r)) not in self.fed]
+            fresh = [r for r in self._open(m) if self._key(m, r) not in self.fed]
             if not fresh:
                 continue
             if self.decoder is None:
@@ -205,9 +240,67 @@ class ContinuousRunner(CohortRunner):
         if not rows:
             return
         for m, row in rows:
-            self.fed.discard((m.job_id, m.kind.name(row)))
+            self.fed.discard(self._key(m, row))
         engine = self.decoder.engine
         requests = [m.kind.generation_request(row) for m, row in rows]
         results = [result] + [replace(result) for _ in rows[1:]]
+        if self.beside:
+            self._hand(rows, results, None, requests, engine)
+            return
         scores = score_rows(engine, [m.kind for m, _ in rows], requests, results, self.opts.settings)
-        self._store(rows, results, scores, engine, list(dict.fromkeys(m for m, _ in rows)))
+        super()._store(rows, results, scores, engine, list(dict.fromkeys(m for m, _ in rows)))
+
+    # -- the storer --------------------------------------------------------------------------------------
+
+    def _store(self, rows, results, scores, engine, members: list[Member]) -> None:
+        """Hand a static step's scored rows to the storer (or store them here when not beside)."""
+        if not self.beside:
+            super()._store(rows, results, scores, engine, members)
+            return
+        keep = [i for i, (m, _) in enumerate(rows) if m in members]
+        self._hand([rows[i] for i in keep], [results[i] for i in keep], [scores[i] for i in keep],
+                   [rows[i][0].kind.generation_request(rows[i][1]) for i in keep], engine)
+
+    def _hand(self, rows, results, scores, requests, engine) -> None:
+        """Hand rows to the storer, one item per job; an item whose rows are its job's last ones succeeds it."""
+        if self.storer is None:
+            self.storer = Storer(self.opts.db_url, self.worker, self.opts.settings, self.budget, self.max_rows)
+        for m in dict.fromkeys(m for m, _ in rows):
+            mine = [i for i, (n, _) in enumerate(rows) if n is m]
+            self.pending.update(self._key(m, rows[i][1]) for i in mine)
+            item = Item(m, [rows[i][1] for i in mine], [results[i] for i in mine], [requests[i] for i in mine],
+                        engine, None if scores is None else [scores[i] for i in mine], last=not self._open(m))
+            while not self.storer.put(item, timeout=CHECK_INTERVAL):
+                self._collect()  # the queue is full: decoding waits for the storer (bounded memory)
+
+    def _collect(self, wait: float = 0.0) -> None:
+        """Apply what the storer did: drop stored rows, end the jobs it succeeded, fail those whose row failed."""
+        if self.storer is None:
+            return
+        for out in self.storer.take(wait):
+            m = out.member
+            for row in out.stored:
+                self.pending.discard(self._key(m, row))
+                if row in m.rows:
+                    m.rows.remove(row)
+            if out.fatal:
+                raise out.error
+            if m.status is not None:
+                continue  # ended meanwhile by the loop (cancelled, taken over, past its time limit)
+            if out.error is not None:
+                self._fail(m, internal_error(out.error), JobErrorCode.worker_error)
+            elif out.status is not None:
+                self._end(m, out.status)
+
+    def _requeue_all(self, redelivery_first: bool) -> None:
+        """Let the storer store what it was handed first (a warm shutdown), then hand back the jobs still held."""
+        if self.storer is not None:
+            if redelivery_first:
+                self.storer.drain()  # every row decoded is stored; only undecoded rows are handed back
+            else:  # an error: the database may be gone; what is left is decoded again by the next delivery
+                self.storer.stop(timeout=min(self.budget, 5.0))
+            try:
+                self._collect()
+            except BaseException as exc:  # noqa: BLE001 - DatabaseUnavailable, say: hand the jobs back all the same
+                log.warning("storer: stopped with %s; handing the held jobs back", type(exc).__name__)
+        super()._requeue_all(redelivery_first)
