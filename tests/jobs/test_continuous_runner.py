@@ -1,12 +1,15 @@
 """The continuous runner (worker.continuous, worker.jobs.scheduler) in-process on the real model and PostgreSQL.
 
-Its runs must be the static runner's, row for row; twins are decoded once; a cancel ends only its job.
+Its runs must be the static runner's, row for row; twins are decoded once; a cancel ends only its job. Its rows
+are scored and stored beside the decoding loop (worker.jobs.storer): the scores are the static runner's, a row
+whose storing fails fails its job alone, and a warm shutdown stores every row handed to the storer first.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from shared.errors import JobErrorCode
 from shared.settings import load_settings
 from shared.store.tables import JobStatus
 from tests.fixtures.store import insert_job
@@ -50,6 +53,14 @@ def test_continuous_runs_equal_static_runs_and_twins_decode_once(pg_url, run, mo
     assert len(got) == 7 and job.progress_done == job.progress_total == 7
     assert len(submitted) == 5  # all_x1 and middle_x1 compute the original: decoded once, stored three times
     assert min(r.seconds for r in got) > 0
+    # Scored in the storer thread (perplexity runs the plain model there, beside the decoding loop): the same scores.
+    want_scores = {r.variant: r.scores for r in want}
+    for r in got:
+        assert r.scores.keys() == want_scores[r.variant].keys()
+        for name, value in r.scores.items():
+            assert value == (pytest.approx(want_scores[r.variant][name], rel=1e-3)
+                             if isinstance(value, float) else want_scores[r.variant][name]), (r.variant, name)
+    assert all(r.scores["perplexity"] is not None for r in got)
 
 
 def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monkeypatch):
@@ -82,3 +93,66 @@ def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monk
     assert job_b.status is JobStatus.cancelled and len(runs_a) == 3
     assert all(r.output_tokens < 40 for r in runs_b)  # none of B's rows ran to its end
     assert max(steps) == 6  # both jobs' rows shared the steps
+
+
+@pytest.fixture
+def fault(monkeypatch):
+    """Set INSTABOOST_TEST_FAULT for this process (see worker/jobs/faults.py)."""
+    from worker.jobs import faults
+
+    def set_fault(spec: str) -> None:
+        faults.reset()
+        monkeypatch.setenv(faults.ENV, spec)
+
+    yield set_fault
+    faults.reset()
+
+
+def test_a_storer_error_fails_only_its_job(pg_url, fault):
+    """The first row the storer records raises (A's: its rows end first); A fails with that error, B is untouched."""
+    from worker.jobs import delivery
+
+    a = new_job(pg_url, multipliers=[5, 20], max_new_tokens=3)
+    b = new_job(pg_url, multipliers=[3], max_new_tokens=16, query="Tell me a long story about Rome.")
+    fault("store:error:1")
+    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 8,
+                                        "worker.continuous": True, "worker.batch_wait": 0})
+    status = delivery.execute_job(a, "pytest@host", db_url=pg_url, settings=settings, candidates=lambda model: {b},
+                                  advertise=lambda ids: None)
+    assert status == "failed"
+    (job_a, runs_a), (job_b, runs_b) = load(pg_url, a), load(pg_url, b)
+    assert job_a.error_code == JobErrorCode.worker_error and "injected error at store" in job_a.error
+    assert job_b.status is JobStatus.succeeded and len(runs_b) == job_b.progress_done == 2
+    assert runs_a == []  # the failed row (its first) and the rows after it are not stored
+
+
+def test_a_warm_shutdown_stores_every_row_handed_to_the_storer_before_handing_back(pg_url, fault, monkeypatch):
+    """A's rows end and wait in a slow storer while B decodes; the worker is asked to stop: the storer stores all
+    of A's rows (A succeeds), then B, whose rows were still decoding, is handed back with nothing stored."""
+    from worker.engine.continuous import ContinuousDecoder
+    from worker.jobs import delivery
+    from worker.jobs.endings import ShutdownRequested
+
+    a = new_job(pg_url, multipliers=[5, 20], max_new_tokens=3)
+    b = new_job(pg_url, multipliers=[3], max_new_tokens=64, query="Tell me a long story about Rome.")
+    fault("store:sleep=0.5")  # every row: A's three take 1.5 s to store, far more than the steps to the stop
+    steps, finished = [], []
+    original = ContinuousDecoder.step
+
+    def step(self):
+        out = original(self)
+        steps.append(len(self.rows))
+        finished.extend(key for key, _ in out)
+        return out
+
+    monkeypatch.setattr(ContinuousDecoder, "step", step)
+    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 8,
+                                        "worker.continuous": True, "worker.batch_wait": 0})
+    # A's decodes (the original and x20; x5... all ended) are handed over; stop two steps later, B still decoding.
+    stop = lambda: len(finished) >= 3 and len(steps) >= 6  # noqa: E731
+    with pytest.raises(ShutdownRequested):
+        delivery.execute_job(a, "pytest@host", db_url=pg_url, settings=settings, should_stop=stop,
+                             candidates=lambda model: {b}, advertise=lambda ids: None)
+    (job_a, runs_a), (job_b, runs_b) = load(pg_url, a), load(pg_url, b)
+    assert job_a.status is JobStatus.succeeded and len(runs_a) == 3  # drained: nothing handed over was lost
+    assert job_b.status is JobStatus.queued and runs_b == []  # handed back: its next delivery decodes it
