@@ -28,8 +28,9 @@ until the storer reports it stored or its job ended. Every guarantee holds acros
 succeeds only once all its rows are stored; a storer error fails only its job (``DatabaseUnavailable`` is
 raised in the loop, which hands its jobs back as before); a warm shutdown first waits for the storer to store
 every row handed over, then hands back the rest; the held jobs stay in the heartbeat until the storer is
-done with them; the storer's queue is bounded (``max_batch_rows`` items) so a slow database slows decoding
-instead of growing memory.
+done with them. A row handed over frees its decoder slot at once (``_room`` counts only rows still to
+decode); the storer's queue is bounded (``max_batch_rows`` items), so a slow database slows decoding instead
+of growing memory.
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ class ContinuousRunner(CohortRunner):
     def _open(self, m: Member) -> list:
         """Return a member's rows not handed to the storer."""
         return [r for r in m.rows if self._key(m, r) not in self.pending]
+
+    def _room(self) -> int:
+        """Rows that may join: a row handed to the storer holds no decoder slot (nor much memory: a result)."""
+        return self.max_rows - sum(len(self._open(m)) for m in self._active())
 
     def _next_rows(self):
         """Pick a static step's rows among the jobs the decoder does not take."""
