@@ -138,9 +138,10 @@ def main() -> None:
               f"{prefill / wall:7.1%} {(step - decode - prefill) / wall:12.1%} {(wall - step) / wall:15.1%} | "
               f"{share[name]:12.1%} {1000 * decode / max(steps, 1):14.2f}")
     a, b = got["inline"], got["beside"]
+    idle = {k: median(r, "wall") - median(r, "decode") for k, r in got.items()}  # seconds not decoding
     print(f"beside / inline: jobs per minute {median(a, 'wall') / median(b, 'wall'):.2f}x, share of the time not "
           f"decoding {share['beside'] / share['inline']:.2f}x ({share['inline']:.1%} -> {share['beside']:.1%}), "
-          f"time not decoding {(median(b, 'wall') - median(b, 'decode')) / (median(a, 'wall') - median(a, 'decode')):.2f}x")
+          f"time not decoding {idle['beside'] / idle['inline']:.2f}x")
     same = a[-1]["texts"] == b[-1]["texts"]
     print(f"identical stored texts inline vs beside: {'yes' if same else 'NO'}")
 
