@@ -12,7 +12,8 @@ Points:
 
 - ``variant`` (``STEP``): in ``worker.jobs.runner.CohortRunner._step``, once per round, before its rows
   are generated, inside the step's soft time limit, watchdog and cancel watch (the jobs' ownership was
-  checked just before the step);
+  checked just before the step); in ``worker.jobs.scheduler.ContinuousRunner._tick`` (``worker.continuous``),
+  before a decoding step whenever the count of rows waiting to join has changed since the last step;
 - ``fail`` (``RECORD_FAILURE``): in ``worker.jobs.endings.fail``, in the fresh session that records a
   failure, before the UPDATE;
 - ``cancel`` (``FINISH_CANCEL``): in ``worker.jobs.endings.finish_cancel``, before a cancel that the runner

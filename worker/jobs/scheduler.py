@@ -74,6 +74,7 @@ class ContinuousRunner(CohortRunner):
         self.fed: set[tuple[int, str]] = set()  # (job id, run name) of rows in the decoder
         self.urgent: set[int] = set()  # interactive jobs: their rows join ahead of waiting ones
         self.checked = 0.0
+        self.waited = 0  # rows waiting at the last step: the fault seam fires when that changes (rows join)
 
     def run(self) -> str:
         """Run until no claimed job has rows left (the storer's included); return the delivered job's status."""
@@ -206,8 +207,10 @@ class ContinuousRunner(CohortRunner):
                     stack.enter_context(Watchdog(hard, lambda: self._stuck(members)))
                 alarm = max(0.05, min(m.soft_deadline for m in members) - now) if members else 0
                 with time_limit(alarm):
-                    if self.decoder.waiting:
-                        faults.inject(faults.STEP, self.session)  # once per step that rows join
+                    waiting = len(self.decoder.waiting)
+                    if waiting and waiting != self.waited:  # not at every token while rows wait for a slot
+                        faults.inject(faults.STEP, self.session)
+                    self.waited = waiting
                     running = {row.key for row in self.decoder.rows}
                     finished = self.decoder.step()
                     METRICS.step(len(running), _step_tokens(running, self.decoder, finished), time.monotonic() - now,
