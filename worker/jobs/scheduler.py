@@ -75,6 +75,7 @@ class ContinuousRunner(CohortRunner):
         self.urgent: set[int] = set()  # interactive jobs: their rows join ahead of waiting ones
         self.checked = 0.0
         self.waited = 0  # rows waiting at the last step: the fault seam fires when that changes (rows join)
+        self.filled = (None, 0.0)  # (room, time) of the last look at the queue
 
     def run(self) -> str:
         """Run until no claimed job has rows left (the storer's included); return the delivered job's status."""
@@ -89,7 +90,7 @@ class ContinuousRunner(CohortRunner):
         while True:
             self._collect()
             self._check()
-            self._fill()
+            self._refill()
             self._feed()
             if self.held:
                 self._tick()
@@ -127,6 +128,14 @@ class ContinuousRunner(CohortRunner):
             if now >= m.soft_deadline:
                 self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
         self._stop_if_asked()
+
+    def _refill(self) -> None:
+        """Look at the queue when the batch's room changed, else every CHECK_INTERVAL (not at every token)."""
+        room, now = self._room(), time.monotonic()
+        if room == self.filled[0] and now - self.filled[1] < CHECK_INTERVAL:
+            return
+        self.filled = (room, now)
+        self._fill()
 
     def _decodable(self, m: Member) -> bool:
         return m.kind is not None and m.kind.engine == "fast" and m.job_id not in self.isolate
