@@ -176,7 +176,7 @@ def test_gemma3_inside_a_continuous_batch(gemma):  # noqa: F811
 # -- chunked prefill (worker.step_token_budget) ------------------------------------------------------------------
 
 DOC = ("Berlin lies on the rivers Spree and Havel. Its bridges, markets, museums and old churches tell a history "
-       "that runs from a medieval trading town to a divided city and a capital again. ") * 3
+       "that runs from a medieval trading town to a divided city and a capital again. ") * 2
 
 
 def _ids_request(engine, n, spans, **kw):
@@ -187,31 +187,30 @@ def _ids_request(engine, n, spans, **kw):
 
 
 def test_long_prompts_prefilled_in_chunks_equal_alone(fast_engine):
-    """At 40 tokens a step (two running rows), each long prompt is prefilled over several steps: every row's tokens,
+    """At 32 tokens a step (two running rows), each long prompt is prefilled over several steps: every row's tokens,
     logprobs and prompt logprobs equal the row decoded alone, whatever its spans, M, scope, heads or target."""
-    reqs = [_req("Be terse.", "Why do cats purr?", 24, 2.0),
-            _req("Answer only in French.", DOC + "Summarise this.", 8, 8.0, dict(placement="system")),
-            _req("Answer only in French.", DOC + "Which rivers?", 8, 6.0,
-                 dict(placement="prefix", scope="generated", layers="middle")),
-            _req("Reply in capital letters.", DOC + "Name a museum.", 8, 4.0,
+    reqs = [_req("Be terse.", "Why do cats purr?", 12, 2.0),
+            _req("Answer only in French.", DOC + "Summarise this.", 6, 8.0, dict(placement="system")),
+            _req("Reply in capital letters.", DOC + "Name a museum.", 6, 4.0,
                  dict(placement="raw", scope="prompt", head_fraction=0.5, seed=2)),
-            _req("Answer only in French.", DOC + "Why bridges?", 8, 2.0, dict(target_mass=0.6)),
-            _req("Answer only in French.", DOC + "Summarise this.", 10, 4.0, temperature=0.9, top_p=0.95, seed=5),
-            _ids_request(fast_engine, 8, ((5, 47, 6.0), (75, 83, 0.5)), logprobs=2, prompt_logprobs=1)]
+            _req("Answer only in French.", DOC + "Why bridges?", 6, 2.0,
+                 dict(target_mass=0.6, scope="generated", layers="middle")),
+            _req("Answer only in French.", DOC + "Summarise this.", 6, 4.0, temperature=0.9, top_p=0.95, seed=5),
+            _ids_request(fast_engine, 5, ((5, 47, 6.0), (75, 83, 0.5)), logprobs=2, prompt_logprobs=1)]
     alone = [fast_engine.generate([r])[0] for r in reqs]
     lengths = [len(fast_engine.prompt(r).input_ids) for r in reqs[1:]]
     trace = []
     out, d, widest = drive(fast_engine, {0: [(0, reqs[0])], 2: [(i, r) for i, r in enumerate(reqs) if i]},
-                           max_rows=3, budget=40, trace=trace)
+                           max_rows=3, budget=32, trace=trace)
     for i, want in enumerate(alone):
         _same(out[i], want)
-    got, want = out[6].logprobs, alone[6].logprobs
+    got, want = out[5].logprobs, alone[5].logprobs
     assert got["output"]["ids"] == want["output"]["ids"] and got["prompt"]["ids"] == want["prompt"]["ids"]
     for part in ("output", "prompt"):
         assert got[part]["logprobs"] == pytest.approx(want[part]["logprobs"], abs=1e-4)
-    assert min(lengths) > 80 and d.chunks >= sum(n // 40 + 1 for n in lengths)  # every long prompt was chunked
-    assert max(c.tokens for c, _ in trace) <= 40 == d.max_stall and widest == 3
-    assert len({r.text for r in alone}) == len(alone)  # distinct answers: no vacuous pass
+    assert min(lengths) > 64 and d.chunks >= sum(n // 32 + 1 for n in lengths)  # every long prompt was chunked
+    assert max(c.tokens for c, _ in trace) <= 32 == d.max_stall and widest == 3
+    assert len({r.text for r in alone}) >= 5  # different answers: no vacuous pass
 
 
 def test_running_rows_keep_decoding_while_a_long_prompt_prefills_in_chunks(fast_engine):
@@ -222,7 +221,7 @@ def test_running_rows_keep_decoding_while_a_long_prompt_prefills_in_chunks(fast_
     trace = []
     out, d, _ = drive(fast_engine, schedule, max_rows=3, budget=32, trace=trace)
     filling = [c for c, keys in trace if "long" in keys]
-    joined = next(i for i, (c, keys) in enumerate(trace) if c.joined)
+    joined = max(i for i, (_, keys) in enumerate(trace) if "long" in keys) + 1  # the step its last chunk ran
     # While the prompt was prefilled, 30 of its tokens a step, both running rows decoded at every step.
     assert len(filling) >= n // 30 - 1 and all(c.decoded == 2 and 0 < c.prefilled <= 30 for c in filling)
     assert trace[joined][0].tokens <= 32 and trace[joined + 1][0].decoded == 3  # then it decodes with them
@@ -252,7 +251,7 @@ def test_an_interactive_row_joins_ahead_of_a_long_prompt_being_prefilled(fast_en
     d = ContinuousDecoder(fast_engine, max_rows=3, token_budget=64)
     d.submit(_req("Be terse.", "Why do cats purr?", 20, 2.0), "running")
     d.step()
-    d.submit(_req("Answer only in French.", DOC * 2 + "Summarise this.", 4, 8.0), "long")  # over 200 tokens
+    d.submit(_req("Answer only in French.", DOC * 3 + "Summarise this.", 4, 8.0), "long")  # over 150 tokens
     d.step()
     assert [r.key for f in d.filling for r in f.rows] == ["long"]
     chat = _req("Be terse.", "Hello?", 4)
