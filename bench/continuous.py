@@ -12,8 +12,17 @@ its longest row, times its rows) over useful row-steps (the sum of the lengths),
 alone can gain. Printed per workload: jobs/min each way, their ratio, the bound, ratio / bound, and the
 share of the continuous decoder's time spent outside decoding forwards (prefill, joins and leaves, token choice).
 
+The long-join workload (--long-prompt N) measures chunked prefill (``worker.step_token_budget``): rows - 1 rows
+decode --long-tokens tokens each and, a few steps in, a row with an N-token prompt joins. Run once with no budget
+(the prompt prefilled whole in one step) and once per --budget value, it prints the longest stall of the running
+rows (most tokens one step processed while rows were decoding, and that step's seconds), the steps the prompt's
+prefill was spread over, the wall time and tokens/s with their ratio to the unchunked run, and whether every
+row's text is identical.
+
     python bench/continuous.py [--jobs 24] [--rows 8] [--min-tokens 16] [--max-tokens 256] [--uniform 64]
                                [--rounds 1] [--seed 0] [--device auto] [--dtype auto] [--schedule-only]
+                               [--budget 0] [--long-prompt 0] [--long-tokens 48] [--long-budgets 64,256]
+                               [--long-only]
 """
 
 from __future__ import annotations
@@ -87,17 +96,17 @@ def static_run(engine, requests, rows: int):
 class Continuous:
     """The continuous contender; keeps its last run's decoder for the time split."""
 
-    def __init__(self, engine, rows: int):
-        self.engine, self.rows, self.last = engine, rows, None
+    def __init__(self, engine, rows: int, budget: int = 0):
+        self.engine, self.rows, self.budget, self.last = engine, rows, budget, None
 
     def __call__(self, requests):
-        self.last = ContinuousDecoder(self.engine, max_rows=self.rows)
+        self.last = ContinuousDecoder(self.engine, max_rows=self.rows, token_budget=self.budget)
         return self.last.run(requests)
 
 
-def compare(engine, name: str, lengths: list[int], rows: int, rounds: int) -> None:
+def compare(engine, name: str, lengths: list[int], rows: int, rounds: int, budget: int = 0) -> None:
     requests = workload(engine, lengths)
-    cont, got = Continuous(engine, rows), {}
+    cont, got = Continuous(engine, rows, budget), {}
     times = interleaved({"static": lambda: got.__setitem__("static", static_run(engine, requests, rows)),
                          "continuous": lambda: got.__setitem__("continuous", cont(requests))},
                         rounds, sync=lambda: sync(engine.device))
@@ -119,6 +128,61 @@ def compare(engine, name: str, lengths: list[int], rows: int, rounds: int) -> No
           f"identical texts {same}/{len(lengths)}")
 
 
+LONG_TEXT = ("Berlin lies on the rivers Spree and Havel. Its bridges, markets, museums and old churches tell a "
+             "history that runs from a medieval trading town to a divided city and a capital again. ")
+
+
+def long_request(engine, prompt_tokens: int, tokens: int) -> GenerationRequest:
+    """Return a boosted request whose prompt has about prompt_tokens tokens (a long document, then a question)."""
+    per = len(engine.tokenizer(LONG_TEXT)["input_ids"])
+    query = LONG_TEXT * max(1, prompt_tokens // per) + "Summarise the text above in one sentence."
+    ban = tuple((t, -100.0) for t in sorted(engine._eos_ids()))
+    return GenerationRequest("Answer only in French.", query, BoostSpec(multiplier=4.0, layers="middle"),
+                             GenerationParams(max_new_tokens=tokens, logit_bias=ban))
+
+
+def long_join(engine, rows: int, requests, long: GenerationRequest, budget: int, join_at: int = 4):
+    """Decode requests with max_rows=rows; submit long before step join_at; return (results, decoder, stats)."""
+    d = ContinuousDecoder(engine, max_rows=rows, token_budget=budget)
+    for i, r in enumerate(requests):
+        d.submit(r, i)
+    out, step, worst, spread = {}, 0, 0.0, 0
+    start = time.perf_counter()
+    while not d.idle:
+        if step == join_at:
+            d.submit(long, "long")
+        t0 = time.perf_counter()
+        out.update(d.step())
+        sync(engine.device)
+        seconds = time.perf_counter() - t0
+        if d.last.decoded:
+            worst = max(worst, seconds)
+        if step >= join_at and d.last.prefilled and d.last.decoded:
+            spread += 1  # a step that prefilled part of a prompt while rows decoded
+        step += 1
+    wall = time.perf_counter() - start
+    return out, d, {"wall": wall, "worst": worst, "spread": spread}
+
+
+def compare_long(engine, rows: int, prompt_tokens: int, tokens: int, budgets: list[int]) -> None:
+    requests = workload(engine, [tokens] * max(1, rows - 1))
+    long = long_request(engine, prompt_tokens, tokens)
+    n = len(engine.prompt(long).input_ids)
+    useful = tokens * (len(requests) + 1)
+    long_join(engine, rows, requests, long, 0)  # warm-up
+    base_out, base, b = long_join(engine, rows, requests, long, 0)
+    print(f"long-join rows={rows} (running {len(requests)} x {tokens} tokens) long prompt {n} tokens joins at "
+          f"step 4 | budget none: longest stall {base.max_stall} tokens/step ({b['worst']:.3f} s), "
+          f"{useful / b['wall']:.1f} tokens/s ({b['wall']:.1f} s), prefill chunks {base.chunks}")
+    for budget in budgets:
+        out, d, c = long_join(engine, rows, requests, long, budget)
+        same = sum(out[k].text == base_out[k].text for k in base_out)
+        print(f"long-join budget {budget}: longest stall {d.max_stall} tokens/step ({c['worst']:.3f} s; "
+              f"{c['worst'] / max(b['worst'], 1e-9):.2f}x unchunked), prompt spread over {c['spread']} decoding steps, "
+              f"{useful / c['wall']:.1f} tokens/s ({c['wall']:.1f} s), throughput ratio chunked/unchunked "
+              f"{b['wall'] / c['wall']:.2f} | identical texts {same}/{len(base_out)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=24)
@@ -132,6 +196,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--schedule-only", action="store_true", help="print the workloads' counts without the model")
+    ap.add_argument("--budget", type=int, default=0, help="the continuous contender's step token budget (0: none)")
+    ap.add_argument("--long-prompt", type=int, default=0, help="tokens of the long-join workload's prompt (0: skip)")
+    ap.add_argument("--long-tokens", type=int, default=48, help="tokens every long-join row decodes")
+    ap.add_argument("--long-budgets", default="64,256", help="budgets the long-join workload compares with none")
+    ap.add_argument("--long-only", action="store_true", help="run the long-join workload alone")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     mixed = [rng.randint(args.min_tokens, args.max_tokens) for _ in range(args.jobs)]
@@ -146,9 +215,14 @@ def main() -> None:
     engine = FastEngine(load_model(args.model, args.device, args.dtype))
     print(f"model={args.model} device={engine.device} dtype={engine.loaded.dtype} seed={args.seed} "
           f"rounds={args.rounds} (median), started {time.strftime('%H:%M:%S')}")
-    compare(engine, "mixed", mixed, args.rows, args.rounds)
+    if args.long_prompt:
+        compare_long(engine, args.rows, args.long_prompt, args.long_tokens,
+                     [int(b) for b in args.long_budgets.split(",") if b])
+    if args.long_only:
+        return
+    compare(engine, "mixed", mixed, args.rows, args.rounds, args.budget)
     if args.uniform:
-        compare(engine, "uniform", [args.uniform] * args.jobs, args.rows, args.rounds)
+        compare(engine, "uniform", [args.uniform] * args.jobs, args.rows, args.rounds, args.budget)
 
 
 if __name__ == "__main__":

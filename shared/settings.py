@@ -114,6 +114,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Continuous batching for fast-engine jobs: rows join and leave the batch at every decoding step (a "
             "finished row is stored and its stream ends at once, a waiting row joins at once, chats ahead of "
             "queued lines), up to worker.max_batch_rows; off: static steps decoded to their longest row."),
+    Setting("worker.step_token_budget", int, 512,
+            "With worker.continuous, most tokens one decoding step processes: each running row's token counts 1, "
+            "a joining row's prompt the tokens prefilled this step. A longer prompt is prefilled in chunks over "
+            "several steps while the running rows go on decoding, and joins once all of it is in; keep it above "
+            "worker.max_batch_rows so joining rows get a share of every step. 0: no limit (a joining prompt is "
+            "prefilled whole in the step it joins)."),
     Setting("worker.batch_wait", float, 0.5,
             "With worker.batch_jobs, at most this many seconds a delivery waits before its first batch while more "
             "jobs keep arriving (it looks every 0.1 s and starts once a look finds none, or the batch is full); "

@@ -27,14 +27,19 @@ def _chat(n):
     return GenerationRequest.chat(turns, BoostSpec(layers="middle"), GenerationParams(max_new_tokens=n))
 
 
-def drive(engine, schedule: dict[int, list], max_rows: int):
-    """Run a continuous batch where schedule[step] lists the (key, request) pairs submitted before that step."""
-    d = ContinuousDecoder(engine, max_rows=max_rows)
+def drive(engine, schedule: dict[int, list], max_rows: int, budget: int = 0, trace: list | None = None):
+    """Run a continuous batch where schedule[step] lists the (key, request) pairs submitted before that step.
+
+    trace, if given, receives per step (what it processed, the keys of the rows prefilling after it).
+    """
+    d = ContinuousDecoder(engine, max_rows=max_rows, token_budget=budget)
     pending, out, step, widest = dict(schedule), {}, 0, 0
     while pending or not d.idle:
         for key, req in pending.pop(step, []):
             d.submit(req, key)
         out.update(d.step())
+        if trace is not None:
+            trace.append((d.last, [r.key for f in d.filling for r in f.rows]))
         widest = max(widest, len(d.rows))
         step += 1
     return out, d, widest
@@ -133,8 +138,10 @@ def test_interactive_rows_join_ahead_of_queued_ones(fast_engine):
     assert [r.key for r in d.rows] == ["chat", "batch-0"]
 
 
-def test_sliding_window_rows_past_the_window_equal_alone(tiny):
-    """Tiny Gemma 3 (window 8): prompts and answers run well past the window while rows join and leave."""
+@pytest.mark.parametrize("budget", [0, 7])
+def test_sliding_window_rows_past_the_window_equal_alone(tiny, budget):
+    """Tiny Gemma 3 (window 8): prompts and answers run well past the window while rows join and leave; with a
+    budget of 7 tokens a step, prompts are prefilled in chunks of 4 to 7 columns, across the window's edge."""
     fast, tl = tiny
     reqs = [GenerationRequest("Answer only in French.", LONG_QUERY + " " * k,
                               BoostSpec(multiplier=m, placement="raw", layers=layers),
@@ -144,11 +151,12 @@ def test_sliding_window_rows_past_the_window_equal_alone(tiny):
     reqs.append(GenerationRequest("Be terse.", "Why?", BoostSpec(multiplier=20.0, placement="raw"),
                                   GenerationParams(max_new_tokens=14)))  # short prompt: shorter than the window
     alone = [fast.generate([r])[0] for r in reqs]
-    out, _, widest = drive(fast, {0: [(0, reqs[0]), (4, reqs[4])], 3: [(1, reqs[1])], 5: [(2, reqs[2]), (3, reqs[3])]},
-                           max_rows=3)
+    out, d, widest = drive(fast, {0: [(0, reqs[0]), (4, reqs[4])], 3: [(1, reqs[1])], 5: [(2, reqs[2]), (3, reqs[3])]},
+                           max_rows=3, budget=budget)
     for i, want in enumerate(alone):
         _same(out[i], want)
     assert widest == 3
+    assert (d.max_stall <= 7 and d.chunks > 2 * len(reqs)) if budget else d.max_stall > 7
     assert tl.generate([reqs[0]])[0].text == out[0].text  # the reference engine agrees
 
 
@@ -163,3 +171,94 @@ def test_gemma3_inside_a_continuous_batch(gemma):  # noqa: F811
     for i, want in enumerate(alone):
         _same(out[i], want)
     assert widest == 3
+
+
+# -- chunked prefill (worker.step_token_budget) ------------------------------------------------------------------
+
+DOC = ("Berlin lies on the rivers Spree and Havel. Its bridges, markets, museums and old churches tell a history "
+       "that runs from a medieval trading town to a divided city and a capital again. ") * 2
+
+
+def _ids_request(engine, n, spans, **kw):
+    """A completion given as token ids (a long document), boosted at spans that straddle chunk edges."""
+    ids = tuple(engine.tokenizer(DOC + "In one sentence, the city is")["input_ids"])
+    return GenerationRequest(prompt_ids=ids, prompt_spans=spans, spec=BoostSpec(layers="middle"),
+                             params=GenerationParams(max_new_tokens=n), **kw)
+
+
+def test_long_prompts_prefilled_in_chunks_equal_alone(fast_engine):
+    """At 32 tokens a step (two running rows), each long prompt is prefilled over several steps: every row's tokens,
+    logprobs and prompt logprobs equal the row decoded alone, whatever its spans, M, scope, heads or target."""
+    reqs = [_req("Be terse.", "Why do cats purr?", 12, 2.0),
+            _req("Answer only in French.", DOC + "Summarise this.", 6, 8.0, dict(placement="system")),
+            _req("Reply in capital letters.", DOC + "Name a museum.", 6, 4.0,
+                 dict(placement="raw", scope="prompt", head_fraction=0.5, seed=2)),
+            _req("Answer only in French.", DOC + "Why bridges?", 6, 2.0,
+                 dict(target_mass=0.6, scope="generated", layers="middle")),
+            _req("Answer only in French.", DOC + "Summarise this.", 6, 4.0, temperature=0.9, top_p=0.95, seed=5),
+            _ids_request(fast_engine, 5, ((5, 47, 6.0), (75, 83, 0.5)), logprobs=2, prompt_logprobs=1)]
+    alone = [fast_engine.generate([r])[0] for r in reqs]
+    lengths = [len(fast_engine.prompt(r).input_ids) for r in reqs[1:]]
+    trace = []
+    out, d, widest = drive(fast_engine, {0: [(0, reqs[0])], 2: [(i, r) for i, r in enumerate(reqs) if i]},
+                           max_rows=3, budget=32, trace=trace)
+    for i, want in enumerate(alone):
+        _same(out[i], want)
+    got, want = out[5].logprobs, alone[5].logprobs
+    assert got["output"]["ids"] == want["output"]["ids"] and got["prompt"]["ids"] == want["prompt"]["ids"]
+    for part in ("output", "prompt"):
+        assert got[part]["logprobs"] == pytest.approx(want[part]["logprobs"], abs=1e-4)
+    assert min(lengths) > 64 and d.chunks >= sum(n // 32 + 1 for n in lengths)  # every long prompt was chunked
+    assert max(c.tokens for c, _ in trace) <= 32 == d.max_stall and widest == 3
+    assert len({r.text for r in alone}) >= 5  # different answers: no vacuous pass
+
+
+def test_running_rows_keep_decoding_while_a_long_prompt_prefills_in_chunks(fast_engine):
+    running = [_req("Be terse.", "Why do cats purr?", 30, 2.0), _req("Name a city.", "In Germany?", 30, 1.0)]
+    long = _req("Answer only in French.", DOC + "Summarise this.", 6, 8.0, dict(placement="system"))
+    n = len(fast_engine.prompt(long).input_ids)
+    schedule = {0: [(0, running[0]), (1, running[1])], 3: [("long", long)]}
+    trace = []
+    out, d, _ = drive(fast_engine, schedule, max_rows=3, budget=32, trace=trace)
+    filling = [c for c, keys in trace if "long" in keys]
+    joined = max(i for i, (_, keys) in enumerate(trace) if "long" in keys) + 1  # the step its last chunk ran
+    # While the prompt was prefilled, 30 of its tokens a step, both running rows decoded at every step.
+    assert len(filling) >= n // 30 - 1 and all(c.decoded == 2 and 0 < c.prefilled <= 30 for c in filling)
+    assert trace[joined][0].tokens <= 32 and trace[joined + 1][0].decoded == 3  # then it decodes with them
+    assert d.max_stall == 32
+    unchunked, u, _ = drive(fast_engine, schedule, max_rows=3)
+    assert u.max_stall >= n + 2 and u.chunks == 2  # without a budget one step prefills it whole
+    for key in out:
+        _same(out[key], unchunked[key])
+
+
+def test_a_budget_smaller_than_every_prompt_still_ends(fast_engine):
+    """Budget 2: every prompt is prefilled 1 or 2 tokens a step (none while two rows decode), and every row ends."""
+    reqs = [_req("Be terse.", "Why?", 5, 2.0), _req("Be terse.", "How?", 7, 1.0),
+            _req("Answer only in French.", "Name a large city in Germany.", 3, 8.0, dict(placement="raw")),
+            _req("Be brief.", "Name a fruit.", 3, 2.0, temperature=1.3, seed=7)]
+    alone = [fast_engine.generate([r])[0] for r in reqs]
+    trace = []
+    out, d, _ = drive(fast_engine, {0: [(0, reqs[0]), (1, reqs[1])], 1: [(2, reqs[2]), (3, reqs[3])]}, max_rows=3,
+                      budget=2, trace=trace)
+    for i, want in enumerate(alone):
+        _same(out[i], want)
+    assert max(c.tokens for c, _ in trace) <= 2 and d.idle
+    assert d.chunks >= sum(len(fast_engine.prompt(r).input_ids) for r in reqs) // 2
+
+
+def test_an_interactive_row_joins_ahead_of_a_long_prompt_being_prefilled(fast_engine):
+    d = ContinuousDecoder(fast_engine, max_rows=3, token_budget=64)
+    d.submit(_req("Be terse.", "Why do cats purr?", 20, 2.0), "running")
+    d.step()
+    d.submit(_req("Answer only in French.", DOC * 3 + "Summarise this.", 4, 8.0), "long")  # over 150 tokens
+    d.step()
+    assert [r.key for f in d.filling for r in f.rows] == ["long"]
+    chat = _req("Be terse.", "Hello?", 4)
+    d.submit(chat, "chat", first=True)
+    d.step()
+    assert d.last.joined == 1 and "chat" in [r.key for r in d.rows] and d.filling  # ahead of the long prompt
+    out = {}
+    while not d.idle:
+        out.update(d.step())
+    _same(out["chat"], fast_engine.generate([chat])[0])

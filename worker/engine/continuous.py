@@ -8,6 +8,11 @@ A ``ContinuousDecoder`` holds the running rows' keys and values in ONE packed, l
    dropped and the padding every remaining row shares is trimmed, and their results are returned at once;
 3. admits waiting rows up to ``max_rows``: their prompts are prefilled together (left-padded among
    themselves, their own boost), their first token is chosen, and their cache is merged into the running one.
+   With a token budget (``worker.step_token_budget``) a step processes at most that many tokens: each running
+   row's decoded token counts 1, a prefill chunk its rows times its columns. Joining rows are grouped only
+   while the group fits whole in what is left; a longer prompt is prefilled alone, a chunk per step, in its
+   own cache (``worker.engine.prefill``), and joins once all of it is in. Groups holding interactive rows are
+   served first. So a long prompt joining stalls the running rows by at most the budget per step.
 
 Why a packed cache rather than one DynamicCache per row re-padded every step: a decoding step then reads the
 cache as plain generate() does (no copy), and the cache is rebuilt only when a row joins or leaves (a
@@ -41,6 +46,7 @@ from worker.engine.fast import FastEngine, active_state, boost_state
 from worker.engine.grammar import grammar_rows
 from worker.engine.logits import row_processors, sampling_probs
 from worker.engine.logprobs import StepRecorder, prompt_section
+from worker.engine.prefill import Fill, advance, open_fill
 from worker.engine.prompt import Prompt
 from worker.engine.streaming import RowStreamer
 
@@ -63,6 +69,7 @@ class Row:
     streamer: RowStreamer | None = None
     scored: dict | None = None
     attention: bool = False  # measure its attention mass on the boosted spans once it ends
+    first: bool = False  # interactive: joins ahead of the others
     joined: float = 0.0
     halted: bool = False
     done: bool = False
@@ -73,24 +80,47 @@ class Row:
         return len(self.prompt.input_ids) + len(self.generated)
 
 
+@dataclass
+class StepCount:
+    """What one step processed: rows decoded (a token each), prompt tokens prefilled (padding included), rows joined."""
+
+    decoded: int = 0
+    prefilled: int = 0
+    joined: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.decoded + self.prefilled
+
+
 class ContinuousDecoder:
     """Decode requests in a padded group that rows join and leave at every step (see the module docstring)."""
 
-    def __init__(self, engine: FastEngine, max_rows: int = 32, attention: bool = False):
+    def __init__(self, engine: FastEngine, max_rows: int = 32, attention: bool = False, token_budget: int = 0):
         if not isinstance(engine, FastEngine):
             raise TypeError("continuous batching runs over the fast engine")
         self.engine = engine
         self.model = engine.loaded.model
         self.max_rows = max(1, int(max_rows))
+        self.budget = int(token_budget) if token_budget and token_budget > 0 else None  # None: no limit
         self.attention = attention
         self.waiting: deque[Row] = deque()
+        self.filling: list[Fill] = []  # joining groups whose prompts are being prefilled, oldest first
         self.rows: list[Row] = []  # running, in cache order
         self.cache = None
         self.width = 0  # padded key columns in the cache (the pending tokens not yet included)
         self._state = None
         self.steps = 0  # decoding forwards run
         self.row_steps = 0  # rows decoded, summed over those forwards
+        self.chunks = 0  # prefill forwards run
+        self.last = StepCount()  # what the last step processed
+        self.max_stall = 0  # most tokens one step processed while rows were decoding (what they waited for)
         self.timing = {"decode": 0.0, "prefill": 0.0, "total": 0.0}  # seconds: decoding forwards, prefills, steps
+
+    @classmethod
+    def configured(cls, engine: FastEngine, settings) -> "ContinuousDecoder":
+        """Return a decoder with the worker's settings: worker.max_batch_rows rows, worker.step_token_budget tokens."""
+        return cls(engine, max_rows=settings.worker.max_batch_rows, token_budget=settings.worker.step_token_budget)
 
     # -- queue ---------------------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, key: Hashable = None, on_text: Callable[[str], None] | None = None,
@@ -102,35 +132,42 @@ class ContinuousDecoder:
         """
         prompt = self.engine.prompt(request)
         row = Row(key=key if key is not None else object(), request=request, prompt=prompt, on_text=on_text,
-                  attention=self.attention if attention is None else attention)
+                  attention=self.attention if attention is None else attention, first=first)
         (self.waiting.appendleft if first else self.waiting.append)(row)
         return row.key
 
     def halt(self, key: Hashable) -> None:
         """End a row at the next step with its tokens so far (a cancelled job); a waiting row ends unstarted."""
-        for row in [*self.rows, *self.waiting]:
+        for row in [*self.rows, *self._filling_rows, *self.waiting]:
             if row.key == key:
                 row.halted = True
 
     @property
     def idle(self) -> bool:
-        return not self.rows and not self.waiting
+        return not self.rows and not self.filling and not self.waiting
 
     @property
     def keys(self) -> list[Hashable]:
-        """Every row held, running then waiting."""
-        return [r.key for r in (*self.rows, *self.waiting)]
+        """Every row held: running, then prefilling, then waiting."""
+        return [r.key for r in (*self.rows, *self._filling_rows, *self.waiting)]
+
+    @property
+    def _filling_rows(self) -> list[Row]:
+        return [r for f in self.filling for r in f.rows]
 
     # -- the step ------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[tuple[Hashable, GenerationResult]]:
         """Decode one token for the running rows, retire finished rows, admit waiting ones; return finished results."""
         start = time.perf_counter()
+        self.last = StepCount()
         finished: list[Row] = []
         if self.rows:
             self._decode()
             finished += self._retire()
         finished += self._admit()
+        if self.last.decoded:
+            self.max_stall = max(self.max_stall, self.last.tokens)
         out = [(row.key, self._result(row)) for row in finished]
         self.timing["total"] += time.perf_counter() - start
         return out
@@ -161,6 +198,7 @@ class ContinuousDecoder:
         self.width += 1
         self.steps += 1
         self.row_steps += len(self.rows)
+        self.last.decoded = len(self.rows)
         top = logits.argmax(-1).tolist()  # one read for every plain greedy row (no per-row device sync)
         for row, scores, best in zip(self.rows, logits, top):
             self._choose(row, scores, best)
@@ -182,14 +220,72 @@ class ContinuousDecoder:
         return gone
 
     def _admit(self) -> list[Row]:
+        """Prefill joining rows within what the step's budget leaves; rows whose prompt is in join decoding."""
         finished = [r for r in self.waiting if r.halted]
         for r in finished:
             self.waiting.remove(r)
-        room = self.max_rows - len(self.rows)
-        group = [self.waiting.popleft() for _ in range(min(room, len(self.waiting)))]
-        if not group:
-            return finished
-        cache, width = self._prefill(group)
+        for fill in [f for f in self.filling if all(r.halted for r in f.rows)]:
+            self.filling.remove(fill)  # nobody is left to join: its prefill stops here
+            finished += fill.rows
+        left = float("inf") if self.budget is None else self.budget - self.last.decoded
+        # Interactive groups first, the prefilling ones then the new ones; then the others in the same order.
+        for urgent in (True, False):
+            for fill in [f for f in self.filling if f.urgent == urgent]:
+                left -= self._advance(fill, left, finished)
+            while self.waiting and self.waiting[0].first == urgent and left >= 1 and self._room() > 0:
+                left -= self._advance(self._open(left), left, finished)
+        return finished
+
+    def _room(self) -> int:
+        return self.max_rows - len(self.rows) - len(self._filling_rows)
+
+    def _open(self, left: float) -> Fill:
+        """Take the next waiting rows as one joining group: as many as fit whole in left tokens, at least one."""
+        group = [self.waiting.popleft()]
+        room, widest = self._room(), len(group[0].prompt.input_ids)
+        while self.waiting and len(group) < room and not self.waiting[0].halted:
+            wider = max(widest, len(self.waiting[0].prompt.input_ids))
+            if (len(group) + 1) * wider > left:
+                break  # a row that would make the group spill over this step waits for a group of its own
+            group.append(self.waiting.popleft())
+            widest = wider
+        padded = self.engine._pad([r.prompt for r in group])
+        for row, pad in zip(group, padded.pads):
+            row.pad, row.joined = pad, time.perf_counter()
+            self._setup(row)
+        fill = open_fill(self.model, group, padded,
+                         self._boost([r.request for r in group], padded.spans, padded.input_ids.shape[1]))
+        self.filling.append(fill)
+        return fill
+
+    def _advance(self, fill: Fill, left: float, finished: list[Row]) -> int:
+        """Prefill as many of the group's columns as left allows; join its rows once done; return the tokens spent."""
+        cols = fill.remaining if left == float("inf") else min(fill.remaining, int(left // len(fill.rows)))
+        if cols < 1:
+            return 0
+        start = time.perf_counter()
+        logits = advance(self.model, fill, cols)
+        self._sync()
+        self.timing["prefill"] += time.perf_counter() - start
+        self.chunks += 1
+        spent = cols * len(fill.rows)
+        self.last.prefilled += spent
+        if logits is not None:
+            self.filling.remove(fill)
+            finished += self._join(fill, logits)
+        return spent
+
+    def _join(self, fill: Fill, logits: torch.Tensor) -> list[Row]:
+        """Choose the group's first tokens and merge its live rows' cache into the running one; return those done."""
+        group, cache, width = fill.rows, fill.cache, fill.width
+        for i, row in enumerate(group):
+            if row.request.prompt_logprobs is not None:
+                row.scored = prompt_section(self.engine.tokenizer, logits[i, row.pad:], row.prompt.input_ids,
+                                            row.request.prompt_logprobs)
+            if row.request.params.max_new_tokens == 0 or row.halted:
+                row.done = True
+            else:
+                self._choose(row, logits[i, -1] if fill.every else logits[i])
         live = [r for r in group if not r.done]
         if live:
             keep = [i for i, r in enumerate(group) if not r.done]
@@ -208,38 +304,8 @@ class ContinuousDecoder:
                 self.width = new
             self.rows += live
             self._state = None
-        return finished + [r for r in group if r.done]
-
-    def _prefill(self, group: list[Row]):
-        """Run the group's prompts through the model into a fresh packed cache and choose each row's first token."""
-        from transformers import DynamicCache
-
-        engine, dev = self.engine, self.engine.device
-        padded = engine._pad([r.prompt for r in group])
-        width = padded.input_ids.shape[1]
-        for row, pad in zip(group, padded.pads):
-            row.pad, row.joined = pad, time.perf_counter()
-            self._setup(row)
-        boost = self._boost([r.request for r in group], padded.spans, width)
-        positions = (padded.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        every = any(r.request.prompt_logprobs is not None for r in group)
-        cache = DynamicCache(config=self.model.config)
-        start = time.perf_counter()
-        with active_state(boost_state(boost, width)):
-            logits = self.model(input_ids=padded.input_ids, attention_mask=padded.attention_mask,
-                                position_ids=positions, past_key_values=cache, use_cache=True,
-                                logits_to_keep=0 if every else 1).logits
-        self._sync()
-        self.timing["prefill"] += time.perf_counter() - start
-        for i, row in enumerate(group):
-            if row.request.prompt_logprobs is not None:
-                row.scored = prompt_section(engine.tokenizer, logits[i, row.pad:], row.prompt.input_ids,
-                                            row.request.prompt_logprobs)
-            if row.request.params.max_new_tokens == 0 or row.halted:
-                row.done = True
-            else:
-                self._choose(row, logits[i, -1])
-        return cache, width
+        self.last.joined += len(live)
+        return [r for r in group if r.done]
 
     def _sync(self) -> None:
         if self.engine.device.startswith("cuda"):
@@ -302,15 +368,18 @@ class ContinuousDecoder:
         text = self.engine.tokenizer.decode(tail, skip_special_tokens=True)
         return any(s in text for s in stop)
 
-    def _boost(self, requests: Sequence[GenerationRequest], spans, length: int):
+    def _boost(self, requests: Sequence[GenerationRequest], spans, length: int, prompt_len: int | None = None):
+        """Return the rows' boost over length key columns; prompt_len: where their decoding queries start, less 1."""
         if all(r.is_identity for r in requests):
             return None  # M = 1 everywhere: plain SDPA, as the static engine runs it
         return build_padded_boost([r.spec for r in requests], spans, length, self.engine.n_layers,
-                                 self.engine.n_heads, self.engine.device)
+                                 self.engine.n_heads, self.engine.device, prompt_len=prompt_len)
 
     def _boost_state(self, capacity: int):
         spans = [[(a + r.pad, b + r.pad, m) for a, b, m in r.prompt.spans] for r in self.rows]
-        return boost_state(self._boost([r.request for r in self.rows], spans, capacity), capacity)
+        # Every query of a decoding step is a generated one (prompt_len 0), whatever the capacity: so scope
+        # "generated" keeps boosting and scope "prompt" stops, as in the row's own generate().
+        return boost_state(self._boost([r.request for r in self.rows], spans, capacity, prompt_len=0), capacity)
 
     # -- results -------------------------------------------------------------------------------------------
     def _result(self, row: Row) -> GenerationResult:

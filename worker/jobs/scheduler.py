@@ -175,7 +175,7 @@ class ContinuousRunner(CohortRunner):
             if self.decoder is None:
                 from worker.engine.continuous import ContinuousDecoder  # torch: only once a job runs
 
-                self.decoder = ContinuousDecoder(_engine(self.model, "fast"), max_rows=self.max_rows)
+                self.decoder = ContinuousDecoder.configured(_engine(self.model, "fast"), self.opts.settings)
             requests = [m.kind.generation_request(r) for r in fresh]
             first = twins([m.job_id] * len(fresh), requests)
             for i, row in enumerate(fresh):
