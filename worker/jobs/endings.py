@@ -118,6 +118,25 @@ def fail(db_url: str | None, job_id: int, message: str, budget: float = 60.0, wo
         return with_db_retry(session, write, budget=budget)
 
 
+def store_runs(session, member, triples, engine, worker: str | None, budget: float, *,
+               stored: Callable[[object], None], last: Callable[[], bool]) -> str | None:
+    """Store a job's (row, result, score) runs in order, succeed it after its last, then end their streams."""
+    kind, ends = member.kind, []
+    for row, result, score in triples:
+        faults.inject(faults.STORE, session)
+        with_db_retry(session, kind.record, member.job_id, row, result, score, engine, budget=budget)
+        with_db_retry(session, end_read, budget=budget)
+        stored(row)
+        ends.append((row, result))
+        log.info("job %s: variant %s done (%d tokens)", member.job_id, kind.name(row), result.output_tokens)
+    # A cancel that arrives after the last variant loses: the job is complete.
+    status = with_db_retry(session, succeed, member.job_id, worker, budget=budget) if last() else None
+    if member.publish is not None:  # once stored (and the job's success): a reader right after the stream sees it
+        for row, result in ends:
+            member.publish(kind.end_event(row, result))
+    return status
+
+
 def succeed(session, job_id: int, worker: str | None = None) -> str:
     """Finish the job as succeeded (only while the row names worker); return the status it is in."""
     try:

@@ -18,8 +18,8 @@ Points:
   failure, before the UPDATE;
 - ``cancel`` (``FINISH_CANCEL``): in ``worker.jobs.endings.finish_cancel``, before a cancel that the runner
   found between two steps is recorded as finished;
-- ``store`` (``STORE``): in ``worker.jobs.storer.Storer``, the continuous runner's storer thread, in its own
-  session, before each row's run is recorded.
+- ``store`` (``STORE``): in ``worker.jobs.endings.store_runs``, before each row's run is recorded (by the
+  static runner, or the continuous runner's storer thread in its own session).
 
 Actions:
 

@@ -40,9 +40,10 @@ from shared.settings import Settings
 from shared.store.tables import Job, JobStatus
 from worker.jobs import faults
 from worker.jobs.decode import decode_rows
-from worker.jobs.endings import (TAKEN_OVER, DatabaseUnavailable, JobTimeLimit, ShutdownRequested, end_read, fail,
+from worker.jobs.endings import (TAKEN_OVER, DatabaseUnavailable, JobTimeLimit, ShutdownRequested, fail,
                                  finish_cancel, give_back, hand_back, internal_error, poison_message, settle,
-                                 stored_variants, stuck_message, succeed, timeout_message, with_db_retry)
+                                 store_runs, stored_variants, stuck_message, succeed, timeout_message,
+                                 with_db_retry)
 from worker.jobs.intake import claim_waiting
 from worker.jobs.kinds import JobKind, job_kind, score_rows
 from worker.jobs.watch import Watch, job_states
@@ -331,19 +332,10 @@ class CohortRunner:
         for m in members:
             mine = [(r, results[i], scores[i]) for i, (n, r) in enumerate(rows) if n is m]
             try:
-                ends = []
-                for row, result, score in mine:
-                    with_db_retry(self.session, m.kind.record, m.job_id, row, result, score, engine,
-                                  budget=self.budget)
-                    with_db_retry(self.session, end_read, budget=self.budget)
-                    m.rows.remove(row)
-                    ends += [m.kind.end_event(row, result)] if m.publish is not None else []  # streams only
-                    log.info("job %s: variant %s done (%d tokens)", m.job_id, m.kind.name(row), result.output_tokens)
-                if not m.rows:
-                    # A cancel that arrives after the last variant loses: the job is complete.
-                    self._end(m, with_db_retry(self.session, succeed, m.job_id, self.worker, budget=self.budget))
-                for event in ends:  # once stored: a reader then sees them
-                    m.publish(event)
+                status = store_runs(self.session, m, mine, engine, self.worker, self.budget, stored=m.rows.remove,
+                                    last=lambda: not m.rows)
+                if status is not None:
+                    self._end(m, status)
             except DatabaseUnavailable:
                 raise
             except Exception as exc:

@@ -33,8 +33,7 @@ from typing import Any
 
 from shared.db import get_sessionmaker
 from shared.settings import Settings
-from worker.jobs import faults
-from worker.jobs.endings import TAKEN_OVER, DatabaseUnavailable, end_read, succeed, with_db_retry
+from worker.jobs.endings import TAKEN_OVER, DatabaseUnavailable, store_runs
 from worker.jobs.kinds import score_rows
 
 log = logging.getLogger("instaboost.worker")
@@ -163,18 +162,9 @@ class Storer:
             scores = item.scores
             if scores is None:
                 scores = score_rows(item.engine, [m.kind] * len(item.rows), item.requests, item.results, self.settings)
-            for row, result, score in zip(item.rows, item.results, scores):
-                faults.inject(faults.STORE, session)
-                with_db_retry(session, m.kind.record, m.job_id, row, result, score, item.engine, budget=self.budget)
-                with_db_retry(session, end_read, budget=self.budget)
-                out.stored.append(row)
-                log.info("job %s: variant %s done (%d tokens)", m.job_id, m.kind.name(row), result.output_tokens)
-            if item.last and m.status is None:
-                # A cancel that arrives after the last variant loses: the job is complete.
-                out.status = with_db_retry(session, succeed, m.job_id, self.worker, budget=self.budget)
-            if m.publish is not None:  # once stored (and the job's success with its last row): a reader sees them
-                for row, result in zip(out.stored, item.results):
-                    m.publish(m.kind.end_event(row, result))
+            out.status = store_runs(session, m, zip(item.rows, item.results, scores), item.engine, self.worker,
+                                    self.budget, stored=out.stored.append,
+                                    last=lambda: item.last and m.status is None)
         except BaseException as exc:  # noqa: BLE001 - every error goes to the loop, which decides
             out.error = exc
             try:
