@@ -48,6 +48,23 @@ def joined_after_a_row_left(w: WorkerProcess) -> bool:
     return any(m.group(1) != done.group(1) for m in re.finditer(r"job (\d+): joins the batch", log[done.end():]))
 
 
+def wait_joined_after_a_row_left(w: WorkerProcess) -> None:
+    """Wait until the worker's log shows a job joining after another job's row left (its batch changed)."""
+    deadline = time.monotonic() + 240
+    while not joined_after_a_row_left(w):
+        assert time.monotonic() < deadline and w.alive(), w.log_tail(3000)
+        time.sleep(0.05)
+
+
+def finish_and_record(h: Harness, ids: list[int], bodies: list[dict], fault: str, **details) -> tuple[list, list]:
+    """Wait for every job to finish, record the fault's row (lost, duplicated), return (finals, counts)."""
+    finals = [h.wait_finished(i, 300) for i in ids]
+    counts = [h.counts(i, variants_of(body)) for i, body in zip(ids, bodies)]
+    record_fault(fault, injected=1, survived=all(f.status == "succeeded" for f in finals),
+                 lost=sum(c[0] for c in counts), duplicated=sum(c[1] for c in counts), **details)
+    return finals, counts
+
+
 def assert_continuous(w: WorkerProcess) -> None:
     """The worker decoded its fast-engine rows in the continuous decoder, never in a static step."""
     log = w.log_tail(10**7)
@@ -59,20 +76,14 @@ def test_kill_9_while_rows_join_and_leave_every_job_ends_with_one_run_per_varian
               (("cats", 8), ("rain", 40), ("dragons", 16), ("the sky", 48), ("bread", 24))]
     ids = [enqueue(h, b) for b in bodies]
     w = h.worker(fault="variant:sleep=2", **CONTINUOUS)  # each step that rows join waits 2 s first
-    deadline = time.monotonic() + 240
-    while not joined_after_a_row_left(w):  # rows have left and others joined: the batch changes under us
-        assert time.monotonic() < deadline and w.alive(), w.log_tail(3000)
-        time.sleep(0.05)
+    wait_joined_after_a_row_left(w)  # rows have left and others joined: the batch changes under us
     views = [h.job(i) for i in ids]
     held = [v.id for v in views if v.status == "running" and v.worker == w.worker_id]
     assert held and not all(v.finished for v in views), views
     w.kill()
     w2 = h.worker(**CONTINUOUS)  # its recovery loop finds every job of the dead worker's batch and sends it again
-    finals = [h.wait_finished(i, 300) for i in ids]
-    counts = [h.counts(i, variants_of(b)) for i, b in zip(ids, bodies)]
-    record_fault("kill -9 worker while rows join and leave (continuous)", injected=1,
-                 survived=all(f.status == "succeeded" for f in finals), lost=sum(c[0] for c in counts),
-                 duplicated=sum(c[1] for c in counts), jobs_held=len(held))
+    finals, counts = finish_and_record(h, ids, bodies, "kill -9 worker while rows join and leave (continuous)",
+                                       jobs_held=len(held))
     for final, body in zip(finals, bodies):
         assert final.status == "succeeded" and final.error is None, final
         assert sorted(final.variants) == sorted(variants_of(body)) and final.done == final.total, final
@@ -111,10 +122,7 @@ def test_warm_shutdown_while_rows_join_and_leave_hands_the_jobs_back_and_they_fi
                                                          ("dragons", 16), (STORY.format("the sea"), 96))]
     ids = [enqueue(h, b) for b in bodies]
     w = h.worker(fault="variant:sleep=1", **CONTINUOUS)
-    deadline = time.monotonic() + 240
-    while not joined_after_a_row_left(w):
-        assert time.monotonic() < deadline and w.alive(), w.log_tail(3000)
-        time.sleep(0.05)
+    wait_joined_after_a_row_left(w)
     w.proc.send_signal(signal.SIGTERM)
     assert w.proc.wait(120) == 0, w.log_tail()
     back = [h.job(i) for i in ids]
@@ -123,11 +131,8 @@ def test_warm_shutdown_while_rows_join_and_leave_hands_the_jobs_back_and_they_fi
     assert all(v.status == "queued" for v in handed), handed  # handed back, none left running
     assert "worker stopping; job handed back to the queue" in w.log_tail(10**7)
     w2 = h.worker(**CONTINUOUS)  # the delivered job's message went back; the others are sent by its recovery loop
-    finals = [h.wait_finished(i, 300) for i in ids]
-    counts = [h.counts(i, variants_of(body)) for i, body in zip(ids, bodies)]
-    record_fault("warm shutdown while rows join and leave (continuous)", injected=1,
-                 survived=all(f.status == "succeeded" for f in finals), lost=sum(c[0] for c in counts),
-                 duplicated=sum(c[1] for c in counts), handed_back=len(handed))
+    finals, counts = finish_and_record(h, ids, bodies, "warm shutdown while rows join and leave (continuous)",
+                                       handed_back=len(handed))
     for final, body in zip(finals, bodies):
         assert final.status == "succeeded" and sorted(final.variants) == sorted(variants_of(body)), final
     assert counts == [(0, 0)] * len(ids)

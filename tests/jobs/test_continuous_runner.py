@@ -29,10 +29,13 @@ def new_job(url: str, **fields) -> int:
 def run(pg_url):
     from worker.jobs.delivery import execute_job
 
-    def go(job_id: int, continuous: bool, rows: int, **extra):
-        settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": rows,
-                                            "worker.continuous": continuous, **extra})
-        return execute_job(job_id, "pytest@host", db_url=pg_url, settings=settings)
+    def go(job_id: int, continuous: bool, rows: int, joins: int | None = None, **kw):
+        """Run job_id's delivery; with joins, that job is in its queue and the batch takes it in at once."""
+        overrides = {"database.url": pg_url, "worker.max_batch_rows": rows, "worker.continuous": continuous}
+        if joins is not None:
+            overrides["worker.batch_wait"] = 0
+            kw.update(candidates=lambda model: {joins}, advertise=lambda ids: None)
+        return execute_job(job_id, "pytest@host", db_url=pg_url, settings=load_settings(overrides=overrides), **kw)
 
     return go
 
@@ -77,7 +80,6 @@ def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monk
     from shared.db import session_scope
     from shared.store import lifecycle
     from worker.engine.continuous import ContinuousDecoder
-    from worker.jobs import delivery
 
     a = new_job(pg_url, multipliers=[5, 20], max_new_tokens=12)
     b = new_job(pg_url, multipliers=[3, 9], max_new_tokens=40, query="Tell me a long story about Rome.")
@@ -92,10 +94,7 @@ def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monk
         return original(self)
 
     monkeypatch.setattr(ContinuousDecoder, "step", step)
-    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 8,
-                                        "worker.continuous": True, "worker.batch_wait": 0})
-    status = delivery.execute_job(a, "pytest@host", db_url=pg_url, settings=settings, candidates=lambda model: {b},
-                                  advertise=lambda ids: None)
+    status = run(a, continuous=True, rows=8, joins=b)
     assert status == "succeeded"
     (job_a, runs_a), (job_b, runs_b) = load(pg_url, a), load(pg_url, b)
     assert job_b.status is JobStatus.cancelled and len(runs_a) == 3
@@ -103,30 +102,13 @@ def test_a_cancel_while_rows_join_and_leave_stops_only_its_job(pg_url, run, monk
     assert max(steps) == 6  # both jobs' rows shared the steps
 
 
-@pytest.fixture
-def fault(monkeypatch):
-    """Set INSTABOOST_TEST_FAULT for this process (see worker/jobs/faults.py)."""
-    from worker.jobs import faults
-
-    def set_fault(spec: str) -> None:
-        faults.reset()
-        monkeypatch.setenv(faults.ENV, spec)
-
-    yield set_fault
-    faults.reset()
-
-
-def test_a_storer_error_fails_only_its_job(pg_url, fault):
+def test_a_storer_error_fails_only_its_job(pg_url, run, fault):
     """The first row the storer records raises (A's: its rows end first); A fails with that error, B is untouched."""
-    from worker.jobs import delivery
 
     a = new_job(pg_url, multipliers=[5, 20], max_new_tokens=3)
     b = new_job(pg_url, multipliers=[3], max_new_tokens=16, query="Tell me a long story about Rome.")
     fault("store:error:1")
-    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 8,
-                                        "worker.continuous": True, "worker.batch_wait": 0})
-    status = delivery.execute_job(a, "pytest@host", db_url=pg_url, settings=settings, candidates=lambda model: {b},
-                                  advertise=lambda ids: None)
+    status = run(a, continuous=True, rows=8, joins=b)
     assert status == "failed"
     (job_a, runs_a), (job_b, runs_b) = load(pg_url, a), load(pg_url, b)
     assert job_a.error_code == JobErrorCode.worker_error and "injected error at store" in job_a.error
@@ -134,11 +116,11 @@ def test_a_storer_error_fails_only_its_job(pg_url, fault):
     assert runs_a == []  # the failed row (its first) and the rows after it are not stored
 
 
-def test_a_warm_shutdown_stores_every_row_handed_to_the_storer_before_handing_back(pg_url, fault, monkeypatch):
+def test_a_warm_shutdown_stores_every_row_handed_to_the_storer_before_handing_back(pg_url, run, fault,
+                                                                                   monkeypatch):
     """A's rows end and wait in a slow storer while B decodes; the worker is asked to stop: the storer stores all
     of A's rows (A succeeds), then B, whose rows were still decoding, is handed back with nothing stored."""
     from worker.engine.continuous import ContinuousDecoder
-    from worker.jobs import delivery
     from worker.jobs.endings import ShutdownRequested
 
     a = new_job(pg_url, multipliers=[5, 20], max_new_tokens=3)
@@ -154,13 +136,10 @@ def test_a_warm_shutdown_stores_every_row_handed_to_the_storer_before_handing_ba
         return out
 
     monkeypatch.setattr(ContinuousDecoder, "step", step)
-    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 8,
-                                        "worker.continuous": True, "worker.batch_wait": 0})
     # A's decodes (the original and x20; x5... all ended) are handed over; stop two steps later, B still decoding.
     stop = lambda: len(finished) >= 3 and len(steps) >= 6  # noqa: E731
     with pytest.raises(ShutdownRequested):
-        delivery.execute_job(a, "pytest@host", db_url=pg_url, settings=settings, should_stop=stop,
-                             candidates=lambda model: {b}, advertise=lambda ids: None)
+        run(a, continuous=True, rows=8, joins=b, should_stop=stop)
     (job_a, runs_a), (job_b, runs_b) = load(pg_url, a), load(pg_url, b)
     assert job_a.status is JobStatus.succeeded and len(runs_a) == 3  # drained: nothing handed over was lost
     assert job_b.status is JobStatus.queued and runs_b == []  # handed back: its next delivery decodes it

@@ -15,7 +15,6 @@ from shared.settings import load_settings
 from tests.fixtures.store import insert_job
 from tests.fixtures.store import load_job as load
 from shared.store.tables import Job, JobStatus
-from worker.jobs import faults
 
 TINY = {"instruction": "Answer only in French.", "query": "What is the capital of Italy?",
         "max_new_tokens": 4, "multipliers": [10], "layer_modes": ["all"]}
@@ -39,17 +38,6 @@ def run(pg_url):
         return execute_job(job_id, ME, db_url=pg_url, **kw)
 
     return go
-
-
-@pytest.fixture
-def fault(monkeypatch):
-    """Set INSTABOOST_TEST_FAULT for this process (see worker/jobs/faults.py)."""
-    def set_fault(spec: str) -> None:
-        faults.reset()
-        monkeypatch.setenv(faults.ENV, spec)
-
-    yield set_fault
-    faults.reset()
 
 
 def take_over(url: str, job_id: int) -> None:
