@@ -464,8 +464,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; workers stopped, namespaces purged, databases dropped", file=sys.stderr)
-        sys.exit(130)
+    queue_throughput.run_main(main)

@@ -336,9 +336,14 @@ def main() -> int:
     return 0 if ok else 1
 
 
-if __name__ == "__main__":
+def run_main(main) -> None:
+    """Exit with main()'s status; Ctrl-C exits 130 once the lanes have cleaned up (workers, namespaces, databases)."""
     try:
         sys.exit(main())
     except KeyboardInterrupt:
         print("interrupted; workers stopped, namespaces purged, databases dropped", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main)
