@@ -302,30 +302,37 @@ class CohortRunner:
                     scores = score_rows(engine, [m.kind for m, _ in rows], requests, results, self.opts.settings)
         except (JobTimeLimit, SoftTimeLimitExceeded):
             self.session.rollback()
-            now = time.monotonic()
-            late = [m for m in members if m.soft_deadline <= now + 0.5] or [min(members, key=lambda m: m.soft_deadline)]
-            for m in late:
-                self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
+            self._fail_late(members)
             return
         except ShutdownRequested:
             raise
         except Exception as exc:
             self.session.rollback()
-            if len(members) > 1:
-                # Which job caused it? Run this step's jobs one at a time: the culprit then fails alone.
-                log.warning("batch: a step of jobs %s raised %s; running them one at a time",
-                            [m.job_id for m in members], type(exc).__name__)
-                self.isolate.update(m.job_id for m in members)
-                return
-            if isinstance(exc, InstaBoostError):
-                self._fail(head, exc.message, exc.code)
-            else:
-                log.exception("job %s failed", head.job_id)
-                self._fail(head, internal_error(exc), JobErrorCode.worker_error)
+            self._step_raised(members, exc, "a step")
             return
         # A job cancelled or taken over during the step stopped there: its partial rows are dropped, and the
         # next _check finishes it (cancelled) or lets it go (taken over).
         self._store(rows, results, scores, engine, [m for m in members if m.job_id not in watch.stopped])
+
+    def _fail_late(self, members: list[Member]) -> None:
+        """A step's alarm rang: fail the members past their soft limit (at least the one with the earliest)."""
+        now = time.monotonic()
+        late = [m for m in members if m.soft_deadline <= now + 0.5] or [min(members, key=lambda m: m.soft_deadline)]
+        for m in late:
+            self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
+
+    def _step_raised(self, members: list[Member], exc: Exception, what: str) -> None:
+        """Isolate a shared step's jobs (run them one at a time), or fail the step's only job with the error."""
+        if len(members) > 1:
+            # Which job caused it? Run this step's jobs one at a time: the culprit then fails alone.
+            log.warning("batch: %s of jobs %s raised %s; running them one at a time",
+                        what, [m.job_id for m in members], type(exc).__name__)
+            self.isolate.update(m.job_id for m in members)
+        elif isinstance(exc, InstaBoostError):
+            self._fail(members[0], exc.message, exc.code)
+        else:
+            log.exception("job %s failed", members[0].job_id)
+            self._fail(members[0], internal_error(exc), JobErrorCode.worker_error)
 
     def _store(self, rows, results, scores, engine, members: list[Member]) -> None:
         """Store each row's run and end the members with nothing left; a member's error fails it alone."""

@@ -44,7 +44,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.celery_config import PRIORITY, job_priority
 from shared.chat import choice_index
-from shared.errors import InstaBoostError, JobErrorCode
+from shared.errors import JobErrorCode
 from shared.metrics import METRICS
 from shared.store.tables import Job
 from worker.jobs import faults
@@ -227,27 +227,15 @@ class ContinuousRunner(CohortRunner):
         except (JobTimeLimit, SoftTimeLimitExceeded):
             self.session.rollback()
             self._reset()
-            now = time.monotonic()
-            late = [m for m in members if m.soft_deadline <= now + 0.5] or \
-                [min(members, key=lambda m: m.soft_deadline)]
-            for m in late:
-                self._fail(m, timeout_message(self.soft, self.limit), JobErrorCode.time_limit)
+            self._fail_late(members)
             return
         except ShutdownRequested:
             raise
         except Exception as exc:
             self.session.rollback()
             self._reset()
-            if len(members) > 1:
-                log.warning("batch: a continuous step of jobs %s raised %s; running them one at a time",
-                            [m.job_id for m in members], type(exc).__name__)
-                self.isolate.update(m.job_id for m in members)
-            elif members:
-                if isinstance(exc, InstaBoostError):
-                    self._fail(members[0], exc.message, exc.code)
-                else:
-                    log.exception("job %s failed", members[0].job_id)
-                    self._fail(members[0], internal_error(exc), JobErrorCode.worker_error)
+            if members:
+                self._step_raised(members, exc, "a continuous step")
             return
         self._finished([(self.held.pop(key, []), result) for key, result in finished])
 
