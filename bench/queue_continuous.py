@@ -225,6 +225,7 @@ def chat_under_load(lane: Lane, bodies: list[dict], args) -> dict:
     time.sleep(args.chat_delay)
     sent = (datetime.now(timezone.utc) - t0).total_seconds()
     chat = dict(stream_chat(lane, args), sent_after_s=sent)
+    chat["claimed_after_s"] = chat_claim(lane)
     wait(lane, ids, args.timeout)
     load = dict(collect(lane, ids, bodies, t0), counted=counted(lane, before))
     chat["before_load_end"] = sent + chat["total_s"] < load["wall_s"]
@@ -242,6 +243,18 @@ def chat_params(lane: Lane) -> dict:
         return dict(s.scalars(select(Job).where(Job.kind == "chat").order_by(Job.id.desc()).limit(1)).one().params)
 
 
+def chat_claim(lane: Lane) -> float:
+    """Return the seconds between the last chat job's creation and its claim by the worker (started_at)."""
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.store.tables import Job
+
+    with session_scope(lane.db_url) as s:
+        j = s.scalars(select(Job).where(Job.kind == "chat").order_by(Job.id.desc()).limit(1)).one()
+        return (j.started_at - j.created_at).total_seconds()
+
+
 def brief(res: dict, args) -> list[str]:
     """Print the chat's TTFT and the peer ratios beside their bounds (--only); return the problems."""
     s, c = "static", "continuous"
@@ -254,6 +267,13 @@ def brief(res: dict, args) -> list[str]:
             r = res[key]
             a, b = (r[k]["ttft_s"] if key == "idle" else r[k]["chat"]["ttft_s"] for k in (s, c))
             print(f"{what:36s} {a:8.2f}s {b:10.2f}s")
+        print(f"{'  of which: created -> claimed':36s} " + " ".join(
+            f"{res['load'][k]['chat']['claimed_after_s']:{w}.2f}s" for k, w in ((s, 8), (c, 10))))
+        steps = {k: res["load"][k]["load"]["counted"] for k in (s, c)}
+        step_c = steps[c]["busy_seconds"] / max(1, steps[c]["steps"])
+        res["worker_step_s"] = step_c
+        print(f"continuous worker under load: {steps[c]['steps']} steps, {steps[c]['tokens']} tokens, mean step "
+              f"{step_c:.2f} s ({steps[c]['tokens'] / max(1, steps[c]['steps']):.1f} tokens a step)")
         print(f"TTFT busy/idle (continuous) {busy / idle:.2f}x (target <= 2x); continuous/static busy "
               f"{busy / res['load'][s]['chat']['ttft_s']:.3f}x (target <= 0.1x)")
     if "bound" in res:
@@ -270,6 +290,10 @@ def brief(res: dict, args) -> list[str]:
         print(f"bound (prefill + step(B+1)) / (prefill + step(1)) = {engine_only:.2f}x; with the queue's overhead, "
               f"a chat that waits for one busy step: {wait_one:.2f}x, for 1.5 (half the step in progress plus "
               f"one): {wait_half:.2f}x; measured {busy / idle:.2f}x")
+        w = res["worker_step_s"]
+        print(f"the same with the worker's own mean step under load ({w:.2f} s): a chat that waits for half a step "
+              f"(prefilled first) {(idle + 0.5 * w) / idle:.2f}x, for one and a half (decode, then prefill) "
+              f"{(idle + 1.5 * w) / idle:.2f}x")
     if "peer" in res and "uniform" in res:
         p, e = res["peer"], res.get("engine", {})
         ours = {k: sum(res["uniform"][k]["lengths"]) / res["uniform"][k]["wall_s"] for k in (s, c)}
