@@ -36,6 +36,11 @@ continuous/static >= 0.9x the bound; uniform >= 1x.
         [--threads 1] [--device auto] [--model smollm2-135m-instruct] [--timeout 900] [--peer] [--json FILE]
         [--keep-logs]
 
+--only idle,load (say) runs only those scenarios (idle always runs: every ratio's base) and prints a short report:
+with load, the chat's TTFT split at its claim, the continuous worker's mean step, and the bound the engine allows
+(bench/ttft_bound.py, measured in this process once the workers are stopped); with uniform and --peer, the peer
+beside our own engine in-process (static boosted and unboosted, continuous) and ours through the queue.
+
 --peer then times transformers' ``generate_batch`` (its default attention, ``max_requests_per_batch`` = --max-rows)
 on the uniform workload's rows, the same prompt ids unboosted, in this process once the workers are stopped, and
 prints its tokens per second beside ours (the uniform jobs' stored tokens over their wall time, through the queue,
