@@ -36,6 +36,11 @@ continuous/static >= 0.9x the bound; uniform >= 1x.
         [--threads 1] [--device auto] [--model smollm2-135m-instruct] [--timeout 900] [--peer] [--json FILE]
         [--keep-logs]
 
+--only idle,load (say) runs only those scenarios (idle always runs: every ratio's base) and prints a short report:
+with load, the chat's TTFT split at its claim, the continuous worker's mean step, and the bound the engine allows
+(bench/ttft_bound.py, measured in this process once the workers are stopped); with uniform and --peer, the peer
+beside our own engine in-process (static boosted and unboosted, continuous) and ours through the queue.
+
 --peer then times transformers' ``generate_batch`` (its default attention, ``max_requests_per_batch`` = --max-rows)
 on the uniform workload's rows, the same prompt ids unboosted, in this process once the workers are stopped, and
 prints its tokens per second beside ours (the uniform jobs' stored tokens over their wall time, through the queue,
@@ -225,10 +230,85 @@ def chat_under_load(lane: Lane, bodies: list[dict], args) -> dict:
     time.sleep(args.chat_delay)
     sent = (datetime.now(timezone.utc) - t0).total_seconds()
     chat = dict(stream_chat(lane, args), sent_after_s=sent)
+    chat["claimed_after_s"] = chat_claim(lane)
     wait(lane, ids, args.timeout)
     load = dict(collect(lane, ids, bodies, t0), counted=counted(lane, before))
     chat["before_load_end"] = sent + chat["total_s"] < load["wall_s"]
     return {"chat": chat, "load": load}
+
+
+def chat_params(lane: Lane) -> dict:
+    """Return the params of the last chat job the lane ran (the bound's chat is the same request)."""
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.store.tables import Job
+
+    with session_scope(lane.db_url) as s:
+        return dict(s.scalars(select(Job).where(Job.kind == "chat").order_by(Job.id.desc()).limit(1)).one().params)
+
+
+def chat_claim(lane: Lane) -> float:
+    """Return the seconds between the last chat job's creation and its claim by the worker (started_at)."""
+    from sqlalchemy import select
+
+    from shared.db import session_scope
+    from shared.store.tables import Job
+
+    with session_scope(lane.db_url) as s:
+        j = s.scalars(select(Job).where(Job.kind == "chat").order_by(Job.id.desc()).limit(1)).one()
+        return (j.started_at - j.created_at).total_seconds()
+
+
+def brief(res: dict, args) -> list[str]:
+    """Print the chat's TTFT and the peer ratios beside their bounds (--only); return the problems."""
+    s, c = "static", "continuous"
+    problems = [f"[load {k}] {p}" for k, r in res.get("load", {}).items() for p in r["load"]["problems"]]
+    problems += [f"[uniform {k}] {p}" for k, r in res.get("uniform", {}).items() for p in r["problems"]]
+    if "load" in res:
+        idle, busy = res["idle"][c]["ttft_s"], res["load"][c]["chat"]["ttft_s"]
+        print(f"\n{'chat':36s} {'static':>9} {'continuous':>11}")
+        for what, key in (("TTFT, idle worker", "idle"), (f"TTFT, {args.load_jobs} jobs running", "load")):
+            r = res[key]
+            a, b = (r[k]["ttft_s"] if key == "idle" else r[k]["chat"]["ttft_s"] for k in (s, c))
+            print(f"{what:36s} {a:8.2f}s {b:10.2f}s")
+        print(f"{'  of which: created -> claimed':36s} " + " ".join(
+            f"{res['load'][k]['chat']['claimed_after_s']:{w}.2f}s" for k, w in ((s, 8), (c, 10))))
+        steps = {k: res["load"][k]["load"]["counted"] for k in (s, c)}
+        step_c = steps[c]["busy_seconds"] / max(1, steps[c]["steps"])
+        res["worker_step_s"] = step_c
+        print(f"continuous worker under load: {steps[c]['steps']} steps, {steps[c]['tokens']} tokens, mean step "
+              f"{step_c:.2f} s ({steps[c]['tokens'] / max(1, steps[c]['steps']):.1f} tokens a step)")
+        print(f"TTFT busy/idle (continuous) {busy / idle:.2f}x (target <= 2x); continuous/static busy "
+              f"{busy / res['load'][s]['chat']['ttft_s']:.3f}x (target <= 0.1x)")
+    if "bound" in res:
+        b = res["bound"]
+        over = max(0.0, idle - b["prefill_s"])  # the queue's own share of an idle TTFT (web, Redis, claim, stream)
+        engine_only = (b["prefill_s"] + b["stepB1_s"]) / (b["prefill_s"] + b["step1_s"])
+        wait_one = (idle + b["stepB_s"]) / idle
+        wait_half = (idle + 1.5 * b["stepB_s"]) / idle
+        print(f"engine in this process ({args.threads} thread(s)): chat prefill {b['prefill_s'] * 1e3:.0f} ms, "
+              f"step at 1 row {b['step1_s'] * 1e3:.0f} ms, step at {b['busy_rows']} rows {b['stepB_s'] * 1e3:.0f} ms, "
+              f"the chat's join step (decode {b['busy_rows']} + its prefill) {b['join_s'] * 1e3:.0f} ms, "
+              f"step at {b['joined_rows']} rows {b['stepB1_s'] * 1e3:.0f} ms; queue overhead in the idle TTFT "
+              f"{over * 1e3:.0f} ms")
+        print(f"bound (prefill + step(B+1)) / (prefill + step(1)) = {engine_only:.2f}x; with the queue's overhead, "
+              f"a chat that waits for one busy step: {wait_one:.2f}x, for 1.5 (half the step in progress plus "
+              f"one): {wait_half:.2f}x; measured {busy / idle:.2f}x")
+        w = res["worker_step_s"]
+        print(f"the same with the worker's own mean step under load ({w:.2f} s): a chat that waits for half a step "
+              f"(prefilled first) {(idle + 0.5 * w) / idle:.2f}x, for one and a half (decode, then prefill) "
+              f"{(idle + 1.5 * w) / idle:.2f}x")
+    if "peer" in res and "uniform" in res:
+        p, e = res["peer"], res.get("engine", {})
+        ours = {k: sum(res["uniform"][k]["lengths"]) / res["uniform"][k]["wall_s"] for k in (s, c)}
+        print(f"\n{'tokens/s (uniform rows)':52s} {'tok/s':>7} {'/peer':>6}")
+        rows = [("peer generate_batch (unboosted)", p["tokens_per_s"])]
+        rows += [(f"ours in-process, {k.replace('_', ' ')}", v["tokens_per_s"]) for k, v in e.items()]
+        rows += [(f"ours through the queue, {k}, half boosted", ours[k]) for k in (s, c)]
+        for what, v in rows:
+            print(f"{what:52s} {v:7.1f} {v / p['tokens_per_s']:5.2f}x")
+    return problems
 
 
 def peer(args, bodies: list[dict], settings) -> dict:
@@ -276,7 +356,13 @@ def scenarios(lanes: list[Lane], args) -> dict:
             out[name][lane.name] = fn(lane)
             print(f"  {name:>7} {lane.name:>10}: {summary(name, out[name][lane.name])}", flush=True)
 
+    wanted = set(args.only.split(",")) | {"idle"} if args.only else set(out)  # idle: every ratio's base
+    for name in set(out) - wanted:
+        del out[name]
+    each = (lambda name, fn, each=each: each(name, fn) if name in wanted else None)
+
     each("idle", lambda lane: stream_chat(lane, args))
+    out["chat_params"] = chat_params(lanes[0])
     each("lone", lambda lane: [run_jobs(lane, [job(r, args.tokens, args.model)], args)
                                for r in range(args.lone_rounds)])
 
@@ -415,6 +501,8 @@ def main() -> int:
     ap.add_argument("--database", default="postgres", choices=("postgres", "sqlite"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds one scenario's jobs may take")
     ap.add_argument("--peer", action="store_true", help="also time transformers' generate_batch on the uniform rows")
+    ap.add_argument("--only", help="comma-separated scenarios to run (idle,lone,x1,load,mixed,uniform); with it, "
+                    "a short report: the chat's TTFT beside the engine's bound (load), the peer ratios (uniform)")
     ap.add_argument("--json", help="also write the results here as JSON")
     ap.add_argument("--keep-logs", action="store_true")
     args = ap.parse_args()
@@ -447,12 +535,25 @@ def main() -> int:
             print(f"worker logs kept in {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    params = res.pop("chat_params")
+    if args.only and "load" in res:
+        from bench.ttft_bound import chat_request, job_requests, step_costs
+
+        load = job_requests([job(i, args.tokens, args.model) for i in range(args.load_jobs)], settings)
+        res["bound"] = step_costs(args, settings, chat_request(params), load)
     if args.peer:
         try:
             res["peer"] = peer(args, uniform(args), settings)
         except Exception as exc:  # the queue's table still prints
             print(f"peer failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-    problems, met = report(res, args)
+        if args.only:
+            from bench.ttft_bound import engine_rates
+
+            res["engine"] = engine_rates(args, settings, uniform(args), args.tokens)
+    if args.only:
+        problems, met = brief(res, args), None
+    else:
+        problems, met = report(res, args)
     for p in problems:
         print(f"ERROR {p}", file=sys.stderr)
     print(f"\ntotal {time.monotonic() - started:.0f} s; "

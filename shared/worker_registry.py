@@ -109,17 +109,19 @@ def queue_key(queue: str, priority: int = 0, namespace: str | None = None) -> st
     return f"{_namespace(namespace)}:{queue}" + ("" if priority == 0 else f"\x06\x16{priority}")
 
 
-def waiting_job_ids(client, queue: str, namespace: str | None = None, oldest: int | None = None) -> set[int]:
+def waiting_job_ids(client, queue: str, namespace: str | None = None, oldest: int | None = None,
+                    interactive: bool = False) -> set[int]:
     """Return the ids of the jobs whose message waits, not yet delivered, in queue.
 
     oldest: read only the next that many messages of each priority step (kombu pushes on the left and
-    delivers from the right), not the whole list.
+    delivers from the right), not the whole list. interactive: read only the interactive priority step's list
+    (priority 0, kombu's list without a suffix).
     """
     ns = _namespace(namespace)
     ids: set[int] = set()
     start = 0 if oldest is None else -max(1, int(oldest))
     owner = deployment.owner_id(client, ns)  # another deployment's messages name jobs of another database
-    for suffix in _PRIORITY_SUFFIXES:
+    for suffix in _PRIORITY_SUFFIXES[:1] if interactive else _PRIORITY_SUFFIXES:
         for raw in client.lrange(f"{ns}:{queue}{suffix}", start, -1):
             job_id = message_job_id(raw, owner)
             if job_id is not None:

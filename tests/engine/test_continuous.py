@@ -138,6 +138,36 @@ def test_interactive_rows_join_ahead_of_queued_ones(fast_engine):
     assert [r.key for r in d.rows] == ["chat", "batch-0"]
 
 
+@pytest.mark.parametrize("budget", [0, 64])
+def test_an_interactive_row_is_prefilled_before_the_batch_decodes(fast_engine, budget):
+    """Its first token comes from its prefill, ahead of the running rows' forward, then it decodes with them."""
+    forwards = []
+    hook = fast_engine.loaded.model.register_forward_pre_hook(
+        lambda _, args, kwargs: forwards.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        d = ContinuousDecoder(fast_engine, max_rows=4, token_budget=budget)
+        rows = [_req("Be terse.", f"Count from one to twenty, line {i}.", 10, 4.0) for i in range(2)]
+        for i, req in enumerate(rows):
+            d.submit(req, i)
+        while len(d.rows) < 2:
+            d.step()
+        chat = _req("Answer only in French.", "Hello?", 6, 8.0)
+        d.submit(chat, "chat", first=True)
+        forwards.clear()
+        d.step()
+    finally:
+        hook.remove()
+    width = len(fast_engine.prompt(chat).input_ids)
+    assert forwards == [(1, width), (3, 1)]  # the chat's prefill, then one forward of the batch and the chat
+    assert [len(r.generated) for r in d.rows if r.key == "chat"] == [2]
+    out = {}
+    while not d.idle:
+        out.update(d.step())
+    want = fast_engine.generate([*rows, chat])
+    for key, w in zip([0, 1, "chat"], want):
+        _same(out[key], w)
+
+
 @pytest.mark.parametrize("budget", [0, 7])
 def test_sliding_window_rows_past_the_window_equal_alone(tiny, budget):
     """Tiny Gemma 3 (window 8): prompts and answers run well past the window while rows join and leave; with a

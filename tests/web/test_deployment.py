@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from shared import deployment
-from shared.celery_config import TASK_NAME, make_celery, model_queue
+from shared.celery_config import TASK_NAME, job_priority, make_celery, model_queue
 from shared.settings import load_settings
 from shared.worker_registry import live_workers, waiting_job_ids
 from tests.fixtures.store import DEFAULT_MODEL, TEST_REDIS_URL, make_test_app, write_heartbeat
@@ -106,3 +106,15 @@ def test_workers_and_messages_of_another_deployment_are_left_out(clean_db, other
     raw = redis_client.lrange(f"{namespace}:{queue}", 0, -1)
     assert sorted(json.loads(m)["headers"][deployment.HEADER] for m in raw) == sorted([ours, theirs])
     assert waiting_job_ids(redis_client, queue, namespace) == {6}
+
+
+def test_the_interactive_list_alone_holds_the_chats_waiting(clean_db, namespace, redis_client):
+    """The continuous runner reads it at every step: only messages sent at the interactive priority."""
+    queue = model_queue(DEFAULT_MODEL)
+    settings = load_settings(overrides={"database.url": clean_db, "redis.url": TEST_REDIS_URL,
+                                        "redis.namespace": namespace})
+    app = make_celery(settings)
+    for job_id, kind, batch in ((7, "chat", None), (8, "job", None), (9, "chat", "batch_1")):
+        app.send_task(TASK_NAME, args=[job_id], queue=queue, priority=job_priority(kind, batch))
+    assert waiting_job_ids(redis_client, queue, namespace) == {7, 8, 9}
+    assert waiting_job_ids(redis_client, queue, namespace, interactive=True) == {7}

@@ -12,7 +12,8 @@ A ``ContinuousDecoder`` holds the running rows' keys and values in ONE packed, l
    row's decoded token counts 1, a prefill chunk its rows times its columns. Joining rows are grouped only
    while the group fits whole in what is left; a longer prompt is prefilled alone, a chunk per step, in its
    own cache (``worker.engine.prefill``), and joins once all of it is in. Groups holding interactive rows are
-   served first. So a long prompt joining stalls the running rows by at most the budget per step.
+   served first, before the running rows' forward (step 1): an interactive row's first token comes from its
+   prefill and does not wait for the batch's decoding; it then decodes with the others in the same step. So a long prompt joining stalls the running rows by at most the budget per step.
 
 Why a packed cache rather than one DynamicCache per row re-padded every step: a decoding step then reads the
 cache as plain generate() does (no copy), and the cache is rebuilt only when a row joins or leaves (a
@@ -162,6 +163,8 @@ class ContinuousDecoder:
         start = time.perf_counter()
         self.last = StepCount()
         finished: list[Row] = []
+        if self.rows and self._urgent:
+            finished += self._admit(urgent_only=True)  # its first token now, not after the batch's forward
         if self.rows:
             self._decode()
             finished += self._retire()
@@ -219,17 +222,26 @@ class ContinuousDecoder:
         self._state = None
         return gone
 
-    def _admit(self) -> list[Row]:
-        """Prefill joining rows within what the step's budget leaves; rows whose prompt is in join decoding."""
+    @property
+    def _urgent(self) -> bool:
+        """Whether interactive rows wait or are being prefilled."""
+        return any(f.urgent for f in self.filling) or bool(self.waiting and self.waiting[0].first)
+
+    def _admit(self, urgent_only: bool = False) -> list[Row]:
+        """Prefill joining rows within what the step's budget leaves; rows whose prompt is in join decoding.
+
+        urgent_only: before the running rows decode, only interactive groups, leaving the budget their decoding needs.
+        """
         finished = [r for r in self.waiting if r.halted]
         for r in finished:
             self.waiting.remove(r)
         for fill in [f for f in self.filling if all(r.halted for r in f.rows)]:
             self.filling.remove(fill)  # nobody is left to join: its prefill stops here
             finished += fill.rows
-        left = float("inf") if self.budget is None else self.budget - self.last.decoded
+        spent = self.last.tokens + (len(self.rows) if urgent_only else 0)
+        left = float("inf") if self.budget is None else self.budget - spent
         # Interactive groups first, the prefilling ones then the new ones; then the others in the same order.
-        for urgent in (True, False):
+        for urgent in (True,) if urgent_only else (True, False):
             for fill in [f for f in self.filling if f.urgent == urgent]:
                 left -= self._advance(fill, left, finished)
             while self.waiting and self.waiting[0].first == urgent and left >= 1 and self._room() > 0:

@@ -31,6 +31,7 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Settings 
                 hard_exit: Callable[[str], None] | None = None,
                 sender: Callable[[int, str], None] | None = None,
                 candidates: Callable[[str], set[int]] | None = None,
+                interactive: Callable[[str], set[int]] | None = None,
                 advertise: Callable[[list[int]], None] | None = None) -> str:
     """Run one delivery of a job and return the status it ended in (or "skipped", "taken over", "queued").
 
@@ -38,7 +39,8 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Settings 
     hard_exit(reason) ends this process: given (by the Celery task), a watchdog calls it when the job is
     still running past its hard limit plus a grace (native code that never sees the soft limit's alarm).
     candidates (model -> ids of jobs whose messages wait in this worker's queue) lets the delivery take
-    those jobs into its batch (worker.batch_jobs); advertise(ids) publishes the jobs it holds.
+    those jobs into its batch (worker.batch_jobs); interactive (model -> the ids of those of interactive priority)
+    lets the continuous runner look for chats at every step; advertise(ids) publishes the jobs it holds.
     A job of a sweep that ended moves its sweep on (shared.store.sweeps.advance), sending new jobs through sender.
     When a job is a line of an OpenAI batch and it ended, the batch is moved on (finalized once its last
     job ends). Both happen as each job of the batch ends.
@@ -52,7 +54,8 @@ def execute_job(job_id: int, worker_name: str = "inline", *, settings: Settings 
         job_ended(db_url, jid, status, settings, sender)
 
     opts = Options(worker=worker_name, settings=settings, db_url=db_url, should_stop=should_stop,
-                   hard_exit=hard_exit, candidates=candidates, advertise=advertise, on_end=on_end)
+                   hard_exit=hard_exit, candidates=candidates, interactive=interactive,
+                   advertise=advertise, on_end=on_end)
     status = run_delivery(job_id, opts, is_alive)
     if job_id not in ended:
         job_ended(db_url, job_id, status, settings, sender)

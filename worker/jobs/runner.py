@@ -83,6 +83,7 @@ class Options:
     hard_exit: Callable[[str], None] | None = None
     # model -> ids of jobs whose messages wait in this worker's queue (None: never claim other jobs)
     candidates: Callable[[str], set[int]] | None = None
+    interactive: Callable[[str], set[int]] | None = None  # the same, only messages of interactive priority (cheaper)
     advertise: Callable[[list[int]], None] | None = None  # the heartbeat's list of jobs this process runs
     on_end: Callable[[int, str], None] | None = None  # a job ended (succeeded, failed, cancelled)
 

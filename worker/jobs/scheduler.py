@@ -76,6 +76,7 @@ class ContinuousRunner(CohortRunner):
         self.checked = 0.0
         self.waited = 0  # rows waiting at the last step: the fault seam fires when that changes (rows join)
         self.filled = (None, 0.0)  # (room, time) of the last look at the queue
+        self.seen: set[int] = set()  # interactive jobs seen waiting by _chat_waits
 
     def run(self) -> str:
         """Run until no claimed job has rows left (the storer's included); return the delivered job's status."""
@@ -130,12 +131,27 @@ class ContinuousRunner(CohortRunner):
         self._stop_if_asked()
 
     def _refill(self) -> None:
-        """Look at the queue when the batch's room changed, else every CHECK_INTERVAL (not at every token)."""
+        """Look at the queue when the batch's room changed, else every CHECK_INTERVAL (not at every token).
+
+        Between two looks, every step reads the interactive list alone (one Redis read): a chat that arrives
+        is claimed at the next step, not up to CHECK_INTERVAL later.
+        """
         room, now = self._room(), time.monotonic()
-        if room == self.filled[0] and now - self.filled[1] < CHECK_INTERVAL:
+        if room == self.filled[0] and now - self.filled[1] < CHECK_INTERVAL and not self._chat_waits(room):
             return
         self.filled = (room, now)
         self._fill()
+
+    def _chat_waits(self, room: int) -> bool:
+        """Whether an interactive job not seen before waits in the queue (the full looks retry those refused)."""
+        if room <= 0 or not self.batch_jobs or self.opts.interactive is None:
+            return False
+        try:
+            fresh = set(self.opts.interactive(self.model)) - {m.job_id for m in self.members} - self.seen
+        except Exception:  # Redis away: the next full look says so
+            return False
+        self.seen |= fresh
+        return bool(fresh)
 
     def _decodable(self, m: Member) -> bool:
         return m.kind is not None and m.kind.engine == "fast" and m.job_id not in self.isolate

@@ -48,13 +48,18 @@ def run_job(self, job_id: int) -> str:
         rows = settings.worker.max_batch_rows
         return waiting_job_ids(redis, model_queue(model), namespace, oldest=4 * rows)
 
+    def interactive(model: str) -> set[int]:
+        # Only the interactive priority step's list: one read, cheap enough for every decoding step.
+        return waiting_job_ids(redis, model_queue(model), namespace, oldest=4 * settings.worker.max_batch_rows,
+                               interactive=True)
+
     beat = current_heartbeat()
     if beat is not None:
         beat.set_job(job_id)  # before claiming, so a duplicate delivery elsewhere sees it at once
     try:
         return execute_job(job_id, current_worker_id() or self.request.hostname or "worker",
                            settings=settings, should_stop=stopping, is_alive=busy, hard_exit=end_process,
-                           sender=celery_sender(self.app), candidates=waiting,
+                           sender=celery_sender(self.app), candidates=waiting, interactive=interactive,
                            advertise=None if beat is None else beat.set_jobs)
     except ShutdownRequested:
         log.info("job %s: worker stopping; job handed back to the queue", job_id)
