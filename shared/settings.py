@@ -110,10 +110,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker.batch_jobs", bool, True,
             "Fill a worker's batch with other queued jobs of its model (their messages then find them running "
             "or done and are skipped); off: a worker runs one job at a time."),
-    Setting("worker.continuous", bool, False,
+    Setting("worker.continuous", bool, True,
             "Continuous batching for fast-engine jobs: rows join and leave the batch at every decoding step (a "
             "finished row is stored and its stream ends at once, a waiting row joins at once, chats ahead of "
-            "queued lines), up to worker.max_batch_rows; off: static steps decoded to their longest row."),
+            "queued lines), up to worker.max_batch_rows; off: the static runner, whose steps decode to their "
+            "longest row before storing and refilling."),
     Setting("worker.step_token_budget", int, 512,
             "With worker.continuous, most tokens one decoding step processes: each running row's token counts 1, "
             "a joining row's prompt the tokens prefilled this step. A longer prompt is prefilled in chunks over "

@@ -22,6 +22,16 @@ from tests.fixtures.worker import record_fault
 from tests.jobs.test_faults import BASE, Harness, harness_for, variants_of, wait_log
 
 BATCHED = {"max_batch_rows": 32, "batch_jobs": 1}  # the defaults, over test_faults' FAST one-row steps
+# The guarantees a batch keeps for each of its jobs (a cancel stops only its job, a time limit per job, a poison job
+# fails alone) hold for both batch runners: those tests run once with static steps (worker.continuous: false,
+# whose log names each step's rows) and once with the continuous runner (the default; its log names the rows of
+# each job that join the decoder).
+RUNNERS = pytest.mark.parametrize("continuous", [0, 1], ids=["static", "continuous"])
+
+
+def joined_decoder(log: str, job_id: int) -> bool:
+    """Whether the continuous runner's log says rows of this job joined its decoder."""
+    return re.search(rf"continuous: \d+ rows of job {job_id} join the decoder", log) is not None
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +75,14 @@ def wait_all(h: Harness, ids: list[int], predicate, timeout: float, what: str) -
         time.sleep(0.05)
 
 
-def test_queued_jobs_share_the_workers_batch_and_each_runs_exactly_once(h):
+@RUNNERS
+def test_queued_jobs_share_the_workers_batch_and_each_runs_exactly_once(h, continuous):
     # Different lengths, instructions and decoding settings share one batch; one job samples.
     sampled = job("Name three colours.", 12, temperature=0.9, top_p=0.9, seed=7, multipliers=[4])
     bodies = [job("Tell me about cats.", 4), job("What is 2 + 2?", 10), sampled,
               job("Describe rain.", 6, instruction="Answer in one sentence."), job("Say hello.", 14)]
     ids = [enqueue(h, b) for b in bodies]
-    w = h.worker(**BATCHED)
+    w = h.worker(continuous=continuous, **BATCHED)
     views = [h.wait_finished(i, 240) for i in ids]
     log = w.log_tail(10**7)
     for view, body in zip(views, bodies):
@@ -95,20 +106,24 @@ def test_queued_jobs_share_the_workers_batch_and_each_runs_exactly_once(h):
     assert outputs(h.db_url, alone_id) == batched
 
 
-def test_kill_9_mid_batch_every_job_resumes_with_exactly_one_run_per_variant(h):
+@RUNNERS
+def test_kill_9_mid_batch_every_job_resumes_with_exactly_one_run_per_variant(h, continuous):
     bodies = [job(q, 16, layer_modes=["all", "middle"]) for q in
               ("Tell me about cats.", "Describe rain.", "What is a dragon?", "Why is the sky blue?")]
     ids = [enqueue(h, b) for b in bodies]
-    w = h.worker(fault="variant:sleep=3", **BATCHED)  # every step waits 3 s first: the kill lands inside one
+    # Every step (continuous: every step at which rows wait to join) waits 3 s first: the kill lands inside one.
+    w = h.worker(fault="variant:sleep=3", continuous=continuous, **BATCHED)
     views = wait_all(h, ids, lambda vs: sum(v.status == "running" and v.worker == w.worker_id for v in vs) >= 2,
                      120, "shared a batch")
     held = [v.id for v in views if v.status == "running" and v.worker == w.worker_id]
     w.kill()
-    w2 = h.worker(**BATCHED)  # its recovery loop finds every job of the dead worker's batch and sends it again
+    w2 = h.worker(continuous=continuous, **BATCHED)  # its recovery loop sends every job of the dead batch again
     finals = [h.wait_finished(i, 240) for i in ids]
     counts = [h.counts(i, variants_of(b)) for i, b in zip(ids, bodies)]
-    record_fault("kill -9 worker mid-batch", injected=1, survived=all(f.status == "succeeded" for f in finals),
-                 lost=sum(c[0] for c in counts), duplicated=sum(c[1] for c in counts), jobs_in_batch=len(held))
+    runner = "continuous" if continuous else "static"
+    record_fault(f"kill -9 worker mid-batch ({runner})", injected=1,
+                 survived=all(f.status == "succeeded" for f in finals), lost=sum(c[0] for c in counts),
+                 duplicated=sum(c[1] for c in counts), jobs_in_batch=len(held))
     for final in finals:
         assert final.status == "succeeded" and final.worker == w2.worker_id and final.error is None, final
     assert counts == [(0, 0)] * len(ids)
@@ -117,34 +132,56 @@ def test_kill_9_mid_batch_every_job_resumes_with_exactly_one_run_per_variant(h):
     assert [h.job(i).attempts for i in held] == [2] * len(held)
 
 
-def test_cancel_of_one_job_in_a_batch_stops_only_that_job(h):
+@RUNNERS
+def test_cancel_of_one_job_in_a_batch_stops_only_that_job(h, continuous):
     bodies = [job(q, 160) for q in ("Tell me a long story about cats.", "Tell me a long story about rain.",
                                     "Tell me a long story about the sea.")]
     ids = [enqueue(h, b) for b in bodies]
-    w = h.worker(**BATCHED)
-    # The three jobs decode in one step now.
-    wait_log(w, f"batch: a step of {sum(len(variants_of(b)) for b in bodies)} rows from jobs {ids}", 120)
+    # A limit far above the jobs' length on a busy machine (FAST's 120 s is not what this test is about).
+    # Continuous: the first decoding step sleeps 5 s first, so the cancel lands before any row can end (a boosted
+    # row may end early, and a row that ended before the cancel is stored); static: rows end with their step.
+    w = h.worker(continuous=continuous, job_time_limit=900, visibility_timeout=1800,
+                 fault="variant:sleep=5:1" if continuous else None, **BATCHED)
+    # The three jobs decode together now.
+    if continuous:
+        deadline = time.monotonic() + 120
+        while not all(joined_decoder(w.log_tail(10**7), i) for i in ids):
+            assert time.monotonic() < deadline and w.alive(), w.log_tail()
+            time.sleep(0.2)
+    else:
+        wait_log(w, f"batch: a step of {sum(len(variants_of(b)) for b in bodies)} rows from jobs {ids}", 120)
     with session_scope(h.db_url) as s:
         assert lifecycle.cancel_job(s, ids[1]).status.value in ("cancelling", "cancelled")
     cancelled = h.wait_finished(ids[1], 120)
     others = [h.wait_finished(i, 240) for i in (ids[0], ids[2])]
     assert cancelled.status == "cancelled" and cancelled.variants == [], cancelled  # its partial rows dropped
-    assert f"job {ids[1]}: cancelled during a step" in w.log_tail(10**7)
-    for view, body in zip(others, (bodies[0], bodies[2])):
+    if not continuous:  # the step's watch stopped its rows; the continuous runner's check between two steps does
+        assert f"job {ids[1]}: cancelled during a step" in w.log_tail(10**7)
+    for i, view, body in zip((ids[0], ids[2]), others, (bodies[0], bodies[2])):
         assert view.status == "succeeded" and sorted(view.variants) == sorted(variants_of(body)), view
+        assert view.attempts == 1 and h.counts(i, variants_of(body)) == (0, 0), view  # went on, not restarted
 
 
-def test_time_limit_runs_per_job_so_only_the_job_past_it_fails_in_a_shared_step(h):
-    # Three rows per step: the first step holds three of A's four rows; B (two rows) joins the second step beside
-    # A's last row, claimed a whole step later, so its time limit ends later. The first two steps each sleep 16 s first
-    # (whatever the machine's speed): A's soft limit (27 s from its claim) falls inside the second step's sleep.
+@RUNNERS
+def test_time_limit_runs_per_job_so_only_the_job_past_it_fails_in_a_shared_step(h, continuous):
+    # Three rows at a time: A's first three of its four rows decode first; B (two rows) joins beside A's last row,
+    # claimed once A's first rows left, so its time limit ends later. Static: the first two steps each sleep 16 s
+    # first (whatever the machine's speed), and A's soft limit (27 s from its claim) falls inside the second step's
+    # sleep. Continuous: every decoding step at which the count of rows waiting to join changed sleeps 10 s first:
+    # A's four rows submitted (0 to 10 s), A's last row left waiting (10 to 20 s), then, once A's first three rows
+    # ended (and were handed to the storer), B's two rows submitted beside A's last one (from about 20 s): A's
+    # soft limit falls inside that sleep.
     first = job("Tell me about cats.", 4, multipliers=[2, 4, 10])  # original and three boosted rows
     second = job("Describe rain.", 4)
     a, b = enqueue(h, first), enqueue(h, second)
-    w = h.worker(fault="variant:sleep=16:2", job_time_limit=30, max_batch_rows=3, batch_jobs=1)
+    fault = "variant:sleep=10" if continuous else "variant:sleep=16:2"
+    w = h.worker(fault=fault, job_time_limit=30, max_batch_rows=3, batch_jobs=1, continuous=continuous)
     failed, done = h.wait_finished(a, 180), h.wait_finished(b, 180)
     log = w.log_tail(10**7)
-    assert f"batch: a step of 3 rows from jobs [{a}, {b}]" in log, log[-3000:]  # they did share a step
+    if continuous:  # B joined A's batch and decoder
+        assert f"job {b}: joins the batch of job {a}'s delivery" in log and joined_decoder(log, b), log[-3000:]
+    else:
+        assert f"batch: a step of 3 rows from jobs [{a}, {b}]" in log, log[-3000:]  # they did share a step
     assert failed.status == "failed" and "time limit" in failed.error and "worker.job_time_limit=30" in failed.error
     assert len(failed.variants) == 3, failed  # the first step's rows, stored before the limit
     # B lost only its rows of the interrupted step: the next step ran it again within B's own limit.
@@ -152,19 +189,26 @@ def test_time_limit_runs_per_job_so_only_the_job_past_it_fails_in_a_shared_step(
     assert done.attempts == 1 and h.counts(b, variants_of(second)) == (0, 0)
 
 
-def test_poison_job_fails_alone_when_it_joins_a_batch(h):
+@RUNNERS
+def test_poison_job_fails_alone_when_it_joins_a_batch(h, continuous):
     # A job delivered worker.max_attempts times already (10 under FAST) is poison: claimed into a batch,
     # it fails before any of its rows runs, and the jobs beside it run as if it had not been there.
     bodies = [job("Tell me about cats.", 4), job("Describe rain.", 4), job("Say hello.", 4)]
     ids = [enqueue(h, bodies[0]), enqueue(h, bodies[1], attempts=10), enqueue(h, bodies[2])]
-    w = h.worker(**BATCHED)
+    w = h.worker(continuous=continuous, **BATCHED)
     views = [h.wait_finished(i, 180) for i in ids]
     log = w.log_tail(10**7)
     assert f"job {ids[1]}: joins the batch" in log, log[-3000:]
     poisoned = views[1]
     assert poisoned.status == "failed" and poisoned.error.startswith("poison job: delivered 11 times"), poisoned
-    steps = [set(map(int, re.findall(r"\d+", m))) for m in re.findall(r"batch: a step of \d+ rows from jobs (\[.*?\])", log)]
-    assert poisoned.variants == [] and steps and not any(ids[1] in step for step in steps), log[-3000:]
+    assert poisoned.variants == [], poisoned
+    if continuous:  # the others' rows joined the decoder, never the poison job's
+        assert joined_decoder(log, ids[0]) and joined_decoder(log, ids[2]), log[-3000:]
+        assert not joined_decoder(log, ids[1]) and "batch: a step of" not in log, log[-3000:]
+    else:
+        steps = [set(map(int, re.findall(r"\d+", m)))
+                 for m in re.findall(r"batch: a step of \d+ rows from jobs (\[.*?\])", log)]
+        assert steps and not any(ids[1] in step for step in steps), log[-3000:]
     for view, body in zip((views[0], views[2]), (bodies[0], bodies[2])):
         assert view.status == "succeeded" and sorted(view.variants) == sorted(variants_of(body)), view
 

@@ -68,7 +68,7 @@ def finish_and_record(h: Harness, ids: list[int], bodies: list[dict], fault: str
 def assert_continuous(w: WorkerProcess) -> None:
     """The worker decoded its fast-engine rows in the continuous decoder, never in a static step."""
     log = w.log_tail(10**7)
-    assert "batch: a step of" not in log and "variant" in log, log[-3000:]
+    assert "batch: a step of" not in log and "join the decoder" in log and "variant" in log, log[-3000:]
 
 
 def test_kill_9_while_rows_join_and_leave_every_job_ends_with_one_run_per_variant(h):

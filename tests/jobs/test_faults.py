@@ -43,8 +43,9 @@ FAST = {"INSTABOOST_WORKER_HEARTBEAT_INTERVAL": "0.5", "INSTABOOST_WORKER_HEARTB
         "INSTABOOST_SWEEPER_OUTBOX_GRACE": "2", "INSTABOOST_SWEEPER_LOST_AFTER": "2",
         "INSTABOOST_WORKER_JOB_TIME_LIMIT": "120", "INSTABOOST_WORKER_VISIBILITY_TIMEOUT": "600",
         "INSTABOOST_WORKER_MAX_ATTEMPTS": "10", "INSTABOOST_WORKER_DB_RETRY_SECONDS": "40",
-        # One job at a time, one variant per step: these tests act between variants of one job. Batches of
-        # several jobs have their own fault tests in test_batching.py.
+        # One job at a time, one variant per step: these tests act between variants of one job (h's workers run
+        # the static runner unless a test asks for both; the continuous runner's own fault tests are in
+        # test_continuous_faults.py). Batches of several jobs have their own fault tests in test_batching.py.
         "INSTABOOST_WORKER_MAX_BATCH_ROWS": "1", "INSTABOOST_WORKER_BATCH_JOBS": "0"}
 BASE = {"instruction": "Answer only in French.", "query": "Tell me a short story about a dragon."}
 # Three variants of 24 tokens; the kill tests also slow each variant by 1 s (SLOW_VARIANTS).
@@ -77,11 +78,12 @@ class JobView:
 class Harness:
     """One test's database, Redis namespace, workers and submissions."""
 
-    def __init__(self, db_url: str, namespace: str, tmp: Path):
+    def __init__(self, db_url: str, namespace: str, tmp: Path, env: dict[str, str] | None = None):
         self.db_url = db_url
         self.namespace = namespace
         self.tmp = tmp
         self.redis_url = TEST_REDIS_URL
+        self.env = dict(env or {})  # its workers' environment over FAST (a test's own keywords override both)
         self.workers: list[WorkerProcess] = []
 
     def settings(self, **overrides):
@@ -94,7 +96,7 @@ class Harness:
 
         fault: INSTABOOST_TEST_FAULT for it (worker/jobs/faults.py), e.g. "variant:hang_c".
         """
-        env = {**FAST, **{f"INSTABOOST_WORKER_{k.upper()}": str(v) for k, v in env.items()}}
+        env = {**FAST, **self.env, **{f"INSTABOOST_WORKER_{k.upper()}": str(v) for k, v in env.items()}}
         if fault:
             env["INSTABOOST_TEST_FAULT"] = fault
         w = WorkerProcess(db_url or self.db_url, self.namespace, self.tmp / f"worker{len(self.workers)}.log",
@@ -166,13 +168,14 @@ class Harness:
                 w.kill()
 
 
-def harness_for(db_url: str, redis_namespace: str, tmp_path: Path, tag: str = "f"):
+def harness_for(db_url: str, redis_namespace: str, tmp_path: Path, tag: str = "f",
+                env: dict[str, str] | None = None):
     """Yield a Harness on db_url (its jobs removed first) in a fresh namespace; stop its workers after."""
     from shared.db import get_db_engine
 
     with get_db_engine(db_url).begin() as conn:
         conn.execute(text("TRUNCATE runs, jobs RESTART IDENTITY CASCADE"))
-    harness = Harness(db_url, f"{redis_namespace}_{tag}{uuid.uuid4().hex[:4]}", tmp_path)
+    harness = Harness(db_url, f"{redis_namespace}_{tag}{uuid.uuid4().hex[:4]}", tmp_path, env)
     yield harness
     harness.close()
     if harness.redis_url == TEST_REDIS_URL:
@@ -180,8 +183,19 @@ def harness_for(db_url: str, redis_namespace: str, tmp_path: Path, tag: str = "f
 
 
 @pytest.fixture
-def h(fault_db, redis_namespace, tmp_path):
-    yield from harness_for(fault_db, redis_namespace, tmp_path)
+def runner() -> str:
+    """The batch runner of h's workers: the static one, unless a test is parametrized with BOTH_RUNNERS."""
+    return "static"
+
+
+# The faults whose tests do not act at the static runner's variant boundaries run with both runners.
+BOTH_RUNNERS = pytest.mark.parametrize("runner", ["static", "continuous"])
+
+
+@pytest.fixture
+def h(runner, fault_db, redis_namespace, tmp_path):
+    yield from harness_for(fault_db, redis_namespace, tmp_path,
+                           env={"INSTABOOST_WORKER_CONTINUOUS": "1" if runner == "continuous" else "0"})
 
 
 def variants_of(body: dict) -> list[str]:
@@ -442,6 +456,7 @@ def job_behind_proxy(h: Harness, proxy: PausableProxy, **env) -> tuple[WorkerPro
     return w, job_id
 
 
+@BOTH_RUNNERS
 def test_database_unreachable_while_a_variant_finishes_stores_the_run_once(h):
     proxy = PausableProxy()
     expected = variants_of(THREE)
@@ -468,6 +483,7 @@ def test_database_unreachable_while_a_variant_finishes_stores_the_run_once(h):
     assert w.alive()
 
 
+@BOTH_RUNNERS
 def test_database_down_past_the_retry_budget_hands_the_job_back_and_it_resumes(h):
     proxy = PausableProxy()
     expected = variants_of(THREE)
@@ -526,6 +542,7 @@ def test_poison_job_fails_after_max_attempts_and_does_not_block_the_queue(h):
 
 # -- 5. a job overruns the time limit; the same worker process goes on ---------------------------------
 
+@BOTH_RUNNERS
 def test_time_limit_fails_the_job_and_the_same_worker_process_runs_the_next(h):
     # The first job's first variant hangs (Python code, up to 60 s) whatever the machine's speed; the
     # follow-up is two 2-token generations, far inside the limit even on a busy machine.
@@ -544,6 +561,7 @@ def test_time_limit_fails_the_job_and_the_same_worker_process_runs_the_next(h):
     assert w.alive() and ok.worker == failed.worker == w.worker_id and w.heartbeat()["pid"] == w.pid
 
 
+@BOTH_RUNNERS
 def test_job_stuck_in_native_code_past_its_limit_is_failed_and_its_worker_replaced(h):
     """Issue 9: the solo pool ignores Celery's limits and the alarm never reaches code stuck in C."""
     from worker.jobs.watchdog import WATCHDOG_EXIT, grace_seconds
@@ -604,6 +622,7 @@ def test_visibility_timeout_must_exceed_the_time_limit_and_a_worker_refuses_othe
     assert "must exceed worker.job_time_limit" in bad.log_tail()
 
 
+@BOTH_RUNNERS
 def test_long_job_is_delivered_once_and_a_duplicate_message_is_skipped(h):
     a, b = h.worker(wait=False, fault="variant:sleep=2"), h.worker(wait=False, fault="variant:sleep=2")
     a.wait_ready(), b.wait_ready()

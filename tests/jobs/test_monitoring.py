@@ -10,13 +10,28 @@ from sqlalchemy import func, select
 from shared.db import session_scope
 from shared.store.tables import Job, JobStatus, Run
 from tests.fixtures.store import DEFAULT_MODEL, make_test_app
+from tests.fixtures.worker import WorkerProcess, purge_namespace
 from tests.jobs.test_e2e import TINY, wait_for
 from tests.web.test_monitoring import families
 
 
+@pytest.fixture(scope="module", params=["static", "continuous"])
+def worker(request, celery_worker, pg_url, redis_namespace, tmp_path_factory):
+    """The session's worker (the continuous runner, the default), or one with static steps (worker.continuous: 0)."""
+    if request.param == "continuous":
+        yield celery_worker
+        return
+    namespace = f"{redis_namespace}_static"
+    static = WorkerProcess(pg_url, namespace, tmp_path_factory.mktemp("worker") / "static.log",
+                           env={"INSTABOOST_WORKER_CONTINUOUS": "0"}).start()
+    yield static
+    static.stop()
+    purge_namespace(namespace)
+
+
 @pytest.fixture(scope="module")
-def web(celery_worker, pg_url):
-    return make_test_app(pg_url, celery_worker.namespace).test_client()
+def web(worker, pg_url):
+    return make_test_app(pg_url, worker.namespace).test_client()
 
 
 def worker_numbers(web, worker_id: str) -> dict:
@@ -35,8 +50,8 @@ def delta(after: dict, before: dict, *key) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-def test_metrics_carry_the_real_workers_numbers_after_a_job_and_a_completion(web, celery_worker, pg_url):
-    wid = celery_worker.worker_id
+def test_metrics_carry_the_real_workers_numbers_after_a_job_and_a_completion(web, worker, pg_url):
+    wid = worker.worker_id
     before = worker_numbers(web, wid)
     assert before[("instaboost_worker_up",)] == 1
     with session_scope(pg_url) as s:
@@ -55,16 +70,23 @@ def test_metrics_carry_the_real_workers_numbers_after_a_job_and_a_completion(web
             break
         time.sleep(0.5)
     with session_scope(pg_url) as s:
-        rows, tokens = s.execute(select(func.count(), func.coalesce(func.sum(Run.output_tokens), 0))
-                                 .join(Job, Run.job_id == Job.id).where(Run.id > last_run, Job.worker == wid)).one()
+        rows, tokens, longest = s.execute(
+            select(func.count(), func.coalesce(func.sum(Run.output_tokens), 0), func.max(Run.output_tokens))
+            .join(Job, Run.job_id == Job.id).where(Run.id > last_run, Job.worker == wid)).one()
         succeeded = s.scalar(select(func.count()).where(Job.status == JobStatus.succeeded, Job.model == DEFAULT_MODEL))
     assert rows == 3 and tokens > 0
     assert delta(after, before, "instaboost_worker_jobs_total", "succeeded") == 2
     assert delta(after, before, "instaboost_worker_rows_total") == rows
     assert delta(after, before, "instaboost_worker_tokens_total") == tokens
     steps = delta(after, before, "instaboost_worker_steps_total")
-    assert 1 <= steps <= 3 and delta(after, before, "instaboost_worker_step_rows_count") == steps
-    assert delta(after, before, "instaboost_worker_step_rows_sum") == rows
+    assert steps >= 1 and delta(after, before, "instaboost_worker_step_rows_count") == steps
+    row_steps = delta(after, before, "instaboost_worker_step_rows_sum")
+    if worker.env.get("INSTABOOST_WORKER_CONTINUOUS") != "0":  # continuous: one token per running row a step
+        # A row makes its first token in the step it joins (not yet running there), then one per step while it runs;
+        # the longest run took at least as many steps as its tokens, and every step made a token.
+        assert row_steps == tokens - rows and longest <= steps <= tokens, (steps, row_steps, rows, tokens, longest)
+    else:  # static: a step decodes its rows to the end (the job's two rows and the chat's, together or not)
+        assert steps <= 3 and row_steps == rows
     assert delta(after, before, "instaboost_worker_busy_seconds_total") > 0
     assert after[("instaboost_worker_tokens_per_second",)] > 0
     assert delta(after, before, "instaboost_job_queue_wait_seconds_count") == 2
@@ -77,12 +99,12 @@ def test_metrics_carry_the_real_workers_numbers_after_a_job_and_a_completion(web
     assert m["instaboost_throughput_rows_per_second"][(("model", DEFAULT_MODEL),)] > 0
 
 
-def test_queue_page_shows_the_live_worker_and_its_model(web, celery_worker):
+def test_queue_page_shows_the_live_worker_and_its_model(web, worker):
     page = web.get("/queue").get_data(as_text=True)
-    assert celery_worker.hostname in page and celery_worker.worker_id in page
+    assert worker.hostname in page and worker.worker_id in page
     body = web.get("/api/queue").get_json()
-    worker = next(w for w in body["workers"] if w["worker"] == celery_worker.worker_id)
-    assert worker["models"] == [DEFAULT_MODEL] and worker["pid"] == celery_worker.pid
-    assert worker["heartbeat_age_seconds"] is not None and worker["started_at"]
+    shown = next(w for w in body["workers"] if w["worker"] == worker.worker_id)
+    assert shown["models"] == [DEFAULT_MODEL] and shown["pid"] == worker.pid
+    assert shown["heartbeat_age_seconds"] is not None and shown["started_at"]
     row = next(m for m in body["models"] if m["model"] == DEFAULT_MODEL)
     assert row["workers"] == 1 and row["queue"] == "models.smollm2-135m-instruct"

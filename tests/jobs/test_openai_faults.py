@@ -15,7 +15,7 @@ from shared.db import session_scope
 from shared.store.tables import Job, JobStatus, Run
 from tests.fixtures.store import make_test_app
 from tests.fixtures.worker import record_fault
-from tests.jobs.test_faults import SLOW_VARIANTS, fault_db, h  # noqa: F401  (fixtures)
+from tests.jobs.test_faults import SLOW_VARIANTS, fault_db, h, runner  # noqa: F401  (fixtures)
 
 LINES = 6
 AUTH = {"Authorization": "Bearer any"}  # no token is set: any bearer passes, and it marks a non-browser client

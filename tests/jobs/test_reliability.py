@@ -26,15 +26,22 @@ def new_job(url: str, status: JobStatus = JobStatus.queued, worker: str | None =
     return insert_job(url, {**TINY, **fields}, status, worker, attempts)
 
 
+@pytest.fixture(params=[False, True], ids=["static", "continuous"])
+def continuous(request) -> bool:
+    """Every test here runs once per batch runner: the static one (worker.continuous: false) and the continuous one."""
+    return request.param
+
+
 @pytest.fixture
-def run(pg_url):
+def run(pg_url, continuous):
     """Run one delivery of a job in this process as worker ME, as the Celery task does."""
     from worker.jobs.delivery import execute_job
 
     def go(job_id: int, **kw):
-        # One variant per step: the boundaries these tests act at (cancel, shutdown, take-over) fall
-        # between variants. Batched steps are tested in test_batching.py.
-        kw.setdefault("settings", load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 1}))
+        # One row at a time: the boundaries these tests act at (shutdown, take-over) fall between variants.
+        # Batched steps are tested in test_batching.py.
+        kw.setdefault("settings", load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 1,
+                                                           "worker.continuous": continuous}))
         return execute_job(job_id, ME, db_url=pg_url, **kw)
 
     return go
@@ -49,12 +56,14 @@ def take_over(url: str, job_id: int) -> None:
 @pytest.mark.slow
 def test_taken_over_during_its_last_variant_the_old_worker_does_not_succeed_the_job(pg_url, run):
     job_id = new_job(pg_url)
-    calls = []
+    taken = []
 
-    def taken_over_during_last_variant() -> bool:  # called once per variant, before generating it
-        calls.append(1)
-        if len(calls) == 2:
+    # Taken over once the first variant is stored (an event: the static runner asks before each step, the
+    # continuous one at every decoding step); the last variant is decoding or waits for its slot then.
+    def taken_over_during_last_variant() -> bool:
+        if not taken and load(pg_url, job_id)[1]:
             take_over(pg_url, job_id)
+            taken.append(1)
         return False
 
     assert run(job_id, should_stop=taken_over_during_last_variant) == "taken over"
@@ -68,16 +77,18 @@ def test_taken_over_during_its_last_variant_the_old_worker_does_not_succeed_the_
 @pytest.mark.slow
 def test_taken_over_worker_whose_variant_fails_does_not_fail_the_job(pg_url, run, fault):
     job_id = new_job(pg_url)
-    calls = []
+    taken = []
 
-    def taken_over_during_last_variant() -> bool:
-        calls.append(1)
-        if len(calls) == 2:
+    # Taken over after the runner's first read of its jobs' states and before its first step, which then raises
+    # (both runners ask should_stop right after that read; the continuous step's seam fires while rows wait).
+    def taken_over_before_the_first_step() -> bool:
+        if not taken:
             take_over(pg_url, job_id)
-            fault("variant:error:1")  # the last variant's generation raises
+            fault("variant:error:1")
+            taken.append(1)
         return False
 
-    assert run(job_id, should_stop=taken_over_during_last_variant) == "taken over"
+    assert run(job_id, should_stop=taken_over_before_the_first_step) == "taken over"
     job, _ = load(pg_url, job_id)
     assert (job.status, job.worker, job.error) == (JobStatus.running, OTHER, None)
 
@@ -120,12 +131,12 @@ def test_an_error_raised_inside_the_poison_handler_still_ends_the_job(pg_url, ru
 # -- a time limit no `except Exception` can swallow -------------------------------------------------------
 
 @pytest.mark.slow
-def test_time_limit_is_not_swallowed_by_except_exception(pg_url, run, fault):
+def test_time_limit_is_not_swallowed_by_except_exception(pg_url, run, fault, continuous):
     # The job spins in Python code that catches every Exception (as a broad `except` in a template
     # fallback or a library would): the soft limit must still end it, in this process.
     fault("variant:hang_py:1")
     settings = load_settings(overrides={"database.url": pg_url, "worker.job_time_limit": 3,
-                                        "worker.visibility_timeout": 10})
+                                        "worker.visibility_timeout": 10, "worker.continuous": continuous})
     job_id = new_job(pg_url)
     assert run(job_id, settings=settings) == "failed"
     job, runs = load(pg_url, job_id)

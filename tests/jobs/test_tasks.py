@@ -30,45 +30,68 @@ def new_job(url: str, status: JobStatus = JobStatus.queued, attempts: int = 0, *
     return insert_job(url, {**TINY, **fields}, status, attempts=attempts, enqueued=False)
 
 
+# The guarantees of a delivery (shutdown, resume, time limit, cancel) hold for both batch runners: such tests
+# run once per runner. The others pin the static runner (worker.continuous: false), whose steps they count;
+# the continuous runner's own mechanics are tested in test_continuous_runner.py.
+RUNNERS = pytest.mark.parametrize("continuous", [False, True], ids=["static", "continuous"])
+
+
 @pytest.fixture
-def run(pg_url):
+def continuous() -> bool:
+    """The runner `run` uses unless a test is parametrized with RUNNERS: the static one."""
+    return False
+
+
+@pytest.fixture
+def run(pg_url, continuous):
     """Run one delivery of a job in this process, as the Celery task does."""
     from worker.jobs.delivery import execute_job
 
     def go(job_id: int, **kw):
-        # One variant per step: the boundaries these tests act at (cancel, shutdown, take-over) fall
-        # between variants. Batched steps are tested in test_batching.py.
-        kw.setdefault("settings", load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 1}))
+        # One row at a time: the boundaries these tests act at (cancel, shutdown, take-over) fall between
+        # variants. Batched steps are tested in test_batching.py.
+        kw.setdefault("settings", settings_for(pg_url, continuous, **{"worker.max_batch_rows": 1}))
         return execute_job(job_id, "pytest@host", db_url=pg_url, **kw)
 
     return go
 
 
+def settings_for(pg_url: str, continuous: bool, **overrides):
+    return load_settings(overrides={"database.url": pg_url, "worker.continuous": continuous, **overrides})
+
+
 
 
 @pytest.mark.slow
-def test_shutdown_hands_job_back_and_redelivery_resumes_without_duplicates(pg_url, run):
+@RUNNERS
+def test_shutdown_hands_job_back_and_redelivery_resumes_without_duplicates(pg_url, run, continuous):
     from worker.jobs.endings import ShutdownRequested
 
-    job_id = new_job(pg_url)
-    calls = []
+    # Four rows, decoded one at a time; the stop is asked once the first run is stored (an event: the continuous
+    # runner asks at every decoding step, the static one before each step). The static runner stops right after
+    # that step. The continuous one stores beside decoding (a storer thread whose queue holds one item here), so
+    # by the time it sees the stored run it may have decoded up to two more rows, which it stores before handing
+    # the job back; the fourth row has not been decoded: the job goes back to the queue.
+    job_id = new_job(pg_url, multipliers=[2, 5, 10])
+    variants = ["original", "all_x2", "all_x5", "all_x10"]
 
-    def stop_after_first_variant() -> bool:
-        calls.append(1)
-        return len(calls) > 1
+    def stop_once_a_run_is_stored() -> bool:
+        return bool(load(pg_url, job_id)[1])
 
     with pytest.raises(ShutdownRequested):
-        run(job_id, should_stop=stop_after_first_variant)
+        run(job_id, should_stop=stop_once_a_run_is_stored)
     job, runs = load(pg_url, job_id)
     assert job.status is JobStatus.queued and job.attempts == 0  # a clean stop is not a failed attempt
-    assert [r.variant for r in runs] == ["original"] and job.progress_done == 1
-    first = (runs[0].id, runs[0].output_text)
+    stored = [r.variant for r in runs]
+    assert stored == variants[:len(stored)] and 1 <= len(stored) <= (3 if continuous else 1), stored
+    assert job.progress_done == len(stored)
+    first = [(r.id, r.output_text) for r in runs]
 
     assert run(job_id) == "succeeded"
     job, runs = load(pg_url, job_id)
-    assert [r.variant for r in runs] == ["original", "all_x10"]
-    assert (runs[0].id, runs[0].output_text) == first  # resumed, not regenerated
-    assert job.attempts == 1 and job.progress_done == job.progress_total == 2 and job.error is None
+    assert [r.variant for r in runs] == variants
+    assert [(r.id, r.output_text) for r in runs[:len(first)]] == first  # resumed, not regenerated
+    assert job.attempts == 1 and job.progress_done == job.progress_total == 4 and job.error is None
 
     # A duplicate delivery of a finished job changes nothing.
     assert run(job_id) == "skipped"
@@ -76,6 +99,7 @@ def test_shutdown_hands_job_back_and_redelivery_resumes_without_duplicates(pg_ur
 
 
 @pytest.mark.slow
+@RUNNERS
 def test_job_left_running_by_a_dead_worker_resumes(pg_url, run):
     job_id = new_job(pg_url)
     assert run(job_id) == "succeeded"
@@ -100,11 +124,11 @@ def test_poison_job_is_failed_without_running(pg_url, run):
 
 
 @pytest.mark.slow
-def test_time_limit_fails_the_job_and_the_worker_stays_usable(pg_url, run, monkeypatch):
+@RUNNERS
+def test_time_limit_fails_the_job_and_the_worker_stays_usable(pg_url, run, monkeypatch, continuous):
     from worker.jobs import faults
 
-    settings = load_settings(overrides={"database.url": pg_url, "worker.job_time_limit": 2,
-                                        "worker.visibility_timeout": 10})
+    settings = settings_for(pg_url, continuous, **{"worker.job_time_limit": 2, "worker.visibility_timeout": 10})
     assert soft_time_limit(2) == 1
     # The first variant hangs (in Python) for up to 60 s, whatever the machine's speed: the 1 s soft limit
     # must end it. Without the limit the job would succeed after the hang.
@@ -122,6 +146,7 @@ def test_time_limit_fails_the_job_and_the_worker_stays_usable(pg_url, run, monke
 
 
 @pytest.mark.slow
+@RUNNERS
 def test_cancel_is_honoured_at_the_next_variant_boundary(pg_url, run):
     job_id = new_job(pg_url, multipliers=[2, 10])
 
@@ -231,7 +256,8 @@ def test_batched_variants_store_the_same_runs_as_one_by_one(pg_url, run):
     fields = {"multipliers": [5, 20], "layer_modes": ["all", "middle"], "max_new_tokens": 8}
     one, batched = new_job(pg_url, **fields), new_job(pg_url, **fields)
     assert run(one) == "succeeded"
-    settings = load_settings(overrides={"database.url": pg_url, "worker.max_batch_rows": 5})
+    # Static steps of five rows (the continuous runner against the static one: test_continuous_runner.py).
+    settings = settings_for(pg_url, False, **{"worker.max_batch_rows": 5})
     assert run(batched, settings=settings) == "succeeded"
     (_, runs_one), (job, runs_batched) = load(pg_url, one), load(pg_url, batched)
     assert len(runs_batched) == 5 and job.progress_done == 5
@@ -298,7 +324,8 @@ def decoded(monkeypatch):
 def test_rows_of_a_job_that_compute_the_same_are_decoded_once_and_stored_under_each_name(pg_url, run, decoded):
     from shared.completions import completion_params
 
-    settings = load_settings(overrides={"database.url": pg_url})
+    # The static runner's generate() calls are counted; the continuous runner's twins: test_continuous_runner.py.
+    settings = settings_for(pg_url, False)
     job_id = new_job(pg_url, multipliers=[1, 10], layer_modes=["all", "middle"])  # M = 1: the original twice more
     assert run(job_id, settings=settings) == "succeeded"
     job, runs = load(pg_url, job_id)

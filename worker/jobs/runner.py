@@ -91,6 +91,8 @@ class Options:
 class CohortRunner:
     """Run a delivered job, and the jobs it takes into its batch, until none has rows left."""
 
+    OWNED = (JobStatus.running, JobStatus.cancelling, JobStatus.cancelled)  # held job's states _check leaves alone
+
     def __init__(self, first: Job, opts: Options):
         s = opts.settings
         self.opts, self.worker = opts, opts.worker
@@ -196,8 +198,7 @@ class CohortRunner:
             states = with_db_retry(self.session, job_states, [m.job_id for m in active], budget=self.budget)
             for m in active:
                 status, worker = states.get(m.job_id, (None, None))
-                if worker != self.worker or status not in (JobStatus.running, JobStatus.cancelling,
-                                                           JobStatus.cancelled):
+                if worker != self.worker or status not in self.OWNED:
                     log.warning("job %s: stopping, it is now %s under %s", m.job_id,
                                 status.value if status else "gone", worker or "-")
                     self._end(m, TAKEN_OVER)

@@ -46,7 +46,7 @@ from shared.celery_config import PRIORITY, job_priority
 from shared.chat import choice_index
 from shared.errors import JobErrorCode
 from shared.metrics import METRICS
-from shared.store.tables import Job
+from shared.store.tables import Job, JobStatus
 from worker.jobs import faults
 from worker.jobs.decode import twins
 from worker.jobs.endings import JobTimeLimit, ShutdownRequested, internal_error, timeout_message
@@ -63,6 +63,9 @@ CHECK_INTERVAL = 0.5  # seconds between two reads of the held jobs' states (the 
 class ContinuousRunner(CohortRunner):
     """Run a delivered job and the jobs its batch takes in, rows joining and leaving at every decoding step."""
 
+    # A job this worker's storer succeeded is still held until the loop collects the storer's outcome; a state
+    # read in between (the storer commits, then reports) must not take it for a job taken over: no on_end then.
+    OWNED = (*CohortRunner.OWNED, JobStatus.succeeded)
     beside = True  # score and store in the storer thread; False: in the loop, between two steps (bench/store_beside.py)
 
     def __init__(self, first: Job, opts):
@@ -192,6 +195,7 @@ class ContinuousRunner(CohortRunner):
                 from worker.engine.continuous import ContinuousDecoder  # torch: only once a job runs
 
                 self.decoder = ContinuousDecoder.configured(_engine(self.model, "fast"), self.opts.settings)
+            log.info("continuous: %d rows of job %s join the decoder", len(fresh), m.job_id)
             requests = [m.kind.generation_request(r) for r in fresh]
             first = twins([m.job_id] * len(fresh), requests)
             for i, row in enumerate(fresh):
