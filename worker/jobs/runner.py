@@ -5,8 +5,8 @@ step first fills the batch up to ``worker.max_batch_rows`` rows with other queue
 (``worker.jobs.intake``). Each job's kind (``worker.jobs.kinds``) gives its rows, requests, runs and scores;
 every way a job ends goes through ``worker.jobs.endings``.
 
-The batch is refilled between steps: a step decodes its rows to the end (a row that ends early, at its budget
-or EOS, stops costing compute), stores every run, then the next step fills up. Every job keeps its guarantees:
+Here (``worker.continuous: false``) a step decodes its rows to the end, stores every run, then refills; the
+default subclass in ``worker.jobs.scheduler`` refills at every token. Every job keeps its guarantees:
 
 - cancel and take-over are checked before every step; a cancelled job's rows leave the batch;
 - progress counts the job's stored variants;
