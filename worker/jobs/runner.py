@@ -5,8 +5,8 @@ step first fills the batch up to ``worker.max_batch_rows`` rows with other queue
 (``worker.jobs.intake``). Each job's kind (``worker.jobs.kinds``) gives its rows, requests, runs and scores;
 every way a job ends goes through ``worker.jobs.endings``.
 
-Here (``worker.continuous: false``) a step decodes its rows to the end, stores every run, then refills; the
-default subclass in ``worker.jobs.scheduler`` refills at every token. Every job keeps its guarantees:
+Here (``worker.continuous: false``) a step decodes its rows to the end, stores every run, then refills (the
+default subclass, ``worker.jobs.scheduler``, at every token). Every job keeps its guarantees:
 
 - cancel and take-over are checked before every step; a cancelled job's rows leave the batch;
 - progress counts the job's stored variants;
@@ -14,8 +14,7 @@ default subclass in ``worker.jobs.scheduler`` refills at every token. Every job 
   past theirs fail (the others' rows run again in the next step); the watchdog fails the jobs past their
   hard limit and ends the process, and the recovery loop sends the rest again, as after ``kill -9``;
 - a step that raises is run again one job at a time, so the job that causes the error fails alone;
-- a warm shutdown hands every held job back; ``kill -9`` leaves them under a dead worker and the recovery
-  loop sends each one again; the runs already stored are kept (unique per job and variant);
+- a warm shutdown hands held jobs back, after ``kill -9`` the recovery loop resends them; stored runs are kept;
 - a stream's end events are published after the runs (and the job's success) are stored.
 """
 
