@@ -269,13 +269,13 @@ def format_table(summary: Mapping[str, Any]) -> str:
                 f"{_fmt(r.get('deflection_rate'), True):>4}")
 
     cols = f"{'strict':>16} {'effective':>16} {'flu':>4} {'copy':>4} {'defl':>4}"
-    header = f"{'setting':<22} {'M':>5} | {'validation':<{len(cols)}} | test"
-    sub = f"{'':<22} {'':>5} | {cols} | {cols}"
+    header = f"{'setting':<24} {'M':>5} | {'validation':<{len(cols)}} | test"
+    sub = f"{'':<24} {'':>5} | {cols} | {cols}"
     lines += [header, sub, "-" * len(sub)]
     for (setting, m), parts in by_key.items():
         v, t = parts.get("validation", {}), parts.get("test", {})
         mark = " *" if best and setting == best.get("setting") and m == best.get("multiplier") else ""
-        lines.append(f"{setting:<22} {m:>5g} | {half(v)} | {half(t)}{mark}")
+        lines.append(f"{setting:<24} {m:>5g} | {half(v)} | {half(t)}{mark}")
     lines.append("")
     for s in summary["settings"]:
         lines.append(f"{s['setting']}: {s['reason']}")
