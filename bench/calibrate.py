@@ -1,7 +1,8 @@
 """Calibrate the default model on the built-in IFEval-style pack with the paper's protocol; print the table.
 
     python bench/calibrate.py [--max-new-tokens 64] [--layer-modes all,middle] [--head-fractions 1]
-                              [--scopes all,generated] [--target-masses none,0.3] [--model M --placement raw]
+                              [--scopes all,generated] [--target-masses none,0.3] [--boilerplate-multipliers 1,0.5]
+                              [--model M --placement raw]
                               [--grid paper | --multipliers 1,3,5,7] [--test-at recommended] [--limit N]
                               [--cases FILE] [--copy-ceiling 0.05] [--from-records FILE]
                               [--csv results/calibrate_ifeval.csv]
@@ -41,6 +42,8 @@ def main() -> int:
     ap.add_argument("--head-fractions", default="1")
     ap.add_argument("--scopes", default="all", help="comma-separated scopes: all, generated, prompt")
     ap.add_argument("--target-masses", default="none", help="comma-separated target masses or none, e.g. none,0.3")
+    ap.add_argument("--boilerplate-multipliers", default="1",
+                    help="comma-separated boilerplate multipliers, each in (0, 1], 1 = off, e.g. 1,0.5")
     ap.add_argument("--placement", help="system, prefix or raw (default: the model's)")
     grid = ap.add_mutually_exclusive_group()
     grid.add_argument("--grid", default=None, help="paper (default) or log")
@@ -68,6 +71,7 @@ def main() -> int:
             *(["--multipliers", a.multipliers] if a.multipliers else ["--grid", a.grid or "paper"]),
             "--layer-modes", a.layer_modes, "--head-fractions", a.head_fractions,
             "--scopes", a.scopes, "--target-masses", a.target_masses,
+            "--boilerplate-multipliers", a.boilerplate_multipliers,
             "--max-new-tokens", str(a.max_new_tokens), "--batch-size", str(a.batch_size), "--threads", str(a.threads),
             "--test-at", a.test_at, "--device", a.device, "--dtype", "float32", "--csv", a.csv]
     argv += ["--records", a.records]  # with --from-records: the outputs scored again
@@ -148,7 +152,8 @@ def _degenerate(path: str, best: dict) -> str:
     with open(path, encoding="utf-8") as fh:
         rs = [r for r in map(json.loads, filter(str.strip, fh)) if r.get("split") == "test"
               and float(r["multiplier"]) == float(best["multiplier"])
-              and setting_label(r["layers"], r["head_fraction"], r["scope"], r["target_mass"]) == best["setting"]]
+              and setting_label(r["layers"], r["head_fraction"], r["scope"], r["target_mass"],
+                                r.get("boilerplate_multiplier")) == best["setting"]]
     eff = [r for r in rs if r.get("effective")]
     bad = [r["case"] for r in eff if r.get("repetitive") or (r.get("fluency") or 0) < 1]
     return f"{len(bad)} of {len(eff)} ({', '.join(bad) or 'none'})"

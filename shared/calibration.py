@@ -26,7 +26,8 @@ from shared.requests.sweep import CASE_FORMATS, SweepForm, SweepRequestBody, val
 from shared.requests.types import SCOPES
 from shared.settings import Settings
 
-TABLE_COLUMNS = ("setting", "multiplier", "split", "layers", "head_fraction", "scope", "target_mass", "n",
+TABLE_COLUMNS = ("setting", "multiplier", "split", "layers", "head_fraction", "scope", "target_mass",
+                 "boilerplate_multiplier", "n",
                  "success", "success_lo", "success_hi",
                  "effective_success", "effective_success_lo", "effective_success_hi", "fluency",
                  "fluency_lo", "fluency_hi", "copy_rate", "deflection_rate", "repetition", "repetitive_rate",
@@ -35,38 +36,43 @@ TABLE_COLUMNS = ("setting", "multiplier", "split", "layers", "head_fraction", "s
 
 @dataclass(frozen=True)
 class SweepSetting:
-    """One boost setting a sweep calibrates: a layer mode, the share of heads boosted per layer, the scope and
-    the target mass (None: a fixed M only)."""
+    """One boost setting a sweep calibrates: a layer mode, the share of heads boosted per layer, the scope, the
+    target mass (None: a fixed M only) and the boilerplate's M (1: not de-boosted)."""
 
     layers: str
     head_fraction: float = 1.0
     scope: str = "all"
     target_mass: float | None = None
+    boilerplate_multiplier: float = 1.0
 
     @property
     def label(self) -> str:
-        return protocol.setting_label(self.layers, self.head_fraction, self.scope, self.target_mass)
+        return protocol.setting_label(self.layers, self.head_fraction, self.scope, self.target_mass,
+                                      self.boilerplate_multiplier)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "head_fraction": self.head_fraction, "scope": self.scope,
-                "target_mass": self.target_mass}
+                "target_mass": self.target_mass, "boilerplate_multiplier": self.boilerplate_multiplier}
 
     @property
     def cell_key(self) -> str:
         """Return what, besides M and head fraction, tells this setting's sweep jobs apart (jobs.sweep_setting)."""
-        return cell_key(self.scope, self.target_mass)
+        return cell_key(self.scope, self.target_mass, self.boilerplate_multiplier)
 
 
-def cell_key(scope: str, target_mass: float | None) -> str:
-    """Return a sweep job's scope and target mass as one key: "" for today's boost (all, no target)."""
-    if scope == "all" and target_mass is None:
+def cell_key(scope: str, target_mass: float | None, boilerplate_multiplier: float | None = 1.0) -> str:
+    """Return a sweep job's scope, target mass and boilerplate M as one key: "" for today's boost (all, no target,
+    boilerplate 1); a boilerplate M below 1 adds a third part, so the keys of jobs stored before stay as they were."""
+    bm = 1.0 if boilerplate_multiplier is None else float(boilerplate_multiplier)
+    if scope == "all" and target_mass is None and bm == 1.0:
         return ""
-    return f"{scope}|{'' if target_mass is None else format(float(target_mass), 'g')}"
+    key = f"{scope}|{'' if target_mass is None else format(float(target_mass), 'g')}"
+    return key if bm == 1.0 else f"{key}|{bm:g}"
 
 
 # The dimensions a sweep varies, in the order its table and CSV show them: (key, heading).
 DIMENSIONS = (("layers", "Layers"), ("head_fraction", "Head fraction"), ("scope", "Scope"),
-              ("target_mass", "Target mass"))
+              ("target_mass", "Target mass"), ("boilerplate_multiplier", "Boilerplate M"))
 
 
 def varying(settings: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -75,7 +81,7 @@ def varying(settings: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return [(k, h) for k, h in DIMENSIONS if len({r.get(k, DEFAULTS[k]) for r in rows}) > 1]
 
 
-DEFAULTS = {"layers": "all", "head_fraction": 1.0, "scope": "all", "target_mass": None}
+DEFAULTS = {"layers": "all", "head_fraction": 1.0, "scope": "all", "target_mass": None, "boilerplate_multiplier": 1.0}
 
 
 def dimension_text(value: Any, key: str) -> str:
@@ -85,17 +91,23 @@ def dimension_text(value: Any, key: str) -> str:
         return f"{float(value) * 100:g}%"
     if key == "target_mass":
         return "none (fixed M)" if value is None else f"{float(value):g}"
+    if key == "boilerplate_multiplier":
+        return "1 (off)" if float(value) == 1.0 else f"{float(value):g}"
     return str(value)
 
 
 def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterable[float] = (1.0,),
-                   scopes: Iterable[str] = ("all",), target_masses: Iterable[float | None] = (None,)
-                   ) -> list[SweepSetting]:
-    """Return every layer mode x head fraction x scope x target mass, validated (modes in LAYER_MODES,
-    fractions in (0, 1], scopes in SCOPES, target masses in (0, 1) or None)."""
+                   scopes: Iterable[str] = ("all",), target_masses: Iterable[float | None] = (None,),
+                   boilerplate_multipliers: Iterable[float] = (1.0,)) -> list[SweepSetting]:
+    """Return every layer mode x head fraction x scope x target mass x boilerplate M, validated (modes in
+    LAYER_MODES, fractions in (0, 1], scopes in SCOPES, target masses in (0, 1) or None, boilerplate Ms in (0, 1])."""
     layer_modes, head_fractions = list(layer_modes), list(head_fractions)
-    scopes, target_masses = list(scopes), list(target_masses)
+    scopes, target_masses, lows = list(scopes), list(target_masses), list(boilerplate_multipliers)
     errors = []
+    for i, b in enumerate(lows):
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
+            errors.append({"field": f"boilerplate_multipliers[{i}]", "message": "a boilerplate multiplier is a "
+                           f"number in (0, 1] (1 = off); got {str(b)[:40]!r}"})
     for i, sc in enumerate(scopes):
         if sc not in SCOPES:
             errors.append({"field": f"scopes[{i}]", "message": f"scope must be one of {', '.join(SCOPES)}; "
@@ -122,7 +134,9 @@ def sweep_settings(layer_modes: Iterable[str] = ("all",), head_fractions: Iterab
         raise ValidationError("; ".join(e["message"] for e in errors), errors=errors)
     scopes_ = list(dict.fromkeys(sc for sc in scopes if sc in SCOPES)) or ["all"]
     targets = list(dict.fromkeys(None if p is None else float(p) for p in target_masses)) or [None]
-    return [SweepSetting(m, f, sc, p) for p in targets for sc in scopes_ for f in fractions for m in modes]
+    bms = list(dict.fromkeys(float(b) for b in lows)) or [1.0]
+    return [SweepSetting(m, f, sc, p, b) for b in bms for p in targets for sc in scopes_ for f in fractions
+            for m in modes]
 
 
 def boosted_grid(grid: Sequence[float]) -> list[float]:
@@ -155,7 +169,7 @@ def record(scores: Mapping[str, Any], *, case: str, split_: str, multiplier: flo
     """Return one protocol record: a run's scores plus where it sits in the sweep."""
     return {**scores, "case": case, "split": split_, "multiplier": float(multiplier), "layers": setting.layers,
             "head_fraction": setting.head_fraction, "scope": setting.scope, "target_mass": setting.target_mass,
-            "job_id": job_id}
+            "boilerplate_multiplier": setting.boilerplate_multiplier, "job_id": job_id}
 
 
 def rescore_records(records: Sequence[Mapping], cases: Sequence[Case], *, max_new_tokens: int,
@@ -211,7 +225,7 @@ def result_summary(result: Mapping[str, Any]) -> dict[str, Any]:
         out["recommended"] = {
             "multiplier": best["multiplier"], "layers": best["layers"], "head_fraction": best["head_fraction"],
             "scope": best.get("scope", "all"), "target_mass": best.get("target_mass"),
-            "setting": best["setting"], "validation_success": best["success"],
+            "boilerplate_multiplier": best.get("boilerplate_multiplier", 1.0), "setting": best["setting"], "validation_success": best["success"],
             "validation_effective_success": best.get("effective_success"), "validation_fluency": best["fluency"],
             "validation_copy_rate": best.get("copy_rate"),
             "test_success": test.get("success"), "test_success_ci": [test.get("success_lo"), test.get("success_hi")],
@@ -255,13 +269,13 @@ def format_table(summary: Mapping[str, Any]) -> str:
                 f"{_fmt(r.get('deflection_rate'), True):>4}")
 
     cols = f"{'strict':>16} {'effective':>16} {'flu':>4} {'copy':>4} {'defl':>4}"
-    header = f"{'setting':<22} {'M':>5} | {'validation':<{len(cols)}} | test"
-    sub = f"{'':<22} {'':>5} | {cols} | {cols}"
+    header = f"{'setting':<24} {'M':>5} | {'validation':<{len(cols)}} | test"
+    sub = f"{'':<24} {'':>5} | {cols} | {cols}"
     lines += [header, sub, "-" * len(sub)]
     for (setting, m), parts in by_key.items():
         v, t = parts.get("validation", {}), parts.get("test", {})
         mark = " *" if best and setting == best.get("setting") and m == best.get("multiplier") else ""
-        lines.append(f"{setting:<22} {m:>5g} | {half(v)} | {half(t)}{mark}")
+        lines.append(f"{setting:<24} {m:>5g} | {half(v)} | {half(t)}{mark}")
     lines.append("")
     for s in summary["settings"]:
         lines.append(f"{s['setting']}: {s['reason']}")
@@ -287,14 +301,17 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 def table_csv(summary: Mapping[str, Any]) -> str:
     """Return the per-(setting, M, split) table as CSV text: a column per setting dimension (layers, head fraction,
-    scope, target mass; empty target mass: a fixed M only) and a recommended column (formulas neutralized)."""
+    scope, target mass, boilerplate M; empty target mass: a fixed M only) and a recommended column (formulas
+    neutralized)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([*TABLE_COLUMNS, "recommended"])
     best = summary.get("best") or {}
     for row in summary["table"]:
         rec = bool(best) and row["setting"] == best.get("setting") and row["multiplier"] == best.get("multiplier")
-        row = {"head_fraction": 1.0, "scope": "all", **row}  # rows stored before scope was a dimension
+        # Rows stored before scope (or the boilerplate M) was a dimension lack them.
+        row = {"head_fraction": 1.0, "scope": "all", **row}
+        row["boilerplate_multiplier"] = row.get("boilerplate_multiplier") or 1.0
         w.writerow([neutralize(c) for c in (*(row.get(c) for c in TABLE_COLUMNS), rec)])
     return buf.getvalue()
 
@@ -363,15 +380,16 @@ def parse_sweep_request(data: Any, settings: Settings, strict: bool = True) -> S
         if cases and len(cases) < 2:
             errors.append({"field": "cases", "message": "a sweep needs at least 2 cases (a validation and a test half)"})
         errors += req.dimension_problems(data)
-        groups = len(req.head_fractions) * len(req.swept_scopes()) * len(req.swept_target_masses())
+        groups = (len(req.head_fractions) * len(req.swept_scopes()) * len(req.swept_target_masses())
+                  * len(req.swept_boilerplate_multipliers()))
         per_stage = len(cases) * groups
         cap = settings.limits.max_queued_jobs
         if cases and per_stage > cap:
             errors.append({"field": "cases", "message": f"one step of this sweep is {per_stage} jobs ({len(cases)} cases "
-                           f"x {groups} head fraction, scope and target mass settings); at most {cap} may wait in the "
+                           f"x {groups} head fraction, scope, target mass and boilerplate settings); at most {cap} may wait in the "
                            "queue: use limit, or sweep fewer values"})
     raise_problems(errors, "invalid sweep request")
     return SweepRequest(tuple(cases), req.pack, req.grid,
                         tuple(sweep_settings(req.layer_modes, req.head_fractions, req.swept_scopes(),
-                                             req.swept_target_masses())),
+                                             req.swept_target_masses(), req.swept_boilerplate_multipliers())),
                         req.fluency_floor, req.job_params())

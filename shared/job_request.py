@@ -119,7 +119,8 @@ class JobRequest(JobFields):
                          start_layer=self.start_layer, num_middle_layers=self.num_middle_layers,
                          head_fraction=self.head_boost_percentage / 100.0, seed=self.seed,
                          placement=self.placement, scope=self.scope,
-                         target_mass=None if variant.is_original else self.target_mass)
+                         target_mass=None if variant.is_original else self.target_mass,
+                         boilerplate_multiplier=1.0 if variant.is_original else self.boilerplate_multiplier)
 
     def generation_params(self) -> GenerationParams:
         """Return the decoding settings shared by every variant."""

@@ -47,6 +47,10 @@ class BoostSpec:
     target_mass: p in (0, 1) or None. After M, each boosted head's attention share on the boosted keys is raised
         to at least p, per query: a bias log(p(1-a)/(a(1-p))) on those keys when the share a is below p. With
         M = 1 this is the target-mass mode alone; it cannot be combined with M < 1 (which lowers the share).
+    boilerplate_multiplier: M_b in (0, 1]; 1 = off. Below 1 it de-boosts the boilerplate: the template tokens of
+        the instruction's turn that are not the instruction (placement system: the system turn's header and end,
+        position 0 left out: see worker.engine.prompt.boilerplate_spans), as one more span with M_b on the same
+        layers, heads and queries. A target mass counts only the boosted spans (M >= 1), never the boilerplate.
     """
 
     multiplier: float = 1.0
@@ -59,10 +63,14 @@ class BoostSpec:
     placement: str = "system"
     scope: str = "all"
     target_mass: float | None = None
+    boilerplate_multiplier: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "multiplier", check_multiplier(self.multiplier))
-        check_values({"scope": self.scope, "target_mass": self.target_mass})  # the API's bounds and messages
+        check_values({"scope": self.scope, "target_mass": self.target_mass,  # the API's bounds and messages
+                      "boilerplate_multiplier": self.boilerplate_multiplier})
+        object.__setattr__(self, "boilerplate_multiplier",  # None: off (params stored before it lack it)
+                           1.0 if self.boilerplate_multiplier is None else float(self.boilerplate_multiplier))
         if self.target_mass is not None:
             object.__setattr__(self, "target_mass", float(self.target_mass))
             check_target_with(self.multiplier, self.target_mass)
@@ -91,7 +99,7 @@ class BoostSpec:
 
     @property
     def is_identity(self) -> bool:
-        return self.multiplier == 1.0 and self.target_mass is None
+        return self.multiplier == 1.0 and self.target_mass is None and self.boilerplate_multiplier == 1.0
 
     def with_(self, **changes) -> "BoostSpec":
         """Return a copy with some fields changed (and validated again)."""
@@ -304,8 +312,10 @@ class GenerationRequest:
 
     @property
     def is_identity(self) -> bool:
-        """Return True when nothing is boosted (every M is 1, or no span at all, and no target mass)."""
-        return self.spec.target_mass is None and all(m == 1.0 for m in self.multipliers)
+        """Return True when nothing is boosted (every M is 1, or no span at all, no target mass, no de-boost of the
+        boilerplate; a completion given as token ids has no boilerplate)."""
+        return (self.spec.target_mass is None and all(m == 1.0 for m in self.multipliers)
+                and (self.spec.boilerplate_multiplier == 1.0 or self.prompt_ids is not None))
 
 
 @dataclass

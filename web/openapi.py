@@ -201,6 +201,12 @@ def sweep_request_schema(settings: Settings) -> dict[str, Any]:
                           "items": {"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                           "description": "Target masses swept, null: a fixed M only (default: [target_mass]); give "
                                          "target_mass or target_masses, not both. A target mass takes no M below 1."},
+        "boilerplate_multipliers": {"type": "array", "minItems": 1, "maxItems": MAX_SETTINGS_VALUES,
+                                    "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                                    "description": "Boilerplate multipliers swept, 1: off, below 1 de-boosts the "
+                                                   "instruction turn's template tokens (default: "
+                                                   "[boilerplate_multiplier]); give boilerplate_multiplier or "
+                                                   "boilerplate_multipliers, not both."},
         "fluency_floor": {"type": "number", "minimum": 0, "maximum": 2,
                           "description": "Stop going up once mean validation fluency (0-2) is below; default 1."},
         "limit": {"type": "integer", "minimum": 2, "description": "Use only the first N cases."},
@@ -221,7 +227,8 @@ def sweep_request_schema(settings: Settings) -> dict[str, Any]:
             "allOf": [_target_needs_boost("grid"), _targets_need_boost(),
                       *({"not": {"required": [one, many], "properties": {one: {"not": {"type": "null"}},
                                                                           many: {"not": {"type": "null"}}}}}
-                        for one, many in (("scope", "scopes"), ("target_mass", "target_masses")))],
+                        for one, many in (("scope", "scopes"), ("target_mass", "target_masses"),
+                                          ("boilerplate_multiplier", "boilerplate_multipliers")))],
             "oneOf": [{"required": [src], "properties": {src: {"not": {"type": "null"}},
                                                          **{o: {"type": "null"} for o in sources if o != src}}}
                       for src in sources]}

@@ -167,7 +167,8 @@ def runs():
 # -- calibration sweeps ---------------------------------------------------------------------------------
 
 SWEEP_FORM_DEFAULTS = {"pack": "default", "grid": "paper", "layer_modes": ["all"], "head_fractions": "1",
-                       "scopes": ["all"], "target_masses": "none", "fluency_floor": "1", "limit": "",
+                       "scopes": ["all"], "target_masses": "none", "boilerplate_multipliers": "1",
+                       "fluency_floor": "1", "limit": "",
                        "max_new_tokens": "64", "cases_text": "", "cases_format": "yaml"}
 SWEEP_FORM_LISTS = ("layer_modes", "scopes")  # checkboxes: the form sends each ticked one
 
@@ -202,8 +203,9 @@ def start_sweep():
 
     form = request.form
     values = {k: form.getlist(k) if k in SWEEP_FORM_LISTS else form.get(k, "") for k in SWEEP_FORM_DEFAULTS}
-    data: dict[str, Any] = {k: values[k] for k in ("grid", "head_fractions", "target_masses", "fluency_floor",
-                                                   "limit", "max_new_tokens") if values[k] != ""}
+    data: dict[str, Any] = {k: values[k] for k in ("grid", "head_fractions", "target_masses",
+                                                   "boilerplate_multipliers", "fluency_floor", "limit",
+                                                   "max_new_tokens") if values[k] != ""}
     data["layer_modes"] = values["layer_modes"] or ""
     if values["scopes"]:  # none ticked: the default scope (all), today's boost
         data["scopes"] = values["scopes"]

@@ -22,7 +22,8 @@ from worker.scoring import score_results
 def _requests(cases: Sequence[Case], m: float, setting: SweepSetting, base: BoostSpec,
               params: GenerationParams, baseline: bool = False) -> list[GenerationRequest]:
     spec = base.with_(multiplier=m, layers=setting.layers, head_fraction=setting.head_fraction, scope=setting.scope,
-                      target_mass=None if baseline else setting.target_mass)  # the baseline is unboosted
+                      target_mass=None if baseline else setting.target_mass,  # the baseline is unboosted
+                      boilerplate_multiplier=1.0 if baseline else setting.boilerplate_multiplier)
     return [GenerationRequest(c.instruction, c.query, spec, params) for c in cases]
 
 

@@ -84,16 +84,20 @@ def bootstrap_ci(values: Iterable[float | bool], *, level: float = LEVEL, n_boot
     return lo, hi
 
 
-def _setting(r: Mapping) -> tuple[str, float, str, float | None]:
+def _setting(r: Mapping) -> tuple[str, float, str, float | None, float]:
     target = r.get("target_mass")
     return (str(r["layers"]), float(r.get("head_fraction", 1.0)), str(r.get("scope") or "all"),
-            None if target is None else float(target))
+            None if target is None else float(target), float(r.get("boilerplate_multiplier") or 1.0))
 
 
-def setting_label(layers: str, head_fraction: float = 1.0, scope: str = "all", target_mass: float | None = None) -> str:
-    """Return a setting's display name, e.g. 'middle', 'middle, 50% heads' or 'all, generated, target 0.3'."""
+def setting_label(layers: str, head_fraction: float = 1.0, scope: str = "all", target_mass: float | None = None,
+                  boilerplate_multiplier: float | None = 1.0) -> str:
+    """Return a setting's display name, e.g. 'middle', 'middle, 50% heads', 'all, generated, target 0.3' or
+    'all, boilerplate 0.5' (records stored before the boilerplate M lack it: 1, off)."""
+    bm = 1.0 if boilerplate_multiplier is None else float(boilerplate_multiplier)
     parts = [layers, *([f"{head_fraction * 100:g}% heads"] if head_fraction != 1.0 else []),
-             *([scope] if scope != "all" else []), *([f"target {target_mass:g}"] if target_mass is not None else [])]
+             *([scope] if scope != "all" else []), *([f"target {target_mass:g}"] if target_mass is not None else []),
+             *([f"boilerplate {bm:g}"] if bm != 1.0 else [])]
     return ", ".join(parts)
 
 
@@ -112,9 +116,9 @@ def _check_records(records: Sequence[Mapping]) -> None:
                               errors=errors)
 
 
-def _by_setting(records: Sequence[Mapping]) -> dict[tuple[str, float, str, float | None], list[Mapping]]:
+def _by_setting(records: Sequence[Mapping]) -> dict[tuple[str, float, str, float | None, float], list[Mapping]]:
     """Group records by setting, in first-seen order; settings without M = 1 runs share the first setting's."""
-    groups: dict[tuple[str, float, str, float | None], list[Mapping]] = defaultdict(list)
+    groups: dict[tuple[str, float, str, float | None, float], list[Mapping]] = defaultdict(list)
     for r in records:
         groups[_setting(r)].append(r)
     boosted = [s for s, rs in groups.items() if any(r["multiplier"] != 1 for r in rs)] or list(groups)
@@ -148,7 +152,7 @@ def summarize(records: Sequence[Mapping], *, success: str = "follows", fluency: 
     """Return one row per (setting, M, split): n, strict and effective success and fluency with CIs, rates."""
     _check_records(records)
     rows = []
-    for (layers, hf, scope, target), rs in _by_setting(records).items():
+    for (layers, hf, scope, target, bm), rs in _by_setting(records).items():
         cells: dict[tuple[float, str], list[Mapping]] = defaultdict(list)
         for r in rs:
             cells[(float(r["multiplier"]), r["split"])].append(r)
@@ -166,8 +170,8 @@ def summarize(records: Sequence[Mapping], *, success: str = "follows", fluency: 
             e_lo, e_hi = bootstrap_ci(eff, level=level, n_boot=n_boot, seed=seed)
             f_lo, f_hi = bootstrap_ci(flu, level=level, n_boot=n_boot, seed=seed)
             rows.append({
-                "setting": setting_label(layers, hf, scope, target), "layers": layers, "head_fraction": hf,
-                "scope": scope, "target_mass": target, "multiplier": m,
+                "setting": setting_label(layers, hf, scope, target, bm), "layers": layers, "head_fraction": hf,
+                "scope": scope, "target_mass": target, "boilerplate_multiplier": bm, "multiplier": m,
                 "split": part, "n": len(cell), "success": _round(_mean(ok)), "success_lo": _round(s_lo),
                 "success_hi": _round(s_hi), "effective_success": _round(_mean(eff)),
                 "effective_success_lo": _round(e_lo), "effective_success_hi": _round(e_hi),
@@ -252,6 +256,7 @@ def calibrate(records: Sequence[Mapping], *, floor: float = FLOOR, copy_ceiling:
         test = {r["multiplier"]: r for r in rows if r["split"] == "test"}
         settings.append({"setting": label, "layers": rows[0]["layers"], "head_fraction": rows[0]["head_fraction"],
                          "scope": rows[0]["scope"], "target_mass": rows[0]["target_mass"],
+                         "boilerplate_multiplier": rows[0]["boilerplate_multiplier"],
                          **pick, "test": test.get(pick["multiplier"]), "baseline_test": test.get(1.0)})
     picked = [s for s in settings if s["multiplier"] is not None]
     best = min(picked, key=lambda s: (-_score(s), s["multiplier"], settings.index(s))) if picked else None

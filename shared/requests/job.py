@@ -41,6 +41,8 @@ Penalty = t.number(-2, 2, optional=True)
 Scope = t.choice(t.SCOPES, True)
 TargetMass = t.number(0, 1, lo_open=True, hi_open=True, hint="the share of attention on the instruction",
                       optional=True)
+BoilerplateMultiplier = t.number(0, 1, lo_open=True, hint="1 = off, below 1 de-boosts the instruction turn's "
+                                 "template tokens", optional=True)
 
 
 class JobFields(base.Request):
@@ -83,6 +85,11 @@ class JobFields(base.Request):
         "Target mass p (empty = off)", "Instead of (or after) M, raise each boosted head's attention share on the "
         "instruction to at least this p, per query (null = off). Use with multipliers >= 1; left out, multipliers "
         "is [1]: the target alone.", advanced=True, cli="--target-mass", required=False)
+    boilerplate_multiplier: BoilerplateMultiplier = base.meta(
+        "Boilerplate M (1 = off)", "De-boost the instruction turn's template scaffolding (for placement system: "
+        "the system turn's tokens around the instruction, such as <|im_start|>system and <|im_end|>, but not the "
+        "first token) by this M in (0, 1], with the same layers, heads and scope as the boost (1 = off).",
+        default=1.0, advanced=True, cli="--boilerplate-multiplier")
     engine: Engine = base.meta(
         "Engine", "fast (log-M bias inside fused attention) or transformerlens (the hook_pattern reference).",
         setting="instaboost.engine", advanced=True, cli="--engine")

@@ -175,6 +175,25 @@ def check_target(p: Any) -> float | None:
     return None if p is None else float(p)
 
 
+def check_boilerplates(value: Any, info: ValidationInfo) -> Any:
+    if value is None:
+        return None
+    items = listed(value, info)
+    if not t.is_strict(info):
+        try:
+            items = [float(b) for b in items]
+        except (TypeError, ValueError):
+            pass
+    return items
+
+
+def check_boilerplate(b: Any) -> float:
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
+        raise fail(f"a boilerplate multiplier is a number in (0, 1] (1 = off, below 1 de-boosts the instruction "
+                   f"turn's template tokens); got {str(b)[:40]!r}")
+    return float(b)
+
+
 def optional_listed(value: Any, info: ValidationInfo) -> Any:
     """Return a swept list, or None (left out: the single job field's value is swept)."""
     return None if value is None else listed(value, info)
@@ -217,7 +236,7 @@ class SweepRequestBody(base.Request):
     model_config = ConfigDict(title="SweepRequest")
     JOB_FIELDS: ClassVar[tuple[str, ...]] = ("model", "max_new_tokens", "placement", "start_layer",
                                              "num_middle_layers", "seed", "temperature", "top_p", "engine",
-                                             "score_perplexity", "scope", "target_mass")
+                                             "score_perplexity", "scope", "target_mass", "boilerplate_multiplier")
 
     pack: Annotated[Optional[str], BeforeValidator(check_pack)] = Field(
         None, description="A built-in case pack: " + ", ".join(PACKS_BY_NAME) + " (or give cases).")
@@ -239,6 +258,10 @@ class SweepRequestBody(base.Request):
                              BeforeValidator(check_targets), AfterValidator(_unique_or_none)] = Field(
         None, description="Target masses swept, each in (0, 1), null for a fixed M only (default: [target_mass]); "
                           "a target mass takes no M below 1.")
+    boilerplate_multipliers: Annotated[Optional[list[Annotated[float, BeforeValidator(check_boilerplate)]]],
+                                       BeforeValidator(check_boilerplates), AfterValidator(_unique_or_none)] = Field(
+        None, description="Boilerplate multipliers swept, each in (0, 1] (1 = off; below 1 de-boosts the instruction "
+                          "turn's template tokens) (default: [boilerplate_multiplier]).")
     fluency_floor: Annotated[float, BeforeValidator(check_floor)] = Field(
         protocol.FLOOR, description="The fluency (0-2) a recommended M must keep.")
     limit: Annotated[Optional[int], BeforeValidator(check_limit)] = Field(
@@ -255,6 +278,7 @@ class SweepRequestBody(base.Request):
     score_perplexity: t.boolean(True) = job.same("score_perplexity")
     scope: job.Scope = job.same("scope")
     target_mass: job.TargetMass = job.same("target_mass")
+    boilerplate_multiplier: job.BoilerplateMultiplier = job.same("boilerplate_multiplier")
 
     def job_params(self) -> dict[str, Any]:
         """Return the job fields every run of the sweep shares."""
@@ -268,10 +292,17 @@ class SweepRequestBody(base.Request):
         """Return the target masses swept: target_masses, or the one target_mass."""
         return list(self.target_masses) if self.target_masses is not None else [self.target_mass]
 
+    def swept_boilerplate_multipliers(self) -> list[float]:
+        """Return the boilerplate multipliers swept: boilerplate_multipliers, or the one boilerplate_multiplier."""
+        if self.boilerplate_multipliers is not None:
+            return list(self.boilerplate_multipliers)
+        return [1.0 if self.boilerplate_multiplier is None else self.boilerplate_multiplier]
+
     def dimension_problems(self, given: Mapping[str, Any]) -> list[dict]:
         """Return the problems between dimensions: a list given with its single field, a target under M < 1."""
         errors = []
-        for one, many in (("scope", "scopes"), ("target_mass", "target_masses")):
+        for one, many in (("scope", "scopes"), ("target_mass", "target_masses"),
+                          ("boilerplate_multiplier", "boilerplate_multipliers")):
             if given.get(one) not in (None, "") and getattr(self, many) is not None:
                 errors.append({"field": many, "message": f"give {one} (one value) or {many} (a list swept), not "
                                f"both: put {one}'s value into {many}"})

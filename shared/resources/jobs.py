@@ -21,6 +21,7 @@ class Run(Resource):
     heads: str | None
     scope: str = Field(description="Which query positions the boost reached: all, generated or prompt")
     target_mass: Number | None = Field(description="The attention share on the instruction raised to (null: a fixed M)")
+    boilerplate_multiplier: Number = Field(description="The M on the instruction turn's template tokens (1: off)")
     output_text: str = Field(description="The output exactly as generated (NUL characters included, as \\u0000)")
     prompt_tokens: int
     output_tokens: int
@@ -89,9 +90,10 @@ class Sweep(Resource):
     pack: str | None
     grid: list[Number]
     settings: list[Any] = Field(description="The settings swept: layers, head_fraction, scope, target_mass "
-                                "(null: a fixed M only) and label.")
+                                "(null: a fixed M only), boilerplate_multiplier (1: off) and label.")
     dimensions: list[str] = Field(description="The setting dimensions whose value varies between the settings "
-                                  "(layers, head_fraction, scope, target_mass): the sweep page's columns.")
+                                  "(layers, head_fraction, scope, target_mass, boilerplate_multiplier): the sweep "
+                                  "page's columns.")
     fluency_floor: Number
     copy_ceiling: Number | None = Field(description="The largest share of answers copying the instruction that a "
                                         "recommended setting may have (null: sweeps stored before the ceiling).")
@@ -129,7 +131,8 @@ class ServedModel(Resource):
                                                        "so multipliers 'recommended' is accepted (null: the "
                                                        "database did not answer).")
     recommendation: Object | None = Field(None, description="The setting multipliers 'recommended' takes: its "
-                                          "sweep_id, multiplier, layers, head_fraction, scope and target_mass "
+                                          "sweep_id, multiplier, layers, head_fraction, scope, target_mass and "
+                                          "boilerplate_multiplier "
                                           "(left out: none, or the database did not answer).")
 
 

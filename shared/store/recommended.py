@@ -1,5 +1,5 @@
 """``multipliers: "recommended"``: a job takes the whole boost setting its model's latest finished calibration
-sweep recommends (shared.store.sweeps): M, layer mode, head fraction, scope and target mass."""
+sweep recommends (shared.store.sweeps): M, layer mode, head fraction, scope, target mass and boilerplate M."""
 
 from __future__ import annotations
 
@@ -34,24 +34,26 @@ def wants_recommended(value: Any) -> bool:
 
 
 def recommended_setting(sweep: Sweep) -> dict[str, Any]:
-    """Return a sweep's recommended setting: M, layer mode, head fraction, scope and target mass."""
+    """Return a sweep's recommended setting: M, layer mode, head fraction, scope, target mass and boilerplate M."""
     # A sweep finished before the scope and target mass were stored with it: its one scope and target mass.
     params = (sweep.config or {}).get("params") or {}
     old = sweep.recommended_scope is None
     return {"sweep_id": sweep.id, "multiplier": sweep.recommended_multiplier, "layers": sweep.recommended_layers,
             "head_fraction": sweep.recommended_head_fraction or 1.0,
             "scope": (params.get("scope") or "all") if old else sweep.recommended_scope,
-            "target_mass": params.get("target_mass") if old else sweep.recommended_target_mass}
+            "target_mass": params.get("target_mass") if old else sweep.recommended_target_mass,
+            # NULL: a sweep finished before the boilerplate M was stored with it, which never de-boosted.
+            "boilerplate_multiplier": sweep.recommended_boilerplate_multiplier or 1.0}
 
 
-SETTING_FIELDS = ("layer_modes", "head_boost_percentage", "scope", "target_mass")
+SETTING_FIELDS = ("layer_modes", "head_boost_percentage", "scope", "target_mass", "boilerplate_multiplier")
 
 
 def resolve_recommended(session: Session, data: Any, settings: Settings, whole: bool = False) -> Any:
     """Replace ``multipliers: "recommended"`` by the latest finished sweep's recommended setting for the job's model.
 
-    The setting's M fills multipliers; its layer mode, head fraction, scope and target mass fill layer_modes,
-    head_boost_percentage, scope and target_mass when the job leaves them out (always, with whole: the form,
+    The setting's M fills multipliers; its layer mode, head fraction, scope, target mass and boilerplate M fill
+    layer_modes, head_boost_percentage, scope, target_mass and boilerplate_multiplier when the job leaves them out (always, with whole: the form,
     whose fields are never left out). A ValidationError (422) says so when no finished sweep for that model has
     a recommendation.
     """
@@ -67,7 +69,8 @@ def resolve_recommended(session: Session, data: Any, settings: Settings, whole: 
                               "Sweeps page) or give multipliers as numbers", field="multipliers")
     rec = recommended_setting(sweep)
     given = {"layer_modes": [rec["layers"]], "head_boost_percentage": rec["head_fraction"] * 100.0,
-             "scope": rec["scope"], "target_mass": rec["target_mass"]}
+             "scope": rec["scope"], "target_mass": rec["target_mass"],
+             "boilerplate_multiplier": rec["boilerplate_multiplier"]}
     out = dict(data)
     out["multipliers"] = [rec["multiplier"]]
     for key in SETTING_FIELDS:  # the M was chosen with these: a job gets the setting it was chosen in

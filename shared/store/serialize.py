@@ -14,10 +14,12 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def run_boost(variant: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """Return a run's scope and target mass, from its job's params (the original variant boosts nothing)."""
+    """Return a run's scope, target mass and boilerplate M, from its job's params (the original variant boosts
+    nothing; jobs stored before the boilerplate M lack it: 1)."""
     params = params or {}
     original = variant == "original"
-    return {"scope": params.get("scope") or "all", "target_mass": None if original else params.get("target_mass")}
+    return {"scope": params.get("scope") or "all", "target_mass": None if original else params.get("target_mass"),
+            "boilerplate_multiplier": 1.0 if original else params.get("boilerplate_multiplier") or 1.0}
 
 
 def run_to_dict(run: Run, job: Job | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:

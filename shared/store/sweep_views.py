@@ -46,7 +46,7 @@ def sweep_to_dict(session: Session, sweep: Sweep, *, cases: bool = False,
          "current_multiplier": sweep.current_multiplier, "jobs": job_counts(session, sweep.id),
          "table": result.get("table", []),
          "choices": [{k: s.get(k) for k in ("setting", "layers", "head_fraction", "scope", "target_mass",
-                                             "multiplier", "success",
+                                             "boilerplate_multiplier", "multiplier", "success",
                                              "effective_success", "fluency", "copy_rate", "considered",
                                              "over_copy_ceiling", "stopped_at", "reason")}
                      for s in result.get("settings", [])],
@@ -69,7 +69,8 @@ def drilldown(session: Session, sweep: Sweep) -> dict[str, Any]:
         if job.case_name in by_case:
             by_case[job.case_name]["jobs"].append(job)
     for r in records:
-        label = protocol.setting_label(r["layers"], r["head_fraction"], r["scope"], r["target_mass"])
+        label = protocol.setting_label(r["layers"], r["head_fraction"], r["scope"], r["target_mass"],
+                                       r.get("boilerplate_multiplier"))
         by_case[r["case"]]["cells"][(label, r["multiplier"])] = r
     columns = sorted({key for row in by_case.values() for key in row["cells"]}, key=lambda k: (k[1], k[0]))
     return {"rows": list(by_case.values()), "columns": columns}

@@ -46,7 +46,7 @@ log = logging.getLogger("instaboost.sweeps")
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 # Job fields a sweep passes to every job it creates (the rest are set per cell).
 BASE_FIELDS = ("model", "start_layer", "num_middle_layers", "seed", "placement", "engine", "max_new_tokens",
-               "temperature", "top_p", "score_perplexity", "scope", "target_mass")
+               "temperature", "top_p", "score_perplexity", "scope", "target_mass", "boilerplate_multiplier")
 Sender = Callable[[int, str], None]  # (job id, model) -> publish the job's message
 
 
@@ -63,16 +63,19 @@ def settings_of(sweep: Sweep) -> list[SweepSetting]:
     # Settings stored before scope and target mass were sweep dimensions take the sweep's one value of each.
     params = sweep.config.get("params") or {}
     return [SweepSetting(s["layers"], float(s["head_fraction"]), s.get("scope") or params.get("scope") or "all",
-                         s.get("target_mass", params.get("target_mass"))) for s in sweep.config["settings"]]
+                         s.get("target_mass", params.get("target_mass")),
+                         float(s.get("boilerplate_multiplier") or params.get("boilerplate_multiplier") or 1.0))
+            for s in sweep.config["settings"]]
 
 
 def cell_request(sweep_config: Mapping[str, Any], case: Mapping[str, Any], m: float, setting: SweepSetting,
                  layer_modes: Sequence[str], settings: Settings) -> JobRequest:
-    """Return the job request of one (case, M, head fraction, scope, target mass) cell."""
+    """Return the job request of one (case, M, head fraction, scope, target mass, boilerplate M) cell."""
     return JobRequest.from_dict({**sweep_config["params"], "instruction": case["instruction"], "query": case["query"],
                                  "multipliers": [m], "layer_modes": list(layer_modes),
                                  "head_boost_percentage": setting.head_fraction * 100.0, "scope": setting.scope,
-                                 "target_mass": setting.target_mass, "checks": case["checks"],
+                                 "target_mass": setting.target_mass,
+                                 "boilerplate_multiplier": setting.boilerplate_multiplier, "checks": case["checks"],
                                  "ifeval": case["ifeval"], "attention": False}, settings, strict=True)
 
 
@@ -170,7 +173,7 @@ def records_of(session: Session, sweep: Sweep) -> list[dict[str, Any]]:
         else:
             params = job.params or {}
             setting = SweepSetting(run.layers, float(job.sweep_head_fraction or 1.0), params.get("scope") or "all",
-                                   params.get("target_mass"))
+                                   params.get("target_mass"), float(params.get("boilerplate_multiplier") or 1.0))
             m = float(run.multiplier)
         out.append(record(scores, case=job.case_name, split_=splits[job.case_name], multiplier=m, setting=setting,
                           job_id=job.id))
@@ -194,9 +197,10 @@ def _start_stage(session: Session, sweep: Sweep, m: float, going: Sequence[Sweep
     Raises ValidationError (a cell's job request is invalid) or TooManyJobs (after a rollback: the stage does not fit).
     """
     cells = []
-    groups: dict[SweepSetting, list[str]] = {}  # one job per head fraction, scope and target mass; modes: variants
+    groups: dict[SweepSetting, list[str]] = {}  # one job per head fraction, scope, target mass, boilerplate M; modes: variants
     for s in going:
-        groups.setdefault(SweepSetting("all", s.head_fraction, s.scope, s.target_mass), []).append(s.layers)
+        groups.setdefault(SweepSetting("all", s.head_fraction, s.scope, s.target_mass, s.boilerplate_multiplier),
+                          []).append(s.layers)
     for case in sweep.config["cases"]:
         for group, modes in groups.items():
             cells.append((case["name"], group, cell_request(sweep.config, case, m, group, modes, settings)))
@@ -298,6 +302,7 @@ def _finish(session: Session, sweep: Sweep) -> None:
     sweep.recommended_head_fraction = rec["head_fraction"] if rec else None
     sweep.recommended_scope = rec.get("scope", "all") if rec else None
     sweep.recommended_target_mass = rec.get("target_mass") if rec else None
+    sweep.recommended_boilerplate_multiplier = rec.get("boilerplate_multiplier", 1.0) if rec else None
     sweep.finished_at = sweep.updated_at = utcnow()
 
 

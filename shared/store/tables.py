@@ -227,6 +227,7 @@ class Sweep(Base):
     # The rest of the recommended setting (NULL scope: a sweep stored before they were recorded here).
     recommended_scope: Mapped[str | None] = mapped_column(String(16), nullable=True)
     recommended_target_mass: Mapped[float | None] = mapped_column(Float, nullable=True)
+    recommended_boilerplate_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL: 1
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

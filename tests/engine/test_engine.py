@@ -443,3 +443,68 @@ def test_fast_batch_rows_keep_their_own_scope_and_target(fast_engine):
     batched = fast_engine.generate(reqs)
     alone = [fast_engine.generate([r])[0] for r in reqs]
     assert [b.text for b in batched] == [a.text for a in alone]
+
+
+# -- the boilerplate de-boost (issue 21) ----------------------------------------------------------------------
+
+DEBOOSTED = [
+    dict(multiplier=6.0, boilerplate_multiplier=0.3),
+    dict(multiplier=1.0, boilerplate_multiplier=0.5, scope="generated"),
+    dict(multiplier=4.0, boilerplate_multiplier=0.2, layers="middle", head_fraction=0.5),
+    dict(multiplier=3.0, boilerplate_multiplier=0.5, target_mass=0.5, layers="middle"),
+    dict(target_mass=0.4, boilerplate_multiplier=0.1, scope="prompt", layers=(2, 9, 10), heads={9: (0, 3)}),
+]
+
+
+def test_boilerplate_is_the_system_turns_scaffolding_without_the_sink(fast_engine):
+    tok = fast_engine.tokenizer
+    p = fast_engine.prompt(make_request(2.0))
+    assert [tok.decode(p.input_ids[a:b]) for a, b in p.boilerplate] == ["system\n", "<|im_end|>\n"]
+    assert p.boilerplate == ((1, p.span[0]), (p.span[1], p.span[1] + 2))  # position 0 (<|im_start|>) left out
+    assert tok.decode(p.input_ids[:1]) == "<|im_start|>" and p.spans == ((*p.span, None),)
+    for placement in ("prefix", "raw"):  # the instruction has no turn of its own there
+        assert fast_engine.prompt(make_request(2.0, placement=placement)).boilerplate == ()
+
+
+def test_boilerplate_multiplier_one_is_todays_boost(fast_engine, tl_engine):
+    cont = _continuation(fast_engine)
+    for spec in (dict(multiplier=6.0), dict(multiplier=3.0, target_mass=0.5, scope="generated")):
+        for engine in (fast_engine, tl_engine):
+            today = engine.logits(make_request(**spec), cont)
+            assert torch.equal(engine.logits(make_request(**spec, boilerplate_multiplier=1.0), cont), today)
+    assert make_request(1.0, boilerplate_multiplier=1.0).is_identity
+    assert not make_request(1.0, boilerplate_multiplier=0.5).is_identity
+
+
+@pytest.mark.parametrize("spec", DEBOOSTED, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_engines_agree_on_boilerplate_deboost_logits(fast_engine, tl_engine, spec):
+    req, cont = make_request(**spec), _continuation(fast_engine)
+    got = fast_engine.logits(req, cont)
+    diff = (got - tl_engine.logits(req, cont)).abs().max().item()
+    assert diff <= 1e-4, f"fast and transformerlens logits differ by {diff:.3g}"
+    without = {k: v for k, v in spec.items() if k != "boilerplate_multiplier"}
+    assert (got - fast_engine.logits(make_request(**without), cont)).abs().max().item() > 0.1  # it de-boosts
+
+
+@pytest.mark.parametrize("which", ["fast", "transformerlens"])
+def test_target_mass_counts_the_boosted_spans_only_not_the_boilerplate(fast_engine, tl_engine, which):
+    engine = fast_engine if which == "fast" else tl_engine
+    res = engine.generate([make_request(target_mass=0.4, boilerplate_multiplier=0.1, max_new_tokens=8)],
+                          attention=True)[0]
+    # The share measured and raised is the instruction's: at least p in every layer, the de-boost aside.
+    assert min(res.attention_mass["boosted"]) >= 0.4 - 1e-4, res.attention_mass["boosted"]
+
+
+def test_engines_agree_on_boilerplate_generation_and_batches_keep_each_rows_boilerplate(fast_engine, tl_engine):
+    req = make_request(5.0, boilerplate_multiplier=0.3, target_mass=0.5, max_new_tokens=10)
+    a, b = fast_engine.generate([req], attention=True)[0], tl_engine.generate([req], attention=True)[0]
+    assert a.text == b.text and a.spans == b.spans == ((*fast_engine.prompt(req).span, 5.0),)
+    for label in ("unboosted", "boosted"):
+        assert a.attention_mass[label] == pytest.approx(b.attention_mass[label], abs=1e-4)
+    reqs = [make_request(6.0, boilerplate_multiplier=0.2, max_new_tokens=12),
+            make_request(6.0, max_new_tokens=12, query="Why do cats purr?"),
+            make_request(1.0, boilerplate_multiplier=0.5, placement="prefix", max_new_tokens=12),
+            make_request(2.0, boilerplate_multiplier=0.1, scope="generated", max_new_tokens=12,
+                         instruction="Reply in all capital letters.")]
+    batched = fast_engine.generate(reqs)
+    assert [x.text for x in batched] == [fast_engine.generate([r])[0].text for r in reqs]

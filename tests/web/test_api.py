@@ -455,3 +455,24 @@ def test_bad_scope_and_target_mass_are_422_naming_the_field(client, heartbeat):
     assert_problem(submit(client, scope="decode"), 422, "scope")
     body = assert_problem(submit(client, target_mass=0.5, multipliers=[0.5]), 422, "target_mass")
     assert "below 1" in body["errors"][0]["message"]
+
+
+def test_boilerplate_multiplier_is_stored_and_shown_on_runs(client, heartbeat, db_session):
+    """Issue 21: the boilerplate de-boost is a job field; the runs show it (the original de-boosts nothing)."""
+    heartbeat(DEFAULT_MODEL)
+    resp = submit(client, multipliers=[5], boilerplate_multiplier=0.5, layer_modes=["all"])
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert job["params"]["boilerplate_multiplier"] == 0.5
+    lifecycle.record_run(db_session, job["id"], "original", multiplier=1.0, layers="none", output_text="a")
+    lifecycle.record_run(db_session, job["id"], "all_x5", multiplier=5.0, layers="all", output_text="b")
+    runs = {r["variant"]: r for r in client.get(f"/api/jobs/{job['id']}").get_json()["runs"]}
+    assert (runs["all_x5"]["boilerplate_multiplier"], runs["original"]["boilerplate_multiplier"]) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, "x", -0.5])
+def test_bad_boilerplate_multiplier_is_422_saying_how_to_fix_it(client, heartbeat, bad):
+    heartbeat()
+    body = assert_problem(submit(client, boilerplate_multiplier=bad), 422, "boilerplate_multiplier")
+    message = body["errors"][0]["message"]
+    assert "boilerplate_multiplier" in message and ("(0, 1]" in message or "number" in message), message

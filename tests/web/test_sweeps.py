@@ -400,13 +400,13 @@ def test_a_sweep_over_scopes_recommends_a_whole_setting_and_shows_it_side_by_sid
     models = client.get("/api/models").get_json()["models"]
     assert models[0]["recommendation"] == {"sweep_id": sweep["id"], "multiplier": rec["multiplier"],
                                            "layers": "all", "head_fraction": 1.0, "scope": rec["scope"],
-                                           "target_mass": None}
+                                           "target_mass": None, "boilerplate_multiplier": 1.0}
     job = client.post("/api/jobs", json={"instruction": "Be brief.", "query": "Hi?", "max_new_tokens": 4,
                                          "multipliers": "recommended"}).get_json()
     assert (job["params"]["multipliers"], job["params"]["scope"]) == ([rec["multiplier"]], rec["scope"])
 
     table = list(csv.DictReader(io.StringIO(client.get(f"/api/sweeps/{sweep['id']}.csv").get_data(as_text=True))))
-    assert {"layers", "head_fraction", "scope", "target_mass"} <= set(table[0])
+    assert {"layers", "head_fraction", "scope", "target_mass", "boilerplate_multiplier"} <= set(table[0])
     assert {r["scope"] for r in table} == {"all", "generated"}
     page = client.get(f"/sweeps/{sweep['id']}").get_data(as_text=True)
     head = page.split('id="sweep-table"')[1].split("</thead>")[0]

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: --scope)")
     c.add_argument("--target-masses", help="comma-separated target masses to calibrate as settings, each in "
                    "(0, 1) or none (default: --target-mass)")
+    c.add_argument("--boilerplate-multipliers", help="comma-separated boilerplate multipliers to calibrate as "
+                   "settings, each in (0, 1], 1 = off (default: --boilerplate-multiplier)")
     c.add_argument("--fluency-floor", type=float, default=None, help="stop going up once mean validation "
                    "fluency (0-2) falls below this (default 1.0)")
     c.add_argument("--copy-ceiling", type=float, default=None, help="pass over an M whose validation copy rate "
@@ -110,7 +112,7 @@ def _spec_and_params(args, s):
     spec = BoostSpec(multiplier=m, layers=layers, start_layer=values["start_layer"],
                      num_middle_layers=values["num_middle_layers"], head_fraction=heads, heads=explicit,
                      seed=values["seed"], placement=values["placement"], scope=values.get("scope", "all"),
-                     target_mass=target)
+                     target_mass=target, boilerplate_multiplier=values.get("boilerplate_multiplier", 1.0))
     extras = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
     params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
                               top_p=values["top_p"], seed=values["seed"],
@@ -185,7 +187,8 @@ def _csv_numbers(text: str, flag: str) -> list[float]:
 
 
 CALIBRATE_FLAGS = {"layer_modes": "--layer-modes", "head_fractions": "--head-fractions", "scopes": "--scopes",
-                   "target_masses": "--target-masses", "grid": "--multipliers"}
+                   "target_masses": "--target-masses", "boilerplate_multipliers": "--boilerplate-multipliers",
+                   "grid": "--multipliers"}
 
 
 def _sweep_dimensions(args, values: dict, grid, s) -> list:
@@ -196,13 +199,15 @@ def _sweep_dimensions(args, values: dict, grid, s) -> list:
     # Scope and target mass are sweep dimensions like layer modes; --scope / --target-mass give the single value.
     dims = {"layer_modes": args.sweep_layer_modes, "head_fractions": args.head_fractions, "grid": list(grid),
             "scopes": args.scopes or [values.get("scope") or "all"],
-            "target_masses": args.target_masses or [values.get("target_mass")]}
+            "target_masses": args.target_masses or [values.get("target_mass")],
+            "boilerplate_multipliers": args.boilerplate_multipliers or [values.get("boilerplate_multiplier") or 1.0]}
     req, errors = validate_sweep(dims, s, strict=False)
     errors = errors or req.dimension_problems({})
     if errors:
         flags = [CALIBRATE_FLAGS.get(e["field"].split("[")[0], e["field"]) for e in errors]
         raise ValidationError("; ".join(f"{f}: {e['message']}" for f, e in zip(flags, errors)), field=flags[0])
-    return sweep_settings(req.layer_modes, req.head_fractions, req.swept_scopes(), req.swept_target_masses())
+    return sweep_settings(req.layer_modes, req.head_fractions, req.swept_scopes(), req.swept_target_masses(),
+                          req.swept_boilerplate_multipliers())
 
 
 def cmd_calibrate(args) -> int:
@@ -237,7 +242,8 @@ def cmd_calibrate(args) -> int:
     values["engine"] = "fast"  # rows of different M, layers and heads batch together only on the fast engine
     base = BoostSpec(start_layer=values["start_layer"], num_middle_layers=values["num_middle_layers"],
                      seed=values["seed"], placement=values["placement"], scope=values.get("scope", "all"),
-                     target_mass=values.get("target_mass"))
+                     target_mass=values.get("target_mass"),
+                     boilerplate_multiplier=values.get("boilerplate_multiplier", 1.0))
     params = GenerationParams(max_new_tokens=values["max_new_tokens"], temperature=values["temperature"],
                               top_p=values["top_p"], seed=values["seed"])
     if args.threads:

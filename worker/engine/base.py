@@ -118,7 +118,7 @@ class Engine:
             n = width - len(p.input_ids)
             ids.append([pad_id] * n + p.input_ids)
             mask.append([0] * n + [1] * len(p.input_ids))
-            spans.append([(a + n, b + n, m) for a, b, m in p.spans])
+            spans.append([(a + n, b + n, m) for a, b, m in p.all_spans])
             pads.append(n)
         dev = self.device
         return PaddedRows(torch.tensor(ids, device=dev), torch.tensor(mask, device=dev), spans, pads)

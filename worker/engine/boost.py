@@ -12,6 +12,11 @@ decoding ones (positions >= prompt_len - 1, whose outputs are generated tokens) 
 Target mass p raises, after M, each boosted head's share a on the boosted keys to at least p: one more
 factor F = p(1-a)/(a(1-p)) on those keys per (head, query) when a < p (``target_log_factors``); the hook
 multiplies by it, the fast engine adds log F, which needs a first measured by a cheap extra SDPA pass.
+
+A row may also de-boost its boilerplate (worker.engine.prompt: the instruction turn's template tokens, position 0
+left out) by spec.boilerplate_multiplier: one more span whose factor M_b < 1 joins key_factors on the same
+cells (``boost_cells``). It is not a boosted span: a target mass measures and raises the share of the boosted
+spans only (``target_cells``), and the attention mass is measured on them only (key_mask).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Sequence
 import torch
 
 from shared.spec import MAX_TARGET_LOG_FACTOR, BoostSpec  # in shared/ so the web app validates without torch
+from worker.engine.prompt import BOILERPLATE
 
 
 # One row's boosted spans: [start, end) key positions and M (None: the row's spec.multiplier).
@@ -33,14 +39,16 @@ class PaddedBoost:
     """Per-group boost state: which keys, heads and factors apply to each row in each layer.
 
     key_mask: [B, K] bool, True on boosted keys (the union of the row's spans; K covers prompt + generated).
-    key_factors: [B, K] float64, the factor f per key: M_i on span i's keys, 1 elsewhere (a key inside
-        two spans gets the product).
+    key_factors: [B, K] float64, the factor f per key: M_i on span i's keys, M_b on the de-boosted
+        boilerplate's, 1 elsewhere (a key inside two spans gets the product).
     heads: {layer: [B, H] bool}, True where the row boosts that head in that layer.
     prompt_len: query positions from prompt_len - 1 on are decoding queries (their outputs are generated
         tokens); the ones before are the prompt's (scope).
     boost_prompt, boost_generated: [B] bool, whether the row boosts those queries; None when every row
         boosts every query (scope "all").
     target: [B] float32 target mass p per row (NaN: none); None when no row has one.
+    boilerplate_mask: [B, K] bool, True on the keys of the boilerplate a row de-boosts (M_b < 1); None when
+        no row de-boosts any.
     """
 
     key_mask: torch.Tensor
@@ -50,6 +58,7 @@ class PaddedBoost:
     boost_prompt: torch.Tensor | None = None
     boost_generated: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    boilerplate_mask: torch.Tensor | None = None
 
 
 def key_mask_from_spans(spans: Sequence[tuple[int, int]], length: int, device=None) -> torch.Tensor:
@@ -61,10 +70,18 @@ def key_mask_from_spans(spans: Sequence[tuple[int, int]], length: int, device=No
 
 
 def row_spans(spec: BoostSpec, entry) -> list[tuple[int, int, float]]:
-    """Return one row's spans as (start, end, M): a (start, end) pair means one span boosted by spec.multiplier."""
+    """Return one row's boosted spans as (start, end, M): a (start, end) pair means one span boosted by
+    spec.multiplier; boilerplate spans (M = BOILERPLATE) are left out (row_boilerplate)."""
     if len(entry) == 2 and all(isinstance(x, int) for x in entry):
         entry = [(entry[0], entry[1], None)]
-    return [(int(s), int(e), spec.multiplier if m is None else float(m)) for s, e, m in entry]
+    return [(int(s), int(e), spec.multiplier if m is None else float(m)) for s, e, m in entry if m != BOILERPLATE]
+
+
+def row_boilerplate(spec: BoostSpec, entry) -> list[tuple[int, int]]:
+    """Return the row's boilerplate spans that its spec de-boosts: none when boilerplate_multiplier is 1."""
+    if spec.boilerplate_multiplier == 1.0 or (len(entry) == 2 and all(isinstance(x, int) for x in entry)):
+        return []
+    return [(int(s), int(e)) for s, e, m in entry if m == BOILERPLATE]
 
 
 def build_padded_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
@@ -79,12 +96,20 @@ def build_padded_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
     heads: dict[int, torch.Tensor] = {}
     mask = torch.zeros(len(specs), length, dtype=torch.bool, device=device)
     factors = torch.ones(len(specs), length, dtype=torch.float64, device=device)
+    low = None
     for row, (spec, entry) in enumerate(zip(specs, spans, strict=True)):
         resolved = row_spans(spec, entry)
         for start, end, m in resolved:
             mask[row, start:end] = True
             factors[row, start:end] *= m
-        if all(m == 1.0 for _, _, m in resolved) and spec.target_mass is None and not keep_identity:
+        boilerplate = row_boilerplate(spec, entry)
+        for start, end in boilerplate:
+            if low is None:
+                low = torch.zeros(len(specs), length, dtype=torch.bool, device=device)
+            low[row, start:end] = True
+            factors[row, start:end] *= spec.boilerplate_multiplier
+        if (all(m == 1.0 for _, _, m in resolved) and spec.target_mass is None and not boilerplate
+                and not keep_identity):
             continue
         for layer, hs in spec.resolve_heads(n_layers, n_heads).items():
             if layer not in heads:
@@ -101,7 +126,8 @@ def build_padded_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
         target = torch.tensor([float("nan") if t is None else t for t in targets], dtype=torch.float32,
                               device=device)
     return PaddedBoost(key_mask=mask, key_factors=factors, heads=heads,
-                      prompt_len=length if prompt_len is None else int(prompt_len), target=target, **gates)
+                      prompt_len=length if prompt_len is None else int(prompt_len), target=target,
+                      boilerplate_mask=low, **gates)
 
 
 def query_gate(boost: PaddedBoost, q_len: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
@@ -153,11 +179,23 @@ def key_window(mask: torch.Tensor, kv_len: int, total: int | None = None, fill=F
 
 
 def boost_cells(boost: PaddedBoost, layer: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
-    """Return [B, H, 1, kv_len] bool: the (row, head, key) cells this layer boosts, or None."""
+    """Return [B, H, 1, kv_len] bool: the (row, head, key) cells this layer scales (boosted spans and de-boosted
+    boilerplate), or None."""
+    keys = boost.key_mask if boost.boilerplate_mask is None else boost.key_mask | boost.boilerplate_mask
+    return _cells(boost, layer, keys, kv_len, total)
+
+
+def target_cells(boost: PaddedBoost, layer: int, kv_len: int, total: int | None = None) -> torch.Tensor | None:
+    """Return [B, H, 1, kv_len] bool: the cells whose share a target mass raises (the boosted spans', never the
+    boilerplate's), or None."""
+    return _cells(boost, layer, boost.key_mask, kv_len, total)
+
+
+def _cells(boost: PaddedBoost, layer: int, keys: torch.Tensor, kv_len: int, total: int | None) -> torch.Tensor | None:
     heads = boost.heads.get(layer)
     if heads is None:
         return None
-    return heads[:, :, None, None] & key_window(boost.key_mask, kv_len, total)[:, None, None, :]
+    return heads[:, :, None, None] & key_window(keys, kv_len, total)[:, None, None, :]
 
 
 def boost_factors(boost: PaddedBoost, layer: int, kv_len: int, dtype=torch.float32,
@@ -214,7 +252,8 @@ def pattern_factors(boost: PaddedBoost, layer: int, pattern: torch.Tensor,
                     total: int | None = None) -> torch.Tensor | None:
     """Return the factors the hook multiplies a [B, H, Q, K] post-softmax pattern by, or None (layer not boosted).
 
-    M on the boosted cells; then, for target-mass rows, F from the share a after M on those cells; both only
+    M on the boosted cells (M_b on the boilerplate's); then, for target-mass rows, F from the share a after M on
+    the boosted cells only (target_cells); both only
     on the queries the row's scope boosts. [B, H, 1, K] unless target or scope make them vary per query.
     """
     kv_len, q_len = pattern.shape[-1], pattern.shape[-2]
@@ -224,7 +263,7 @@ def pattern_factors(boost: PaddedBoost, layer: int, pattern: torch.Tensor,
     factors = factors.to(pattern.device)
     one = torch.ones((), dtype=factors.dtype, device=factors.device)
     if boost.target is not None:
-        cells = boost_cells(boost, layer, kv_len, total).to(pattern.device)
+        cells = target_cells(boost, layer, kv_len, total).to(pattern.device)
         share = (boost_pattern(pattern, factors) * cells).sum(-1)  # [B, H, Q] after M
         f = torch.exp(target_log_factors(share, boost.target))[..., None]
         factors = factors * torch.where(cells, f, one)

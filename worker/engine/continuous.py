@@ -388,7 +388,7 @@ class ContinuousDecoder:
                                  self.engine.n_heads, self.engine.device, prompt_len=prompt_len)
 
     def _boost_state(self, capacity: int):
-        spans = [[(a + r.pad, b + r.pad, m) for a, b, m in r.prompt.spans] for r in self.rows]
+        spans = [[(a + r.pad, b + r.pad, m) for a, b, m in r.prompt.all_spans] for r in self.rows]
         # Every query of a decoding step is a generated one (prompt_len 0), whatever the capacity: so scope
         # "generated" keeps boosting and scope "prompt" stops, as in the row's own generate().
         return boost_state(self._boost([r.request for r in self.rows], spans, capacity, prompt_len=0), capacity)
@@ -398,7 +398,7 @@ class ContinuousDecoder:
         engine, dev = self.engine, self.engine.device
         ids = row.prompt.input_ids
         padded = PaddedRows(torch.tensor([ids], device=dev), torch.ones(1, len(ids), dtype=torch.long, device=dev),
-                      [list(row.prompt.spans)], [0])
+                      [list(row.prompt.all_spans)], [0])
         seq = torch.tensor([ids + row.generated], device=dev)
         if row.recorder is not None and row.generated:
             row.recorder.finish(seq)

@@ -24,8 +24,8 @@ import torch
 from shared.errors import ModelError
 from shared.spec import GenerationRequest
 from worker.engine.base import PaddedRows, Engine, processed_length
-from worker.engine.boost import (PaddedBoost, boost_cells, bias_for_layer, build_padded_boost, instruction_mass_sum,
-                                 key_offset, key_window, query_gate, target_log_factors)
+from worker.engine.boost import (PaddedBoost, bias_for_layer, build_padded_boost, instruction_mass_sum, key_offset,
+                                 key_window, query_gate, target_cells, target_log_factors)
 from worker.engine.loading import LoadedModel
 from worker.engine.logprobs import decode
 from worker.engine.steps import StepClock
@@ -93,7 +93,7 @@ def _effective_bias(module, query, key, attention_mask, state: _FastState, **kwa
         values = ind[:, None, :, None].expand(key.shape[0], key.shape[1], kv_len, SHARE_CHANNELS)
         share, _ = sdpa_attention_forward(module, query, key, values, attention_mask, position_bias=bias, **kwargs)
         log_f = target_log_factors(share[..., 0].transpose(1, 2), boost.target).to(query.dtype)  # [B, H, Q]
-        cells = boost_cells(boost, layer, kv_len, state.total).to(query.device)
+        cells = target_cells(boost, layer, kv_len, state.total).to(query.device)
         bias = bias + torch.where(cells, log_f[..., None], zero)
     if gate is not None:
         bias = torch.where(gate[:, None, :, None], bias, zero)

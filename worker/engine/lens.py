@@ -61,7 +61,7 @@ class TransformerLensEngine(Engine):
 
     def _boost_for(self, request, prompt, length):
         # M = 1 still runs through the hook: the reference shows the hook itself is the identity.
-        return build_padded_boost([request.spec], [list(prompt.spans)], length, self.n_layers, self.n_heads,
+        return build_padded_boost([request.spec], [list(prompt.all_spans)], length, self.n_layers, self.n_heads,
                                  self.device, keep_identity=True, prompt_len=len(prompt.input_ids))
 
     @torch.inference_mode()
