@@ -382,12 +382,18 @@ def _continuation(engine):
     return engine.tokenizer(" Berlin est la capitale de l'Allemagne.", add_special_tokens=False)["input_ids"]
 
 
-@pytest.mark.parametrize("spec", SCOPED, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
-def test_engines_agree_on_scope_and_target_mass_logits(fast_engine, tl_engine, spec):
+def _agreeing_logits(fast_engine, tl_engine, spec: dict):
+    """Return the fast engine's logits for spec over the continuation, after asserting the reference agrees."""
     req, cont = make_request(**spec), _continuation(fast_engine)
     got = fast_engine.logits(req, cont)
     diff = (got - tl_engine.logits(req, cont)).abs().max().item()
     assert diff <= 1e-4, f"fast and transformerlens logits differ by {diff:.3g}"
+    return got, cont
+
+
+@pytest.mark.parametrize("spec", SCOPED, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_engines_agree_on_scope_and_target_mass_logits(fast_engine, tl_engine, spec):
+    got, cont = _agreeing_logits(fast_engine, tl_engine, spec)
     assert (got - fast_engine.logits(make_request(1.0), cont)).abs().max().item() > 0.5  # it does boost
 
 
@@ -478,10 +484,7 @@ def test_boilerplate_multiplier_one_is_todays_boost(fast_engine, tl_engine):
 
 @pytest.mark.parametrize("spec", DEBOOSTED, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
 def test_engines_agree_on_boilerplate_deboost_logits(fast_engine, tl_engine, spec):
-    req, cont = make_request(**spec), _continuation(fast_engine)
-    got = fast_engine.logits(req, cont)
-    diff = (got - tl_engine.logits(req, cont)).abs().max().item()
-    assert diff <= 1e-4, f"fast and transformerlens logits differ by {diff:.3g}"
+    got, cont = _agreeing_logits(fast_engine, tl_engine, spec)
     without = {k: v for k, v in spec.items() if k != "boilerplate_multiplier"}
     assert (got - fast_engine.logits(make_request(**without), cont)).abs().max().item() > 0.1  # it de-boosts
 

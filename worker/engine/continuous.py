@@ -13,7 +13,8 @@ A ``ContinuousDecoder`` holds the running rows' keys and values in ONE packed, l
    while the group fits whole in what is left; a longer prompt is prefilled alone, a chunk per step, in its
    own cache (``worker.engine.prefill``), and joins once all of it is in. Groups holding interactive rows are
    served first, before the running rows' forward (step 1): an interactive row's first token comes from its
-   prefill and does not wait for the batch's decoding; it then decodes with the others in the same step. So a long prompt joining stalls the running rows by at most the budget per step.
+   prefill and does not wait for the batch's decoding; it then decodes with the others in the same step. So a
+   long prompt joining stalls the running rows by at most the budget per step.
 
 Why a packed cache rather than one DynamicCache per row re-padded every step: a decoding step then reads the
 cache as plain generate() does (no copy), and the cache is rebuilt only when a row joins or leaves (a
