@@ -43,15 +43,11 @@ def run_job(self, job_id: int) -> str:
         except Exception:  # cannot tell: leave the job to its worker; the recovery loop decides once Redis answers
             return True
 
-    def waiting(model: str) -> set[int]:
+    def waiting(model: str, interactive: bool = False) -> set[int]:
         # The next messages of the model's queue: jobs this worker would be sent anyway (this deployment's).
+        # interactive: only the interactive priority step's list, one read, cheap enough for every decoding step.
         rows = settings.worker.max_batch_rows
-        return waiting_job_ids(redis, model_queue(model), namespace, oldest=4 * rows)
-
-    def interactive(model: str) -> set[int]:
-        # Only the interactive priority step's list: one read, cheap enough for every decoding step.
-        return waiting_job_ids(redis, model_queue(model), namespace, oldest=4 * settings.worker.max_batch_rows,
-                               interactive=True)
+        return waiting_job_ids(redis, model_queue(model), namespace, oldest=4 * rows, interactive=interactive)
 
     beat = current_heartbeat()
     if beat is not None:
@@ -59,7 +55,8 @@ def run_job(self, job_id: int) -> str:
     try:
         return execute_job(job_id, current_worker_id() or self.request.hostname or "worker",
                            settings=settings, should_stop=stopping, is_alive=busy, hard_exit=end_process,
-                           sender=celery_sender(self.app), candidates=waiting, interactive=interactive,
+                           sender=celery_sender(self.app), candidates=waiting,
+                           interactive=lambda model: waiting(model, interactive=True),
                            advertise=None if beat is None else beat.set_jobs)
     except ShutdownRequested:
         log.info("job %s: worker stopping; job handed back to the queue", job_id)
