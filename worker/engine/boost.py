@@ -72,16 +72,22 @@ def key_mask_from_spans(spans: Sequence[tuple[int, int]], length: int, device=No
 def row_spans(spec: BoostSpec, entry) -> list[tuple[int, int, float]]:
     """Return one row's boosted spans as (start, end, M): a (start, end) pair means one span boosted by
     spec.multiplier; boilerplate spans (M = BOILERPLATE) are left out (row_boilerplate)."""
-    if len(entry) == 2 and all(isinstance(x, int) for x in entry):
-        entry = [(entry[0], entry[1], None)]
-    return [(int(s), int(e), spec.multiplier if m is None else float(m)) for s, e, m in entry if m != BOILERPLATE]
+    return [(int(s), int(e), spec.multiplier if m is None else float(m)) for s, e, m in _triples(entry)
+            if m != BOILERPLATE]
 
 
 def row_boilerplate(spec: BoostSpec, entry) -> list[tuple[int, int]]:
     """Return the row's boilerplate spans that its spec de-boosts: none when boilerplate_multiplier is 1."""
-    if spec.boilerplate_multiplier == 1.0 or (len(entry) == 2 and all(isinstance(x, int) for x in entry)):
+    if spec.boilerplate_multiplier == 1.0:
         return []
-    return [(int(s), int(e)) for s, e, m in entry if m == BOILERPLATE]
+    return [(int(s), int(e)) for s, e, m in _triples(entry) if m == BOILERPLATE]
+
+
+def _triples(entry) -> list:
+    """A row's spans as (start, end, M) triples: a bare (start, end) pair is the instruction (M None)."""
+    if len(entry) == 2 and all(isinstance(x, int) for x in entry):
+        return [(entry[0], entry[1], None)]
+    return list(entry)
 
 
 def build_padded_boost(specs: Sequence[BoostSpec], spans: Sequence, length: int,
@@ -253,8 +259,7 @@ def pattern_factors(boost: PaddedBoost, layer: int, pattern: torch.Tensor,
     """Return the factors the hook multiplies a [B, H, Q, K] post-softmax pattern by, or None (layer not boosted).
 
     M on the boosted cells (M_b on the boilerplate's); then, for target-mass rows, F from the share a after M on
-    the boosted cells only (target_cells); both only
-    on the queries the row's scope boosts. [B, H, 1, K] unless target or scope make them vary per query.
+    the boosted cells only (target_cells); both only on the queries the row's scope boosts. [B, H, 1, K] unless target or scope make them vary per query.
     """
     kv_len, q_len = pattern.shape[-1], pattern.shape[-2]
     factors = boost_factors(boost, layer, kv_len, dtype=torch.float32, total=total)
